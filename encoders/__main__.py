@@ -1,0 +1,3 @@
+from encoders.cli import main
+
+main()

@@ -1,0 +1,281 @@
+"""Every setting of every service, in one place.
+
+Each service has a dataclass. Each field is declared once with ``setting(...)`` and
+becomes, without further code:
+
+- a click option ``--field-name`` (``--x/--no-x`` for booleans),
+- an environment variable ``ENCODERS_FIELD_NAME`` (the seed's names are kept:
+  ENCODERS_DEVICE, ENCODERS_MODEL, ENCODERS_PRETRAINED, ENCODERS_SNAPSHOT_INTERVAL,
+  ENCODERS_EMBEDDING_INTERVAL, ENCODERS_ROLLING_WINDOW),
+- a line in the start-up log and in the run's config.json (passwords masked).
+
+Fields shared by several services (an address, the model) have the same name and so
+the same variable: in docker-compose one variable configures both ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import click
+
+ENV_PREFIX = "ENCODERS_"
+
+
+def setting(default: Any, help: str, *, env: str | None = None, choices: tuple[str, ...] | None = None,
+            minimum: float | None = None, flag: str | None = None, secret: bool = False) -> Any:
+    meta = {"help": help, "env": env, "choices": choices, "minimum": minimum, "flag": flag, "secret": secret}
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or ENV_PREFIX + f.name.upper()
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+class SettingsError(click.UsageError):
+    pass
+
+
+@dataclass
+class Settings:
+    """Base of every service's settings: loading, validation, description."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            lo = f.metadata.get("minimum")
+            if lo is not None and value < lo:
+                raise SettingsError(f"{flag_name(f)} / {env_name(f)} must be >= {lo}, got {value}")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise SettingsError(f"{flag_name(f)} / {env_name(f)} must be one of {', '.join(choices)}, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any):
+        """Build from ENCODERS_* variables (for the all-in-one launcher), then overrides."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(hints[f.name], raw, env_name(f))
+        values.update(overrides)
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as plain JSON-able values, secrets masked."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and isinstance(value, str):
+                value = mask_url(value)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """Settings as ENCODERS_* variables, to hand to a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                out[env_name(f)] = "true" if value else "false"
+            elif isinstance(value, tuple):
+                out[env_name(f)] = " ".join(value)
+            else:
+                out[env_name(f)] = str(value)
+        return out
+
+    def log_lines(self) -> list[str]:
+        return [f"  {k} = {v!r}" for k, v in self.describe().items()]
+
+
+def _parse(tp: Any, raw: str, name: str) -> Any:
+    try:
+        if tp is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if typing.get_origin(tp) is tuple:
+            return tuple(raw.split())
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+
+
+def mask_url(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def click_options(cls: type[Settings], exclude: tuple[str, ...] = ()) -> Callable:
+    """Decorator: one click option per field of ``cls``, each with its environment variable."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(fn: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in exclude:
+                continue
+            tp = hints[f.name]
+            flag = flag_name(f)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kwargs: dict[str, Any] = dict(envvar=env_name(f), show_envvar=True, help=f.metadata["help"],
+                                          show_default=True, default=default)
+            if tp is bool:
+                decls = [f"{flag}/--no-{flag[2:]}", f.name]
+            else:
+                decls = [flag, f.name]
+                if f.metadata.get("choices"):
+                    kwargs["type"] = click.Choice(f.metadata["choices"])
+                elif typing.get_origin(tp) is tuple:
+                    kwargs["multiple"] = True
+                else:
+                    kwargs["type"] = tp
+            fn = click.option(*decls, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+def from_click(cls: type[Settings], kwargs: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items() if k in names})
+
+
+def split_addrs(value: str) -> list[str]:
+    """'tcp://a:1, tcp://b:1' -> ['tcp://a:1', 'tcp://b:1']"""
+    return [a.strip() for a in value.replace(" ", ",").split(",") if a.strip()]
+
+
+# ---------------------------------------------------------------------------------------
+# Default endpoints. Binding sides listen on every interface (a viewer may be elsewhere);
+# connecting sides default to this machine.
+FRAMES_PORT, WORK_PORT, METRICS_IN_PORT, METRICS_PORT, RECORDS_PORT = 5555, 5556, 5557, 5558, 5559
+
+
+@dataclass
+class IngestConfig(Settings):
+    stream: str = setting("", "MJPEG stream URL, e.g. http://<PI_IP>:8000/stream.mjpg (required)")
+    stream_id: str = setting("cam0", "Name of this camera's stream; one ingest per camera, each with its own id")
+    frames_bind: str = setting(f"tcp://*:{FRAMES_PORT}", "PUB endpoint publishing every frame (viewer, recorder)")
+    work_bind: str = setting(f"tcp://*:{WORK_PORT}", "ROUTER endpoint that hands frames to encoder workers")
+    metrics_in: str = setting(f"tcp://127.0.0.1:{METRICS_IN_PORT}",
+                              "Metrics' input, told of dropped frames and the end of the stream")
+    lossless: bool = setting(False, "Wait for a free encoder instead of dropping frames (video files, benchmarks)")
+    max_frames: int = setting(0, "Stop after publishing this many frames (0 = never)", minimum=0)
+    connect_timeout: float = setting(5.0, "Seconds to wait for the camera to answer", minimum=0.1)
+    read_timeout: float = setting(10.0, "Seconds without data before the stream is reconnected", minimum=0.1)
+    reconnect_max: float = setting(10.0, "Longest wait between reconnection attempts, seconds", minimum=0.1)
+    reconnect: bool = setting(True, "Reconnect when the stream drops or ends (off: end the stream instead)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.stream_id):
+            raise SettingsError(f"--stream-id must be 1-64 letters, digits, '_', '.', '-': got {self.stream_id!r}")
+
+
+@dataclass
+class EncoderConfig(Settings):
+    work: str = setting(f"tcp://127.0.0.1:{WORK_PORT}", "Ingest work endpoint(s) to take frames from, comma-separated")
+    metrics_in: str = setting(f"tcp://127.0.0.1:{METRICS_IN_PORT}", "Metrics' input, where embeddings are pushed")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    model: str = setting("ViT-B-32", "open_clip model name, or the path of a model config JSON")
+    pretrained: str = setting("openai", "open_clip pretrained tag, a local checkpoint path, or 'none' (random weights)")
+    batch_size: int = setting(32, "Largest batch encoded at once", minimum=1)
+    batch_wait_ms: float = setting(5.0, "How long to wait for more frames once one is waiting, ms", minimum=0)
+    threads: int = setting(0, "CPU threads for the model (0 = all cores)", minimum=0)
+    worker_id: str = setting("", "Name of this worker in logs and records (default: host-pid)")
+    ready_file: str = setting("", "Create this file once the model is loaded (the all-in-one launcher waits for it)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise SettingsError(f"--device / ENCODERS_DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class MetricsConfig(Settings):
+    metrics_in_bind: str = setting(f"tcp://*:{METRICS_IN_PORT}", "PULL endpoint for embeddings and ingest notices")
+    metrics_bind: str = setting(f"tcp://*:{METRICS_PORT}", "PUB endpoint for metrics records (viewers)")
+    records_bind: str = setting(f"tcp://*:{RECORDS_PORT}",
+                                "PUSH endpoint for the recorder: reliable, never dropped ('' = no recorder)")
+    rolling_window: int = setting(300, "Drift history size (frames) for rolling statistics", minimum=2)
+    max_wait: float = setting(2.0, "Seconds to wait for a missing frame before giving it up as lost", minimum=0.0)
+    exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
+
+
+@dataclass
+class RecorderConfig(Settings):
+    records: str = setting(f"tcp://127.0.0.1:{RECORDS_PORT}", "Metrics' record endpoint to pull from")
+    frames: str = setting(f"tcp://127.0.0.1:{FRAMES_PORT}", "Ingest frame endpoint(s) for snapshots, comma-separated")
+    database_url: str = setting("", "PostgreSQL URL; empty = an embedded server under the runs folder", secret=True)
+    runs_dir: str = setting("runs", "Folder that holds one folder per run")
+    run_dir: str = setting("", "This run's folder (default: <runs-dir>/YYYYMMDD_HHMMSS)")
+    snapshot_interval: float = setting(30.0, "Seconds between snapshots", minimum=0.0)
+    embedding_interval: int = setting(100, "Frames between embedding saves (one .npz per batch)", minimum=1)
+    stream_dirs: bool = setting(False, "Give every stream its own folder (the all-in-one does when it has several)")
+    db_batch: int = setting(500, "Rows per COPY into the database", minimum=1)
+    db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
+    exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
+    pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")
+
+
+@dataclass
+class ViewerConfig(Settings):
+    frames: str = setting(f"tcp://127.0.0.1:{FRAMES_PORT}", "Ingest frame endpoint(s), comma-separated")
+    metrics: str = setting(f"tcp://127.0.0.1:{METRICS_PORT}", "Metrics PUB endpoint")
+    plot: bool = setting(True, "Show the matplotlib drift plot beside the video")
+    window: str = setting("encoders", "Window title")
+    history: int = setting(300, "Drift values per stream kept for the plot", minimum=2)
+
+
+@dataclass
+class PisimConfig(Settings):
+    host: str = setting("127.0.0.1", "Interface to listen on")
+    port: int = setting(8000, "Port to listen on", minimum=0)
+    source: str = setting("synthetic", "'synthetic', a video file, or a folder of images")
+    width: int = setting(640, "Frame width (synthetic and resized sources)", minimum=16)
+    height: int = setting(480, "Frame height", minimum=16)
+    fps: float = setting(15.0, "Frames per second (0 = as fast as possible)", minimum=0.0)
+    quality: int = setting(80, "JPEG quality", minimum=1)
+    max_frames: int = setting(0, "End each client's stream after this many frames (0 = never)", minimum=0)
+    scene_every: float = setting(4.0, "Synthetic scene: seconds between cuts to another scene", minimum=0.1)
+    seed: int = setting(0, "Synthetic scene random seed")
+
+
+@dataclass
+class RunConfig(Settings):
+    stream: tuple[str, ...] = setting((), "MJPEG stream URL; give it once per camera (required)")
+    display: bool = setting(True, "Show the live video window (--no-display: headless)")
+    plot: bool = setting(True, "Show the matplotlib drift plot")
+    save: bool = setting(True, "Store embeddings, drift and snapshots (--no-save: nothing is written)")
+    test: bool = setting(False, "Test the connection to each stream, then exit")
+    duration: float = setting(0.0, "Stop after this many seconds (0 = until Q, Ctrl+C or the streams end)", minimum=0)
+    max_frames: int = setting(0, "Stop after this many frames per stream (0 = no limit)", minimum=0)
+    workers: int = setting(1, "Encoder worker processes", minimum=1)
+    lossless: bool = setting(False, "Embed every frame, slowing the stream instead of dropping frames")
+    runs_dir: str = setting("runs", "Folder that holds one folder per run")
+    database_url: str = setting("", "PostgreSQL URL; empty = an embedded server under the runs folder", secret=True)
+    bind_host: str = setting("127.0.0.1", "Interface the services' sockets listen on (0.0.0.0 for remote viewers)")
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,72 @@
+"""ZeroMQ sockets as every service opens them, and the message send/receive helpers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import zmq
+
+from . import messages
+from .messages import DecodeError, Message
+
+log = logging.getLogger(__name__)
+
+# How long a closing socket may still try to deliver what it holds (ms). Long enough for
+# a final flush to a live peer, short enough that a dead peer never blocks shutdown.
+LINGER_MS = 2000
+
+
+def open_socket(ctx: zmq.Context, kind: int, endpoints: str | Iterable[str], *, bind: bool,
+                sndhwm: int | None = None, rcvhwm: int | None = None, subscribe: Iterable[bytes] = (),
+                identity: bytes | None = None, linger: int = LINGER_MS) -> zmq.Socket:
+    """Create a socket, set its options, then bind or connect it to every endpoint."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger)
+    if sndhwm is not None:
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+    if rcvhwm is not None:
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if kind == zmq.SUB:
+        for prefix in subscribe:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix)
+    if kind == zmq.ROUTER:
+        # Sending to a worker that has gone raises EHOSTUNREACH instead of vanishing silently.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    for ep in [endpoints] if isinstance(endpoints, str) else endpoints:
+        try:
+            sock.bind(ep) if bind else sock.connect(ep)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise RuntimeError(f"cannot {'bind' if bind else 'connect'} {ep}: {exc}") from None
+    return sock
+
+
+def send(sock: zmq.Socket, msg: Message, *, topic: bool = False, flags: int = 0, prefix: list | None = None) -> None:
+    """Send one message; ``prefix`` carries ROUTER routing frames."""
+    parts = messages.encode(msg, with_topic=topic)
+    if prefix:
+        parts = list(prefix) + parts
+    sock.send_multipart(parts, flags=flags, copy=False)
+
+
+def receive(sock: zmq.Socket, *, topic: bool = False, routed: bool = False,
+            counters: dict | None = None) -> tuple[Message | None, bytes | None]:
+    """Receive one message (the caller knows one is waiting).
+
+    Returns (message, sender identity for ROUTER sockets). A message that does not decode
+    is logged, counted in ``counters['bad_messages']`` and returned as None: never a crash.
+    """
+    parts = sock.recv_multipart(copy=False)
+    sender = None
+    if routed:
+        sender, parts = parts[0].bytes, parts[1:]
+    try:
+        return messages.decode(parts, with_topic=topic), sender
+    except DecodeError as exc:
+        if counters is not None:
+            counters["bad_messages"] = counters.get("bad_messages", 0) + 1
+        log.warning("dropped a message that does not decode: %s", exc)
+        return None, sender

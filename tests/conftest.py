@@ -1,0 +1,105 @@
+"""Fixtures shared by the whole suite: a small real CLIP model, free ports, service processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A real open_clip architecture, just small: the same loading code as ViT-B-32, in a second.
+TINY_CLIP = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> dict:
+    """ENCODERS_* variables for a tiny CLIP model config and a checkpoint written here."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    config = folder / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    checkpoint = folder / "tiny-clip.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    return {"ENCODERS_MODEL": str(config), "ENCODERS_PRETRAINED": str(checkpoint), "ENCODERS_DEVICE": "cpu"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A real `python -m encoders ...` process whose output is kept for assertions."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path):
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "encoders", *args], env={**os.environ, **env},
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"`encoders {' '.join(self.args)}` did not exit in {timeout} s:\n{self.output()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def service(tmp_path):
+    """Start services with service(name, *args, env=...); every one is killed at the end of the test."""
+    started: list[Service] = []
+
+    def start(*args: str, env: dict | None = None) -> Service:
+        svc = Service(list(args), env or {}, tmp_path / f"{args[0]}-{len(started)}.log")
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.close()
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
