@@ -1,0 +1,84 @@
+"""Per-stream bookkeeping of the metrics service: order, drift and counts, without sockets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from encoders.shared.messages import (Dropped, Embedding, EndOfStream, Message, MetricsRecord, Skipped,
+                                      StreamStart)
+
+from .drift import DriftTracker
+from .reorder import LOST, StreamOrder
+
+OUTCOME_COUNTER = {Embedding: "embedded", Dropped: "dropped", Skipped: "skipped"}
+
+
+@dataclass
+class StreamState:
+    order: StreamOrder
+    drift: DriftTracker
+    counts: dict = field(default_factory=lambda: {"embedded": 0, "dropped": 0, "skipped": 0, "lost": 0})
+    published: int | None = None  # from ingest's end-of-stream
+    eos_sent: bool = False
+
+
+class Streams:
+    """Feeds every incoming message to its stream; hands back what to publish, in order."""
+
+    def __init__(self, rolling_window: int, max_wait: float):
+        self.rolling_window = rolling_window
+        self.max_wait = max_wait
+        self.streams: dict[str, StreamState] = {}
+
+    def _state(self, stream: str) -> StreamState:
+        if stream not in self.streams:
+            self.streams[stream] = StreamState(StreamOrder(self.max_wait), DriftTracker(self.rolling_window))
+        return self.streams[stream]
+
+    def accept(self, msg: Message, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if isinstance(msg, StreamStart):
+            known = self.streams.get(msg.stream)
+            if known is not None and known.order.next_seq is not None:
+                # Ingest restarted this stream: numbering starts again, so does everything else.
+                del self.streams[msg.stream]
+            self._state(msg.stream).order.start(msg.first_seq)
+        elif isinstance(msg, (Embedding, Dropped, Skipped)):
+            self._state(msg.stream).order.add(msg.seq, msg, now)
+        elif isinstance(msg, EndOfStream):
+            state = self._state(msg.stream)
+            state.published = msg.counts.get("published", msg.last_seq + 1)
+            state.order.end(msg.last_seq, now)
+
+    def release(self, now: float | None = None) -> list[MetricsRecord | EndOfStream]:
+        """Records for every outcome now in order, then an EndOfStream for each finished stream."""
+        now = time.time() if now is None else now
+        out: list[MetricsRecord | EndOfStream] = []
+        for name, state in self.streams.items():
+            for seq, outcome in state.order.release(now):
+                if outcome == LOST:
+                    state.counts["lost"] += 1
+                    continue
+                state.counts[OUTCOME_COUNTER[type(outcome)]] += 1
+                if isinstance(outcome, Embedding):
+                    out.append(self._record(state, outcome))
+            if state.order.finished() and not state.eos_sent:
+                state.eos_sent = True
+                out.append(EndOfStream(name, state.order.last_seq, self.totals(name)))
+        return out
+
+    def _record(self, state: StreamState, emb: Embedding) -> MetricsRecord:
+        similarity, drift = state.drift.update(emb.vector, emb.t_capture)
+        return MetricsRecord(
+            stream=emb.stream, seq=emb.seq, t_capture=emb.t_capture, t_encoded=emb.t_encoded,
+            worker=emb.worker, model=emb.model, similarity=similarity, drift=drift,
+            rolling=state.drift.rolling(), fps=state.drift.fps(), counts=dict(state.counts), vector=emb.vector,
+        )
+
+    def totals(self, name: str) -> dict:
+        state = self.streams[name]
+        return {**state.counts, "late": state.order.late, "published": state.published}
+
+    def ended(self) -> int:
+        return sum(s.eos_sent for s in self.streams.values())
