@@ -122,8 +122,10 @@ def _parse(tp: Any, raw: str, name: str) -> Any:
 
 
 def mask_url(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """A database URL fit for logs: the password of a URI (user:secret@host) or of a key=value
+    conninfo (password=secret, also ?password= in a URI's query) becomes ***."""
+    url = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)", "password=***", url)
 
 
 def click_options(cls: type[Settings], exclude: tuple[str, ...] = ()) -> Callable:
@@ -218,7 +220,8 @@ class MetricsConfig(Settings):
     records_bind: str = setting(f"tcp://*:{RECORDS_PORT}",
                                 "PUSH endpoint for the recorder: reliable, never dropped ('' = no recorder)")
     rolling_window: int = setting(300, "Drift history size (frames) for rolling statistics", minimum=2)
-    max_wait: float = setting(2.0, "Seconds to wait for a missing frame before giving it up as lost", minimum=0.0)
+    max_wait: float = setting(10.0, "Seconds to wait for a missing frame before giving it up as lost (a batch on "
+                              "a slow CPU takes seconds: keep this above one batch's time)", minimum=0.0)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
 
 
@@ -236,6 +239,12 @@ class RecorderConfig(Settings):
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")
+    db_connect_timeout: float = setting(10.0, "Seconds the database may take to answer at start before the recorder "
+                                        "gives up", minimum=0.1)
+    db_retry_max: float = setting(10.0, "Longest wait between attempts to reach a database that went away, seconds",
+                                  minimum=0.1)
+    db_final_wait: float = setting(5.0, "At exit, seconds to keep trying an unreachable database before leaving its "
+                                   "rows in the run's spool file", minimum=0.0)
 
 
 @dataclass

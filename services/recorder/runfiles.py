@@ -1,0 +1,204 @@
+"""The run folder on disk, in the seed's layout, and the function that reads it back.
+
+    runs/YYYYMMDD_HHMMSS/
+        config.json  drift.csv  summary.json
+        embeddings/batch_0000.npz ...   (embeddings (N,D) float32, timestamps (N,) float64, indices (N,) int64)
+        snapshots/frame_000000.jpg ...
+
+With several cameras each stream has that layout in its own subfolder; see recorder.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+CONFIG_JSON = "config.json"
+DRIFT_CSV = "drift.csv"
+SUMMARY_JSON = "summary.json"
+EMBEDDINGS_DIR = "embeddings"
+SNAPSHOTS_DIR = "snapshots"
+DRIFT_HEADER = ("timestamp", "frame", "similarity", "drift")
+_BATCH_RE = re.compile(r"batch_(\d+)\.npz")
+
+
+def run_dir_candidates(runs_dir: str | os.PathLike, now: datetime | None = None):
+    """runs/20260107_143022, then runs/20260107_143022_1, _2, ... (the caller skips taken ones)."""
+    base = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    yield Path(runs_dir) / base
+    n = 1
+    while True:
+        yield Path(runs_dir) / f"{base}_{n}"
+        n += 1
+
+
+def create_run_dir(runs_dir: str | os.PathLike, run_dir: str | os.PathLike = "",
+                   claim_name: Callable[[str], bool] = lambda name: True) -> Path:
+    """Make this run's folder; its name is the run's name, which ``claim_name`` must accept
+    (the database's run names are unique too).
+
+    Otherwise the first free time-stamped name under ``runs_dir`` is used. An explicit
+    ``run_dir`` (the launcher names the folder before the recorder starts) is used as
+    given, but never one that already holds a run; should the database already have its
+    name (another runs folder, the same second), the run is named ``<folder>_1``, ``_2``...
+    """
+    if run_dir:
+        path = Path(run_dir)
+        if (path / DRIFT_CSV).exists() or (path / EMBEDDINGS_DIR).exists():
+            raise FileExistsError(f"{path} already holds a run; give another --run-dir")
+        names = (path.name if n == 0 else f"{path.name}_{n}" for n in range(1000))
+        if not any(claim_name(name) for name in names):
+            raise FileExistsError(f"the database already has runs named {path.name!r} and its next 999 variants")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    for path in run_dir_candidates(runs_dir):
+        if path.exists() or not claim_name(path.name):
+            continue
+        try:
+            path.mkdir()
+        except FileExistsError:  # another recorder took it a moment ago
+            continue
+        return path
+    raise AssertionError("unreachable")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write through a temporary file, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class DriftCsv:
+    """drift.csv: one row per embedded frame.
+
+    ``timestamp`` is the frame's capture time in epoch seconds with 6 decimals (UTC, no time
+    zone to get wrong); ``frame`` its seq; similarity and drift are empty for a stream's
+    first frame.
+
+    Buffered by the file object; ``flush()`` is called about once a second by the recorder,
+    so a reader (or a crash) is never far behind.
+    """
+
+    def __init__(self, path: Path):
+        self._file = open(path, "w", newline="")
+        self._writer = csv.writer(self._file, lineterminator="\n")
+        self._writer.writerow(DRIFT_HEADER)
+
+    def write(self, t_capture: float, seq: int, similarity: float | None, drift: float | None) -> None:
+        self._writer.writerow((f"{t_capture:.6f}", seq, "" if similarity is None else repr(float(similarity)),
+                               "" if drift is None else repr(float(drift))))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class EmbeddingBatches:
+    """embeddings/batch_NNNN.npz: one file every ``interval`` embeddings, and the rest at close."""
+
+    def __init__(self, folder: Path, interval: int):
+        self.folder = folder
+        self.interval = interval
+        self.written = 0  # files
+        self.rows_written = 0
+        self._vectors: list[np.ndarray] = []
+        self._times: list[float] = []
+        self._seqs: list[int] = []
+
+    def add(self, vector: np.ndarray, t_capture: float, seq: int) -> Path | None:
+        """Keep one embedding; returns the file written when this one completed a batch."""
+        self._vectors.append(vector)
+        self._times.append(t_capture)
+        self._seqs.append(seq)
+        if len(self._vectors) >= self.interval:
+            return self.flush()
+        return None
+
+    def flush(self) -> Path | None:
+        """Write what is held (the final partial batch at the end of a run)."""
+        if not self._vectors:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"batch_{self.written:04d}.npz"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, embeddings=np.stack(self._vectors).astype(np.float32, copy=False),
+                     timestamps=np.asarray(self._times, dtype=np.float64),
+                     indices=np.asarray(self._seqs, dtype=np.int64))
+        os.replace(tmp, path)
+        self.written += 1
+        self.rows_written += len(self._vectors)
+        self._vectors, self._times, self._seqs = [], [], []
+        return path
+
+
+# --------------------------------------------------------------------------------------
+# Reading a run back
+
+
+def run_streams(run_dir: str | os.PathLike) -> dict[str, Path]:
+    """The streams a run folder holds, name -> folder with their embeddings/.
+
+    config.json lists them (``streams``: name -> folder relative to the run); a seed run,
+    or a run folder without that list, holds one stream in the folder itself ("").
+    """
+    root = Path(run_dir)
+    streams: dict[str, Path] = {}
+    try:
+        listed = json.loads((root / CONFIG_JSON).read_text()).get("streams") or {}
+    except (OSError, ValueError, AttributeError):
+        listed = {}
+    for name, rel in listed.items():
+        streams[name] = root / rel if rel not in ("", ".") else root
+    if not streams:
+        if (root / EMBEDDINGS_DIR).is_dir():
+            streams[""] = root
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            if (sub / EMBEDDINGS_DIR).is_dir():
+                streams[sub.name] = sub
+    return streams
+
+
+def load_run_embeddings(run_dir: str | os.PathLike, stream: str | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run's embeddings (N, D) float32, capture timestamps (N,) float64 and frame indices (N,) int64.
+
+    ``stream`` picks one camera of a run that recorded several; it may be left out when the
+    run holds only one.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no run folder {root}")
+    streams = run_streams(root)
+    if stream is None:
+        if len(streams) > 1:
+            raise ValueError(f"{root} holds several streams ({', '.join(sorted(streams))}); "
+                             f"pass stream= one of them")
+        folder = next(iter(streams.values()), root)
+    elif stream in streams:
+        folder = streams[stream]
+    else:
+        raise ValueError(f"{root} has no stream {stream!r}; it holds: {', '.join(sorted(streams)) or 'none'}")
+    files = sorted(((int(m.group(1)), p) for p in (folder / EMBEDDINGS_DIR).glob("batch_*.npz")
+                    if (m := _BATCH_RE.fullmatch(p.name))))
+    if not files:
+        raise FileNotFoundError(f"{folder} has no embeddings ({EMBEDDINGS_DIR}/batch_*.npz)")
+    embeddings, timestamps, indices = [], [], []
+    for _, path in files:
+        with np.load(path) as data:
+            embeddings.append(data["embeddings"].astype(np.float32, copy=False))
+            timestamps.append(data["timestamps"].astype(np.float64, copy=False))
+            indices.append(data["indices"].astype(np.int64, copy=False))
+    return np.concatenate(embeddings), np.concatenate(timestamps), np.concatenate(indices)

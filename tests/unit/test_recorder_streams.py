@@ -1,0 +1,159 @@
+"""The Recorder without sockets or database: where each stream's files go, snapshots, rows."""
+
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from encoders.logging_utils import load_run_embeddings
+from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
+from encoders.services.recorder.recorder import Recorder
+
+
+class Rows:
+    """Stands in for the FrameWriter: keeps what it is given."""
+
+    def __init__(self):
+        self.rows, self.model = [], None
+
+    def add(self, row):
+        self.rows.append(row)
+
+    def set_model(self, model, dim):
+        self.model = (model, dim)
+
+
+def vec(seed, dim=8):
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def record(stream, seq, t, dim=8):
+    sim = None if seq == 0 else 0.9
+    return MetricsRecord(stream=stream, seq=seq, t_capture=t, t_encoded=t + 0.1, worker="w", model="ViT-B-32",
+                         similarity=sim, drift=None if sim is None else 0.1, counts={"embedded": seq + 1},
+                         vector=vec(seq, dim))
+
+
+def frame(stream, seq, t):
+    return Frame(stream=stream, seq=seq, t_capture=t, width=4, height=4, jpeg=b"\xff\xd8%s-%d\xff\xd9" % (
+        stream.encode(), seq))
+
+
+def make(tmp_path, **kw):
+    rows = Rows()
+    kw = {"snapshot_interval": 1.0, "embedding_interval": 3, **kw}
+    return Recorder(tmp_path, run_id=1, config={"run": {"name": tmp_path.name}}, rows=rows, **kw), rows
+
+
+def finish(rec):
+    rec.close_files()
+    return rec.write_summaries({"name": "x"}, Counter(r.stream for r in rec.rows.rows))
+
+
+def test_first_stream_in_the_run_folder_others_beside_it(tmp_path):
+    rec, rows = make(tmp_path)
+    for i in range(5):
+        rec.on_message(record("cam0", i, 100 + i * 0.5))
+        rec.on_message(record("cam1", i, 200 + i * 0.5))
+    rec.on_message(EndOfStream("cam1", 4, {"published": 9, "embedded": 5, "dropped": 4}))
+    top = finish(rec)
+    assert rows.model == ("ViT-B-32", 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cam1", "config.json", "drift.csv", "embeddings", "snapshots", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "cam1").iterdir()) == [
+        "config.json", "drift.csv", "embeddings", "snapshots", "summary.json"]
+    assert top["stream"] == "cam0" and top["records"] == 5 and top["other_streams"] == {"cam1": "cam1"}
+    cam1 = json.loads((tmp_path / "cam1" / "summary.json").read_text())
+    assert cam1["stream"] == "cam1" and cam1["frames"]["published"] == 9 and cam1["ended"]
+    assert rec.ended == {"cam1"}
+    # No file mixes two streams.
+    assert [r[1] for r in csv.reader((tmp_path / "drift.csv").open())][1:] == ["0", "1", "2", "3", "4"]
+    emb, ts, idx = load_run_embeddings(tmp_path, stream="cam1")
+    assert list(ts) == [200 + i * 0.5 for i in range(5)]
+    np.testing.assert_array_equal(emb[2], vec(2))
+    assert sorted(p.name for p in (tmp_path / "embeddings").iterdir()) == ["batch_0000.npz", "batch_0001.npz"]
+    with pytest.raises(ValueError, match="cam0, cam1"):
+        load_run_embeddings(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == {"name": "ViT-B-32", "dim": 8}
+
+
+def test_stream_dirs_puts_every_stream_in_its_folder(tmp_path):
+    rec, rows = make(tmp_path, stream_dirs=True)
+    for i in range(4):
+        for cam in ("cam0", "cam1"):
+            rec.on_message(record(cam, i, 10 + i))
+    top = finish(rec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam0", "cam1", "config.json", "summary.json"]
+    assert set(top["streams"]) == {"cam0", "cam1"}
+    assert top["totals"]["records"] == 8 and top["totals"]["db_rows"] == 8
+    assert top["totals"]["frames"]["embedded"] == 8
+    for cam in ("cam0", "cam1"):
+        _, _, idx = load_run_embeddings(tmp_path / cam)
+        assert list(idx) == [0, 1, 2, 3]
+        assert json.loads((tmp_path / cam / "config.json").read_text())["stream"] == cam
+    assert len(rows.rows) == 8
+
+
+def test_snapshots_every_interval_with_the_frame_bytes_unchanged(tmp_path):
+    rec, rows = make(tmp_path, snapshot_interval=1.0)
+    times = [100.0 + 0.25 * i for i in range(12)]  # 100.00 .. 102.75
+    for seq, t in enumerate(times):
+        if seq != 4:  # frame 4 never arrives: its snapshot falls to frame 5
+            rec.on_message(frame("cam0", seq, t))
+    for seq, t in enumerate(times):
+        rec.on_message(record("cam0", seq, t))
+    finish(rec)
+    snaps = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert snaps == ["frame_000000.jpg", "frame_000005.jpg", "frame_000009.jpg"]
+    assert (tmp_path / "snapshots" / "frame_000005.jpg").read_bytes() == frame("cam0", 5, 0).jpeg
+    assert [r.seq for r in rows.rows if r.snapshot_path] == [0, 5, 9]
+    assert rows.rows[5].snapshot_path == "snapshots/frame_000005.jpg"
+    assert json.loads((tmp_path / "summary.json").read_text())["snapshots"] == 3
+
+
+def test_snapshot_paths_of_a_second_stream_are_relative_to_the_run(tmp_path):
+    rec, rows = make(tmp_path, snapshot_interval=0.0)
+    rec.on_message(record("cam0", 0, 1.0))
+    rec.on_message(frame("cam1", 0, 1.0))  # before cam1 has any record
+    rec.on_message(record("cam1", 0, 1.0))
+    finish(rec)
+    assert rows.rows[1].snapshot_path == "cam1/snapshots/frame_000000.jpg"
+    assert (tmp_path / rows.rows[1].snapshot_path).read_bytes() == frame("cam1", 0, 1.0).jpeg
+
+
+def test_bad_records_are_counted_and_written_nowhere(tmp_path):
+    rec, rows = make(tmp_path)
+    rec.on_message(record("cam0", 0, 1.0))
+    rec.on_message(record("cam0", 1, 2.0, dim=16))  # another model's size
+    nan = record("cam0", 2, 3.0)
+    nan.vector = np.full(8, np.nan, np.float32)
+    rec.on_message(nan)
+    rec.on_message(record("../etc", 3, 4.0))
+    rec.on_message(record("cam0", 4, 5.0))
+    finish(rec)
+    assert [r.seq for r in rows.rows] == [0, 4]
+    assert rec.counters["wrong_dim"] == 1 and rec.counters["bad_vectors"] == 1 and rec.counters["bad_stream_names"] == 1
+    assert not (tmp_path.parent / "etc").exists()
+    assert [r[1] for r in csv.reader((tmp_path / "drift.csv").open())][1:] == ["0", "4"]
+
+
+def test_a_run_with_no_records_still_leaves_the_layout(tmp_path):
+    rec, _ = make(tmp_path)
+    top = finish(rec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "drift.csv", "embeddings", "snapshots", "summary.json"]
+    assert top["records"] == 0 and top["frames"]["embedded"] == 0
+    assert (tmp_path / "drift.csv").read_bytes() == b"timestamp,frame,similarity,drift\n"
+
+
+def test_a_record_sent_again_is_recorded_once(tmp_path):
+    rec, rows = make(tmp_path)
+    for seq in (0, 1, 2, 1, 2, 3):
+        rec.on_message(record("cam0", seq, 10.0 + seq))
+    finish(rec)
+    assert [r.seq for r in rows.rows] == [0, 1, 2, 3]
+    assert rec.counters["repeated_records"] == 2
+    assert [r[1] for r in csv.reader((tmp_path / "drift.csv").open())][1:] == ["0", "1", "2", "3"]

@@ -1,0 +1,76 @@
+"""summary.json statistics against values worked out by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from encoders.shared.messages import MetricsRecord
+from encoders.services.recorder.summary import RunningStats, StreamSummary
+
+
+def record(seq, t, similarity, counts=None):
+    return MetricsRecord(stream="cam0", seq=seq, t_capture=t, t_encoded=t + 0.05, worker="w1", model="ViT-B-32",
+                         similarity=similarity, drift=None if similarity is None else 1.0 - similarity,
+                         counts=counts or {}, vector=np.ones(4, np.float32) / 2)
+
+
+def test_running_stats_by_hand():
+    s = RunningStats()
+    for x in (0.1, 0.3, 0.2, 0.6):
+        s.add(x)
+    # mean = 1.2 / 4 = 0.3; squared deviations 0.04, 0, 0.01, 0.09 -> 0.14 / 4 = 0.035
+    assert s.count == 4
+    assert s.mean == pytest.approx(0.3)
+    assert s.std == pytest.approx(math.sqrt(0.035))
+    assert (s.min, s.max) == (0.1, 0.6)
+
+
+def test_empty_stats_are_null_not_zero():
+    assert RunningStats().to_dict() == {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+
+
+def test_stream_summary_by_hand():
+    s = StreamSummary("cam0")
+    sims = [None, 0.9, 0.7, 0.8, 1.0]  # drifts: 0.1, 0.3, 0.2, 0.0
+    for i, sim in enumerate(sims):
+        s.add(record(seq=10 + 2 * i, t=1000.0 + 0.5 * i, similarity=sim,
+                     counts={"embedded": i + 1, "dropped": i, "skipped": 0, "lost": 0}), snapshot=(i in (0, 3)))
+    d = s.to_dict(npz_batches=2, db_rows=5)
+    assert d["records"] == 5
+    assert (d["first_seq"], d["last_seq"]) == (10, 18)
+    assert d["drift"]["count"] == 4
+    assert d["drift"]["mean"] == pytest.approx(0.15)
+    # deviations from 0.15: -0.05, 0.15, 0.05, -0.15 -> squares sum 0.05 -> /4 = 0.0125
+    assert d["drift"]["std"] == pytest.approx(math.sqrt(0.0125))
+    assert d["drift"]["min"] == pytest.approx(0.0)
+    assert d["drift"]["max"] == pytest.approx(0.3)
+    assert d["similarity"]["mean"] == pytest.approx(0.85)
+    assert d["similarity"]["min"] == pytest.approx(0.7)
+    assert d["duration_s"] == pytest.approx(2.0)
+    assert d["effective_fps"] == pytest.approx(2.0)  # 4 intervals in 2 s
+    assert d["start_time"] == "1970-01-01T00:16:40+00:00"
+    assert d["snapshots"] == 2 and d["npz_batches"] == 2 and d["db_rows"] == 5
+    assert d["model"] == "ViT-B-32" and d["dim"] == 4
+    # No end of stream yet: the latest record's running counts (published unknown).
+    assert d["counts_from"] == "last_record" and not d["ended"]
+    assert d["frames"] == {"published": None, "embedded": 5, "dropped": 4, "skipped": 0, "lost": 0, "late": None}
+
+
+def test_end_of_stream_counts_win():
+    s = StreamSummary("cam0")
+    s.add(record(0, 5.0, None, counts={"embedded": 1}))
+    final = {"published": 12, "embedded": 9, "dropped": 2, "skipped": 1, "lost": 0, "late": 3}
+    s.end(final)
+    d = s.to_dict()
+    assert d["frames"] == final
+    assert d["counts_from"] == "end_of_stream" and d["ended"]
+    assert d["effective_fps"] is None  # a single frame has no rate
+    assert d["similarity"] == {"mean": None, "min": None}
+
+
+def test_embedded_falls_back_to_records_seen():
+    s = StreamSummary("cam0")
+    for i in range(3):
+        s.add(record(i, float(i), None if i == 0 else 0.5))
+    assert s.frames()["embedded"] == 3
