@@ -1,0 +1,158 @@
+"""docker-compose.yml and the Dockerfiles agree with the code they package.
+
+No Docker engine runs in CI, so these read the files: every ENCODERS_* variable set in
+compose is a setting of that service, every address a service connects to is one another
+service binds, every image runs an existing command and installs extras that exist, and
+only the encoder image carries torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from encoders.cli import cli
+from encoders.shared import config
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {  # compose service -> (settings class, CLI command)
+    "ingest": (config.IngestConfig, "ingest"),
+    "encoder": (config.EncoderConfig, "encode"),
+    "metrics": (config.MetricsConfig, "metrics"),
+    "recorder": (config.RecorderConfig, "record"),
+    "viewer": (config.ViewerConfig, "view"),
+    "pisim": (config.PisimConfig, "pisim"),
+}
+# Read by shared/runtime.py, not a settings field.
+COMMON_VARS = {"ENCODERS_LOG_LEVEL"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load("docker-compose.yml")
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    # ${VAR:-default} -> default: what a plain `docker compose up` uses.
+    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+
+
+def dockerfile(service: str) -> str:
+    return (ROOT / "services" / service / "Dockerfile").read_text()
+
+
+def extras() -> dict[str, list[str]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def requirements(extra_names: list[str]) -> set[str]:
+    """Every requirement the extras pull in, following encoders[...] references."""
+    out: set[str] = set()
+    todo = list(extra_names)
+    while todo:
+        for req in extras()[todo.pop()]:
+            nested = re.fullmatch(r"encoders\[([^\]]+)\]", req)
+            if nested:
+                todo.extend(nested.group(1).split(","))
+            else:
+                out.add(re.split(r"[<>=\[ ;]", req, maxsplit=1)[0].lower())
+    return out
+
+
+def image_extras(service: str) -> list[str]:
+    match = re.search(r"^ARG EXTRAS=(\S+)$", dockerfile(service), re.M)
+    assert match, f"services/{service}/Dockerfile has no ARG EXTRAS=..."
+    return match.group(1).split(",")
+
+
+def test_every_service_has_its_image(compose):
+    for name, (_, command) in SERVICES.items():
+        assert compose["services"][name]["build"]["dockerfile"] == f"services/{name}/Dockerfile"
+        text = dockerfile(name)
+        assert re.search(r"^FROM python:3.11-slim", text, re.M)
+        cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+        assert cmd and json.loads(cmd.group(1)) == ["encoders", command]
+        assert command in cli.commands
+
+
+def test_images_install_only_their_extra_and_only_the_encoder_has_torch():
+    for name in SERVICES:
+        wanted = image_extras(name)
+        assert set(wanted) <= set(extras()), f"{name}: unknown extra in {wanted}"
+        assert 'pip install ".[${EXTRAS}]"' in dockerfile(name)
+        has_torch = "torch" in requirements(wanted) or re.search(r"pip install torch\b", dockerfile(name))
+        assert bool(has_torch) == (name == "encoder"), name
+
+
+def test_compose_sets_only_real_settings(compose):
+    for name, (cls, _) in SERVICES.items():
+        known = {config.env_name(f) for f in dataclasses.fields(cls)} | COMMON_VARS
+        ours = {k for k in env_of(compose["services"][name]) if k.startswith("ENCODERS_")}
+        assert ours <= known, f"{name} sets {sorted(ours - known)}, not settings of {cls.__name__}"
+
+
+def test_every_connection_reaches_the_socket_it_means(compose):
+    # Settings name both ends alike: ENCODERS_WORK (encoder, connects) -> ENCODERS_WORK_BIND (ingest).
+    services = compose["services"]
+    for name, svc in services.items():
+        assert all(v.startswith("tcp://*:") for k, v in env_of(svc).items() if k.endswith("_BIND")), name
+    connections = 0
+    for name, svc in services.items():
+        for key, value in env_of(svc).items():
+            for host, port in re.findall(r"tcp://([a-z0-9-]+):(\d+)", value):
+                assert host in services, f"{name} {key}={value}: no service {host}"
+                bind = env_of(services[host]).get(key + "_BIND")
+                assert bind == f"tcp://*:{port}", f"{name} {key}={value}, but {host} has {key}_BIND={bind}"
+                connections += 1
+    assert connections == 7  # encoder, recorder and viewer: two each; ingest: metrics
+    pisim = re.fullmatch(r"http://pisim:(\d+)/stream.mjpg", env_of(services["ingest"])["ENCODERS_STREAM"])
+    assert pisim and pisim.group(1) == env_of(services["pisim"])["ENCODERS_PORT"]
+
+
+def test_compose_wiring_the_brief_asks_for(compose):
+    s = compose["services"]
+    assert env_of(s["ingest"])["ENCODERS_STREAM"] == "http://pisim:8000/stream.mjpg"
+    assert "${ENCODERS_STREAM:-" in (ROOT / "docker-compose.yml").read_text()  # a real Pi: one variable
+    assert env_of(s["ingest"])["ENCODERS_STREAM_ID"] == "cam0"
+    assert "profiles" not in s["pisim"] and s["viewer"]["profiles"] == ["viewer"]
+    published = {p.split(":")[0] for svc in s.values() for p in svc.get("ports", [])}
+    assert {"5555", "5558"} <= published
+    device = s["encoder"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
+    assert any(v.endswith(":/home/encoders/.cache") for v in s["encoder"]["volumes"])
+    assert s["postgres"]["image"].startswith("pgvector/pgvector:pg16")
+    assert "pg_isready" in " ".join(s["postgres"]["healthcheck"]["test"])
+    assert s["recorder"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "@postgres:5432/" in env_of(s["recorder"])["ENCODERS_DATABASE_URL"]
+    assert "/tmp/.X11-unix:/tmp/.X11-unix:ro" in s["viewer"]["volumes"] and "DISPLAY" in s["viewer"]["environment"]
+    named = {v.split(":")[0] for svc in s.values() for v in svc.get("volumes", []) if not v.startswith("/")}
+    assert named <= set(compose["volumes"])
+
+
+def test_gpu_override_pins_one_encoder_per_device():
+    gpus = load("docker-compose.gpus.yml")["services"]
+    assert gpus["encoder"]["deploy"]["replicas"] == 0
+    pinned = sorted(svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0]
+                    for name, svc in gpus.items() if name.startswith("encoder-gpu"))
+    assert pinned == ["0", "1"]
+    for name, svc in gpus.items():
+        if name.startswith("encoder-gpu"):
+            assert set(env_of(svc)) <= {config.env_name(f) for f in dataclasses.fields(config.EncoderConfig)} | COMMON_VARS
+
+
+def test_dockerignore_keeps_local_state_out_of_images():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "runs", ".pytest_cache", "**/__pycache__"} <= ignored
