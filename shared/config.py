@@ -203,6 +203,10 @@ class EncoderConfig(Settings):
     pretrained: str = setting("openai", "open_clip pretrained tag, a local checkpoint path, or 'none' (random weights)")
     batch_size: int = setting(32, "Largest batch encoded at once", minimum=1)
     batch_wait_ms: float = setting(5.0, "How long to wait for more frames once one is waiting, ms", minimum=0)
+    precision: str = setting("auto", "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA), bf16",
+                             choices=("auto", "fp32", "fp16", "bf16"))
+    fast_decode: bool = setting(True, "Decode JPEGs at a reduced DCT scale when larger than the model input "
+                                "(same embeddings within cosine 0.99; off = decode at full size)")
     threads: int = setting(0, "CPU threads for the model (0 = all cores)", minimum=0)
     worker_id: str = setting("", "Name of this worker in logs and records (default: host-pid)")
     ready_file: str = setting("", "Create this file once the model is loaded (the all-in-one launcher waits for it)")

@@ -25,7 +25,7 @@ from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
 from .intake import Held, Intake
 from .model import ClipImageEncoder, ModelLoadError, load_encoder
-from .preprocess import preprocess_batch
+from .preprocess import load_batch
 
 # Frames already held when a stop is asked for are still encoded, for at most this long.
 DRAIN_S = 30.0
@@ -47,18 +47,18 @@ class ModelThread:
             job = self.todo.get()
             if job is None:
                 return
-            items, tensor = job
+            items, arrays = job
             try:
-                self.done.put((items, self.encoder.embed(tensor), None))
+                self.done.put((items, self.encoder.embed_arrays(arrays), None))
             except Exception as exc:  # a failed batch is reported, never silently lost
                 self.done.put((items, None, exc))
 
     def has_room(self) -> bool:
         return self.busy < 2
 
-    def submit(self, items: list[Held], tensor: torch.Tensor) -> None:
+    def submit(self, items: list[Held], arrays: list) -> None:
         self.busy += 1
-        self.todo.put((items, tensor))
+        self.todo.put((items, arrays))
 
     def results(self, timeout: float = 0.0):
         try:
@@ -82,7 +82,7 @@ def run(cfg: EncoderConfig) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        encoder = load_encoder(cfg.model, cfg.pretrained, cfg.device)
+        encoder = load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.precision, cfg.fast_decode)
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 2
@@ -147,12 +147,13 @@ def run(cfg: EncoderConfig) -> int:
             give_credit(intake.finish(items))
 
     def encode_next() -> None:
-        if len(intake) < cfg.batch_size and cfg.batch_wait_ms > 0:
+        batch_size = min(cfg.batch_size, encoder.max_batch)
+        if len(intake) < batch_size and cfg.batch_wait_ms > 0:
             deadline = time.monotonic() + cfg.batch_wait_ms / 1000
-            while len(intake) < cfg.batch_size and (left := deadline - time.monotonic()) > 0:
+            while len(intake) < batch_size and (left := deadline - time.monotonic()) > 0:
                 receive(left * 1000)
-        items = intake.take(cfg.batch_size)
-        tensor, ok, bad = preprocess_batch([h.frame.jpeg for h in items], encoder.preprocess)
+        items = intake.take(batch_size)
+        arrays, ok, bad = load_batch(encoder.pre, [h.frame.jpeg for h in items])
         for pos, reason in bad:
             f = items[pos].frame
             log.warning("%s #%d skipped: %s", f.stream, f.seq, reason)
@@ -160,8 +161,8 @@ def run(cfg: EncoderConfig) -> int:
         counters["skipped"] += len(bad)
         if bad:
             give_credit(intake.finish([items[pos] for pos, _ in bad]))
-        if tensor is not None:
-            model.submit([items[i] for i in ok], tensor)
+        if arrays:
+            model.submit([items[i] for i in ok], arrays)
             counters["batches"] += 1
 
     last_log = time.monotonic()

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .preprocess import Preprocessor
+
 log = logging.getLogger(__name__)
 
 
@@ -46,34 +48,59 @@ class ClipImageEncoder:
     """The image tower of a CLIP model, on one device, returning L2-normalised float32 rows."""
 
     model: torch.nn.Module
-    preprocess: Callable  # open_clip's own eval transform: PIL image -> CHW float tensor
+    pre: Preprocessor  # fast path equivalent to open_clip's transform
+    reference_transform: Callable  # open_clip's own eval transform (PIL image -> tensor), for checks
     device: torch.device
+    dtype: torch.dtype  # of the model's input
     name: str  # e.g. "ViT-B-32/openai", carried in every embedding message
     dim: int
-    image_size: int
+    max_batch: int = 1 << 30  # lowered when the GPU runs out of memory
 
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        batch = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                features = self.model.encode_image(batch)
-        else:
-            features = self.model.encode_image(batch)
+        features = self.model.encode_image(batch.to(self.device, self.dtype, non_blocking=True))
         features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return features.cpu().numpy().astype(np.float32, copy=False)
+        return features.cpu().numpy()
+
+    def embed_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Decoded uint8 frames -> embeddings; a CUDA out-of-memory halves the batch and goes on."""
+        try:
+            return self.embed(self.pre.to_tensor(arrays, self.device, self.dtype))
+        except torch.cuda.OutOfMemoryError:
+            if len(arrays) == 1:
+                raise
+            half = len(arrays) // 2
+            if half < self.max_batch:
+                log.warning("CUDA out of memory at a batch of %d: batches are now at most %d", len(arrays), half)
+                self.max_batch = half
+            torch.cuda.empty_cache()
+            return np.concatenate([self.embed_arrays(arrays[:half]), self.embed_arrays(arrays[half:])])
 
 
-def load_encoder(model: str, pretrained: str, device: str) -> ClipImageEncoder:
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ModelLoadError("fp16 runs on CUDA only; on the CPU use fp32 or bf16")
+    return precision
+
+
+def load_encoder(model: str, pretrained: str, device: str, precision: str = "auto",
+                 fast_decode: bool = True) -> ClipImageEncoder:
     """Build the model with open_clip's real loading code.
 
     ``pretrained`` is an open_clip tag (downloaded once into the hub cache), a local
     checkpoint path, or 'none' for random weights (tests and benchmarks only).
+    ``precision``: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 or bf16.
     """
     import open_clip
 
     name = register_model_config(model)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     tag = None if pretrained.lower() == "none" else pretrained
     if tag is None:
         log.warning("!" * 72)
@@ -87,7 +114,8 @@ def load_encoder(model: str, pretrained: str, device: str) -> ClipImageEncoder:
         raise ModelLoadError(f"{name} has no pretrained weights {tag!r}; known: "
                              f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
     try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=dev)
+        # open_clip's own low-precision conversion keeps LayerNorm in fp32 where it matters.
+        clip, _, reference = open_clip.create_model_and_transforms(name, pretrained=tag, device=dev, precision=prec)
     except Exception as exc:
         raise ModelLoadError(
             f"could not load weights {pretrained!r} for {name}: {exc}\n"
@@ -95,10 +123,8 @@ def load_encoder(model: str, pretrained: str, device: str) -> ClipImageEncoder:
             "to the checkpoint's path, or set ENCODERS_PRETRAINED=none for random weights (tests only)."
         ) from None
     clip.eval()
-    image_size = clip.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
-    with torch.inference_mode():
-        dim = int(clip.encode_image(torch.zeros(1, 3, image_size, image_size, device=dev)).shape[-1])
-    label = f"{name}/{Path(tag).name if tag else 'none'}"
-    log.info("loaded %s on %s: %d-dim embeddings, %d px input", label, dev, dim, image_size)
-    return ClipImageEncoder(clip, preprocess, dev, label, dim, image_size)
+    pre = Preprocessor.for_model(clip, fast_decode)
+    encoder = ClipImageEncoder(clip, pre, reference, dev, PRECISIONS[prec], f"{name}/{Path(tag).name if tag else 'none'}", 0)
+    encoder.dim = int(encoder.embed(torch.zeros(1, 3, pre.size, pre.size)).shape[-1])
+    log.info("loaded %s on %s in %s: %d-dim embeddings, %d px input", encoder.name, dev, prec, encoder.dim, pre.size)
+    return encoder

@@ -1,38 +1,103 @@
-"""JPEG bytes -> the model's input tensor, exactly as open_clip's transform prepares an image."""
+"""JPEG bytes -> the model's input batch, as open_clip's own transform prepares an image, faster.
+
+open_clip's eval transform is: resize the shortest side to S (bicubic, antialiased, in
+Pillow), centre-crop S x S, scale to [0, 1], normalise with the model's mean and std.
+This module does the same steps with two speed-ups that keep the result faithful
+(embedding cosine >= 0.99 against open_clip's path; see tests/unit/test_encoder_preprocess.py):
+
+- JPEG decoding at a reduced scale: libjpeg-turbo's DCT scaling (through Pillow's
+  ``draft``) decodes a 1920x1080 frame straight to 480x270 when the model needs 224 px,
+  skipping most of the decode and resize work. The reduced image is never smaller than
+  what the resize needs.
+- Scaling and normalising the whole batch at once, as one vectorised tensor operation,
+  on the GPU when the model runs there (uint8 goes over PCIe: 4x fewer bytes than float).
+"""
 
 from __future__ import annotations
 
 import io
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
+
+INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                 "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
 class CorruptFrame(ValueError):
     pass
 
 
-def decode_jpeg(data: bytes) -> Image.Image:
-    """Decode fully (Pillow, libjpeg-turbo); a frame that does not decode raises CorruptFrame."""
+def decode_jpeg(data: bytes, min_size: int | None = None) -> Image.Image:
+    """Decode to RGB; with ``min_size``, at the smallest DCT scale whose sides stay >= min_size.
+
+    A frame that does not decode raises CorruptFrame.
+    """
     try:
         img = Image.open(io.BytesIO(data))
+        if min_size is not None and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
         img.load()  # force the decode now: truncated or corrupt data fails here, not later
         return img.convert("RGB")
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
         raise CorruptFrame(str(exc) or type(exc).__name__) from None
 
 
-def preprocess_batch(jpegs: Sequence[bytes], transform: Callable) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
-    """Decode and transform a batch.
+@dataclass(frozen=True)
+class Preprocessor:
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    fast_decode: bool = True  # DCT-scaled decoding; off = decode at full size, as open_clip would
 
-    Returns (stacked tensor or None, positions that made it, [(position, reason)] that did not).
-    """
-    tensors, ok, bad = [], [], []
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, fast_decode: bool = True) -> "Preprocessor":
+        import open_clip
+
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else int(cfg["size"])
+        if cfg.get("resize_mode", "shortest") != "shortest":
+            raise ValueError(f"resize mode {cfg['resize_mode']!r} is not supported (only 'shortest')")
+        return cls(size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"), fast_decode)
+
+    def load(self, data: bytes) -> np.ndarray:
+        """One frame -> uint8 HxWx3 array of size x size: decoded, resized, centre-cropped."""
+        img = decode_jpeg(data, self.size if self.fast_decode else None)
+        w, h = img.size
+        # Same arithmetic as torchvision's Resize(int) on the shortest side, then CenterCrop.
+        if w <= h:
+            new_w, new_h = self.size, int(self.size * h / w)
+        else:
+            new_w, new_h = int(self.size * w / h), self.size
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), INTERPOLATION[self.interpolation])
+        left = int(round((new_w - self.size) / 2.0))
+        top = int(round((new_h - self.size) / 2.0))
+        img = img.crop((left, top, left + self.size, top + self.size))
+        return np.asarray(img)
+
+    def to_tensor(self, arrays: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 NHWC arrays -> normalised NCHW batch on ``device``, in one vectorised step."""
+        batch = torch.from_numpy(np.stack(arrays))
+        if device.type == "cuda":
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        batch = batch.permute(0, 3, 1, 2).to(torch.float32)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * 255.0
+        return ((batch - mean) / std).to(dtype).contiguous()
+
+
+def load_batch(pre: Preprocessor, jpegs: Sequence[bytes]) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
+    """Decode a batch: (arrays, positions that decoded, [(position, reason)] that did not)."""
+    arrays, ok, bad = [], [], []
     for i, data in enumerate(jpegs):
         try:
-            tensors.append(transform(decode_jpeg(data)))
+            arrays.append(pre.load(data))
             ok.append(i)
         except CorruptFrame as exc:
             bad.append((i, f"corrupt JPEG: {exc}"))
-    return (torch.stack(tensors) if tensors else None), ok, bad
+    return arrays, ok, bad
