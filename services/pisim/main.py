@@ -1,0 +1,47 @@
+"""pisim: stands in for the Raspberry Pi camera, serving /stream.mjpg and /health.
+
+    encoders pisim --port 8000                      # synthetic moving scene
+    encoders pisim --source clip.mp4 --fps 30        # a video file, looping
+    encoders pisim --source photos/ --fps 2          # a folder of images, looping
+
+In-process (tests, the all-in-one demo): ``server, url = serve_in_thread(cfg)`` and
+``server.close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from encoders.shared.config import PisimConfig
+from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
+
+from .server import PisimServer, make_server, serve_in_thread
+from .sources import SourceError
+
+__all__ = ["PisimServer", "SourceError", "make_server", "run", "serve_in_thread"]
+
+log = logging.getLogger("encoders.pisim")
+
+
+def run(cfg: PisimConfig) -> int:
+    setup_logging("pisim")
+    log_settings(log, "pisim", cfg)
+    stop = stop_on_signals()
+    try:
+        server = make_server(cfg)
+    except SourceError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", cfg.host, cfg.port, exc)
+        return 2
+    try:
+        url = server.start()
+        log.info("serving %s at %s/stream.mjpg (listening on %s port %d; health: %s/health)",
+                 server.source.description, url, cfg.host or "*", server.port, url)
+        stop.wait()
+    finally:
+        server.close()
+    h = server.health()
+    log.info("pisim stopped: %d frames served to %d client(s)", h["frames_served"], h["clients_served"])
+    return 0
