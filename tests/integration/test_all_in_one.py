@@ -1,0 +1,141 @@
+"""`python -m encoders --stream URL ...`: the seed's command, now five processes underneath."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import psutil
+import psycopg
+import pytest
+
+from ..conftest import free_port, wait_for
+
+
+@pytest.fixture
+def pisim(service):
+    port = free_port()
+    service("pisim", "--port", str(port), "--fps", "30", "--width", "320", "--height", "240")
+    url = f"http://127.0.0.1:{port}/stream.mjpg"
+    import httpx
+
+    wait_for(lambda: _healthy(httpx, port), 20, "pisim to answer /health")
+    return url
+
+
+def _healthy(httpx, port) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def leftovers(marker: str) -> list[str]:
+    """Processes still running whose environment or command line carries this test's folder."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid == psutil.Process().pid:
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if marker in cmd or any(marker in v for v in env.values()):
+            found.append(f"{proc.pid}: {cmd}")
+    return found
+
+
+def only_run(runs):
+    runs_found = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(runs_found) == 1, runs_found
+    return runs_found[0]
+
+
+@pytest.mark.timeout(240)
+def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind(service, tiny_model, pisim,
+                                                                                    tmp_path):
+    runs = tmp_path / "runs"
+    env = {**tiny_model, "ENCODERS_SNAPSHOT_INTERVAL": "0.5", "ENCODERS_EMBEDDING_INTERVAL": "20"}
+    run = service("--stream", pisim, "--no-display", "--max-frames", "60", "--workers", "2", "--lossless",
+                  "--runs-dir", str(runs), env=env)
+    assert run.wait(180) == 0, run.output()[-4000:]
+    run_dir = only_run(runs)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "drift.csv", "embeddings", "snapshots",
+                                                          "summary.json"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"]["published"] == 60 and summary["frames"]["embedded"] == 60
+    config = json.loads((run_dir / "config.json").read_text())
+    assert "ENCODERS_MODEL" not in json.dumps(config)  # settings by name, not raw environment
+    assert json.dumps(config).count("tiny-clip") >= 1
+    # The embedded PostgreSQL kept the rows, and is reused by the next run.
+    assert (runs / ".pgdata").is_dir()
+    assert not leftovers(str(runs)), leftovers(str(runs))
+    from encoders.services.recorder.embedded_db import database_url
+
+    url, handle = database_url("", str(runs))
+    try:
+        with psycopg.connect(url) as conn:
+            n = conn.execute("SELECT count(*) FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s",
+                             (run_dir.name,)).fetchone()[0]
+            ended = conn.execute("SELECT ended_at IS NOT NULL FROM runs WHERE name = %s", (run_dir.name,)).fetchone()[0]
+    finally:
+        handle.cleanup()
+    assert n == 60 and ended
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_flushes_everything_and_exits_cleanly(service, tiny_model, pisim, tmp_path, sig):
+    runs = tmp_path / "runs"
+    run = service("--stream", pisim, "--no-display", "--runs-dir", str(runs), env=tiny_model)
+    wait_for(lambda: list(runs.glob("*/drift.csv")) and len(list(runs.glob("*/drift.csv"))[0].read_text()
+                                                              .splitlines()) > 10, 120, "frames to be recorded")
+    run.proc.send_signal(sig)
+    assert run.wait(120) == 0, run.output()[-4000:]
+    run_dir = only_run(runs)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
+    assert summary["frames"]["embedded"] == summary["db_rows"] == rows > 10
+    f = summary["frames"]
+    assert f["published"] == f["embedded"] + f["dropped"] + f["skipped"] + f["lost"]
+    assert not leftovers(str(runs)), leftovers(str(runs))
+
+
+@pytest.mark.timeout(60)
+def test_no_save_writes_nothing(service, tiny_model, pisim, tmp_path):
+    runs = tmp_path / "runs"
+    run = service("--stream", pisim, "--no-display", "--no-save", "--max-frames", "20", "--runs-dir", str(runs),
+                  env=tiny_model)
+    assert run.wait(50) == 0, run.output()[-4000:]
+    assert not runs.exists()
+
+
+@pytest.mark.timeout(60)
+def test_connection_test_passes_against_the_stream_and_fails_with_the_reason(service, pisim):
+    ok = service("--stream", pisim, "--test")
+    assert ok.wait(30) == 0, ok.output()
+    assert "OK" in ok.output()
+    closed = free_port()
+    bad = service("--stream", f"http://127.0.0.1:{closed}/stream.mjpg", "--test")
+    assert bad.wait(30) != 0
+    assert "refused" in bad.output().lower()
+
+
+@pytest.mark.timeout(60)
+def test_stream_is_required_and_help_lists_the_seed_options(service):
+    missing = service("--no-display")
+    assert missing.wait(20) == 2
+    assert "--stream" in missing.output()
+    helptext = service("--help")
+    assert helptext.wait(20) == 0
+    for option in ("--stream", "--no-display", "--no-plot", "--no-save", "--test", "--duration", "--max-frames"):
+        assert option in helptext.output()
+
+
+@pytest.mark.timeout(60)
+def test_unfetchable_weights_say_what_to_set(service, tmp_path):
+    enc = service("encode", "--model", "ViT-B-32", "--pretrained", "openai", "--device", "cpu",
+                  env={"HF_HUB_OFFLINE": "1"})
+    assert enc.wait(50) == 2
+    assert "ENCODERS_PRETRAINED" in enc.output()

@@ -1,0 +1,108 @@
+"""An encoder worker process against a test ingest (ROUTER) and a test metrics (PULL)."""
+
+from __future__ import annotations
+
+import io
+import signal
+
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from encoders.shared import zmqio
+from encoders.shared.messages import Credit, Embedding, Frame, Skipped
+
+from ..conftest import free_port, wait_for
+
+
+def jpeg(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 60), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def fake_ingest_and_metrics():
+    ctx = zmq.Context()
+    router = zmqio.open_socket(ctx, zmq.ROUTER, f"tcp://127.0.0.1:{free_port()}", bind=True, linger=0)
+    pull = zmqio.open_socket(ctx, zmq.PULL, f"tcp://127.0.0.1:{free_port()}", bind=True, linger=0)
+    yield router, pull
+    router.close(0)
+    pull.close(0)
+    ctx.term()
+
+
+def endpoint(sock) -> str:
+    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+
+def next_credit(router, timeout_s=60) -> tuple[bytes, Credit]:
+    assert router.poll(timeout_s * 1000), "no credit from the worker"
+    msg, identity = zmqio.receive(router, routed=True)
+    assert isinstance(msg, Credit)
+    return identity, msg
+
+
+def outcomes(pull, n, timeout_s=30):
+    got = []
+    while len(got) < n:
+        assert pull.poll(timeout_s * 1000), f"only {len(got)} of {n} outcomes arrived"
+        got.append(zmqio.receive(pull)[0])
+    return got
+
+
+@pytest.mark.timeout(120)
+def test_worker_asks_for_frames_embeds_them_skips_corrupt_ones_and_gives_credit_back(
+        service, tiny_model, fake_ingest_and_metrics):
+    router, pull = fake_ingest_and_metrics
+    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "4",
+                     "--worker-id", "wx", env=tiny_model)
+    identity, credit = next_credit(router)
+    assert credit.worker == "wx" and credit.n == 8  # one batch encoding, one gathering
+    good = jpeg("red")
+    frames = [Frame("cam0", 0, 1.0, 80, 60, good), Frame("cam0", 1, 2.0, 80, 60, good[:200] + b"\0" * 300),
+              Frame("cam0", 2, 3.0, 80, 60, jpeg("blue"))]
+    for f in frames:
+        zmqio.send(router, f, prefix=[identity])
+    got = {m.seq: m for m in outcomes(pull, 3)}
+    assert isinstance(got[0], Embedding) and isinstance(got[2], Embedding)
+    assert got[0].t_capture == 1.0 and got[0].worker == "wx" and got[0].model == "tiny-clip/tiny-clip.pt"
+    assert got[0].vector.shape == (64,) and np.linalg.norm(got[0].vector) == pytest.approx(1, abs=1e-5)
+    assert isinstance(got[1], Skipped) and "corrupt JPEG" in got[1].reason
+    # Each finished frame is credited back: 3 in all, whatever the grouping.
+    returned = 0
+    while returned < 3:
+        returned += next_credit(router, 10)[1].n
+    assert returned == 3
+    assert worker.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_finishes_the_frames_the_worker_holds(service, tiny_model, fake_ingest_and_metrics):
+    router, pull = fake_ingest_and_metrics
+    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "16",
+                     env=tiny_model)
+    identity, credit = next_credit(router)
+    for seq in range(credit.n):
+        zmqio.send(router, Frame("cam0", seq, float(seq), 80, 60, jpeg((seq * 7 % 255, 0, 0))), prefix=[identity])
+    worker.proc.send_signal(signal.SIGTERM)
+    got = outcomes(pull, credit.n)
+    assert sorted(m.seq for m in got) == list(range(credit.n))
+    assert all(isinstance(m, Embedding) for m in got)
+    assert worker.wait(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_message_that_does_not_decode_is_counted_and_the_worker_goes_on(service, tiny_model,
+                                                                          fake_ingest_and_metrics):
+    router, pull = fake_ingest_and_metrics
+    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), env=tiny_model)
+    identity, _ = next_credit(router)
+    router.send_multipart([identity, b"\x93garbage"])
+    router.send_multipart([identity, b"\x81\xa1v\x63"])  # a map, wrong schema version
+    zmqio.send(router, Frame("cam0", 0, 0.0, 80, 60, jpeg("green")), prefix=[identity])
+    (msg,) = outcomes(pull, 1)
+    assert isinstance(msg, Embedding) and msg.seq == 0
+    assert worker.stop() == 0
+    assert worker.output().count("does not decode") == 2
