@@ -23,6 +23,7 @@ from encoders.shared.config import EncoderConfig, split_addrs
 from encoders.shared.messages import Credit, Embedding, Frame, Skipped
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
+from .gpus import parse_gpus, run_per_gpu
 from .intake import Held, Intake
 from .model import ClipImageEncoder, ModelLoadError, load_encoder
 from .preprocess import load_batch
@@ -79,6 +80,13 @@ def run(cfg: EncoderConfig) -> int:
     log = setup_logging("encoder")
     log_settings(log, "encoder", cfg)
     stop = stop_on_signals()
+    if cfg.gpus:
+        try:
+            ids = parse_gpus(cfg.gpus, torch.cuda.device_count())
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        return run_per_gpu(ids, cfg.worker_id, stop)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:

@@ -13,7 +13,7 @@ from PIL import Image
 from encoders.shared import zmqio
 from encoders.shared.messages import Credit, Embedding, Frame, Skipped
 
-from ..conftest import free_port, wait_for
+from ..conftest import free_port
 
 
 def jpeg(color) -> bytes:

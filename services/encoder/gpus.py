@@ -1,0 +1,61 @@
+"""`encoders encode --gpus all|0,2`: one worker process per GPU, all sharing the same ingests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def parse_gpus(spec: str, visible: int) -> list[int]:
+    """'all' -> every visible GPU; '0,2' -> those; anything not visible is an error."""
+    if visible == 0:
+        raise ValueError("--gpus needs CUDA GPUs, and none is visible here (ENCODERS_DEVICE=cpu runs on the CPU)")
+    if spec.strip().lower() == "all":
+        return list(range(visible))
+    try:
+        ids = sorted({int(x) for x in spec.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise ValueError(f"--gpus takes 'all' or GPU numbers like 0,1; got {spec!r}") from None
+    missing = [i for i in ids if i >= visible or i < 0]
+    if not ids or missing:
+        raise ValueError(f"--gpus {spec}: GPUs {missing or spec} are not among the {visible} visible")
+    return ids
+
+
+def run_per_gpu(ids: list[int], worker_id: str, stop) -> int:
+    """Start `encoders encode` once per GPU (same settings, device cuda:N) and wait for them."""
+    base = worker_id or f"{os.uname().nodename}-{os.getpid()}"
+    procs = []
+    for i in ids:
+        env = {**os.environ, "ENCODERS_GPUS": "", "ENCODERS_DEVICE": f"cuda:{i}", "ENCODERS_WORKER_ID": f"{base}-gpu{i}"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "encoders", "encode", *_passed_args()], env=env))
+    log.info("started %d workers, on GPUs %s", len(procs), ", ".join(map(str, ids)))
+    while not stop.is_set() and all(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = [p.wait() for p in procs]
+    return max(codes, key=abs) if any(codes) else 0
+
+
+def _passed_args() -> list[str]:
+    """This command's own flags, less --gpus and --device (each child gets its own device)."""
+    args, skip = [], False
+    for a in sys.argv[2:]:
+        if skip:
+            skip = False
+            continue
+        if a in ("--gpus", "--device", "--worker-id"):
+            skip = True
+            continue
+        if a.startswith(("--gpus=", "--device=", "--worker-id=")):
+            continue
+        args.append(a)
+    return args
