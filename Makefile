@@ -5,13 +5,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DURATION ?= 30
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test test-fast bench up down venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip setuptools
-	# torch from the CPU-capable default build; open_clip needs torchvision beside it.
+	# A pinned torch/torchvision pair first (open_clip needs both); then the project and its
+	# test tools. Override TORCH_PIN to take another build, e.g. a CPU-only index.
+	$(BIN)/pip install $(TORCH_PIN)
 	$(BIN)/pip install -e '.[test]'
 	touch $(STAMP)
 

@@ -1,0 +1,59 @@
+"""Run every benchmark, print its tables and write its JSON to benchmarks/out/.
+
+    python -m benchmarks            # all
+    python -m benchmarks encoder    # only those whose name contains 'encoder'
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+MODULES = ["benchmarks.bench_encoder"]
+OUT = Path(__file__).parent / "out"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv: list[str]) -> int:
+    OUT.mkdir(exist_ok=True)
+    where = machine()
+    print(f"machine: {where}")
+    for name in MODULES:
+        if argv and not any(a in name for a in argv):
+            continue
+        module = importlib.import_module(name)
+        print(f"\n=== {name} ===", flush=True)
+        result = module.main()
+        result["machine"] = where
+        path = OUT / f"{name.rsplit('.', 1)[-1]}.json"
+        path.write_text(json.dumps(result, indent=2, default=str))
+        print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,241 @@
+"""Encoder benchmarks (issue 3), every figure of one comparison measured in this one run:
+
+1. model ceiling: images/s of the bare model on preprocessed tensors, batch 1, 8, 32, 128;
+2. seed-style baseline: one frame at a time, PIL decode, open_clip's preprocess, model;
+3. pipeline end to end: pisim at unlimited rate -> ingest -> 1 and 2 encoder workers -> metrics,
+   lossless, frames/s;
+4. real-time latency: pisim at 30 frames/s, capture-to-metrics latency p50/p95/p99 and drops;
+5. decode + preprocess alone, per frame, 640x480 and 1920x1080.
+
+Settings (environment): BENCH_MODEL (ViT-B-32), BENCH_DEVICE (auto), BENCH_PRECISION (auto),
+BENCH_FRAMES (pipeline frames, default 240 on CPU, 6000 on CUDA), BENCH_SECONDS (per
+measurement, default 6). Weights are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+from PIL import Image
+
+from encoders.services.encoder.model import load_encoder
+from encoders.services.encoder.preprocess import Preprocessor
+from encoders.services.pisim.scene import SyntheticScene
+from encoders.shared import zmqio
+from encoders.shared.messages import EndOfStream, MetricsRecord
+
+MODEL = os.environ.get("BENCH_MODEL", "ViT-B-32")
+DEVICE = os.environ.get("BENCH_DEVICE", "auto")
+PRECISION = os.environ.get("BENCH_PRECISION", "auto")
+SECONDS = float(os.environ.get("BENCH_SECONDS", "6"))
+
+
+def rate(fn, items_per_call: int, seconds: float = SECONDS, sync=lambda: None) -> float:
+    """Calls per second x items, after one warm-up call, for at least ``seconds`` and 3 calls."""
+    fn()
+    sync()
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync()
+    return calls * items_per_call / (time.perf_counter() - start)
+
+
+def frame_jpeg(w: int, h: int, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    SyntheticScene(w, h, seed=seed).render(1.3).save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def model_ceiling(enc, batches=(1, 8, 32, 128)) -> dict[int, float]:
+    sync = torch.cuda.synchronize if enc.device.type == "cuda" else (lambda: None)
+    out = {}
+    for bs in batches:
+        x = torch.randn(bs, 3, enc.pre.size, enc.pre.size).to(enc.device, enc.dtype)
+        with torch.inference_mode():
+            out[bs] = rate(lambda: enc.model.encode_image(x), bs, sync=sync)
+        print(f"  model ceiling, batch {bs:>3}: {out[bs]:9.1f} images/s", flush=True)
+    return out
+
+
+def seed_baseline(enc, jpeg: bytes) -> float:
+    """The seed's way: decode with PIL, open_clip's transform, one frame through the model."""
+
+    def one():
+        img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        x = enc.reference_transform(img).unsqueeze(0).to(enc.device, enc.dtype)
+        with torch.inference_mode():
+            enc.model.encode_image(x).float().cpu()
+
+    return rate(one, 1)
+
+
+def preprocess_costs(enc) -> dict:
+    out = {}
+    for w, h in ((640, 480), (1920, 1080)):
+        jpeg = frame_jpeg(w, h)
+        full = Preprocessor(**{**enc.pre.__dict__, "fast_decode": False})
+        row = {
+            "fast_ms": 1000 / rate(lambda: enc.pre.load(jpeg), 1, seconds=2),
+            "full_decode_ms": 1000 / rate(lambda: full.load(jpeg), 1, seconds=2),
+            "open_clip_ms": 1000 / rate(lambda: enc.reference_transform(Image.open(io.BytesIO(jpeg)).convert("RGB")),
+                                        1, seconds=2),
+        }
+        out[f"{w}x{h}"] = row
+        print(f"  decode+preprocess {w}x{h}: fast {row['fast_ms']:.2f} ms, full-size decode "
+              f"{row['full_decode_ms']:.2f} ms, open_clip's {row['open_clip_ms']:.2f} ms", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The real pipeline, as separate processes on ZeroMQ, like the all-in-one command.
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def pipeline(workers: int, threads: int, fps: float, frames: int, lossless: bool, batch_size: int):
+    tcp = "tcp://127.0.0.1:{}".format
+    p = {k: free_port() for k in ("http", "frames", "work", "min", "mpub")}
+    env = {**os.environ, "ENCODERS_MODEL": MODEL, "ENCODERS_PRETRAINED": "none", "ENCODERS_DEVICE": DEVICE,
+           "ENCODERS_PRECISION": PRECISION, "ENCODERS_LOG_LEVEL": "WARNING"}
+    procs = []
+
+    def start(*args, extra=None):
+        procs.append(subprocess.Popen([sys.executable, "-m", "encoders", *args], env={**env, **(extra or {})},
+                                      stdout=subprocess.DEVNULL))
+
+    ctx = zmq.Context.instance()
+    sub = zmqio.open_socket(ctx, zmq.SUB, tcp(p["mpub"]), bind=False, subscribe=[b"metrics/", b"eos/"], linger=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            start("metrics", "--metrics-in-bind", tcp(p["min"]), "--metrics-bind", tcp(p["mpub"]), "--records-bind", "")
+            ready = [Path(tmp) / f"r{i}" for i in range(workers)]
+            for i in range(workers):
+                start("encode", "--work", tcp(p["work"]), "--metrics-in", tcp(p["min"]), "--threads", str(threads),
+                      "--batch-size", str(batch_size), "--ready-file", str(ready[i]))
+            deadline = time.monotonic() + 300
+            while not all(r.exists() for r in ready):
+                if time.monotonic() > deadline or any(pr.poll() is not None for pr in procs):
+                    raise RuntimeError("encoder workers did not start")
+                time.sleep(0.1)
+            start("pisim", "--port", str(p["http"]), "--fps", str(fps), "--width", "640", "--height", "480")
+            time.sleep(0.5)
+            start("ingest", "--stream", f"http://127.0.0.1:{p['http']}/stream.mjpg", "--frames-bind", tcp(p["frames"]),
+                  "--work-bind", tcp(p["work"]), "--metrics-in", tcp(p["min"]), "--max-frames", str(frames),
+                  *(["--lossless"] if lossless else []))
+            yield sub
+        finally:
+            sub.close(0)
+            for pr in procs:
+                pr.terminate()
+            for pr in procs:
+                try:
+                    pr.wait(60)
+                except subprocess.TimeoutExpired:
+                    pr.kill()
+
+
+def collect(sub, timeout_s: float = 600) -> tuple[list[tuple[float, MetricsRecord]], EndOfStream]:
+    records = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not sub.poll(1000):
+            continue
+        msg, _ = zmqio.receive(sub, topic=True)
+        if isinstance(msg, MetricsRecord):
+            records.append((time.time(), msg))
+        elif isinstance(msg, EndOfStream):
+            return records, msg
+    raise RuntimeError("the pipeline did not finish in time")
+
+
+def pipeline_throughput(workers: int, threads: int, frames: int, batch_size: int) -> float:
+    with pipeline(workers, threads, fps=0, frames=frames, lossless=True, batch_size=batch_size) as sub:
+        records, eos = collect(sub)
+    assert eos.counts["embedded"] == frames, eos.counts
+    # Steady state: skip the first batch or so while every stage fills.
+    arrivals = [t for t, _ in records][batch_size:]
+    fps = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    print(f"  pipeline, {workers} worker(s) x {threads} thread(s), lossless: {fps:9.1f} frames/s", flush=True)
+    return fps
+
+
+def realtime_latency(workers: int, threads: int, seconds: float, batch_size: int) -> dict:
+    frames = int(30 * seconds)
+    with pipeline(workers, threads, fps=30, frames=frames, lossless=False, batch_size=batch_size) as sub:
+        records, eos = collect(sub)
+    lat = np.array([(r.t_metrics - r.t_capture) * 1000 for _, r in records[10:]])
+    out = {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+           "p99_ms": float(np.percentile(lat, 99)), "published": eos.counts["published"],
+           "embedded": eos.counts["embedded"], "dropped": eos.counts["dropped"]}
+    print(f"  real time at 30 frames/s: capture->metrics p50 {out['p50_ms']:.0f} ms, p95 {out['p95_ms']:.0f} ms, "
+          f"p99 {out['p99_ms']:.0f} ms; {out['dropped']} of {out['published']} frames dropped", flush=True)
+    return out
+
+
+def main() -> dict:
+    torch.manual_seed(0)
+    enc = load_encoder(MODEL, "none", DEVICE, PRECISION)
+    cuda = enc.device.type == "cuda"
+    cores = os.cpu_count() or 1
+    frames = int(os.environ.get("BENCH_FRAMES", 6000 if cuda else 240))
+    batch_size = 128 if cuda else 32
+    print(f"model {enc.name} on {enc.device} ({enc.dtype}), {cores} cores", flush=True)
+
+    result: dict = {"model": MODEL, "device": str(enc.device), "dtype": str(enc.dtype)}
+    result["decode_preprocess"] = preprocess_costs(enc)
+    result["model_ceiling"] = model_ceiling(enc)
+    result["seed_baseline_fps"] = seed_baseline(enc, frame_jpeg(640, 480))
+    print(f"  seed-style baseline (one frame at a time, PIL + open_clip transform): "
+          f"{result['seed_baseline_fps']:.1f} frames/s", flush=True)
+    del enc  # the pipeline's workers need the memory and the cores
+    if cuda:
+        torch.cuda.empty_cache()
+    gpus = torch.cuda.device_count() if cuda else 0
+    two = (2, 1) if not cuda else (2, 4)
+    result["pipeline_fps"] = {
+        "1 worker": pipeline_throughput(1, cores if not cuda else 4, frames, batch_size),
+        "2 workers": pipeline_throughput(two[0], max(1, cores // 2) if not cuda else two[1], frames, batch_size),
+    }
+    result["realtime_30fps"] = realtime_latency(1, cores if not cuda else 4, 20, 8 if not cuda else 32)
+
+    best_batch = max(result["model_ceiling"], key=result["model_ceiling"].get)
+    ceiling = result["model_ceiling"][best_batch]
+    best_pipeline = max(result["pipeline_fps"].values())
+    result["ratios"] = {
+        "pipeline / model ceiling": best_pipeline / ceiling,
+        "pipeline / seed baseline": best_pipeline / result["seed_baseline_fps"],
+        "best_batch": best_batch,
+        "gpus": gpus,
+    }
+    print("\n  | measure | value |\n  |---|---|")
+    for bs, v in result["model_ceiling"].items():
+        print(f"  | model ceiling, batch {bs} | {v:.1f} images/s |")
+    print(f"  | seed-style baseline | {result['seed_baseline_fps']:.1f} frames/s |")
+    for k, v in result["pipeline_fps"].items():
+        print(f"  | pipeline, {k}, lossless | {v:.1f} frames/s |")
+    rt = result["realtime_30fps"]
+    print(f"  | real time 30 fps, latency p50/p95/p99 | {rt['p50_ms']:.0f} / {rt['p95_ms']:.0f} / {rt['p99_ms']:.0f} ms, "
+          f"{rt['dropped']}/{rt['published']} dropped |")
+    for size, row in result["decode_preprocess"].items():
+        print(f"  | decode+preprocess {size} (fast / full / open_clip) | {row['fast_ms']:.2f} / "
+              f"{row['full_decode_ms']:.2f} / {row['open_clip_ms']:.2f} ms |")
+    print(f"  | pipeline / model ceiling (batch {best_batch}) | {result['ratios']['pipeline / model ceiling']:.2f} |")
+    print(f"  | pipeline / seed baseline | {result['ratios']['pipeline / seed baseline']:.2f} |")
+    return result
