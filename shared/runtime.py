@@ -20,6 +20,8 @@ def setup_logging(service: str) -> logging.Logger:
         datefmt="%H:%M:%S",
         force=True,
     )
+    # pgserver narrates every postgres command at INFO; its warnings are what matter here.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     return logging.getLogger(f"encoders.{service}")
 
 

@@ -95,3 +95,12 @@ def test_dct_scaling_decodes_large_frames_small_but_never_below_the_model_input(
         assert min(img.size) >= min(224, w, h)
         if min(w, h) >= 448:
             assert img.size[0] < w  # really reduced
+
+
+def test_bf16_on_the_cpu_stays_within_cosine_099_of_fp32(vit_b_32, images):
+    """The fidelity ENCODERS_PRECISION=bf16's help text promises for the CPU path."""
+    torch.manual_seed(0)
+    bf16 = load_encoder("ViT-B-32", "none", "cpu", precision="bf16")
+    bf16.model.load_state_dict(vit_b_32.model.state_dict())  # same weights, other precision
+    arrays, _, _ = load_batch(vit_b_32.pre, images)
+    assert cosines(bf16.embed_arrays(arrays), vit_b_32.embed_arrays(arrays)).min() >= 0.99
