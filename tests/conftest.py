@@ -90,6 +90,7 @@ def service(tmp_path):
         started.append(svc)
         return svc
 
+    start.started = started
     yield start
     for svc in started:
         svc.close()

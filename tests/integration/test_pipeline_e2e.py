@@ -71,6 +71,17 @@ def collect_records(endpoint: str):
     return sub
 
 
+def drain_records(sub, n: int, timeout_s: float = 90):
+    """The next n metrics records (no end of stream expected yet)."""
+    records = []
+    while len(records) < n:
+        assert sub.poll(timeout_s * 1000), f"no message from metrics in {timeout_s} s"
+        msg, _ = zmqio.receive(sub, topic=True)
+        if isinstance(msg, MetricsRecord):
+            records.append(msg)
+    return records
+
+
 def drain(sub, until_eos: int, timeout_s: float = 90):
     records, eos = [], []
     while len(eos) < until_eos:
@@ -203,3 +214,32 @@ def test_two_cameras_keep_their_own_drift_rows_and_files(service, tiny_model, tm
         for prev, cur in zip(mine, mine[1:]):
             assert cur.similarity == pytest.approx(float(np.dot(prev.vector, cur.vector)), abs=1e-5)
         check_stream(run_dir / e.stream, mine, e, [r for r in rows if r[0] == e.stream], snapshot_interval=0.5)
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_that_dies_does_not_stall_the_rest(service, tiny_model, tmp_path, database):
+    """Kill one of two workers mid-stream: the other takes every frame from then on, and the
+    frames the dead one held are given up after the wait and counted as lost."""
+    import signal
+
+    sub = None
+    try:
+        run_dir, metrics_pub, ingests, recorder = start_pipeline(service, tiny_model, tmp_path, database, cameras=1,
+                                                                 frames=200, lossless=False, fps=30)
+        sub = collect_records(metrics_pub)
+        workers = [s for s in service.started if s.args[0] == "encode"]
+        first = drain_records(sub, 30)
+        workers[1].proc.send_signal(signal.SIGKILL)
+        records, (eos,) = drain(sub, until_eos=1)
+        assert recorder.wait(60) == 0, recorder.output()[-3000:]
+    finally:
+        if sub is not None:
+            sub.close(0)
+    records = first + records
+    counts = eos.counts
+    assert counts["published"] == 200
+    assert counts["published"] == counts["embedded"] + counts["dropped"] + counts["skipped"] + counts["lost"]
+    assert counts["lost"] <= 16  # at most what the dead worker held: one batch encoding, one gathering
+    after = records[30 + 16:]
+    assert after and {r.worker for r in after} == {"w0"}, "the surviving worker took over"
+    assert len(db_rows(database, run_dir.name)) == counts["embedded"] == len(records)
