@@ -201,7 +201,8 @@ class EncoderConfig(Settings):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     model: str = setting("ViT-B-32", "open_clip model name, or the path of a model config JSON")
     pretrained: str = setting("openai", "open_clip pretrained tag, a local checkpoint path, or 'none' (random weights)")
-    batch_size: int = setting(32, "Largest batch encoded at once", minimum=1)
+    batch_size: int = setting(0, "Largest batch encoded at once (0 = auto: 8 on the CPU, where larger batches gain "
+                              "little and cost latency; 64 on CUDA)", minimum=0)
     batch_wait_ms: float = setting(5.0, "How long to wait for more frames once one is waiting, ms", minimum=0)
     precision: str = setting("auto", "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA only), "
                              "bf16. On a CPU with AVX512-BF16 or AMX, bf16 measured 1.8x the fp32 speed for "

@@ -22,6 +22,9 @@ def setup_logging(service: str) -> logging.Logger:
     )
     # pgserver narrates every postgres command at INFO; its warnings are what matter here.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # open_clip narrates model creation at INFO on the root logger: keep its warnings only.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or "open_clip" not in r.pathname)
     return logging.getLogger(f"encoders.{service}")
 
 

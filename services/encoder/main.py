@@ -94,6 +94,7 @@ def run(cfg: EncoderConfig) -> int:
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 2
+    batch_size = cfg.batch_size or (64 if encoder.device.type == "cuda" else 8)
     worker = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     addrs = split_addrs(cfg.work)
     ctx = zmq.Context()
@@ -102,7 +103,7 @@ def run(cfg: EncoderConfig) -> int:
                for i, addr in enumerate(addrs)]
     monitors = [s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) for s in sources]
     push = zmqio.open_socket(ctx, zmq.PUSH, cfg.metrics_in, bind=False)
-    intake = Intake(capacity=2 * cfg.batch_size, sources=len(sources))
+    intake = Intake(capacity=2 * batch_size, sources=len(sources))
     counters = {"received": 0, "embedded": 0, "skipped": 0, "batches": 0, "bad_messages": 0}
     model = ModelThread(encoder)
     poller = zmq.Poller()
@@ -113,7 +114,7 @@ def run(cfg: EncoderConfig) -> int:
     lost_connection = [False] * len(sources)
     if cfg.ready_file:
         Path(cfg.ready_file).touch()
-    log.info("worker %s taking frames from %s, batches of up to %d", worker, ", ".join(addrs), cfg.batch_size)
+    log.info("worker %s taking frames from %s, batches of up to %d", worker, ", ".join(addrs), batch_size)
 
     def give_credit(credit: dict[int, int]) -> None:
         for src, n in credit.items():
@@ -155,12 +156,12 @@ def run(cfg: EncoderConfig) -> int:
             give_credit(intake.finish(items))
 
     def encode_next() -> None:
-        batch_size = min(cfg.batch_size, encoder.max_batch)
-        if len(intake) < batch_size and cfg.batch_wait_ms > 0:
+        limit = min(batch_size, encoder.max_batch)
+        if len(intake) < limit and cfg.batch_wait_ms > 0:
             deadline = time.monotonic() + cfg.batch_wait_ms / 1000
-            while len(intake) < batch_size and (left := deadline - time.monotonic()) > 0:
+            while len(intake) < limit and (left := deadline - time.monotonic()) > 0:
                 receive(left * 1000)
-        items = intake.take(batch_size)
+        items = intake.take(limit)
         arrays, ok, bad = load_batch(encoder.pre, [h.frame.jpeg for h in items])
         for pos, reason in bad:
             f = items[pos].frame

@@ -98,7 +98,8 @@ def test_a_message_that_does_not_decode_is_counted_and_the_worker_goes_on(servic
                                                                           fake_ingest_and_metrics):
     router, pull = fake_ingest_and_metrics
     worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), env=tiny_model)
-    identity, _ = next_credit(router)
+    identity, credit = next_credit(router)
+    assert credit.n == 16  # the CPU's automatic batch of 8, twice
     router.send_multipart([identity, b"\x93garbage"])
     router.send_multipart([identity, b"\x81\xa1v\x63"])  # a map, wrong schema version
     zmqio.send(router, Frame("cam0", 0, 0.0, 80, 60, jpeg("green")), prefix=[identity])
