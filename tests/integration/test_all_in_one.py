@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from ..conftest import free_port, wait_for
+from .test_viewer import display  # noqa: F401  (the Xvfb fixture)
 
 
 @pytest.fixture
@@ -139,3 +140,29 @@ def test_unfetchable_weights_say_what_to_set(service, tmp_path):
                   env={"HF_HUB_OFFLINE": "1"})
     assert enc.wait(50) == 2
     assert "ENCODERS_PRETRAINED" in enc.output()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.display
+def test_q_in_the_window_ends_the_run_with_everything_flushed(service, tiny_model, pisim, tmp_path, display):
+    """The seed's keyboard control: Q in the video window quits, and the run still stores everything."""
+    import subprocess
+
+    runs = tmp_path / "runs"
+    run = service("--stream", pisim, "--runs-dir", str(runs), env={**tiny_model, "DISPLAY": display})
+    xdo = {"env": {"DISPLAY": display, "PATH": "/usr/bin:/bin"}, "capture_output": True, "text": True, "timeout": 10}
+
+    def window():
+        return subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "^encoders$"], **xdo).stdout.split()
+
+    ids = wait_for(window, 90, "the viewer's window")
+    wait_for(lambda: list(runs.glob("*/drift.csv")) and len(list(runs.glob("*/drift.csv"))[0].read_text()
+                                                              .splitlines()) > 5, 60, "frames to be recorded")
+    subprocess.run(["xdotool", "windowactivate", "--sync", ids[0]], **xdo)
+    subprocess.run(["xdotool", "key", "--window", ids[0], "q"], **xdo)
+    assert run.wait(90) == 0, run.output()[-4000:]
+    assert "viewer closed: stopping the run" in run.output()
+    run_dir = only_run(runs)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"]["embedded"] == summary["db_rows"] > 5
+    assert not leftovers(str(runs)), leftovers(str(runs))
