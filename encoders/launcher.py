@@ -114,14 +114,15 @@ def configs(cfg: RunConfig, p: Pipeline, run_dir: Path | None, database_url: str
     threads = int(os.environ.get("ENCODERS_THREADS") or max(1, (os.cpu_count() or 1) // cfg.workers))
     encoder = EncoderConfig.from_env(work=work, metrics_in=p.connect(p.ports["metrics_in"]), threads=threads)
     metrics = MetricsConfig.from_env(metrics_in_bind=p.bind(p.ports["metrics_in"]), metrics_bind=p.bind(p.ports["metrics"]),
-                                     records_bind=p.bind(p.ports["records"]) if cfg.save else "",
+                                     records_bind=p.bind(p.ports["records"]) if cfg.save else "none",
                                      exit_after_streams=n)
     recorder = None
     if cfg.save:
         recorder = RecorderConfig.from_env(records=p.connect(p.ports["records"]), frames=frames,
                                            database_url=database_url, runs_dir=cfg.runs_dir, run_dir=str(run_dir),
                                            stream_dirs=n > 1, exit_after_streams=n)
-    viewer = ViewerConfig.from_env(frames=frames, metrics=p.connect(p.ports["metrics"]), plot=cfg.plot)
+    viewer = ViewerConfig.from_env(frames=frames, metrics=p.connect(p.ports["metrics"]), plot=cfg.plot, web=cfg.web,
+                                   with_window=cfg.display, database_url=database_url or "", runs_dir=cfg.runs_dir)
     return ingests, encoder, metrics, recorder, viewer
 
 
@@ -143,6 +144,8 @@ def run(cfg: RunConfig) -> int:
     if cfg.display and not has_display():
         log.warning("no display found (DISPLAY is not set): running headless, as with --no-display")
         cfg.display = False
+    if cfg.web:
+        ViewerConfig.from_env(web=cfg.web)  # a bad --web (or a public one without a token) fails before anything starts
 
     run_dir = None
     database_url = cfg.database_url
@@ -162,7 +165,8 @@ def run(cfg: RunConfig) -> int:
     if recorder is not None:
         recorder.pipeline_config = json.dumps({
             "run": cfg.describe(), "ingest": [i.describe() for i in ingests], "encoder": encoder.describe(),
-            "metrics": metrics.describe(), "viewer": viewer.describe() if cfg.display else None}, default=str)
+            "metrics": metrics.describe(),
+            "viewer": viewer.describe() if cfg.display or cfg.web else None}, default=str)
     code = 0
     try:
         p.spawn("metrics", "metrics", metrics)
@@ -177,7 +181,7 @@ def run(cfg: RunConfig) -> int:
         if code == 0 and not stop.is_set():
             for i, ing in enumerate(ingests):
                 p.spawn(f"ingest{i}", "ingest", ing)
-            if cfg.display:
+            if cfg.display or cfg.web:
                 p.spawn("viewer", "view", viewer)
             log.info("pipeline running: %d stream(s), %d worker(s)%s. Ctrl+C stops it.", len(ingests), cfg.workers,
                      f", run folder {run_dir}" if run_dir else "")
@@ -219,7 +223,7 @@ def supervise(cfg: RunConfig, p: Pipeline, stop) -> int:
         for child in p.children:
             if child.alive() or child.name.startswith("ingest") and child.proc.returncode == 0:
                 continue
-            if child.name == "viewer":
+            if child.name == "viewer" and child.proc.returncode == 0:
                 log.info("viewer closed: stopping the run")
                 return 0
             log.error("%s exited unexpectedly (code %s): stopping the run", child.name, child.proc.returncode)

@@ -1,11 +1,15 @@
-"""The viewer: live video of every stream with its drift overlay, and the drift plot.
+"""The viewer: live video of every stream with its drift overlay, in a window, a web page, or both.
 
-It only subscribes (to ingest's frames and to metrics' records), so it can run on any
-machine that reaches those two addresses, and a slow or paused viewer slows nobody: it
-drains its sockets every tick and shows the newest frame of each stream.
+It only subscribes (to ingest's frames and to metrics' records and stats), so it can run
+on any machine that reaches those addresses, and a slow or paused viewer slows nobody: it
+drains its sockets every tick and keeps only the newest frame of each stream.
 
-Q, q or ESC quits, as does closing the window or SIGTERM/SIGINT; all exit 0. With no
-display it exits 2 at once.
+- The window (the seed's display): the video with its overlay and the drift plot beside it.
+  Q, q or ESC quits, as does closing the window. With no display it exits 2 at once.
+- The web viewer (``--web HOST:PORT``): a page for a browser on any machine; see web.py.
+  No display is needed unless ``--with-window`` asks for the window too.
+
+SIGTERM and SIGINT end it cleanly too; all of these exit 0.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.config import ViewerConfig, split_addrs
+from encoders.shared.config import SettingsError, ViewerConfig, split_addrs
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
 from . import layout
@@ -45,7 +49,8 @@ log = logging.getLogger("encoders.viewer")
 def run(cfg: ViewerConfig) -> int:
     setup_logging("viewer")
     log_settings(log, "viewer", cfg)
-    problem = display_problem(os.environ, sys.platform)
+    show_window = not cfg.web or cfg.with_window
+    problem = display_problem(os.environ, sys.platform) if show_window else None
     if problem:
         log.error("%s (%s)", NO_DISPLAY, problem)
         return 2
@@ -55,6 +60,7 @@ def run(cfg: ViewerConfig) -> int:
     counters: dict[str, int] = {"frames_shown": 0, "bad_jpeg": 0}
     images: dict[str, np.ndarray] = {}  # newest decoded frame of each stream
     plot: DriftPlot | None = None
+    feed = server = None
 
     ctx = zmq.Context()
     try:
@@ -63,7 +69,7 @@ def run(cfg: ViewerConfig) -> int:
                 zmqio.open_socket(ctx, zmq.SUB, frame_addrs, bind=False, rcvhwm=FRAMES_RCVHWM,
                                   subscribe=(b"frame/", b"stats/"), linger=0),
                 zmqio.open_socket(ctx, zmq.SUB, cfg.metrics, bind=False, rcvhwm=METRICS_RCVHWM,
-                                  subscribe=(b"metrics/", b"eos/"), linger=0),
+                                  subscribe=(b"metrics/", b"eos/", b"stats/"), linger=0),
             ]
         except RuntimeError as exc:  # an address that does not parse
             log.error("%s", exc)
@@ -71,58 +77,105 @@ def run(cfg: ViewerConfig) -> int:
         poller = zmq.Poller()
         for s in socks:
             poller.register(s, zmq.POLLIN)
-        try:
-            cv2.namedWindow(cfg.window, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
-        except cv2.error as exc:  # e.g. opencv-python-headless, built without any GUI
-            log.error("%s (OpenCV cannot open a window: %s)", NO_DISPLAY, str(exc).strip())
-            return 2
-        log.info("window %r open; waiting for frames from %s and metrics from %s",
-                 cfg.window, ", ".join(frame_addrs), cfg.metrics)
+        if cfg.web:
+            try:
+                feed, server = start_web(cfg)
+            except (OSError, SettingsError) as exc:
+                log.error("cannot serve the web viewer on %s: %s", cfg.web, exc)
+                return 2
+        if show_window:
+            try:
+                cv2.namedWindow(cfg.window, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+            except cv2.error as exc:  # e.g. opencv-python-headless, built without any GUI
+                log.error("%s (OpenCV cannot open a window: %s)", NO_DISPLAY, str(exc).strip())
+                return 2
+            log.info("window %r open", cfg.window)
+        log.info("waiting for frames from %s and metrics from %s", ", ".join(frame_addrs), cfg.metrics)
 
         next_tick = time.monotonic()
         while not stop.is_set():
             # Between ticks, take messages as they come so no socket queue fills up.
             poller.poll(max(0.0, next_tick - time.monotonic()) * 1000)
             for s in socks:
-                drain(s, state, counters)
+                drain(s, state, counters, feed.on_message if feed else None)
             now = time.monotonic()
             if now < next_tick:
                 continue
             next_tick = now + TICK_S
 
-            decode_new_frames(state, images, counters, now)
-            video = render_video(state, images, frame_addrs, cfg.metrics, now)
-            if cfg.plot:
-                size = layout.plot_size(video.shape[0])
-                if plot is None or plot.size != size:
-                    plot = DriftPlot(*size)
-                canvas = layout.side_by_side(video, plot.image(state.drift_history(), now))
-            else:
-                canvas = video
-            cv2.imshow(cfg.window, canvas)
-            key = cv2.waitKey(1)
-            if key != -1 and (key & 0xFF) in QUIT_KEYS:
-                log.info("quit key pressed")
-                break
-            if window_closed(cfg.window):
-                log.info("window closed")
-                break
+            # With nobody watching, the newest frames stay untaken (and undecoded) for the next
+            # one who does: a paused camera's last frame then shows at once.
+            web_video = feed is not None and feed.wants_video()
+            if show_window or web_video:
+                decode_new_frames(state, images, counters, now)
+                video = render_video(state, images, frame_addrs, cfg.metrics, now)
+            if feed is not None:
+                if web_video:
+                    feed.put_video(video)
+                feed.put_state(state, now, counters)
+            if show_window:
+                if cfg.plot:
+                    size = layout.plot_size(video.shape[0])
+                    if plot is None or plot.size != size:
+                        plot = DriftPlot(*size)
+                    canvas = layout.side_by_side(video, plot.image(state.drift_history(), now))
+                else:
+                    canvas = video
+                cv2.imshow(cfg.window, canvas)
+                key = cv2.waitKey(1)
+                if key != -1 and (key & 0xFF) in QUIT_KEYS:
+                    log.info("quit key pressed")
+                    break
+                if window_closed(cfg.window):
+                    log.info("window closed")
+                    break
         return 0
     finally:
+        web_counters = {}
+        if server is not None:
+            server.stop()
+            web_counters = {f"web_{k}": v for k, v in server.webapp.clients.counters().items()}
         ctx.destroy(linger=0)
-        cv2.destroyAllWindows()
-        cv2.waitKey(1)  # lets the GUI toolkit actually take the window down
-        log.info("viewer stopped: %s", {**state.counters, **counters})
+        if show_window:
+            cv2.destroyAllWindows()
+            cv2.waitKey(1)  # lets the GUI toolkit actually take the window down
+        log.info("viewer stopped: %s", {**state.counters, **counters, **web_counters})
 
 
-def drain(sock: zmq.Socket, state: ViewerState, counters: dict) -> None:
-    """Take every message waiting (up to MAX_DRAIN) into ``state``; frames replace older frames."""
+def start_web(cfg: ViewerConfig):
+    """The web server, listening, and the feed the main loop hands it everything through."""
+    # aiohttp only here: a window-only viewer does not load it.
+    from .feed import WebFeed
+    from .latest import Latest
+    from .search import TextSearch
+    from .web import WebApp, WebServer
+
+    host, port = cfg.web_address()
+    board = Latest()
+    search = TextSearch(cfg.database_url, cfg.model, cfg.pretrained, cfg.runs_dir) if cfg.database_url else None
+    webapp = WebApp(board, token=cfg.web_token, cookie=f"encoders_token_{port}", search=search)
+    server = WebServer(webapp, host, port)
+    server.start()
+    for address in server.addresses:
+        h, p = address[:2]
+        url = f"http://{f'[{h}]' if ':' in h else h}:{p}/"
+        log.info("web viewer on %s%s", url, "?token=... (the token you set)" if cfg.web_token else "")
+    log.info("web search %s", f"on, over {search.model} embeddings in the database" if search
+             else "off (no --database-url)")
+    return WebFeed(board), server
+
+
+def drain(sock: zmq.Socket, state: ViewerState, counters: dict, also=None) -> None:
+    """Take every message waiting (up to MAX_DRAIN) into ``state`` (and ``also(msg)``); frames
+    replace older frames."""
     for _ in range(MAX_DRAIN):
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return
         msg, _ = zmqio.receive(sock, topic=True, counters=counters)
         if msg is not None:
             state.add(msg)
+            if also is not None:
+                also(msg)
 
 
 def decode_new_frames(state: ViewerState, images: dict[str, np.ndarray], counters: dict, now: float) -> None:

@@ -45,6 +45,8 @@ class StreamState:
     drift: deque = field(init=False)
     display_fps: RateMeter = field(default_factory=RateMeter)
     ended: bool = False
+    frames_received: int = 0
+    drift_added: int = 0  # points ever added to ``drift``: lets a web client ask only for the new ones
 
     def __post_init__(self) -> None:
         self.drift = deque(maxlen=self.history_len)
@@ -75,6 +77,7 @@ class ViewerState:
             st.metrics = msg  # metrics publishes in sequence order: the last one is the newest
             if msg.drift is not None:
                 st.drift.append((msg.t_capture, float(msg.drift)))
+                st.drift_added += 1
         elif isinstance(msg, EndOfStream):
             self.stream(msg.stream).ended = True
         elif isinstance(msg, Stats):
@@ -83,6 +86,7 @@ class ViewerState:
     def _add_frame(self, frame: Frame) -> None:
         self.counters["frames_received"] += 1
         st = self.stream(frame.stream)
+        st.frames_received += 1
         # End-of-stream comes through metrics, well after ingest published the stream's last
         # frame, so a frame that arrives after it is from a camera that came back.
         st.ended = False

@@ -34,6 +34,8 @@ from encoders.services.viewer.plot import DriftPlot
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord
 
+from ..conftest import free_port
+
 WIDTH, HEIGHT = 640, 480  # the placeholder's size too, so the window keeps its size and place
 INSTALL_HINT = "the display tests need Xvfb and xdotool: apt-get install -y xvfb xdotool"
 
@@ -315,3 +317,22 @@ def test_viewer_with_an_unreachable_display_exits_2(publishers, start_viewer):
     viewer = start_viewer(":987", endpoint(frames), endpoint(metrics))
     assert viewer.wait(20) == 2
     assert "cannot reach the X server of DISPLAY=:987" in viewer.output()
+
+
+
+@pytest.mark.display
+def test_with_web_and_with_window_both_are_served_and_q_ends_both(display, publishers, start_viewer):
+    import httpx
+
+    frames, metrics = publishers
+    port = free_port()
+    viewer = start_viewer(display, endpoint(frames), endpoint(metrics), "--no-plot", "--web", f"127.0.0.1:{port}",
+                          "--with-window")
+    wid, _ = viewer.window((WIDTH, HEIGHT))
+    state = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=5)
+    assert state.status_code == 200 and state.json()["streams"] == []
+    viewer.xdotool("key", "--window", str(wid), "q")
+    assert viewer.wait(10) == 0
+    assert "quit key pressed" in viewer.output()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=2)

@@ -1,0 +1,243 @@
+"""The web viewer in a real browser: headless Chromium (Debian's chromium and chromium-driver,
+driven by Selenium) opens the page of a real `encoders view --web` process fed by real ZeroMQ
+publishers, with a real PostgreSQL + pgvector holding embeddings to search.
+
+Without chromium these tests fail, not skip: a browser test that silently does not run tests
+nothing. Install: apt-get install -y chromium chromium-driver (and pip install selenium).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from encoders.shared import zmqio
+from encoders.shared.messages import Frame, MetricsRecord, Stats
+
+from ..conftest import free_port, wait_for
+
+INSTALL_HINT = ("the browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
+                "chromium-driver) and selenium (pip install selenium, in the test extra)")
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+QUERY = "a red square on the lawn"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail(f"selenium is not installed: {INSTALL_HINT}")
+    binary = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    driver_path = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
+    if binary is None or driver_path is None:
+        pytest.fail(f"chromium or chromedriver not found: {INSTALL_HINT}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: Selenium then never tries to download one.
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()
+
+
+# -- a database with embeddings to search ----------------------------------------------------------
+
+def colour_jpeg(bgr: tuple[int, int, int]) -> bytes:
+    img = np.full((240, 320, 3), bgr, np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", img)
+    assert ok
+    return jpeg.tobytes()
+
+
+@pytest.fixture(scope="module")
+def database(tiny_model):
+    """PostgreSQL with one recorded run: 30 frames of which #7 matches QUERY exactly, and a
+    snapshot every 5 frames (frame 5's red, the others grey), as the recorder writes them."""
+    from encoders.services.recorder.db import Database
+    from encoders.services.recorder.embedded_db import database_url
+    from encoders.services.recorder.rows import build_row
+    from encoders.services.viewer.search import TextSearch
+
+    folder = Path(tempfile.mkdtemp(prefix="encoders-pg-"))
+    url, handle = database_url("", str(folder))
+    runs = folder / "runs"
+    try:
+        query, label = TextSearch(url, tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"],
+                                  str(runs)).embed(QUERY)
+        db = Database.open(url)
+        db.ensure_frames(query.size)
+        run_id = db.claim_run("run-a", datetime.now(timezone.utc))
+        db.update_run(run_id, model=label, dim=query.size)
+        rng = np.random.default_rng(0)
+        rows = []
+        (runs / "run-a" / "snapshots").mkdir(parents=True)
+        for seq in range(30):
+            vector = query if seq == 7 else rng.normal(size=query.size).astype(np.float32)
+            snapshot = None
+            if seq % 5 == 0:
+                snapshot = f"snapshots/frame_{seq:06d}.jpg"
+                (runs / "run-a" / snapshot).write_bytes(colour_jpeg((0, 0, 255) if seq == 5 else (128, 128, 128)))
+            rec = MetricsRecord(stream="cam0", seq=seq, t_capture=1.7e9 + seq, t_encoded=0.0, worker="w", model=label,
+                                similarity=0.9, drift=0.1, vector=vector / np.linalg.norm(vector))
+            rows.append(build_row(run_id, rec, snapshot))
+        assert sum(db.write_rows(rows).values()) == 30
+        db.close()
+        yield url, runs
+    finally:
+        handle.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- the viewer and its publishers ---------------------------------------------------------------
+
+def moving_frame(seq: int) -> bytes:
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[:, :, 0] = np.linspace(40, 200, 320)[None, :]
+    x = (seq * 9) % 280
+    img[60:180, x:x + 40] = (0, 220, 255)
+    ok, jpeg = cv2.imencode(".jpg", img)
+    assert ok
+    return jpeg.tobytes()
+
+
+@pytest.fixture
+def live_viewer(service, database, tiny_model):
+    """A web viewer fed 15 frames a second (with metrics, scene changes and ingest stats) until the test ends."""
+    url, runs = database
+    ctx = zmq.Context()
+    frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
+    metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
+    port = free_port()
+    viewer = service("view", "--frames", frames.getsockopt(zmq.LAST_ENDPOINT).decode(), "--metrics",
+                     metrics.getsockopt(zmq.LAST_ENDPOINT).decode(), "--web", f"127.0.0.1:{port}", "--database-url",
+                     url, "--runs-dir", str(runs), env={**tiny_model, "DISPLAY": ""})
+    stop = threading.Event()
+
+    def publish():
+        seq = 0
+        while not stop.is_set():
+            t = time.time()
+            drift = 0.05 + 0.04 * np.sin(seq / 5) + (0.3 if seq % 20 == 10 else 0.0)
+            zmqio.send(frames, Frame("cam0", seq, t, 320, 240, moving_frame(seq)), topic=True)
+            zmqio.send(metrics, MetricsRecord("cam0", seq, t, t, "w", "m", 1 - drift, drift, fps=14.9,
+                                              counts={"embedded": seq + 1, "dropped": seq // 10},
+                                              scene_change=seq % 20 == 10), topic=True)
+            if seq % 8 == 0:
+                zmqio.send(frames, Stats("ingest", "cam0", {"published": seq + 1, "workers": 2, "fps": 15.0}),
+                           topic=True)
+            seq += 1
+            stop.wait(1 / 15)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    wait_for(lambda: viewer.proc.poll() is not None or "web viewer on" in viewer.output(), 20, "the web server")
+    assert viewer.proc.poll() is None, viewer.output()
+    yield f"http://127.0.0.1:{port}/", viewer
+    stop.set()
+    publisher.join(5)
+    frames.close(0)
+    metrics.close(0)
+    ctx.term()
+
+
+def element_image(element) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")).astype(np.int16)
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element("id", element_id).text
+
+
+def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live_viewer):
+    from selenium.webdriver.common.by import By
+
+    page, viewer = live_viewer
+    browser.get(page)
+    browser.get_log("browser")  # only what this page logs counts below
+    # The counters show what ingest and metrics published.
+    wait_for(lambda: text(browser, "workers") == "2", 20, "the workers counter to show 2")
+    first = int(text(browser, "frames-in"))
+    assert text(browser, "fps") == "14.9"
+    assert int(text(browser, "dropped")) >= 0 and int(text(browser, "embedded")) > 0
+
+    # The video plays: the same element, a moment apart, shows different pictures.
+    video = browser.find_element(By.ID, "video")
+    wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", video) == 320, 10,
+             "the video to show its first frame")
+    before = element_image(video)
+    time.sleep(0.6)
+    after = element_image(video)
+    assert np.abs(before - after).mean() > 1.0, "the video did not change"
+
+    # The chart is redrawn as points arrive, and the counters count on.
+    chart = browser.find_element(By.ID, "chart")
+    drawn = browser.execute_script("return arguments[0].toDataURL()", chart)
+    wait_for(lambda: browser.execute_script("return arguments[0].toDataURL()", chart) != drawn, 5,
+             "the chart to change")
+    wait_for(lambda: int(text(browser, "frames-in")) > first, 5, "the frames-in counter to go up")
+    assert browser.find_element(By.CSS_SELECTOR, "#streams tbody td").text == "cam0"
+
+    # Scene changes arrive with thumbnails that load.
+    wait_for(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#scenes img')].filter(i => i.naturalWidth === 192).length"), 10,
+        "a scene change thumbnail")
+
+    # Search: text in, matching frames with thumbnails out; frame 7 matches exactly and is shown
+    # by its stream's last snapshot before it, frame 5's (red).
+    panel = browser.find_element(By.ID, "search-panel")
+    wait_for(panel.is_displayed, 5, "the search box (the viewer has a database)")
+    browser.find_element(By.ID, "search-text").send_keys(QUERY)
+    browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    wait_for(lambda: browser.execute_script(
+        "const i = document.querySelector('#search-results img'); return i && i.complete && i.naturalWidth > 0"),
+        60, "search results with thumbnails")
+    results = browser.find_elements(By.CSS_SELECTOR, "#search-results figure")
+    assert len(results) == 12
+    assert results[0].text.startswith("run-a cam0 #7") and "(snapshot of #5)" in results[0].text
+    assert "similarity 1.000" in results[0].text
+    red = element_image(results[0].find_element(By.TAG_NAME, "img")).mean(axis=(0, 1))
+    assert red[0] > 180 and red[1] < 60 and red[2] < 60, red
+    assert "12 frame(s)" in text(browser, "search-note")
+
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+    assert viewer.stop() == 0
+    assert "search for 'a red square on the lawn': 12 result(s)" in viewer.output()
+
+
+def test_the_page_opened_with_its_token_works_and_without_it_is_refused(browser, service):
+    port = free_port()
+    guarded = service("view", "--web", f"127.0.0.1:{port}", "--web-token", "t0ken", env={"DISPLAY": ""})
+    wait_for(lambda: "web viewer on" in guarded.output(), 20, "the guarded web server")
+    browser.get(f"http://127.0.0.1:{port}/")
+    assert "needs its token" in browser.find_element("tag name", "body").text
+    # The refusal is logged as a failed load (which shows this console check sees errors at all);
+    # nothing after it may be.
+    refused = browser.get_log("browser")
+    assert any(e["level"] == "SEVERE" and "401" in e["message"] for e in refused), refused
+    browser.get(f"http://127.0.0.1:{port}/?token=t0ken")
+    # The page's script, stylesheet, video and event stream all got through: the status says live.
+    wait_for(lambda: text(browser, "status").startswith("live"), 10, "the page to go live")
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+    assert guarded.stop() == 0
