@@ -124,7 +124,7 @@ def pipeline(workers: int, threads: int, fps: float, frames: int, lossless: bool
     sub = zmqio.open_socket(ctx, zmq.SUB, tcp(p["mpub"]), bind=False, subscribe=[b"metrics/", b"eos/"], linger=0)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            start("metrics", "--metrics-in-bind", tcp(p["min"]), "--metrics-bind", tcp(p["mpub"]), "--records-bind", "")
+            start("metrics", "--metrics-in-bind", tcp(p["min"]), "--metrics-bind", tcp(p["mpub"]), "--records-bind", "none")
             ready = [Path(tmp) / f"r{i}" for i in range(workers)]
             for i in range(workers):
                 start("encode", "--work", tcp(p["work"]), "--metrics-in", tcp(p["min"]), "--threads", str(threads),

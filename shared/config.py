@@ -226,10 +226,17 @@ class MetricsConfig(Settings):
     metrics_in_bind: str = setting(f"tcp://*:{METRICS_IN_PORT}", "PULL endpoint for embeddings and ingest notices")
     metrics_bind: str = setting(f"tcp://*:{METRICS_PORT}", "PUB endpoint for metrics records (viewers)")
     records_bind: str = setting(f"tcp://*:{RECORDS_PORT}",
-                                "PUSH endpoint for the recorder: reliable, never dropped ('' = no recorder)")
+                                "PUSH endpoint for the recorder: reliable, never dropped ('none' = no recorder)")
     rolling_window: int = setting(300, "Drift history size (frames) for rolling statistics", minimum=2)
     max_wait: float = setting(10.0, "Seconds to wait for a missing frame before giving it up as lost (a batch on "
                               "a slow CPU takes seconds: keep this above one batch's time)", minimum=0.0)
+    scene_threshold: float = setting(0.25, "A frame whose drift is at least this is a scene change (0 = off)",
+                                     minimum=0.0)
+    scene_k: float = setting(6.0, "Adaptive scene-change rule: drift above the mean + K standard deviations of the "
+                             "rolling window before the frame (0 = off)", minimum=0.0)
+    scene_min_drift: float = setting(0.05, "The adaptive rule ignores drifts below this (in a still scene a tiny "
+                                     "spread would make noise a scene change)", minimum=0.0)
+    scene_min_frames: int = setting(30, "The adaptive rule waits until the window holds this many drifts", minimum=2)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
 
 
@@ -253,6 +260,36 @@ class RecorderConfig(Settings):
                                   minimum=0.1)
     db_final_wait: float = setting(5.0, "At exit, seconds to keep trying an unreachable database before leaving its "
                                    "rows in the run's spool file", minimum=0.0)
+    thumbnails: str = setting("all", "Embedded frames that get a small JPEG thumbnail in the database, for search "
+                              "results: all, keyframes (one per segment of near-identical frames) or none",
+                              choices=("all", "keyframes", "none"))
+    thumbnail_size: int = setting(160, "Thumbnail's longest side, pixels", minimum=16)
+    thumbnail_quality: int = setting(70, "Thumbnail JPEG quality", minimum=1)
+    frame_cache: int = setting(600, "JPEGs of recent frames kept per stream until their record arrives (snapshots "
+                               "and thumbnails are made from them)", minimum=1)
+    keyframe_drift: float = setting(0.05, "A frame further than this (cosine distance) from its segment's keyframe "
+                                    "starts a new segment; only keyframes go into the HNSW index", minimum=0.0)
+    keyframe_max_s: float = setting(5.0, "Longest segment, seconds of capture time (a search ranks every frame of "
+                                    "the segments it finds)", minimum=0.01)
+
+
+@dataclass
+class DatabaseConfig(Settings):
+    database_url: str = setting("", "PostgreSQL URL; empty = the embedded server under the runs folder", secret=True)
+    runs_dir: str = setting("runs", "Folder that holds one folder per run (and the embedded database)")
+
+
+@dataclass
+class SearchConfig(DatabaseConfig):
+    device: str = setting("cpu", "Where the query is embedded: auto, cpu, cuda or cuda:N")
+    model: str = setting("ViT-B-32", "open_clip model for --text/--image: the encoder's (ENCODERS_MODEL)")
+    pretrained: str = setting("openai", "Its weights: the encoder's (ENCODERS_PRETRAINED)")
+    search_candidates: int = setting(10, "Segments of near-identical frames ranked frame by frame per query (at least "
+                                     "-k); more finds more, slower", minimum=1)
+    search_ef: int = setting(40, "hnsw.ef_search of an unfiltered query (a filtered one raises it with the filter's "
+                             "selectivity)", minimum=1)
+    search_exact_keyframes: int = setting(2000, "A filter that leaves at most this many keyframes is searched "
+                                          "exactly, without the HNSW index", minimum=0)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from encoders.shared.config import MetricsConfig
 from encoders.shared.messages import EndOfStream, MetricsRecord, Stats
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
+from .scenes import SceneRule
 from .streams import Streams
 
 # The recorder must get every record. ZeroMQ queues this many for it; past that (or while no
@@ -28,14 +29,16 @@ def run(cfg: MetricsConfig) -> int:
     ctx = zmq.Context()
     inbox = zmqio.open_socket(ctx, zmq.PULL, cfg.metrics_in_bind, bind=True)
     pub = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True)
+    # 'none' rather than '': an empty environment variable reads as unset, i.e. the default.
+    wants_recorder = cfg.records_bind.lower() not in ("", "none")
     records = (zmqio.open_socket(ctx, zmq.PUSH, cfg.records_bind, bind=True, sndhwm=RECORDS_HWM)
-               if cfg.records_bind else None)
-    streams = Streams(cfg.rolling_window, cfg.max_wait)
+               if wants_recorder else None)
+    streams = Streams(cfg.rolling_window, cfg.max_wait, SceneRule.from_config(cfg))
     counters = {"bad_messages": 0, "records": 0}
     backlog: deque = deque()
     warned = [0.0]  # when the backlog was last reported
     last_log = last_stats = time.monotonic()
-    log.info("metrics listening on %s; records on %s", cfg.metrics_in_bind, cfg.records_bind or "(none)")
+    log.info("metrics listening on %s; records on %s", cfg.metrics_in_bind, cfg.records_bind if wants_recorder else "(none)")
 
     def flush_backlog() -> None:
         while backlog:

@@ -10,6 +10,7 @@ from encoders.shared.messages import (Dropped, Embedding, EndOfStream, Message, 
 
 from .drift import DriftTracker
 from .reorder import LOST, StreamOrder
+from .scenes import SceneRule
 
 OUTCOME_COUNTER = {Embedding: "embedded", Dropped: "dropped", Skipped: "skipped"}
 
@@ -26,9 +27,10 @@ class StreamState:
 class Streams:
     """Feeds every incoming message to its stream; hands back what to publish, in order."""
 
-    def __init__(self, rolling_window: int, max_wait: float):
+    def __init__(self, rolling_window: int, max_wait: float, scenes: SceneRule | None = None):
         self.rolling_window = rolling_window
         self.max_wait = max_wait
+        self.scenes = scenes or SceneRule()  # default: both rules off
         self.streams: dict[str, StreamState] = {}
 
     def _state(self, stream: str) -> StreamState:
@@ -69,11 +71,13 @@ class Streams:
         return out
 
     def _record(self, state: StreamState, emb: Embedding) -> MetricsRecord:
+        before = state.drift.rolling()  # the window the frame's drift is judged against excludes it
         similarity, drift = state.drift.update(emb.vector, emb.t_capture)
         return MetricsRecord(
             stream=emb.stream, seq=emb.seq, t_capture=emb.t_capture, t_encoded=emb.t_encoded,
             worker=emb.worker, model=emb.model, similarity=similarity, drift=drift,
             rolling=state.drift.rolling(), fps=state.drift.fps(), counts=dict(state.counts), vector=emb.vector,
+            scene_change=self.scenes.is_change(drift, before),
         )
 
     def totals(self, name: str) -> dict:

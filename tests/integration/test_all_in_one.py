@@ -110,6 +110,8 @@ def test_no_save_writes_nothing(service, tiny_model, pisim, tmp_path):
                   env=tiny_model)
     assert run.wait(50) == 0, run.output()[-4000:]
     assert not runs.exists()
+    out = run.output()
+    assert "records on (none)" in out and "still running" not in out  # metrics held nothing for a recorder
 
 
 @pytest.mark.timeout(60)

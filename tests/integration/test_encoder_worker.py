@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +108,37 @@ def test_a_message_that_does_not_decode_is_counted_and_the_worker_goes_on(servic
     assert isinstance(msg, Embedding) and msg.seq == 0
     assert worker.stop() == 0
     assert worker.output().count("does not decode") == 2
+
+
+@pytest.mark.timeout(180)
+def test_a_workers_memory_stays_flat_over_a_long_run(service, tiny_model, fake_ingest_and_metrics):
+    """Thousands of frames through one worker: resident memory after warm-up does not keep growing."""
+    import psutil
+
+    router, pull = fake_ingest_and_metrics
+    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "8",
+                     env=tiny_model)
+    frames = [jpeg((i * 40 % 255, 90, 200 - i * 30 % 200)) for i in range(6)]
+    identity, credit = next_credit(router)
+    owed, sent, done, rss = credit.n, 0, 0, {}
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    poller.register(pull, zmq.POLLIN)
+    started = time.monotonic()
+    while done < 3000:
+        assert time.monotonic() - started < 120, f"only {done} frames done, {sent} sent, {owed} owed"
+        for _ in range(owed):
+            zmqio.send(router, Frame("cam0", sent, float(sent), 80, 60, frames[sent % len(frames)]), prefix=[identity])
+            sent += 1
+        owed = 0
+        ready = dict(poller.poll(1000))
+        while router in ready and router.poll(0):
+            owed += zmqio.receive(router, routed=True)[0].n
+        while pull in ready and pull.poll(0):
+            zmqio.receive(pull)
+            done += 1
+            if done in (1000, 3000):
+                rss[done] = psutil.Process(worker.proc.pid).memory_info().rss
+    grown_mb = (rss[3000] - rss[1000]) / 2**20
+    assert grown_mb < 20, f"worker grew by {grown_mb:.1f} MB between frames 1000 and 3000"
+    assert worker.stop() == 0
