@@ -141,8 +141,12 @@ def click_options(cls: type[Settings], exclude: tuple[str, ...] = ()) -> Callabl
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kwargs: dict[str, Any] = dict(envvar=env_name(f), show_envvar=True, help=f.metadata["help"],
                                           show_default=True, default=default)
-            if tp is bool:
-                decls = [f"{flag}/--no-{flag[2:]}", f.name]
+            if tp is bool and default:
+                decls = [f"{flag}/--no-{flag[2:]}", f.name]  # on by default: --no-x is the flag users type
+            elif tp is bool:
+                decls = [flag, f.name]
+                kwargs["is_flag"] = True
+                kwargs["show_default"] = False
             else:
                 decls = [flag, f.name]
                 if f.metadata.get("choices"):
