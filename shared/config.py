@@ -215,6 +215,8 @@ class EncoderConfig(Settings):
     fast_decode: bool = setting(True, "Decode JPEGs at a reduced DCT scale when larger than the model input "
                                 "(same embeddings within cosine 0.99; off = decode at full size)")
     threads: int = setting(0, "CPU threads for the model (0 = all cores)", minimum=0)
+    decode_threads: int = setting(0, "Threads decoding JPEGs (0 = auto: 1 on the CPU, whose cores run the model; "
+                                  "up to 8 with CUDA)", minimum=0)
     worker_id: str = setting("", "Name of this worker in logs and records (default: host-pid)")
     gpus: str = setting("", "Start one worker per GPU: 'all' or GPU numbers like 0,1 (each on cuda:N)")
     ready_file: str = setting("", "Create this file once the model is loaded (the all-in-one launcher waits for it)")

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -94,7 +95,10 @@ def run(cfg: EncoderConfig) -> int:
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 2
-    batch_size = cfg.batch_size or (64 if encoder.device.type == "cuda" else 8)
+    cuda = encoder.device.type == "cuda"
+    batch_size = cfg.batch_size or (64 if cuda else 8)
+    decode_threads = cfg.decode_threads or (min(8, os.cpu_count() or 1) if cuda else 1)
+    pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
     worker = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     addrs = split_addrs(cfg.work)
     ctx = zmq.Context()
@@ -162,7 +166,7 @@ def run(cfg: EncoderConfig) -> int:
             while len(intake) < limit and (left := deadline - time.monotonic()) > 0:
                 receive(left * 1000)
         items = intake.take(limit)
-        arrays, ok, bad = load_batch(encoder.pre, [h.frame.jpeg for h in items])
+        arrays, ok, bad = load_batch(encoder.pre, [h.frame.jpeg for h in items], pool)
         for pos, reason in bad:
             f = items[pos].frame
             log.warning("%s #%d skipped: %s", f.stream, f.seq, reason)
@@ -195,6 +199,8 @@ def run(cfg: EncoderConfig) -> int:
             log.warning("stopped with %d frames not encoded", len(intake) + model.busy)
     finally:
         model.close()
+        if pool is not None:
+            pool.shutdown()
         log.info("worker %s done: embedded %d, skipped %d", worker, counters["embedded"], counters["skipped"])
         for sock in sources:
             sock.disable_monitor()

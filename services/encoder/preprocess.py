@@ -16,6 +16,7 @@ This module does the same steps with two speed-ups that keep the result faithful
 from __future__ import annotations
 
 import io
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -91,13 +92,26 @@ class Preprocessor:
         return ((batch - mean) / std).to(dtype).contiguous()
 
 
-def load_batch(pre: Preprocessor, jpegs: Sequence[bytes]) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
-    """Decode a batch: (arrays, positions that decoded, [(position, reason)] that did not)."""
-    arrays, ok, bad = [], [], []
-    for i, data in enumerate(jpegs):
+def load_batch(pre: Preprocessor, jpegs: Sequence[bytes], pool: Executor | None = None
+               ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
+    """Decode a batch: (arrays, positions that decoded, [(position, reason)] that did not).
+
+    With a thread pool the frames decode in parallel: Pillow releases the GIL while it
+    decodes and resizes, so this scales with cores (what a GPU worker needs to keep up).
+    """
+
+    def one(data: bytes) -> np.ndarray | str:
         try:
-            arrays.append(pre.load(data))
-            ok.append(i)
+            return pre.load(data)
         except CorruptFrame as exc:
-            bad.append((i, f"corrupt JPEG: {exc}"))
+            return f"corrupt JPEG: {exc}"
+
+    results = list(pool.map(one, jpegs)) if pool is not None and len(jpegs) > 1 else [one(j) for j in jpegs]
+    arrays, ok, bad = [], [], []
+    for i, r in enumerate(results):
+        if isinstance(r, str):
+            bad.append((i, r))
+        else:
+            arrays.append(r)
+            ok.append(i)
     return arrays, ok, bad

@@ -58,7 +58,7 @@ def test_worker_asks_for_frames_embeds_them_skips_corrupt_ones_and_gives_credit_
         service, tiny_model, fake_ingest_and_metrics):
     router, pull = fake_ingest_and_metrics
     worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "4",
-                     "--worker-id", "wx", env=tiny_model)
+                     "--worker-id", "wx", "--decode-threads", "2", env=tiny_model)
     identity, credit = next_credit(router)
     assert credit.worker == "wx" and credit.n == 8  # one batch encoding, one gathering
     good = jpeg("red")

@@ -104,3 +104,15 @@ def test_bf16_on_the_cpu_stays_within_cosine_099_of_fp32(vit_b_32, images):
     bf16.model.load_state_dict(vit_b_32.model.state_dict())  # same weights, other precision
     arrays, _, _ = load_batch(vit_b_32.pre, images)
     assert cosines(bf16.embed_arrays(arrays), vit_b_32.embed_arrays(arrays)).min() >= 0.99
+
+
+def test_a_decode_pool_gives_the_same_frames_in_the_same_order(vit_b_32, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = images + [b"\xff\xd8 broken"] + images[:2]
+    serial = load_batch(vit_b_32.pre, batch)
+    with ThreadPoolExecutor(4) as pool:
+        parallel = load_batch(vit_b_32.pre, batch, pool)
+    assert parallel[1] == serial[1] and [p for p, _ in parallel[2]] == [len(images)]
+    for a, b in zip(serial[0], parallel[0]):
+        np.testing.assert_array_equal(a, b)
