@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = ["benchmarks.bench_encoder"]
+MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db"]
 OUT = Path(__file__).parent / "out"
 
 

@@ -13,6 +13,8 @@ import click
 from encoders.shared.config import (EncoderConfig, IngestConfig, MetricsConfig, PisimConfig, RecorderConfig,
                                     RunConfig, ViewerConfig, click_options, from_click)
 
+from encoders.shared.config import DatabaseConfig, SearchConfig
+
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=110)
 
 
@@ -123,6 +125,86 @@ def pisim(**kwargs) -> None:
     from encoders.services.pisim import main
 
     sys.exit(main.run(from_click(PisimConfig, kwargs)))
+
+
+# ---------------------------------------------------------------------------------------
+# Questions asked of the recorded frames
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+                      show_default=True, help="Output: an aligned table, or JSON / CSV for programs")
+FILTERS = (
+    click.option("--run", help="Only this run (its id or name; `encoders runs` lists them)"),
+    click.option("--stream", help="Only this stream (camera), e.g. cam0"),
+    click.option("--since", help="Only frames captured at or after: 2026-01-07T14:30, 2026-01-07, 2h, 30m ago"),
+    click.option("--until", help="Only frames captured before (same forms as --since)"),
+)
+
+
+def filter_options(fn):
+    for option in reversed(FILTERS):
+        fn = option(fn)
+    return fn
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--text", help="Frames that look like this sentence (the CLIP text tower of the encoder's model)")
+@click.option("--image", type=click.Path(dir_okay=False), help="Frames that look like this picture")
+@click.option("--frame", help="Frames that look like this recorded one: RUN:SEQ or RUN:STREAM:SEQ")
+@filter_options
+@click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many frames")
+@FORMAT
+@click.option("--thumbnails", type=click.Path(file_okay=False), default="",
+              help="Write each result's thumbnail into this folder (the picture column then shows it)")
+@click_options(SearchConfig)
+def search(text, image, frame, run, stream, since, until, k, fmt, thumbnails, **kwargs) -> None:
+    """The recorded frames most like a sentence, a picture or a frame, best first.
+
+    Ranked by cosine similarity, with each frame's run, stream, sequence number, capture
+    time and a picture (its snapshot, or the last one before it; --thumbnails for its own).
+    """
+    from encoders.services.search import main
+
+    sys.exit(main.search(from_click(SearchConfig, kwargs), text=text, image=image, frame=frame, run=run,
+                         stream=stream, since=since, until=until, k=k, fmt=fmt, thumbnails=thumbnails))
+
+
+@cli.command(context_settings=CONTEXT)
+@filter_options
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="At most this many")
+@FORMAT
+@click_options(DatabaseConfig)
+def events(run, stream, since, until, limit, fmt, **kwargs) -> None:
+    """Scene changes (frames whose drift stood out), oldest first, with their snapshots."""
+    from encoders.services.search import main
+
+    sys.exit(main.events(from_click(DatabaseConfig, kwargs), run=run, stream=stream, since=since, until=until,
+                         limit=limit, fmt=fmt))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--run", help="Only this run (its id or name)")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="At most this many")
+@FORMAT
+@click_options(DatabaseConfig)
+def runs(run, limit, fmt, **kwargs) -> None:
+    """Every recorded run, oldest first: when, which model, how many frames and scene changes, mean drift."""
+    from encoders.services.search import main
+
+    sys.exit(main.runs(from_click(DatabaseConfig, kwargs), run=run, limit=limit, fmt=fmt))
+
+
+@cli.group(context_settings=CONTEXT)
+def db() -> None:
+    """The recorder's database."""
+
+
+@db.command(context_settings=CONTEXT)
+@click_options(DatabaseConfig)
+def migrate(**kwargs) -> None:
+    """Bring the database's schema up to date (a recorder does this at start; running it twice is harmless)."""
+    from encoders.services.recorder import migrate as migration
+
+    sys.exit(migration.run(from_click(DatabaseConfig, kwargs)))
 
 
 def main() -> None:

@@ -292,8 +292,9 @@ class SearchConfig(DatabaseConfig):
     pretrained: str = setting("openai", "Its weights: the encoder's (ENCODERS_PRETRAINED)")
     search_candidates: int = setting(10, "Segments of near-identical frames ranked frame by frame per query (at least "
                                      "-k); more finds more, slower", minimum=1)
-    search_ef: int = setting(40, "hnsw.ef_search of an unfiltered query (a filtered one raises it with the filter's "
-                             "selectivity)", minimum=1)
+    search_ef: int = setting(200, "hnsw.ef_search of an unfiltered query (a filtered one raises it with the filter's "
+                             "selectivity); the keyframe index is small, and queries far from every frame (text) "
+                             "need more than pgvector's 40", minimum=1)
     search_exact_keyframes: int = setting(2000, "A filter that leaves at most this many keyframes is searched "
                                           "exactly, without the HNSW index", minimum=0)
 

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,15 +23,19 @@ from psycopg.types.json import Jsonb
 
 
 from . import schema
-from .rows import COLUMNS, COPY_TYPES, FrameRow, copy_values, from_spool, to_spool
+from .rows import (COLUMNS, COPY_TYPES, SCENE_CHANGE_COLUMNS, FrameRow, copy_values, from_spool,
+                   scene_change_values, to_spool)
 from .spool import SPOOL_NAME, Spool, SpoolLocked
 
 log = logging.getLogger(__name__)
 
 _COLS = ", ".join(COLUMNS)
+COPY_FRAMES = f"COPY frames ({_COLS}) FROM STDIN WITH (FORMAT BINARY)"
 COPY_STAGING = f"COPY frames_staging ({_COLS}) FROM STDIN WITH (FORMAT BINARY)"
 MOVE_STAGED = (f"INSERT INTO frames ({_COLS}) SELECT {_COLS} FROM frames_staging "
                f"ON CONFLICT DO NOTHING RETURNING stream")
+INSERT_SCENE_CHANGE = (f"INSERT INTO scene_changes ({', '.join(SCENE_CHANGE_COLUMNS)}) "
+                       f"VALUES ({', '.join(['%s'] * len(SCENE_CHANGE_COLUMNS))}) ON CONFLICT DO NOTHING")
 RUN_FIELDS = ("config", "model", "dim", "ended_at", "summary")
 
 
@@ -135,16 +140,42 @@ class Database:
             self._conn = None
 
     # -- schema --------------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        def apply(conn):
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.ADVISORY_LOCK_KEY,))
-                for step in schema.BASE_STEPS:
-                    conn.execute(step)
-            register_vector(conn)
+    def ensure_schema(self) -> list[int]:
+        """Apply the migrations this database has not had yet; returns their versions."""
 
-        self._run(apply)
+        def apply(conn):
+            applied = []
+            for migration in schema.MIGRATIONS:
+                # One transaction each, under the lock: a failing migration leaves the ones before it applied.
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.ADVISORY_LOCK_KEY,))
+                    for step in schema.BOOTSTRAP:
+                        conn.execute(step)
+                    done = {v for (v,) in conn.execute("SELECT version FROM schema_version")}
+                    if max(done, default=0) > schema.LATEST_VERSION:
+                        raise DatabaseRefused(
+                            f"the database {self.target} has schema version {max(done)}, newer than this "
+                            f"program's {schema.LATEST_VERSION}: upgrade encoders")
+                    if migration.version in done:
+                        continue
+                    frames_exists = conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()[0]
+                    for step in migration.statements + (migration.frames_statements if frames_exists else ()):
+                        conn.execute(step)
+                    conn.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                                 (migration.version, migration.description))
+                    applied.append(migration.version)
+                    log.info("database schema: applied migration %d (%s)", migration.version, migration.description)
+            register_vector(conn)
+            return applied
+
+        applied = self._run(apply)
         self._schema_ready = True
+        return applied
+
+    def schema_versions(self) -> list[tuple[int, str | None, datetime]]:
+        """(version, description, applied_at) of every migration applied, oldest first."""
+        return self._run(lambda conn: conn.execute(
+            "SELECT version, description, applied_at FROM schema_version ORDER BY version").fetchall())
 
     def ensure_frames(self, dim: int) -> None:
         """Create frames for D-dimensional embeddings, or check the existing one has that D."""
@@ -157,14 +188,16 @@ class Database:
                     raise DatabaseRefused(
                         f"table frames in {self.target} stores embeddings of type {row[0]}, but this model "
                         f"gives vector({dim}); record this model into another database")
+                if row is not None:
+                    return  # the migrations keep an existing table up to date
                 for step in schema.frames_steps(dim):
                     conn.execute(step)
                 if dim > schema.HNSW_MAX_DIM:
                     log.warning("embeddings of %d dimensions are stored without an HNSW index (pgvector's limit "
                                 "is %d)", dim, schema.HNSW_MAX_DIM)
-            conn.execute(schema.STAGING_TABLE)
 
         self._run(apply)
+        self._run(lambda conn: conn.execute(schema.STAGING_TABLE))
         self.dim = dim
 
     # -- runs ----------------------------------------------------------------------
@@ -196,14 +229,32 @@ class Database:
         if self.dim is None:
             raise RuntimeError("ensure_frames(dim) before write_rows")
 
+        events = [scene_change_values(row) for row in rows if row.scene_change]
+
+        def copy_rows(cur, statement: str) -> None:
+            with cur.copy(statement) as copy:
+                copy.set_types(COPY_TYPES)
+                for row in rows:
+                    copy.write_row(copy_values(row))
+
         def write(conn):
+            # Straight into frames: the recorder never sends a frame twice, so this is the usual case,
+            # and a fifth faster than going through the staging table.
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    copy_rows(cur, COPY_FRAMES)
+                    if events:
+                        cur.executemany(INSERT_SCENE_CHANGE, events)
+                    return Counter(row.stream for row in rows)
+            except psycopg.errors.UniqueViolation:
+                pass  # some rows are stored already (a replay after an outage): keep only the others
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(COPY_STAGING) as copy:
-                    copy.set_types(COPY_TYPES)
-                    for row in rows:
-                        copy.write_row(copy_values(row))
+                copy_rows(cur, COPY_STAGING)
                 cur.execute(MOVE_STAGED)
-                return Counter(stream for (stream,) in cur.fetchall())
+                inserted = Counter(stream for (stream,) in cur.fetchall())
+                if events:
+                    cur.executemany(INSERT_SCENE_CHANGE, events)
+                return inserted
 
         return self._run(write)
 
@@ -215,13 +266,20 @@ class FrameWriter:
     ``flush_s`` old. A batch the database does not take goes to the spool; while the
     spool holds anything, new rows queue behind it there (order kept), and the spool is
     replayed with exponential backoff between attempts.
+
+    One batch at a time is written on a thread of its own while the caller goes on
+    receiving (psycopg waits for the server without holding the GIL, and the server's work
+    per batch is as long as the recorder's own). Its outcome is taken before the next batch
+    goes out, so batches reach the database, or the spool, in order.
     """
 
     REPLAY_BATCHES_PER_CALL = 20  # bounds how long one replay holds up the receive loop
 
     def __init__(self, db: Database, spool: Spool, *, run_id: int, batch_rows: int = 500, flush_s: float = 0.5,
-                 retry_max: float = 10.0, clock=time.monotonic):
+                 retry_max: float = 10.0, clock=time.monotonic, background: bool = True):
         self.db, self.spool, self.run_id = db, spool, run_id
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="db-writer") if background else None
+        self._inflight: tuple[Future, list[FrameRow]] | None = None
         self.batch_rows, self.flush_s, self.retry_max = batch_rows, flush_s, retry_max
         self.clock = clock
         self.pending: list[FrameRow] = []
@@ -251,6 +309,7 @@ class FrameWriter:
             self.flush()
 
     def tick(self) -> None:
+        self._collect(block=False)
         now = self.clock()
         if self.pending and now - self._oldest >= self.flush_s:
             self.flush()
@@ -259,6 +318,7 @@ class FrameWriter:
 
     def flush(self, *, retry_now: bool = False) -> None:
         rows, self.pending, self._oldest = self.pending, [], None
+        self._collect(block=True)  # the batch before this one first: its rows may belong in the spool
         if self.spool.pending or self.fatal is not None:
             self._to_spool(rows)
             if self.fatal is None and (retry_now or self.clock() >= self.retry_at):
@@ -266,14 +326,35 @@ class FrameWriter:
             return
         if not rows:
             return
+        if self._pool is not None:
+            self._inflight = (self._pool.submit(self._write, rows), rows)
+            return
         try:
-            self._write(rows)
+            self.written.update(self._write(rows))
         except DatabaseUnavailable as exc:
             self._outage(exc)
             self._to_spool(rows)
         except DatabaseRefused as exc:
             self._fail(exc)
             self._to_spool(rows)
+
+    def _collect(self, *, block: bool) -> None:
+        """Take the outcome of the batch being written (waiting for it if ``block``)."""
+        if self._inflight is None or not (block or self._inflight[0].done()):
+            return
+        future, rows = self._inflight
+        self._inflight = None
+        try:
+            self.written.update(future.result())
+        except DatabaseUnavailable as exc:
+            self._outage(exc)
+            self._to_spool(rows)
+        except DatabaseRefused as exc:
+            self._fail(exc)
+            self._to_spool(rows)
+        except Exception:
+            self._to_spool(rows)  # whatever went wrong, the batch is kept
+            raise
 
     def close(self, wait_s: float) -> bool:
         """Write everything held, trying for up to ``wait_s`` while the database is away.
@@ -282,15 +363,19 @@ class FrameWriter:
         """
         deadline = self.clock() + wait_s
         self.flush(retry_now=True)
+        self._collect(block=True)
         while self.spool.pending and self.fatal is None and self.clock() < deadline:
             time.sleep(min(0.5, max(0.0, deadline - self.clock())))
             self.flush(retry_now=True)
         done = not self.spool.pending
         self.spool.close()
+        if self._pool is not None:
+            self._pool.shutdown()
         return done
 
     # -- internals -----------------------------------------------------------------
-    def _write(self, rows: list[FrameRow]) -> None:
+    def _write(self, rows: list[FrameRow]) -> Counter:
+        """Write one batch; the rows inserted, per stream."""
         if self.model is not None and not self._model_stored:
             model, dim = self.model
             self.db.ensure_frames(dim)
@@ -298,8 +383,7 @@ class FrameWriter:
             self._model_stored = True
         elif self.db.dim is None and rows:
             self.db.ensure_frames(int(rows[0].embedding.size))
-        if rows:
-            self.written.update(self.db.write_rows(rows))
+        return self.db.write_rows(rows) if rows else Counter()
 
     def _to_spool(self, rows: Iterable[FrameRow]) -> None:
         self.spool.append(to_spool(r) for r in rows)
@@ -312,7 +396,7 @@ class FrameWriter:
                     break
                 records, end = self.spool.read_batch(self.batch_rows)
                 rows = _decode_spooled(records, self.spool.path)
-                self._write(rows)
+                self.written.update(self._write(rows))
                 self.spool.commit(end, len(records))
                 replayed += len(records)
         except DatabaseUnavailable as exc:

@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 PGDATA_NAME = ".pgdata"
 
 
-def database_url(cfg_url: str, runs_dir: str) -> tuple[str, Any]:
+def database_url(cfg_url: str, runs_dir: str, *, create: bool = True) -> tuple[str, Any]:
     """(URL to connect to, handle). Keep the handle while the database is in use: with
     ``cleanup_mode='stop'`` the embedded server stops when its last user process exits.
-    The handle is None for a configured URL."""
+    The handle is None for a configured URL. ``create=False`` (readers: search, runs,
+    events) refuses to start a new, empty database where none was recorded."""
     if cfg_url:
         log.info("database: %s", mask_url(cfg_url))
         return cfg_url, None
@@ -33,6 +34,9 @@ def database_url(cfg_url: str, runs_dir: str) -> tuple[str, Any]:
     import psycopg
 
     pgdata = Path(runs_dir).resolve() / PGDATA_NAME
+    if not create and not (pgdata / "PG_VERSION").is_file():
+        raise RuntimeError(f"no database: nothing was recorded with --runs-dir {runs_dir} ({pgdata} does not exist); "
+                           f"give the --runs-dir the recording used, or --database-url / ENCODERS_DATABASE_URL")
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     uri = server.get_uri()

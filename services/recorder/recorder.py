@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,18 +22,20 @@ import numpy as np
 from encoders.shared.config import mask_url
 from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord, StreamStart
 
+from .keyframes import Segmenter
 from .rows import FrameRow, build_row
 from .runfiles import (CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SNAPSHOTS_DIR, SUMMARY_JSON, DriftCsv,
                        EmbeddingBatches, write_json)
-from .snapshots import FrameCache, SnapshotPolicy, snapshot_name
+from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot_name
 from .summary import COUNT_KEYS, StreamSummary
+from .thumbnails import make_thumbnail, wanted
 
 log = logging.getLogger(__name__)
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # A second stream's folder sits beside the first stream's own folders; never in them.
 RESERVED_FOLDERS = {EMBEDDINGS_DIR, SNAPSHOTS_DIR, ".", ".."}
-FRAME_CACHE_SIZE = 128
+FRAME_CACHE_SIZE = 600
 
 
 class RowSink(Protocol):
@@ -66,10 +69,10 @@ def mask_secrets(value: Any, key: str = "") -> Any:
 
 
 class StreamFiles:
-    """One stream's drift.csv, embeddings/, snapshots/ and summary, in one folder."""
+    """One stream's drift.csv, embeddings/, snapshots/ and summary, in one folder; and its keyframe segments."""
 
     def __init__(self, stream: str | None, folder: Path, root: Path, *, snapshot_interval: float,
-                 embedding_interval: int, cache: FrameCache | None = None):
+                 embedding_interval: int, cache: FrameCache | None = None, segmenter: Segmenter | None = None):
         self.stream = stream
         self.folder = folder
         self.rel = folder.relative_to(root).as_posix() if folder != root else "."
@@ -79,26 +82,36 @@ class StreamFiles:
         self.batches = EmbeddingBatches(folder / EMBEDDINGS_DIR, embedding_interval)
         self.policy = SnapshotPolicy(snapshot_interval)
         self.cache = cache if cache is not None else FrameCache(FRAME_CACHE_SIZE)
+        self.segmenter = segmenter or Segmenter(0.05, 5.0)
         self.summary = StreamSummary(stream or "")
         self._snap_prefix = "" if self.rel == "." else self.rel + "/"
 
     def on_frame(self, frame: Frame) -> None:
-        if frame.jpeg and self.policy.due(frame.t_capture):
+        # Every frame: whether it gets a snapshot or a thumbnail is known only when its record comes.
+        if frame.jpeg:
             self.cache.put(frame.seq, frame.jpeg)
 
-    def on_record(self, rec: MetricsRecord) -> str | None:
-        """Write what this record adds; returns its snapshot's path (relative to the run) if it got one."""
-        snap = None
+    def on_record(self, rec: MetricsRecord) -> tuple[str | None, str | None, bytes | None]:
+        """Write what this record adds. Returns the paths (relative to the run) of its periodic
+        snapshot and of its scene-change snapshot, if it got them, and its JPEG if at hand."""
+        snap = scene_snap = None
         jpeg = self.cache.take(rec.seq)
         if jpeg is not None and self.policy.due(rec.t_capture):
             name = snapshot_name(rec.seq)
             (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
             self.policy.taken(rec.t_capture)
             snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
+        if jpeg is not None and rec.scene_change:
+            # frame_*.jpg keep the seed's meaning (one per interval); a scene change between two gets its own.
+            scene_snap = snap
+            if scene_snap is None:
+                name = scene_snapshot_name(rec.seq)
+                (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
+                scene_snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
         self.csv.write(rec.t_capture, rec.seq, rec.similarity, rec.drift)
         self.batches.add(rec.vector, rec.t_capture, rec.seq)
         self.summary.add(rec, snapshot=snap is not None)
-        return snap
+        return snap, scene_snap, jpeg
 
     def close(self) -> None:
         """The final partial npz batch, and drift.csv closed (each attempted even if the other fails)."""
@@ -113,7 +126,9 @@ class StreamFiles:
 
 class Recorder:
     def __init__(self, root: Path, *, run_id: int, config: dict[str, Any], rows: RowSink, stream_dirs: bool = False,
-                 snapshot_interval: float = 30.0, embedding_interval: int = 100):
+                 snapshot_interval: float = 30.0, embedding_interval: int = 100, thumbnails: str = "all",
+                 thumbnail_size: int = 160, thumbnail_quality: int = 70, frame_cache: int = FRAME_CACHE_SIZE,
+                 keyframe_drift: float = 0.05, keyframe_max_s: float = 5.0):
         self.root = root
         self.run_id = run_id
         self.config = config
@@ -121,6 +136,12 @@ class Recorder:
         self.stream_dirs = stream_dirs
         self.snapshot_interval = snapshot_interval
         self.embedding_interval = embedding_interval
+        self.thumbnails = thumbnails
+        self.thumbnail_size = thumbnail_size
+        self.thumbnail_quality = thumbnail_quality
+        self.frame_cache = frame_cache
+        self.keyframe_drift = keyframe_drift
+        self.keyframe_max_s = keyframe_max_s
         self.streams: dict[str, StreamFiles] = {}
         self.ended: set[str] = set()
         self.model: tuple[str, int] | None = None
@@ -148,7 +169,7 @@ class Recorder:
         if files is not None:
             files.on_frame(frame)
         elif frame.jpeg and STREAM_NAME.fullmatch(frame.stream):
-            self._early.setdefault(frame.stream, FrameCache(FRAME_CACHE_SIZE)).put(frame.seq, frame.jpeg)
+            self._early.setdefault(frame.stream, FrameCache(self.frame_cache)).put(frame.seq, frame.jpeg)
 
     def on_record(self, rec: MetricsRecord) -> None:
         if not self._acceptable(rec):
@@ -163,8 +184,29 @@ class Recorder:
         self._last_seq[rec.stream] = rec.seq
         self.counters["records"] += 1
         files = self.streams.get(rec.stream) or self._open_stream(rec.stream)
-        snap = files.on_record(rec)
-        self.rows.add(build_row(self.run_id, rec, snap))
+        snap, scene_snap, jpeg = files.on_record(rec)
+        keyframe, keyframe_seq = files.segmenter.assign(rec.seq, rec.t_capture, rec.vector,
+                                                        scene_change=rec.scene_change)
+        if rec.scene_change:
+            self.counters["scene_changes"] += 1
+        thumb = self._thumbnail(rec, jpeg) if wanted(self.thumbnails, keyframe) else None
+        self.rows.add(build_row(self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, thumbnail=thumb,
+                                scene_snapshot_path=scene_snap))
+
+    def _thumbnail(self, rec: MetricsRecord, jpeg: bytes | None) -> bytes | None:
+        if jpeg is None:
+            # Its frame never came (the frames socket drops when the recorder falls behind) or came too early.
+            self.counters["thumbnails_missing"] += 1
+            return None
+        try:
+            thumb = make_thumbnail(jpeg, self.thumbnail_size, self.thumbnail_quality)
+        except ValueError as exc:
+            self.counters["thumbnails_bad_frames"] += 1
+            if self.counters["thumbnails_bad_frames"] == 1:
+                log.warning("%s seq %d: no thumbnail (%s); further ones are only counted", rec.stream, rec.seq, exc)
+            return None
+        self.counters["thumbnails"] += 1
+        return thumb
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)
@@ -231,7 +273,7 @@ class Recorder:
                 log.error("dropped a %s record of %d dimensions: this run records %s, %d dimensions",
                           rec.model, dim, *self.model)
             return False
-        if not np.isfinite(rec.vector).all():
+        if not math.isfinite(float(np.dot(rec.vector, rec.vector))):  # any NaN or inf makes it so; one pass
             self.counters["bad_vectors"] += 1
             log.warning("%s seq %d: dropped a record whose embedding is not finite", rec.stream, rec.seq)
             return False
@@ -243,7 +285,9 @@ class Recorder:
         else:
             folder = self.root / (stream if stream not in RESERVED_FOLDERS else f"stream_{stream}")
         files = StreamFiles(stream, folder, self.root, snapshot_interval=self.snapshot_interval,
-                            embedding_interval=self.embedding_interval, cache=self._early.pop(stream, None))
+                            embedding_interval=self.embedding_interval,
+                            cache=self._early.pop(stream, None) or FrameCache(self.frame_cache),
+                            segmenter=Segmenter(self.keyframe_drift, self.keyframe_max_s))
         self.streams[stream] = files
         log.info("stream %s: files in %s", stream, folder)
         self._write_config()

@@ -3,7 +3,8 @@
     runs/YYYYMMDD_HHMMSS/
         config.json  drift.csv  summary.json
         embeddings/batch_0000.npz ...   (embeddings (N,D) float32, timestamps (N,) float64, indices (N,) int64)
-        snapshots/frame_000000.jpg ...
+        snapshots/frame_000000.jpg ...   (one every snapshot interval of capture time)
+        snapshots/scene_000123.jpg ...   (scene changes between those)
 
 With several cameras each stream has that layout in its own subfolder; see recorder.py.
 """

@@ -1,43 +1,141 @@
-"""The recorder's database schema: every statement, in the order it is applied.
+"""The recorder's database schema, as numbered migrations applied once each, in order.
 
-Each step is idempotent (IF NOT EXISTS), so the whole list runs on every start and a
-fresh database and an old one end up the same. A later change that cannot be written
-that way becomes a new numbered step, recorded in ``schema_version`` once applied.
+``schema_version`` records every migration applied. At every start (and with ``encoders db
+migrate``) the ones not recorded yet run, each in its own transaction under an advisory
+lock, so two recorders starting together apply each migration once. Every statement is
+idempotent (IF NOT EXISTS) as well, so a database that predates the version table is
+brought to the same state.
 
 ``frames`` is created only when the first record tells the embedding size D: a column
-``vector(D)`` is what lets pgvector index it.
+``vector(D)`` is what lets pgvector index it. ``frames_steps(D)`` creates it in its latest
+shape; a migration that changes frames does so only where the table exists already
+(``frames_statements``).
+
+Search over frames: consecutive frames of a camera are near-identical, so frames are cut
+into segments (a keyframe and the frames after it that stay close to it, see
+keyframes.py), and only keyframes go into the HNSW index. A search finds the nearest
+keyframes through the index, then ranks every frame of their segments exactly. This keeps
+the index small (inserts fast) and free of the dense clumps of near-duplicates in which
+HNSW's greedy search gets stuck.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+from dataclasses import dataclass
 
 # Serialises schema changes between recorders that start at the same moment.
 ADVISORY_LOCK_KEY = 0x656E636F  # "enco"
 
-BASE_STEPS: tuple[str, ...] = (
-    "CREATE EXTENSION IF NOT EXISTS vector",
+# pgvector's HNSW index takes vectors of at most this many dimensions.
+HNSW_MAX_DIM = 2000
+HNSW_INDEX = "frames_keyframe_hnsw"
+# The index keeps pgvector's default graph (m 16, ef_construction 64). Twice the links keep
+# queries far from every frame (text) from stranding the greedy search, but cost twice per
+# keyframe insert, and those are already about half of the write time although only one
+# frame in a hundred is a keyframe (10,000 instead of 25,000 embeddings/s measured); a
+# larger hnsw.ef_search at query time does as well for ~0.3 ms (benchmarks/RESULTS.md).
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...] = ()
+    # Run only when frames exists already: a frames table created later has the latest shape.
+    frames_statements: tuple[str, ...] = ()
+
+
+# Before any migration: the table that records them (its description came later).
+BOOTSTRAP = (
     """CREATE TABLE IF NOT EXISTS schema_version (
            version int PRIMARY KEY,
            applied_at timestamptz NOT NULL DEFAULT now())""",
-    """CREATE TABLE IF NOT EXISTS runs (
-           id bigserial PRIMARY KEY,
-           name text UNIQUE NOT NULL,
-           started_at timestamptz,
-           ended_at timestamptz,
-           model text,
-           dim int,
-           config jsonb,
-           summary jsonb)""",
-    f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT DO NOTHING",
+    "ALTER TABLE schema_version ADD COLUMN IF NOT EXISTS description text",
 )
 
-# pgvector's HNSW index takes vectors of at most this many dimensions.
-HNSW_MAX_DIM = 2000
+SCENE_CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS scene_changes (
+    run_id bigint NOT NULL REFERENCES runs (id),
+    stream text NOT NULL,
+    seq bigint NOT NULL,
+    captured_at timestamptz NOT NULL,
+    drift real,
+    window_mean real,  -- metrics' rolling drift statistics at this frame
+    window_std real,
+    snapshot_path text,  -- relative to the run folder
+    PRIMARY KEY (run_id, stream, seq))"""
+
+# Vectors inline (ranking a segment reads them without TOAST lookups), thumbnails out of
+# line (scans over frames do not read them). (ALTER, not CREATE's STORAGE: PostgreSQL < 16.)
+FRAMES_STORAGE = (
+    "ALTER TABLE frames ALTER COLUMN embedding SET STORAGE PLAIN",
+    "ALTER TABLE frames ALTER COLUMN thumbnail SET STORAGE EXTERNAL",
+)
+
+# Indexes on frames, for a new table and for the migration of an old one alike.
+FRAMES_INDEXES = (
+    # A segment's frames, for the second stage of a search.
+    "CREATE INDEX IF NOT EXISTS frames_segment ON frames (run_id, stream, keyframe_seq)",
+    # Counting and exact ranking of the keyframes a filter leaves.
+    "CREATE INDEX IF NOT EXISTS frames_keyframe_time ON frames (captured_at) WHERE keyframe",
+    "CREATE INDEX IF NOT EXISTS frames_keyframe_run ON frames (run_id, captured_at) WHERE keyframe",
+    # Time filters over all frames (drift above a threshold in a time range, ...).
+    "CREATE INDEX IF NOT EXISTS frames_time ON frames (captured_at)",
+    # The last snapshot at or before a frame (a search hit's picture): snapshots are few.
+    "CREATE INDEX IF NOT EXISTS frames_snapshots ON frames (run_id, stream, seq) WHERE snapshot_path IS NOT NULL",
+)
+
+
+def hnsw_index(dim: int) -> tuple[str, ...]:
+    if dim > HNSW_MAX_DIM:
+        return ()
+    return (f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON frames USING hnsw (embedding vector_cosine_ops) "
+            "WHERE keyframe",)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs", (
+        "CREATE EXTENSION IF NOT EXISTS vector",
+        """CREATE TABLE IF NOT EXISTS runs (
+               id bigserial PRIMARY KEY,
+               name text UNIQUE NOT NULL,
+               started_at timestamptz,
+               ended_at timestamptz,
+               model text,
+               dim int,
+               config jsonb,
+               summary jsonb)""",
+    )),
+    Migration(2, "scene changes; keyframe segments and their HNSW index; thumbnails", (
+        SCENE_CHANGES_TABLE,
+        "CREATE INDEX IF NOT EXISTS scene_changes_time ON scene_changes (captured_at)",
+    ), (
+        # Every frame recorded before segments existed is a keyframe of its own: the new
+        # partial index then holds what the old full one did.
+        "ALTER TABLE frames ADD COLUMN IF NOT EXISTS keyframe boolean NOT NULL DEFAULT true",
+        "ALTER TABLE frames ADD COLUMN IF NOT EXISTS keyframe_seq bigint",
+        "UPDATE frames SET keyframe_seq = seq WHERE keyframe_seq IS NULL",
+        "ALTER TABLE frames ALTER COLUMN keyframe_seq SET NOT NULL",
+        "ALTER TABLE frames ALTER COLUMN keyframe DROP DEFAULT",
+        "ALTER TABLE frames ADD COLUMN IF NOT EXISTS thumbnail bytea",
+        *FRAMES_STORAGE,
+        *FRAMES_INDEXES,
+        # Built only where the old full index was: never for vectors HNSW cannot take.
+        f"""DO $$ BEGIN
+                IF to_regclass('frames_embedding_hnsw') IS NOT NULL THEN
+                    CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON frames USING hnsw (embedding vector_cosine_ops)
+                        WHERE keyframe;
+                    DROP INDEX frames_embedding_hnsw;
+                END IF;
+            END $$""",
+    )),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def frames_steps(dim: int) -> tuple[str, ...]:
-    steps = [
+    """frames in its latest shape, for D-dimensional embeddings, with its indexes."""
+    return (
         f"""CREATE TABLE IF NOT EXISTS frames (
                run_id bigint NOT NULL REFERENCES runs (id),
                stream text NOT NULL,
@@ -48,11 +146,14 @@ def frames_steps(dim: int) -> tuple[str, ...]:
                embedding vector({int(dim)}) NOT NULL,
                snapshot_path text,
                worker text,
+               keyframe boolean NOT NULL,
+               keyframe_seq bigint NOT NULL,
+               thumbnail bytea,
                PRIMARY KEY (run_id, stream, seq))""",
-    ]
-    if dim <= HNSW_MAX_DIM:
-        steps.append("CREATE INDEX IF NOT EXISTS frames_embedding_hnsw ON frames USING hnsw (embedding vector_cosine_ops)")
-    return tuple(steps)
+        *FRAMES_STORAGE,
+        *FRAMES_INDEXES,
+        *hnsw_index(dim),
+    )
 
 
 # The declared type of frames.embedding ('vector(512)'), or no row when there is no table.
@@ -61,5 +162,6 @@ FRAMES_EMBEDDING_TYPE = """
     FROM pg_attribute a
     WHERE a.attrelid = to_regclass('frames') AND a.attname = 'embedding' AND NOT a.attisdropped"""
 
-# Rows are copied here first, then moved with ON CONFLICT DO NOTHING: a replayed row is never doubled.
+# A batch that holds rows stored already (a replay) is copied here, then moved with ON CONFLICT
+# DO NOTHING: a replayed row is never doubled.
 STAGING_TABLE = "CREATE TEMP TABLE IF NOT EXISTS frames_staging (LIKE frames) ON COMMIT DELETE ROWS"

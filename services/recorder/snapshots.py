@@ -28,12 +28,17 @@ def snapshot_name(seq: int) -> str:
     return f"frame_{seq:06d}.jpg"
 
 
+def scene_snapshot_name(seq: int) -> str:
+    """A scene change's snapshot between two periodic ones: named apart, so frame_*.jpg stay periodic."""
+    return f"scene_{seq:06d}.jpg"
+
+
 class FrameCache:
     """The JPEGs of recent frames of one stream, by seq, until their record arrives.
 
     Bounded by count: frames normally arrive a little before their record, so only the
-    most recent ones can still be wanted. Frames are kept only while a snapshot could be
-    due for them (the caller asks the policy), which keeps it near empty between snapshots.
+    most recent ones can still be wanted. Every frame is kept: a record may ask for its
+    frame's snapshot (periodic, or a scene change) and its thumbnail.
     """
 
     def __init__(self, max_frames: int = 128):

@@ -7,6 +7,7 @@ test knows when the recorder's subscription has arrived and no frame is sent int
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import pgserver
 import psycopg
 import pytest
 import zmq
+from PIL import Image
 from pgvector.psycopg import register_vector
 
 from encoders.logging_utils import load_run_embeddings
@@ -287,11 +289,14 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
 
         (indexdef,) = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'frames' "
                                    "AND indexdef ILIKE '%USING hnsw%'").fetchone()
-        assert "vector_cosine_ops" in indexdef
+        assert "vector_cosine_ops" in indexdef and "WHERE keyframe" in indexdef
+        # Random vectors: no two frames alike, so every frame leads a segment of its own.
+        assert conn.execute("SELECT bool_and(keyframe AND keyframe_seq = seq) FROM frames").fetchone() == (True,)
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN SELECT seq FROM frames ORDER BY embedding <=> %s LIMIT 5", (sent[3].vector,)).fetchall())
-        assert "frames_embedding_hnsw" in plan, plan
+            "EXPLAIN SELECT seq FROM frames WHERE keyframe ORDER BY embedding <=> %s LIMIT 5",
+            (sent[3].vector,)).fetchall())
+        assert "frames_keyframe_hnsw" in plan, plan
         nearest = conn.execute("SELECT seq FROM frames WHERE run_id = %s ORDER BY embedding <=> %s LIMIT 1",
                                (run_id, sent[3].vector)).fetchone()
         assert nearest == (3,)
@@ -430,6 +435,64 @@ def test_unreachable_database_error_in_this_process_has_no_password():
     assert "s3cret" not in repr(info.value.__cause__) and "s3cret" not in repr(info.value.__context__)
 
 
+def real_jpeg(colour) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (320, 240), colour).save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start):
+    rec = start(feed, db_url, "--exit-after-streams", "1", "--snapshot-interval", "100", "--thumbnail-size", "64")
+    feed.wait_subscribed()
+    rng = np.random.default_rng(5)
+    views = [rng.standard_normal(DIM) for _ in range(2)]
+    colours = [(200, 40, 40), (40, 40, 200)]
+    for seq in range(12):  # frames 0-5 show one view, 6-11 another: metrics flags 6 as a scene change
+        view = 0 if seq < 6 else 1
+        if seq != 9:  # frame 9's JPEG never comes: no thumbnail for it, counted
+            zmqio.send(feed.frames, Frame("cam0", seq, T0 + seq * 0.25, 320, 240, real_jpeg(colours[view])), topic=True)
+    time.sleep(0.2)
+    for seq in range(12):
+        view = 0 if seq < 6 else 1
+        v = views[view] + 0.02 * rng.standard_normal(DIM)
+        v = (v / np.linalg.norm(v)).astype(np.float32)
+        zmqio.send(feed.records, MetricsRecord(
+            stream="cam0", seq=seq, t_capture=T0 + seq * 0.25, t_encoded=T0, worker="w", model="ViT-B-32",
+            similarity=0.99, drift=0.6 if seq == 6 else 0.01, rolling={"count": 5, "mean": 0.01, "std": 0.002},
+            vector=v, scene_change=seq == 6))
+    feed.end("cam0", 11, {"embedded": 12})
+    assert rec.wait() == 0, rec.log()
+    run = rec.run_dir()
+    run_id = json.loads((run / "config.json").read_text())["run"]["id"]
+    with pg.connect(db_url) as conn:
+        rows = conn.execute("SELECT seq, keyframe, keyframe_seq, thumbnail, snapshot_path FROM frames "
+                            "WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+        events = conn.execute("SELECT stream, seq, drift, window_mean, window_std, snapshot_path FROM scene_changes "
+                              "WHERE run_id = %s", (run_id,)).fetchall()
+    # Two segments of near-identical frames; the scene change starts the second.
+    assert [(seq, key, kseq) for seq, key, kseq, _, _ in rows] == [(s, s in (0, 6), 0 if s < 6 else 6)
+                                                                   for s in range(12)]
+    for seq, _, _, thumb, _ in rows:
+        if seq == 9:
+            assert thumb is None
+            continue
+        img = Image.open(io.BytesIO(thumb))
+        assert img.format == "JPEG" and img.size == (64, 48)
+        pixel = img.getpixel((32, 24))
+        assert all(abs(a - b) < 16 for a, b in zip(pixel, colours[0 if seq < 6 else 1]))
+    # Periodic snapshots (every 100 s: the first frame only) keep the seed's names; the scene
+    # change, between two of them, gets its own beside them.
+    assert [(seq, snap) for seq, _, _, _, snap in rows if snap] == [(0, "snapshots/frame_000000.jpg")]
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["frame_000000.jpg", "scene_000006.jpg"]
+    assert (run / "snapshots" / "scene_000006.jpg").read_bytes() == real_jpeg(colours[1])
+    assert len(events) == 1
+    stream, seq, drift, mean, std, snap = events[0]
+    assert (stream, seq, snap) == ("cam0", 6, "snapshots/scene_000006.jpg")
+    assert (drift, mean, std) == (pytest.approx(0.6), pytest.approx(0.01), pytest.approx(0.002))
+    messages = json.loads((run / "summary.json").read_text())["run"]["messages"]
+    assert (messages["thumbnails"], messages["thumbnails_missing"], messages["scene_changes"]) == (11, 1, 1)
+
+
 def test_database_outage_mid_run_loses_nothing(feed, start):
     home = pg_home()
     pg = Postgres(home, embedded=False)
@@ -442,7 +505,7 @@ def test_database_outage_mid_run_loses_nothing(feed, start):
         pg.stop()
         send_stream(feed, "cam0", range(5, 12), frames=False)
         spool = wait_for(lambda: next(rec.runs.glob("*/db_spool.msgpack"), None), what="the spool file")
-        time.sleep(1.0)  # a few failed retries while the database is away
+        time.sleep(3.0)  # the database stays away for seconds: failed retries, with backoff
         pg.start()
         send_stream(feed, "cam0", range(12, 15), frames=False)
         feed.end("cam0", 14, {"embedded": 15})

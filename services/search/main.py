@@ -1,0 +1,157 @@
+"""`encoders search`, `encoders events` and `encoders runs`: questions asked of the recorded frames.
+
+Each reads the recorder's database (the one given, or the embedded one under the runs
+folder that the all-in-one command wrote to), prints its answer on stdout as a table,
+JSON or CSV, and notes on stderr. Exit code 0 with an answer (even an empty one), 2 when
+the question cannot be answered (the message says why).
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+from encoders.shared.config import DatabaseConfig, SearchConfig
+
+from .filters import FilterError, Filters, parse_frame_ref, parse_time
+from .output import render
+
+if TYPE_CHECKING:  # psycopg is imported when a command runs, so that --help stays fast
+    from .store import Store
+
+SEARCH_COLUMNS = {"table": ("rank", "run", "stream", "seq", "time", "similarity", "drift", "picture"),
+                  "full": ("rank", "run_id", "run", "stream", "seq", "time", "similarity", "drift", "snapshot",
+                           "snapshot_seq", "thumbnail")}
+EVENT_COLUMNS = {"table": ("run", "stream", "seq", "time", "drift", "snapshot"),
+                 "full": ("run_id", "run", "stream", "seq", "time", "drift", "window_mean", "window_std", "snapshot")}
+RUN_COLUMNS = {"table": ("id", "name", "started", "ended", "model", "streams", "frames", "scene_changes", "drift_mean"),
+               "full": ("id", "name", "started", "ended", "duration_s", "model", "dim", "streams", "frames",
+                        "scene_changes", "drift_mean", "dir", "summary")}
+
+
+class Failed(Exception):
+    """A question that cannot be answered; the message is for the person who asked."""
+
+
+@contextmanager
+def open_store(cfg: DatabaseConfig) -> Iterator["Store"]:
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from encoders.services.recorder.db import describe_target
+    from encoders.services.recorder.embedded_db import database_url
+
+    from .store import Store
+
+    try:
+        url, server = database_url(cfg.database_url, cfg.runs_dir, create=False)  # noqa: F841 (kept alive)
+    except RuntimeError as exc:
+        raise Failed(str(exc)) from None
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        raise Failed(f"cannot reach the database ({describe_target(url)}): {_first_line(exc)}") from None
+    try:
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            raise Failed("this database has no pgvector extension: nothing was recorded in it") from None
+        yield Store(conn, cfg.runs_dir)
+    finally:
+        conn.close()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _filters(since: str | None, until: str | None, stream: str | None) -> Filters:
+    return Filters(stream=stream or None, since=parse_time(since) if since else None,
+                   until=parse_time(until) if until else None)
+
+
+def _answer(fn) -> int:
+    """Run ``fn``; a question that cannot be answered is said on stderr, exit code 2."""
+    import psycopg
+
+    from .query import QueryError
+    from .store import StoreError
+
+    try:
+        fn()
+    except (Failed, FilterError, StoreError, QueryError) as exc:
+        print(f"encoders: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"encoders: database: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def search(cfg: SearchConfig, *, text: str | None = None, image: str | None = None, frame: str | None = None,
+           run: str | None = None, stream: str | None = None, since: str | None = None, until: str | None = None,
+           k: int = 10, fmt: str = "table", thumbnails: str = "") -> int:
+    """The ``k`` frames most like a sentence, a picture or a recorded frame, best first."""
+    if sum(x is not None for x in (text, image, frame)) != 1:
+        print("encoders search: give exactly one of --text, --image, --frame", file=sys.stderr)
+        return 2
+
+    def ask() -> None:
+        from .query import QueryEmbedder
+
+        filters = _filters(since, until, stream)
+        with open_store(cfg) as store:
+            store.check_schema()
+            if run is not None:
+                filters = filters.with_runs((store.resolve_run(run).id,))
+            if frame is not None:
+                vector, qrun, qstream = store.frame_vector(parse_frame_ref(frame))
+                label, what = qrun.model, f"frame {qrun.name}:{qstream}:{parse_frame_ref(frame).seq}"
+            else:
+                embedder = QueryEmbedder(cfg.model, cfg.pretrained, cfg.device)
+                vector = embedder.text(text) if text is not None else embedder.image(image)
+                label, what = embedder.label, (repr(text) if text is not None else image)
+            filters, notes = store.restrict_to_model(label, filters)
+            result = store.nearest(vector, k, filters, candidates=cfg.search_candidates, ef_search=cfg.search_ef,
+                                   exact_limit=cfg.search_exact_keyframes)
+            if thumbnails:
+                store.export_thumbnails(result.hits, thumbnails)
+        for note in notes + result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if fmt == "table":
+            print(f"{len(result.hits)} frames nearest to {what} ({label}; {result.plan.describe()})", file=sys.stderr)
+        columns = SEARCH_COLUMNS["table" if fmt == "table" else "full"]
+        sys.stdout.write(render([h.as_dict() for h in result.hits], columns, fmt))
+
+    return _answer(ask)
+
+
+def events(cfg: DatabaseConfig, *, run: str | None = None, stream: str | None = None, since: str | None = None,
+           until: str | None = None, limit: int = 100, fmt: str = "table") -> int:
+    """Scene changes, oldest first."""
+
+    def ask() -> None:
+        filters = _filters(since, until, stream)
+        with open_store(cfg) as store:
+            store.check_schema()
+            if run is not None:
+                filters = filters.with_runs((store.resolve_run(run).id,))
+            rows = store.events(filters, limit)
+        sys.stdout.write(render(rows, EVENT_COLUMNS["table" if fmt == "table" else "full"], fmt))
+
+    return _answer(ask)
+
+
+def runs(cfg: DatabaseConfig, *, run: str | None = None, limit: int = 1000, fmt: str = "table") -> int:
+    """Every run (or one), oldest first, with its counts and summary."""
+
+    def ask() -> None:
+        with open_store(cfg) as store:
+            store.check_schema()
+            ids = (store.resolve_run(run).id,) if run is not None else None
+            rows = store.runs(limit, ids)
+        sys.stdout.write(render(rows, RUN_COLUMNS["table" if fmt == "table" else "full"], fmt))
+
+    return _answer(ask)

@@ -1,0 +1,289 @@
+"""Reading the recorder's database: nearest frames, scene changes, runs.
+
+``Store`` wraps one psycopg connection (autocommit; a search's SET LOCALs live in its own
+transaction). The SQL is in sql.py; this runs it, picks the plan, and turns rows into
+results with paths a person can open.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from encoders.services.recorder.schema import LATEST_VERSION
+
+from . import sql
+from .filters import FilterError, Filters, FrameRef
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """The database cannot answer this (no frames yet, an older schema, an unknown run...)."""
+
+
+@dataclass
+class Hit:
+    rank: int
+    run_id: int
+    run: str
+    stream: str
+    seq: int
+    captured_at: datetime | None
+    similarity: float
+    drift: float | None
+    keyframe_seq: int
+    run_dir: Path
+    snapshot: str | None = None  # path of the frame's snapshot, or of the last one of its stream before it
+    snapshot_seq: int | None = None
+    thumbnail: str | None = None  # path of the exported thumbnail
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "run_id": self.run_id, "run": self.run, "stream": self.stream, "seq": self.seq,
+                "time": self.captured_at, "similarity": self.similarity, "drift": self.drift,
+                "snapshot": self.snapshot, "snapshot_seq": self.snapshot_seq, "thumbnail": self.thumbnail,
+                "picture": self.thumbnail or self.snapshot}
+
+
+@dataclass
+class Run:
+    id: int
+    name: str
+    model: str | None
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    plan: sql.Plan
+    notes: list[str] = field(default_factory=list)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+class Store:
+    def __init__(self, conn: psycopg.Connection, runs_dir: str | Path = "runs"):
+        self.conn = conn
+        self.runs_dir = Path(runs_dir)
+        self._frames: bool | None = None
+        self._index: bool | None = None
+        self._iterative: bool | None = None
+
+    # -- what the database holds ---------------------------------------------------
+    def has_frames(self) -> bool:
+        if self._frames is None:
+            self._frames = bool(self.conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()[0])
+        return self._frames
+
+    def check_schema(self) -> None:
+        """StoreError unless the recorder's migrations have all been applied here."""
+        if not self.conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+            raise StoreError("this database holds nothing recorded (no schema_version table): record a run first, "
+                             "or run `encoders db migrate`")
+        version = self.conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        if version < LATEST_VERSION:
+            raise StoreError(f"the database schema is at version {version}, this program needs {LATEST_VERSION}: "
+                             f"run `encoders db migrate` (or start a recorder, which migrates it)")
+
+    def iterative_scans(self) -> bool:
+        """pgvector >= 0.8 can continue an HNSW scan past ef_search when a filter removes rows."""
+        if self._iterative is None:
+            row = self.conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            self._iterative = row is not None and _version(row[0]) >= (0, 8)
+        return self._iterative
+
+    def has_index(self) -> bool:
+        if self._index is None:
+            self._index = bool(self.conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                                 (sql.HNSW_INDEX,)).fetchone()[0])
+        return self._index
+
+    def resolve_run(self, spec: str) -> Run:
+        """A run by id or name."""
+        row = None
+        if spec.isdigit():
+            row = self.conn.execute(sql.RUN_BY_ID, (int(spec),)).fetchone()
+        if row is None:
+            row = self.conn.execute(sql.RUN_BY_NAME, (spec,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {spec!r} in this database (`encoders runs` lists them)")
+        return Run(*row)
+
+    def frame_vector(self, ref: FrameRef) -> tuple[np.ndarray, Run, str]:
+        """The embedding of RUN[:STREAM]:SEQ, its run and its stream."""
+        run = self.resolve_run(ref.run)
+        rows = self.conn.execute(sql.FRAME_VECTOR, {"run_id": run.id, "seq": ref.seq, "stream": ref.stream}).fetchall()
+        if not rows:
+            where = f"stream {ref.stream} of " if ref.stream else ""
+            raise StoreError(f"{where}run {run.name} has no embedded frame {ref.seq}")
+        if len(rows) > 1:
+            raise StoreError(f"run {run.name} has frame {ref.seq} in several streams ({', '.join(r[1] for r in rows)}):"
+                             f" give --frame {ref.run}:STREAM:{ref.seq}")
+        vector, stream, _model = rows[0]
+        return np.asarray(vector.to_numpy(), dtype=np.float32), run, stream
+
+    def restrict_to_model(self, label: str, filters: Filters) -> tuple[Filters, list[str]]:
+        """Only runs embedded with ``label`` can be compared with its query: check the runs asked
+        for, or leave out the others (with a note saying so)."""
+        runs = [Run(*r) for r in self.conn.execute(sql.RUN_MODELS).fetchall()]
+        if filters.run_ids is not None:
+            wrong = [r for r in runs if r.id in filters.run_ids and r.model != label]
+            if wrong:
+                raise StoreError("; ".join(f"run {r.name} was embedded with {r.model}" for r in wrong)
+                                 + f", but the query is embedded with {label}: embeddings of two models cannot be "
+                                 f"compared (set ENCODERS_MODEL / ENCODERS_PRETRAINED to the run's)")
+            return filters, []
+        same = tuple(r.id for r in runs if r.model == label)
+        if not same:
+            models = sorted({r.model for r in runs})
+            raise StoreError(f"no run in this database was embedded with {label} (it has: "
+                             f"{', '.join(models) or 'no embedded frames'}); set ENCODERS_MODEL / ENCODERS_PRETRAINED "
+                             f"to match")
+        if len(same) == len(runs):
+            return filters, []
+        others = sorted({r.model for r in runs if r.model != label})
+        return filters.with_runs(same), [f"{len(runs) - len(same)} run(s) embedded with {', '.join(others)} are not "
+                                         f"searched: the query is embedded with {label}"]
+
+    # -- nearest frames ------------------------------------------------------------
+    def plan(self, filters: Filters, *, k: int, candidates: int, ef_search: int, exact_limit: int,
+             segment_span_s: float | None = None) -> sql.Plan:
+        if not filters.any or not self.has_index():
+            return sql.choose_plan(k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit,
+                                   filtered=filters.any, has_index=self.has_index())
+        span = self.segment_span() if segment_span_s is None else segment_span_s
+        count_q, params = sql.count_keyframes_sql(filters, span, exact_limit + 1)
+        matching = self.conn.execute(count_q, params).fetchone()[0]
+        total = None
+        if matching > exact_limit:
+            total = self.conn.execute(sql.TOTAL_KEYFRAMES).fetchone()[0]
+        return sql.choose_plan(k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit,
+                               filtered=True, matching_keyframes=matching,
+                               total_keyframes=total if total and total > 0 else None,
+                               iterative_scans=self.iterative_scans())
+
+    def segment_span(self) -> float:
+        return float(self.conn.execute(sql.SEGMENT_SPAN).fetchone()[0] or 0.0)
+
+    def nearest(self, q: np.ndarray, k: int, filters: Filters, *, candidates: int = 10, ef_search: int = 200,
+                exact_limit: int = 2000) -> SearchResult:
+        if not self.has_frames():
+            raise StoreError("the database holds no frames yet")
+        q = np.asarray(q, dtype=np.float32)
+        span = self.segment_span() if filters.since is not None else 0.0  # only a since moves back by it
+        plan = self.plan(filters, k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit,
+                         segment_span_s=span)
+        rows = self._nearest_rows(q, k, filters, plan, span)
+        notes = []
+        if len(rows) < k and not plan.exact_keyframes and filters.any:
+            # The filter removed most of what the index returned: rank its keyframes exactly instead.
+            plan = sql.Plan(True, plan.candidates, plan.ef_search)
+            rows = self._nearest_rows(q, k, filters, plan, span)
+            notes.append("the index found too few frames that pass the filters; ranked the filtered keyframes "
+                         "exactly instead")
+        hits = [Hit(rank, r[0], r[1], r[2], int(r[3]), r[4], 1.0 - float(r[5]), None if r[6] is None else float(r[6]),
+                    int(r[8]), self._run_dir(r[1], r[9])) for rank, r in enumerate(rows, 1)]
+        self._add_snapshots(hits)
+        return SearchResult(hits, plan, notes)
+
+    def _nearest_rows(self, q: np.ndarray, k: int, filters: Filters, plan: sql.Plan, span: float) -> list[tuple]:
+        query, params = sql.nearest_sql(filters, plan, segment_span_s=span)
+        with self.conn.transaction():
+            for statement in sql.plan_settings(plan):
+                self.conn.execute(statement)
+            return self.conn.execute(query, {**params, "q": q, "k": k}).fetchall()
+
+    def explain(self, q: np.ndarray, k: int, filters: Filters, plan: sql.Plan) -> str:
+        """EXPLAIN of the search as it would run (tests check which indexes serve it)."""
+        query, params = sql.nearest_sql(filters, plan, segment_span_s=self.segment_span())
+        with self.conn.transaction():
+            for statement in sql.plan_settings(plan):
+                self.conn.execute(statement)
+            rows = self.conn.execute("EXPLAIN " + query, {**params, "q": np.asarray(q, np.float32), "k": k})
+            return "\n".join(r[0] for r in rows.fetchall())
+
+    def _add_snapshots(self, hits: list[Hit]) -> None:
+        if not hits:
+            return
+        rows = self.conn.execute(sql.SNAPSHOTS, {"run_ids": [h.run_id for h in hits], "streams": [h.stream for h in hits],
+                                                 "seqs": [h.seq for h in hits]}).fetchall()
+        for i, seq, path in rows:
+            hit = hits[int(i) - 1]
+            hit.snapshot, hit.snapshot_seq = str(hit.run_dir / path), int(seq)
+
+    def export_thumbnails(self, hits: list[Hit], folder: str | Path) -> int:
+        """Write each hit's thumbnail (its own, or its keyframe's) as a JPEG in ``folder``; returns how many."""
+        if not hits:
+            return 0
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = self.conn.execute(sql.THUMBNAILS, {
+            "run_ids": [h.run_id for h in hits], "streams": [h.stream for h in hits], "seqs": [h.seq for h in hits],
+            "keyframe_seqs": [h.keyframe_seq for h in hits]}).fetchall()
+        written = 0
+        for i, jpeg in rows:
+            if jpeg is None:
+                continue
+            hit = hits[int(i) - 1]
+            path = out / f"{hit.rank:03d}_{hit.run}_{hit.stream}_{hit.seq:06d}.jpg"
+            path.write_bytes(bytes(jpeg))
+            hit.thumbnail = str(path)
+            written += 1
+        return written
+
+    # -- scene changes and runs ----------------------------------------------------
+    def events(self, filters: Filters, limit: int) -> list[dict[str, Any]]:
+        query, params = sql.events_sql(filters, limit)
+        out = []
+        for run_id, run, stream, seq, t, drift, mean, std, snap, run_dir in self.conn.execute(query, params):
+            out.append({"run_id": run_id, "run": run, "stream": stream, "seq": int(seq), "time": t, "drift": drift,
+                        "window_mean": mean, "window_std": std,
+                        "snapshot": str(self._run_dir(run, run_dir) / snap) if snap else None})
+        return out
+
+    def runs(self, limit: int, run_ids: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+        query, params = sql.runs_sql(run_ids, limit, frames_table=self.has_frames())
+        out = []
+        for rid, name, started, ended, model, dim, summary, run_dir, frames, scenes in self.conn.execute(query, params):
+            summary = summary or {}
+            out.append({"id": rid, "name": name, "started": started, "ended": ended,
+                        "duration_s": (ended - started).total_seconds() if started and ended else None,
+                        "model": model, "dim": dim, "streams": _streams(summary), "frames": int(frames),
+                        "scene_changes": int(scenes), "drift_mean": _drift_mean(summary),
+                        "dir": str(self._run_dir(name, run_dir)), "summary": summary or None})
+        return out
+
+    def _run_dir(self, name: str, recorded: str | None) -> Path:
+        """The run folder: where the recorder wrote it if that is here, else under our runs folder."""
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+        local = self.runs_dir / name
+        return local if local.is_dir() or not recorded else Path(recorded)
+
+
+def _streams(summary: dict) -> list[str]:
+    if isinstance(summary.get("streams"), dict):
+        return sorted(summary["streams"])
+    if summary.get("stream") is not None:
+        return [summary["stream"], *sorted(summary.get("other_streams") or {})]
+    return []
+
+
+def _drift_mean(summary: dict) -> float | None:
+    """Mean drift over the run's streams, weighted by their counts (from summary.json)."""
+    parts = ([s.get("drift") or {} for s in summary["streams"].values()] if isinstance(summary.get("streams"), dict)
+             else [summary.get("drift") or {}])
+    parts = [d for d in parts if d.get("count") and d.get("mean") is not None]
+    total = sum(d["count"] for d in parts)
+    return sum(d["mean"] * d["count"] for d in parts) / total if total else None
+
+
+__all__ = ["FilterError", "Hit", "Run", "SearchResult", "Store", "StoreError"]

@@ -1,0 +1,110 @@
+"""Keyframe segments, thumbnails, the new row fields and the migrations list, without a database."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoders.services.recorder import schema
+from encoders.services.recorder.keyframes import Segmenter
+from encoders.services.recorder.rows import FrameRow, from_spool, scene_change_values, to_spool
+from encoders.services.recorder.thumbnails import make_thumbnail, wanted
+
+
+def turn(angle):
+    return np.array([np.cos(angle), np.sin(angle), 0.0], dtype=np.float32)
+
+
+def test_a_segment_lasts_while_frames_stay_near_its_keyframe():
+    seg = Segmenter(max_drift=0.05, max_s=100.0)
+    # cos distance from the keyframe at angle 0: 1 - cos(a). 0.05 is reached at a = 0.3176 rad.
+    angles = [0.0, 0.1, 0.2, 0.31, 0.32, 0.4, 0.5]
+    got = [seg.assign(seq, float(seq), turn(a)) for seq, a in enumerate(angles)]
+    # 0.32 rad is 0.0508 from the keyframe: a new segment; 0.4 and 0.5 are near 0.32 (1 - cos(0.18) = 0.016).
+    assert got == [(True, 0), (False, 0), (False, 0), (False, 0), (True, 4), (False, 4), (False, 4)]
+
+
+def test_a_segment_lasts_at_most_max_s_and_a_scene_change_starts_one():
+    seg = Segmenter(max_drift=1.0, max_s=2.0)
+    v = turn(0.0)
+    out = [seg.assign(seq, t, v) for seq, t in enumerate([0.0, 1.0, 1.99, 2.0, 3.0, 4.5])]
+    assert out == [(True, 0), (False, 0), (False, 0), (True, 3), (False, 3), (True, 5)]
+    assert seg.assign(6, 4.6, v, scene_change=True) == (True, 6)
+
+
+def test_vectors_need_not_be_normalised():
+    seg = Segmenter(max_drift=0.01, max_s=10.0)
+    assert seg.assign(0, 0.0, 5 * turn(0.0)) == (True, 0)
+    assert seg.assign(1, 0.1, 0.2 * turn(0.0)) == (False, 0)
+
+
+def jpeg(width, height, colour=(200, 30, 30)):
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_thumbnail_keeps_the_aspect_within_the_size():
+    thumb = Image.open(io.BytesIO(make_thumbnail(jpeg(640, 480), 160, 70)))
+    assert thumb.format == "JPEG" and thumb.size == (160, 120)
+    pixel = thumb.getpixel((80, 60))
+    assert all(abs(a - b) < 12 for a, b in zip(pixel, (200, 30, 30)))
+    small = Image.open(io.BytesIO(make_thumbnail(jpeg(100, 50), 160)))
+    assert small.size == (100, 50)  # never enlarged
+
+
+def test_thumbnail_of_a_corrupt_frame_is_a_value_error():
+    with pytest.raises(ValueError, match="does not decode"):
+        make_thumbnail(b"\xff\xd8 not a jpeg", 160)
+
+
+def test_which_frames_get_thumbnails():
+    assert wanted("all", False) and wanted("all", True)
+    assert wanted("keyframes", True) and not wanted("keyframes", False)
+    assert not wanted("none", True)
+
+
+def test_spool_round_trip_with_the_new_fields_and_an_old_spooled_row():
+    vec = np.arange(4, dtype=np.float32)
+    row = FrameRow(1, "cam0", 7, 10.5, 0.9, 0.1, vec, None, "w", False, 5, b"\xff\xd8thumb", True, 0.02, 0.01,
+                   "snapshots/scene_000007.jpg")
+    back = from_spool(to_spool(row))
+    assert back._replace(embedding=None) == row._replace(embedding=None)
+    np.testing.assert_array_equal(back.embedding, vec)
+    # A spool written before keyframes and thumbnails existed: each row its own keyframe.
+    old = {k: v for k, v in to_spool(row).items() if k in FrameRow._fields[:9]}
+    legacy = from_spool(old)
+    assert (legacy.keyframe, legacy.keyframe_seq, legacy.thumbnail, legacy.scene_change) == (True, None, None, False)
+    with pytest.raises(ValueError):
+        from_spool({**to_spool(row), "unknown": 1})
+    with pytest.raises(ValueError):
+        from_spool({**to_spool(row), "thumbnail": 5})
+
+
+def test_scene_change_values():
+    row = FrameRow(3, "cam1", 9, 1700000000.0, 0.5, 0.5, np.zeros(2, np.float32), None,
+                   "w", True, 9, None, True, 0.01, 0.002, "cam1/snapshots/scene_000009.jpg")
+    run_id, stream, seq, t, drift, mean, std, snap = scene_change_values(row)
+    assert (run_id, stream, seq, drift, mean, std, snap) == (3, "cam1", 9, 0.5, 0.01, 0.002,
+                                                              "cam1/snapshots/scene_000009.jpg")
+    assert t.timestamp() == 1700000000.0
+
+
+def test_migrations_are_numbered_from_one_without_gaps_and_idempotent_statements():
+    versions = [m.version for m in schema.MIGRATIONS]
+    assert versions == list(range(1, len(versions) + 1)) and schema.LATEST_VERSION == versions[-1]
+    for m in schema.MIGRATIONS:
+        assert m.description
+        for statement in m.statements + m.frames_statements:
+            head = " ".join(statement.split()[:6]).upper()
+            # Each can run again on a database that has it already.
+            assert ("IF NOT EXISTS" in statement.upper() or "IF EXISTS" in statement.upper()
+                    or head.startswith(("UPDATE", "DO ", "ALTER TABLE FRAMES ALTER COLUMN"))), statement
+
+
+def test_new_frames_table_has_the_keyframe_index_unless_vectors_are_too_long():
+    steps = "\n".join(schema.frames_steps(512))
+    assert "vector(512)" in steps and "USING hnsw" in steps and "WHERE keyframe" in steps
+    assert "SET STORAGE PLAIN" in steps
+    assert "USING hnsw" not in "\n".join(schema.frames_steps(schema.HNSW_MAX_DIM + 1))

@@ -1,0 +1,97 @@
+"""FrameWriter's order of batches while one is being written on its thread and the database goes away.
+
+The real outage (PostgreSQL stopped mid-run) is tested in tests/integration/test_recorder.py;
+here a stand-in database that can be switched off at a chosen batch pins the ordering
+down deterministically.
+"""
+
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from encoders.services.recorder.db import DatabaseRefused, DatabaseUnavailable, FrameWriter
+from encoders.services.recorder.rows import FrameRow
+from encoders.services.recorder.spool import Spool
+
+
+class SwitchableDatabase:
+    """Takes batches while up (slowly, so that the next batch is built meanwhile)."""
+
+    def __init__(self, fail_with=DatabaseUnavailable):
+        self.dim = None
+        self.up = True
+        self.fail_with = fail_with
+        self.seqs: list[int] = []
+        self.threads: set[str] = set()
+
+    def _check(self):
+        if not self.up:
+            raise self.fail_with("the database is away")
+
+    def ensure_frames(self, dim):
+        self._check()
+        self.dim = dim
+
+    def update_run(self, run_id, **fields):
+        self._check()
+
+    def write_rows(self, rows):
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.005)
+        self._check()
+        self.seqs.extend(r.seq for r in rows)
+        return Counter(r.stream for r in rows)
+
+
+def row(seq):
+    return FrameRow(1, "cam0", seq, 1000.0 + seq, None, None, np.ones(4, np.float32), None, "w")
+
+
+def test_batches_reach_the_database_in_order_across_an_outage(tmp_path):
+    db = SwitchableDatabase()
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, retry_max=0.1)
+    writer.set_model("m", 4)
+    for seq in range(50):
+        writer.add(row(seq))
+    db.up = False  # the batch in flight now fails on its thread; its rows must come before the next ones
+    for seq in range(50, 100):
+        writer.add(row(seq))
+    assert writer.spooled > 0 and writer.outages == 1
+    db.up = True
+    for seq in range(100, 150):
+        writer.add(row(seq))
+    assert writer.close(5.0)
+    assert db.seqs == list(range(150))
+    assert writer.written == {"cam0": 150} and writer.spooled == 0
+    assert not (tmp_path / "spool").exists()
+    assert any(name.startswith("db-writer") for name in db.threads)  # written off the receive loop
+
+
+def test_a_refusal_keeps_every_row_in_the_spool_in_order(tmp_path):
+    db = SwitchableDatabase(fail_with=DatabaseRefused)
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10)
+    writer.set_model("m", 4)
+    for seq in range(30):
+        writer.add(row(seq))
+    db.up = False
+    for seq in range(30, 60):
+        writer.add(row(seq))
+    writer.tick()
+    assert not writer.close(0.2)  # refused: no point retrying
+    assert isinstance(writer.fatal, DatabaseRefused)
+    records, _ = Spool(tmp_path / "spool").read_batch(1000)
+    assert [r["seq"] for r in records] == list(range(len(db.seqs), 60))
+    assert db.seqs == list(range(len(db.seqs)))  # what got in did so in order
+
+
+def test_without_the_thread_batches_are_written_in_the_caller(tmp_path):
+    db = SwitchableDatabase()
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=5, background=False)
+    writer.set_model("m", 4)
+    for seq in range(12):
+        writer.add(row(seq))
+    assert db.seqs == list(range(10))  # two full batches, already written
+    assert writer.close(1.0) and db.seqs == list(range(12))
+    assert db.threads == {threading.current_thread().name}
