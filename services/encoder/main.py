@@ -120,7 +120,11 @@ def run(cfg: EncoderConfig) -> int:
         Path(cfg.ready_file).touch()
     log.info("worker %s taking frames from %s, batches of up to %d", worker, ", ".join(addrs), batch_size)
 
+    draining = False  # once stopping: no new credit, so what ingest already sent is all that comes
+
     def give_credit(credit: dict[int, int]) -> None:
+        if draining:
+            return
         for src, n in credit.items():
             zmqio.send(sources[src], Credit(worker=worker, n=n), flags=zmq.NOBLOCK)
 
@@ -189,9 +193,14 @@ def run(cfg: EncoderConfig) -> int:
                 last_log = time.monotonic()
                 log.info("received %(received)d, embedded %(embedded)d, skipped %(skipped)d in %(batches)d batches",
                          counters)
-        # Finish what we hold: those frames were given to us and to nobody else.
+        # Finish what we hold, and what is already on its way to us: those frames were given
+        # to us and to nobody else.
+        draining = True
         deadline = time.monotonic() + DRAIN_S
-        while (len(intake) or model.busy) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            receive(0 if len(intake) or model.busy else 200)
+            if not (len(intake) or model.busy):
+                break
             if len(intake) and model.has_room():
                 encode_next()
             send_results(block_s=0.05)
