@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,3 +106,42 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------
+# A real X server for the tests that look at windows as a person would.
+
+INSTALL_HINT = "the display tests need Xvfb and xdotool: apt-get install -y xvfb xdotool"
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} not found: {INSTALL_HINT}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def display():
+    """A private X server on a free display number (Xvfb picks it and tells us through a pipe)."""
+    xvfb = need("Xvfb")
+    need("xdotool")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp",
+                             "-noreset"],
+                            pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 15)
+        number = os.read(read_end, 64).decode().strip() if ready else ""
+        if not number.isdigit():
+            pytest.fail(f"Xvfb did not start (exit code {proc.poll()})")
+        yield f":{number}"
+    finally:
+        os.close(read_end)
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

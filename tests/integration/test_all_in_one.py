@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from ..conftest import free_port, wait_for
-from .test_viewer import display  # noqa: F401  (the Xvfb fixture)
 
 
 @pytest.fixture

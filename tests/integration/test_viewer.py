@@ -14,8 +14,6 @@ import ctypes
 import ctypes.util
 import os
 import re
-import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,42 +35,6 @@ from encoders.shared.messages import Frame, MetricsRecord
 from ..conftest import free_port
 
 WIDTH, HEIGHT = 640, 480  # the placeholder's size too, so the window keeps its size and place
-INSTALL_HINT = "the display tests need Xvfb and xdotool: apt-get install -y xvfb xdotool"
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} not found: {INSTALL_HINT}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def display():
-    """A private X server on a free display number (Xvfb picks it and tells us through a pipe)."""
-    xvfb = need("Xvfb")
-    need("xdotool")
-    read_end, write_end = os.pipe()
-    proc = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp",
-                             "-noreset"],
-                            pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 15)
-        number = os.read(read_end, 64).decode().strip() if ready else ""
-        if not number.isdigit():
-            pytest.fail(f"Xvfb did not start (exit code {proc.poll()})")
-        yield f":{number}"
-    finally:
-        os.close(read_end)
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def publishers():
     """The PUB sockets ingest and metrics would bind: (frames socket, metrics socket)."""
