@@ -167,6 +167,25 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What encode/decode need to know of a message class, worked out once (not per message:
+    they run for every frame of every camera)."""
+
+    header_fields: tuple[str, ...]
+    required: frozenset[str]
+
+
+_LAYOUTS: dict[type, _Layout] = {
+    cls: _Layout(
+        tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS),
+        frozenset(f.name for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS
+                  and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING),
+    )
+    for cls in MESSAGE_TYPES.values()
+}
+
+
 def _buffer_out(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         # Sent without a copy when already contiguous float32 (the normal case).
@@ -177,13 +196,12 @@ def _buffer_out(value: Any) -> Any:
 def encode(msg: Message, *, with_topic: bool = False) -> list:
     """Message -> list of parts for ``socket.send_multipart``."""
     header: dict[str, Any] = {"v": SCHEMA_VERSION, "k": msg.KIND}
-    for f in dataclasses.fields(msg):
-        if f.name in msg.BUFFERS:
-            value = getattr(msg, f.name)
-            if isinstance(value, np.ndarray):
-                header["dim"] = int(value.size)
-            continue
-        header[f.name] = getattr(msg, f.name)
+    for name in _LAYOUTS[type(msg)].header_fields:
+        header[name] = getattr(msg, name)
+    for name in msg.BUFFERS:
+        value = getattr(msg, name)
+        if isinstance(value, np.ndarray):
+            header["dim"] = int(value.size)
     parts: list = [msgpack.packb(header, use_bin_type=True)]
     parts.extend(_buffer_out(getattr(msg, name)) for name in msg.BUFFERS)
     if with_topic:
@@ -214,14 +232,11 @@ def decode(parts: Sequence[Any], *, with_topic: bool = False) -> Message:
     buffers = parts[1:]
     if len(buffers) != len(cls.BUFFERS):
         raise DecodeError(f"{cls.KIND}: expected {len(cls.BUFFERS)} buffer(s), got {len(buffers)}")
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in cls.BUFFERS:
-            continue
-        if f.name in header:
-            kwargs[f.name] = header[f.name]
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise DecodeError(f"{cls.KIND}: missing field {f.name!r}")
+    layout = _LAYOUTS[cls]
+    kwargs: dict[str, Any] = {name: header[name] for name in layout.header_fields if name in header}
+    missing = layout.required - kwargs.keys()
+    if missing:
+        raise DecodeError(f"{cls.KIND}: missing field {sorted(missing)[0]!r}")
     for name, raw in zip(cls.BUFFERS, buffers):
         data = raw.buffer if hasattr(raw, "buffer") else raw  # zmq.Frame or bytes
         if name == "vector":
