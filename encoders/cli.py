@@ -10,10 +10,9 @@ import sys
 
 import click
 
-from encoders.shared.config import (EncoderConfig, IngestConfig, MetricsConfig, PisimConfig, RecorderConfig,
-                                    RunConfig, ViewerConfig, click_options, from_click)
+from encoders.shared.config import (DatabaseConfig, EncoderConfig, IngestConfig, MetricsConfig, PisimConfig, RecorderConfig,
+                                    RunConfig, SearchConfig, ViewerConfig, click_options, from_click)
 
-from encoders.shared.config import DatabaseConfig, SearchConfig
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=110)
 
@@ -206,6 +205,29 @@ def migrate(**kwargs) -> None:
 
     sys.exit(migration.run(from_click(DatabaseConfig, kwargs)))
 
+
+
+@db.command(context_settings=CONTEXT)
+@click_options(DatabaseConfig)
+def serve(**kwargs) -> None:
+    """Keep the embedded database running and print its URL, for psql and other clients.
+
+    The embedded PostgreSQL runs only while something uses it (a run, a search); this keeps
+    it up until Ctrl+C, so that psql or a notebook can connect with the URL it prints.
+    """
+    from encoders.services.recorder.embedded_db import database_url
+    from encoders.shared.runtime import setup_logging, stop_on_signals
+
+    cfg = from_click(DatabaseConfig, kwargs)
+    if cfg.database_url:
+        raise click.UsageError("a database URL is set (--database-url / ENCODERS_DATABASE_URL): connect to it directly")
+    setup_logging("db")
+    url, handle = database_url("", cfg.runs_dir)
+    click.echo(f"embedded PostgreSQL for {cfg.runs_dir}: {url}\n  psql \"{url}\"\nCtrl+C stops it.")
+    try:
+        stop_on_signals().wait()
+    finally:
+        handle.cleanup()
 
 def main() -> None:
     cli(prog_name="encoders")
