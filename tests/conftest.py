@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
+
+from encoders.shared import zmqio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,3 +148,22 @@ def display():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------------------------
+# ZeroMQ publishers standing in for ingest and metrics.
+
+@pytest.fixture
+def publishers():
+    """The PUB sockets ingest and metrics would bind: (frames socket, metrics socket)."""
+    ctx = zmq.Context()
+    frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
+    metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
+    yield frames, metrics
+    frames.close(0)
+    metrics.close(0)
+    ctx.term()
+
+
+def endpoint(sock: zmq.Socket) -> str:
+    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()

@@ -14,7 +14,7 @@ from PIL import Image
 from encoders.shared import zmqio
 from encoders.shared.messages import Credit, Embedding, Frame, Skipped
 
-from ..conftest import free_port
+from ..conftest import endpoint, free_port
 
 
 def jpeg(color) -> bytes:
@@ -32,10 +32,6 @@ def fake_ingest_and_metrics():
     router.close(0)
     pull.close(0)
     ctx.term()
-
-
-def endpoint(sock) -> str:
-    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
 def next_credit(router, timeout_s=60) -> tuple[bytes, Credit]:

@@ -24,7 +24,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import zmq
 from PIL import ImageGrab
 
 from encoders.services.viewer import layout, overlay
@@ -32,23 +31,9 @@ from encoders.services.viewer.plot import DriftPlot
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord
 
-from ..conftest import free_port
+from ..conftest import endpoint, free_port
 
 WIDTH, HEIGHT = 640, 480  # the placeholder's size too, so the window keeps its size and place
-@pytest.fixture
-def publishers():
-    """The PUB sockets ingest and metrics would bind: (frames socket, metrics socket)."""
-    ctx = zmq.Context()
-    frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    yield frames, metrics
-    frames.close(0)
-    metrics.close(0)
-    ctx.term()
-
-
-def endpoint(sock: zmq.Socket) -> str:
-    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
 class Viewer:

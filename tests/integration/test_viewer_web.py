@@ -22,23 +22,7 @@ from encoders.services.viewer import overlay
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord, Stats
 
-from ..conftest import free_port, wait_for
-
-
-@pytest.fixture
-def publishers():
-    """The PUB sockets ingest and metrics would bind, and their addresses."""
-    ctx = zmq.Context()
-    frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    yield frames, metrics
-    frames.close(0)
-    metrics.close(0)
-    ctx.term()
-
-
-def endpoint(sock: zmq.Socket) -> str:
-    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+from ..conftest import endpoint, free_port, wait_for
 
 
 def start_web_viewer(service, publishers, *extra: str, port: int | None = None):
