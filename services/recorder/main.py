@@ -60,11 +60,7 @@ def run(cfg: RecorderConfig) -> int:
 
     writer = FrameWriter(r.db, Spool(r.dir / SPOOL_NAME), run_id=r.id, batch_rows=cfg.db_batch,
                          flush_s=cfg.db_flush_s, retry_max=cfg.db_retry_max)
-    recorder = Recorder(r.dir, run_id=r.id, config=r.config, rows=writer, stream_dirs=cfg.stream_dirs,
-                        snapshot_interval=cfg.snapshot_interval, embedding_interval=cfg.embedding_interval,
-                        thumbnails=cfg.thumbnails, thumbnail_size=cfg.thumbnail_size,
-                        thumbnail_quality=cfg.thumbnail_quality, frame_cache=cfg.frame_cache,
-                        keyframe_drift=cfg.keyframe_drift, keyframe_max_s=cfg.keyframe_max_s)
+    recorder = Recorder(r.dir, run_id=r.id, config=r.config, rows=writer, settings=cfg)
     counters = recorder.counters  # messages that do not decode are counted beside the recorder's own counts
     ctx = zmq.Context()
     sockets: list[zmq.Socket] = []

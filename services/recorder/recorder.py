@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from encoders.shared.config import mask_url
+from encoders.shared.config import RecorderConfig, mask_url
 from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord, StreamStart
 
 from .keyframes import Segmenter
@@ -125,23 +125,13 @@ class StreamFiles:
 
 
 class Recorder:
-    def __init__(self, root: Path, *, run_id: int, config: dict[str, Any], rows: RowSink, stream_dirs: bool = False,
-                 snapshot_interval: float = 30.0, embedding_interval: int = 100, thumbnails: str = "all",
-                 thumbnail_size: int = 160, thumbnail_quality: int = 70, frame_cache: int = FRAME_CACHE_SIZE,
-                 keyframe_drift: float = 0.05, keyframe_max_s: float = 5.0):
+    def __init__(self, root: Path, *, run_id: int, config: dict[str, Any], rows: RowSink,
+                 settings: RecorderConfig | None = None):
         self.root = root
         self.run_id = run_id
         self.config = config
         self.rows = rows
-        self.stream_dirs = stream_dirs
-        self.snapshot_interval = snapshot_interval
-        self.embedding_interval = embedding_interval
-        self.thumbnails = thumbnails
-        self.thumbnail_size = thumbnail_size
-        self.thumbnail_quality = thumbnail_quality
-        self.frame_cache = frame_cache
-        self.keyframe_drift = keyframe_drift
-        self.keyframe_max_s = keyframe_max_s
+        self.settings = settings or RecorderConfig()
         self.streams: dict[str, StreamFiles] = {}
         self.ended: set[str] = set()
         self.model: tuple[str, int] | None = None
@@ -169,7 +159,7 @@ class Recorder:
         if files is not None:
             files.on_frame(frame)
         elif frame.jpeg and STREAM_NAME.fullmatch(frame.stream):
-            self._early.setdefault(frame.stream, FrameCache(self.frame_cache)).put(frame.seq, frame.jpeg)
+            self._early.setdefault(frame.stream, FrameCache(self.settings.frame_cache)).put(frame.seq, frame.jpeg)
 
     def on_record(self, rec: MetricsRecord) -> None:
         if not self._acceptable(rec):
@@ -189,7 +179,7 @@ class Recorder:
                                                         scene_change=rec.scene_change)
         if rec.scene_change:
             self.counters["scene_changes"] += 1
-        thumb = self._thumbnail(rec, jpeg) if wanted(self.thumbnails, keyframe) else None
+        thumb = self._thumbnail(rec, jpeg) if wanted(self.settings.thumbnails, keyframe) else None
         self.rows.add(build_row(self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, thumbnail=thumb,
                                 scene_snapshot_path=scene_snap))
 
@@ -199,7 +189,7 @@ class Recorder:
             self.counters["thumbnails_missing"] += 1
             return None
         try:
-            thumb = make_thumbnail(jpeg, self.thumbnail_size, self.thumbnail_quality)
+            thumb = make_thumbnail(jpeg, self.settings.thumbnail_size, self.settings.thumbnail_quality)
         except ValueError as exc:
             self.counters["thumbnails_bad_frames"] += 1
             if self.counters["thumbnails_bad_frames"] == 1:
@@ -226,10 +216,10 @@ class Recorder:
             files.csv.flush()
 
     def close_files(self) -> None:
-        if not self.streams and not self.stream_dirs:
+        if not self.streams and not self.settings.stream_dirs:
             # Nothing arrived: still leave the seed's layout, empty, in the run folder.
-            self.streams[""] = StreamFiles(None, self.root, self.root, snapshot_interval=self.snapshot_interval,
-                                           embedding_interval=self.embedding_interval)
+            self.streams[""] = StreamFiles(None, self.root, self.root, snapshot_interval=self.settings.snapshot_interval,
+                                           embedding_interval=self.settings.embedding_interval)
         for name, files in self.streams.items():
             try:
                 files.close()
@@ -242,7 +232,7 @@ class Recorder:
         for name, files in self.streams.items():
             if files.folder != self.root:
                 write_json(files.folder / SUMMARY_JSON, {**per_stream[name], "run": run})
-        if self.stream_dirs:
+        if self.settings.stream_dirs:
             top = {"run": run, "streams": per_stream, "totals": _totals(per_stream.values())}
         else:
             first = next(iter(self.streams))
@@ -280,14 +270,14 @@ class Recorder:
         return True
 
     def _open_stream(self, stream: str) -> StreamFiles:
-        if not self.stream_dirs and not self.streams:
+        if not self.settings.stream_dirs and not self.streams:
             folder = self.root
         else:
             folder = self.root / (stream if stream not in RESERVED_FOLDERS else f"stream_{stream}")
-        files = StreamFiles(stream, folder, self.root, snapshot_interval=self.snapshot_interval,
-                            embedding_interval=self.embedding_interval,
-                            cache=self._early.pop(stream, None) or FrameCache(self.frame_cache),
-                            segmenter=Segmenter(self.keyframe_drift, self.keyframe_max_s))
+        files = StreamFiles(stream, folder, self.root, snapshot_interval=self.settings.snapshot_interval,
+                            embedding_interval=self.settings.embedding_interval,
+                            cache=self._early.pop(stream, None) or FrameCache(self.settings.frame_cache),
+                            segmenter=Segmenter(self.settings.keyframe_drift, self.settings.keyframe_max_s))
         self.streams[stream] = files
         log.info("stream %s: files in %s", stream, folder)
         self._write_config()

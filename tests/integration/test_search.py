@@ -30,6 +30,7 @@ from pgvector.psycopg import register_vector
 
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
+from encoders.shared.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.spool import Spool
 from encoders.services.search.filters import Filters
@@ -88,9 +89,9 @@ def record_run(db: Database, data: Dataset, name: str, model: str, streams: dict
     config = {"run": {"id": run_id, "name": name, "dir": str(run_dir)}, "recorder": {"keyframe_max_s": 5.0}}
     db.update_run(run_id, config=config)
     writer = FrameWriter(db, Spool(run_dir / "db_spool.msgpack"), run_id=run_id, batch_rows=64)
-    rec = Recorder(run_dir, run_id=run_id, config=config, rows=writer, stream_dirs=True,
-                   snapshot_interval=snapshot_interval,
-                   thumbnails="all", keyframe_drift=0.05, keyframe_max_s=5.0)
+    rec = Recorder(run_dir, run_id=run_id, config=config, rows=writer,
+                   settings=RecorderConfig(stream_dirs=True, snapshot_interval=snapshot_interval,
+                                           thumbnails="all", keyframe_drift=0.05, keyframe_max_s=5.0))
     for stream, frames in streams.items():
         prev = None
         for seq, (vec, colour, scene) in enumerate(frames):

@@ -9,6 +9,7 @@ import pytest
 
 from encoders.logging_utils import load_run_embeddings
 from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
+from encoders.shared.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
 
 
@@ -45,7 +46,8 @@ def frame(stream, seq, t):
 def make(tmp_path, **kw):
     rows = Rows()
     kw = {"snapshot_interval": 1.0, "embedding_interval": 3, **kw}
-    return Recorder(tmp_path, run_id=1, config={"run": {"name": tmp_path.name}}, rows=rows, **kw), rows
+    return Recorder(tmp_path, run_id=1, config={"run": {"name": tmp_path.name}}, rows=rows,
+                    settings=RecorderConfig(**kw)), rows
 
 
 def finish(rec):
