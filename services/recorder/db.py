@@ -329,14 +329,7 @@ class FrameWriter:
         if self._pool is not None:
             self._inflight = (self._pool.submit(self._write, rows), rows)
             return
-        try:
-            self.written.update(self._write(rows))
-        except DatabaseUnavailable as exc:
-            self._outage(exc)
-            self._to_spool(rows)
-        except DatabaseRefused as exc:
-            self._fail(exc)
-            self._to_spool(rows)
+        self._settle(rows, lambda: self._write(rows))
 
     def _collect(self, *, block: bool) -> None:
         """Take the outcome of the batch being written (waiting for it if ``block``)."""
@@ -344,8 +337,12 @@ class FrameWriter:
             return
         future, rows = self._inflight
         self._inflight = None
+        self._settle(rows, future.result)
+
+    def _settle(self, rows: list[FrameRow], write) -> None:
+        """Count a batch as written, or keep it in the spool whatever went wrong."""
         try:
-            self.written.update(future.result())
+            self.written.update(write())
         except DatabaseUnavailable as exc:
             self._outage(exc)
             self._to_spool(rows)
@@ -353,7 +350,7 @@ class FrameWriter:
             self._fail(exc)
             self._to_spool(rows)
         except Exception:
-            self._to_spool(rows)  # whatever went wrong, the batch is kept
+            self._to_spool(rows)
             raise
 
     def close(self, wait_s: float) -> bool:

@@ -101,11 +101,8 @@ def search(cfg: SearchConfig, *, text: str | None = None, image: str | None = No
     def ask() -> None:
         from .query import QueryEmbedder
 
-        filters = _filters(since, until, stream)
         with open_store(cfg) as store:
-            store.check_schema()
-            if run is not None:
-                filters = filters.with_runs((store.resolve_run(run).id,))
+            filters = _scoped(store, run, since, until, stream)
             if frame is not None:
                 vector, qrun, qstream = store.frame_vector(parse_frame_ref(frame))
                 label, what = qrun.model, f"frame {qrun.name}:{qstream}:{parse_frame_ref(frame).seq}"
@@ -128,17 +125,20 @@ def search(cfg: SearchConfig, *, text: str | None = None, image: str | None = No
     return _answer(ask)
 
 
+def _scoped(store, run: str | None, since: str | None, until: str | None, stream: str | None):
+    """The command's filters, with --run resolved against this database (after checking its schema)."""
+    store.check_schema()
+    filters = _filters(since, until, stream)
+    return filters.with_runs((store.resolve_run(run).id,)) if run is not None else filters
+
+
 def events(cfg: DatabaseConfig, *, run: str | None = None, stream: str | None = None, since: str | None = None,
            until: str | None = None, limit: int = 100, fmt: str = "table") -> int:
     """Scene changes, oldest first."""
 
     def ask() -> None:
-        filters = _filters(since, until, stream)
         with open_store(cfg) as store:
-            store.check_schema()
-            if run is not None:
-                filters = filters.with_runs((store.resolve_run(run).id,))
-            rows = store.events(filters, limit)
+            rows = store.events(_scoped(store, run, since, until, stream), limit)
         sys.stdout.write(render(rows, EVENT_COLUMNS["table" if fmt == "table" else "full"], fmt))
 
     return _answer(ask)
