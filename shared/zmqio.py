@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+import time
+from typing import Iterable, Iterator
 
 import zmq
 
@@ -52,14 +53,15 @@ def send(sock: zmq.Socket, msg: Message, *, topic: bool = False, flags: int = 0,
     sock.send_multipart(parts, flags=flags, copy=False)
 
 
-def receive(sock: zmq.Socket, *, topic: bool = False, routed: bool = False,
-            counters: dict | None = None) -> tuple[Message | None, bytes | None]:
-    """Receive one message (the caller knows one is waiting).
+def receive(sock: zmq.Socket, *, topic: bool = False, routed: bool = False, counters: dict | None = None,
+            flags: int = 0) -> tuple[Message | None, bytes | None]:
+    """Receive one message (the caller knows one is waiting, or passes zmq.NOBLOCK and
+    catches zmq.Again).
 
     Returns (message, sender identity for ROUTER sockets). A message that does not decode
     is logged, counted in ``counters['bad_messages']`` and returned as None: never a crash.
     """
-    parts = sock.recv_multipart(copy=False)
+    parts = sock.recv_multipart(flags, copy=False)
     sender = None
     if routed:
         sender, parts = parts[0].bytes, parts[1:]
@@ -70,3 +72,21 @@ def receive(sock: zmq.Socket, *, topic: bool = False, routed: bool = False,
             counters["bad_messages"] = counters.get("bad_messages", 0) + 1
         log.warning("dropped a message that does not decode: %s", exc)
         return None, sender
+
+
+def receive_waiting(sock: zmq.Socket, *, limit: int, until: float = 0.0, topic: bool = False,
+                    counters: dict | None = None) -> Iterator[Message]:
+    """The messages already waiting on ``sock``, never waiting for one: at most ``limit`` of
+    them, or, until ``until`` (time.monotonic()), however many there are. Ones that do not
+    decode are counted and left out."""
+    n = 0
+    while n < limit or time.monotonic() < until:
+        n += 1
+        try:
+            # A non-blocking receive, not a look at zmq.EVENTS first: that look costs as much
+            # as decoding the message (pyzmq wraps the flags in enums), for every message.
+            msg, _sender = receive(sock, topic=topic, counters=counters, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if msg is not None:
+            yield msg

@@ -148,14 +148,8 @@ def start_run(cfg: RecorderConfig, log) -> Run:
 
 def drain(sock: zmq.Socket, recorder: Recorder, counters: dict, *, topic: bool, until: float = 0.0) -> None:
     """Handle the messages waiting on ``sock``: at most DRAIN_MAX, or (``until``) all that come before then."""
-    n = 0
-    while n < DRAIN_MAX or time.monotonic() < until:
-        n += 1
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            return
-        msg, _sender = zmqio.receive(sock, topic=topic, counters=counters)
-        if msg is not None:
-            recorder.on_message(msg)
+    for msg in zmqio.receive_waiting(sock, limit=DRAIN_MAX, until=until, topic=topic, counters=counters):
+        recorder.on_message(msg)
 
 
 def finish_run(log, cfg: RecorderConfig, r: Run, recorder: Recorder, writer: FrameWriter) -> int:

@@ -168,14 +168,10 @@ def start_web(cfg: ViewerConfig):
 def drain(sock: zmq.Socket, state: ViewerState, counters: dict, also=None) -> None:
     """Take every message waiting (up to MAX_DRAIN) into ``state`` (and ``also(msg)``); frames
     replace older frames."""
-    for _ in range(MAX_DRAIN):
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            return
-        msg, _ = zmqio.receive(sock, topic=True, counters=counters)
-        if msg is not None:
-            state.add(msg)
-            if also is not None:
-                also(msg)
+    for msg in zmqio.receive_waiting(sock, limit=MAX_DRAIN, topic=True, counters=counters):
+        state.add(msg)
+        if also is not None:
+            also(msg)
 
 
 def decode_new_frames(state: ViewerState, images: dict[str, np.ndarray], counters: dict, now: float) -> None:
