@@ -57,6 +57,7 @@ DIM = 512
 RUNS, STREAMS, FPS = 10, 2, 30.0
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 K = 10
+PROCESS_TRIES = 3
 
 
 # --------------------------------------------------------------------------------------
@@ -213,11 +214,11 @@ def insert(url: str, home: Path, name: str, video: Video, *, every_frame_a_keyfr
             "segmenter_us_per_frame": segment_s * 1e6, "table_mb": size / 2**20, "database": db_url}
 
 
-def recorder_process(url: str, home: Path, video: Video, frames: int) -> dict:
+def recorder_process(url: str, home: Path, video: Video, frames: int, *, name: str = "process") -> dict:
     """`encoders record` as a process: the first ``frames`` of the video (two runs' cameras, as four
     streams) pushed as metrics records; embeddings/s from the first record taken to the process
     exiting with every row committed (and its files written)."""
-    db_url = new_database(url, "process")
+    db_url = new_database(url, name)
     chosen = np.flatnonzero(video.run <= 2)[:frames]
     # As four cameras recording at once: interleaved by time of day (each stream stays in seq order).
     order = chosen[np.argsort(video.t[chosen] - (video.run[chosen] - 1) * 86400, kind="stable")]
@@ -228,7 +229,7 @@ def recorder_process(url: str, home: Path, video: Video, frames: int) -> dict:
     push.setsockopt(zmq.SNDTIMEO, 60_000)
     push.bind("tcp://127.0.0.1:0")
     endpoint = push.getsockopt(zmq.LAST_ENDPOINT).decode()
-    log = open(home / "recorder-process.log", "wb")
+    log = open(home / f"{name}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "encoders", "record", "--database-url", db_url, "--runs-dir",
                              str(home / "process-runs"), "--records", endpoint, "--frames", "",
                              "--exit-after-streams", str(len(streams))], stdout=log, stderr=subprocess.STDOUT)
@@ -257,7 +258,7 @@ def recorder_process(url: str, home: Path, video: Video, frames: int) -> dict:
         push.close(0)
         ctx.term()
         log.close()
-    assert code == 0, (home / "recorder-process.log").read_text()[-3000:]
+    assert code == 0, (home / f"{name}.log").read_text()[-3000:]
     with psycopg.connect(db_url) as conn:
         stored = conn.execute("SELECT count(*) FROM frames").fetchone()[0]
     assert stored == len(order), (stored, len(order))
@@ -414,10 +415,15 @@ def main() -> dict:
         result["insert_every_frame_a_keyframe"] = busy
         print(f"  every frame a keyframe (each row an HNSW insert), {busy['rows']} rows: {busy['rows_per_s']:,.0f}/s",
               flush=True)
-        process = recorder_process(url, home, video, min(40000, len(video.seq)))
+        # Three times, the median: on a small shared machine one run of a few seconds moves by 20%.
+        tries = [recorder_process(url, home, video, min(40000, len(video.seq)), name=f"process{n}")
+                 for n in range(PROCESS_TRIES)]
+        rates = sorted(t["rows_per_s"] for t in tries)
+        process = {**tries[0], "rows_per_s": float(np.median(rates)), "rows_per_s_tries": rates}
         result["insert_recorder_process"] = process
         print(f"  the whole recorder process (`encoders record`, records over ZeroMQ, run files too), "
-              f"{process['rows']} records of {process['streams']} streams: {process['rows_per_s']:,.0f}/s", flush=True)
+              f"{process['rows']} records of {process['streams']} streams: {process['rows_per_s']:,.0f}/s "
+              f"(median of {len(rates)}: {', '.join(f'{r:,.0f}' for r in rates)})", flush=True)
         cost = thumbnail_cost()
         result["thumbnail_cost"] = cost
         thumb = make_thumbnail(_pisim_jpeg(640, 480), RecorderConfig().thumbnail_size, RecorderConfig().thumbnail_quality)

@@ -290,6 +290,7 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
         (indexdef,) = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'frames' "
                                    "AND indexdef ILIKE '%USING hnsw%'").fetchone()
         assert "vector_cosine_ops" in indexdef and "WHERE keyframe" in indexdef
+        assert "ef_construction='128'" in indexdef and "m='16'" in indexdef, indexdef
         # Random vectors: no two frames alike, so every frame leads a segment of its own.
         assert conn.execute("SELECT bool_and(keyframe AND keyframe_seq = seq) FROM frames").fetchone() == (True,)
         conn.execute("SET enable_seqscan = off")

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 from pgvector.psycopg import register_vector
 
+from encoders.services.recorder import schema
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
 from encoders.shared.config import RecorderConfig
@@ -461,9 +462,9 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
     try:
         first = encoders("db", "migrate", "--runs-dir", str(home))
         assert first.returncode == 0, first.stderr
-        assert "applied migration 1: runs" in first.stdout and "applied migration 2:" in first.stdout
+        assert all(f"applied migration {v}:" in first.stdout for v in (1, 2, 3)), first.stdout
         second = encoders("db", "migrate", "--runs-dir", str(home))
-        assert second.returncode == 0 and second.stdout.strip() == "the schema is up to date (version 2)"
+        assert second.returncode == 0 and second.stdout.strip() == "the schema is up to date (version 3)"
 
         # A database as the first recorder left it: schema version 1, frames with a full HNSW index.
         url, server = database_url("", str(home))
@@ -492,13 +493,17 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
             out = encoders("db", "migrate", "--database-url", old)
             assert out.returncode == 0, out.stderr
             assert ("applied migration 2:" in out.stdout) == (attempt == 0), out.stdout
+            assert ("applied migration 3:" in out.stdout) == (attempt == 0), out.stdout
         with psycopg.connect(old, autocommit=True) as conn:
             register_vector(conn)
             assert conn.execute("SELECT seq, keyframe, keyframe_seq FROM frames ORDER BY seq").fetchall() == [
                 (0, True, 0), (1, True, 1)]
             indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'frames'")}
             assert "frames_keyframe_hnsw" in indexes and "frames_embedding_hnsw" not in indexes
-            assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2]
+            assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3]
+            # Keyframes inserted from now on are linked as a new database's are.
+            options = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'frames_keyframe_hnsw'").fetchone()[0]
+            assert f"ef_construction={schema.HNSW_EF_CONSTRUCTION}" in options
             store = Store(conn)
             store.check_schema()
             hits = store.nearest(np.array([0.1, 1.0, 0.0], np.float32), 1, Filters()).hits

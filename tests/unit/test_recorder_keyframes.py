@@ -107,4 +107,5 @@ def test_new_frames_table_has_the_keyframe_index_unless_vectors_are_too_long():
     steps = "\n".join(schema.frames_steps(512))
     assert "vector(512)" in steps and "USING hnsw" in steps and "WHERE keyframe" in steps
     assert "SET STORAGE PLAIN" in steps
+    assert f"WITH (m = 16, ef_construction = {schema.HNSW_EF_CONSTRUCTION})" in steps
     assert "USING hnsw" not in "\n".join(schema.frames_steps(schema.HNSW_MAX_DIM + 1))
