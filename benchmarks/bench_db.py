@@ -311,14 +311,14 @@ def exact_top(video: Video, q: np.ndarray, mask: np.ndarray | None) -> tuple[np.
 
 
 def search_kind(store: Store, video: Video, index_of: dict, run_ids: dict[int, int], qs: np.ndarray,
-                src: np.ndarray, filter_for, *, exact_limit: int, rng: np.random.Generator) -> dict:
+                src: np.ndarray, filter_for, *, ef_search: int, exact_limit: int, rng: np.random.Generator) -> dict:
     cfg = SearchConfig()
     latencies, recall, recall_ties, plans = [], [], [], set()
     for i in range(-10, len(qs)):  # 10 warm-up queries, not counted
         q = qs[i % len(qs)]
         filters, mask = filter_for(int(src[i % len(qs)]), rng)
         start = time.perf_counter()
-        result = store.nearest(q, K, filters, candidates=cfg.search_candidates, ef_search=cfg.search_ef,
+        result = store.nearest(q, K, filters, candidates=cfg.search_candidates, ef_search=ef_search,
                                exact_limit=exact_limit)
         took = time.perf_counter() - start
         if i < 0:
@@ -371,17 +371,22 @@ def search(db_url: str, video: Video, n: int) -> dict:
 
         frame_q, frame_src = queries(video, n, rng)
         text_q, text_src = queries(video, n, rng, far=True)
+        cfg = SearchConfig()
+        # Text-like queries are searched as `encoders search --text` searches (its own ef_search).
+        frame, text = (frame_q, frame_src, cfg.search_ef), (text_q, text_src, cfg.search_ef_text)
         kinds = [
-            ("unfiltered, frame-like queries", frame_q, frame_src, unfiltered, exact_limit),
-            ("unfiltered, text-like queries", text_q, text_src, unfiltered, exact_limit),
-            ("--run (another run than the query's)", frame_q, frame_src, one_run, exact_limit),
-            ("--run + 2 minutes (--since/--until)", frame_q, frame_src, run_and_window, exact_limit),
-            ("--since/--until over 3 of 10 days", frame_q, frame_src, days, exact_limit),
-            ("--run through the HNSW index (forced)", frame_q, frame_src, one_run, 0),
+            ("unfiltered, frame-like queries", *frame, unfiltered, exact_limit),
+            ("unfiltered, text-like queries", *text, unfiltered, exact_limit),
+            ("--run (another run than the query's)", *frame, one_run, exact_limit),
+            ("--run + 2 minutes (--since/--until)", *frame, run_and_window, exact_limit),
+            ("--since/--until over 3 of 10 days", *frame, days, exact_limit),
+            ("text-like, --since/--until over 3 days", *text, days, exact_limit),
+            ("--run through the HNSW index (forced)", *frame, one_run, 0),
         ]
         out = {}
-        for label, qs, src, filter_for, limit in kinds:
-            out[label] = search_kind(store, video, index_of, run_ids, qs, src, filter_for, exact_limit=limit, rng=rng)
+        for label, qs, src, ef, filter_for, limit in kinds:
+            out[label] = search_kind(store, video, index_of, run_ids, qs, src, filter_for, ef_search=ef,
+                                     exact_limit=limit, rng=rng)
             r = out[label]
             print(f"  {label:42s} p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  recall@10 "
                   f"{r['recall_at_10']:.3f} (ties {r['recall_at_10_ties']:.3f}, min {r['min_recall']:.1f})  "

@@ -111,7 +111,8 @@ def search(cfg: SearchConfig, *, text: str | None = None, image: str | None = No
                 vector = embedder.text(text) if text is not None else embedder.image(image)
                 label, what = embedder.label, (repr(text) if text is not None else image)
             filters, notes = store.restrict_to_model(label, filters)
-            result = store.nearest(vector, k, filters, candidates=cfg.search_candidates, ef_search=cfg.search_ef,
+            result = store.nearest(vector, k, filters, candidates=cfg.search_candidates,
+                                   ef_search=cfg.search_ef_text if text is not None else cfg.search_ef,
                                    exact_limit=cfg.search_exact_keyframes)
             if thumbnails:
                 store.export_thumbnails(result.hits, thumbnails)

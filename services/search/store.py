@@ -173,7 +173,7 @@ class Store:
     def segment_span(self) -> float:
         return float(self.conn.execute(sql.SEGMENT_SPAN).fetchone()[0] or 0.0)
 
-    def nearest(self, q: np.ndarray, k: int, filters: Filters, *, candidates: int = 10, ef_search: int = 200,
+    def nearest(self, q: np.ndarray, k: int, filters: Filters, *, candidates: int = 10, ef_search: int = 400,
                 exact_limit: int = 2000) -> SearchResult:
         if not self.has_frames():
             raise StoreError("the database holds no frames yet")

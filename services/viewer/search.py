@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.shared.config import SearchConfig
+
 log = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
+# The same hnsw.ef_search as `encoders search --text` (see SearchConfig.search_ef_text).
+TEXT_EF_SEARCH = SearchConfig().search_ef_text
 CONNECT_TIMEOUT_S = 5
 
 
@@ -83,7 +87,7 @@ class TextSearch:
                 register_vector(conn)
                 store = Store(conn, self.runs_dir)
                 filters, _ = store.restrict_to_model(label, Filters())
-                result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters)
+                result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters, ef_search=TEXT_EF_SEARCH)
         except StoreError as exc:
             return [], str(exc)
         except psycopg.Error as exc:

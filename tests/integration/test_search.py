@@ -237,6 +237,12 @@ def test_cli_search_by_text_finds_the_frame_that_is_its_embedding(data, tiny_mod
     want, _ = data.exact(data.text_vec, 3)
     assert [(h["run"], h["stream"], h["seq"]) for h in hits] == want
     assert datetime.fromisoformat(hits[0]["time"]).timestamp() == pytest.approx(T0 + 3.0)
+    # A sentence searches the index more widely than a picture does (SearchConfig.search_ef_text).
+    args = ("--database-url", data.url, "--runs-dir", str(data.home), "-k", "3", "--search-exact-keyframes", "0")
+    table = encoders("search", "--text", TEXT, *args, env=tiny_model)
+    assert table.returncode == 0 and "ef_search 800" in table.stderr, table.stderr
+    frame = encoders("search", "--frame", "run_a:cam0:90", *args, "--search-ef", "300", env=tiny_model)
+    assert frame.returncode == 0 and "ef_search 300" in frame.stderr, frame.stderr
     assert "not searched" in out.stderr  # run_c, another model
 
 
