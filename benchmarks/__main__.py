@@ -1,7 +1,8 @@
 """Run every benchmark, print its tables and write its JSON to benchmarks/out/.
 
-    python -m benchmarks            # all
+    python -m benchmarks            # all of MODULES (what `make bench` runs)
     python -m benchmarks encoder    # only those whose name contains 'encoder'
+    python -m benchmarks hnsw       # an experiment of EXTRA: only when named
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db"]
+EXTRA = ["benchmarks.bench_hnsw"]  # minutes each; run only when asked for by name
 OUT = Path(__file__).parent / "out"
 
 
@@ -42,8 +44,8 @@ def main(argv: list[str]) -> int:
     OUT.mkdir(exist_ok=True)
     where = machine()
     print(f"machine: {where}")
-    for name in MODULES:
-        if argv and not any(a in name for a in argv):
+    for name in MODULES + EXTRA:
+        if (argv or name in EXTRA) and not any(a in name for a in argv):
             continue
         module = importlib.import_module(name)
         print(f"\n=== {name} ===", flush=True)

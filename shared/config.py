@@ -296,9 +296,9 @@ class SearchConfig(DatabaseConfig):
                              "it with the filter's selectivity); more than pgvector's 40 keeps the greedy search "
                              "from stranding in the wrong views; at most 1000", minimum=1)
     search_ef_text: int = setting(800, "hnsw.ef_search of a --text query: text embeddings lie far from every frame "
-                                  "(cosine ~0.3), where the greedy search strands more easily (measured on 2M "
-                                  "frames: keyframe recall@10 0.955 at 200, 0.990 at 400, 1.000 at 800, for 2.7 ms "
-                                  "more than 200); at most 1000", minimum=1)
+                                  "(cosine ~0.3), where the greedy search strands more easily (on 2M frames, "
+                                  "benchmarks/RESULTS.md: keyframe recall@10 0.970 at 200, 0.995 at 400, 1.000 at "
+                                  "800, for about 4 ms more than 200); at most 1000", minimum=1)
     search_exact_keyframes: int = setting(2000, "A filter that leaves at most this many keyframes is searched "
                                           "exactly, without the HNSW index", minimum=0)
 

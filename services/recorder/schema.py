@@ -29,13 +29,13 @@ ADVISORY_LOCK_KEY = 0x656E636F  # "enco"
 # pgvector's HNSW index takes vectors of at most this many dimensions.
 HNSW_MAX_DIM = 2000
 HNSW_INDEX = "frames_keyframe_hnsw"
-# The graph: pgvector's default m (16) with ef_construction 128 instead of its 64. Measured on
-# 2,000,000 synthetic video frames (15,435 keyframes, benchmarks/RESULTS.md): with 64, queries
-# far from every frame (CLIP text queries are, at cosine ~0.3) stranded the greedy search in
-# the wrong views, recall@10 0.88-0.91 and one query in ten to twelve finding none of its ten
-# (ef_search 200; even 1,600 left one); with 128, recall 0.965-0.985 at ef_search 200, the same
-# frame-like recall (1.0) and query time. It costs each keyframe insert about 1.4 times (only
-# keyframes are indexed, about one frame in a hundred). m 32 did worse for those queries (0.91).
+# The graph: pgvector's default m (16) with ef_construction 128 instead of its 64. Measured
+# on the 15,435 keyframes of 2,000,000 synthetic video frames, inserted as the recorder inserts
+# them (`python -m benchmarks hnsw`, benchmarks/RESULTS.md): queries far from every frame (CLIP
+# text queries are, at cosine ~0.3) strand the greedy search in the wrong views; at ef_search
+# 200 their keyframe recall@10 was 0.902 with 64 (19 queries of 200 finding none of their ten)
+# and 0.970 with 128, reaching 1.000 at ef_search 800. It costs each keyframe insert about
+# 1.2 times (only keyframes are indexed, about one frame in a hundred). m 32 did worse (0.905).
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 128
 HNSW_OPTIONS = f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
