@@ -319,6 +319,8 @@ class ViewerConfig(Settings):
     runs_dir: str = setting("runs", "Folder of the run folders (search results' snapshots)")
     model: str = setting("ViT-B-32", "open_clip model the stored embeddings were made with (search's text tower)")
     pretrained: str = setting("openai", "Its pretrained tag or checkpoint path")
+    search_ef_text: int = setting(800, "hnsw.ef_search of the search box's queries (as `encoders search --text`)",
+                                  minimum=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -39,8 +39,8 @@ HNSW_INDEX = "frames_keyframe_hnsw"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 128
 HNSW_OPTIONS = f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-# A larger hnsw.ef_search at query time is what keeps the search from stranding in a small
-# graph (benchmarks/RESULTS.md: 200 rather than 40).
+# At query time a larger hnsw.ef_search than pgvector's 40 does the rest: SearchConfig's
+# search_ef (pictures, frames) and search_ef_text (sentences).
 
 
 @dataclass(frozen=True)

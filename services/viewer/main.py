@@ -152,7 +152,8 @@ def start_web(cfg: ViewerConfig):
 
     host, port = cfg.web_address()
     board = Latest()
-    search = TextSearch(cfg.database_url, cfg.model, cfg.pretrained, cfg.runs_dir) if cfg.database_url else None
+    search = (TextSearch(cfg.database_url, cfg.model, cfg.pretrained, cfg.runs_dir, ef_search=cfg.search_ef_text)
+              if cfg.database_url else None)
     webapp = WebApp(board, token=cfg.web_token, cookie=f"encoders_token_{port}", search=search)
     server = WebServer(webapp, host, port)
     server.start()

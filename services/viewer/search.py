@@ -18,13 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.shared.config import SearchConfig
-
 log = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
-# The same hnsw.ef_search as `encoders search --text` (see SearchConfig.search_ef_text).
-TEXT_EF_SEARCH = SearchConfig().search_ef_text
 CONNECT_TIMEOUT_S = 5
 
 
@@ -47,8 +43,9 @@ class Hit:
 class TextSearch:
     """Thread-safe; the model is loaded by the first search (or ``warm_up``) and kept."""
 
-    def __init__(self, database_url: str, model: str, pretrained: str, runs_dir: str) -> None:
+    def __init__(self, database_url: str, model: str, pretrained: str, runs_dir: str, *, ef_search: int = 800) -> None:
         self.database_url = database_url
+        self.ef_search = ef_search  # hnsw.ef_search: a sentence lies far from every frame (SearchConfig.search_ef_text)
         self.runs_dir = Path(runs_dir)
         self.model, self.pretrained = model, pretrained
         self._lock = threading.Lock()
@@ -87,7 +84,7 @@ class TextSearch:
                 register_vector(conn)
                 store = Store(conn, self.runs_dir)
                 filters, _ = store.restrict_to_model(label, Filters())
-                result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters, ef_search=TEXT_EF_SEARCH)
+                result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters, ef_search=self.ef_search)
         except StoreError as exc:
             return [], str(exc)
         except psycopg.Error as exc:
