@@ -17,6 +17,8 @@ from PIL import Image
 from encoders.services.pisim.main import SourceError, make_server, serve_in_thread
 from encoders.shared.config import PisimConfig
 
+from ..conftest import wait_for
+
 W, H = 160, 120
 PART_HEAD = re.compile(rb"--FRAME\r\nContent-Type: image/jpeg\r\nContent-Length: (\d+)\r\n\r\n")
 
@@ -74,16 +76,6 @@ def pixels(jpeg: bytes) -> np.ndarray:
     img.load()
     assert img.format == "JPEG" and img.mode == "RGB"
     return np.asarray(img, dtype=np.float32)
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_health_reports_settings_and_counters(pisim):

@@ -36,6 +36,8 @@ from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.rows import FrameRow, to_spool
 from encoders.services.recorder.spool import Spool
 
+from ..conftest import wait_for
+
 DIM = 512
 T0 = 1_767_000_000.0
 
@@ -237,16 +239,6 @@ def count_frames(conn) -> int:
         return conn.execute("SELECT count(*) FROM frames").fetchone()[0]
     except psycopg.errors.UndefinedTable:  # not yet: created when the first record arrives
         return 0
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send_stream(feed: Feed, stream: str, seqs, *, frames: bool = True) -> list[MetricsRecord]:
@@ -502,10 +494,10 @@ def test_database_outage_mid_run_loses_nothing(feed, start):
         feed.wait_subscribed()
         send_stream(feed, "cam0", range(5), frames=False)
         with pg.connect() as conn:
-            wait_for(lambda: count_frames(conn) == 5, what="the first rows")
+            wait_for(lambda: count_frames(conn) == 5, timeout=10, what="the first rows")
         pg.stop()
         send_stream(feed, "cam0", range(5, 12), frames=False)
-        spool = wait_for(lambda: next(rec.runs.glob("*/db_spool.msgpack"), None), what="the spool file")
+        spool = wait_for(lambda: next(rec.runs.glob("*/db_spool.msgpack"), None), timeout=10, what="the spool file")
         time.sleep(3.0)  # the database stays away for seconds: failed retries, with backoff
         pg.start()
         send_stream(feed, "cam0", range(12, 15), frames=False)
@@ -530,9 +522,10 @@ def test_sigterm_mid_run_flushes_rows_and_writes_the_summary(pg, db_url, feed, s
     rec = start(feed, db_url, "--db-flush-s", "60", "--db-batch", "1000")
     feed.wait_subscribed()
     send_stream(feed, "cam0", range(6))
-    run = wait_for(lambda: next((p for p in rec.runs.iterdir() if p.is_dir()), None), what="the run folder")
+    run = wait_for(lambda: next((p for p in rec.runs.iterdir() if p.is_dir()), None), timeout=10,
+                   what="the run folder")
     wait_for(lambda: (run / "drift.csv").exists() and len((run / "drift.csv").read_text().splitlines()) == 7,
-             what="drift.csv rows")
+             timeout=10, what="drift.csv rows")
     with pg.connect(db_url) as conn:
         run_id = json.loads((run / "config.json").read_text())["run"]["id"]
         assert count_frames(conn) == 0
