@@ -41,6 +41,7 @@ from pgvector.psycopg import register_vector
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.keyframes import Segmenter
+from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.rows import FrameRow
 from encoders.services.pisim.scene import SyntheticScene
 from encoders.services.recorder.spool import Spool
@@ -49,7 +50,7 @@ from encoders.services.search.filters import Filters
 from encoders.services.search.store import Store
 from encoders.shared import zmqio
 from encoders.shared.config import RecorderConfig, SearchConfig
-from encoders.shared.messages import EndOfStream, MetricsRecord, encode
+from encoders.shared.messages import EndOfStream, Frame, MetricsRecord, encode
 
 FRAMES = int(os.environ.get("BENCH_DB_FRAMES", "200000"))
 QUERIES = int(os.environ.get("BENCH_DB_QUERIES", "200"))
@@ -282,6 +283,44 @@ def thumbnail_cost() -> dict:
     return out
 
 
+def thumbnail_rate(home: Path, records: int = 1500) -> dict:
+    """Records/s through the Recorder (in this process, rows to a sink) when every one gets a
+    thumbnail of its 640x480 frame: one thumbnail thread (what making them on the receive loop
+    gave) against the default (one per core)."""
+
+    class Sink:
+        def add(self, row):
+            pass
+
+        def set_model(self, model, dim):
+            pass
+
+    scene = SyntheticScene(640, 480, seed=1)
+    frames = []
+    for i in range(50):
+        buf = io.BytesIO()
+        scene.render(i / 10).save(buf, "JPEG", quality=80)
+        frames.append(buf.getvalue())
+    vectors = np.random.default_rng(0).standard_normal((records, DIM)).astype(np.float32)
+    out = {}
+    for label, threads in (("1 thread", 1), ("default", RecorderConfig().thumbnail_threads)):
+        folder = home / f"thumbnail-rate-{threads}"
+        folder.mkdir()
+        rec = Recorder(folder, run_id=1, config={}, rows=Sink(), settings=RecorderConfig(thumbnail_threads=threads))
+        start = time.perf_counter()
+        for i in range(records):
+            t = T0 + i / FPS
+            rec.on_message(Frame("cam0", i, t, 640, 480, frames[i % len(frames)]))
+            rec.on_message(MetricsRecord(stream="cam0", seq=i, t_capture=t, t_encoded=t, worker="bench", model="m",
+                                         similarity=0.99, drift=0.01, vector=vectors[i]))
+            rec.tick()
+        rec.close_files()
+        assert rec.counters["thumbnails"] == records
+        out[label] = records / (time.perf_counter() - start)
+    out["threads_default"] = RecorderConfig().thumbnail_threads or min(8, os.cpu_count() or 1)
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # 2. search
 
@@ -442,6 +481,10 @@ def main() -> dict:
               f"{key_thumbs['rows_per_s']:,.0f}/s", flush=True)
         print("  making a thumbnail (recorder CPU, one core): " + ", ".join(
             f"{size} frame {c['ms_per_frame']:.2f} ms" for size, c in cost.items()), flush=True)
+        rate = thumbnail_rate(home)
+        result["thumbnail_rate"] = rate
+        print(f"  records/s with a thumbnail of each 640x480 frame: {rate['1 thread']:,.0f} on one thread, "
+              f"{rate['default']:,.0f} on {rate['threads_default']} (the default)", flush=True)
         print(f"search ({QUERIES} queries of each kind, k={K}, Store.nearest as `encoders search` runs it):")
         result["search"] = search(main_insert["database"], video, QUERIES)
     result["seconds"] = time.perf_counter() - started

@@ -87,6 +87,7 @@ def run(cfg: RecorderConfig) -> int:
                 drain(frames, recorder, counters, topic=True)
             if records in ready:
                 drain(records, recorder, counters, topic=False)
+            recorder.tick()
             writer.tick()
             if writer.fatal is not None:
                 raise writer.fatal

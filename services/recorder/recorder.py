@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,7 +29,7 @@ from .runfiles import (CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SNAPSHOTS_DIR, SU
                        EmbeddingBatches, write_json)
 from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot_name
 from .summary import COUNT_KEYS, StreamSummary
-from .thumbnails import make_thumbnail, wanted
+from .thumbnails import ThumbnailPipeline, wanted
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ class Recorder:
         self.counters: Counter = Counter()
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
+        threads = self.settings.thumbnail_threads or min(8, os.cpu_count() or 1)
+        self._thumbnails = ThumbnailPipeline(threads, self.settings.thumbnail_size,
+                                             self.settings.thumbnail_quality, rows.add, self.counters)
         self._write_config()
 
     # -- messages ------------------------------------------------------------------
@@ -179,24 +183,18 @@ class Recorder:
                                                         scene_change=rec.scene_change)
         if rec.scene_change:
             self.counters["scene_changes"] += 1
-        thumb = self._thumbnail(rec, jpeg) if wanted(self.settings.thumbnails, keyframe) else None
-        self.rows.add(build_row(self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, thumbnail=thumb,
-                                scene_snapshot_path=scene_snap))
-
-    def _thumbnail(self, rec: MetricsRecord, jpeg: bytes | None) -> bytes | None:
-        if jpeg is None:
+        row = build_row(self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq,
+                        scene_snapshot_path=scene_snap)
+        if not wanted(self.settings.thumbnails, keyframe):
+            jpeg = None
+        elif jpeg is None:
             # Its frame never came (the frames socket drops when the recorder falls behind) or came too early.
             self.counters["thumbnails_missing"] += 1
-            return None
-        try:
-            thumb = make_thumbnail(jpeg, self.settings.thumbnail_size, self.settings.thumbnail_quality)
-        except ValueError as exc:
-            self.counters["thumbnails_bad_frames"] += 1
-            if self.counters["thumbnails_bad_frames"] == 1:
-                log.warning("%s seq %d: no thumbnail (%s); further ones are only counted", rec.stream, rec.seq, exc)
-            return None
-        self.counters["thumbnails"] += 1
-        return thumb
+        self._thumbnails.add(row, jpeg)  # the row goes on to the database once its thumbnail is made
+
+    def tick(self) -> None:
+        """Hand on the rows whose thumbnails are done (called by the receive loop)."""
+        self._thumbnails.release()
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)
@@ -216,6 +214,7 @@ class Recorder:
             files.csv.flush()
 
     def close_files(self) -> None:
+        self._thumbnails.close()  # every row on to the database writer first
         if not self.streams and not self.settings.stream_dirs:
             # Nothing arrived: still leave the seed's layout, empty, in the run folder.
             self.streams[""] = StreamFiles(None, self.root, self.root, snapshot_interval=self.settings.snapshot_interval,

@@ -105,8 +105,8 @@ def record_run(db: Database, data: Dataset, name: str, model: str, streams: dict
                                          rolling={"count": 10, "mean": 0.005, "std": 0.001}))
             data.frames[(name, stream, seq)] = (vec, t, drift, colour, model)
             prev = vec
+    rec.close_files()  # hands the last rows to the writer, as the recorder's own shutdown does
     assert writer.close(5.0)
-    rec.close_files()
     summary = rec.write_summaries({"id": run_id, "name": name}, writer.written)
     db.update_run(run_id, ended_at=datetime.fromtimestamp(t0 + 10, timezone.utc), summary=summary)
     data.run_ids[name] = run_id

@@ -1,6 +1,8 @@
 """Keyframe segments, thumbnails, the new row fields and the migrations list, without a database."""
 
 import io
+import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from PIL import Image
 from encoders.services.recorder import schema
 from encoders.services.recorder.keyframes import Segmenter
 from encoders.services.recorder.rows import FrameRow, from_spool, scene_change_values, to_spool
-from encoders.services.recorder.thumbnails import make_thumbnail, wanted
+from encoders.services.recorder.thumbnails import ThumbnailPipeline, make_thumbnail, wanted
 
 
 def turn(angle):
@@ -57,6 +59,49 @@ def test_thumbnail_keeps_the_aspect_within_the_size():
 def test_thumbnail_of_a_corrupt_frame_is_a_value_error():
     with pytest.raises(ValueError, match="does not decode"):
         make_thumbnail(b"\xff\xd8 not a jpeg", 160)
+
+
+def test_thumbnails_made_on_threads_keep_the_rows_in_order():
+    rows = [FrameRow(1, "cam0", seq, 1.0 + seq, None, None, np.ones(4, np.float32), None, "w") for seq in range(40)]
+    big, small = jpeg(1920, 1080), jpeg(64, 48)
+    # A slow thumbnail first, fast ones after it, rows with no frame, and frames that do not decode.
+    frames = [big if seq % 10 == 0 else None if seq % 7 == 3 else b"not a jpeg" if seq == 5 else small
+              for seq in range(40)]
+    out, threads_used, counters = [], set(), Counter()
+
+    def sink(row):
+        threads_used.add(threading.current_thread().name)
+        out.append(row)
+
+    pipeline = ThumbnailPipeline(3, 32, 70, sink, counters, max_waiting=8)
+    for row, frame in zip(rows, frames):
+        pipeline.add(row, frame)
+        assert pipeline.waiting <= 9  # at most max_waiting (+ the one just added) wait: memory stays bounded
+    pipeline.close()
+    assert [r.seq for r in out] == list(range(40))
+    assert threads_used == {threading.current_thread().name}  # rows are handed on by the caller's thread
+    for row, frame in zip(out, frames):
+        if frame is None or frame == b"not a jpeg":
+            assert row.thumbnail is None
+        else:
+            assert Image.open(io.BytesIO(row.thumbnail)).size[0] == 32
+    made = sum(f is not None and f != b"not a jpeg" for f in frames)
+    assert made == 34 and counters == {"thumbnails": made, "thumbnails_bad_frames": 1}
+
+
+def test_rows_without_thumbnails_are_handed_on_at_once_and_others_when_ready():
+    out = []
+    pipeline = ThumbnailPipeline(1, 32, 70, out.append, Counter())
+    pipeline.add(FrameRow(1, "cam0", 0, 1.0, None, None, np.ones(4, np.float32), None, "w"), None)
+    assert [r.seq for r in out] == [0]
+    pipeline.add(FrameRow(1, "cam0", 1, 2.0, None, None, np.ones(4, np.float32), None, "w"), jpeg(640, 480))
+    for _ in range(200):
+        pipeline.release()
+        if len(out) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert [r.seq for r in out] == [0, 1] and out[1].thumbnail is not None
+    pipeline.close()
 
 
 def test_which_frames_get_thumbnails():
