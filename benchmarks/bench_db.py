@@ -45,7 +45,7 @@ from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.rows import FrameRow
 from encoders.services.pisim.scene import SyntheticScene
 from encoders.services.recorder.spool import Spool
-from encoders.services.recorder.thumbnails import make_thumbnail
+from encoders.services.recorder.thumbnails import make_thumbnail, thumbnail_threads
 from encoders.services.search.filters import Filters
 from encoders.services.search.store import Store
 from encoders.shared import zmqio
@@ -317,7 +317,7 @@ def thumbnail_rate(home: Path, records: int = 1500) -> dict:
         rec.close_files()
         assert rec.counters["thumbnails"] == records
         out[label] = records / (time.perf_counter() - start)
-    out["threads_default"] = RecorderConfig().thumbnail_threads or min(8, os.cpu_count() or 1)
+    out["threads_default"] = thumbnail_threads(RecorderConfig().thumbnail_threads)
     return out
 
 

@@ -26,6 +26,10 @@ from typing import Any, Callable, Mapping
 import click
 
 ENV_PREFIX = "ENCODERS_"
+# hnsw.ef_search of searches (benchmarks/RESULTS.md): sentences lie far from every frame and
+# need a wider search than pictures and frames. The command line and the web viewer share them.
+SEARCH_EF = 400
+SEARCH_EF_TEXT = 800
 
 
 def setting(default: Any, help: str, *, env: str | None = None, choices: tuple[str, ...] | None = None,
@@ -294,10 +298,10 @@ class SearchConfig(DatabaseConfig):
     pretrained: str = setting("openai", "Its weights: the encoder's (ENCODERS_PRETRAINED)")
     search_candidates: int = setting(10, "Segments of near-identical frames ranked frame by frame per query (at least "
                                      "-k); more finds more, slower", minimum=1)
-    search_ef: int = setting(400, "hnsw.ef_search of an unfiltered --image or --frame query (a filtered one raises "
+    search_ef: int = setting(SEARCH_EF, "hnsw.ef_search of an unfiltered --image or --frame query (a filtered one raises "
                              "it with the filter's selectivity); more than pgvector's 40 keeps the greedy search "
                              "from stranding in the wrong views; at most 1000", minimum=1)
-    search_ef_text: int = setting(800, "hnsw.ef_search of a --text query: text embeddings lie far from every frame "
+    search_ef_text: int = setting(SEARCH_EF_TEXT, "hnsw.ef_search of a --text query: text embeddings lie far from every frame "
                                   "(cosine ~0.3), where the greedy search strands more easily (on 2M frames, "
                                   "benchmarks/RESULTS.md: keyframe recall@10 0.970 at 200, 0.995 at 400, 1.000 at "
                                   "800, for about 4 ms more than 200); at most 1000", minimum=1)
@@ -321,7 +325,7 @@ class ViewerConfig(Settings):
     runs_dir: str = setting("runs", "Folder of the run folders (search results' snapshots)")
     model: str = setting("ViT-B-32", "open_clip model the stored embeddings were made with (search's text tower)")
     pretrained: str = setting("openai", "Its pretrained tag or checkpoint path")
-    search_ef_text: int = setting(800, "hnsw.ef_search of the search box's queries (as `encoders search --text`)",
+    search_ef_text: int = setting(SEARCH_EF_TEXT, "hnsw.ef_search of the search box's queries (as `encoders search --text`)",
                                   minimum=1)
 
     def __post_init__(self) -> None:

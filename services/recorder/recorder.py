@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -29,7 +28,7 @@ from .runfiles import (CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SNAPSHOTS_DIR, SU
                        EmbeddingBatches, write_json)
 from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot_name
 from .summary import COUNT_KEYS, StreamSummary
-from .thumbnails import ThumbnailPipeline, wanted
+from .thumbnails import ThumbnailPipeline, thumbnail_threads, wanted
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +138,8 @@ class Recorder:
         self.counters: Counter = Counter()
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
-        threads = self.settings.thumbnail_threads or min(8, os.cpu_count() or 1)
-        self._thumbnails = ThumbnailPipeline(threads, self.settings.thumbnail_size,
+        self._thumbnails = ThumbnailPipeline(thumbnail_threads(self.settings.thumbnail_threads),
+                                             self.settings.thumbnail_size,
                                              self.settings.thumbnail_quality, rows.add, self.counters)
         self._write_config()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -49,6 +50,11 @@ def make_thumbnail(jpeg: bytes, size: int, quality: int = 70) -> bytes:
         return out.getvalue()
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
         raise ValueError(f"frame does not decode: {exc or type(exc).__name__}") from None
+
+
+def thumbnail_threads(setting: int) -> int:
+    """The thumbnail_threads setting as a count: 0 is one per core, up to 8."""
+    return setting or min(8, os.cpu_count() or 1)
 
 
 class ThumbnailPipeline:

@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 
 from encoders.services.recorder.schema import LATEST_VERSION
+from encoders.shared.config import SEARCH_EF
 
 from . import sql
 from .filters import FilterError, Filters, FrameRef
@@ -173,7 +174,7 @@ class Store:
     def segment_span(self) -> float:
         return float(self.conn.execute(sql.SEGMENT_SPAN).fetchone()[0] or 0.0)
 
-    def nearest(self, q: np.ndarray, k: int, filters: Filters, *, candidates: int = 10, ef_search: int = 400,
+    def nearest(self, q: np.ndarray, k: int, filters: Filters, *, candidates: int = 10, ef_search: int = SEARCH_EF,
                 exact_limit: int = 2000) -> SearchResult:
         if not self.has_frames():
             raise StoreError("the database holds no frames yet")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.shared.config import SEARCH_EF_TEXT
+
 log = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
@@ -43,9 +45,10 @@ class Hit:
 class TextSearch:
     """Thread-safe; the model is loaded by the first search (or ``warm_up``) and kept."""
 
-    def __init__(self, database_url: str, model: str, pretrained: str, runs_dir: str, *, ef_search: int = 800) -> None:
+    def __init__(self, database_url: str, model: str, pretrained: str, runs_dir: str, *,
+                 ef_search: int = SEARCH_EF_TEXT) -> None:
         self.database_url = database_url
-        self.ef_search = ef_search  # hnsw.ef_search: a sentence lies far from every frame (SearchConfig.search_ef_text)
+        self.ef_search = ef_search  # hnsw.ef_search: a sentence lies far from every frame
         self.runs_dir = Path(runs_dir)
         self.model, self.pretrained = model, pretrained
         self._lock = threading.Lock()
