@@ -260,7 +260,8 @@ class RecorderConfig(Settings):
     snapshot_interval: float = setting(30.0, "Seconds between snapshots", minimum=0.0)
     embedding_interval: int = setting(100, "Frames between embedding saves (one .npz per batch)", minimum=1)
     stream_dirs: bool = setting(False, "Give every stream its own folder (the all-in-one does when it has several)")
-    db_batch: int = setting(500, "Rows per COPY into the database", minimum=1)
+    db_batch: int = setting(500, "Rows per COPY into the database; rows that gather while one is being "
+                            "written go out together, up to 8 times this", minimum=1)
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")

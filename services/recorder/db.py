@@ -271,13 +271,20 @@ class FrameWriter:
     receiving (psycopg waits for the server without holding the GIL, and the server's work
     per batch is as long as the recorder's own). Its outcome is taken before the next batch
     goes out, so batches reach the database, or the spool, in order.
+
+    While a batch is being written, rows go on gathering, past ``batch_rows``, and go out
+    together as the next batch once it is done (group commit): when the server is the
+    slower side the batches grow and the receive loop never waits for it, until
+    ``max_waiting_batches`` batches' worth of rows are held.
     """
 
     REPLAY_BATCHES_PER_CALL = 20  # bounds how long one replay holds up the receive loop
 
     def __init__(self, db: Database, spool: Spool, *, run_id: int, batch_rows: int = 500, flush_s: float = 0.5,
-                 retry_max: float = 10.0, clock=time.monotonic, background: bool = True):
+                 retry_max: float = 10.0, clock=time.monotonic, background: bool = True,
+                 max_waiting_batches: int = 8):
         self.db, self.spool, self.run_id = db, spool, run_id
+        self.max_pending = batch_rows * max_waiting_batches
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="db-writer") if background else None
         self._inflight: tuple[Future, list[FrameRow]] | None = None
         self.batch_rows, self.flush_s, self.retry_max = batch_rows, flush_s, retry_max
@@ -305,16 +312,22 @@ class FrameWriter:
         self.pending.append(row)
         if self._oldest is None:
             self._oldest = self.clock()
-        if len(self.pending) >= self.batch_rows:
+        if len(self.pending) >= self.batch_rows and (self._writer_free() or len(self.pending) >= self.max_pending):
             self.flush()
 
     def tick(self) -> None:
         self._collect(block=False)
         now = self.clock()
-        if self.pending and now - self._oldest >= self.flush_s:
+        if self.pending and self._inflight is None and (len(self.pending) >= self.batch_rows
+                                                        or now - self._oldest >= self.flush_s):
             self.flush()
         elif self.spool.pending and now >= self.retry_at and self.fatal is None:
             self.flush()
+
+    def _writer_free(self) -> bool:
+        """No batch being written any more (its outcome taken, if it had one)."""
+        self._collect(block=False)
+        return self._inflight is None
 
     def flush(self, *, retry_now: bool = False) -> None:
         rows, self.pending, self._oldest = self.pending, [], None

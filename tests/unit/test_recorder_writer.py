@@ -95,3 +95,51 @@ def test_without_the_thread_batches_are_written_in_the_caller(tmp_path):
     assert db.seqs == list(range(10))  # two full batches, already written
     assert writer.close(1.0) and db.seqs == list(range(12))
     assert db.threads == {threading.current_thread().name}
+
+
+class GatedDatabase(SwitchableDatabase):
+    """Holds every batch until the test opens the gate; records the size of each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def write_rows(self, rows):
+        self.gate.wait(10)
+        self.batches.append(len(rows))
+        return super().write_rows(rows)
+
+
+def test_rows_gather_while_a_batch_is_written_and_go_out_together(tmp_path):
+    db = GatedDatabase()
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=8)
+    writer.set_model("m", 4)
+    for seq in range(35):
+        writer.add(row(seq))  # returns at once: the first batch is held at the gate, the rest wait in memory
+    assert len(writer.pending) == 25
+    db.gate.set()
+    deadline = time.monotonic() + 5
+    while sum(writer.written.values()) < 35 and time.monotonic() < deadline:
+        writer.tick()
+        time.sleep(0.01)
+    assert db.batches == [10, 25]  # one commit for everything that gathered
+    assert db.seqs == list(range(35))
+    assert writer.close(1.0)
+
+
+def test_the_caller_waits_once_max_waiting_batches_are_held(tmp_path):
+    db = GatedDatabase()
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=2)
+    writer.set_model("m", 4)
+    adding = threading.Thread(target=lambda: [writer.add(row(seq)) for seq in range(40)])
+    adding.start()
+    adding.join(0.3)
+    assert adding.is_alive()  # memory stays bounded: 10 rows in flight, 20 waiting, then the caller waits
+    assert db.batches == []
+    db.gate.set()
+    adding.join(5)
+    assert not adding.is_alive()
+    assert writer.close(2.0)
+    assert db.seqs == list(range(40))
+    assert db.batches[:2] == [10, 20]  # the caller waited with 20 rows in hand, sent as the next batch
