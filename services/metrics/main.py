@@ -65,7 +65,7 @@ def run(cfg: MetricsConfig) -> int:
         while not stop.is_set():
             if inbox.poll(50):
                 while inbox.poll(0):  # take everything waiting before releasing
-                    msg, _ = zmqio.receive(inbox, counters=counters)
+                    msg, _ = zmqio.receive(inbox, counters=counters, copy=True)  # embeddings: ~2 KB
                     if msg is not None:
                         streams.accept(msg)
             publish(streams.release())
