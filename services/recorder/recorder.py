@@ -165,7 +165,8 @@ class Recorder:
             self._early.setdefault(frame.stream, FrameCache(self.settings.frame_cache)).put(frame.seq, frame.jpeg)
 
     def on_record(self, rec: MetricsRecord) -> None:
-        if not self._acceptable(rec):
+        norm_sq = self._acceptable(rec)
+        if norm_sq is None:
             return
         last = self._last_seq.get(rec.stream)
         if last is not None and rec.seq <= last:
@@ -179,7 +180,7 @@ class Recorder:
         files = self.streams.get(rec.stream) or self._open_stream(rec.stream)
         snap, scene_snap, jpeg = files.on_record(rec)
         keyframe, keyframe_seq = files.segmenter.assign(rec.seq, rec.t_capture, rec.vector,
-                                                        scene_change=rec.scene_change)
+                                                        scene_change=rec.scene_change, norm_sq=norm_sq)
         if rec.scene_change:
             self.counters["scene_changes"] += 1
         row = build_row(self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq,
@@ -240,17 +241,18 @@ class Recorder:
         return top
 
     # -- internals -----------------------------------------------------------------
-    def _acceptable(self, rec: MetricsRecord) -> bool:
-        if not STREAM_NAME.fullmatch(rec.stream):
+    def _acceptable(self, rec: MetricsRecord) -> float | None:
+        """The embedding's squared length if the record can be recorded; None (counted) if not."""
+        if rec.stream not in self.streams and not STREAM_NAME.fullmatch(rec.stream):
             self.counters["bad_stream_names"] += 1
             log.warning("dropped a record of stream %r: a stream name is 1-64 letters, digits, '_', '.', '-'",
                         rec.stream[:80])
-            return False
+            return None
         dim = int(rec.vector.size)
         if self.model is None:
             if dim == 0:
                 self.counters["bad_vectors"] += 1
-                return False
+                return None
             self.model = (rec.model, dim)
             self.rows.set_model(rec.model, dim)
             self.config["model"] = {"name": rec.model, "dim": dim}
@@ -260,12 +262,13 @@ class Recorder:
             if self.counters["wrong_dim"] == 1:
                 log.error("dropped a %s record of %d dimensions: this run records %s, %d dimensions",
                           rec.model, dim, *self.model)
-            return False
-        if not math.isfinite(float(np.dot(rec.vector, rec.vector))):  # any NaN or inf makes it so; one pass
+            return None
+        norm_sq = float(np.dot(rec.vector, rec.vector))  # any NaN or inf makes it so; one pass
+        if not math.isfinite(norm_sq):
             self.counters["bad_vectors"] += 1
             log.warning("%s seq %d: dropped a record whose embedding is not finite", rec.stream, rec.seq)
-            return False
-        return True
+            return None
+        return norm_sq
 
     def _open_stream(self, stream: str) -> StreamFiles:
         if not self.settings.stream_dirs and not self.streams:

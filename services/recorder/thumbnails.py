@@ -77,6 +77,9 @@ class ThumbnailPipeline:
 
     def add(self, row: FrameRow, jpeg: bytes | None) -> None:
         """A row, and the frame to make its thumbnail from (None: the row goes without one)."""
+        if jpeg is None and not self._waiting:
+            self.sink(row)  # nothing before it to wait for (recording without frames: every row)
+            return
         future = None if jpeg is None else self._pool.submit(make_thumbnail, jpeg, self.size, self.quality)
         self._waiting.append((row, future))
         if len(self._waiting) > self.max_waiting:
