@@ -297,6 +297,7 @@ class FrameWriter:
         self.backoff = 0.0
         self.retry_at = 0.0
         self.outages = 0
+        self.commits = 0  # batches written (spool replays included)
         self.fatal: DatabaseRefused | None = None
 
     @property
@@ -356,6 +357,7 @@ class FrameWriter:
         """Count a batch as written, or keep it in the spool whatever went wrong."""
         try:
             self.written.update(write())
+            self.commits += 1
         except DatabaseUnavailable as exc:
             self._outage(exc)
             self._to_spool(rows)
@@ -407,6 +409,7 @@ class FrameWriter:
                 records, end = self.spool.read_batch(self.batch_rows)
                 rows = _decode_spooled(records, self.spool.path)
                 self.written.update(self._write(rows))
+                self.commits += 1
                 self.spool.commit(end, len(records))
                 replayed += len(records)
         except DatabaseUnavailable as exc:

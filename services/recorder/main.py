@@ -185,5 +185,6 @@ def log_progress(log, recorder: Recorder, writer: FrameWriter, counters: dict) -
     streams = ", ".join(f"{name} {f.summary.records} records {f.summary.snapshots} snapshots "
                         f"{f.batches.written} npz" for name, f in recorder.streams.items()) or "no records yet"
     bad = counters.get("bad_messages", 0)
-    log.info("%s; database: %d rows written, %d waiting, %d spooled%s", streams, sum(writer.written.values()),
-             len(writer.pending), writer.spooled, f"; {bad} bad messages dropped" if bad else "")
+    log.info("%s; database: %d rows written in %d commits, %d waiting, %d spooled%s", streams,
+             sum(writer.written.values()), writer.commits, len(writer.pending), writer.spooled,
+             f"; {bad} bad messages dropped" if bad else "")

@@ -124,6 +124,7 @@ def test_rows_gather_while_a_batch_is_written_and_go_out_together(tmp_path):
         writer.tick()
         time.sleep(0.01)
     assert db.batches == [10, 25]  # one commit for everything that gathered
+    assert writer.commits == 2
     assert db.seqs == list(range(35))
     assert writer.close(1.0)
 
