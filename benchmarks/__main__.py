@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import OUT
+
 MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db"]
 EXTRA = ["benchmarks.bench_hnsw"]  # minutes each; run only when asked for by name
-OUT = Path(__file__).parent / "out"
 
 
 def machine() -> dict:
