@@ -37,6 +37,11 @@ MOVE_STAGED = (f"INSERT INTO frames ({_COLS}) SELECT {_COLS} FROM frames_staging
 INSERT_SCENE_CHANGE = (f"INSERT INTO scene_changes ({', '.join(SCENE_CHANGE_COLUMNS)}) "
                        f"VALUES ({', '.join(['%s'] * len(SCENE_CHANGE_COLUMNS))}) ON CONFLICT DO NOTHING")
 RUN_FIELDS = ("config", "model", "dim", "ended_at", "summary")
+# How long a batch waits for a lock on frames (someone's VACUUM FULL, a REINDEX without
+# CONCURRENTLY, an open transaction that locked the table) before it counts as an outage:
+# the rows go to the spool and are retried with backoff, instead of the write hanging and
+# the receive loop with it once the rows waiting in memory reach their bound.
+WRITE_LOCK_TIMEOUT_S = 5.0
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -70,6 +75,7 @@ class Database:
         self.url = url
         self.target = describe_target(url)
         self.connect_timeout = connect_timeout
+        self.lock_timeout_s = WRITE_LOCK_TIMEOUT_S
         self.dim: int | None = None
         self._conn: psycopg.Connection | None = None
         self._schema_ready = False
@@ -237,11 +243,14 @@ class Database:
                 for row in rows:
                     copy.write_row(copy_values(row))
 
+        lock_timeout = f"SET LOCAL lock_timeout = {int(self.lock_timeout_s * 1000)}"
+
         def write(conn):
             # Straight into frames: the recorder never sends a frame twice, so this is the usual case,
             # and a fifth faster than going through the staging table.
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    cur.execute(lock_timeout)
                     copy_rows(cur, COPY_FRAMES)
                     if events:
                         cur.executemany(INSERT_SCENE_CHANGE, events)
@@ -249,6 +258,7 @@ class Database:
             except psycopg.errors.UniqueViolation:
                 pass  # some rows are stored already (a replay after an outage): keep only the others
             with conn.transaction(), conn.cursor() as cur:
+                cur.execute(lock_timeout)
                 copy_rows(cur, COPY_STAGING)
                 cur.execute(MOVE_STAGED)
                 inserted = Counter(stream for (stream,) in cur.fetchall())

@@ -572,6 +572,33 @@ def test_rows_written_twice_are_stored_once(tmp_path, db_url):
     db.close()
 
 
+def test_a_locked_frames_table_spools_the_rows_instead_of_hanging(tmp_path, db_url):
+    """Someone holds a lock on frames (VACUUM FULL, REINDEX without CONCURRENTLY): the batch gives
+    up after the lock timeout, its rows wait in the spool, and they are written once it is gone."""
+    db = Database.open(db_url, wait_s=5)
+    db.lock_timeout_s = 0.5
+    run_id = db.claim_run("locked", None)
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4, retry_max=0.5,
+                         background=False)
+    writer.set_model("m", DIM)
+    for seq in range(4):
+        writer.add(make_row(run_id, seq))
+    assert writer.written == {"cam0": 4}
+    with psycopg.connect(db_url) as locker:
+        locker.execute("LOCK TABLE frames IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+        start = time.monotonic()
+        for seq in range(4, 8):
+            writer.add(make_row(run_id, seq))
+        assert time.monotonic() - start < 5  # gave up waiting: the receive loop goes on
+        assert writer.outages == 1 and writer.spooled == 4
+        locker.rollback()
+    assert writer.close(10.0)
+    assert writer.written == {"cam0": 8} and writer.spooled == 0
+    with psycopg.connect(db_url) as conn:
+        assert [s for (s,) in conn.execute("SELECT seq FROM frames ORDER BY seq")] == list(range(8))
+    db.close()
+
+
 def test_rows_spooled_by_an_earlier_recorder_are_written_at_the_next_start(tmp_path, db_url, feed, start):
     db = Database.open(db_url, wait_s=5)
     run_id = db.claim_run("crashed", None)
