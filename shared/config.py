@@ -30,6 +30,9 @@ ENV_PREFIX = "ENCODERS_"
 # need a wider search than pictures and frames. The command line and the web viewer share them.
 SEARCH_EF = 400
 SEARCH_EF_TEXT = 800
+# The recorder's database writer: rows that gather while a batch is being written go out with
+# the next one, up to this many --db-batch's worth; then the receive loop waits.
+DB_MAX_WAITING_BATCHES = 8
 
 
 def setting(default: Any, help: str, *, env: str | None = None, choices: tuple[str, ...] | None = None,
@@ -261,7 +264,7 @@ class RecorderConfig(Settings):
     embedding_interval: int = setting(100, "Frames between embedding saves (one .npz per batch)", minimum=1)
     stream_dirs: bool = setting(False, "Give every stream its own folder (the all-in-one does when it has several)")
     db_batch: int = setting(500, "Rows per COPY into the database; rows that gather while one is being "
-                            "written go out together, up to 8 times this", minimum=1)
+                            f"written go out together, up to {DB_MAX_WAITING_BATCHES} times this", minimum=1)
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")

@@ -21,6 +21,7 @@ from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from encoders.shared.config import DB_MAX_WAITING_BATCHES
 
 from . import schema
 from .rows import (COLUMNS, COPY_TYPES, SCENE_CHANGE_COLUMNS, FrameRow, copy_values, from_spool,
@@ -292,7 +293,7 @@ class FrameWriter:
 
     def __init__(self, db: Database, spool: Spool, *, run_id: int, batch_rows: int = 500, flush_s: float = 0.5,
                  retry_max: float = 10.0, clock=time.monotonic, background: bool = True,
-                 max_waiting_batches: int = 8):
+                 max_waiting_batches: int = DB_MAX_WAITING_BATCHES):
         self.db, self.spool, self.run_id = db, spool, run_id
         self.max_pending = batch_rows * max_waiting_batches
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="db-writer") if background else None
