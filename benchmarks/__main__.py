@@ -1,8 +1,8 @@
 """Run every benchmark, print its tables and write its JSON to benchmarks/out/.
 
-    python -m benchmarks            # all of MODULES (what `make bench` runs)
-    python -m benchmarks encoder    # only those whose name contains 'encoder'
-    python -m benchmarks hnsw       # an experiment of EXTRA: only when named
+python -m benchmarks            # all of MODULES (what `make bench` runs)
+python -m benchmarks encoder    # only those whose name contains 'encoder'
+python -m benchmarks hnsw       # an experiment of EXTRA: only when named
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d")}
+    info = {
+        "cpu": cpu,
+        "cores": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     try:
         import torch
 

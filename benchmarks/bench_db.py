@@ -30,7 +30,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +39,12 @@ import zmq
 from pgvector.psycopg import register_vector
 
 from benchmarks import OUT
+from encoders.services.pisim.scene import SyntheticScene
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.keyframes import Segmenter
 from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.rows import FrameRow
-from encoders.services.pisim.scene import SyntheticScene
 from encoders.services.recorder.spool import Spool
 from encoders.services.recorder.thumbnails import make_thumbnail, thumbnail_threads
 from encoders.services.search.filters import Filters
@@ -57,7 +57,7 @@ FRAMES = int(os.environ.get("BENCH_DB_FRAMES", "200000"))
 QUERIES = int(os.environ.get("BENCH_DB_QUERIES", "200"))
 DIM = 512
 RUNS, STREAMS, FPS = 10, 2, 30.0
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 K = 10
 PROCESS_TRIES = 3
 PROCESS_RUNS = 5  # the process benchmark records this many runs' cameras at once: 10 streams
@@ -102,8 +102,14 @@ def synthetic_video(frames: int, seed: int = 0) -> Video:
     return Video(v, np.concatenate(runs), np.concatenate(streams), np.concatenate(seqs), np.concatenate(times))
 
 
-def frame_rows(video: Video, run_ids: dict[int, int], *, every_frame_a_keyframe: bool = False,
-               thumbnail: bytes | None = None, thumbnails: str = "all") -> tuple[list[FrameRow], float]:
+def frame_rows(
+    video: Video,
+    run_ids: dict[int, int],
+    *,
+    every_frame_a_keyframe: bool = False,
+    thumbnail: bytes | None = None,
+    thumbnails: str = "all",
+) -> tuple[list[FrameRow], float]:
     """The rows the recorder would write, keyframes assigned by its Segmenter; and the
     segmenter's cost per frame in seconds."""
     cfg = RecorderConfig()
@@ -114,7 +120,9 @@ def frame_rows(video: Video, run_ids: dict[int, int], *, every_frame_a_keyframe:
         key = (int(video.run[i]), int(video.stream[i]))
         seg = segmenters.get(key) or segmenters.setdefault(key, Segmenter(cfg.keyframe_drift, cfg.keyframe_max_s))
         seq = int(video.seq[i])
-        keyframe, key_seq = (True, seq) if every_frame_a_keyframe else seg.assign(seq, float(video.t[i]), video.vectors[i])
+        keyframe, key_seq = (
+            (True, seq) if every_frame_a_keyframe else seg.assign(seq, float(video.t[i]), video.vectors[i])
+        )
         rows.append((key, seq, keyframe, key_seq))
     per_frame = (time.perf_counter() - start) / max(1, len(rows))
     out = []
@@ -122,8 +130,22 @@ def frame_rows(video: Video, run_ids: dict[int, int], *, every_frame_a_keyframe:
         prev = i - 1 if seq > 0 else None
         sim = None if prev is None else float(video.vectors[i] @ video.vectors[prev])
         thumb = thumbnail if thumbnails == "all" or keyframe else None
-        out.append(FrameRow(run_ids[run], f"cam{stream}", seq, float(video.t[i]), sim, None if sim is None else 1 - sim,
-                            video.vectors[i], None, "bench", keyframe, key_seq, thumb))
+        out.append(
+            FrameRow(
+                run_ids[run],
+                f"cam{stream}",
+                seq,
+                float(video.t[i]),
+                sim,
+                None if sim is None else 1 - sim,
+                video.vectors[i],
+                None,
+                "bench",
+                keyframe,
+                key_seq,
+                thumb,
+            )
+        )
     return out, per_frame
 
 
@@ -192,8 +214,17 @@ def server_versions(url: str) -> dict:
 # 1. insert
 
 
-def insert(url: str, home: Path, name: str, video: Video, *, every_frame_a_keyframe: bool = False,
-           thumbnail: bytes | None = None, thumbnails: str = "all", limit: int | None = None) -> dict:
+def insert(
+    url: str,
+    home: Path,
+    name: str,
+    video: Video,
+    *,
+    every_frame_a_keyframe: bool = False,
+    thumbnail: bytes | None = None,
+    thumbnails: str = "all",
+    limit: int | None = None,
+) -> dict:
     """Store the video's frames through the recorder's writer; embeddings/s from the first row
     handed over to the last one committed."""
     db_url = new_database(url, name)
@@ -201,17 +232,19 @@ def insert(url: str, home: Path, name: str, video: Video, *, every_frame_a_keyfr
     cfg = RecorderConfig()
     run_ids = {}
     for r in range(1, RUNS + 1):
-        run_ids[r] = db.claim_run(f"{name}_{r}", datetime.fromtimestamp(T0 + (r - 1) * 86400, timezone.utc))
+        run_ids[r] = db.claim_run(f"{name}_{r}", datetime.fromtimestamp(T0 + (r - 1) * 86400, UTC))
         db.update_run(run_ids[r], config={"recorder": cfg.describe()})
-    rows, segment_s = frame_rows(video, run_ids, every_frame_a_keyframe=every_frame_a_keyframe, thumbnail=thumbnail,
-                                 thumbnails=thumbnails)
+    rows, segment_s = frame_rows(
+        video, run_ids, every_frame_a_keyframe=every_frame_a_keyframe, thumbnail=thumbnail, thumbnails=thumbnails
+    )
     rows = capture_order(rows)[:limit]
     spool_dir = home / name
     spool_dir.mkdir()
     writers = {}
     for r, run_id in run_ids.items():
-        writers[run_id] = FrameWriter(db, Spool(spool_dir / f"{r}.spool"), run_id=run_id, batch_rows=cfg.db_batch,
-                                      flush_s=cfg.db_flush_s)
+        writers[run_id] = FrameWriter(
+            db, Spool(spool_dir / f"{r}.spool"), run_id=run_id, batch_rows=cfg.db_batch, flush_s=cfg.db_flush_s
+        )
         writers[run_id].set_model("synthetic/none", DIM)
     per_run = []
     start = time.perf_counter()
@@ -233,10 +266,19 @@ def insert(url: str, home: Path, name: str, video: Video, *, every_frame_a_keyfr
         stored, keyframes = conn.execute("SELECT count(*), count(*) FILTER (WHERE keyframe) FROM frames").fetchone()
         size = conn.execute("SELECT pg_total_relation_size('frames')").fetchone()[0]
     assert stored == len(rows), (stored, len(rows))
-    return {"rows": stored, "keyframes": keyframes, "seconds": elapsed, "rows_per_s": stored / elapsed,
-            "rows_per_s_first_run": per_run[0], "rows_per_s_last_run": per_run[-1], "batch_rows": cfg.db_batch,
-            "rows_per_commit": stored / max(1, commits),
-            "segmenter_us_per_frame": segment_s * 1e6, "table_mb": size / 2**20, "database": db_url}
+    return {
+        "rows": stored,
+        "keyframes": keyframes,
+        "seconds": elapsed,
+        "rows_per_s": stored / elapsed,
+        "rows_per_s_first_run": per_run[0],
+        "rows_per_s_last_run": per_run[-1],
+        "batch_rows": cfg.db_batch,
+        "rows_per_commit": stored / max(1, commits),
+        "segmenter_us_per_frame": segment_s * 1e6,
+        "table_mb": size / 2**20,
+        "database": db_url,
+    }
 
 
 def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, name: str = "process") -> dict:
@@ -257,20 +299,49 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
     push.bind("tcp://127.0.0.1:0")
     endpoint = push.getsockopt(zmq.LAST_ENDPOINT).decode()
     log_path = runs_dir / f"{name}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "encoders", "record", "--database-url", db_url, "--runs-dir",
-                             str(runs_dir), "--records", endpoint, "--frames", "",
-                             "--exit-after-streams", str(len(streams))], stdout=log, stderr=subprocess.STDOUT)
+    log = open(log_path, "wb")  # noqa: SIM115 - the process writes to it until it is stopped
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "encoders",
+            "record",
+            "--database-url",
+            db_url,
+            "--runs-dir",
+            str(runs_dir),
+            "--records",
+            endpoint,
+            "--frames",
+            "",
+            "--exit-after-streams",
+            str(len(streams)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         # Encoded before the clock starts: what is measured is the recorder, not this sender
         # (on two cores, encoding here would take CPU from the recorder and the server).
         messages = []
         for i in order:
             v = video.vectors[i]
-            messages.append(encode(MetricsRecord(
-                stream=f"r{int(video.run[i])}cam{int(video.stream[i])}", seq=int(video.seq[i]),
-                t_capture=float(video.t[i]), t_encoded=float(video.t[i]), worker="bench", model="synthetic/none",
-                similarity=0.99, drift=0.01, vector=v, rolling={"count": 300, "mean": 0.01, "std": 0.002})))
+            messages.append(
+                encode(
+                    MetricsRecord(
+                        stream=f"r{int(video.run[i])}cam{int(video.stream[i])}",
+                        seq=int(video.seq[i]),
+                        t_capture=float(video.t[i]),
+                        t_encoded=float(video.t[i]),
+                        worker="bench",
+                        model="synthetic/none",
+                        similarity=0.99,
+                        drift=0.01,
+                        vector=v,
+                        rolling={"count": 300, "mean": 0.01, "std": 0.002},
+                    )
+                )
+            )
         push.send_multipart(messages[0])  # returns once the recorder has connected
         start = time.perf_counter()
         for parts in messages[1:]:
@@ -305,8 +376,11 @@ def thumbnail_cost() -> dict:
         while n < 20 or time.perf_counter() - start < 2.0:
             make_thumbnail(frame, cfg.thumbnail_size, cfg.thumbnail_quality)
             n += 1
-        out[f"{w}x{h}"] = {"ms_per_frame": (time.perf_counter() - start) / n * 1000, "thumbnail_bytes": len(thumb),
-                           "frame_bytes": len(frame)}
+        out[f"{w}x{h}"] = {
+            "ms_per_frame": (time.perf_counter() - start) / n * 1000,
+            "thumbnail_bytes": len(thumb),
+            "frame_bytes": len(frame),
+        }
     return out
 
 
@@ -338,8 +412,19 @@ def thumbnail_rate(home: Path, records: int = 1500) -> dict:
         for i in range(records):
             t = T0 + i / FPS
             rec.on_message(Frame("cam0", i, t, 640, 480, frames[i % len(frames)]))
-            rec.on_message(MetricsRecord(stream="cam0", seq=i, t_capture=t, t_encoded=t, worker="bench", model="m",
-                                         similarity=0.99, drift=0.01, vector=vectors[i]))
+            rec.on_message(
+                MetricsRecord(
+                    stream="cam0",
+                    seq=i,
+                    t_capture=t,
+                    t_encoded=t,
+                    worker="bench",
+                    model="m",
+                    similarity=0.99,
+                    drift=0.01,
+                    vector=vectors[i],
+                )
+            )
             rec.tick()
         rec.close_files()
         assert rec.counters["thumbnails"] == records
@@ -376,16 +461,28 @@ def exact_top(video: Video, q: np.ndarray, mask: np.ndarray | None) -> tuple[np.
     return top, float(sims[top[-1]]) if k else math.inf
 
 
-def search_kind(store: Store, video: Video, index_of: dict, run_ids: dict[int, int], qs: np.ndarray,
-                src: np.ndarray, filter_for, *, ef_search: int, exact_limit: int, rng: np.random.Generator) -> dict:
+def search_kind(
+    store: Store,
+    video: Video,
+    index_of: dict,
+    run_ids: dict[int, int],
+    qs: np.ndarray,
+    src: np.ndarray,
+    filter_for,
+    *,
+    ef_search: int,
+    exact_limit: int,
+    rng: np.random.Generator,
+) -> dict:
     cfg = SearchConfig()
     latencies, recall, recall_ties, plans = [], [], [], set()
     for i in range(-10, len(qs)):  # 10 warm-up queries, not counted
         q = qs[i % len(qs)]
         filters, mask = filter_for(int(src[i % len(qs)]), rng)
         start = time.perf_counter()
-        result = store.nearest(q, K, filters, candidates=cfg.search_candidates, ef_search=ef_search,
-                               exact_limit=exact_limit)
+        result = store.nearest(
+            q, K, filters, candidates=cfg.search_candidates, ef_search=ef_search, exact_limit=exact_limit
+        )
         took = time.perf_counter() - start
         if i < 0:
             continue
@@ -397,9 +494,16 @@ def search_kind(store: Store, video: Video, index_of: dict, run_ids: dict[int, i
         # Tie-aware (ann-benchmarks' k-nn): a hit as near as the K-th true neighbour counts.
         recall_ties.append(sum(1 for g in got if float(video.vectors[g] @ q) >= kth - 1e-6) / len(want))
     ms = np.array(latencies) * 1000
-    return {"queries": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "recall_at_10": float(np.mean(recall)), "min_recall": float(np.min(recall)),
-            "recall_at_10_ties": float(np.mean(recall_ties)), "plans": sorted(plans)}
+    return {
+        "queries": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "recall_at_10": float(np.mean(recall)),
+        "min_recall": float(np.min(recall)),
+        "recall_at_10_ties": float(np.mean(recall_ties)),
+        "plans": sorted(plans),
+    }
 
 
 def search(db_url: str, video: Video, n: int) -> dict:
@@ -408,8 +512,10 @@ def search(db_url: str, video: Video, n: int) -> dict:
         register_vector(conn)
         store = Store(conn)
         run_ids = dict(conn.execute("SELECT split_part(name, '_', 2)::int, id FROM runs").fetchall())
-        index_of = {(run_ids[int(video.run[i])], f"cam{int(video.stream[i])}", int(video.seq[i])): i
-                    for i in range(len(video.seq))}
+        index_of = {
+            (run_ids[int(video.run[i])], f"cam{int(video.stream[i])}", int(video.seq[i])): i
+            for i in range(len(video.seq))
+        }
         rng = np.random.default_rng(1)
         exact_limit = SearchConfig().search_exact_keyframes
 
@@ -425,14 +531,17 @@ def search(db_url: str, video: Video, n: int) -> dict:
         def run_and_window(src, rng):  # two minutes of the query's own run
             r = int(video.run[src])
             since = T0 + (r - 1) * 86400 + float(rng.uniform(0, max(0.0, duration - 120)))
-            f = Filters(run_ids=(run_ids[r],), since=datetime.fromtimestamp(since, timezone.utc),
-                        until=datetime.fromtimestamp(since + 120, timezone.utc))
+            f = Filters(
+                run_ids=(run_ids[r],),
+                since=datetime.fromtimestamp(since, UTC),
+                until=datetime.fromtimestamp(since + 120, UTC),
+            )
             return f, (video.run == r) & (video.t >= since) & (video.t < since + 120)
 
         def days(src, rng):  # three days, with --since/--until
             first = int(rng.integers(1, RUNS - 1))
             since, until = T0 + (first - 1) * 86400, T0 + (first + 2) * 86400
-            f = Filters(since=datetime.fromtimestamp(since, timezone.utc), until=datetime.fromtimestamp(until, timezone.utc))
+            f = Filters(since=datetime.fromtimestamp(since, UTC), until=datetime.fromtimestamp(until, UTC))
             return f, (video.t >= since) & (video.t < until)
 
         frame_q, frame_src = queries(video, n, rng)
@@ -451,12 +560,16 @@ def search(db_url: str, video: Video, n: int) -> dict:
         ]
         out = {}
         for label, qs, src, ef, filter_for, limit in kinds:
-            out[label] = search_kind(store, video, index_of, run_ids, qs, src, filter_for, ef_search=ef,
-                                     exact_limit=limit, rng=rng)
+            out[label] = search_kind(
+                store, video, index_of, run_ids, qs, src, filter_for, ef_search=ef, exact_limit=limit, rng=rng
+            )
             r = out[label]
-            print(f"  {label:42s} p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  recall@10 "
-                  f"{r['recall_at_10']:.3f} (ties {r['recall_at_10_ties']:.3f}, min {r['min_recall']:.1f})  "
-                  f"{'; '.join(r['plans'])}", flush=True)
+            print(
+                f"  {label:42s} p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  recall@10 "
+                f"{r['recall_at_10']:.3f} (ties {r['recall_at_10_ties']:.3f}, min {r['min_recall']:.1f})  "
+                f"{'; '.join(r['plans'])}",
+                flush=True,
+            )
         return out
 
 
@@ -467,53 +580,82 @@ def main() -> dict:
     started = time.perf_counter()
     video = synthetic_video(FRAMES)
     consecutive = float(np.mean(np.sum(video.vectors[1:2000] * video.vectors[:1999], axis=1)))
-    print(f"synthetic video: {len(video.seq)} frames of {DIM} dims, {RUNS} runs x {STREAMS} cameras at {FPS:g} "
-          f"frames/s; consecutive cosine {consecutive:.3f} (generated in {time.perf_counter() - started:.0f} s)")
+    print(
+        f"synthetic video: {len(video.seq)} frames of {DIM} dims, {RUNS} runs x {STREAMS} cameras at {FPS:g} "
+        f"frames/s; consecutive cosine {consecutive:.3f} (generated in {time.perf_counter() - started:.0f} s)"
+    )
     result: dict = {"frames": len(video.seq), "dim": DIM, "consecutive_cosine": consecutive}
     with embedded_server() as (url, home):
         result["server"] = server_versions(url)
         print(f"server: {result['server']}")
-        print("insert (the recorder's FrameWriter: batches of binary COPY, each committed; rows that gather "
-              "while one is written go out together):")
+        print(
+            "insert (the recorder's FrameWriter: batches of binary COPY, each committed; rows that gather "
+            "while one is written go out together):"
+        )
         main_insert = insert(url, home, "bench", video)
         result["insert"] = main_insert
-        print(f"  {main_insert['rows']} embeddings in {main_insert['seconds']:.1f} s: "
-              f"{main_insert['rows_per_s']:,.0f}/s (first run {main_insert['rows_per_s_first_run']:,.0f}/s, last "
-              f"{main_insert['rows_per_s_last_run']:,.0f}/s); {main_insert['keyframes']} keyframes in the HNSW index; "
-              f"--db-batch {main_insert['batch_rows']}, {main_insert['rows_per_commit']:,.0f} rows per commit on average; segmenter {main_insert['segmenter_us_per_frame']:.1f} us/frame; "
-              f"table {main_insert['table_mb']:.0f} MB", flush=True)
+        print(
+            f"  {main_insert['rows']} embeddings in {main_insert['seconds']:.1f} s: "
+            f"{main_insert['rows_per_s']:,.0f}/s (first run {main_insert['rows_per_s_first_run']:,.0f}/s, last "
+            f"{main_insert['rows_per_s_last_run']:,.0f}/s); {main_insert['keyframes']} keyframes in the HNSW index; "
+            f"--db-batch {main_insert['batch_rows']}, {main_insert['rows_per_commit']:,.0f} rows per commit; "
+            f"segmenter {main_insert['segmenter_us_per_frame']:.1f} us/frame; "
+            f"table {main_insert['table_mb']:.0f} MB",
+            flush=True,
+        )
         few = min(20000, len(video.seq))
         busy = insert(url, home, "busy", video, every_frame_a_keyframe=True, limit=few)
         result["insert_every_frame_a_keyframe"] = busy
-        print(f"  every frame a keyframe (each row an HNSW insert), {busy['rows']} rows: {busy['rows_per_s']:,.0f}/s",
-              flush=True)
+        print(
+            f"  every frame a keyframe (each row an HNSW insert), {busy['rows']} rows: {busy['rows_per_s']:,.0f}/s",
+            flush=True,
+        )
         # Three times, the median: on a small shared machine one run of a few seconds moves by 20%.
         with process_runs_dir() as runs_dir:
-            tries = [recorder_process(url, runs_dir, video, min(100_000, len(video.seq)), name=f"process{n}")
-                     for n in range(PROCESS_TRIES)]
+            tries = [
+                recorder_process(url, runs_dir, video, min(100_000, len(video.seq)), name=f"process{n}")
+                for n in range(PROCESS_TRIES)
+            ]
         rates = sorted(t["rows_per_s"] for t in tries)
         process = {**tries[0], "rows_per_s": float(np.median(rates)), "rows_per_s_tries": rates}
         result["insert_recorder_process"] = process
-        print(f"  the whole recorder process (`encoders record`, records over ZeroMQ, run files too), "
-              f"{process['rows']} records of {process['streams']} streams: {process['rows_per_s']:,.0f}/s "
-              f"(median of {len(rates)}: {', '.join(f'{r:,.0f}' for r in rates)})", flush=True)
+        print(
+            f"  the whole recorder process (`encoders record`, records over ZeroMQ, run files too), "
+            f"{process['rows']} records of {process['streams']} streams: {process['rows_per_s']:,.0f}/s "
+            f"(median of {len(rates)}: {', '.join(f'{r:,.0f}' for r in rates)})",
+            flush=True,
+        )
         cost = thumbnail_cost()
         result["thumbnail_cost"] = cost
-        thumb = make_thumbnail(_pisim_jpeg(640, 480), RecorderConfig().thumbnail_size, RecorderConfig().thumbnail_quality)
+        thumb = make_thumbnail(
+            _pisim_jpeg(640, 480), RecorderConfig().thumbnail_size, RecorderConfig().thumbnail_quality
+        )
         thumbs = insert(url, home, "thumbs", video, thumbnail=thumb, limit=few)
         result["insert_with_thumbnails"] = thumbs
-        print(f"  with a thumbnail ({len(thumb)} bytes) in every row (--thumbnails all, the default), "
-              f"{thumbs['rows']} rows: {thumbs['rows_per_s']:,.0f}/s", flush=True)
+        print(
+            f"  with a thumbnail ({len(thumb)} bytes) in every row (--thumbnails all, the default), "
+            f"{thumbs['rows']} rows: {thumbs['rows_per_s']:,.0f}/s",
+            flush=True,
+        )
         key_thumbs = insert(url, home, "keythumbs", video, thumbnail=thumb, thumbnails="keyframes", limit=few)
         result["insert_with_keyframe_thumbnails"] = key_thumbs
-        print(f"  with a thumbnail on keyframes only (--thumbnails keyframes), {key_thumbs['rows']} rows: "
-              f"{key_thumbs['rows_per_s']:,.0f}/s", flush=True)
-        print("  making a thumbnail (recorder CPU, one core): " + ", ".join(
-            f"{size} frame {c['ms_per_frame']:.2f} ms" for size, c in cost.items()), flush=True)
+        print(
+            f"  with a thumbnail on keyframes only (--thumbnails keyframes), {key_thumbs['rows']} rows: "
+            f"{key_thumbs['rows_per_s']:,.0f}/s",
+            flush=True,
+        )
+        print(
+            "  making a thumbnail (recorder CPU, one core): "
+            + ", ".join(f"{size} frame {c['ms_per_frame']:.2f} ms" for size, c in cost.items()),
+            flush=True,
+        )
         rate = thumbnail_rate(home)
         result["thumbnail_rate"] = rate
-        print(f"  records/s with a thumbnail of each 640x480 frame: {rate['1 thread']:,.0f} on one thread, "
-              f"{rate['default']:,.0f} on {rate['threads_default']} (the default)", flush=True)
+        print(
+            f"  records/s with a thumbnail of each 640x480 frame: {rate['1 thread']:,.0f} on one thread, "
+            f"{rate['default']:,.0f} on {rate['threads_default']} (the default)",
+            flush=True,
+        )
         print(f"search ({QUERIES} queries of each kind, k={K}, Store.nearest as `encoders search` runs it):")
         result["search"] = search(main_insert["database"], video, QUERIES)
     result["seconds"] = time.perf_counter() - started

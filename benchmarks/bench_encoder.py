@@ -90,17 +90,21 @@ def preprocess_costs(enc) -> dict:
         row = {
             "fast_ms": 1000 / rate(lambda: enc.pre.load(jpeg), 1, seconds=2),
             "full_decode_ms": 1000 / rate(lambda: full.load(jpeg), 1, seconds=2),
-            "open_clip_ms": 1000 / rate(lambda: enc.reference_transform(Image.open(io.BytesIO(jpeg)).convert("RGB")),
-                                        1, seconds=2),
+            "open_clip_ms": 1000
+            / rate(lambda: enc.reference_transform(Image.open(io.BytesIO(jpeg)).convert("RGB")), 1, seconds=2),
         }
         out[f"{w}x{h}"] = row
-        print(f"  decode+preprocess {w}x{h}: fast {row['fast_ms']:.2f} ms, full-size decode "
-              f"{row['full_decode_ms']:.2f} ms, open_clip's {row['open_clip_ms']:.2f} ms", flush=True)
+        print(
+            f"  decode+preprocess {w}x{h}: fast {row['fast_ms']:.2f} ms, full-size decode "
+            f"{row['full_decode_ms']:.2f} ms, open_clip's {row['open_clip_ms']:.2f} ms",
+            flush=True,
+        )
     return out
 
 
 # --------------------------------------------------------------------------------------
 # The real pipeline, as separate processes on ZeroMQ, like the all-in-one command.
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -112,23 +116,51 @@ def free_port() -> int:
 def pipeline(workers: int, threads: int, fps: float, frames: int, lossless: bool, batch_size: int):
     tcp = "tcp://127.0.0.1:{}".format
     p = {k: free_port() for k in ("http", "frames", "work", "min", "mpub")}
-    env = {**os.environ, "ENCODERS_MODEL": MODEL, "ENCODERS_PRETRAINED": "none", "ENCODERS_DEVICE": DEVICE,
-           "ENCODERS_PRECISION": PRECISION, "ENCODERS_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "ENCODERS_MODEL": MODEL,
+        "ENCODERS_PRETRAINED": "none",
+        "ENCODERS_DEVICE": DEVICE,
+        "ENCODERS_PRECISION": PRECISION,
+        "ENCODERS_LOG_LEVEL": "WARNING",
+    }
     procs = []
 
     def start(*args, extra=None):
-        procs.append(subprocess.Popen([sys.executable, "-m", "encoders", *args], env={**env, **(extra or {})},
-                                      stdout=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "encoders", *args], env={**env, **(extra or {})}, stdout=subprocess.DEVNULL
+            )
+        )
 
     ctx = zmq.Context.instance()
     sub = zmqio.open_socket(ctx, zmq.SUB, tcp(p["mpub"]), bind=False, subscribe=[b"metrics/", b"eos/"], linger=0)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            start("metrics", "--metrics-in-bind", tcp(p["min"]), "--metrics-bind", tcp(p["mpub"]), "--records-bind", "none")
+            start(
+                "metrics",
+                "--metrics-in-bind",
+                tcp(p["min"]),
+                "--metrics-bind",
+                tcp(p["mpub"]),
+                "--records-bind",
+                "none",
+            )
             ready = [Path(tmp) / f"r{i}" for i in range(workers)]
             for i in range(workers):
-                start("encode", "--work", tcp(p["work"]), "--metrics-in", tcp(p["min"]), "--threads", str(threads),
-                      "--batch-size", str(batch_size), "--ready-file", str(ready[i]))
+                start(
+                    "encode",
+                    "--work",
+                    tcp(p["work"]),
+                    "--metrics-in",
+                    tcp(p["min"]),
+                    "--threads",
+                    str(threads),
+                    "--batch-size",
+                    str(batch_size),
+                    "--ready-file",
+                    str(ready[i]),
+                )
             deadline = time.monotonic() + 300
             while not all(r.exists() for r in ready):
                 if time.monotonic() > deadline or any(pr.poll() is not None for pr in procs):
@@ -136,9 +168,20 @@ def pipeline(workers: int, threads: int, fps: float, frames: int, lossless: bool
                 time.sleep(0.1)
             start("pisim", "--port", str(p["http"]), "--fps", str(fps), "--width", "640", "--height", "480")
             time.sleep(0.5)
-            start("ingest", "--stream", f"http://127.0.0.1:{p['http']}/stream.mjpg", "--frames-bind", tcp(p["frames"]),
-                  "--work-bind", tcp(p["work"]), "--metrics-in", tcp(p["min"]), "--max-frames", str(frames),
-                  *(["--lossless"] if lossless else []))
+            start(
+                "ingest",
+                "--stream",
+                f"http://127.0.0.1:{p['http']}/stream.mjpg",
+                "--frames-bind",
+                tcp(p["frames"]),
+                "--work-bind",
+                tcp(p["work"]),
+                "--metrics-in",
+                tcp(p["min"]),
+                "--max-frames",
+                str(frames),
+                *(["--lossless"] if lossless else []),
+            )
             yield sub
         finally:
             sub.close(0)
@@ -172,7 +215,7 @@ def pipeline_throughput(workers: int, threads: int, frames: int, batch_size: int
     # Steady state: skip two batches while every stage fills. Records leave metrics a batch
     # at a time, so the rate is taken over many batches (frames >= 20 batches).
     assert frames >= 20 * batch_size, "too few frames for a steady-state rate"
-    done = [r.t_metrics for _, r in records][2 * batch_size:]
+    done = [r.t_metrics for _, r in records][2 * batch_size :]
     fps = (len(done) - 1) / (done[-1] - done[0])
     print(f"  pipeline, {workers} worker(s) x {threads} thread(s), lossless: {fps:9.1f} frames/s", flush=True)
     return fps
@@ -183,11 +226,19 @@ def realtime_latency(workers: int, threads: int, seconds: float, batch_size: int
     with pipeline(workers, threads, fps=30, frames=frames, lossless=False, batch_size=batch_size) as sub:
         records, eos = collect(sub)
     lat = np.array([(r.t_metrics - r.t_capture) * 1000 for _, r in records[10:]])
-    out = {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-           "p99_ms": float(np.percentile(lat, 99)), "published": eos.counts["published"],
-           "embedded": eos.counts["embedded"], "dropped": eos.counts["dropped"]}
-    print(f"  real time at 30 frames/s: capture->metrics p50 {out['p50_ms']:.0f} ms, p95 {out['p95_ms']:.0f} ms, "
-          f"p99 {out['p99_ms']:.0f} ms; {out['dropped']} of {out['published']} frames dropped", flush=True)
+    out = {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "published": eos.counts["published"],
+        "embedded": eos.counts["embedded"],
+        "dropped": eos.counts["dropped"],
+    }
+    print(
+        f"  real time at 30 frames/s: capture->metrics p50 {out['p50_ms']:.0f} ms, p95 {out['p95_ms']:.0f} ms, "
+        f"p99 {out['p99_ms']:.0f} ms; {out['dropped']} of {out['published']} frames dropped",
+        flush=True,
+    )
     return out
 
 
@@ -204,8 +255,11 @@ def main() -> dict:
     result["decode_preprocess"] = preprocess_costs(enc)
     result["model_ceiling"] = model_ceiling(enc)
     result["seed_baseline_fps"] = seed_baseline(enc, frame_jpeg(640, 480))
-    print(f"  seed-style baseline (one frame at a time, PIL + open_clip transform): "
-          f"{result['seed_baseline_fps']:.1f} frames/s", flush=True)
+    print(
+        f"  seed-style baseline (one frame at a time, PIL + open_clip transform): "
+        f"{result['seed_baseline_fps']:.1f} frames/s",
+        flush=True,
+    )
     del enc  # the pipeline's workers need the memory and the cores
     if cuda:
         torch.cuda.empty_cache()
@@ -233,11 +287,15 @@ def main() -> dict:
     for k, v in result["pipeline_fps"].items():
         print(f"  | pipeline, {k}, lossless | {v:.1f} frames/s |")
     rt = result["realtime_30fps"]
-    print(f"  | real time 30 fps, latency p50/p95/p99 | {rt['p50_ms']:.0f} / {rt['p95_ms']:.0f} / {rt['p99_ms']:.0f} ms, "
-          f"{rt['dropped']}/{rt['published']} dropped |")
+    print(
+        f"  | real time 30 fps, latency p50/p95/p99 | {rt['p50_ms']:.0f} / {rt['p95_ms']:.0f} / {rt['p99_ms']:.0f} ms, "
+        f"{rt['dropped']}/{rt['published']} dropped |"
+    )
     for size, row in result["decode_preprocess"].items():
-        print(f"  | decode+preprocess {size} (fast / full / open_clip) | {row['fast_ms']:.2f} / "
-              f"{row['full_decode_ms']:.2f} / {row['open_clip_ms']:.2f} ms |")
+        print(
+            f"  | decode+preprocess {size} (fast / full / open_clip) | {row['fast_ms']:.2f} / "
+            f"{row['full_decode_ms']:.2f} / {row['open_clip_ms']:.2f} ms |"
+        )
     print(f"  | pipeline / model ceiling (batch {best_batch}) | {result['ratios']['pipeline / model ceiling']:.2f} |")
     print(f"  | pipeline / seed baseline | {result['ratios']['pipeline / seed baseline']:.2f} |")
     return result

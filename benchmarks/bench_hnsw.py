@@ -57,12 +57,16 @@ def build(url: str, vectors: np.ndarray, ef_construction: int) -> float:
             for i, v in enumerate(vectors):
                 copy.write_row((i, v))
         conn.execute(f"CREATE TABLE keyframes (id bigint PRIMARY KEY, embedding vector({DIM}))")
-        conn.execute(f"CREATE INDEX ON keyframes USING hnsw (embedding vector_cosine_ops) "
-                     f"WITH (m = 16, ef_construction = {ef_construction})")
+        conn.execute(
+            f"CREATE INDEX ON keyframes USING hnsw (embedding vector_cosine_ops) "
+            f"WITH (m = 16, ef_construction = {ef_construction})"
+        )
         start = time.perf_counter()
         for first in range(0, len(vectors), INSERT_ROWS):
-            conn.execute("INSERT INTO keyframes SELECT id, embedding FROM staged WHERE id >= %s AND id < %s ORDER BY id",
-                         (first, first + INSERT_ROWS))
+            conn.execute(
+                "INSERT INTO keyframes SELECT id, embedding FROM staged WHERE id >= %s AND id < %s ORDER BY id",
+                (first, first + INSERT_ROWS),
+            )
         return (time.perf_counter() - start) / len(vectors)
 
 
@@ -72,22 +76,28 @@ def recall(url: str, vectors: np.ndarray, qs: np.ndarray, ef_search: int) -> dic
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute(f"SET hnsw.ef_search = {ef_search}")
-        for q, want in zip(qs, truth):
+        for q, want in zip(qs, truth, strict=False):
             start = time.perf_counter()
             got = [r[0] for r in conn.execute("SELECT id FROM keyframes ORDER BY embedding <=> %s LIMIT %s", (q, K))]
             latencies.append(time.perf_counter() - start)
             hit = len(set(got) & set(want.tolist())) / K
             found.append(hit)
             none += hit == 0
-    return {"recall_at_10": float(np.mean(found)), "queries_finding_none": int(none),
-            "p50_ms": float(np.median(latencies) * 1000)}
+    return {
+        "recall_at_10": float(np.mean(found)),
+        "queries_finding_none": int(none),
+        "p50_ms": float(np.median(latencies) * 1000),
+    }
 
 
 def main() -> dict:
     started = time.perf_counter()
     vectors, video = keyframes(FRAMES)
-    print(f"{FRAMES} frames -> {len(vectors)} keyframes (the recorder's Segmenter), "
-          f"{time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"{FRAMES} frames -> {len(vectors)} keyframes (the recorder's Segmenter), "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     rng = np.random.default_rng(11)
     kinds = {"text-like": queries(video, QUERIES, rng, far=True)[0], "frame-like": queries(video, QUERIES, rng)[0]}
     result: dict = {"frames": FRAMES, "keyframes": len(vectors), "queries": QUERIES, "graphs": {}}
@@ -101,8 +111,11 @@ def main() -> dict:
                 for ef in EF_SEARCH:
                     r = recall(db, vectors, qs, ef)
                     graph["ef_search"][f"{kind} {ef}"] = r
-                    print(f"  {kind:10s} ef_search {ef:4d}: keyframe recall@10 {r['recall_at_10']:.3f}, "
-                          f"{r['queries_finding_none']} of {QUERIES} finding none, p50 {r['p50_ms']:.2f} ms", flush=True)
+                    print(
+                        f"  {kind:10s} ef_search {ef:4d}: keyframe recall@10 {r['recall_at_10']:.3f}, "
+                        f"{r['queries_finding_none']} of {QUERIES} finding none, p50 {r['p50_ms']:.2f} ms",
+                        flush=True,
+                    )
             result["graphs"][efc] = graph
     result["seconds"] = time.perf_counter() - started
     return result

@@ -20,8 +20,9 @@ import json
 import os
 import re
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import click
 
@@ -35,8 +36,16 @@ SEARCH_EF_TEXT = 800
 DB_MAX_WAITING_BATCHES = 8
 
 
-def setting(default: Any, help: str, *, env: str | None = None, choices: tuple[str, ...] | None = None,
-            minimum: float | None = None, flag: str | None = None, secret: bool = False) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    env: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    flag: str | None = None,
+    secret: bool = False,
+) -> Any:
     meta = {"help": help, "env": env, "choices": choices, "minimum": minimum, "flag": flag, "secret": secret}
     if isinstance(default, tuple):
         return field(default_factory=lambda: default, metadata=meta)
@@ -67,7 +76,9 @@ class Settings:
                 raise SettingsError(f"{flag_name(f)} / {env_name(f)} must be >= {lo}, got {value}")
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                raise SettingsError(f"{flag_name(f)} / {env_name(f)} must be one of {', '.join(choices)}, got {value!r}")
+                raise SettingsError(
+                    f"{flag_name(f)} / {env_name(f)} must be one of {', '.join(choices)}, got {value!r}"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any):
@@ -146,8 +157,13 @@ def click_options(cls: type[Settings], exclude: tuple[str, ...] = ()) -> Callabl
             tp = hints[f.name]
             flag = flag_name(f)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kwargs: dict[str, Any] = dict(envvar=env_name(f), show_envvar=True, help=f.metadata["help"],
-                                          show_default=True, default=default)
+            kwargs: dict[str, Any] = {
+                "envvar": env_name(f),
+                "show_envvar": True,
+                "help": f.metadata["help"],
+                "show_default": True,
+                "default": default,
+            }
             if tp is bool and default:
                 decls = [f"{flag}/--no-{flag[2:]}", f.name]  # on by default: --no-x is the flag users type
             elif tp is bool:
@@ -190,8 +206,9 @@ class IngestConfig(Settings):
     stream_id: str = setting("cam0", "Name of this camera's stream; one ingest per camera, each with its own id")
     frames_bind: str = setting(f"tcp://*:{FRAMES_PORT}", "PUB endpoint publishing every frame (viewer, recorder)")
     work_bind: str = setting(f"tcp://*:{WORK_PORT}", "ROUTER endpoint that hands frames to encoder workers")
-    metrics_in: str = setting(f"tcp://127.0.0.1:{METRICS_IN_PORT}",
-                              "Metrics' input, told of dropped frames and the end of the stream")
+    metrics_in: str = setting(
+        f"tcp://127.0.0.1:{METRICS_IN_PORT}", "Metrics' input, told of dropped frames and the end of the stream"
+    )
     lossless: bool = setting(False, "Wait for a free encoder instead of dropping frames (video files, benchmarks)")
     max_frames: int = setting(0, "Stop after publishing this many frames (0 = never)", minimum=0)
     connect_timeout: float = setting(5.0, "Seconds to wait for the camera to answer", minimum=0.1)
@@ -212,18 +229,30 @@ class EncoderConfig(Settings):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     model: str = setting("ViT-B-32", "open_clip model name, or the path of a model config JSON")
     pretrained: str = setting("openai", "open_clip pretrained tag, a local checkpoint path, or 'none' (random weights)")
-    batch_size: int = setting(0, "Largest batch encoded at once (0 = auto: 8 on the CPU, where larger batches gain "
-                              "little and cost latency; 64 on CUDA)", minimum=0)
+    batch_size: int = setting(
+        0,
+        "Largest batch encoded at once (0 = auto: 8 on the CPU, where larger batches gain "
+        "little and cost latency; 64 on CUDA)",
+        minimum=0,
+    )
     batch_wait_ms: float = setting(5.0, "How long to wait for more frames once one is waiting, ms", minimum=0)
-    precision: str = setting("auto", "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA only), "
-                             "bf16. On a CPU with AVX512-BF16 or AMX, bf16 measured 1.8x the fp32 speed for "
-                             "ViT-B-32 (AMD EPYC, 2 cores) at embedding cosine >= 0.9999 to fp32; without those "
-                             "instructions it is slower than fp32", choices=("auto", "fp32", "fp16", "bf16"))
-    fast_decode: bool = setting(True, "Decode JPEGs at a reduced DCT scale when larger than the model input "
-                                "(same embeddings within cosine 0.99; off = decode at full size)")
+    precision: str = setting(
+        "auto",
+        "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA only), "
+        "bf16. On a CPU with AVX512-BF16 or AMX, bf16 measured 1.8x the fp32 speed for "
+        "ViT-B-32 (AMD EPYC, 2 cores) at embedding cosine >= 0.9999 to fp32; without those "
+        "instructions it is slower than fp32",
+        choices=("auto", "fp32", "fp16", "bf16"),
+    )
+    fast_decode: bool = setting(
+        True,
+        "Decode JPEGs at a reduced DCT scale when larger than the model input "
+        "(same embeddings within cosine 0.99; off = decode at full size)",
+    )
     threads: int = setting(0, "CPU threads for the model (0 = all cores)", minimum=0)
-    decode_threads: int = setting(0, "Threads decoding JPEGs (0 = auto: 1 on the CPU, whose cores run the model; "
-                                  "up to 8 with CUDA)", minimum=0)
+    decode_threads: int = setting(
+        0, "Threads decoding JPEGs (0 = auto: 1 on the CPU, whose cores run the model; up to 8 with CUDA)", minimum=0
+    )
     worker_id: str = setting("", "Name of this worker in logs and records (default: host-pid)")
     gpus: str = setting("", "Start one worker per GPU: 'all' or GPU numbers like 0,1 (each on cuda:N)")
     ready_file: str = setting("", "Create this file once the model is loaded (the all-in-one launcher waits for it)")
@@ -238,17 +267,30 @@ class EncoderConfig(Settings):
 class MetricsConfig(Settings):
     metrics_in_bind: str = setting(f"tcp://*:{METRICS_IN_PORT}", "PULL endpoint for embeddings and ingest notices")
     metrics_bind: str = setting(f"tcp://*:{METRICS_PORT}", "PUB endpoint for metrics records (viewers)")
-    records_bind: str = setting(f"tcp://*:{RECORDS_PORT}",
-                                "PUSH endpoint for the recorder: reliable, never dropped ('none' = no recorder)")
+    records_bind: str = setting(
+        f"tcp://*:{RECORDS_PORT}", "PUSH endpoint for the recorder: reliable, never dropped ('none' = no recorder)"
+    )
     rolling_window: int = setting(300, "Drift history size (frames) for rolling statistics", minimum=2)
-    max_wait: float = setting(10.0, "Seconds to wait for a missing frame before giving it up as lost (a batch on "
-                              "a slow CPU takes seconds: keep this above one batch's time)", minimum=0.0)
-    scene_threshold: float = setting(0.25, "A frame whose drift is at least this is a scene change (0 = off)",
-                                     minimum=0.0)
-    scene_k: float = setting(6.0, "Adaptive scene-change rule: drift above the mean + K standard deviations of the "
-                             "rolling window before the frame (0 = off)", minimum=0.0)
-    scene_min_drift: float = setting(0.05, "The adaptive rule ignores drifts below this (in a still scene a tiny "
-                                     "spread would make noise a scene change)", minimum=0.0)
+    max_wait: float = setting(
+        10.0,
+        "Seconds to wait for a missing frame before giving it up as lost (a batch on "
+        "a slow CPU takes seconds: keep this above one batch's time)",
+        minimum=0.0,
+    )
+    scene_threshold: float = setting(
+        0.25, "A frame whose drift is at least this is a scene change (0 = off)", minimum=0.0
+    )
+    scene_k: float = setting(
+        6.0,
+        "Adaptive scene-change rule: drift above the mean + K standard deviations of the "
+        "rolling window before the frame (0 = off)",
+        minimum=0.0,
+    )
+    scene_min_drift: float = setting(
+        0.05,
+        "The adaptive rule ignores drifts below this (in a still scene a tiny spread would make noise a scene change)",
+        minimum=0.0,
+    )
     scene_min_frames: int = setting(30, "The adaptive rule waits until the window holds this many drifts", minimum=2)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
 
@@ -263,30 +305,57 @@ class RecorderConfig(Settings):
     snapshot_interval: float = setting(30.0, "Seconds between snapshots", minimum=0.0)
     embedding_interval: int = setting(100, "Frames between embedding saves (one .npz per batch)", minimum=1)
     stream_dirs: bool = setting(False, "Give every stream its own folder (the all-in-one does when it has several)")
-    db_batch: int = setting(500, "Rows per COPY into the database; rows that gather while one is being "
-                            f"written go out together, up to {DB_MAX_WAITING_BATCHES} times this", minimum=1)
+    db_batch: int = setting(
+        500,
+        "Rows per COPY into the database; rows that gather while one is being "
+        f"written go out together, up to {DB_MAX_WAITING_BATCHES} times this",
+        minimum=1,
+    )
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")
-    db_connect_timeout: float = setting(10.0, "Seconds the database may take to answer at start before the recorder "
-                                        "gives up", minimum=0.1)
-    db_retry_max: float = setting(10.0, "Longest wait between attempts to reach a database that went away, seconds",
-                                  minimum=0.1)
-    db_final_wait: float = setting(5.0, "At exit, seconds to keep trying an unreachable database before leaving its "
-                                   "rows in the run's spool file", minimum=0.0)
-    thumbnails: str = setting("all", "Embedded frames that get a small JPEG thumbnail in the database, for search "
-                              "results: all, keyframes (one per segment of near-identical frames) or none",
-                              choices=("all", "keyframes", "none"))
+    db_connect_timeout: float = setting(
+        10.0, "Seconds the database may take to answer at start before the recorder gives up", minimum=0.1
+    )
+    db_retry_max: float = setting(
+        10.0, "Longest wait between attempts to reach a database that went away, seconds", minimum=0.1
+    )
+    db_final_wait: float = setting(
+        5.0,
+        "At exit, seconds to keep trying an unreachable database before leaving its rows in the run's spool file",
+        minimum=0.0,
+    )
+    thumbnails: str = setting(
+        "all",
+        "Embedded frames that get a small JPEG thumbnail in the database, for search "
+        "results: all, keyframes (one per segment of near-identical frames) or none",
+        choices=("all", "keyframes", "none"),
+    )
     thumbnail_size: int = setting(160, "Thumbnail's longest side, pixels", minimum=16)
     thumbnail_quality: int = setting(70, "Thumbnail JPEG quality", minimum=1)
-    thumbnail_threads: int = setting(0, "Threads making thumbnails side by side, 0 = one per core up to 8 (a thumbnail "
-                                     "takes about 0.8 ms of a core for a 640x480 frame)", minimum=0)
-    frame_cache: int = setting(600, "JPEGs of recent frames kept per stream until their record arrives (snapshots "
-                               "and thumbnails are made from them)", minimum=1)
-    keyframe_drift: float = setting(0.05, "A frame further than this (cosine distance) from its segment's keyframe "
-                                    "starts a new segment; only keyframes go into the HNSW index", minimum=0.0)
-    keyframe_max_s: float = setting(5.0, "Longest segment, seconds of capture time (a search ranks every frame of "
-                                    "the segments it finds)", minimum=0.01)
+    thumbnail_threads: int = setting(
+        0,
+        "Threads making thumbnails side by side, 0 = one per core up to 8 (a thumbnail "
+        "takes about 0.8 ms of a core for a 640x480 frame)",
+        minimum=0,
+    )
+    frame_cache: int = setting(
+        600,
+        "JPEGs of recent frames kept per stream until their record arrives (snapshots "
+        "and thumbnails are made from them)",
+        minimum=1,
+    )
+    keyframe_drift: float = setting(
+        0.05,
+        "A frame further than this (cosine distance) from its segment's keyframe "
+        "starts a new segment; only keyframes go into the HNSW index",
+        minimum=0.0,
+    )
+    keyframe_max_s: float = setting(
+        5.0,
+        "Longest segment, seconds of capture time (a search ranks every frame of the segments it finds)",
+        minimum=0.01,
+    )
 
 
 @dataclass
@@ -300,17 +369,29 @@ class SearchConfig(DatabaseConfig):
     device: str = setting("cpu", "Where the query is embedded: auto, cpu, cuda or cuda:N")
     model: str = setting("ViT-B-32", "open_clip model for --text/--image: the encoder's (ENCODERS_MODEL)")
     pretrained: str = setting("openai", "Its weights: the encoder's (ENCODERS_PRETRAINED)")
-    search_candidates: int = setting(10, "Segments of near-identical frames ranked frame by frame per query (at least "
-                                     "-k); more finds more, slower", minimum=1)
-    search_ef: int = setting(SEARCH_EF, "hnsw.ef_search of an unfiltered --image or --frame query (a filtered one raises "
-                             "it with the filter's selectivity); more than pgvector's 40 keeps the greedy search "
-                             "from stranding in the wrong views; at most 1000", minimum=1)
-    search_ef_text: int = setting(SEARCH_EF_TEXT, "hnsw.ef_search of a --text query: text embeddings lie far from every frame "
-                                  "(cosine ~0.3), where the greedy search strands more easily (on 2M frames, "
-                                  "benchmarks/RESULTS.md: keyframe recall@10 0.970 at 200, 0.995 at 400, 1.000 at "
-                                  "800, for about 4 ms more than 200); at most 1000", minimum=1)
-    search_exact_keyframes: int = setting(2000, "A filter that leaves at most this many keyframes is searched "
-                                          "exactly, without the HNSW index", minimum=0)
+    search_candidates: int = setting(
+        10,
+        "Segments of near-identical frames ranked frame by frame per query (at least -k); more finds more, slower",
+        minimum=1,
+    )
+    search_ef: int = setting(
+        SEARCH_EF,
+        "hnsw.ef_search of an unfiltered --image or --frame query (a filtered one raises "
+        "it with the filter's selectivity); more than pgvector's 40 keeps the greedy search "
+        "from stranding in the wrong views; at most 1000",
+        minimum=1,
+    )
+    search_ef_text: int = setting(
+        SEARCH_EF_TEXT,
+        "hnsw.ef_search of a --text query: text embeddings lie far from every frame "
+        "(cosine ~0.3), where the greedy search strands more easily (on 2M frames, "
+        "benchmarks/RESULTS.md: keyframe recall@10 0.970 at 200, 0.995 at 400, 1.000 at "
+        "800, for about 4 ms more than 200); at most 1000",
+        minimum=1,
+    )
+    search_exact_keyframes: int = setting(
+        2000, "A filter that leaves at most this many keyframes is searched exactly, without the HNSW index", minimum=0
+    )
 
 
 @dataclass
@@ -321,16 +402,22 @@ class ViewerConfig(Settings):
     window: str = setting("encoders", "Window title")
     history: int = setting(300, "Drift values per stream kept for the plot", minimum=2)
     web: str = setting("", "Serve the web viewer on HOST:PORT (PORT alone: localhost); no display needed then")
-    web_token: str = setting("", "Secret every web request must carry (?token=... or 'Authorization: Bearer ...'); "
-                             "required when --web listens beyond localhost", secret=True)
+    web_token: str = setting(
+        "",
+        "Secret every web request must carry (?token=... or 'Authorization: Bearer ...'); "
+        "required when --web listens beyond localhost",
+        secret=True,
+    )
     with_window: bool = setting(False, "With --web: open the video window too")
-    database_url: str = setting("", "PostgreSQL holding the embeddings: turns on the web page's search box",
-                                secret=True)
+    database_url: str = setting(
+        "", "PostgreSQL holding the embeddings: turns on the web page's search box", secret=True
+    )
     runs_dir: str = setting("runs", "Folder of the run folders (search results' snapshots)")
     model: str = setting("ViT-B-32", "open_clip model the stored embeddings were made with (search's text tower)")
     pretrained: str = setting("openai", "Its pretrained tag or checkpoint path")
-    search_ef_text: int = setting(SEARCH_EF_TEXT, "hnsw.ef_search of the search box's queries (as `encoders search --text`)",
-                                  minimum=1)
+    search_ef_text: int = setting(
+        SEARCH_EF_TEXT, "hnsw.ef_search of the search box's queries (as `encoders search --text`)", minimum=1
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -338,8 +425,10 @@ class ViewerConfig(Settings):
             return
         host, _ = self.web_address()
         if not self.web_token and not _is_loopback(host):
-            raise SettingsError(f"--web {self.web} listens beyond this machine: set a token too (--web-token or "
-                                "ENCODERS_WEB_TOKEN), which every browser then needs (?token=...)")
+            raise SettingsError(
+                f"--web {self.web} listens beyond this machine: set a token too (--web-token or "
+                "ENCODERS_WEB_TOKEN), which every browser then needs (?token=...)"
+            )
 
     def web_address(self) -> tuple[str, int]:
         """--web as (host, port). 'PORT' and ':PORT' mean localhost; IPv6 as '[::1]:PORT'."""
@@ -397,8 +486,11 @@ class RunConfig(Settings):
     runs_dir: str = setting("runs", "Folder that holds one folder per run")
     database_url: str = setting("", "PostgreSQL URL; empty = an embedded server under the runs folder", secret=True)
     bind_host: str = setting("127.0.0.1", "Interface the services' sockets listen on (0.0.0.0 for remote viewers)")
-    web: str = setting("", "Serve the web viewer for this run on HOST:PORT (PORT alone: localhost; beyond "
-                       "localhost it needs ENCODERS_WEB_TOKEN)")
+    web: str = setting(
+        "",
+        "Serve the web viewer for this run on HOST:PORT (PORT alone: localhost; beyond "
+        "localhost it needs ENCODERS_WEB_TOKEN)",
+    )
 
 
 def dump_json(obj: Any) -> str:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
@@ -179,8 +180,13 @@ class _Layout:
 _LAYOUTS: dict[type, _Layout] = {
     cls: _Layout(
         tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS),
-        frozenset(f.name for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS
-                  and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING),
+        frozenset(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in cls.BUFFERS
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ),
     )
     for cls in MESSAGE_TYPES.values()
 }
@@ -237,7 +243,7 @@ def decode(parts: Sequence[Any], *, with_topic: bool = False) -> Message:
     missing = layout.required - kwargs.keys()
     if missing:
         raise DecodeError(f"{cls.KIND}: missing field {sorted(missing)[0]!r}")
-    for name, raw in zip(cls.BUFFERS, buffers):
+    for name, raw in zip(cls.BUFFERS, buffers, strict=False):
         data = raw.buffer if hasattr(raw, "buffer") else raw  # zmq.Frame or bytes
         if name == "vector":
             dim = header.get("dim")

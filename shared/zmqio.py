@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import zmq
 
@@ -18,9 +18,18 @@ log = logging.getLogger(__name__)
 LINGER_MS = 2000
 
 
-def open_socket(ctx: zmq.Context, kind: int, endpoints: str | Iterable[str], *, bind: bool,
-                sndhwm: int | None = None, rcvhwm: int | None = None, subscribe: Iterable[bytes] = (),
-                identity: bytes | None = None, linger: int = LINGER_MS) -> zmq.Socket:
+def open_socket(
+    ctx: zmq.Context,
+    kind: int,
+    endpoints: str | Iterable[str],
+    *,
+    bind: bool,
+    sndhwm: int | None = None,
+    rcvhwm: int | None = None,
+    subscribe: Iterable[bytes] = (),
+    identity: bytes | None = None,
+    linger: int = LINGER_MS,
+) -> zmq.Socket:
     """Create a socket, set its options, then bind or connect it to every endpoint."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger)
@@ -53,8 +62,15 @@ def send(sock: zmq.Socket, msg: Message, *, topic: bool = False, flags: int = 0,
     sock.send_multipart(parts, flags=flags, copy=False)
 
 
-def receive(sock: zmq.Socket, *, topic: bool = False, routed: bool = False, counters: dict | None = None,
-            flags: int = 0, copy: bool = False) -> tuple[Message | None, bytes | None]:
+def receive(
+    sock: zmq.Socket,
+    *,
+    topic: bool = False,
+    routed: bool = False,
+    counters: dict | None = None,
+    flags: int = 0,
+    copy: bool = False,
+) -> tuple[Message | None, bytes | None]:
     """Receive one message (the caller knows one is waiting, or passes zmq.NOBLOCK and
     catches zmq.Again).
 
@@ -77,8 +93,15 @@ def receive(sock: zmq.Socket, *, topic: bool = False, routed: bool = False, coun
         return None, sender
 
 
-def receive_waiting(sock: zmq.Socket, *, limit: int, until: float = 0.0, topic: bool = False,
-                    counters: dict | None = None, copy: bool = False) -> Iterator[Message]:
+def receive_waiting(
+    sock: zmq.Socket,
+    *,
+    limit: int,
+    until: float = 0.0,
+    topic: bool = False,
+    counters: dict | None = None,
+    copy: bool = False,
+) -> Iterator[Message]:
     """The messages already waiting on ``sock``, never waiting for one: at most ``limit`` of
     them, or, until ``until`` (time.monotonic()), however many there are. Ones that do not
     decode are counted and left out. ``copy`` as for ``receive``."""

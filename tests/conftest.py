@@ -57,9 +57,14 @@ class Service:
     def __init__(self, args: list[str], env: dict, log_path: Path):
         self.args = args
         self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "encoders", *args], env={**os.environ, **env},
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self._log = open(log_path, "wb")  # noqa: SIM115 - the process writes to it; close() closes it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "encoders", *args],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
 
     def output(self) -> str:
         self._log.flush()
@@ -76,7 +81,9 @@ class Service:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"`encoders {' '.join(self.args)}` did not exit in {timeout} s:\n{self.output()[-3000:]}")
+            raise AssertionError(
+                f"`encoders {' '.join(self.args)}` did not exit in {timeout} s:\n{self.output()[-3000:]}"
+            ) from None
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -130,9 +137,12 @@ def display():
     xvfb = need("Xvfb")
     need("xdotool")
     read_end, write_end = os.pipe()
-    proc = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp",
-                             "-noreset"],
-                            pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write_end)
     try:
         ready, _, _ = select.select([read_end], [], [], 15)
@@ -152,6 +162,7 @@ def display():
 
 # ---------------------------------------------------------------------------------------
 # ZeroMQ publishers standing in for ingest and metrics.
+
 
 @pytest.fixture
 def publishers():

@@ -33,7 +33,12 @@ def run_per_gpu(ids: list[int], worker_id: str, stop) -> int:
     base = worker_id or f"{os.uname().nodename}-{os.getpid()}"
     procs = []
     for i in ids:
-        env = {**os.environ, "ENCODERS_GPUS": "", "ENCODERS_DEVICE": f"cuda:{i}", "ENCODERS_WORKER_ID": f"{base}-gpu{i}"}
+        env = {
+            **os.environ,
+            "ENCODERS_GPUS": "",
+            "ENCODERS_DEVICE": f"cuda:{i}",
+            "ENCODERS_WORKER_ID": f"{base}-gpu{i}",
+        }
         procs.append(subprocess.Popen([sys.executable, "-m", "encoders", "encode", *_passed_args()], env=env))
     log.info("started %d workers, on GPUs %s", len(procs), ", ".join(map(str, ids)))
     while not stop.is_set() and all(p.poll() is None for p in procs):

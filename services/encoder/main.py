@@ -102,9 +102,12 @@ def run(cfg: EncoderConfig) -> int:
     worker = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     addrs = split_addrs(cfg.work)
     ctx = zmq.Context()
-    sources = [zmqio.open_socket(ctx, zmq.DEALER, addr, bind=False, linger=0,
-                                 identity=f"{worker}/{i}/{uuid.uuid4().hex[:8]}".encode())
-               for i, addr in enumerate(addrs)]
+    sources = [
+        zmqio.open_socket(
+            ctx, zmq.DEALER, addr, bind=False, linger=0, identity=f"{worker}/{i}/{uuid.uuid4().hex[:8]}".encode()
+        )
+        for i, addr in enumerate(addrs)
+    ]
     monitors = [s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) for s in sources]
     push = zmqio.open_socket(ctx, zmq.PUSH, cfg.metrics_in, bind=False)
     intake = Intake(capacity=2 * batch_size, sources=len(sources))
@@ -157,7 +160,7 @@ def run(cfg: EncoderConfig) -> int:
                 counters["skipped"] += len(items)
             else:
                 now = time.time()
-                for h, vec in zip(items, vectors):
+                for h, vec in zip(items, vectors, strict=False):
                     f = h.frame
                     zmqio.send(push, Embedding(f.stream, f.seq, f.t_capture, worker, encoder.name, now, vec))
                 counters["embedded"] += len(items)
@@ -191,8 +194,9 @@ def run(cfg: EncoderConfig) -> int:
             send_results(block_s=0.0 if model.has_room() or not model.busy else 0.05)
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
-                log.info("received %(received)d, embedded %(embedded)d, skipped %(skipped)d in %(batches)d batches",
-                         counters)
+                log.info(
+                    "received %(received)d, embedded %(embedded)d, skipped %(skipped)d in %(batches)d batches", counters
+                )
         # Finish what we hold, and what is already on its way to us: those frames were given
         # to us and to nobody else.
         draining = True

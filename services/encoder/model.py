@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ def register_model_config(model: str) -> str:
         open_clip.add_model_config(path)
         return path.stem
     if model not in open_clip.list_models():
-        raise ModelLoadError(f"unknown open_clip model {model!r}; see open_clip.list_models(), or give a config JSON path")
+        raise ModelLoadError(
+            f"unknown open_clip model {model!r}; see open_clip.list_models(), or give a config JSON path"
+        )
     return model
 
 
@@ -88,8 +90,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def load_encoder(model: str, pretrained: str, device: str, precision: str = "auto",
-                 fast_decode: bool = True) -> ClipImageEncoder:
+def load_encoder(
+    model: str, pretrained: str, device: str, precision: str = "auto", fast_decode: bool = True
+) -> ClipImageEncoder:
     """Build the model with open_clip's real loading code.
 
     ``pretrained`` is an open_clip tag (downloaded once into the hub cache), a local
@@ -111,8 +114,10 @@ def load_encoder(model: str, pretrained: str, device: str, precision: str = "aut
         if not Path(tag).is_file():
             raise ModelLoadError(f"checkpoint {tag} does not exist (ENCODERS_PRETRAINED)")
     elif tag not in open_clip.list_pretrained_tags_by_model(name):
-        raise ModelLoadError(f"{name} has no pretrained weights {tag!r}; known: "
-                             f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
+        raise ModelLoadError(
+            f"{name} has no pretrained weights {tag!r}; known: "
+            f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}"
+        )
     try:
         # open_clip's own low-precision conversion keeps LayerNorm in fp32 where it matters.
         clip, _, reference = open_clip.create_model_and_transforms(name, pretrained=tag, device=dev, precision=prec)
@@ -124,7 +129,9 @@ def load_encoder(model: str, pretrained: str, device: str, precision: str = "aut
         ) from None
     clip.eval()
     pre = Preprocessor.for_model(clip, fast_decode)
-    encoder = ClipImageEncoder(clip, pre, reference, dev, PRECISIONS[prec], f"{name}/{Path(tag).name if tag else 'none'}", 0)
+    encoder = ClipImageEncoder(
+        clip, pre, reference, dev, PRECISIONS[prec], f"{name}/{Path(tag).name if tag else 'none'}", 0
+    )
     encoder.dim = int(encoder.embed(torch.zeros(1, 3, pre.size, pre.size)).shape[-1])
     log.info("loaded %s on %s in %s: %d-dim embeddings, %d px input", encoder.name, dev, prec, encoder.dim, pre.size)
     return encoder

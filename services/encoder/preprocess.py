@@ -16,16 +16,20 @@ This module does the same steps with two speed-ups that keep the result faithful
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-INTERPOLATION = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-                 "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+INTERPOLATION = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 class CorruptFrame(ValueError):
@@ -56,7 +60,7 @@ class Preprocessor:
     fast_decode: bool = True  # DCT-scaled decoding; off = decode at full size, as open_clip would
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, fast_decode: bool = True) -> "Preprocessor":
+    def for_model(cls, model: torch.nn.Module, fast_decode: bool = True) -> Preprocessor:
         import open_clip
 
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -76,8 +80,8 @@ class Preprocessor:
             new_w, new_h = int(self.size * w / h), self.size
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), INTERPOLATION[self.interpolation])
-        left = int(round((new_w - self.size) / 2.0))
-        top = int(round((new_h - self.size) / 2.0))
+        left = round((new_w - self.size) / 2.0)
+        top = round((new_h - self.size) / 2.0)
         img = img.crop((left, top, left + self.size, top + self.size))
         return np.asarray(img)
 
@@ -92,8 +96,9 @@ class Preprocessor:
         return ((batch - mean) / std).to(dtype).contiguous()
 
 
-def load_batch(pre: Preprocessor, jpegs: Sequence[bytes], pool: Executor | None = None
-               ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
+def load_batch(
+    pre: Preprocessor, jpegs: Sequence[bytes], pool: Executor | None = None
+) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
     """Decode a batch: (arrays, positions that decoded, [(position, reason)] that did not).
 
     With a thread pool the frames decode in parallel: Pillow releases the GIL while it

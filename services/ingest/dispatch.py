@@ -80,8 +80,14 @@ class CreditLedger(Generic[W]):
 class Dispatcher(Generic[T]):
     """Hands items to workers by credit and applies the pending-frame policy."""
 
-    def __init__(self, send: Callable[[Hashable, T], None], *, lossless: bool,
-                 ledger: CreditLedger | None = None, name: Callable[[Hashable], str] = repr) -> None:
+    def __init__(
+        self,
+        send: Callable[[Hashable, T], None],
+        *,
+        lossless: bool,
+        ledger: CreditLedger | None = None,
+        name: Callable[[Hashable], str] = repr,
+    ) -> None:
         self.send = send
         self.name = name  # how logs call a worker
         self.lossless = lossless

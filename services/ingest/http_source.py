@@ -81,9 +81,17 @@ class HttpMjpegSource:
     ``end_reason`` says why, and ``ever_connected`` whether any connection succeeded.
     """
 
-    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, reconnect: bool = True,
-                 reconnect_max: float = 10.0, stop: threading.Event | None = None,
-                 deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        reconnect: bool = True,
+        reconnect_max: float = 10.0,
+        stop: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> None:
         check_url(url)
         self.url = url
         self.connect_timeout = connect_timeout
@@ -92,8 +100,9 @@ class HttpMjpegSource:
         self.reconnect_max = reconnect_max
         self.stop = stop if stop is not None else threading.Event()
         self.deadline = deadline  # time.monotonic() by which a frame must have arrived (--test)
-        self.counters = dict.fromkeys(("connects", "reconnects", "bytes", "parts", "corrupt", "truncated",
-                                       "oversized"), 0)
+        self.counters = dict.fromkeys(
+            ("connects", "reconnects", "bytes", "parts", "corrupt", "truncated", "oversized"), 0
+        )
         self.end_reason = ""
         self.last_corrupt = ""
         self.ever_connected = False
@@ -101,12 +110,19 @@ class HttpMjpegSource:
 
     @classmethod
     def from_config(cls, cfg, stop: threading.Event | None = None) -> HttpMjpegSource:
-        return cls(cfg.stream, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
-                   reconnect=cfg.reconnect, reconnect_max=cfg.reconnect_max, stop=stop)
+        return cls(
+            cfg.stream,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            reconnect=cfg.reconnect,
+            reconnect_max=cfg.reconnect_max,
+            stop=stop,
+        )
 
     def frames(self) -> Iterator[JpegFrame]:
-        timeout = httpx.Timeout(connect=self.connect_timeout, read=self.read_timeout,
-                                write=self.connect_timeout, pool=self.connect_timeout)
+        timeout = httpx.Timeout(
+            connect=self.connect_timeout, read=self.read_timeout, write=self.connect_timeout, pool=self.connect_timeout
+        )
         first_delay = min(BACKOFF_START, self.reconnect_max)
         delay = first_delay
         attempt = 0  # reconnection attempts since the last connection that delivered frames
@@ -222,14 +238,21 @@ class HttpMjpegSource:
 
 
 def _not_mjpeg(ctype: str, splitter: MjpegSplitter) -> str:
-    return (f"not an MJPEG stream: Content-Type {ctype or 'missing'!r} and no multipart boundary "
-            f"in the {splitter.bytes_in} bytes received")
+    return (
+        f"not an MJPEG stream: Content-Type {ctype or 'missing'!r} and no multipart boundary "
+        f"in the {splitter.bytes_in} bytes received"
+    )
 
 
 def read_first_frame(url: str, *, connect_timeout: float, read_timeout: float) -> JpegFrame:
     """Connect once and return the first valid JPEG, or StreamError saying why not (for --test)."""
-    source = HttpMjpegSource(url, connect_timeout=connect_timeout, read_timeout=read_timeout, reconnect=False,
-                             deadline=time.monotonic() + connect_timeout + read_timeout)
+    source = HttpMjpegSource(
+        url,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        reconnect=False,
+        deadline=time.monotonic() + connect_timeout + read_timeout,
+    )
     frames = source.frames()
     try:
         for frame in frames:

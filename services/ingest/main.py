@@ -79,8 +79,9 @@ def run(cfg: IngestConfig) -> int:
     try:
         ingest.take_credits_for(PEER_GRACE, stop)
         ingest.start()
-        reader = threading.Thread(target=read_camera, args=(outbox, source, cfg.stream_id, stop),
-                                  name="camera-reader", daemon=True)
+        reader = threading.Thread(
+            target=read_camera, args=(outbox, source, cfg.stream_id, stop), name="camera-reader", daemon=True
+        )
         reader.start()
         outcome = ingest.loop(inbox, source, stop)
     finally:
@@ -184,8 +185,9 @@ class Ingest:
         self.stream = cfg.stream_id
         self.pub, self.router, self.push = pub, router, push
         self.names: dict[bytes, str] = {}  # worker identity -> the name it gives in Credit
-        self.dispatcher: Dispatcher[Frame] = Dispatcher(self._send_to_worker, lossless=cfg.lossless,
-                                                        name=lambda w: repr(self.names.get(w, w)))
+        self.dispatcher: Dispatcher[Frame] = Dispatcher(
+            self._send_to_worker, lossless=cfg.lossless, name=lambda w: repr(self.names.get(w, w))
+        )
         self.next_seq = 0
         self.counts = dict.fromkeys(("published", "dropped", "notices_lost", "bad_messages"), 0)
         self.started = time.monotonic()
@@ -197,8 +199,13 @@ class Ingest:
         start = StreamStart(stream=self.stream, first_seq=0, url=self.cfg.stream)
         self._notify(start)
         zmqio.send(self.pub, start, topic=True)
-        log.info("stream %r: publishing frames on %s, work for encoders on %s, notices to %s",
-                 self.stream, self.cfg.frames_bind, self.cfg.work_bind, self.cfg.metrics_in)
+        log.info(
+            "stream %r: publishing frames on %s, work for encoders on %s, notices to %s",
+            self.stream,
+            self.cfg.frames_bind,
+            self.cfg.work_bind,
+            self.cfg.metrics_in,
+        )
 
     def take_credits_for(self, seconds: float, stop: threading.Event) -> None:
         deadline = time.monotonic() + seconds
@@ -310,29 +317,46 @@ class Ingest:
         except zmq.Again:
             self.counts["notices_lost"] += 1
             if self.counts["notices_lost"] in (1, 10, 100) or self.counts["notices_lost"] % 1000 == 0:
-                log.warning("metrics (%s) is not taking notices: %d lost so far",
-                            self.cfg.metrics_in, self.counts["notices_lost"])
+                log.warning(
+                    "metrics (%s) is not taking notices: %d lost so far",
+                    self.cfg.metrics_in,
+                    self.counts["notices_lost"],
+                )
 
     # -- counters ----------------------------------------------------------------------------
 
     def eos_counts(self, source: HttpMjpegSource) -> dict[str, int]:
         c = source.counters
-        return {"published": self.counts["published"], "dispatched": self.dispatcher.dispatched,
-                "dropped": self.counts["dropped"], "corrupt": c["corrupt"], "reconnects": c["reconnects"],
-                "truncated": c["truncated"]}
+        return {
+            "published": self.counts["published"],
+            "dispatched": self.dispatcher.dispatched,
+            "dropped": self.counts["dropped"],
+            "corrupt": c["corrupt"],
+            "reconnects": c["reconnects"],
+            "truncated": c["truncated"],
+        }
 
     def counters(self, source: HttpMjpegSource) -> dict:
         """What Stats carries: the end-of-stream counts, the current state, and the frame rate."""
         ledger = self.dispatcher.ledger
-        return {**self.eos_counts(source), "pending": len(self.dispatcher.waiting), "workers": len(ledger.workers),
-                "credits": ledger.total, "workers_gone": self.dispatcher.workers_gone,
-                "notices_lost": self.counts["notices_lost"], "bad_messages": self.counts["bad_messages"],
-                "bytes": source.counters["bytes"], "fps": round(self._rate[2], 2)}
+        return {
+            **self.eos_counts(source),
+            "pending": len(self.dispatcher.waiting),
+            "workers": len(ledger.workers),
+            "credits": ledger.total,
+            "workers_gone": self.dispatcher.workers_gone,
+            "notices_lost": self.counts["notices_lost"],
+            "bad_messages": self.counts["bad_messages"],
+            "bytes": source.counters["bytes"],
+            "fps": round(self._rate[2], 2),
+        }
 
     def summary(self, source: HttpMjpegSource) -> str:
         elapsed = max(1e-6, time.monotonic() - self.started)
         c = source.counters
-        return (f"{self.counts['published']} frames published ({self._rate[2]:.1f}/s now, "
-                f"{self.counts['published'] / elapsed:.1f}/s overall), {self.dispatcher.dispatched} to encoders, "
-                f"{self.counts['dropped']} dropped, {c['corrupt']} corrupt, {c['reconnects']} reconnects; "
-                f"{len(self.dispatcher.ledger.workers)} worker(s) holding {self.dispatcher.ledger.total} credit(s)")
+        return (
+            f"{self.counts['published']} frames published ({self._rate[2]:.1f}/s now, "
+            f"{self.counts['published'] / elapsed:.1f}/s overall), {self.dispatcher.dispatched} to encoders, "
+            f"{self.counts['dropped']} dropped, {c['corrupt']} corrupt, {c['reconnects']} reconnects; "
+            f"{len(self.dispatcher.ledger.workers)} worker(s) holding {self.dispatcher.ledger.total} credit(s)"
+        )

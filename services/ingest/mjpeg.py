@@ -110,8 +110,13 @@ class MjpegSplitter:
         return self._state is _END
 
     def counters(self) -> dict[str, int]:
-        return {"parts": self.parts, "truncated": self.truncated, "oversized": self.oversized,
-                "skipped_bytes": self.skipped_bytes, "bytes_in": self.bytes_in}
+        return {
+            "parts": self.parts,
+            "truncated": self.truncated,
+            "oversized": self.oversized,
+            "skipped_bytes": self.skipped_bytes,
+            "bytes_in": self.bytes_in,
+        }
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes from the stream; return the parts (JPEG bytes) they completed."""
@@ -128,7 +133,7 @@ class MjpegSplitter:
 
     def finish(self) -> None:
         """The stream has ended: a part in progress is incomplete, so it is discarded and counted."""
-        rest = bytes(self._buf[self._pos:]).strip()
+        rest = bytes(self._buf[self._pos :]).strip()
         if self._state is _BODY or (self._state is _HEADERS and rest):
             self.truncated += 1
         elif self._state is _SEEK:
@@ -160,11 +165,11 @@ class MjpegSplitter:
         if found is None:
             # Nothing before the search point can start a boundary any more: let it go.
             keep_from = max(self._pos, self._scan - 1)
-            self.skipped_bytes += len(bytes(self._buf[self._pos:keep_from]).strip())
+            self.skipped_bytes += len(bytes(self._buf[self._pos : keep_from]).strip())
             self._pos = keep_from
             return False
         start, end, closing = found
-        self.skipped_bytes += len(bytes(self._buf[self._pos:start]).strip())
+        self.skipped_bytes += len(bytes(self._buf[self._pos : start]).strip())
         self._synced = True
         self._enter_headers(end, closing)
         return True
@@ -173,7 +178,7 @@ class MjpegSplitter:
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 2:
             return False
-        if buf[pos:pos + 2] == SOI:  # quirk: the JPEG follows the boundary line, no headers
+        if buf[pos : pos + 2] == SOI:  # quirk: the JPEG follows the boundary line, no headers
             self._enter_body(pos, None)
             return True
         length = None
@@ -289,7 +294,7 @@ class MjpegSplitter:
                     continue
                 self._scan = p  # resume here once the rest of the line has arrived
                 return None
-            rest = bytes(buf[p + len(delim):nl]).strip()
+            rest = bytes(buf[p + len(delim) : nl]).strip()
             if rest and rest != b"--":  # e.g. --FRAMEWORK: a different word
                 at = p + 1
                 continue

@@ -31,14 +31,17 @@ def run(cfg: MetricsConfig) -> int:
     pub = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True)
     # 'none' rather than '': an empty environment variable reads as unset, i.e. the default.
     wants_recorder = cfg.records_bind.lower() not in ("", "none")
-    records = (zmqio.open_socket(ctx, zmq.PUSH, cfg.records_bind, bind=True, sndhwm=RECORDS_HWM)
-               if wants_recorder else None)
+    records = (
+        zmqio.open_socket(ctx, zmq.PUSH, cfg.records_bind, bind=True, sndhwm=RECORDS_HWM) if wants_recorder else None
+    )
     streams = Streams(cfg.rolling_window, cfg.max_wait, SceneRule.from_config(cfg))
     counters = {"bad_messages": 0, "records": 0}
     backlog: deque = deque()
     warned = [0.0]  # when the backlog was last reported
     last_log = last_stats = time.monotonic()
-    log.info("metrics listening on %s; records on %s", cfg.metrics_in_bind, cfg.records_bind if wants_recorder else "(none)")
+    log.info(
+        "metrics listening on %s; records on %s", cfg.metrics_in_bind, cfg.records_bind if wants_recorder else "(none)"
+    )
 
     def flush_backlog() -> None:
         while backlog:

@@ -35,7 +35,7 @@ class StreamOrder:
                 self.late += 1
 
     def add(self, seq: int, outcome: Any, now: float) -> None:
-        if self.next_seq is not None and seq < self.next_seq or seq in self.pending:
+        if (self.next_seq is not None and seq < self.next_seq) or seq in self.pending:
             self.late += 1  # already given up (or a duplicate): never released twice
             return
         if self.t_first is None:
@@ -76,5 +76,9 @@ class StreamOrder:
 
     def finished(self) -> bool:
         """True once every frame up to the end of the stream has been released."""
-        return self.last_seq is not None and self.next_seq is not None and self.next_seq > self.last_seq \
+        return (
+            self.last_seq is not None
+            and self.next_seq is not None
+            and self.next_seq > self.last_seq
             and not self.pending
+        )

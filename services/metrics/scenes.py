@@ -11,8 +11,9 @@ Two rules, either enough:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class SceneRule:
     min_frames: int = 2
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "SceneRule":
+    def from_config(cls, cfg: Any) -> SceneRule:
         return cls(cfg.scene_threshold, cfg.scene_k, cfg.scene_min_drift, cfg.scene_min_frames)
 
     def is_change(self, drift: float | None, window: Mapping[str, Any]) -> bool:

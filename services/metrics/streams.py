@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from encoders.shared.messages import (Dropped, Embedding, EndOfStream, Message, MetricsRecord, Skipped,
-                                      StreamStart)
+from encoders.shared.messages import Dropped, Embedding, EndOfStream, Message, MetricsRecord, Skipped, StreamStart
 
 from .drift import DriftTracker
 from .reorder import LOST, StreamOrder
@@ -58,7 +57,7 @@ class Streams:
         now = time.time() if now is None else now
         out: list[MetricsRecord | EndOfStream] = []
         for name, state in self.streams.items():
-            for seq, outcome in state.order.release(now):
+            for _seq, outcome in state.order.release(now):
                 if outcome == LOST:
                     state.counts["lost"] += 1
                     continue
@@ -74,9 +73,18 @@ class Streams:
         before = state.drift.rolling()  # the window the frame's drift is judged against excludes it
         similarity, drift = state.drift.update(emb.vector, emb.t_capture)
         return MetricsRecord(
-            stream=emb.stream, seq=emb.seq, t_capture=emb.t_capture, t_encoded=emb.t_encoded,
-            worker=emb.worker, model=emb.model, similarity=similarity, drift=drift,
-            rolling=state.drift.rolling(), fps=state.drift.fps(), counts=dict(state.counts), vector=emb.vector,
+            stream=emb.stream,
+            seq=emb.seq,
+            t_capture=emb.t_capture,
+            t_encoded=emb.t_encoded,
+            worker=emb.worker,
+            model=emb.model,
+            similarity=similarity,
+            drift=drift,
+            rolling=state.drift.rolling(),
+            fps=state.drift.fps(),
+            counts=dict(state.counts),
+            vector=emb.vector,
             scene_change=self.scenes.is_change(drift, before),
         )
 

@@ -37,8 +37,14 @@ def run(cfg: PisimConfig) -> int:
         return 2
     try:
         url = server.start()
-        log.info("serving %s at %s/stream.mjpg (listening on %s port %d; health: %s/health)",
-                 server.source.description, url, cfg.host or "*", server.port, url)
+        log.info(
+            "serving %s at %s/stream.mjpg (listening on %s port %d; health: %s/health)",
+            server.source.description,
+            url,
+            cfg.host or "*",
+            server.port,
+            url,
+        )
         stop.wait()
     finally:
         server.close()

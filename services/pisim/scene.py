@@ -38,8 +38,9 @@ class SyntheticScene:
         self.seed = seed
         self.scene_every = scene_every
         rng = np.random.default_rng([seed, 0x5EED])
-        self._noise = rng.integers(-NOISE_LEVEL, NOISE_LEVEL + 1,
-                                   size=(height + NOISE_PAD, width + NOISE_PAD, 3), dtype=np.int16)
+        self._noise = rng.integers(
+            -NOISE_LEVEL, NOISE_LEVEL + 1, size=(height + NOISE_PAD, width + NOISE_PAD, 3), dtype=np.int16
+        )
         self._scenes: dict[int, tuple[Image.Image, list[Shape]]] = {}
         self._lock = threading.Lock()  # clients render from their own threads
 
@@ -58,7 +59,7 @@ class SyntheticScene:
         # Sensor noise that changes every frame: consecutive frames are never identical.
         dy = (index * 7) % NOISE_PAD
         dx = (index * 13) % NOISE_PAD
-        pixels = np.asarray(img, dtype=np.int16) + self._noise[dy:dy + self.height, dx:dx + self.width]
+        pixels = np.asarray(img, dtype=np.int16) + self._noise[dy : dy + self.height, dx : dx + self.width]
         return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
     # -- scenes ----------------------------------------------------------------------------------
@@ -99,15 +100,17 @@ class SyntheticScene:
         for _ in range(int(rng.integers(3, 8))):
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             sw, sh = (float(v) for v in rng.uniform(0.1, 0.3, 2) * side)
-            shapes.append(Shape(
-                kind=str(rng.choice(["ellipse", "rectangle", "triangle"])),
-                colour=colour,
-                outline=tuple(max(0, c - 80) for c in colour),
-                size=(sw, sh),
-                start=(float(rng.uniform(0, max(1.0, w - sw))), float(rng.uniform(0, max(1.0, h - sh)))),
-                velocity=(float(rng.uniform(-0.3, 0.3) * w), float(rng.uniform(-0.3, 0.3) * h)),
-                spin=float(rng.uniform(-2, 2)),
-            ))
+            shapes.append(
+                Shape(
+                    kind=str(rng.choice(["ellipse", "rectangle", "triangle"])),
+                    colour=colour,
+                    outline=tuple(max(0, c - 80) for c in colour),
+                    size=(sw, sh),
+                    start=(float(rng.uniform(0, max(1.0, w - sw))), float(rng.uniform(0, max(1.0, h - sh)))),
+                    velocity=(float(rng.uniform(-0.3, 0.3) * w), float(rng.uniform(-0.3, 0.3) * h)),
+                    spin=float(rng.uniform(-2, 2)),
+                )
+            )
         return background, shapes
 
     def _draw(self, draw: ImageDraw.ImageDraw, shape: Shape, t: float) -> None:
@@ -122,8 +125,10 @@ class SyntheticScene:
         else:
             cx, cy, r = x + sw / 2, y + sh / 2, min(sw, sh) / 2
             a = shape.spin * t
-            points = [(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
-                      for k in range(3)]
+            points = [
+                (cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
+                for k in range(3)
+            ]
             draw.polygon(points, fill=shape.colour, outline=shape.outline)
 
 

@@ -87,12 +87,20 @@ class PisimServer(ThreadingHTTPServer):
 
     def health(self) -> dict:
         with self._lock:
-            return {"status": "ok", "source": self.source.description,
-                    "size": f"{self.cfg.width}x{self.cfg.height}", "width": self.cfg.width,
-                    "height": self.cfg.height, "fps": self.cfg.fps, "quality": self.cfg.quality,
-                    "max_frames": self.cfg.max_frames, "frames_served": self.frames_served,
-                    "clients": self.clients, "clients_served": self.clients_served,
-                    "uptime_s": round(time.monotonic() - self.started, 1)}
+            return {
+                "status": "ok",
+                "source": self.source.description,
+                "size": f"{self.cfg.width}x{self.cfg.height}",
+                "width": self.cfg.width,
+                "height": self.cfg.height,
+                "fps": self.cfg.fps,
+                "quality": self.cfg.quality,
+                "max_frames": self.cfg.max_frames,
+                "frames_served": self.frames_served,
+                "clients": self.clients,
+                "clients_served": self.clients_served,
+                "uptime_s": round(time.monotonic() - self.started, 1),
+            }
 
     def _count(self, frames: int = 0, clients: int = 0) -> None:
         with self._lock:
@@ -155,8 +163,19 @@ class StreamHandler(BaseHTTPRequestHandler):
                         start = time.monotonic() - sent / cfg.fps
                 if server.closing.is_set():
                     break
-                self.wfile.write(b"".join((b"--", BOUNDARY, b"\r\nContent-Type: image/jpeg\r\nContent-Length: ",
-                                           str(len(jpeg)).encode(), b"\r\n\r\n", jpeg, b"\r\n")))
+                self.wfile.write(
+                    b"".join(
+                        (
+                            b"--",
+                            BOUNDARY,
+                            b"\r\nContent-Type: image/jpeg\r\nContent-Length: ",
+                            str(len(jpeg)).encode(),
+                            b"\r\n\r\n",
+                            jpeg,
+                            b"\r\n",
+                        )
+                    )
+                )
                 sent += 1
                 server._count(frames=1)
                 if cfg.max_frames and sent >= cfg.max_frames:

@@ -99,8 +99,10 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise SourceError("reading a video file needs OpenCV: pip install 'encoders[pisim-video]' "
-                          "(opencv-python-headless), or use a folder of images or 'synthetic'") from None
+        raise SourceError(
+            "reading a video file needs OpenCV: pip install 'encoders[pisim-video]' "
+            "(opencv-python-headless), or use a folder of images or 'synthetic'"
+        ) from None
     return cv2
 
 
@@ -150,11 +152,11 @@ def open_source(cfg) -> SyntheticSource | FolderSource | VideoSource:
     if not 1 <= cfg.quality <= 100:
         raise SourceError(f"--quality must be 1-100, got {cfg.quality}")
     if cfg.source == "synthetic":
-        return SyntheticSource(cfg.width, cfg.height, cfg.fps, cfg.quality, seed=cfg.seed,
-                               scene_every=cfg.scene_every)
+        return SyntheticSource(cfg.width, cfg.height, cfg.fps, cfg.quality, seed=cfg.seed, scene_every=cfg.scene_every)
     if os.path.isdir(cfg.source):
         return FolderSource(cfg.source, cfg.width, cfg.height, cfg.quality)
     if os.path.isfile(cfg.source):
         return VideoSource(cfg.source, cfg.width, cfg.height, cfg.quality)
-    raise SourceError(f"source {cfg.source!r}: no such file or folder "
-                      "(expected 'synthetic', a video file or a folder of images)")
+    raise SourceError(
+        f"source {cfg.source!r}: no such file or folder (expected 'synthetic', a video file or a folder of images)"
+    )

@@ -11,10 +11,11 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -24,8 +25,16 @@ from psycopg.types.json import Jsonb
 from encoders.shared.config import DB_MAX_WAITING_BATCHES
 
 from . import schema
-from .rows import (COLUMNS, COPY_TYPES, SCENE_CHANGE_COLUMNS, FrameRow, copy_values, from_spool,
-                   scene_change_values, to_spool)
+from .rows import (
+    COLUMNS,
+    COPY_TYPES,
+    SCENE_CHANGE_COLUMNS,
+    FrameRow,
+    copy_values,
+    from_spool,
+    scene_change_values,
+    to_spool,
+)
 from .spool import SPOOL_NAME, Spool, SpoolLocked
 
 log = logging.getLogger(__name__)
@@ -33,10 +42,11 @@ log = logging.getLogger(__name__)
 _COLS = ", ".join(COLUMNS)
 COPY_FRAMES = f"COPY frames ({_COLS}) FROM STDIN WITH (FORMAT BINARY)"
 COPY_STAGING = f"COPY frames_staging ({_COLS}) FROM STDIN WITH (FORMAT BINARY)"
-MOVE_STAGED = (f"INSERT INTO frames ({_COLS}) SELECT {_COLS} FROM frames_staging "
-               f"ON CONFLICT DO NOTHING RETURNING stream")
-INSERT_SCENE_CHANGE = (f"INSERT INTO scene_changes ({', '.join(SCENE_CHANGE_COLUMNS)}) "
-                       f"VALUES ({', '.join(['%s'] * len(SCENE_CHANGE_COLUMNS))}) ON CONFLICT DO NOTHING")
+MOVE_STAGED = f"INSERT INTO frames ({_COLS}) SELECT {_COLS} FROM frames_staging ON CONFLICT DO NOTHING RETURNING stream"
+INSERT_SCENE_CHANGE = (
+    f"INSERT INTO scene_changes ({', '.join(SCENE_CHANGE_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(SCENE_CHANGE_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
 RUN_FIELDS = ("config", "model", "dim", "ended_at", "summary")
 # How long a batch waits for a lock on frames (someone's VACUUM FULL, a REINDEX without
 # CONCURRENTLY, an open transaction that locked the table) before it counts as an outage:
@@ -60,8 +70,10 @@ def describe_target(url: str) -> str:
         info = conninfo_to_dict(url)
     except psycopg.Error:  # its message quotes the whole URL, password included
         return "an unparsable database URL (not shown: it may hold a password)"
-    return (f"host={info.get('host') or 'localhost'} port={info.get('port') or 5432} "
-            f"database={info.get('dbname') or info.get('user') or '(default)'} user={info.get('user') or '(default)'}")
+    return (
+        f"host={info.get('host') or 'localhost'} port={info.get('port') or 5432} "
+        f"database={info.get('dbname') or info.get('user') or '(default)'} user={info.get('user') or '(default)'}"
+    )
 
 
 def _password(url: str) -> str:
@@ -82,7 +94,7 @@ class Database:
         self._schema_ready = False
 
     @classmethod
-    def open(cls, url: str, *, wait_s: float = 10.0) -> "Database":
+    def open(cls, url: str, *, wait_s: float = 10.0) -> Database:
         """Connect (trying for up to ``wait_s``) and create the base schema, or DatabaseUnavailable."""
         # Short attempts, repeated: a reconnect during the run must not stall the receive loop long.
         db = cls(url)
@@ -93,7 +105,9 @@ class Database:
                 return db
             except DatabaseUnavailable as exc:
                 if time.monotonic() + 0.5 >= deadline:
-                    raise DatabaseUnavailable(f"PostgreSQL is not reachable (tried for {wait_s:g} s) at {exc}") from None
+                    raise DatabaseUnavailable(
+                        f"PostgreSQL is not reachable (tried for {wait_s:g} s) at {exc}"
+                    ) from None
                 time.sleep(0.5)
 
     # -- connection ----------------------------------------------------------------
@@ -162,14 +176,17 @@ class Database:
                     if max(done, default=0) > schema.LATEST_VERSION:
                         raise DatabaseRefused(
                             f"the database {self.target} has schema version {max(done)}, newer than this "
-                            f"program's {schema.LATEST_VERSION}: upgrade encoders")
+                            f"program's {schema.LATEST_VERSION}: upgrade encoders"
+                        )
                     if migration.version in done:
                         continue
                     frames_exists = conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()[0]
                     for step in migration.statements + (migration.frames_statements if frames_exists else ()):
                         conn.execute(step)
-                    conn.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
-                                 (migration.version, migration.description))
+                    conn.execute(
+                        "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                        (migration.version, migration.description),
+                    )
                     applied.append(migration.version)
                     log.info("database schema: applied migration %d (%s)", migration.version, migration.description)
             register_vector(conn)
@@ -181,8 +198,11 @@ class Database:
 
     def schema_versions(self) -> list[tuple[int, str | None, datetime]]:
         """(version, description, applied_at) of every migration applied, oldest first."""
-        return self._run(lambda conn: conn.execute(
-            "SELECT version, description, applied_at FROM schema_version ORDER BY version").fetchall())
+        return self._run(
+            lambda conn: conn.execute(
+                "SELECT version, description, applied_at FROM schema_version ORDER BY version"
+            ).fetchall()
+        )
 
     def ensure_frames(self, dim: int) -> None:
         """Create frames for D-dimensional embeddings, or check the existing one has that D."""
@@ -194,14 +214,18 @@ class Database:
                 if row is not None and row[0] != f"vector({dim})":
                     raise DatabaseRefused(
                         f"table frames in {self.target} stores embeddings of type {row[0]}, but this model "
-                        f"gives vector({dim}); record this model into another database")
+                        f"gives vector({dim}); record this model into another database"
+                    )
                 if row is not None:
                     return  # the migrations keep an existing table up to date
                 for step in schema.frames_steps(dim):
                     conn.execute(step)
                 if dim > schema.HNSW_MAX_DIM:
-                    log.warning("embeddings of %d dimensions are stored without an HNSW index (pgvector's limit "
-                                "is %d)", dim, schema.HNSW_MAX_DIM)
+                    log.warning(
+                        "embeddings of %d dimensions are stored without an HNSW index (pgvector's limit is %d)",
+                        dim,
+                        schema.HNSW_MAX_DIM,
+                    )
 
         self._run(apply)
         self._run(lambda conn: conn.execute(schema.STAGING_TABLE))
@@ -210,9 +234,12 @@ class Database:
     # -- runs ----------------------------------------------------------------------
     def claim_run(self, name: str, started_at: datetime) -> int | None:
         """Insert the run row; None when the name is taken already."""
-        row = self._run(lambda conn: conn.execute(
-            "INSERT INTO runs (name, started_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
-            (name, started_at)).fetchone())
+        row = self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO runs (name, started_at) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
+                (name, started_at),
+            ).fetchone()
+        )
         return None if row is None else int(row[0])
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -226,9 +253,12 @@ class Database:
         self._run(lambda conn: conn.execute(f"UPDATE runs SET {sets} WHERE id = %s", (*values, run_id)))
 
     def end_run_if_open(self, run_id: int, ended_at: Any, summary: dict) -> None:
-        self._run(lambda conn: conn.execute(
-            "UPDATE runs SET ended_at = %s, summary = %s WHERE id = %s AND ended_at IS NULL",
-            (ended_at, Jsonb(summary), run_id)))
+        self._run(
+            lambda conn: conn.execute(
+                "UPDATE runs SET ended_at = %s, summary = %s WHERE id = %s AND ended_at IS NULL",
+                (ended_at, Jsonb(summary), run_id),
+            )
+        )
 
     # -- frames --------------------------------------------------------------------
     def write_rows(self, rows: list[FrameRow]) -> Counter:
@@ -291,9 +321,19 @@ class FrameWriter:
 
     REPLAY_BATCHES_PER_CALL = 20  # bounds how long one replay holds up the receive loop
 
-    def __init__(self, db: Database, spool: Spool, *, run_id: int, batch_rows: int = 500, flush_s: float = 0.5,
-                 retry_max: float = 10.0, clock=time.monotonic, background: bool = True,
-                 max_waiting_batches: int = DB_MAX_WAITING_BATCHES):
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        *,
+        run_id: int,
+        batch_rows: int = 500,
+        flush_s: float = 0.5,
+        retry_max: float = 10.0,
+        clock=time.monotonic,
+        background: bool = True,
+        max_waiting_batches: int = DB_MAX_WAITING_BATCHES,
+    ):
         self.db, self.spool, self.run_id = db, spool, run_id
         self.max_pending = batch_rows * max_waiting_batches
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="db-writer") if background else None
@@ -330,10 +370,11 @@ class FrameWriter:
     def tick(self) -> None:
         self._collect(block=False)
         now = self.clock()
-        if self.pending and self._inflight is None and (len(self.pending) >= self.batch_rows
-                                                        or now - self._oldest >= self.flush_s):
-            self.flush()
-        elif self.spool.pending and now >= self.retry_at and self.fatal is None:
+        if (
+            self.pending
+            and self._inflight is None
+            and (len(self.pending) >= self.batch_rows or now - self._oldest >= self.flush_s)
+        ) or (self.spool.pending and now >= self.retry_at and self.fatal is None):
             self.flush()
 
     def _writer_free(self) -> bool:

@@ -29,14 +29,18 @@ def database_url(cfg_url: str, runs_dir: str, *, create: bool = True) -> tuple[s
     try:
         import pgserver
     except ImportError:
-        raise RuntimeError("no --database-url / ENCODERS_DATABASE_URL given, and the embedded database needs the "
-                           "pgserver package: pip install 'encoders[embedded-db]'") from None
+        raise RuntimeError(
+            "no --database-url / ENCODERS_DATABASE_URL given, and the embedded database needs the "
+            "pgserver package: pip install 'encoders[embedded-db]'"
+        ) from None
     import psycopg
 
     pgdata = Path(runs_dir).resolve() / PGDATA_NAME
     if not create and not (pgdata / "PG_VERSION").is_file():
-        raise RuntimeError(f"no database: nothing was recorded with --runs-dir {runs_dir} ({pgdata} does not exist); "
-                           f"give the --runs-dir the recording used, or --database-url / ENCODERS_DATABASE_URL")
+        raise RuntimeError(
+            f"no database: nothing was recorded with --runs-dir {runs_dir} ({pgdata} does not exist); "
+            f"give the --runs-dir the recording used, or --database-url / ENCODERS_DATABASE_URL"
+        )
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     uri = server.get_uri()

@@ -25,15 +25,27 @@ class Segmenter:
         self._key_seq = -1
         self._key_t = 0.0
 
-    def assign(self, seq: int, t_capture: float, vector: np.ndarray, *, scene_change: bool = False,
-               norm_sq: float | None = None) -> tuple[bool, int]:
+    def assign(
+        self,
+        seq: int,
+        t_capture: float,
+        vector: np.ndarray,
+        *,
+        scene_change: bool = False,
+        norm_sq: float | None = None,
+    ) -> tuple[bool, int]:
         """(is this frame a keyframe, the seq of its segment's keyframe). Frames come in seq order.
         ``norm_sq``: the vector's squared length, when the caller has worked it out already."""
         v = np.asarray(vector, dtype=np.float32)
         # Dot products (not np.linalg.norm and a division): this runs for every frame.
         norm = math.sqrt(float(np.dot(v, v)) if norm_sq is None else norm_sq)
-        if (self._key is not None and not scene_change and t_capture - self._key_t < self.max_s and norm > 0
-                and 1.0 - float(np.dot(v, self._key)) / norm <= self.max_drift):
+        if (
+            self._key is not None
+            and not scene_change
+            and t_capture - self._key_t < self.max_s
+            and norm > 0
+            and 1.0 - float(np.dot(v, self._key)) / norm <= self.max_drift
+        ):
             return False, self._key_seq
         self._key = v / norm if norm > 0 else v
         self._key_seq, self._key_t = int(seq), float(t_capture)

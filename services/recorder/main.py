@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,14 @@ def run(cfg: RecorderConfig) -> int:
         return 2
     log.info("run %s (id %d) in %s", r.name, r.id, r.dir)
 
-    writer = FrameWriter(r.db, Spool(r.dir / SPOOL_NAME), run_id=r.id, batch_rows=cfg.db_batch,
-                         flush_s=cfg.db_flush_s, retry_max=cfg.db_retry_max)
+    writer = FrameWriter(
+        r.db,
+        Spool(r.dir / SPOOL_NAME),
+        run_id=r.id,
+        batch_rows=cfg.db_batch,
+        flush_s=cfg.db_flush_s,
+        retry_max=cfg.db_retry_max,
+    )
     recorder = Recorder(r.dir, run_id=r.id, config=r.config, rows=writer, settings=cfg)
     counters = recorder.counters  # messages that do not decode are counted beside the recorder's own counts
     ctx = zmq.Context()
@@ -70,8 +76,9 @@ def run(cfg: RecorderConfig) -> int:
         sockets.append(records)
         frames = None
         if split_addrs(cfg.frames):
-            frames = zmqio.open_socket(ctx, zmq.SUB, split_addrs(cfg.frames), bind=False, linger=0,
-                                       rcvhwm=FRAMES_RCVHWM, subscribe=[b"frame/"])
+            frames = zmqio.open_socket(
+                ctx, zmq.SUB, split_addrs(cfg.frames), bind=False, linger=0, rcvhwm=FRAMES_RCVHWM, subscribe=[b"frame/"]
+            )
             sockets.append(frames)
         poller = zmq.Poller()
         for sock in sockets:
@@ -123,7 +130,7 @@ def start_run(cfg: RecorderConfig, log) -> Run:
     url, handle = embedded_db.database_url(cfg.database_url, cfg.runs_dir)
     db = Database.open(url, wait_s=cfg.db_connect_timeout)
     replay_left_spools(db, cfg.runs_dir, batch_rows=cfg.db_batch)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     claimed: list[tuple[int, str]] = []
 
     def claim(name: str) -> bool:  # the run row is inserted with the folder's name, both unique
@@ -137,8 +144,13 @@ def start_run(cfg: RecorderConfig, log) -> Run:
     if name != run_dir.name:
         log.warning("the database already has a run named %s: this one is %s", run_dir.name, name)
     config = {
-        "run": {"id": run_id, "name": name, "dir": str(run_dir.resolve()), "started_at": started.isoformat(),
-                "database": mask_url(url)},
+        "run": {
+            "id": run_id,
+            "name": name,
+            "dir": str(run_dir.resolve()),
+            "started_at": started.isoformat(),
+            "database": mask_url(url),
+        },
         "model": None,  # learned from the first record
         "recorder": cfg.describe(),
         "pipeline": pipeline_settings(cfg.pipeline_config),
@@ -147,8 +159,7 @@ def start_run(cfg: RecorderConfig, log) -> Run:
     return Run(db, run_dir, run_id, name, started, config, handle)
 
 
-def drain(sock: zmq.Socket, recorder: Recorder, counters: dict, *, topic: bool, copy: bool,
-          until: float = 0.0) -> None:
+def drain(sock: zmq.Socket, recorder: Recorder, counters: dict, *, topic: bool, copy: bool, until: float = 0.0) -> None:
     """Handle the messages waiting on ``sock``: at most DRAIN_MAX, or (``until``) all that come before then.
     ``copy``: records (~2 KB) are cheaper to take as bytes; frames (JPEGs) are taken without a copy."""
     for msg in zmqio.receive_waiting(sock, limit=DRAIN_MAX, until=until, topic=topic, counters=counters, copy=copy):
@@ -163,11 +174,19 @@ def finish_run(log, cfg: RecorderConfig, r: Run, recorder: Recorder, writer: Fra
     except Exception:  # the spool is on disk whatever happened here
         log.exception("final database flush failed")
         all_written = False
-    ended = datetime.now(timezone.utc)
+    ended = datetime.now(UTC)
     rows = sum(writer.written.values())
-    run = {"id": r.id, "name": r.name, "dir": str(r.dir.resolve()), "started_at": r.started.isoformat(),
-           "ended_at": ended.isoformat(), "db_rows": rows, "db_rows_spooled": writer.spooled,
-           "db_outages": writer.outages, "messages": dict(recorder.counters)}
+    run = {
+        "id": r.id,
+        "name": r.name,
+        "dir": str(r.dir.resolve()),
+        "started_at": r.started.isoformat(),
+        "ended_at": ended.isoformat(),
+        "db_rows": rows,
+        "db_rows_spooled": writer.spooled,
+        "db_outages": writer.outages,
+        "messages": dict(recorder.counters),
+    }
     summary = recorder.write_summaries(run, writer.written)
     try:
         r.db.update_run(r.id, ended_at=ended, summary=summary)
@@ -175,16 +194,32 @@ def finish_run(log, cfg: RecorderConfig, r: Run, recorder: Recorder, writer: Fra
         log.warning("could not mark the run ended in the database: %s", exc)
     log.info("run folder %s: %d records, %d rows written to the database", r.dir, recorder.counters["records"], rows)
     if not all_written:
-        log.error("%d rows could not be written to the database; they are kept in %s, and a recorder started "
-                  "later with --runs-dir %s writes them", writer.spooled, r.dir / SPOOL_NAME, r.dir.parent)
+        log.error(
+            "%d rows could not be written to the database; they are kept in %s, and a recorder started "
+            "later with --runs-dir %s writes them",
+            writer.spooled,
+            r.dir / SPOOL_NAME,
+            r.dir.parent,
+        )
         return 1
     return 0
 
 
 def log_progress(log, recorder: Recorder, writer: FrameWriter, counters: dict) -> None:
-    streams = ", ".join(f"{name} {f.summary.records} records {f.summary.snapshots} snapshots "
-                        f"{f.batches.written} npz" for name, f in recorder.streams.items()) or "no records yet"
+    streams = (
+        ", ".join(
+            f"{name} {f.summary.records} records {f.summary.snapshots} snapshots {f.batches.written} npz"
+            for name, f in recorder.streams.items()
+        )
+        or "no records yet"
+    )
     bad = counters.get("bad_messages", 0)
-    log.info("%s; database: %d rows written in %d commits, %d waiting, %d spooled%s", streams,
-             sum(writer.written.values()), writer.commits, len(writer.pending), writer.spooled,
-             f"; {bad} bad messages dropped" if bad else "")
+    log.info(
+        "%s; database: %d rows written in %d commits, %d waiting, %d spooled%s",
+        streams,
+        sum(writer.written.values()),
+        writer.commits,
+        len(writer.pending),
+        writer.spooled,
+        f"; {bad} bad messages dropped" if bad else "",
+    )

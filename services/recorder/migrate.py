@@ -12,7 +12,7 @@ from .db import Database, DatabaseRefused, DatabaseUnavailable
 
 def run(cfg: DatabaseConfig) -> int:
     try:
-        url, server = embedded_db.database_url(cfg.database_url, cfg.runs_dir)  # noqa: F841 (kept alive)
+        url, _server = embedded_db.database_url(cfg.database_url, cfg.runs_dir)
         db = Database(url)
         try:
             applied = db.ensure_schema()

@@ -24,8 +24,16 @@ from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord,
 
 from .keyframes import Segmenter
 from .rows import FrameRow, build_row
-from .runfiles import (CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SNAPSHOTS_DIR, SUMMARY_JSON, DriftCsv,
-                       EmbeddingBatches, write_json)
+from .runfiles import (
+    CONFIG_JSON,
+    DRIFT_CSV,
+    EMBEDDINGS_DIR,
+    SNAPSHOTS_DIR,
+    SUMMARY_JSON,
+    DriftCsv,
+    EmbeddingBatches,
+    write_json,
+)
 from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot_name
 from .summary import COUNT_KEYS, StreamSummary
 from .thumbnails import ThumbnailPipeline, thumbnail_threads, wanted
@@ -71,8 +79,17 @@ def mask_secrets(value: Any, key: str = "") -> Any:
 class StreamFiles:
     """One stream's drift.csv, embeddings/, snapshots/ and summary, in one folder; and its keyframe segments."""
 
-    def __init__(self, stream: str | None, folder: Path, root: Path, *, snapshot_interval: float,
-                 embedding_interval: int, cache: FrameCache | None = None, segmenter: Segmenter | None = None):
+    def __init__(
+        self,
+        stream: str | None,
+        folder: Path,
+        root: Path,
+        *,
+        snapshot_interval: float,
+        embedding_interval: int,
+        cache: FrameCache | None = None,
+        segmenter: Segmenter | None = None,
+    ):
         self.stream = stream
         self.folder = folder
         self.rel = folder.relative_to(root).as_posix() if folder != root else "."
@@ -125,8 +142,9 @@ class StreamFiles:
 
 
 class Recorder:
-    def __init__(self, root: Path, *, run_id: int, config: dict[str, Any], rows: RowSink,
-                 settings: RecorderConfig | None = None):
+    def __init__(
+        self, root: Path, *, run_id: int, config: dict[str, Any], rows: RowSink, settings: RecorderConfig | None = None
+    ):
         self.root = root
         self.run_id = run_id
         self.config = config
@@ -138,9 +156,13 @@ class Recorder:
         self.counters: Counter = Counter()
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
-        self._thumbnails = ThumbnailPipeline(thumbnail_threads(self.settings.thumbnail_threads),
-                                             self.settings.thumbnail_size,
-                                             self.settings.thumbnail_quality, rows.add, self.counters)
+        self._thumbnails = ThumbnailPipeline(
+            thumbnail_threads(self.settings.thumbnail_threads),
+            self.settings.thumbnail_size,
+            self.settings.thumbnail_quality,
+            rows.add,
+            self.counters,
+        )
         self._write_config()
 
     # -- messages ------------------------------------------------------------------
@@ -179,12 +201,14 @@ class Recorder:
         self.counters["records"] += 1
         files = self.streams.get(rec.stream) or self._open_stream(rec.stream)
         snap, scene_snap, jpeg = files.on_record(rec)
-        keyframe, keyframe_seq = files.segmenter.assign(rec.seq, rec.t_capture, rec.vector,
-                                                        scene_change=rec.scene_change, norm_sq=norm_sq)
+        keyframe, keyframe_seq = files.segmenter.assign(
+            rec.seq, rec.t_capture, rec.vector, scene_change=rec.scene_change, norm_sq=norm_sq
+        )
         if rec.scene_change:
             self.counters["scene_changes"] += 1
-        row = build_row(self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq,
-                        scene_snapshot_path=scene_snap)
+        row = build_row(
+            self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, scene_snapshot_path=scene_snap
+        )
         if not wanted(self.settings.thumbnails, keyframe):
             jpeg = None
         elif jpeg is None:
@@ -205,8 +229,12 @@ class Recorder:
             files = self._open_stream(eos.stream)  # a stream that ended before any frame was embedded
         files.summary.end(eos.counts)
         self.ended.add(eos.stream)
-        log.info("stream %s ended at seq %d: %s", eos.stream, eos.last_seq,
-                 ", ".join(f"{k} {eos.counts.get(k)}" for k in COUNT_KEYS if k in eos.counts))
+        log.info(
+            "stream %s ended at seq %d: %s",
+            eos.stream,
+            eos.last_seq,
+            ", ".join(f"{k} {eos.counts.get(k)}" for k in COUNT_KEYS if k in eos.counts),
+        )
 
     # -- periodic and final --------------------------------------------------------
     def flush_files(self) -> None:
@@ -217,8 +245,13 @@ class Recorder:
         self._thumbnails.close()  # every row on to the database writer first
         if not self.streams and not self.settings.stream_dirs:
             # Nothing arrived: still leave the seed's layout, empty, in the run folder.
-            self.streams[""] = StreamFiles(None, self.root, self.root, snapshot_interval=self.settings.snapshot_interval,
-                                           embedding_interval=self.settings.embedding_interval)
+            self.streams[""] = StreamFiles(
+                None,
+                self.root,
+                self.root,
+                snapshot_interval=self.settings.snapshot_interval,
+                embedding_interval=self.settings.embedding_interval,
+            )
         for name, files in self.streams.items():
             try:
                 files.close()
@@ -235,8 +268,11 @@ class Recorder:
             top = {"run": run, "streams": per_stream, "totals": _totals(per_stream.values())}
         else:
             first = next(iter(self.streams))
-            top = {**per_stream[first], "run": run,
-                   "other_streams": {n: f.rel for n, f in self.streams.items() if f.folder != self.root}}
+            top = {
+                **per_stream[first],
+                "run": run,
+                "other_streams": {n: f.rel for n, f in self.streams.items() if f.folder != self.root},
+            }
         write_json(self.root / SUMMARY_JSON, top)
         return top
 
@@ -245,8 +281,9 @@ class Recorder:
         """The embedding's squared length if the record can be recorded; None (counted) if not."""
         if rec.stream not in self.streams and not STREAM_NAME.fullmatch(rec.stream):
             self.counters["bad_stream_names"] += 1
-            log.warning("dropped a record of stream %r: a stream name is 1-64 letters, digits, '_', '.', '-'",
-                        rec.stream[:80])
+            log.warning(
+                "dropped a record of stream %r: a stream name is 1-64 letters, digits, '_', '.', '-'", rec.stream[:80]
+            )
             return None
         dim = int(rec.vector.size)
         if self.model is None:
@@ -260,8 +297,12 @@ class Recorder:
         elif dim != self.model[1]:
             self.counters["wrong_dim"] += 1
             if self.counters["wrong_dim"] == 1:
-                log.error("dropped a %s record of %d dimensions: this run records %s, %d dimensions",
-                          rec.model, dim, *self.model)
+                log.error(
+                    "dropped a %s record of %d dimensions: this run records %s, %d dimensions",
+                    rec.model,
+                    dim,
+                    *self.model,
+                )
             return None
         norm_sq = float(np.dot(rec.vector, rec.vector))  # any NaN or inf makes it so; one pass
         if not math.isfinite(norm_sq):
@@ -275,10 +316,15 @@ class Recorder:
             folder = self.root
         else:
             folder = self.root / (stream if stream not in RESERVED_FOLDERS else f"stream_{stream}")
-        files = StreamFiles(stream, folder, self.root, snapshot_interval=self.settings.snapshot_interval,
-                            embedding_interval=self.settings.embedding_interval,
-                            cache=self._early.pop(stream, None) or FrameCache(self.settings.frame_cache),
-                            segmenter=Segmenter(self.settings.keyframe_drift, self.settings.keyframe_max_s))
+        files = StreamFiles(
+            stream,
+            folder,
+            self.root,
+            snapshot_interval=self.settings.snapshot_interval,
+            embedding_interval=self.settings.embedding_interval,
+            cache=self._early.pop(stream, None) or FrameCache(self.settings.frame_cache),
+            segmenter=Segmenter(self.settings.keyframe_drift, self.settings.keyframe_max_s),
+        )
         self.streams[stream] = files
         log.info("stream %s: files in %s", stream, folder)
         self._write_config()
@@ -298,6 +344,10 @@ def _totals(summaries) -> dict[str, Any]:
     for key in COUNT_KEYS:
         values = [s["frames"][key] for s in summaries if s["frames"].get(key) is not None]
         frames[key] = sum(values) if values else None
-    return {"frames": frames, "records": sum(s["records"] for s in summaries),
-            "snapshots": sum(s["snapshots"] for s in summaries), "npz_batches": sum(s["npz_batches"] for s in summaries),
-            "db_rows": sum(s["db_rows"] for s in summaries)}
+    return {
+        "frames": frames,
+        "records": sum(s["records"] for s in summaries),
+        "snapshots": sum(s["snapshots"] for s in summaries),
+        "npz_batches": sum(s["npz_batches"] for s in summaries),
+        "db_rows": sum(s["db_rows"] for s in summaries),
+    }

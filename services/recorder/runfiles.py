@@ -15,9 +15,10 @@ import csv
 import json
 import os
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,9 @@ def run_dir_candidates(runs_dir: str | os.PathLike, now: datetime | None = None)
         n += 1
 
 
-def create_run_dir(runs_dir: str | os.PathLike, run_dir: str | os.PathLike = "",
-                   claim_name: Callable[[str], bool] = lambda name: True) -> Path:
+def create_run_dir(
+    runs_dir: str | os.PathLike, run_dir: str | os.PathLike = "", claim_name: Callable[[str], bool] = lambda name: True
+) -> Path:
     """Make this run's folder; its name is the run's name, which ``claim_name`` must accept
     (the database's run names are unique too).
 
@@ -90,13 +92,19 @@ class DriftCsv:
     """
 
     def __init__(self, path: Path):
-        self._file = open(path, "w", newline="")
+        self._file = open(path, "w", newline="")  # noqa: SIM115 - open for the run, closed by close()
         self._writer = csv.writer(self._file, lineterminator="\n")
         self._writer.writerow(DRIFT_HEADER)
 
     def write(self, t_capture: float, seq: int, similarity: float | None, drift: float | None) -> None:
-        self._writer.writerow((f"{t_capture:.6f}", seq, "" if similarity is None else repr(float(similarity)),
-                               "" if drift is None else repr(float(drift))))
+        self._writer.writerow(
+            (
+                f"{t_capture:.6f}",
+                seq,
+                "" if similarity is None else repr(float(similarity)),
+                "" if drift is None else repr(float(drift)),
+            )
+        )
 
     def flush(self) -> None:
         self._file.flush()
@@ -135,9 +143,12 @@ class EmbeddingBatches:
         path = self.folder / f"batch_{self.written:04d}.npz"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-            np.savez(f, embeddings=np.stack(self._vectors).astype(np.float32, copy=False),
-                     timestamps=np.asarray(self._times, dtype=np.float64),
-                     indices=np.asarray(self._seqs, dtype=np.int64))
+            np.savez(
+                f,
+                embeddings=np.stack(self._vectors).astype(np.float32, copy=False),
+                timestamps=np.asarray(self._times, dtype=np.float64),
+                indices=np.asarray(self._seqs, dtype=np.int64),
+            )
         os.replace(tmp, path)
         self.written += 1
         self.rows_written += len(self._vectors)
@@ -172,8 +183,9 @@ def run_streams(run_dir: str | os.PathLike) -> dict[str, Path]:
     return streams
 
 
-def load_run_embeddings(run_dir: str | os.PathLike, stream: str | None = None
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_run_embeddings(
+    run_dir: str | os.PathLike, stream: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A run's embeddings (N, D) float32, capture timestamps (N,) float64 and frame indices (N,) int64.
 
     ``stream`` picks one camera of a run that recorded several; it may be left out when the
@@ -185,15 +197,17 @@ def load_run_embeddings(run_dir: str | os.PathLike, stream: str | None = None
     streams = run_streams(root)
     if stream is None:
         if len(streams) > 1:
-            raise ValueError(f"{root} holds several streams ({', '.join(sorted(streams))}); "
-                             f"pass stream= one of them")
+            raise ValueError(f"{root} holds several streams ({', '.join(sorted(streams))}); pass stream= one of them")
         folder = next(iter(streams.values()), root)
     elif stream in streams:
         folder = streams[stream]
     else:
         raise ValueError(f"{root} has no stream {stream!r}; it holds: {', '.join(sorted(streams)) or 'none'}")
-    files = sorted(((int(m.group(1)), p) for p in (folder / EMBEDDINGS_DIR).glob("batch_*.npz")
-                    if (m := _BATCH_RE.fullmatch(p.name))))
+    files = sorted(
+        (int(m.group(1)), p)
+        for p in (folder / EMBEDDINGS_DIR).glob("batch_*.npz")
+        if (m := _BATCH_RE.fullmatch(p.name))
+    )
     if not files:
         raise FileNotFoundError(f"{folder} has no embeddings ({EMBEDDINGS_DIR}/batch_*.npz)")
     embeddings, timestamps, indices = [], [], []

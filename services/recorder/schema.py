@@ -95,14 +95,19 @@ FRAMES_INDEXES = (
 def hnsw_index(dim: int) -> tuple[str, ...]:
     if dim > HNSW_MAX_DIM:
         return ()
-    return (f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON frames USING hnsw (embedding vector_cosine_ops) "
-            f"{HNSW_OPTIONS} WHERE keyframe",)
+    return (
+        f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON frames USING hnsw (embedding vector_cosine_ops) "
+        f"{HNSW_OPTIONS} WHERE keyframe",
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "runs", (
-        "CREATE EXTENSION IF NOT EXISTS vector",
-        """CREATE TABLE IF NOT EXISTS runs (
+    Migration(
+        1,
+        "runs",
+        (
+            "CREATE EXTENSION IF NOT EXISTS vector",
+            """CREATE TABLE IF NOT EXISTS runs (
                id bigserial PRIMARY KEY,
                name text UNIQUE NOT NULL,
                started_at timestamptz,
@@ -111,35 +116,44 @@ MIGRATIONS: tuple[Migration, ...] = (
                dim int,
                config jsonb,
                summary jsonb)""",
-    )),
-    Migration(2, "scene changes; keyframe segments and their HNSW index; thumbnails", (
-        SCENE_CHANGES_TABLE,
-        "CREATE INDEX IF NOT EXISTS scene_changes_time ON scene_changes (captured_at)",
-    ), (
-        # Every frame recorded before segments existed is a keyframe of its own: the new
-        # partial index then holds what the old full one did.
-        "ALTER TABLE frames ADD COLUMN IF NOT EXISTS keyframe boolean NOT NULL DEFAULT true",
-        "ALTER TABLE frames ADD COLUMN IF NOT EXISTS keyframe_seq bigint",
-        "UPDATE frames SET keyframe_seq = seq WHERE keyframe_seq IS NULL",
-        "ALTER TABLE frames ALTER COLUMN keyframe_seq SET NOT NULL",
-        "ALTER TABLE frames ALTER COLUMN keyframe DROP DEFAULT",
-        "ALTER TABLE frames ADD COLUMN IF NOT EXISTS thumbnail bytea",
-        *FRAMES_STORAGE,
-        *FRAMES_INDEXES,
-        # Built only where the old full index was: never for vectors HNSW cannot take.
-        f"""DO $$ BEGIN
+        ),
+    ),
+    Migration(
+        2,
+        "scene changes; keyframe segments and their HNSW index; thumbnails",
+        (
+            SCENE_CHANGES_TABLE,
+            "CREATE INDEX IF NOT EXISTS scene_changes_time ON scene_changes (captured_at)",
+        ),
+        (
+            # Every frame recorded before segments existed is a keyframe of its own: the new
+            # partial index then holds what the old full one did.
+            "ALTER TABLE frames ADD COLUMN IF NOT EXISTS keyframe boolean NOT NULL DEFAULT true",
+            "ALTER TABLE frames ADD COLUMN IF NOT EXISTS keyframe_seq bigint",
+            "UPDATE frames SET keyframe_seq = seq WHERE keyframe_seq IS NULL",
+            "ALTER TABLE frames ALTER COLUMN keyframe_seq SET NOT NULL",
+            "ALTER TABLE frames ALTER COLUMN keyframe DROP DEFAULT",
+            "ALTER TABLE frames ADD COLUMN IF NOT EXISTS thumbnail bytea",
+            *FRAMES_STORAGE,
+            *FRAMES_INDEXES,
+            # Built only where the old full index was: never for vectors HNSW cannot take.
+            f"""DO $$ BEGIN
                 IF to_regclass('frames_embedding_hnsw') IS NOT NULL THEN
                     CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON frames USING hnsw (embedding vector_cosine_ops)
                         WHERE keyframe;
                     DROP INDEX frames_embedding_hnsw;
                 END IF;
             END $$""",
-    )),
+        ),
+    ),
     # Keyframes inserted from now on are linked with the denser search; the graph already built
     # stays as it was until `REINDEX INDEX CONCURRENTLY frames_keyframe_hnsw` (README).
-    Migration(3, f"HNSW graph built with ef_construction {HNSW_EF_CONSTRUCTION} (recall of text queries)", (), (
-        f"ALTER INDEX IF EXISTS {HNSW_INDEX} SET (ef_construction = {HNSW_EF_CONSTRUCTION})",
-    )),
+    Migration(
+        3,
+        f"HNSW graph built with ef_construction {HNSW_EF_CONSTRUCTION} (recall of text queries)",
+        (),
+        (f"ALTER INDEX IF EXISTS {HNSW_INDEX} SET (ef_construction = {HNSW_EF_CONSTRUCTION})",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -14,8 +14,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import msgpack
 
@@ -103,7 +104,7 @@ class Spool:
     # -- internals -----------------------------------------------------------------
     def _open(self):
         if self._file is None:
-            f = open(self.path, "a+b")
+            f = open(self.path, "a+b")  # noqa: SIM115 - held (and locked) until close()
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -128,8 +129,9 @@ class Spool:
         size = os.fstat(f.fileno()).st_size
         if end < size:
             self.discarded_bytes = size - end
-            log.warning("%s: cut off %d bytes after the last complete record (a write cut short)",
-                        self.path, size - end)
+            log.warning(
+                "%s: cut off %d bytes after the last complete record (a write cut short)", self.path, size - end
+            )
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from encoders.shared.messages import MetricsRecord
@@ -41,7 +41,7 @@ class RunningStats:
 
 
 def iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc).isoformat()
+    return None if t is None else datetime.fromtimestamp(t, tz=UTC).isoformat()
 
 
 class StreamSummary:

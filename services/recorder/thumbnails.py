@@ -14,8 +14,8 @@ import logging
 import math
 import os
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 from PIL import Image
 
@@ -66,8 +66,16 @@ class ThumbnailPipeline:
     its thumbnail and every row before it are done; ``release`` hands on what is ready.
     """
 
-    def __init__(self, threads: int, size: int, quality: int, sink: Callable[[FrameRow], None],
-                 counters: Counter, *, max_waiting: int = 256):
+    def __init__(
+        self,
+        threads: int,
+        size: int,
+        quality: int,
+        sink: Callable[[FrameRow], None],
+        counters: Counter,
+        *,
+        max_waiting: int = 256,
+    ):
         self.size, self.quality = size, quality
         self.sink = sink
         self.counters = counters

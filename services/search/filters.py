@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -18,7 +18,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     """An aware datetime from ISO 8601 ('2026-01-07', '2026-01-07 14:30', '...T14:30:22Z'),
     a time ago ('90s', '15m', '2h', '3d', '1w', optionally followed by 'ago') or 'now'.
     A time without a zone is local time."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     value = text.strip()
     if value.lower() == "now":
         return now
@@ -69,5 +69,5 @@ class Filters:
     def any(self) -> bool:
         return self.run_ids is not None or self.stream is not None or self.since is not None or self.until is not None
 
-    def with_runs(self, run_ids: tuple[int, ...] | None) -> "Filters":
+    def with_runs(self, run_ids: tuple[int, ...] | None) -> Filters:
         return replace(self, run_ids=run_ids)

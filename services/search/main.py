@@ -9,8 +9,9 @@ the question cannot be answered (the message says why).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from encoders.shared.config import DatabaseConfig, SearchConfig
 
@@ -20,14 +21,44 @@ from .output import render
 if TYPE_CHECKING:  # psycopg is imported when a command runs, so that --help stays fast
     from .store import Store
 
-SEARCH_COLUMNS = {"table": ("rank", "run", "stream", "seq", "time", "similarity", "drift", "picture"),
-                  "full": ("rank", "run_id", "run", "stream", "seq", "time", "similarity", "drift", "snapshot",
-                           "snapshot_seq", "thumbnail")}
-EVENT_COLUMNS = {"table": ("run", "stream", "seq", "time", "drift", "snapshot"),
-                 "full": ("run_id", "run", "stream", "seq", "time", "drift", "window_mean", "window_std", "snapshot")}
-RUN_COLUMNS = {"table": ("id", "name", "started", "ended", "model", "streams", "frames", "scene_changes", "drift_mean"),
-               "full": ("id", "name", "started", "ended", "duration_s", "model", "dim", "streams", "frames",
-                        "scene_changes", "drift_mean", "dir", "summary")}
+SEARCH_COLUMNS = {
+    "table": ("rank", "run", "stream", "seq", "time", "similarity", "drift", "picture"),
+    "full": (
+        "rank",
+        "run_id",
+        "run",
+        "stream",
+        "seq",
+        "time",
+        "similarity",
+        "drift",
+        "snapshot",
+        "snapshot_seq",
+        "thumbnail",
+    ),
+}
+EVENT_COLUMNS = {
+    "table": ("run", "stream", "seq", "time", "drift", "snapshot"),
+    "full": ("run_id", "run", "stream", "seq", "time", "drift", "window_mean", "window_std", "snapshot"),
+}
+RUN_COLUMNS = {
+    "table": ("id", "name", "started", "ended", "model", "streams", "frames", "scene_changes", "drift_mean"),
+    "full": (
+        "id",
+        "name",
+        "started",
+        "ended",
+        "duration_s",
+        "model",
+        "dim",
+        "streams",
+        "frames",
+        "scene_changes",
+        "drift_mean",
+        "dir",
+        "summary",
+    ),
+}
 
 
 class Failed(Exception):
@@ -35,7 +66,7 @@ class Failed(Exception):
 
 
 @contextmanager
-def open_store(cfg: DatabaseConfig) -> Iterator["Store"]:
+def open_store(cfg: DatabaseConfig) -> Iterator[Store]:
     import psycopg
     from pgvector.psycopg import register_vector
 
@@ -45,7 +76,7 @@ def open_store(cfg: DatabaseConfig) -> Iterator["Store"]:
     from .store import Store
 
     try:
-        url, server = database_url(cfg.database_url, cfg.runs_dir, create=False)  # noqa: F841 (kept alive)
+        url, _server = database_url(cfg.database_url, cfg.runs_dir, create=False)
     except RuntimeError as exc:
         raise Failed(str(exc)) from None
     try:
@@ -68,8 +99,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def _filters(since: str | None, until: str | None, stream: str | None) -> Filters:
-    return Filters(stream=stream or None, since=parse_time(since) if since else None,
-                   until=parse_time(until) if until else None)
+    return Filters(
+        stream=stream or None, since=parse_time(since) if since else None, until=parse_time(until) if until else None
+    )
 
 
 def _answer(fn) -> int:
@@ -90,9 +122,20 @@ def _answer(fn) -> int:
     return 0
 
 
-def search(cfg: SearchConfig, *, text: str | None = None, image: str | None = None, frame: str | None = None,
-           run: str | None = None, stream: str | None = None, since: str | None = None, until: str | None = None,
-           k: int = 10, fmt: str = "table", thumbnails: str = "") -> int:
+def search(
+    cfg: SearchConfig,
+    *,
+    text: str | None = None,
+    image: str | None = None,
+    frame: str | None = None,
+    run: str | None = None,
+    stream: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    k: int = 10,
+    fmt: str = "table",
+    thumbnails: str = "",
+) -> int:
     """The ``k`` frames most like a sentence, a picture or a recorded frame, best first."""
     if sum(x is not None for x in (text, image, frame)) != 1:
         print("encoders search: give exactly one of --text, --image, --frame", file=sys.stderr)
@@ -111,9 +154,14 @@ def search(cfg: SearchConfig, *, text: str | None = None, image: str | None = No
                 vector = embedder.text(text) if text is not None else embedder.image(image)
                 label, what = embedder.label, (repr(text) if text is not None else image)
             filters, notes = store.restrict_to_model(label, filters)
-            result = store.nearest(vector, k, filters, candidates=cfg.search_candidates,
-                                   ef_search=cfg.search_ef_text if text is not None else cfg.search_ef,
-                                   exact_limit=cfg.search_exact_keyframes)
+            result = store.nearest(
+                vector,
+                k,
+                filters,
+                candidates=cfg.search_candidates,
+                ef_search=cfg.search_ef_text if text is not None else cfg.search_ef,
+                exact_limit=cfg.search_exact_keyframes,
+            )
             if thumbnails:
                 store.export_thumbnails(result.hits, thumbnails)
         for note in notes + result.notes:
@@ -133,8 +181,16 @@ def _scoped(store, run: str | None, since: str | None, until: str | None, stream
     return filters.with_runs((store.resolve_run(run).id,)) if run is not None else filters
 
 
-def events(cfg: DatabaseConfig, *, run: str | None = None, stream: str | None = None, since: str | None = None,
-           until: str | None = None, limit: int = 100, fmt: str = "table") -> int:
+def events(
+    cfg: DatabaseConfig,
+    *,
+    run: str | None = None,
+    stream: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int = 100,
+    fmt: str = "table",
+) -> int:
     """Scene changes, oldest first."""
 
     def ask() -> None:

@@ -31,8 +31,9 @@ class QueryEmbedder:
             try:
                 from encoders.services.encoder.model import ModelLoadError, load_encoder
             except ImportError as exc:
-                raise QueryError(f"--text and --image need torch and open_clip (pip install 'encoders[encoder]'): "
-                                 f"{exc}") from None
+                raise QueryError(
+                    f"--text and --image need torch and open_clip (pip install 'encoders[encoder]'): {exc}"
+                ) from None
             try:
                 self._clip = load_encoder(self.model_name, self.pretrained, self.device)
             except ModelLoadError as exc:

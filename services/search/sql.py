@@ -26,8 +26,9 @@ HNSW_INDEX = "frames_keyframe_hnsw"
 EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
 
 
-def where(filters: Filters, alias: str = "", *, keyframes: bool = False,
-          segment_span_s: float = 0.0) -> tuple[list[str], dict[str, Any]]:
+def where(
+    filters: Filters, alias: str = "", *, keyframes: bool = False, segment_span_s: float = 0.0
+) -> tuple[list[str], dict[str, Any]]:
     """Conditions (to be joined with AND) and their parameters.
 
     ``keyframes``: the conditions on the keyframes whose segments may hold matching frames:
@@ -66,13 +67,24 @@ class Plan:
     def describe(self) -> str:
         if self.exact_keyframes:
             return f"exact ranking of the filtered keyframes, {self.candidates} segments"
-        return (f"HNSW index ({HNSW_INDEX}, ef_search {self.ef_search}{', iterative scan' if self.iterative else ''}),"
-                f" {self.candidates} segments")
+        return (
+            f"HNSW index ({HNSW_INDEX}, ef_search {self.ef_search}{', iterative scan' if self.iterative else ''}),"
+            f" {self.candidates} segments"
+        )
 
 
-def choose_plan(*, k: int, candidates: int, ef_search: int, exact_limit: int, filtered: bool,
-                matching_keyframes: int | None = None, total_keyframes: int | None = None, has_index: bool = True,
-                iterative_scans: bool = False) -> Plan:
+def choose_plan(
+    *,
+    k: int,
+    candidates: int,
+    ef_search: int,
+    exact_limit: int,
+    filtered: bool,
+    matching_keyframes: int | None = None,
+    total_keyframes: int | None = None,
+    has_index: bool = True,
+    iterative_scans: bool = False,
+) -> Plan:
     """How to find the keyframes: ``matching_keyframes`` is the count of keyframes the filter
     leaves, counted up to ``exact_limit`` + 1; ``total_keyframes`` an estimate of all of them."""
     n = max(candidates, k)
@@ -111,7 +123,7 @@ def nearest_sql(filters: Filters, plan: Plan, *, segment_span_s: float) -> tuple
     sql = f"""
 WITH keys AS MATERIALIZED (
     SELECT run_id, stream, seq FROM frames
-    WHERE {' AND '.join(['keyframe', *kconds])}
+    WHERE {" AND ".join(["keyframe", *kconds])}
     ORDER BY {order}
     LIMIT %(candidates)s)
 SELECT f.run_id, r.name AS run, f.stream, f.seq, f.captured_at, f.embedding <=> %(q)s AS distance, f.drift,
@@ -119,7 +131,7 @@ SELECT f.run_id, r.name AS run, f.stream, f.seq, f.captured_at, f.embedding <=> 
 FROM keys
 JOIN frames f ON f.run_id = keys.run_id AND f.stream = keys.stream AND f.keyframe_seq = keys.seq
 JOIN runs r ON r.id = f.run_id
-{'WHERE ' + ' AND '.join(fconds) if fconds else ''}
+{"WHERE " + " AND ".join(fconds) if fconds else ""}
 ORDER BY distance, f.run_id, f.stream, f.seq
 LIMIT %(k)s"""
     return sql, {**kparams, **fparams, "candidates": plan.candidates}
@@ -176,7 +188,7 @@ def events_sql(filters: Filters, limit: int) -> tuple[str, dict[str, Any]]:
 SELECT e.run_id, r.name AS run, e.stream, e.seq, e.captured_at, e.drift, e.window_mean, e.window_std,
        e.snapshot_path, r.config->'run'->>'dir' AS run_dir
 FROM scene_changes e JOIN runs r ON r.id = e.run_id
-{'WHERE ' + ' AND '.join(conds) if conds else ''}
+{"WHERE " + " AND ".join(conds) if conds else ""}
 ORDER BY e.captured_at, e.run_id, e.stream, e.seq
 LIMIT %(limit)s"""
     return sql, {**params, "limit": limit}

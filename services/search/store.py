@@ -46,10 +46,20 @@ class Hit:
     thumbnail: str | None = None  # path of the exported thumbnail
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "run_id": self.run_id, "run": self.run, "stream": self.stream, "seq": self.seq,
-                "time": self.captured_at, "similarity": self.similarity, "drift": self.drift,
-                "snapshot": self.snapshot, "snapshot_seq": self.snapshot_seq, "thumbnail": self.thumbnail,
-                "picture": self.thumbnail or self.snapshot}
+        return {
+            "rank": self.rank,
+            "run_id": self.run_id,
+            "run": self.run,
+            "stream": self.stream,
+            "seq": self.seq,
+            "time": self.captured_at,
+            "similarity": self.similarity,
+            "drift": self.drift,
+            "snapshot": self.snapshot,
+            "snapshot_seq": self.snapshot_seq,
+            "thumbnail": self.thumbnail,
+            "picture": self.thumbnail or self.snapshot,
+        }
 
 
 @dataclass
@@ -87,12 +97,16 @@ class Store:
     def check_schema(self) -> None:
         """StoreError unless the recorder's migrations have all been applied here."""
         if not self.conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
-            raise StoreError("this database holds nothing recorded (no schema_version table): record a run first, "
-                             "or run `encoders db migrate`")
+            raise StoreError(
+                "this database holds nothing recorded (no schema_version table): record a run first, "
+                "or run `encoders db migrate`"
+            )
         version = self.conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
         if version < LATEST_VERSION:
-            raise StoreError(f"the database schema is at version {version}, this program needs {LATEST_VERSION}: "
-                             f"run `encoders db migrate` (or start a recorder, which migrates it)")
+            raise StoreError(
+                f"the database schema is at version {version}, this program needs {LATEST_VERSION}: "
+                f"run `encoders db migrate` (or start a recorder, which migrates it)"
+            )
 
     def iterative_scans(self) -> bool:
         """pgvector >= 0.8 can continue an HNSW scan past ef_search when a filter removes rows."""
@@ -103,8 +117,7 @@ class Store:
 
     def has_index(self) -> bool:
         if self._index is None:
-            self._index = bool(self.conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                                 (sql.HNSW_INDEX,)).fetchone()[0])
+            self._index = bool(self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.HNSW_INDEX,)).fetchone()[0])
         return self._index
 
     def resolve_run(self, spec: str) -> Run:
@@ -126,8 +139,10 @@ class Store:
             where = f"stream {ref.stream} of " if ref.stream else ""
             raise StoreError(f"{where}run {run.name} has no embedded frame {ref.seq}")
         if len(rows) > 1:
-            raise StoreError(f"run {run.name} has frame {ref.seq} in several streams ({', '.join(r[1] for r in rows)}):"
-                             f" give --frame {ref.run}:STREAM:{ref.seq}")
+            raise StoreError(
+                f"run {run.name} has frame {ref.seq} in several streams ({', '.join(r[1] for r in rows)}):"
+                f" give --frame {ref.run}:STREAM:{ref.seq}"
+            )
         vector, stream, _model = rows[0]
         return np.asarray(vector.to_numpy(), dtype=np.float32), run, stream
 
@@ -138,60 +153,109 @@ class Store:
         if filters.run_ids is not None:
             wrong = [r for r in runs if r.id in filters.run_ids and r.model != label]
             if wrong:
-                raise StoreError("; ".join(f"run {r.name} was embedded with {r.model}" for r in wrong)
-                                 + f", but the query is embedded with {label}: embeddings of two models cannot be "
-                                 f"compared (set ENCODERS_MODEL / ENCODERS_PRETRAINED to the run's)")
+                raise StoreError(
+                    "; ".join(f"run {r.name} was embedded with {r.model}" for r in wrong)
+                    + f", but the query is embedded with {label}: embeddings of two models cannot be "
+                    f"compared (set ENCODERS_MODEL / ENCODERS_PRETRAINED to the run's)"
+                )
             return filters, []
         same = tuple(r.id for r in runs if r.model == label)
         if not same:
             models = sorted({r.model for r in runs})
-            raise StoreError(f"no run in this database was embedded with {label} (it has: "
-                             f"{', '.join(models) or 'no embedded frames'}); set ENCODERS_MODEL / ENCODERS_PRETRAINED "
-                             f"to match")
+            raise StoreError(
+                f"no run in this database was embedded with {label} (it has: "
+                f"{', '.join(models) or 'no embedded frames'}); set ENCODERS_MODEL / ENCODERS_PRETRAINED "
+                f"to match"
+            )
         if len(same) == len(runs):
             return filters, []
         others = sorted({r.model for r in runs if r.model != label})
-        return filters.with_runs(same), [f"{len(runs) - len(same)} run(s) embedded with {', '.join(others)} are not "
-                                         f"searched: the query is embedded with {label}"]
+        return filters.with_runs(same), [
+            f"{len(runs) - len(same)} run(s) embedded with {', '.join(others)} are not "
+            f"searched: the query is embedded with {label}"
+        ]
 
     # -- nearest frames ------------------------------------------------------------
-    def plan(self, filters: Filters, *, k: int, candidates: int, ef_search: int, exact_limit: int,
-             segment_span_s: float | None = None) -> sql.Plan:
+    def plan(
+        self,
+        filters: Filters,
+        *,
+        k: int,
+        candidates: int,
+        ef_search: int,
+        exact_limit: int,
+        segment_span_s: float | None = None,
+    ) -> sql.Plan:
         if not filters.any or not self.has_index():
-            return sql.choose_plan(k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit,
-                                   filtered=filters.any, has_index=self.has_index())
+            return sql.choose_plan(
+                k=k,
+                candidates=candidates,
+                ef_search=ef_search,
+                exact_limit=exact_limit,
+                filtered=filters.any,
+                has_index=self.has_index(),
+            )
         span = self.segment_span() if segment_span_s is None else segment_span_s
         count_q, params = sql.count_keyframes_sql(filters, span, exact_limit + 1)
         matching = self.conn.execute(count_q, params).fetchone()[0]
         total = None
         if matching > exact_limit:
             total = self.conn.execute(sql.TOTAL_KEYFRAMES).fetchone()[0]
-        return sql.choose_plan(k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit,
-                               filtered=True, matching_keyframes=matching,
-                               total_keyframes=total if total and total > 0 else None,
-                               iterative_scans=self.iterative_scans())
+        return sql.choose_plan(
+            k=k,
+            candidates=candidates,
+            ef_search=ef_search,
+            exact_limit=exact_limit,
+            filtered=True,
+            matching_keyframes=matching,
+            total_keyframes=total if total and total > 0 else None,
+            iterative_scans=self.iterative_scans(),
+        )
 
     def segment_span(self) -> float:
         return float(self.conn.execute(sql.SEGMENT_SPAN).fetchone()[0] or 0.0)
 
-    def nearest(self, q: np.ndarray, k: int, filters: Filters, *, candidates: int = 10, ef_search: int = SEARCH_EF,
-                exact_limit: int = 2000) -> SearchResult:
+    def nearest(
+        self,
+        q: np.ndarray,
+        k: int,
+        filters: Filters,
+        *,
+        candidates: int = 10,
+        ef_search: int = SEARCH_EF,
+        exact_limit: int = 2000,
+    ) -> SearchResult:
         if not self.has_frames():
             raise StoreError("the database holds no frames yet")
         q = np.asarray(q, dtype=np.float32)
         span = self.segment_span() if filters.since is not None else 0.0  # only a since moves back by it
-        plan = self.plan(filters, k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit,
-                         segment_span_s=span)
+        plan = self.plan(
+            filters, k=k, candidates=candidates, ef_search=ef_search, exact_limit=exact_limit, segment_span_s=span
+        )
         rows = self._nearest_rows(q, k, filters, plan, span)
         notes = []
         if len(rows) < k and not plan.exact_keyframes and filters.any:
             # The filter removed most of what the index returned: rank its keyframes exactly instead.
             plan = sql.Plan(True, plan.candidates, plan.ef_search)
             rows = self._nearest_rows(q, k, filters, plan, span)
-            notes.append("the index found too few frames that pass the filters; ranked the filtered keyframes "
-                         "exactly instead")
-        hits = [Hit(rank, r[0], r[1], r[2], int(r[3]), r[4], 1.0 - float(r[5]), None if r[6] is None else float(r[6]),
-                    int(r[8]), self._run_dir(r[1], r[9])) for rank, r in enumerate(rows, 1)]
+            notes.append(
+                "the index found too few frames that pass the filters; ranked the filtered keyframes exactly instead"
+            )
+        hits = [
+            Hit(
+                rank,
+                r[0],
+                r[1],
+                r[2],
+                int(r[3]),
+                r[4],
+                1.0 - float(r[5]),
+                None if r[6] is None else float(r[6]),
+                int(r[8]),
+                self._run_dir(r[1], r[9]),
+            )
+            for rank, r in enumerate(rows, 1)
+        ]
         self._add_snapshots(hits)
         return SearchResult(hits, plan, notes)
 
@@ -214,8 +278,10 @@ class Store:
     def _add_snapshots(self, hits: list[Hit]) -> None:
         if not hits:
             return
-        rows = self.conn.execute(sql.SNAPSHOTS, {"run_ids": [h.run_id for h in hits], "streams": [h.stream for h in hits],
-                                                 "seqs": [h.seq for h in hits]}).fetchall()
+        rows = self.conn.execute(
+            sql.SNAPSHOTS,
+            {"run_ids": [h.run_id for h in hits], "streams": [h.stream for h in hits], "seqs": [h.seq for h in hits]},
+        ).fetchall()
         for i, seq, path in rows:
             hit = hits[int(i) - 1]
             hit.snapshot, hit.snapshot_seq = str(hit.run_dir / path), int(seq)
@@ -226,9 +292,15 @@ class Store:
             return 0
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        rows = self.conn.execute(sql.THUMBNAILS, {
-            "run_ids": [h.run_id for h in hits], "streams": [h.stream for h in hits], "seqs": [h.seq for h in hits],
-            "keyframe_seqs": [h.keyframe_seq for h in hits]}).fetchall()
+        rows = self.conn.execute(
+            sql.THUMBNAILS,
+            {
+                "run_ids": [h.run_id for h in hits],
+                "streams": [h.stream for h in hits],
+                "seqs": [h.seq for h in hits],
+                "keyframe_seqs": [h.keyframe_seq for h in hits],
+            },
+        ).fetchall()
         written = 0
         for i, jpeg in rows:
             if jpeg is None:
@@ -245,21 +317,43 @@ class Store:
         query, params = sql.events_sql(filters, limit)
         out = []
         for run_id, run, stream, seq, t, drift, mean, std, snap, run_dir in self.conn.execute(query, params):
-            out.append({"run_id": run_id, "run": run, "stream": stream, "seq": int(seq), "time": t, "drift": drift,
-                        "window_mean": mean, "window_std": std,
-                        "snapshot": str(self._run_dir(run, run_dir) / snap) if snap else None})
+            out.append(
+                {
+                    "run_id": run_id,
+                    "run": run,
+                    "stream": stream,
+                    "seq": int(seq),
+                    "time": t,
+                    "drift": drift,
+                    "window_mean": mean,
+                    "window_std": std,
+                    "snapshot": str(self._run_dir(run, run_dir) / snap) if snap else None,
+                }
+            )
         return out
 
     def runs(self, limit: int, run_ids: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
         query, params = sql.runs_sql(run_ids, limit, frames_table=self.has_frames())
         out = []
-        for rid, name, started, ended, model, dim, summary, run_dir, frames, scenes in self.conn.execute(query, params):
-            summary = summary or {}
-            out.append({"id": rid, "name": name, "started": started, "ended": ended,
-                        "duration_s": (ended - started).total_seconds() if started and ended else None,
-                        "model": model, "dim": dim, "streams": _streams(summary), "frames": int(frames),
-                        "scene_changes": int(scenes), "drift_mean": _drift_mean(summary),
-                        "dir": str(self._run_dir(name, run_dir)), "summary": summary or None})
+        for rid, name, started, ended, model, dim, stored, run_dir, frames, scenes in self.conn.execute(query, params):
+            summary = stored or {}
+            out.append(
+                {
+                    "id": rid,
+                    "name": name,
+                    "started": started,
+                    "ended": ended,
+                    "duration_s": (ended - started).total_seconds() if started and ended else None,
+                    "model": model,
+                    "dim": dim,
+                    "streams": _streams(summary),
+                    "frames": int(frames),
+                    "scene_changes": int(scenes),
+                    "drift_mean": _drift_mean(summary),
+                    "dir": str(self._run_dir(name, run_dir)),
+                    "summary": summary or None,
+                }
+            )
         return out
 
     def _run_dir(self, name: str, recorded: str | None) -> Path:
@@ -280,8 +374,11 @@ def _streams(summary: dict) -> list[str]:
 
 def _drift_mean(summary: dict) -> float | None:
     """Mean drift over the run's streams, weighted by their counts (from summary.json)."""
-    parts = ([s.get("drift") or {} for s in summary["streams"].values()] if isinstance(summary.get("streams"), dict)
-             else [summary.get("drift") or {}])
+    parts = (
+        [s.get("drift") or {} for s in summary["streams"].values()]
+        if isinstance(summary.get("streams"), dict)
+        else [summary.get("drift") or {}]
+    )
     parts = [d for d in parts if d.get("count") and d.get("mean") is not None]
     total = sum(d["count"] for d in parts)
     return sum(d["mean"] * d["count"] for d in parts) / total if total else None

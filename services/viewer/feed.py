@@ -13,7 +13,7 @@ client watches it and only when something it shows has changed.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import cv2
 import numpy as np

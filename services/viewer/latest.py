@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 
 class Latest:
@@ -71,10 +72,10 @@ class Latest:
                 return None
             try:
                 await asyncio.wait_for(changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
 
-    def follow(self, key: Hashable) -> "_Following":
+    def follow(self, key: Hashable) -> _Following:
         """``with board.follow(key):`` counts a reader of ``key`` for as long as the block runs."""
         return _Following(self, key)
 

@@ -7,7 +7,7 @@ layout fixed, which is what a person watching several cameras wants, and what te
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -25,7 +25,7 @@ def fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     out = np.zeros((height, width, 3), np.uint8)
     x, y = (width - nw) // 2, (height - nh) // 2
-    out[y:y + nh, x:x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    out[y : y + nh, x : x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
     return out
 
 
@@ -37,7 +37,7 @@ def grid(tiles: Sequence[np.ndarray]) -> np.ndarray:
     out = np.zeros((rows * h, cols * w, 3), np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
-        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
     return out
 
 

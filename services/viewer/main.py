@@ -66,10 +66,24 @@ def run(cfg: ViewerConfig) -> int:
     try:
         try:
             socks = [
-                zmqio.open_socket(ctx, zmq.SUB, frame_addrs, bind=False, rcvhwm=FRAMES_RCVHWM,
-                                  subscribe=(b"frame/", b"stats/"), linger=0),
-                zmqio.open_socket(ctx, zmq.SUB, cfg.metrics, bind=False, rcvhwm=METRICS_RCVHWM,
-                                  subscribe=(b"metrics/", b"eos/", b"stats/"), linger=0),
+                zmqio.open_socket(
+                    ctx,
+                    zmq.SUB,
+                    frame_addrs,
+                    bind=False,
+                    rcvhwm=FRAMES_RCVHWM,
+                    subscribe=(b"frame/", b"stats/"),
+                    linger=0,
+                ),
+                zmqio.open_socket(
+                    ctx,
+                    zmq.SUB,
+                    cfg.metrics,
+                    bind=False,
+                    rcvhwm=METRICS_RCVHWM,
+                    subscribe=(b"metrics/", b"eos/", b"stats/"),
+                    linger=0,
+                ),
             ]
         except RuntimeError as exc:  # an address that does not parse
             log.error("%s", exc)
@@ -152,8 +166,11 @@ def start_web(cfg: ViewerConfig):
 
     host, port = cfg.web_address()
     board = Latest()
-    search = (TextSearch(cfg.database_url, cfg.model, cfg.pretrained, cfg.runs_dir, ef_search=cfg.search_ef_text)
-              if cfg.database_url else None)
+    search = (
+        TextSearch(cfg.database_url, cfg.model, cfg.pretrained, cfg.runs_dir, ef_search=cfg.search_ef_text)
+        if cfg.database_url
+        else None
+    )
     webapp = WebApp(board, token=cfg.web_token, cookie=f"encoders_token_{port}", search=search)
     server = WebServer(webapp, host, port)
     server.start()
@@ -161,8 +178,9 @@ def start_web(cfg: ViewerConfig):
         h, p = address[:2]
         url = f"http://{f'[{h}]' if ':' in h else h}:{p}/"
         log.info("web viewer on %s%s", url, "?token=... (the token you set)" if cfg.web_token else "")
-    log.info("web search %s", f"on, over {search.model} embeddings in the database" if search
-             else "off (no --database-url)")
+    log.info(
+        "web search %s", f"on, over {search.model} embeddings in the database" if search else "off (no --database-url)"
+    )
     return WebFeed(board), server
 
 
@@ -181,15 +199,17 @@ def decode_new_frames(state: ViewerState, images: dict[str, np.ndarray], counter
         img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             counters["bad_jpeg"] += 1
-            log.warning("frame %s/%d is not a JPEG OpenCV can decode; keeping the previous one",
-                        frame.stream, frame.seq)
+            log.warning(
+                "frame %s/%d is not a JPEG OpenCV can decode; keeping the previous one", frame.stream, frame.seq
+            )
             continue
         images[frame.stream] = img
         counters["frames_shown"] += 1
 
 
-def render_video(state: ViewerState, images: dict[str, np.ndarray], frame_addrs: list[str], metrics_addr: str,
-                 now: float) -> np.ndarray:
+def render_video(
+    state: ViewerState, images: dict[str, np.ndarray], frame_addrs: list[str], metrics_addr: str, now: float
+) -> np.ndarray:
     """Each stream's newest frame with its overlay, in a grid; the placeholder before any frame."""
     if not images:
         return layout.placeholder(frame_addrs, metrics_addr)
@@ -199,9 +219,16 @@ def render_video(state: ViewerState, images: dict[str, np.ndarray], frame_addrs:
     for name in names:
         st = state.streams[name]
         ingest = state.stats.get(("ingest", name))
-        tiles.append(draw_overlay(layout.fit(images[name], cell_w, cell_h), name, st.metrics,
-                                  st.display_fps.rate(now), ended=st.ended,
-                                  fallback_counts=ingest.counters if ingest else None))
+        tiles.append(
+            draw_overlay(
+                layout.fit(images[name], cell_w, cell_h),
+                name,
+                st.metrics,
+                st.display_fps.rate(now),
+                ended=st.ended,
+                fallback_counts=ingest.counters if ingest else None,
+            )
+        )
     return layout.grid(tiles)
 
 

@@ -15,7 +15,7 @@ Pure functions of (image, values) -> image. Where each value is drawn is fixed a
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -68,21 +68,27 @@ def bar_fill_width(drift: float | None) -> int:
         return 0
     x0, _, x1, _ = bar_box()
     frac = min(max(drift / DRIFT_FULL_SCALE, 0.0), 1.0)
-    return int(round(frac * (x1 - x0)))
+    return round(frac * (x1 - x0))
 
 
 def bar_colour(drift: float | None) -> tuple[int, int, int]:
     """Green for a still scene, through yellow, to red at full scale (BGR)."""
     frac = 0.0 if drift is None else min(max(drift / DRIFT_FULL_SCALE, 0.0), 1.0)
-    return 0, int(round(255 * min(1.0, 2 * (1 - frac)))), int(round(255 * min(1.0, 2 * frac)))
+    return 0, round(255 * min(1.0, 2 * (1 - frac))), round(255 * min(1.0, 2 * frac))
 
 
 def _num(value: float | None, fmt: str) -> str:
     return UNKNOWN if value is None else format(value, fmt)
 
 
-def overlay_texts(stream: str, metrics: MetricsRecord | None, fps: float, *, ended: bool = False,
-                  fallback_counts: Mapping[str, int] | None = None) -> dict[str, str]:
+def overlay_texts(
+    stream: str,
+    metrics: MetricsRecord | None,
+    fps: float,
+    *,
+    ended: bool = False,
+    fallback_counts: Mapping[str, int] | None = None,
+) -> dict[str, str]:
     """The text of each field. ``fallback_counts`` (ingest's own counters) stand in for the
     counts until the first metrics record arrives, so 'Dropped' shows even with no encoder."""
     fps_text = f"FPS: {fps:.1f}"
@@ -109,13 +115,20 @@ def fit_text(text: str, width: int) -> str:
 
 def draw_text(image: np.ndarray, name: str, text: str) -> None:
     """Write one field's text in its box (in place)."""
-    x0, y0, x1, y1 = field_box(name)
+    x0, _y0, x1, y1 = field_box(name)
     text = fit_text(text, x1 - x0)
     cv2.putText(image, text, (x0, y1 - 6), FONT, FONT_SCALE, TEXT_COLOUR, THICKNESS, cv2.LINE_AA)
 
 
-def draw_overlay(image_bgr: np.ndarray, stream: str, metrics: MetricsRecord | None, fps: float, *,
-                 ended: bool = False, fallback_counts: Mapping[str, int] | None = None) -> np.ndarray:
+def draw_overlay(
+    image_bgr: np.ndarray,
+    stream: str,
+    metrics: MetricsRecord | None,
+    fps: float,
+    *,
+    ended: bool = False,
+    fallback_counts: Mapping[str, int] | None = None,
+) -> np.ndarray:
     """A copy of ``image_bgr`` with the panel, the values and the drift bar drawn on it."""
     out = image_bgr.copy()
     px0, py0, px1, py1 = panel_box()

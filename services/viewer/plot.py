@@ -7,7 +7,7 @@ tens of milliseconds, so the main loop redraws it a few times a second, never pe
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg

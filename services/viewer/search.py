@@ -45,8 +45,9 @@ class Hit:
 class TextSearch:
     """Thread-safe; the model is loaded by the first search (or ``warm_up``) and kept."""
 
-    def __init__(self, database_url: str, model: str, pretrained: str, runs_dir: str, *,
-                 ef_search: int = SEARCH_EF_TEXT) -> None:
+    def __init__(
+        self, database_url: str, model: str, pretrained: str, runs_dir: str, *, ef_search: int = SEARCH_EF_TEXT
+    ) -> None:
         self.database_url = database_url
         self.ef_search = ef_search  # hnsw.ef_search: a sentence lies far from every frame
         self.runs_dir = Path(runs_dir)
@@ -92,9 +93,19 @@ class TextSearch:
             return [], str(exc)
         except psycopg.Error as exc:
             raise SearchError(f"database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
-        hits = [Hit(h.run, h.stream, h.seq, h.captured_at.isoformat() if h.captured_at else None, h.similarity,
-                    h.drift, _existing(h.snapshot), h.snapshot_seq if _existing(h.snapshot) else None)
-                for h in result.hits]
+        hits = [
+            Hit(
+                h.run,
+                h.stream,
+                h.seq,
+                h.captured_at.isoformat() if h.captured_at else None,
+                h.similarity,
+                h.drift,
+                _existing(h.snapshot),
+                h.snapshot_seq if _existing(h.snapshot) else None,
+            )
+            for h in result.hits
+        ]
         return hits, "" if hits else "no match"
 
     def _query_embedder(self):
@@ -103,8 +114,9 @@ class TextSearch:
                 try:
                     from encoders.services.search.query import QueryEmbedder
                 except ImportError as exc:
-                    raise SearchError(f"search needs torch and open_clip (pip install 'encoders[viewer-search]'): "
-                                      f"{exc}") from None
+                    raise SearchError(
+                        f"search needs torch and open_clip (pip install 'encoders[viewer-search]'): {exc}"
+                    ) from None
                 log.info("loading the text tower of %s (%s) for search", self.model, self.pretrained)
                 self._embedder = QueryEmbedder(self.model, self.pretrained, "cpu")
             return self._embedder

@@ -7,7 +7,8 @@ thread, which never touches ViewerState (only the main loop's thread does).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from encoders.shared.messages import Stats
 
@@ -86,8 +87,11 @@ def totals(streams: list[dict[str, Any]]) -> dict[str, Any]:
 
 def drift_window(state: ViewerState) -> dict[str, dict[str, Any]]:
     """Each stream's rolling drift window, and how many points were ever added to it."""
-    return {name: {"added": st.drift_added, "points": [[t, d] for t, d in st.drift]}
-            for name, st in sorted(state.streams.items()) if st.drift}
+    return {
+        name: {"added": st.drift_added, "points": [[t, d] for t, d in st.drift]}
+        for name, st in sorted(state.streams.items())
+        if st.drift
+    }
 
 
 def snapshot(state: ViewerState, now: float, counters: Mapping[str, int]) -> dict[str, Any]:
@@ -121,5 +125,10 @@ def drift_since(window: Mapping[str, Mapping[str, Any]], sent: dict[str, int]) -
 
 
 def scene_view(scene: SceneChange, url: str) -> dict[str, Any]:
-    return {"stream": scene.stream, "seq": scene.seq, "t_capture": finite(scene.t_capture),
-            "drift": finite(scene.drift), "thumbnail": url if scene.thumbnail is not None else None}
+    return {
+        "stream": scene.stream,
+        "seq": scene.seq,
+        "t_capture": finite(scene.t_capture),
+        "drift": finite(scene.drift),
+        "thumbnail": url if scene.thumbnail is not None else None,
+    }

@@ -83,8 +83,11 @@ def sse_event(name: str, data: Any) -> bytes:
 
 def token_given(request: web.Request, token: str, cookie: str) -> bool:
     auth = request.headers.get("Authorization", "")
-    offered = [request.query.get("token", ""), request.cookies.get(cookie, ""),
-               auth[7:] if auth.startswith("Bearer ") else ""]
+    offered = [
+        request.query.get("token", ""),
+        request.cookies.get(cookie, ""),
+        auth[7:] if auth.startswith("Bearer ") else "",
+    ]
     return any(o and hmac.compare_digest(o.encode(), token.encode()) for o in offered)
 
 
@@ -112,8 +115,15 @@ class Client:
         return self.skipped + (max(0, board.get(self.key)[0] - self.version - 1) if self.version else 0)
 
     def view(self, board: Latest) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "what": self.what, "peer": self.peer, "sent": self.sent,
-                "skipped": self.skipped_now(board), "seconds": round(time.monotonic() - self.started, 1)}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "what": self.what,
+            "peer": self.peer,
+            "sent": self.sent,
+            "skipped": self.skipped_now(board),
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
 
 
 class Clients:
@@ -137,8 +147,16 @@ class Clients:
         self.closed["served"] += 1
         self.closed[f"{unit}_sent"] += client.sent
         self.closed[f"{unit}_skipped"] += client.skipped_now(self.board)
-        log.info("web client %d (%s) left %s %s after %d %s sent, %d skipped", client.id, client.peer, client.kind,
-                 client.what, client.sent, unit, client.skipped_now(self.board))
+        log.info(
+            "web client %d (%s) left %s %s after %d %s sent, %d skipped",
+            client.id,
+            client.peer,
+            client.kind,
+            client.what,
+            client.sent,
+            unit,
+            client.skipped_now(self.board),
+        )
 
     def cut_off(self) -> None:
         """Drop every connection at once (the server is stopping): one stuck mid-write would
@@ -175,7 +193,7 @@ class Thumbnails:
             self._by_id[tid] = [path, None]
             self._id_of[path] = tid
             while len(self._by_id) > self.keep:
-                old_id, (old_path, _) = self._by_id.popitem(last=False)
+                _old_id, (old_path, _) = self._by_id.popitem(last=False)
                 self._id_of.pop(old_path, None)
         self._by_id.move_to_end(tid)
         return tid
@@ -187,8 +205,9 @@ class Thumbnails:
 class WebApp:
     """The routes, over the board. Everything here runs on the web server's loop."""
 
-    def __init__(self, board: Latest, *, token: str = "", cookie: str = "encoders_token",
-                 search: TextSearch | None = None) -> None:
+    def __init__(
+        self, board: Latest, *, token: str = "", cookie: str = "encoders_token", search: TextSearch | None = None
+    ) -> None:
         self.board = board
         self.token = token
         self.cookie = cookie
@@ -240,8 +259,9 @@ class WebApp:
     async def video(self, request: web.Request) -> web.StreamResponse:
         stream = request.query.get("stream", "")
         key = raw_key(stream) if stream else VIDEO
-        resp = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                           **NO_CACHE})
+        resp = web.StreamResponse(
+            headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}", **NO_CACHE}
+        )
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIDEO_SNDBUF)
@@ -266,8 +286,7 @@ class WebApp:
         return resp
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no",
-                                           **NO_CACHE})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **NO_CACHE})
         await resp.prepare(request)
         client = self.clients.add("events", "events", STATE, request)
         scenes_version = 0
@@ -281,8 +300,9 @@ class WebApp:
                     continue
                 client.take(got[0])
                 snap = got[1]
-                await resp.write(sse_event("state", self._state_view(snap, drift=drift_since(snap["drift"],
-                                                                                             drift_sent))))
+                await resp.write(
+                    sse_event("state", self._state_view(snap, drift=drift_since(snap["drift"], drift_sent)))
+                )
                 current, scenes = self.board.get(SCENES)
                 if current != scenes_version:
                     scenes_version = current
@@ -322,8 +342,9 @@ class WebApp:
 
     async def drift(self, request: web.Request) -> web.Response:
         snap = self.board.get(STATE)[1] or {"drift": {}}
-        return web.json_response({name: d["points"] for name, d in snap["drift"].items()}, headers=NO_CACHE,
-                                 dumps=_dumps)
+        return web.json_response(
+            {name: d["points"] for name, d in snap["drift"].items()}, headers=NO_CACHE, dumps=_dumps
+        )
 
     async def scenes(self, request: web.Request) -> web.Response:
         return web.json_response(self._scenes_view(self.board.get(SCENES)[1]), headers=NO_CACHE, dumps=_dumps)
@@ -333,13 +354,15 @@ class WebApp:
         for s in self.board.get(SCENES)[1] or ():
             if s.stream == stream and s.seq == seq and s.thumbnail is not None:
                 return web.Response(body=s.thumbnail, content_type="image/jpeg")
-        return web.json_response({"error": f"no thumbnail of {stream}/{seq} (only recent scene changes are kept)"},
-                                 status=404)
+        return web.json_response(
+            {"error": f"no thumbnail of {stream}/{seq} (only recent scene changes are kept)"}, status=404
+        )
 
     async def search_text(self, request: web.Request) -> web.Response:
         if self.search is None:
-            return web.json_response({"error": "search is off: start the viewer with --database-url "
-                                               "(or ENCODERS_DATABASE_URL)"}, status=404)
+            return web.json_response(
+                {"error": "search is off: start the viewer with --database-url (or ENCODERS_DATABASE_URL)"}, status=404
+            )
         text = request.query.get("text", "")
         try:
             k = int(request.query.get("k", "12"))
@@ -356,9 +379,18 @@ class WebApp:
         results = []
         for h in hits:
             thumb = f"api/thumbnail/{self.thumbnails.add(h.snapshot)}.jpg" if h.snapshot else None
-            results.append({"run": h.run, "stream": h.stream, "seq": h.seq, "captured_at": h.captured_at,
-                            "similarity": round(h.similarity, 4), "drift": h.drift, "thumbnail": thumb,
-                            "thumbnail_seq": h.snapshot_seq})
+            results.append(
+                {
+                    "run": h.run,
+                    "stream": h.stream,
+                    "seq": h.seq,
+                    "captured_at": h.captured_at,
+                    "similarity": round(h.similarity, 4),
+                    "drift": h.drift,
+                    "thumbnail": thumb,
+                    "thumbnail_seq": h.snapshot_seq,
+                }
+            )
         return web.json_response({"text": text, "results": results, "note": note}, dumps=_dumps)
 
     async def search_thumbnail(self, request: web.Request) -> web.Response:
@@ -368,7 +400,8 @@ class WebApp:
         if entry[1] is None:
             path = entry[0]
             entry[1] = await asyncio.get_running_loop().run_in_executor(
-                self.executor, lambda: make_thumbnail(path.read_bytes()) if path.is_file() else None)
+                self.executor, lambda: make_thumbnail(path.read_bytes()) if path.is_file() else None
+            )
         if entry[1] is None:
             return web.json_response({"error": "the snapshot is gone or does not decode"}, status=404)
         return web.Response(body=entry[1], content_type="image/jpeg")
@@ -410,11 +443,10 @@ class WebServer:
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(self.webapp.build(), access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_S)
+        runner = web.AppRunner(self.webapp.build(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
         try:
             loop.run_until_complete(self._listen(runner))
-        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread, which reports it
+        except BaseException as exc:
             self._error = exc
             loop.run_until_complete(runner.cleanup())
             loop.close()

@@ -10,11 +10,21 @@ import sys
 
 import click
 
-from encoders.shared.config import (DatabaseConfig, EncoderConfig, IngestConfig, MetricsConfig, PisimConfig, RecorderConfig,
-                                    RunConfig, SearchConfig, ViewerConfig, click_options, from_click)
+from encoders.shared.config import (
+    DatabaseConfig,
+    EncoderConfig,
+    IngestConfig,
+    MetricsConfig,
+    PisimConfig,
+    RecorderConfig,
+    RunConfig,
+    SearchConfig,
+    ViewerConfig,
+    click_options,
+    from_click,
+)
 
-
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=110)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
@@ -129,8 +139,14 @@ def pisim(**kwargs) -> None:
 # ---------------------------------------------------------------------------------------
 # Questions asked of the recorded frames
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-                      show_default=True, help="Output: an aligned table, or JSON / CSV for programs")
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="Output: an aligned table, or JSON / CSV for programs",
+)
 FILTERS = (
     click.option("--run", help="Only this run (its id or name; `encoders runs` lists them)"),
     click.option("--stream", help="Only this stream (camera), e.g. cam0"),
@@ -152,8 +168,12 @@ def filter_options(fn):
 @filter_options
 @click.option("-k", "k", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many frames")
 @FORMAT
-@click.option("--thumbnails", type=click.Path(file_okay=False), default="",
-              help="Write each result's thumbnail into this folder (the picture column then shows it)")
+@click.option(
+    "--thumbnails",
+    type=click.Path(file_okay=False),
+    default="",
+    help="Write each result's thumbnail into this folder (the picture column then shows it)",
+)
 @click_options(SearchConfig)
 def search(text, image, frame, run, stream, since, until, k, fmt, thumbnails, **kwargs) -> None:
     """The recorded frames most like a sentence, a picture or a frame, best first.
@@ -163,8 +183,21 @@ def search(text, image, frame, run, stream, since, until, k, fmt, thumbnails, **
     """
     from encoders.services.search import main
 
-    sys.exit(main.search(from_click(SearchConfig, kwargs), text=text, image=image, frame=frame, run=run,
-                         stream=stream, since=since, until=until, k=k, fmt=fmt, thumbnails=thumbnails))
+    sys.exit(
+        main.search(
+            from_click(SearchConfig, kwargs),
+            text=text,
+            image=image,
+            frame=frame,
+            run=run,
+            stream=stream,
+            since=since,
+            until=until,
+            k=k,
+            fmt=fmt,
+            thumbnails=thumbnails,
+        )
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -176,8 +209,11 @@ def events(run, stream, since, until, limit, fmt, **kwargs) -> None:
     """Scene changes (frames whose drift stood out), oldest first, with their snapshots."""
     from encoders.services.search import main
 
-    sys.exit(main.events(from_click(DatabaseConfig, kwargs), run=run, stream=stream, since=since, until=until,
-                         limit=limit, fmt=fmt))
+    sys.exit(
+        main.events(
+            from_click(DatabaseConfig, kwargs), run=run, stream=stream, since=since, until=until, limit=limit, fmt=fmt
+        )
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -206,7 +242,6 @@ def migrate(**kwargs) -> None:
     sys.exit(migration.run(from_click(DatabaseConfig, kwargs)))
 
 
-
 @db.command(context_settings=CONTEXT)
 @click_options(DatabaseConfig)
 def serve(**kwargs) -> None:
@@ -223,11 +258,12 @@ def serve(**kwargs) -> None:
         raise click.UsageError("a database URL is set (--database-url / ENCODERS_DATABASE_URL): connect to it directly")
     setup_logging("db")
     url, handle = database_url("", cfg.runs_dir)
-    click.echo(f"embedded PostgreSQL for {cfg.runs_dir}: {url}\n  psql \"{url}\"\nCtrl+C stops it.")
+    click.echo(f'embedded PostgreSQL for {cfg.runs_dir}: {url}\n  psql "{url}"\nCtrl+C stops it.')
     try:
         stop_on_signals().wait()
     finally:
         handle.cleanup()
+
 
 def main() -> None:
     cli(prog_name="encoders")

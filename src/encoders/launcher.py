@@ -23,8 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from encoders.shared.config import (EncoderConfig, IngestConfig, MetricsConfig, PisimConfig, RecorderConfig, RunConfig,
-                                    ViewerConfig)
+from encoders.shared.config import (
+    EncoderConfig,
+    IngestConfig,
+    MetricsConfig,
+    PisimConfig,
+    RecorderConfig,
+    RunConfig,
+    ViewerConfig,
+)
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
 log = logging.getLogger("encoders.run")
@@ -91,9 +98,13 @@ class Pipeline:
 
     def spawn(self, name: str, command: str, settings, extra_env: dict | None = None) -> Child:
         env = {**os.environ, **settings.to_env(), **(extra_env or {})}
-        proc = subprocess.Popen([sys.executable, "-m", "encoders", command], env=env,
-                                start_new_session=True,  # Ctrl+C reaches the launcher alone, which orders the stop
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "encoders", command],
+            env=env,
+            start_new_session=True,  # Ctrl+C reaches the launcher alone, which orders the stop
+            # prctl only, no Python code that could need a lock another thread holds.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
         child = Child(name, proc)
         self.children.append(child)
         return child
@@ -105,24 +116,49 @@ class Pipeline:
 def configs(cfg: RunConfig, p: Pipeline, run_dir: Path | None, database_url: str):
     """Every service's settings for this run: the environment's ENCODERS_* values, then our wiring."""
     n = len(cfg.stream)
-    ingests = [IngestConfig.from_env(stream=url, stream_id=f"cam{i}", frames_bind=p.bind(fp), work_bind=p.bind(wp),
-                                     metrics_in=p.connect(p.ports["metrics_in"]), lossless=cfg.lossless,
-                                     max_frames=cfg.max_frames, reconnect=True)
-               for i, (url, (fp, wp)) in enumerate(zip(cfg.stream, p.stream_ports))]
+    ingests = [
+        IngestConfig.from_env(
+            stream=url,
+            stream_id=f"cam{i}",
+            frames_bind=p.bind(fp),
+            work_bind=p.bind(wp),
+            metrics_in=p.connect(p.ports["metrics_in"]),
+            lossless=cfg.lossless,
+            max_frames=cfg.max_frames,
+            reconnect=True,
+        )
+        for i, (url, (fp, wp)) in enumerate(zip(cfg.stream, p.stream_ports, strict=False))
+    ]
     frames = ",".join(p.connect(fp) for fp, _ in p.stream_ports)
     work = ",".join(p.connect(wp) for _, wp in p.stream_ports)
     threads = int(os.environ.get("ENCODERS_THREADS") or max(1, (os.cpu_count() or 1) // cfg.workers))
     encoder = EncoderConfig.from_env(work=work, metrics_in=p.connect(p.ports["metrics_in"]), threads=threads)
-    metrics = MetricsConfig.from_env(metrics_in_bind=p.bind(p.ports["metrics_in"]), metrics_bind=p.bind(p.ports["metrics"]),
-                                     records_bind=p.bind(p.ports["records"]) if cfg.save else "none",
-                                     exit_after_streams=n)
+    metrics = MetricsConfig.from_env(
+        metrics_in_bind=p.bind(p.ports["metrics_in"]),
+        metrics_bind=p.bind(p.ports["metrics"]),
+        records_bind=p.bind(p.ports["records"]) if cfg.save else "none",
+        exit_after_streams=n,
+    )
     recorder = None
     if cfg.save:
-        recorder = RecorderConfig.from_env(records=p.connect(p.ports["records"]), frames=frames,
-                                           database_url=database_url, runs_dir=cfg.runs_dir, run_dir=str(run_dir),
-                                           stream_dirs=n > 1, exit_after_streams=n)
-    viewer = ViewerConfig.from_env(frames=frames, metrics=p.connect(p.ports["metrics"]), plot=cfg.plot, web=cfg.web,
-                                   with_window=cfg.display, database_url=database_url or "", runs_dir=cfg.runs_dir)
+        recorder = RecorderConfig.from_env(
+            records=p.connect(p.ports["records"]),
+            frames=frames,
+            database_url=database_url,
+            runs_dir=cfg.runs_dir,
+            run_dir=str(run_dir),
+            stream_dirs=n > 1,
+            exit_after_streams=n,
+        )
+    viewer = ViewerConfig.from_env(
+        frames=frames,
+        metrics=p.connect(p.ports["metrics"]),
+        plot=cfg.plot,
+        web=cfg.web,
+        with_window=cfg.display,
+        database_url=database_url or "",
+        runs_dir=cfg.runs_dir,
+    )
     return ingests, encoder, metrics, recorder, viewer
 
 
@@ -163,10 +199,16 @@ def run(cfg: RunConfig) -> int:
     p = Pipeline(cfg)
     ingests, encoder, metrics, recorder, viewer = configs(cfg, p, run_dir, database_url)
     if recorder is not None:
-        recorder.pipeline_config = json.dumps({
-            "run": cfg.describe(), "ingest": [i.describe() for i in ingests], "encoder": encoder.describe(),
-            "metrics": metrics.describe(),
-            "viewer": viewer.describe() if cfg.display or cfg.web else None}, default=str)
+        recorder.pipeline_config = json.dumps(
+            {
+                "run": cfg.describe(),
+                "ingest": [i.describe() for i in ingests],
+                "encoder": encoder.describe(),
+                "metrics": metrics.describe(),
+                "viewer": viewer.describe() if cfg.display or cfg.web else None,
+            },
+            default=str,
+        )
     code = 0
     try:
         p.spawn("metrics", "metrics", metrics)
@@ -175,16 +217,24 @@ def run(cfg: RunConfig) -> int:
         with tempfile.TemporaryDirectory(prefix="encoders-ready-") as ready_dir:
             ready = [Path(ready_dir) / f"worker{i}" for i in range(cfg.workers)]
             for i in range(cfg.workers):
-                p.spawn(f"encoder{i}", "encode", encoder, {"ENCODERS_READY_FILE": str(ready[i]),
-                                                           "ENCODERS_WORKER_ID": f"worker{i}"})
+                p.spawn(
+                    f"encoder{i}",
+                    "encode",
+                    encoder,
+                    {"ENCODERS_READY_FILE": str(ready[i]), "ENCODERS_WORKER_ID": f"worker{i}"},
+                )
             code = wait_until(lambda: all(f.exists() for f in ready), p, stop, MODEL_LOAD_TIMEOUT_S, "model loading")
         if code == 0 and not stop.is_set():
             for i, ing in enumerate(ingests):
                 p.spawn(f"ingest{i}", "ingest", ing)
             if cfg.display or cfg.web:
                 p.spawn("viewer", "view", viewer)
-            log.info("pipeline running: %d stream(s), %d worker(s)%s. Ctrl+C stops it.", len(ingests), cfg.workers,
-                     f", run folder {run_dir}" if run_dir else "")
+            log.info(
+                "pipeline running: %d stream(s), %d worker(s)%s. Ctrl+C stops it.",
+                len(ingests),
+                cfg.workers,
+                f", run folder {run_dir}" if run_dir else "",
+            )
             code = supervise(cfg, p, stop)
     finally:
         code = shutdown(p) or code
@@ -221,7 +271,7 @@ def supervise(cfg: RunConfig, p: Pipeline, stop) -> int:
             log.info("every stream has ended")  # metrics and the recorder finish by themselves
             return 0
         for child in p.children:
-            if child.alive() or child.name.startswith("ingest") and child.proc.returncode == 0:
+            if child.alive() or (child.name.startswith("ingest") and child.proc.returncode == 0):
                 continue
             if child.name == "viewer" and child.proc.returncode == 0:
                 log.info("viewer closed: stopping the run")
@@ -287,8 +337,10 @@ def demo(cfg: RunConfig, sim: PisimConfig) -> int:
     from encoders.services.pisim.server import serve_in_thread
 
     if not os.environ.get("ENCODERS_PRETRAINED"):
-        log.warning("demo: ENCODERS_PRETRAINED is not set, so the model gets random weights (no download). "
-                    "Set ENCODERS_PRETRAINED=openai (needs internet once) or a checkpoint path for real embeddings.")
+        log.warning(
+            "demo: ENCODERS_PRETRAINED is not set, so the model gets random weights (no download). "
+            "Set ENCODERS_PRETRAINED=openai (needs internet once) or a checkpoint path for real embeddings."
+        )
         os.environ["ENCODERS_PRETRAINED"] = "none"
     server, url = serve_in_thread(sim)
     try:

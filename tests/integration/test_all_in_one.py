@@ -53,16 +53,31 @@ def only_run(runs):
 
 
 @pytest.mark.timeout(240)
-def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind(service, tiny_model, pisim,
-                                                                                    tmp_path):
+def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind(service, tiny_model, pisim, tmp_path):
     runs = tmp_path / "runs"
     env = {**tiny_model, "ENCODERS_SNAPSHOT_INTERVAL": "0.5", "ENCODERS_EMBEDDING_INTERVAL": "20"}
-    run = service("--stream", pisim, "--no-display", "--max-frames", "60", "--workers", "2", "--lossless",
-                  "--runs-dir", str(runs), env=env)
+    run = service(
+        "--stream",
+        pisim,
+        "--no-display",
+        "--max-frames",
+        "60",
+        "--workers",
+        "2",
+        "--lossless",
+        "--runs-dir",
+        str(runs),
+        env=env,
+    )
     assert run.wait(180) == 0, run.output()[-4000:]
     run_dir = only_run(runs)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "drift.csv", "embeddings", "snapshots",
-                                                          "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.json",
+        "drift.csv",
+        "embeddings",
+        "snapshots",
+        "summary.json",
+    ]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"]["published"] == 60 and summary["frames"]["embedded"] == 60
     config = json.loads((run_dir / "config.json").read_text())
@@ -76,8 +91,9 @@ def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind
     url, handle = database_url("", str(runs))
     try:
         with psycopg.connect(url) as conn:
-            n = conn.execute("SELECT count(*) FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s",
-                             (run_dir.name,)).fetchone()[0]
+            n = conn.execute(
+                "SELECT count(*) FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s", (run_dir.name,)
+            ).fetchone()[0]
             ended = conn.execute("SELECT ended_at IS NOT NULL FROM runs WHERE name = %s", (run_dir.name,)).fetchone()[0]
     finally:
         handle.cleanup()
@@ -89,8 +105,13 @@ def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind
 def test_interrupt_flushes_everything_and_exits_cleanly(service, tiny_model, pisim, tmp_path, sig):
     runs = tmp_path / "runs"
     run = service("--stream", pisim, "--no-display", "--runs-dir", str(runs), env=tiny_model)
-    wait_for(lambda: list(runs.glob("*/drift.csv")) and len(list(runs.glob("*/drift.csv"))[0].read_text()
-                                                              .splitlines()) > 10, 120, "frames to be recorded")
+    wait_for(
+        lambda: (
+            list(runs.glob("*/drift.csv")) and len(next(iter(runs.glob("*/drift.csv"))).read_text().splitlines()) > 10
+        ),
+        120,
+        "frames to be recorded",
+    )
     run.proc.send_signal(sig)
     assert run.wait(120) == 0, run.output()[-4000:]
     run_dir = only_run(runs)
@@ -105,8 +126,9 @@ def test_interrupt_flushes_everything_and_exits_cleanly(service, tiny_model, pis
 @pytest.mark.timeout(60)
 def test_no_save_writes_nothing(service, tiny_model, pisim, tmp_path):
     runs = tmp_path / "runs"
-    run = service("--stream", pisim, "--no-display", "--no-save", "--max-frames", "20", "--runs-dir", str(runs),
-                  env=tiny_model)
+    run = service(
+        "--stream", pisim, "--no-display", "--no-save", "--max-frames", "20", "--runs-dir", str(runs), env=tiny_model
+    )
     assert run.wait(50) == 0, run.output()[-4000:]
     assert not runs.exists()
     out = run.output()
@@ -137,8 +159,9 @@ def test_stream_is_required_and_help_lists_the_seed_options(service):
 
 @pytest.mark.timeout(60)
 def test_unfetchable_weights_say_what_to_set(service, tmp_path):
-    enc = service("encode", "--model", "ViT-B-32", "--pretrained", "openai", "--device", "cpu",
-                  env={"HF_HUB_OFFLINE": "1"})
+    enc = service(
+        "encode", "--model", "ViT-B-32", "--pretrained", "openai", "--device", "cpu", env={"HF_HUB_OFFLINE": "1"}
+    )
     assert enc.wait(50) == 2
     assert "ENCODERS_PRETRAINED" in enc.output()
 
@@ -157,8 +180,13 @@ def test_q_in_the_window_ends_the_run_with_everything_flushed(service, tiny_mode
         return subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "^encoders$"], **xdo).stdout.split()
 
     ids = wait_for(window, 90, "the viewer's window")
-    wait_for(lambda: list(runs.glob("*/drift.csv")) and len(list(runs.glob("*/drift.csv"))[0].read_text()
-                                                              .splitlines()) > 5, 60, "frames to be recorded")
+    wait_for(
+        lambda: (
+            list(runs.glob("*/drift.csv")) and len(next(iter(runs.glob("*/drift.csv"))).read_text().splitlines()) > 5
+        ),
+        60,
+        "frames to be recorded",
+    )
     subprocess.run(["xdotool", "windowactivate", "--sync", ids[0]], **xdo)
     subprocess.run(["xdotool", "key", "--window", ids[0], "q"], **xdo)
     assert run.wait(90) == 0, run.output()[-4000:]

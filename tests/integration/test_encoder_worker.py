@@ -51,15 +51,31 @@ def outcomes(pull, n, timeout_s=30):
 
 @pytest.mark.timeout(120)
 def test_worker_asks_for_frames_embeds_them_skips_corrupt_ones_and_gives_credit_back(
-        service, tiny_model, fake_ingest_and_metrics):
+    service, tiny_model, fake_ingest_and_metrics
+):
     router, pull = fake_ingest_and_metrics
-    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "4",
-                     "--worker-id", "wx", "--decode-threads", "2", env=tiny_model)
+    worker = service(
+        "encode",
+        "--work",
+        endpoint(router),
+        "--metrics-in",
+        endpoint(pull),
+        "--batch-size",
+        "4",
+        "--worker-id",
+        "wx",
+        "--decode-threads",
+        "2",
+        env=tiny_model,
+    )
     identity, credit = next_credit(router)
     assert credit.worker == "wx" and credit.n == 8  # one batch encoding, one gathering
     good = jpeg("red")
-    frames = [Frame("cam0", 0, 1.0, 80, 60, good), Frame("cam0", 1, 2.0, 80, 60, good[:200] + b"\0" * 300),
-              Frame("cam0", 2, 3.0, 80, 60, jpeg("blue"))]
+    frames = [
+        Frame("cam0", 0, 1.0, 80, 60, good),
+        Frame("cam0", 1, 2.0, 80, 60, good[:200] + b"\0" * 300),
+        Frame("cam0", 2, 3.0, 80, 60, jpeg("blue")),
+    ]
     for f in frames:
         zmqio.send(router, f, prefix=[identity])
     got = {m.seq: m for m in outcomes(pull, 3)}
@@ -78,8 +94,9 @@ def test_worker_asks_for_frames_embeds_them_skips_corrupt_ones_and_gives_credit_
 @pytest.mark.timeout(120)
 def test_sigterm_finishes_the_frames_the_worker_holds(service, tiny_model, fake_ingest_and_metrics):
     router, pull = fake_ingest_and_metrics
-    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "16",
-                     env=tiny_model)
+    worker = service(
+        "encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "16", env=tiny_model
+    )
     identity, credit = next_credit(router)
     for seq in range(credit.n):
         zmqio.send(router, Frame("cam0", seq, float(seq), 80, 60, jpeg((seq * 7 % 255, 0, 0))), prefix=[identity])
@@ -91,8 +108,7 @@ def test_sigterm_finishes_the_frames_the_worker_holds(service, tiny_model, fake_
 
 
 @pytest.mark.timeout(60)
-def test_a_message_that_does_not_decode_is_counted_and_the_worker_goes_on(service, tiny_model,
-                                                                          fake_ingest_and_metrics):
+def test_a_message_that_does_not_decode_is_counted_and_the_worker_goes_on(service, tiny_model, fake_ingest_and_metrics):
     router, pull = fake_ingest_and_metrics
     worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), env=tiny_model)
     identity, credit = next_credit(router)
@@ -112,8 +128,9 @@ def test_a_workers_memory_stays_flat_over_a_long_run(service, tiny_model, fake_i
     import psutil
 
     router, pull = fake_ingest_and_metrics
-    worker = service("encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "8",
-                     env=tiny_model)
+    worker = service(
+        "encode", "--work", endpoint(router), "--metrics-in", endpoint(pull), "--batch-size", "8", env=tiny_model
+    )
     frames = [jpeg((i * 40 % 255, 90, 200 - i * 30 % 200)) for i in range(6)]
     identity, credit = next_credit(router)
     owed, sent, done, rss = credit.n, 0, 0, {}

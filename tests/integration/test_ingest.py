@@ -88,10 +88,28 @@ class Harness:
     def start(self, url: str, *args: str) -> subprocess.Popen:
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "encoders", "ingest", "--stream", url, "--stream-id", STREAM_ID,
-                 "--frames-bind", self.frames_ep, "--work-bind", self.work_ep, "--metrics-in", self.metrics_in,
-                 "--connect-timeout", "2", *args],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "encoders",
+                    "ingest",
+                    "--stream",
+                    url,
+                    "--stream-id",
+                    STREAM_ID,
+                    "--frames-bind",
+                    self.frames_ep,
+                    "--work-bind",
+                    self.work_ep,
+                    "--metrics-in",
+                    self.metrics_in,
+                    "--connect-timeout",
+                    "2",
+                    *args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
         return proc
 
@@ -178,7 +196,7 @@ class RawServer:
                 request += data
             try:
                 for i in range(0, len(self.response), self.piece):
-                    conn.sendall(self.response[i:i + self.piece])
+                    conn.sendall(self.response[i : i + self.piece])
                     if i % (self.piece * 8) == 0:
                         time.sleep(0.001)  # let some pieces arrive as separate reads
                 if self.stall:
@@ -229,8 +247,14 @@ def test_frames_are_published_in_order_and_dropped_when_no_worker_is_free(h, pis
     assert {d.reason for d in dropped[:-1]} == {"no free encoder"}
     assert dropped[-1].reason == "shutdown"  # the one frame still waiting when ingest stopped
     assert eos.last_seq == 14
-    assert eos.counts == {"published": 15, "dispatched": 0, "dropped": 15, "corrupt": 0, "reconnects": 0,
-                          "truncated": 0}
+    assert eos.counts == {
+        "published": 15,
+        "dispatched": 0,
+        "dropped": 15,
+        "corrupt": 0,
+        "reconnects": 0,
+        "truncated": 0,
+    }
 
     published = []
     while True:
@@ -323,8 +347,14 @@ def test_a_dropped_stream_is_reconnected_and_seq_continues(h, pisim):
     assert "reconnecting to" in log and "reconnected to" in log
 
 
-def _multipart(jpegs, *, delimiter=b"--myboundary", nl=b"\r\n", headers=(b"Content-Type: image/jpeg",),
-               length_header: bytes | None = None) -> bytes:
+def _multipart(
+    jpegs,
+    *,
+    delimiter=b"--myboundary",
+    nl=b"\r\n",
+    headers=(b"Content-Type: image/jpeg",),
+    length_header: bytes | None = None,
+) -> bytes:
     out = b""
     for jpeg in jpegs:
         hdrs = list(headers) + ([length_header + b": " + str(len(jpeg)).encode()] if length_header else [])
@@ -336,8 +366,10 @@ JPEGS = [make_jpeg(40, 30, 1), make_jpeg(64, 48, 2), make_jpeg(32, 32, 3), make_
 
 
 def _chunked(body: bytes, size: int = 1000) -> bytes:
-    return b"".join(b"%x\r\n" % len(body[i:i + size]) + body[i:i + size] + b"\r\n"
-                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+    return (
+        b"".join(b"%x\r\n" % len(body[i : i + size]) + body[i : i + size] + b"\r\n" for i in range(0, len(body), size))
+        + b"0\r\n\r\n"
+    )
 
 
 VARIANTS = {
@@ -346,22 +378,29 @@ VARIANTS = {
     "boundary-in-body": (
         b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace\r\n\r\n"
         + b"preamble junk\n"
-        + _multipart([JPEGS[0], b"<html>error</html>", JPEGS[1], JPEGS[2]], nl=b"\n",
-                     headers=(b"content-type: image/jpeg",))
+        + _multipart(
+            [JPEGS[0], b"<html>error</html>", JPEGS[1], JPEGS[2]], nl=b"\n", headers=(b"content-type: image/jpeg",)
+        )
         + b"--myboundary--\n",
-        JPEGS[:3], {"corrupt": 1, "truncated": 0}),
+        JPEGS[:3],
+        {"corrupt": 1, "truncated": 0},
+    ),
     # Boundary declared with its dashes, upper-case headers with Content-Length, and the
     # connection closed in the middle of the last part.
     "declared-with-dashes-truncated": (
         b"HTTP/1.0 200 OK\r\ncontent-type: Multipart/X-Mixed-Replace;boundary=--myboundary\r\n\r\n"
         + _multipart(JPEGS, headers=(b"CONTENT-TYPE: image/jpeg",), length_header=b"CONTENT-LENGTH")[:-1000],
-        JPEGS[:3], {"corrupt": 0, "truncated": 1}),
+        JPEGS[:3],
+        {"corrupt": 0, "truncated": 1},
+    ),
     # HTTP/1.1 chunked transfer encoding around a well-formed stream.
     "chunked": (
         b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=FRAME\r\n"
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         + _chunked(_multipart(JPEGS, delimiter=b"--FRAME", length_header=b"Content-Length") + b"--FRAME--\r\n"),
-        JPEGS, {"corrupt": 0, "truncated": 0}),
+        JPEGS,
+        {"corrupt": 0, "truncated": 0},
+    ),
 }
 
 
@@ -379,16 +418,22 @@ def test_streams_as_cameras_send_them(h, raw_server, variant):
     assert [f.jpeg for f in got] == expected  # byte for byte; the corrupt part never published
     assert [f.seq for f in got] == list(range(len(expected)))
     assert [(f.width, f.height) for f in got] == [decoded_size(j) for j in expected]
-    assert eos.counts == {"published": len(expected), "dispatched": len(expected), "dropped": 0,
-                          "reconnects": 0, **counts}
+    assert eos.counts == {
+        "published": len(expected),
+        "dispatched": len(expected),
+        "dropped": 0,
+        "reconnects": 0,
+        **counts,
+    }
     assert server.connections == 1
     assert "the server ended the stream" in h.log()
 
 
 def test_a_stalled_stream_times_out_and_is_reconnected(h, raw_server):
     part = _multipart([JPEGS[1]], delimiter=b"--FRAME", length_header=b"Content-Length")
-    server = raw_server(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n" + part,
-                        stall=True)
+    server = raw_server(
+        b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n" + part, stall=True
+    )
     worker = h.worker(credit=10)
     proc = h.start(server.url, "--read-timeout", "0.5", "--reconnect-max", "0.2", "--max-frames", "2")
     _, eos = h.until_eos()
@@ -467,13 +512,21 @@ def test_without_reconnect_an_unreachable_camera_is_an_error(h):
 
 def test_connection_test_command(pisim):
     _, url = pisim()
-    ok = subprocess.run([sys.executable, "-m", "encoders", "ingest", "--stream", url, "--test"],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, "-m", "encoders", "ingest", "--stream", url, "--test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
     assert re.fullmatch(rf"OK: {re.escape(url)} sent a {W}x{H} JPEG \(\d+ KB\) in \d+ ms\n", ok.stdout)
     closed = f"http://127.0.0.1:{free_port()}/stream.mjpg"
-    bad = subprocess.run([sys.executable, "-m", "encoders", "ingest", "--stream", closed, "--test"],
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "encoders", "ingest", "--stream", closed, "--test"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 1 and not bad.stdout
     assert f"FAILED: {closed}: connection refused" in bad.stderr
 
@@ -481,10 +534,14 @@ def test_connection_test_command(pisim):
 def test_connection_test_says_why_it_failed(pisim, raw_server, capsys):
     _, url = pisim()
     base = url.rsplit("/", 1)[0]
-    stalled = raw_server(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n",
-                         stall=True)
-    corrupt_only = raw_server(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n"
-                              + _multipart([b"\xff\xd8 not really", b"nope"], delimiter=b"--FRAME") + b"--FRAME--\r\n")
+    stalled = raw_server(
+        b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n", stall=True
+    )
+    corrupt_only = raw_server(
+        b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n"
+        + _multipart([b"\xff\xd8 not really", b"nope"], delimiter=b"--FRAME")
+        + b"--FRAME--\r\n"
+    )
     cases = [
         (base + "/nothing", "HTTP 404"),
         (base + "/health", "not an MJPEG stream: Content-Type 'application/json'"),

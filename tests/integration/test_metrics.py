@@ -22,8 +22,19 @@ def unit(*xs):
 @pytest.mark.timeout(60)
 def test_out_of_order_outcomes_and_garbage_in_records_in_order_out(service):
     inp, pub, rec = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-    metrics = service("metrics", "--metrics-in-bind", inp, "--metrics-bind", pub, "--records-bind", rec,
-                      "--exit-after-streams", "1", "--max-wait", "1")
+    metrics = service(
+        "metrics",
+        "--metrics-in-bind",
+        inp,
+        "--metrics-bind",
+        pub,
+        "--records-bind",
+        rec,
+        "--exit-after-streams",
+        "1",
+        "--max-wait",
+        "1",
+    )
     ctx = zmq.Context()
     push = zmqio.open_socket(ctx, zmq.PUSH, inp, bind=False, linger=1000)
     records = zmqio.open_socket(ctx, zmq.PULL, rec, bind=False, linger=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import signal
 import subprocess
@@ -55,10 +56,10 @@ def read_stream(url: str, n: int, *, timeout: float = 10.0) -> tuple[list[bytes]
             m = PART_HEAD.match(buf)
             if m and len(buf) >= m.end() + int(m[1]) + 2:
                 end = m.end() + int(m[1])
-                jpegs.append(buf[m.end():end])
+                jpegs.append(buf[m.end() : end])
                 times.append(time.monotonic())
-                assert buf[end:end + 2] == b"\r\n", "each part ends with CRLF"
-                buf = buf[end + 2:]
+                assert buf[end : end + 2] == b"\r\n", "each part ends with CRLF"
+                buf = buf[end + 2 :]
                 continue
             if buf.startswith(b"--FRAME--\r\n"):
                 ended = next(chunks, None) is None and buf == b"--FRAME--\r\n"
@@ -103,7 +104,7 @@ def test_stream_is_multipart_jpeg_at_the_configured_size(pisim):
     frames = [pixels(j) for j in jpegs]
     assert all(f.shape == (H, W, 3) for f in frames)
     # The scene moves (and has sensor noise): no two frames are the same.
-    assert all(np.abs(a - b).mean() > 0.5 for a, b in zip(frames, frames[1:]))
+    assert all(np.abs(a - b).mean() > 0.5 for a, b in itertools.pairwise(frames))
 
 
 def test_fps_paces_the_stream(pisim):
@@ -137,7 +138,7 @@ def test_folder_of_images_in_name_order_resized_and_looping(pisim, tmp_path):
     jpegs, _, ended, _ = read_stream(url, 10)
     assert len(jpegs) == 7 and ended
     expected = [colours[n] for n in ("a.jpg", "b.png", "c.bmp")] * 3
-    for jpeg, colour in zip(jpegs, expected):
+    for jpeg, colour in zip(jpegs, expected, strict=False):
         frame = pixels(jpeg)
         assert frame.shape == (H, W, 3)
         assert np.abs(frame.mean(axis=(0, 1)) - colour).max() < 8
@@ -145,6 +146,7 @@ def test_folder_of_images_in_name_order_resized_and_looping(pisim, tmp_path):
 
 def test_video_file_resized_and_looping(pisim, tmp_path):
     import cv2  # the optional pisim-video extra; the test environment has it
+
     path = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
     levels = [20, 120, 230]
@@ -164,7 +166,7 @@ def test_scene_cuts_change_the_picture_and_the_seed_fixes_it(pisim):
     # 40 fps with a cut every 0.125 s: frames 0-4 are one scene, 5-9 the next.
     _, url = pisim(fps=40, scene_every=0.125, seed=3, max_frames=10)
     frames = [pixels(j) for j in read_stream(url, 10)[0]]
-    steps = [np.abs(a - b).mean() for a, b in zip(frames, frames[1:])]
+    steps = [np.abs(a - b).mean() for a, b in itertools.pairwise(frames)]
     cut = steps[4]
     within = steps[:4] + steps[5:]
     assert min(within) > 0.5, "shapes drift and noise changes within a scene"
@@ -192,11 +194,30 @@ def test_bad_sources_are_refused_with_a_clear_error(tmp_path):
 def test_command_logs_its_url_and_stops_on_sigterm(tmp_path):
     log_path = tmp_path / "pisim.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "encoders", "pisim", "--port", "0", "--fps", "10",
-                                 "--width", str(W), "--height", str(H)], stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "encoders",
+                "pisim",
+                "--port",
+                "0",
+                "--fps",
+                "10",
+                "--width",
+                str(W),
+                "--height",
+                str(H),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        found = wait_for(lambda: re.search(r"at (http://127\.0\.0\.1:(\d+))/stream\.mjpg", log_path.read_text()),
-                         15, "pisim to log its URL")
+        found = wait_for(
+            lambda: re.search(r"at (http://127\.0\.0\.1:(\d+))/stream\.mjpg", log_path.read_text()),
+            15,
+            "pisim to log its URL",
+        )
         url = found[1]
         assert int(found[2]) != 0
         assert httpx.get(url + "/health").json()["status"] == "ok"

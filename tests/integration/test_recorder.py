@@ -25,16 +25,16 @@ import pgserver
 import psycopg
 import pytest
 import zmq
-from PIL import Image
 from pgvector.psycopg import register_vector
+from PIL import Image
 
 from encoders.logging_utils import load_run_embeddings
-from encoders.shared import zmqio
-from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
 from encoders.services.recorder.db import Database, DatabaseRefused, DatabaseUnavailable, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.rows import FrameRow, to_spool
 from encoders.services.recorder.spool import Spool
+from encoders.shared import zmqio
+from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
 
 from ..conftest import wait_for
 
@@ -80,8 +80,14 @@ class Postgres:
 
         # pgserver runs the server as the user "pgserver" when we are root.
         user = "pgserver" if os.geteuid() == 0 else None
-        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args], user=user, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args],
+            user=user,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
 
     def stop(self) -> None:
         self._pg_ctl("-w", "-m", "fast", "stop")
@@ -157,10 +163,20 @@ class Feed:
         prev = self.vectors.get((stream, seq - 1))
         sim = None if prev is None or seq == first_seq else float(np.dot(v, prev))
         self.vectors[(stream, seq)] = v
-        rec = MetricsRecord(stream=stream, seq=seq, t_capture=T0 + seq * 0.25, t_encoded=T0 + seq * 0.25 + 0.1,
-                            worker="worker-1", model="ViT-B-32", similarity=sim,
-                            drift=None if sim is None else 1.0 - sim, rolling={}, fps=4.0,
-                            counts={"embedded": seq + 1, "dropped": 0, "skipped": 0, "lost": 0}, vector=v)
+        rec = MetricsRecord(
+            stream=stream,
+            seq=seq,
+            t_capture=T0 + seq * 0.25,
+            t_encoded=T0 + seq * 0.25 + 0.1,
+            worker="worker-1",
+            model="ViT-B-32",
+            similarity=sim,
+            drift=None if sim is None else 1.0 - sim,
+            rolling={},
+            fps=4.0,
+            counts={"embedded": seq + 1, "dropped": 0, "skipped": 0, "lost": 0},
+            vector=v,
+        )
         zmqio.send(self.records, rec)
         return rec
 
@@ -181,8 +197,23 @@ class RecorderProcess:
     def __init__(self, tmp: Path, feed: Feed | None, url: str, *args: str):
         self.runs = tmp / "runs"
         self.log_path = tmp / "recorder.log"
-        cmd = [sys.executable, "-m", "encoders", "record", "--database-url", url, "--runs-dir", str(self.runs),
-               "--snapshot-interval", "1", "--embedding-interval", "4", "--db-flush-s", "0.05", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "encoders",
+            "record",
+            "--database-url",
+            url,
+            "--runs-dir",
+            str(self.runs),
+            "--snapshot-interval",
+            "1",
+            "--embedding-interval",
+            "4",
+            "--db-flush-s",
+            "0.05",
+            *args,
+        ]
         if feed is not None:
             cmd += ["--records", feed.records_ep, "--frames", feed.frames_ep]
         env = {**os.environ, "ENCODERS_LOG_LEVEL": "INFO"}
@@ -230,8 +261,11 @@ def start(tmp_path):
 
 
 def frames_rows(conn, run_id: int):
-    return conn.execute("SELECT stream, seq, captured_at, similarity, drift, embedding, snapshot_path, worker "
-                        "FROM frames WHERE run_id = %s ORDER BY stream, seq", (run_id,)).fetchall()
+    return conn.execute(
+        "SELECT stream, seq, captured_at, similarity, drift, embedding, snapshot_path, worker "
+        "FROM frames WHERE run_id = %s ORDER BY stream, seq",
+        (run_id,),
+    ).fetchall()
 
 
 def count_frames(conn) -> int:
@@ -271,7 +305,7 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
     with pg.connect(db_url) as conn:
         rows = frames_rows(conn, run_id)
         assert [(r[0], r[1]) for r in rows] == [("cam0", i) for i in range(10)]
-        for r, m in zip(rows, sent):
+        for r, m in zip(rows, sent, strict=False):
             np.testing.assert_array_equal(r[5].to_numpy(), m.vector)
             assert r[2].timestamp() == pytest.approx(m.t_capture, abs=1e-6)
             assert r[3] == (None if m.similarity is None else pytest.approx(m.similarity, abs=1e-6))
@@ -279,23 +313,29 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
         assert [r[1] for r in rows if r[6]] == [0, 4, 8]
         assert rows[4][6] == "snapshots/frame_000004.jpg"
 
-        (indexdef,) = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'frames' "
-                                   "AND indexdef ILIKE '%USING hnsw%'").fetchone()
+        (indexdef,) = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'frames' AND indexdef ILIKE '%USING hnsw%'"
+        ).fetchone()
         assert "vector_cosine_ops" in indexdef and "WHERE keyframe" in indexdef
         assert "ef_construction='128'" in indexdef and "m='16'" in indexdef, indexdef
         # Random vectors: no two frames alike, so every frame leads a segment of its own.
         assert conn.execute("SELECT bool_and(keyframe AND keyframe_seq = seq) FROM frames").fetchone() == (True,)
         conn.execute("SET enable_seqscan = off")
-        plan = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN SELECT seq FROM frames WHERE keyframe ORDER BY embedding <=> %s LIMIT 5",
-            (sent[3].vector,)).fetchall())
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT seq FROM frames WHERE keyframe ORDER BY embedding <=> %s LIMIT 5", (sent[3].vector,)
+            ).fetchall()
+        )
         assert "frames_keyframe_hnsw" in plan, plan
-        nearest = conn.execute("SELECT seq FROM frames WHERE run_id = %s ORDER BY embedding <=> %s LIMIT 1",
-                               (run_id, sent[3].vector)).fetchone()
+        nearest = conn.execute(
+            "SELECT seq FROM frames WHERE run_id = %s ORDER BY embedding <=> %s LIMIT 1", (run_id, sent[3].vector)
+        ).fetchone()
         assert nearest == (3,)
 
         name, model, dim, ended_at, summary = conn.execute(
-            "SELECT name, model, dim, ended_at, summary FROM runs WHERE id = %s", (run_id,)).fetchone()
+            "SELECT name, model, dim, ended_at, summary FROM runs WHERE id = %s", (run_id,)
+        ).fetchone()
         assert (name, model, dim) == (run.name, "ViT-B-32", DIM)
         assert ended_at is not None and summary["frames"] == final
 
@@ -303,7 +343,7 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
         table = list(csv.reader(f))
     assert table[0] == ["timestamp", "frame", "similarity", "drift"]
     assert len(table) == 11
-    for row, m in zip(table[1:], sent):
+    for row, m in zip(table[1:], sent, strict=False):
         assert float(row[0]) == pytest.approx(m.t_capture, abs=1e-6)
         assert int(row[1]) == m.seq
         if m.similarity is None:
@@ -316,7 +356,10 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
     np.testing.assert_array_equal(emb, np.stack([m.vector for m in sent]))
     np.testing.assert_array_equal(ts, [m.t_capture for m in sent])
     assert sorted(p.name for p in (run / "embeddings").iterdir()) == [
-        "batch_0000.npz", "batch_0001.npz", "batch_0002.npz"]
+        "batch_0000.npz",
+        "batch_0001.npz",
+        "batch_0002.npz",
+    ]
 
     # Snapshot interval 1 s, frames 0.25 s apart: seq 0, 4, 8; their JPEGs byte for byte.
     snaps = sorted((run / "snapshots").iterdir())
@@ -376,8 +419,15 @@ def test_stream_dirs_give_each_stream_a_folder(pg, db_url, feed, start, tmp_path
     db = Database.open(db_url, wait_s=5)
     db.claim_run("20260107_143022", None)
     db.close()
-    rec = start(feed, db_url, "--exit-after-streams", "2", "--stream-dirs",
-                "--run-dir", str(tmp_path / "runs" / "20260107_143022"))
+    rec = start(
+        feed,
+        db_url,
+        "--exit-after-streams",
+        "2",
+        "--stream-dirs",
+        "--run-dir",
+        str(tmp_path / "runs" / "20260107_143022"),
+    )
     feed.wait_subscribed()
     for cam in ("cam0", "cam1"):
         send_stream(feed, cam, range(3), frames=False)
@@ -449,22 +499,39 @@ def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start)
         view = 0 if seq < 6 else 1
         v = views[view] + 0.02 * rng.standard_normal(DIM)
         v = (v / np.linalg.norm(v)).astype(np.float32)
-        zmqio.send(feed.records, MetricsRecord(
-            stream="cam0", seq=seq, t_capture=T0 + seq * 0.25, t_encoded=T0, worker="w", model="ViT-B-32",
-            similarity=0.99, drift=0.6 if seq == 6 else 0.01, rolling={"count": 5, "mean": 0.01, "std": 0.002},
-            vector=v, scene_change=seq == 6))
+        zmqio.send(
+            feed.records,
+            MetricsRecord(
+                stream="cam0",
+                seq=seq,
+                t_capture=T0 + seq * 0.25,
+                t_encoded=T0,
+                worker="w",
+                model="ViT-B-32",
+                similarity=0.99,
+                drift=0.6 if seq == 6 else 0.01,
+                rolling={"count": 5, "mean": 0.01, "std": 0.002},
+                vector=v,
+                scene_change=seq == 6,
+            ),
+        )
     feed.end("cam0", 11, {"embedded": 12})
     assert rec.wait() == 0, rec.log()
     run = rec.run_dir()
     run_id = json.loads((run / "config.json").read_text())["run"]["id"]
     with pg.connect(db_url) as conn:
-        rows = conn.execute("SELECT seq, keyframe, keyframe_seq, thumbnail, snapshot_path FROM frames "
-                            "WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
-        events = conn.execute("SELECT stream, seq, drift, window_mean, window_std, snapshot_path FROM scene_changes "
-                              "WHERE run_id = %s", (run_id,)).fetchall()
+        rows = conn.execute(
+            "SELECT seq, keyframe, keyframe_seq, thumbnail, snapshot_path FROM frames WHERE run_id = %s ORDER BY seq",
+            (run_id,),
+        ).fetchall()
+        events = conn.execute(
+            "SELECT stream, seq, drift, window_mean, window_std, snapshot_path FROM scene_changes WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
     # Two segments of near-identical frames; the scene change starts the second.
-    assert [(seq, key, kseq) for seq, key, kseq, _, _ in rows] == [(s, s in (0, 6), 0 if s < 6 else 6)
-                                                                   for s in range(12)]
+    assert [(seq, key, kseq) for seq, key, kseq, _, _ in rows] == [
+        (s, s in (0, 6), 0 if s < 6 else 6) for s in range(12)
+    ]
     for seq, _, _, thumb, _ in rows:
         if seq == 9:
             assert thumb is None
@@ -472,7 +539,7 @@ def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start)
         img = Image.open(io.BytesIO(thumb))
         assert img.format == "JPEG" and img.size == (64, 48)
         pixel = img.getpixel((32, 24))
-        assert all(abs(a - b) < 16 for a, b in zip(pixel, colours[0 if seq < 6 else 1]))
+        assert all(abs(a - b) < 16 for a, b in zip(pixel, colours[0 if seq < 6 else 1], strict=False))
     # Periodic snapshots (every 100 s: the first frame only) keep the seed's names; the scene
     # change, between two of them, gets its own beside them.
     assert [(seq, snap) for seq, _, _, _, snap in rows if snap] == [(0, "snapshots/frame_000000.jpg")]
@@ -522,18 +589,21 @@ def test_sigterm_mid_run_flushes_rows_and_writes_the_summary(pg, db_url, feed, s
     rec = start(feed, db_url, "--db-flush-s", "60", "--db-batch", "1000")
     feed.wait_subscribed()
     send_stream(feed, "cam0", range(6))
-    run = wait_for(lambda: next((p for p in rec.runs.iterdir() if p.is_dir()), None), timeout=10,
-                   what="the run folder")
-    wait_for(lambda: (run / "drift.csv").exists() and len((run / "drift.csv").read_text().splitlines()) == 7,
-             timeout=10, what="drift.csv rows")
+    run = wait_for(lambda: next((p for p in rec.runs.iterdir() if p.is_dir()), None), timeout=10, what="the run folder")
+    wait_for(
+        lambda: (run / "drift.csv").exists() and len((run / "drift.csv").read_text().splitlines()) == 7,
+        timeout=10,
+        what="drift.csv rows",
+    )
     with pg.connect(db_url) as conn:
         run_id = json.loads((run / "config.json").read_text())["run"]["id"]
         assert count_frames(conn) == 0
         rec.proc.send_signal(signal.SIGTERM)
         assert rec.wait() == 0, rec.log()
         assert [r[1] for r in frames_rows(conn, run_id)] == list(range(6))
-        assert conn.execute("SELECT summary->'frames'->>'embedded' FROM runs WHERE id = %s",
-                            (run_id,)).fetchone() == ("6",)
+        assert conn.execute("SELECT summary->'frames'->>'embedded' FROM runs WHERE id = %s", (run_id,)).fetchone() == (
+            "6",
+        )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["records"] == 6 and not summary["ended"] and summary["counts_from"] == "last_record"
     assert list(load_run_embeddings(run)[2]) == list(range(6))  # the partial batch too
@@ -546,8 +616,17 @@ def test_sigterm_mid_run_flushes_rows_and_writes_the_summary(pg, db_url, feed, s
 
 def make_row(run_id: int, seq: int, dim: int = DIM) -> FrameRow:
     v = np.random.default_rng(seq).standard_normal(dim).astype(np.float32)
-    return FrameRow(run_id, "cam0", seq, T0 + seq, None if seq == 0 else 0.5, None if seq == 0 else 0.5,
-                    v / np.linalg.norm(v), None, "w")
+    return FrameRow(
+        run_id,
+        "cam0",
+        seq,
+        T0 + seq,
+        None if seq == 0 else 0.5,
+        None if seq == 0 else 0.5,
+        v / np.linalg.norm(v),
+        None,
+        "w",
+    )
 
 
 def test_rows_written_twice_are_stored_once(tmp_path, db_url):
@@ -578,8 +657,7 @@ def test_a_locked_frames_table_spools_the_rows_instead_of_hanging(tmp_path, db_u
     db = Database.open(db_url, wait_s=5)
     db.lock_timeout_s = 0.5
     run_id = db.claim_run("locked", None)
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4, retry_max=0.5,
-                         background=False)
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4, retry_max=0.5, background=False)
     writer.set_model("m", DIM)
     for seq in range(4):
         writer.add(make_row(run_id, seq))

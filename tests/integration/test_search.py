@@ -19,28 +19,28 @@ import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
-from PIL import Image
 from pgvector.psycopg import register_vector
+from PIL import Image
 
 from encoders.services.recorder import schema
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
-from encoders.shared.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.spool import Spool
 from encoders.services.search.filters import Filters
 from encoders.services.search.query import QueryEmbedder
 from encoders.services.search.store import Store, StoreError
+from encoders.shared.config import RecorderConfig
 from encoders.shared.messages import Frame, MetricsRecord
 
 REPO = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 1, 7, 14, 0, 0, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2026, 1, 7, 14, 0, 0, tzinfo=UTC).timestamp()
 FPS = 30.0
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 TEXT = "a red car"
@@ -73,26 +73,43 @@ class Dataset:
     def exact(self, q, k, *, runs=None, stream=None, since=None, until=None, model=None):
         """The numpy answer: [(run, stream, seq)] nearest first."""
         model = model or self.label
-        keys = [key for key, (_, t, _, _, m) in self.frames.items()
-                if m == model and (runs is None or key[0] in runs) and (stream is None or key[1] == stream)
-                and (since is None or t >= since.timestamp()) and (until is None or t < until.timestamp())]
+        keys = [
+            key
+            for key, (_, t, _, _, m) in self.frames.items()
+            if m == model
+            and (runs is None or key[0] in runs)
+            and (stream is None or key[1] == stream)
+            and (since is None or t >= since.timestamp())
+            and (until is None or t < until.timestamp())
+        ]
         sims = np.array([float(self.frames[key][0] @ q) for key in keys])
         order = np.argsort(-sims, kind="stable")[:k]
         return [keys[i] for i in order], sims[order]
 
 
-def record_run(db: Database, data: Dataset, name: str, model: str, streams: dict, t0: float,
-               snapshot_interval: float = 1.0) -> int:
+def record_run(
+    db: Database, data: Dataset, name: str, model: str, streams: dict, t0: float, snapshot_interval: float = 1.0
+) -> int:
     """Write a run through the recorder's own classes. streams: name -> [(vector, colour, scene_change)]."""
-    run_id = db.claim_run(name, datetime.fromtimestamp(t0, timezone.utc))
+    run_id = db.claim_run(name, datetime.fromtimestamp(t0, UTC))
     run_dir = data.home / name
     run_dir.mkdir()
     config = {"run": {"id": run_id, "name": name, "dir": str(run_dir)}, "recorder": {"keyframe_max_s": 5.0}}
     db.update_run(run_id, config=config)
     writer = FrameWriter(db, Spool(run_dir / "db_spool.msgpack"), run_id=run_id, batch_rows=64)
-    rec = Recorder(run_dir, run_id=run_id, config=config, rows=writer,
-                   settings=RecorderConfig(stream_dirs=True, snapshot_interval=snapshot_interval,
-                                           thumbnails="all", keyframe_drift=0.05, keyframe_max_s=5.0))
+    rec = Recorder(
+        run_dir,
+        run_id=run_id,
+        config=config,
+        rows=writer,
+        settings=RecorderConfig(
+            stream_dirs=True,
+            snapshot_interval=snapshot_interval,
+            thumbnails="all",
+            keyframe_drift=0.05,
+            keyframe_max_s=5.0,
+        ),
+    )
     for stream, frames in streams.items():
         prev = None
         for seq, (vec, colour, scene) in enumerate(frames):
@@ -100,15 +117,27 @@ def record_run(db: Database, data: Dataset, name: str, model: str, streams: dict
             rec.on_message(Frame(stream, seq, t, 64, 48, jpeg(COLOURS[colour])))
             sim = None if prev is None else float(vec @ prev)
             drift = None if sim is None else 1.0 - sim
-            rec.on_message(MetricsRecord(stream=stream, seq=seq, t_capture=t, t_encoded=t, worker="w", model=model,
-                                         similarity=sim, drift=drift, vector=vec, scene_change=scene,
-                                         rolling={"count": 10, "mean": 0.005, "std": 0.001}))
+            rec.on_message(
+                MetricsRecord(
+                    stream=stream,
+                    seq=seq,
+                    t_capture=t,
+                    t_encoded=t,
+                    worker="w",
+                    model=model,
+                    similarity=sim,
+                    drift=drift,
+                    vector=vec,
+                    scene_change=scene,
+                    rolling={"count": 10, "mean": 0.005, "std": 0.001},
+                )
+            )
             data.frames[(name, stream, seq)] = (vec, t, drift, colour, model)
             prev = vec
     rec.close_files()  # hands the last rows to the writer, as the recorder's own shutdown does
     assert writer.close(5.0)
     summary = rec.write_summaries({"id": run_id, "name": name}, writer.written)
-    db.update_run(run_id, ended_at=datetime.fromtimestamp(t0 + 10, timezone.utc), summary=summary)
+    db.update_run(run_id, ended_at=datetime.fromtimestamp(t0 + 10, UTC), summary=summary)
     data.run_ids[name] = run_id
     return run_id
 
@@ -133,13 +162,25 @@ def data(tiny_model):
     db = Database.open(url, wait_s=10)
     # run_a: 6 s of red, green, blue (scene changes at the cuts, between periodic snapshots every
     # 2.5 s: frames 0, 75, 150); frame 90 is the text's own embedding.
-    a = [(near("red"), "red", False) for _ in range(60)] + [(near("green"), "green", s == 0) for s in range(60)] \
+    a = (
+        [(near("red"), "red", False) for _ in range(60)]
+        + [(near("green"), "green", s == 0) for s in range(60)]
         + [(near("blue"), "blue", s == 0) for s in range(60)]
+    )
     a[90] = (d.text_vec, "green", False)
     record_run(db, d, "run_a", d.label, {"cam0": a}, T0, snapshot_interval=2.5)
     # run_b, an hour later: red on cam0, yellow on cam1.
-    record_run(db, d, "run_b", d.label, {"cam0": [(near("red"), "red", False) for _ in range(60)],
-                                         "cam1": [(near("yellow"), "yellow", False) for _ in range(60)]}, T0 + 3600)
+    record_run(
+        db,
+        d,
+        "run_b",
+        d.label,
+        {
+            "cam0": [(near("red"), "red", False) for _ in range(60)],
+            "cam1": [(near("yellow"), "yellow", False) for _ in range(60)],
+        },
+        T0 + 3600,
+    )
     # run_c: red again, but from another model: never compared with this model's queries.
     record_run(db, d, "run_c", OTHER_MODEL, {"cam0": [(near("red"), "red", False) for _ in range(30)]}, T0 + 7200)
     db.close()
@@ -163,8 +204,14 @@ def keys(hits):
 def encoders(*args, env=None, timeout=120):
     full_env = {k: v for k, v in os.environ.items() if k != "ENCODERS_DATABASE_URL"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "encoders", *args], capture_output=True, text=True, env=full_env,
-                          cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "encoders", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -172,19 +219,29 @@ def encoders(*args, env=None, timeout=120):
 
 
 def test_every_filter_returns_exactly_the_numpy_answer(data, store):
-    since = datetime.fromtimestamp(T0 + 1800, timezone.utc)
+    since = datetime.fromtimestamp(T0 + 1800, UTC)
     cases = [
         (data.colour_vec["red"], {}),
         (data.colour_vec["red"], {"runs": ["run_b"]}),
         (data.colour_vec["yellow"], {"stream": "cam1"}),
         (data.colour_vec["blue"], {"since": since}),  # run_b only: no blue there
-        (data.colour_vec["green"], {"runs": ["run_a"], "until": datetime.fromtimestamp(T0 + 3.5, timezone.utc)}),
-        (data.colour_vec["green"], {"runs": ["run_a"], "since": datetime.fromtimestamp(T0 + 2.5, timezone.utc),
-                                    "until": datetime.fromtimestamp(T0 + 3.0, timezone.utc)}),
+        (data.colour_vec["green"], {"runs": ["run_a"], "until": datetime.fromtimestamp(T0 + 3.5, UTC)}),
+        (
+            data.colour_vec["green"],
+            {
+                "runs": ["run_a"],
+                "since": datetime.fromtimestamp(T0 + 2.5, UTC),
+                "until": datetime.fromtimestamp(T0 + 3.0, UTC),
+            },
+        ),
     ]
     for q, f in cases:
-        filters = Filters(run_ids=tuple(data.run_ids[r] for r in f["runs"]) if "runs" in f else None,
-                          stream=f.get("stream"), since=f.get("since"), until=f.get("until"))
+        filters = Filters(
+            run_ids=tuple(data.run_ids[r] for r in f["runs"]) if "runs" in f else None,
+            stream=f.get("stream"),
+            since=f.get("since"),
+            until=f.get("until"),
+        )
         filters, _ = store.restrict_to_model(data.label, filters)
         want, sims = data.exact(q, 10, **f)
         # The plan the store picks (exact keyframes for these small filters), and the index forced.
@@ -196,9 +253,16 @@ def test_every_filter_returns_exactly_the_numpy_answer(data, store):
             assert store.nearest(q, 10, filters).plan.exact_keyframes
             assert not store.nearest(q, 10, filters, exact_limit=0).plan.exact_keyframes
     # The cuts between colours: search within 2.5-3.0 s of run_a holds only green frames 75..89.
-    assert {s for (_, _, s) in data.exact(data.colour_vec["green"], 100, runs=["run_a"],
-            since=datetime.fromtimestamp(T0 + 2.5, timezone.utc),
-            until=datetime.fromtimestamp(T0 + 3.0, timezone.utc))[0]} == set(range(75, 90))
+    assert {
+        s
+        for (_, _, s) in data.exact(
+            data.colour_vec["green"],
+            100,
+            runs=["run_a"],
+            since=datetime.fromtimestamp(T0 + 2.5, UTC),
+            until=datetime.fromtimestamp(T0 + 3.0, UTC),
+        )[0]
+    } == set(range(75, 90))
 
 
 def test_hits_carry_time_snapshot_and_thumbnail(data, store, tmp_path):
@@ -213,23 +277,36 @@ def test_hits_carry_time_snapshot_and_thumbnail(data, store, tmp_path):
     assert store.export_thumbnails(result.hits, tmp_path / "thumbs") == 3
     thumb = Image.open(result.hits[0].thumbnail)
     assert thumb.format == "JPEG" and max(thumb.size) <= 160
-    assert all(abs(a - b) < 16 for a, b in zip(thumb.getpixel((10, 10)), COLOURS["blue"]))
+    assert all(abs(a - b) < 16 for a, b in zip(thumb.getpixel((10, 10)), COLOURS["blue"], strict=False))
 
 
 def test_another_models_runs_are_left_out_or_refused(data, store):
     filters, notes = store.restrict_to_model(data.label, Filters())
     assert filters.run_ids == (data.run_ids["run_a"], data.run_ids["run_b"])
     assert notes == [f"1 run(s) embedded with {OTHER_MODEL} are not searched: the query is embedded with {data.label}"]
-    with pytest.raises(StoreError, match=f"run run_c was embedded with {OTHER_MODEL}, but the query is embedded "
-                                         f"with {data.label}"):
+    with pytest.raises(
+        StoreError, match=f"run run_c was embedded with {OTHER_MODEL}, but the query is embedded with {data.label}"
+    ):
         store.restrict_to_model(data.label, Filters(run_ids=(data.run_ids["run_c"],)))
     with pytest.raises(StoreError, match="no run in this database was embedded with ViT-B-32/openai"):
         store.restrict_to_model("ViT-B-32/openai", Filters())
 
 
 def test_cli_search_by_text_finds_the_frame_that_is_its_embedding(data, tiny_model):
-    out = encoders("search", "--text", TEXT, "--database-url", data.url, "--runs-dir", str(data.home), "-k", "3",
-                   "--format", "json", env=tiny_model)
+    out = encoders(
+        "search",
+        "--text",
+        TEXT,
+        "--database-url",
+        data.url,
+        "--runs-dir",
+        str(data.home),
+        "-k",
+        "3",
+        "--format",
+        "json",
+        env=tiny_model,
+    )
     assert out.returncode == 0, out.stderr
     hits = json.loads(out.stdout)
     assert (hits[0]["run"], hits[0]["stream"], hits[0]["seq"]) == ("run_a", "cam0", 90)
@@ -247,9 +324,26 @@ def test_cli_search_by_text_finds_the_frame_that_is_its_embedding(data, tiny_mod
 
 
 def test_cli_search_by_image_with_filters_as_csv_and_thumbnails(data, tiny_model, tmp_path):
-    out = encoders("search", "--image", str(data.home / "queries" / "red.jpg"), "--run", "run_b", "--stream", "cam0",
-                   "--database-url", data.url, "--runs-dir", str(data.home), "-k", "5", "--format", "csv",
-                   "--thumbnails", str(tmp_path / "t"), env=tiny_model)
+    out = encoders(
+        "search",
+        "--image",
+        str(data.home / "queries" / "red.jpg"),
+        "--run",
+        "run_b",
+        "--stream",
+        "cam0",
+        "--database-url",
+        data.url,
+        "--runs-dir",
+        str(data.home),
+        "-k",
+        "5",
+        "--format",
+        "csv",
+        "--thumbnails",
+        str(tmp_path / "t"),
+        env=tiny_model,
+    )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     want, sims = data.exact(data.colour_vec["red"], 5, runs=["run_b"], stream="cam0")
@@ -262,12 +356,21 @@ def test_cli_search_by_image_with_filters_as_csv_and_thumbnails(data, tiny_model
 def test_cli_search_by_frame_as_a_table_reads_the_embedded_database(data):
     # No --database-url and no ENCODERS_DATABASE_URL: the embedded server under --runs-dir, as the
     # all-in-one command leaves it. No model is loaded for --frame.
-    out = encoders("search", "--frame", "run_a:cam0:130", "--runs-dir", str(data.home), "-k", "4",
-                   "--since", datetime.fromtimestamp(T0, timezone.utc).isoformat())
+    out = encoders(
+        "search",
+        "--frame",
+        "run_a:cam0:130",
+        "--runs-dir",
+        str(data.home),
+        "-k",
+        "4",
+        "--since",
+        datetime.fromtimestamp(T0, UTC).isoformat(),
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["rank", "run", "stream", "seq", "time", "similarity", "drift", "picture"]
-    want, _ = data.exact(data.frames[("run_a", "cam0", 130)][0], 4, since=datetime.fromtimestamp(T0, timezone.utc))
+    want, _ = data.exact(data.frames[("run_a", "cam0", 130)][0], 4, since=datetime.fromtimestamp(T0, UTC))
     assert [(ln.split()[1], ln.split()[2], int(ln.split()[3])) for ln in lines[2:]] == want
     assert want[0] == ("run_a", "cam0", 130)
     assert "4 frames nearest to frame run_a:cam0:130" in out.stderr
@@ -277,12 +380,16 @@ def test_cli_search_says_clearly_what_is_wrong(data, tiny_model):
     args = ("--database-url", data.url, "--runs-dir", str(data.home))
     wrong_model = encoders("search", "--text", TEXT, "--run", "run_c", *args, env=tiny_model)
     assert wrong_model.returncode == 2
-    assert f"run run_c was embedded with {OTHER_MODEL}, but the query is embedded with {data.label}" in wrong_model.stderr
-    for extra, message in [(("--frame", "run_a:999"), "run run_a has no embedded frame 999"),
-                           (("--frame", "run_b:3"), "give --frame run_b:STREAM:3"),
-                           (("--frame", "nope:3"), "no run 'nope'"),
-                           (("--frame", "run_a:3", "--since", "soon"), "not a time"),
-                           (("--text", "x", "--frame", "run_a:3"), "exactly one of")]:
+    assert (
+        f"run run_c was embedded with {OTHER_MODEL}, but the query is embedded with {data.label}" in wrong_model.stderr
+    )
+    for extra, message in [
+        (("--frame", "run_a:999"), "run run_a has no embedded frame 999"),
+        (("--frame", "run_b:3"), "give --frame run_b:STREAM:3"),
+        (("--frame", "nope:3"), "no run 'nope'"),
+        (("--frame", "run_a:3", "--since", "soon"), "not a time"),
+        (("--text", "x", "--frame", "run_a:3"), "exactly one of"),
+    ]:
         out = encoders("search", *extra, *args, env=tiny_model)
         assert out.returncode == 2 and message in out.stderr, (extra, out.stderr)
     empty = Path(tempfile.mkdtemp(prefix="encoders-pg-"))
@@ -307,8 +414,15 @@ def test_cli_events_and_runs(data):
     assert events[0]["window_mean"] == pytest.approx(0.005)
     assert Path(events[1]["snapshot"]).read_bytes() == jpeg(COLOURS["blue"])  # the scene change's own snapshot
     assert events[1]["snapshot"].endswith("cam0/snapshots/scene_000120.jpg")
-    ranged = encoders("events", "--runs-dir", str(data.home), "--since",
-                      datetime.fromtimestamp(T0 + 3, timezone.utc).isoformat(), "--format", "csv")
+    ranged = encoders(
+        "events",
+        "--runs-dir",
+        str(data.home),
+        "--since",
+        datetime.fromtimestamp(T0 + 3, UTC).isoformat(),
+        "--format",
+        "csv",
+    )
     assert [r["seq"] for r in csv.DictReader(io.StringIO(ranged.stdout))] == ["120"]
 
     out = encoders("runs", "--runs-dir", str(data.home), "--format", "json")
@@ -321,8 +435,17 @@ def test_cli_events_and_runs(data):
     drifts = [v[2] for k, v in data.frames.items() if k[0] == "run_b" and v[2] is not None]
     assert runs["run_b"]["drift_mean"] == pytest.approx(np.mean(drifts), rel=1e-4)
     table = encoders("runs", "--runs-dir", str(data.home))
-    assert table.stdout.splitlines()[0].split() == ["id", "name", "started", "ended", "model", "streams", "frames",
-                                                    "scene_changes", "drift_mean"]
+    assert table.stdout.splitlines()[0].split() == [
+        "id",
+        "name",
+        "started",
+        "ended",
+        "model",
+        "streams",
+        "frames",
+        "scene_changes",
+        "drift_mean",
+    ]
     assert len(table.stdout.splitlines()) == 5
 
 
@@ -349,8 +472,14 @@ def examples() -> dict[str, str]:
 
 def test_every_query_in_examples_sql_runs_and_answers(data):
     queries = examples()
-    assert set(queries) == {"nearest_to_frame", "nearest_to_vector", "nearest_to_vector_in_run", "drift_above",
-                            "scene_changes_in_range", "runs"}
+    assert set(queries) == {
+        "nearest_to_frame",
+        "nearest_to_vector",
+        "nearest_to_vector_in_run",
+        "drift_above",
+        "scene_changes_in_range",
+        "runs",
+    }
     run_a, run_b = data.run_ids["run_a"], data.run_ids["run_b"]
 
     rows = psql(data.url, queries["nearest_to_frame"], run=run_a, stream="cam0", seq=130, k=5)
@@ -361,28 +490,41 @@ def test_every_query_in_examples_sql_runs_and_answers(data):
 
     vec = "[" + ",".join(repr(float(x)) for x in data.text_vec) + "]"
     rows = psql(data.url, queries["nearest_to_vector"], vec=vec, k=3)
-    assert (rows[0]["run"], rows[0]["seq"]) == ("run_a", "90") and float(rows[0]["similarity"]) == pytest.approx(1, abs=1e-5)
+    assert (rows[0]["run"], rows[0]["seq"]) == ("run_a", "90") and float(rows[0]["similarity"]) == pytest.approx(
+        1, abs=1e-5
+    )
 
     red = "[" + ",".join(repr(float(x)) for x in data.colour_vec["red"]) + "]"
     rows = psql(data.url, queries["nearest_to_vector_in_run"], vec=red, run=run_b, k=4)
-    assert [(r["stream"], int(r["seq"])) for r in rows] == [k[1:] for k in data.exact(data.colour_vec["red"], 4,
-                                                                                        runs=["run_b"])[0]]
+    assert [(r["stream"], int(r["seq"])) for r in rows] == [
+        k[1:] for k in data.exact(data.colour_vec["red"], 4, runs=["run_b"])[0]
+    ]
 
     rows = psql(data.url, queries["drift_above"], run=run_a, drift=0.2)
     want = sorted(s for (r, _, s), v in data.frames.items() if r == "run_a" and v[2] is not None and v[2] > 0.2)
     assert [int(r["seq"]) for r in rows] == want and {60, 90, 91, 120} <= set(want)
 
-    since = datetime.fromtimestamp(T0 + 1, timezone.utc).isoformat()
-    until = datetime.fromtimestamp(T0 + 4.5, timezone.utc).isoformat()
+    since = datetime.fromtimestamp(T0 + 1, UTC).isoformat()
+    until = datetime.fromtimestamp(T0 + 4.5, UTC).isoformat()
     rows = psql(data.url, queries["scene_changes_in_range"], since=since, until=until)
     assert [(r["run"], int(r["seq"])) for r in rows] == [("run_a", 60), ("run_a", 120)]
     assert rows[1]["snapshot_path"] == "cam0/snapshots/scene_000120.jpg"
-    assert psql(data.url, queries["scene_changes_in_range"], since=until,
-                until=datetime.fromtimestamp(T0 + 99, timezone.utc).isoformat()) == []
+    assert (
+        psql(
+            data.url,
+            queries["scene_changes_in_range"],
+            since=until,
+            until=datetime.fromtimestamp(T0 + 99, UTC).isoformat(),
+        )
+        == []
+    )
 
     rows = psql(data.url, queries["runs"])
     assert [(r["name"], int(r["frames"]), int(r["scene_changes"])) for r in rows] == [
-        ("run_a", 180, 2), ("run_b", 120, 0), ("run_c", 30, 0)]
+        ("run_a", 180, 2),
+        ("run_b", 120, 0),
+        ("run_c", 30, 0),
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -413,10 +555,13 @@ def big(data):
                     seq = seg * 100 + i
                     v = unit(centre + 0.05 * rng.standard_normal(64))
                     vectors[(run_id, stream, seq)] = v
-                    rows.append(FrameRow(run_id, stream, seq, T0 + r * 86400 + seq / FPS, None, None, v, None, "w",
-                                         i == 0, seg * 100))
+                    rows.append(
+                        FrameRow(
+                            run_id, stream, seq, T0 + r * 86400 + seq / FPS, None, None, v, None, "w", i == 0, seg * 100
+                        )
+                    )
         for i in range(0, len(rows), 2000):
-            db.write_rows(rows[i:i + 2000])
+            db.write_rows(rows[i : i + 2000])
     db.close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE frames")
@@ -451,9 +596,17 @@ def test_explain_shows_the_hnsw_index_unfiltered_and_the_filtered_approach(big):
             exact = sorted(((float(v @ q), k) for k, v in vectors.items() if k[0] == 1), reverse=True)[:10]
             assert [(h.run_id, h.stream, h.seq) for h in hits] == [k for _, k in exact]
         # sql/examples.sql's nearest_to_frame: the index serves a query vector taken from a row too.
-        text = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN " + examples()["nearest_to_frame"].replace(":'stream'", "'cam0'").replace(":run", "1")
-            .replace(":seq", "5").replace(":k", "10")).fetchall())
+        text = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN "
+                + examples()["nearest_to_frame"]
+                .replace(":'stream'", "'cam0'")
+                .replace(":run", "1")
+                .replace(":seq", "5")
+                .replace(":k", "10")
+            ).fetchall()
+        )
         assert "Index Scan using frames_keyframe_hnsw" in text, text
     finally:
         conn.close()
@@ -479,19 +632,26 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
         old = url.replace("/postgres?", "/old?")
         with psycopg.connect(old, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION vector")
-            conn.execute("CREATE TABLE schema_version (version int PRIMARY KEY, applied_at timestamptz NOT NULL "
-                         "DEFAULT now())")
-            conn.execute("CREATE TABLE runs (id bigserial PRIMARY KEY, name text UNIQUE NOT NULL, started_at "
-                         "timestamptz, ended_at timestamptz, model text, dim int, config jsonb, summary jsonb)")
+            conn.execute(
+                "CREATE TABLE schema_version (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            conn.execute(
+                "CREATE TABLE runs (id bigserial PRIMARY KEY, name text UNIQUE NOT NULL, started_at "
+                "timestamptz, ended_at timestamptz, model text, dim int, config jsonb, summary jsonb)"
+            )
             conn.execute("INSERT INTO schema_version VALUES (1)")
             conn.execute("INSERT INTO runs (name, model, dim) VALUES ('old', 'm', 3)")
-            conn.execute("CREATE TABLE frames (run_id bigint NOT NULL REFERENCES runs (id), stream text NOT NULL, "
-                         "seq bigint NOT NULL, captured_at timestamptz, similarity real, drift real, "
-                         "embedding vector(3) NOT NULL, snapshot_path text, worker text, "
-                         "PRIMARY KEY (run_id, stream, seq))")
+            conn.execute(
+                "CREATE TABLE frames (run_id bigint NOT NULL REFERENCES runs (id), stream text NOT NULL, "
+                "seq bigint NOT NULL, captured_at timestamptz, similarity real, drift real, "
+                "embedding vector(3) NOT NULL, snapshot_path text, worker text, "
+                "PRIMARY KEY (run_id, stream, seq))"
+            )
             conn.execute("CREATE INDEX frames_embedding_hnsw ON frames USING hnsw (embedding vector_cosine_ops)")
-            conn.execute("INSERT INTO frames (run_id, stream, seq, captured_at, embedding) VALUES "
-                         "(1, 'cam0', 0, now(), '[1,0,0]'), (1, 'cam0', 1, now(), '[0,1,0]')")
+            conn.execute(
+                "INSERT INTO frames (run_id, stream, seq, captured_at, embedding) VALUES "
+                "(1, 'cam0', 0, now(), '[1,0,0]'), (1, 'cam0', 1, now(), '[0,1,0]')"
+            )
         stale = encoders("runs", "--database-url", old)
         assert stale.returncode == 2 and "schema is at version 1" in stale.stderr
         assert "encoders db migrate" in stale.stderr
@@ -503,12 +663,16 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
         with psycopg.connect(old, autocommit=True) as conn:
             register_vector(conn)
             assert conn.execute("SELECT seq, keyframe, keyframe_seq FROM frames ORDER BY seq").fetchall() == [
-                (0, True, 0), (1, True, 1)]
+                (0, True, 0),
+                (1, True, 1),
+            ]
             indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'frames'")}
             assert "frames_keyframe_hnsw" in indexes and "frames_embedding_hnsw" not in indexes
             assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3]
             # Keyframes inserted from now on are linked as a new database's are.
-            options = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'frames_keyframe_hnsw'").fetchone()[0]
+            options = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'frames_keyframe_hnsw'").fetchone()[
+                0
+            ]
             assert f"ef_construction={schema.HNSW_EF_CONSTRUCTION}" in options
             store = Store(conn)
             store.check_schema()

@@ -45,13 +45,28 @@ class Viewer:
             env["DISPLAY"] = display
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "encoders", "view", "--frames", frames, "--metrics", metrics,
-             "--window", self.title, *extra],
-            env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+            [
+                sys.executable,
+                "-m",
+                "encoders",
+                "view",
+                "--frames",
+                frames,
+                "--metrics",
+                metrics,
+                "--window",
+                self.title,
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
 
     def xdotool(self, *args: str) -> str:
-        return subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": self.display}, capture_output=True,
-                              text=True, timeout=10).stdout
+        return subprocess.run(
+            ["xdotool", *args], env={**os.environ, "DISPLAY": self.display}, capture_output=True, text=True, timeout=10
+        ).stdout
 
     def window(self, size: tuple[int, int], timeout: float = 15.0) -> tuple[int, tuple[int, int]]:
         """The window's id and position, once it is mapped and has this size (it opens small,
@@ -67,8 +82,9 @@ class Viewer:
                 if pos and f"Geometry: {size[0]}x{size[1]}" in seen:
                     return int(ids[0]), (int(pos.group(1)), int(pos.group(2)))
             time.sleep(0.1)
-        pytest.fail(f"no {size[0]}x{size[1]} window named {self.title} after {timeout}s ({seen.strip()}):\n"
-                    f"{self.output()}")
+        pytest.fail(
+            f"no {size[0]}x{size[1]} window named {self.title} after {timeout}s ({seen.strip()}):\n{self.output()}"
+        )
 
     def wait(self, timeout: float) -> int:
         try:
@@ -119,12 +135,20 @@ def pattern_jpeg() -> bytes:
     return jpeg.tobytes()
 
 
-
 def metrics_record(seq: int, t: float) -> MetricsRecord:
-    return MetricsRecord(stream="cam0", seq=seq, t_capture=t, t_encoded=t, worker="w1", model="ViT-B-32",
-                         similarity=0.987, drift=0.013, rolling={"mean": 0.02, "std": 0.01, "min": 0.0, "max": 0.05,
-                                                                 "count": seq}, fps=14.2,
-                         counts={"embedded": 120, "dropped": 3, "skipped": 0, "lost": 0})
+    return MetricsRecord(
+        stream="cam0",
+        seq=seq,
+        t_capture=t,
+        t_encoded=t,
+        worker="w1",
+        model="ViT-B-32",
+        similarity=0.987,
+        drift=0.013,
+        rolling={"mean": 0.02, "std": 0.01, "min": 0.0, "max": 0.05, "count": seq},
+        fps=14.2,
+        counts={"embedded": 120, "dropped": 3, "skipped": 0, "lost": 0},
+    )
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -202,9 +226,16 @@ def close_window(display: str, window: int) -> None:
     x11 = ctypes.CDLL(ctypes.util.find_library("X11"))
 
     class ClientMessage(ctypes.Structure):
-        _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
-                    ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
-                    ("format", ctypes.c_int), ("data", ctypes.c_long * 5)]
+        _fields_ = [
+            ("type", ctypes.c_int),
+            ("serial", ctypes.c_ulong),
+            ("send_event", ctypes.c_int),
+            ("display", ctypes.c_void_p),
+            ("window", ctypes.c_ulong),
+            ("message_type", ctypes.c_ulong),
+            ("format", ctypes.c_int),
+            ("data", ctypes.c_long * 5),
+        ]
 
     class XEvent(ctypes.Union):
         _fields_ = [("xclient", ClientMessage), ("pad", ctypes.c_long * 24)]
@@ -231,12 +262,15 @@ def close_window(display: str, window: int) -> None:
 
 
 @pytest.mark.display
-@pytest.mark.parametrize("how, log_line", [
-    ("Escape", "quit key pressed"),
-    ("close", "window closed"),
-    ("SIGTERM", "received SIGTERM"),
-    ("SIGINT", "received SIGINT"),
-])
+@pytest.mark.parametrize(
+    "how, log_line",
+    [
+        ("Escape", "quit key pressed"),
+        ("close", "window closed"),
+        ("SIGTERM", "received SIGTERM"),
+        ("SIGINT", "received SIGINT"),
+    ],
+)
 def test_viewer_ends_cleanly(how, log_line, display, publishers, start_viewer):
     frames, metrics = publishers
     viewer = start_viewer(display, endpoint(frames), endpoint(metrics), "--no-plot")
@@ -266,15 +300,15 @@ def test_viewer_with_an_unreachable_display_exits_2(publishers, start_viewer):
     assert "cannot reach the X server of DISPLAY=:987" in viewer.output()
 
 
-
 @pytest.mark.display
 def test_with_web_and_with_window_both_are_served_and_q_ends_both(display, publishers, start_viewer):
     import httpx
 
     frames, metrics = publishers
     port = free_port()
-    viewer = start_viewer(display, endpoint(frames), endpoint(metrics), "--no-plot", "--web", f"127.0.0.1:{port}",
-                          "--with-window")
+    viewer = start_viewer(
+        display, endpoint(frames), endpoint(metrics), "--no-plot", "--web", f"127.0.0.1:{port}", "--with-window"
+    )
     wid, _ = viewer.window((WIDTH, HEIGHT))
     state = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=5)
     assert state.status_code == 200 and state.json()["streams"] == []

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -27,8 +27,10 @@ from encoders.shared.messages import Frame, MetricsRecord, Stats
 
 from ..conftest import free_port, wait_for
 
-INSTALL_HINT = ("the browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
-                "chromium-driver) and selenium (pip install selenium, in the test extra)")
+INSTALL_HINT = (
+    "the browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
+    "chromium-driver) and selenium (pip install selenium, in the test extra)"
+)
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 QUERY = "a red square on the lawn"
@@ -47,10 +49,19 @@ def browser(tmp_path_factory):
         pytest.fail(f"chromium or chromedriver not found: {INSTALL_HINT}")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: Selenium then never tries to download one.
@@ -61,6 +72,7 @@ def browser(tmp_path_factory):
 
 
 # -- a database with embeddings to search ----------------------------------------------------------
+
 
 def colour_jpeg(bgr: tuple[int, int, int]) -> bytes:
     img = np.full((240, 320, 3), bgr, np.uint8)
@@ -82,11 +94,12 @@ def database(tiny_model):
     url, handle = database_url("", str(folder))
     runs = folder / "runs"
     try:
-        query, label = TextSearch(url, tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"],
-                                  str(runs)).embed(QUERY)
+        query, label = TextSearch(
+            url, tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], str(runs)
+        ).embed(QUERY)
         db = Database.open(url)
         db.ensure_frames(query.size)
-        run_id = db.claim_run("run-a", datetime.now(timezone.utc))
+        run_id = db.claim_run("run-a", datetime.now(UTC))
         db.update_run(run_id, model=label, dim=query.size)
         rng = np.random.default_rng(0)
         rows = []
@@ -97,8 +110,17 @@ def database(tiny_model):
             if seq % 5 == 0:
                 snapshot = f"snapshots/frame_{seq:06d}.jpg"
                 (runs / "run-a" / snapshot).write_bytes(colour_jpeg((0, 0, 255) if seq == 5 else (128, 128, 128)))
-            rec = MetricsRecord(stream="cam0", seq=seq, t_capture=1.7e9 + seq, t_encoded=0.0, worker="w", model=label,
-                                similarity=0.9, drift=0.1, vector=vector / np.linalg.norm(vector))
+            rec = MetricsRecord(
+                stream="cam0",
+                seq=seq,
+                t_capture=1.7e9 + seq,
+                t_encoded=0.0,
+                worker="w",
+                model=label,
+                similarity=0.9,
+                drift=0.1,
+                vector=vector / np.linalg.norm(vector),
+            )
             rows.append(build_row(run_id, rec, snapshot))
         assert sum(db.write_rows(rows).values()) == 30
         db.close()
@@ -110,11 +132,12 @@ def database(tiny_model):
 
 # -- the viewer and its publishers ---------------------------------------------------------------
 
+
 def moving_frame(seq: int) -> bytes:
     img = np.zeros((240, 320, 3), np.uint8)
     img[:, :, 0] = np.linspace(40, 200, 320)[None, :]
     x = (seq * 9) % 280
-    img[60:180, x:x + 40] = (0, 220, 255)
+    img[60:180, x : x + 40] = (0, 220, 255)
     ok, jpeg = cv2.imencode(".jpg", img)
     assert ok
     return jpeg.tobytes()
@@ -128,9 +151,20 @@ def live_viewer(service, database, tiny_model):
     frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
     metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
     port = free_port()
-    viewer = service("view", "--frames", frames.getsockopt(zmq.LAST_ENDPOINT).decode(), "--metrics",
-                     metrics.getsockopt(zmq.LAST_ENDPOINT).decode(), "--web", f"127.0.0.1:{port}", "--database-url",
-                     url, "--runs-dir", str(runs), env={**tiny_model, "DISPLAY": ""})
+    viewer = service(
+        "view",
+        "--frames",
+        frames.getsockopt(zmq.LAST_ENDPOINT).decode(),
+        "--metrics",
+        metrics.getsockopt(zmq.LAST_ENDPOINT).decode(),
+        "--web",
+        f"127.0.0.1:{port}",
+        "--database-url",
+        url,
+        "--runs-dir",
+        str(runs),
+        env={**tiny_model, "DISPLAY": ""},
+    )
     stop = threading.Event()
 
     def publish():
@@ -139,12 +173,27 @@ def live_viewer(service, database, tiny_model):
             t = time.time()
             drift = 0.05 + 0.04 * np.sin(seq / 5) + (0.3 if seq % 20 == 10 else 0.0)
             zmqio.send(frames, Frame("cam0", seq, t, 320, 240, moving_frame(seq)), topic=True)
-            zmqio.send(metrics, MetricsRecord("cam0", seq, t, t, "w", "m", 1 - drift, drift, fps=14.9,
-                                              counts={"embedded": seq + 1, "dropped": seq // 10},
-                                              scene_change=seq % 20 == 10), topic=True)
+            zmqio.send(
+                metrics,
+                MetricsRecord(
+                    "cam0",
+                    seq,
+                    t,
+                    t,
+                    "w",
+                    "m",
+                    1 - drift,
+                    drift,
+                    fps=14.9,
+                    counts={"embedded": seq + 1, "dropped": seq // 10},
+                    scene_change=seq % 20 == 10,
+                ),
+                topic=True,
+            )
             if seq % 8 == 0:
-                zmqio.send(frames, Stats("ingest", "cam0", {"published": seq + 1, "workers": 2, "fps": 15.0}),
-                           topic=True)
+                zmqio.send(
+                    frames, Stats("ingest", "cam0", {"published": seq + 1, "workers": 2, "fps": 15.0}), topic=True
+                )
             seq += 1
             stop.wait(1 / 15)
 
@@ -182,8 +231,11 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
 
     # The video plays: the same element, a moment apart, shows different pictures.
     video = browser.find_element(By.ID, "video")
-    wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", video) == 320, 10,
-             "the video to show its first frame")
+    wait_for(
+        lambda: browser.execute_script("return arguments[0].naturalWidth", video) == 320,
+        10,
+        "the video to show its first frame",
+    )
     before = element_image(video)
     time.sleep(0.6)
     after = element_image(video)
@@ -192,15 +244,20 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     # The chart is redrawn as points arrive, and the counters count on.
     chart = browser.find_element(By.ID, "chart")
     drawn = browser.execute_script("return arguments[0].toDataURL()", chart)
-    wait_for(lambda: browser.execute_script("return arguments[0].toDataURL()", chart) != drawn, 5,
-             "the chart to change")
+    wait_for(
+        lambda: browser.execute_script("return arguments[0].toDataURL()", chart) != drawn, 5, "the chart to change"
+    )
     wait_for(lambda: int(text(browser, "frames-in")) > first, 5, "the frames-in counter to go up")
     assert browser.find_element(By.CSS_SELECTOR, "#streams tbody td").text == "cam0"
 
     # Scene changes arrive with thumbnails that load.
-    wait_for(lambda: browser.execute_script(
-        "return [...document.querySelectorAll('#scenes img')].filter(i => i.naturalWidth === 192).length"), 10,
-        "a scene change thumbnail")
+    wait_for(
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('#scenes img')].filter(i => i.naturalWidth === 192).length"
+        ),
+        10,
+        "a scene change thumbnail",
+    )
 
     # Search: text in, matching frames with thumbnails out; frame 7 matches exactly and is shown
     # by its stream's last snapshot before it, frame 5's (red).
@@ -208,9 +265,13 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     wait_for(panel.is_displayed, 5, "the search box (the viewer has a database)")
     browser.find_element(By.ID, "search-text").send_keys(QUERY)
     browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
-    wait_for(lambda: browser.execute_script(
-        "const i = document.querySelector('#search-results img'); return i && i.complete && i.naturalWidth > 0"),
-        60, "search results with thumbnails")
+    wait_for(
+        lambda: browser.execute_script(
+            "const i = document.querySelector('#search-results img'); return i && i.complete && i.naturalWidth > 0"
+        ),
+        60,
+        "search results with thumbnails",
+    )
     results = browser.find_elements(By.CSS_SELECTOR, "#search-results figure")
     assert len(results) == 12
     assert results[0].text.startswith("run-a cam0 #7") and "(snapshot of #5)" in results[0].text

@@ -28,8 +28,17 @@ from ..conftest import endpoint, free_port, wait_for
 def start_web_viewer(service, publishers, *extra: str, port: int | None = None):
     frames, metrics = publishers
     port = port or free_port()
-    viewer = service("view", "--frames", endpoint(frames), "--metrics", endpoint(metrics), "--web",
-                     f"127.0.0.1:{port}", *extra, env={"DISPLAY": ""})  # no display: the web needs none
+    viewer = service(
+        "view",
+        "--frames",
+        endpoint(frames),
+        "--metrics",
+        endpoint(metrics),
+        "--web",
+        f"127.0.0.1:{port}",
+        *extra,
+        env={"DISPLAY": ""},
+    )  # no display: the web needs none
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: viewer.proc.poll() is not None or "web viewer on" in viewer.output(), 20, "the web server")
     assert viewer.proc.poll() is None, viewer.output()
@@ -42,16 +51,26 @@ def picture(seq: int, w: int = 320, h: int = 240) -> bytes:
     img[:, :, 0] = np.linspace(0, 255, w)[None, :]
     img[:, :, 1] = np.linspace(255, 0, h)[:, None]
     x = (seq * 7) % (w - 20)
-    img[:, x:x + 20] = (0, 0, 255)
+    img[:, x : x + 20] = (0, 0, 255)
     ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return jpeg.tobytes()
 
 
 def metrics_record(seq: int, t: float, *, drift=0.02, scene=False, stream="cam0") -> MetricsRecord:
-    return MetricsRecord(stream=stream, seq=seq, t_capture=t, t_encoded=t, worker="w1", model="m",
-                         similarity=1 - drift, drift=drift, fps=9.5, scene_change=scene,
-                         counts={"embedded": seq + 1, "dropped": 2, "skipped": 0, "lost": 0})
+    return MetricsRecord(
+        stream=stream,
+        seq=seq,
+        t_capture=t,
+        t_encoded=t,
+        worker="w1",
+        model="m",
+        similarity=1 - drift,
+        drift=drift,
+        fps=9.5,
+        scene_change=scene,
+        counts={"embedded": seq + 1, "dropped": 2, "skipped": 0, "lost": 0},
+    )
 
 
 def decode(jpeg: bytes) -> np.ndarray:
@@ -73,7 +92,7 @@ def read_part(stream) -> bytes:
         line = stream.readline()
         assert line, "the stream ended inside a part"
         body += line
-    return bytes(body[:-len(b"\r\n--frame\r\n")])
+    return bytes(body[: -len(b"\r\n--frame\r\n")])
 
 
 def open_mjpeg(port: int, path: str, rcvbuf: int | None = None) -> tuple[socket.socket, object]:
@@ -115,8 +134,11 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
             t = time.time()
             last = picture(seq)
             zmqio.send(frames, Frame("cam0", seq, t, 320, 240, last), topic=True)
-            zmqio.send(metrics, metrics_record(seq, t, drift=0.4 if seq == scene_at else 0.02,
-                                               scene=seq == scene_at), topic=True)
+            zmqio.send(
+                metrics,
+                metrics_record(seq, t, drift=0.4 if seq == scene_at else 0.02, scene=seq == scene_at),
+                topic=True,
+            )
             seq += 1
             time.sleep(0.01)
         zmqio.send(frames, Stats("ingest", "cam0", {"published": seq + 100, "workers": 3, "fps": 14.5}), topic=True)
@@ -266,8 +288,10 @@ def test_a_token_guards_every_request_and_the_page_carries_it(service, publisher
     assert page.status_code == 200
     assert page.cookies.get(f"encoders_token_{port}") == "s3cret"
     # The cookie alone opens the rest (the page's script, images and events).
-    assert httpx.get(f"{base}/static/viewer.js", cookies={f"encoders_token_{port}": "s3cret"},
-                     timeout=10).status_code == 200
+    assert (
+        httpx.get(f"{base}/static/viewer.js", cookies={f"encoders_token_{port}": "s3cret"}, timeout=10).status_code
+        == 200
+    )
     assert viewer.stop() == 0
     assert "s3cret" not in viewer.output()
 
@@ -287,8 +311,15 @@ def test_a_port_in_use_is_a_clear_error(service, publishers):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         frames, metrics = publishers
-        viewer = service("view", "--frames", endpoint(frames), "--metrics", endpoint(metrics), "--web",
-                         f"127.0.0.1:{taken.getsockname()[1]}")
+        viewer = service(
+            "view",
+            "--frames",
+            endpoint(frames),
+            "--metrics",
+            endpoint(metrics),
+            "--web",
+            f"127.0.0.1:{taken.getsockname()[1]}",
+        )
         assert viewer.wait(20) == 2
     assert "cannot serve the web viewer on 127.0.0.1:" in viewer.output()
 
@@ -310,7 +341,7 @@ def test_a_slow_client_skips_frames_at_the_viewer_and_slows_nobody(service, publ
     fps, seconds = 60, 4.0
 
     # The slow one: a 4 kB receive window, 2 kB read every 0.1 s (20 kB/s: a frame every ~8 s).
-    slow_sock, slow = open_mjpeg(port, "/video.mjpg?stream=cam0", rcvbuf=4096)
+    slow_sock, _slow = open_mjpeg(port, "/video.mjpg?stream=cam0", rcvbuf=4096)
     fast_sock, fast = open_mjpeg(port, "/video.mjpg?stream=cam0")
     got = {"fast": 0, "slow_bytes": 0}
     done = threading.Event()
@@ -339,8 +370,12 @@ def test_a_slow_client_skips_frames_at_the_viewer_and_slows_nobody(service, publ
         while (elapsed := time.monotonic() - start) < seconds:
             t0 = time.monotonic()
             # NOBLOCK: a send that would have to wait raises instead.
-            zmqio.send(frames, Frame("cam0", seq, time.time(), 480, 360, jpegs[seq % len(jpegs)]), topic=True,
-                       flags=zmq.NOBLOCK)
+            zmqio.send(
+                frames,
+                Frame("cam0", seq, time.time(), 480, 360, jpegs[seq % len(jpegs)]),
+                topic=True,
+                flags=zmq.NOBLOCK,
+            )
             zmqio.send(metrics, metrics_record(seq, time.time()), topic=True, flags=zmq.NOBLOCK)
             worst = max(worst, time.monotonic() - t0)
             seq += 1
@@ -395,8 +430,18 @@ def test_the_all_in_one_command_serves_the_page_for_its_run(service, tiny_model,
     service("pisim", "--port", str(cam), "--fps", "30", "--width", "320", "--height", "240")
     wait_for(lambda: _answers(f"http://127.0.0.1:{cam}/health"), 20, "pisim")
     port = free_port()
-    run = service("--stream", f"http://127.0.0.1:{cam}/stream.mjpg", "--no-display", "--web", f"127.0.0.1:{port}",
-                  "--max-frames", "240", "--runs-dir", str(runs_dir), env=tiny_model)
+    run = service(
+        "--stream",
+        f"http://127.0.0.1:{cam}/stream.mjpg",
+        "--no-display",
+        "--web",
+        f"127.0.0.1:{port}",
+        "--max-frames",
+        "240",
+        "--runs-dir",
+        str(runs_dir),
+        env=tiny_model,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: _answers(base + "/") or run.proc.poll() is not None, 60, "the run's web viewer")
     assert run.proc.poll() is None, run.output()[-3000:]

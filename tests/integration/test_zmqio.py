@@ -54,8 +54,17 @@ def test_a_message_received_as_bytes_is_the_one_received_without_a_copy():
     """copy=True (records, embeddings) and copy=False (JPEG frames) decode to the same message."""
     ctx, push, pull = pair()
     try:
-        sent = MetricsRecord(stream="cam0", seq=7, t_capture=1.5, t_encoded=2.0, worker="w", model="m",
-                             similarity=0.9, drift=0.1, vector=np.arange(512, dtype=np.float32))
+        sent = MetricsRecord(
+            stream="cam0",
+            seq=7,
+            t_capture=1.5,
+            t_encoded=2.0,
+            worker="w",
+            model="m",
+            similarity=0.9,
+            drift=0.1,
+            vector=np.arange(512, dtype=np.float32),
+        )
         got = []
         for copy in (True, False):
             zmqio.send(push, sent)

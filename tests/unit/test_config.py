@@ -4,8 +4,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from encoders.shared.config import (EncoderConfig, IngestConfig, RecorderConfig, RunConfig, SettingsError,
-                                    click_options, from_click, mask_url)
+from encoders.shared.config import (
+    EncoderConfig,
+    IngestConfig,
+    RecorderConfig,
+    RunConfig,
+    SettingsError,
+    click_options,
+    from_click,
+    mask_url,
+)
 
 
 def command_for(cls):
@@ -29,8 +37,11 @@ def test_the_seeds_variables_keep_their_names_and_meanings():
 
 def test_flags_beat_variables_and_booleans_read_both_ways():
     cmd, seen = command_for(IngestConfig)
-    result = CliRunner().invoke(cmd, ["--stream", "http://pi/stream.mjpg", "--no-reconnect"],
-                                env={"ENCODERS_STREAM": "http://other", "ENCODERS_LOSSLESS": "true"})
+    result = CliRunner().invoke(
+        cmd,
+        ["--stream", "http://pi/stream.mjpg", "--no-reconnect"],
+        env={"ENCODERS_STREAM": "http://other", "ENCODERS_LOSSLESS": "true"},
+    )
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.stream == "http://pi/stream.mjpg" and cfg.lossless is True and cfg.reconnect is False
@@ -51,12 +62,18 @@ def test_several_streams_in_one_variable():
     assert seen["cfg"].stream == ("http://a/s.mjpg", "http://b/s.mjpg")
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: EncoderConfig(device="gpu"), "auto, cpu, cuda or cuda:N"),
-    (lambda: EncoderConfig(batch_size=-1), "must be >= 0"),
-    (lambda: IngestConfig(stream_id="cam 0"), "stream-id"),
-    (lambda: EncoderConfig.from_env({"ENCODERS_BATCH_SIZE": "many"}), "ENCODERS_BATCH_SIZE='many' is not a valid int"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: EncoderConfig(device="gpu"), "auto, cpu, cuda or cuda:N"),
+        (lambda: EncoderConfig(batch_size=-1), "must be >= 0"),
+        (lambda: IngestConfig(stream_id="cam 0"), "stream-id"),
+        (
+            lambda: EncoderConfig.from_env({"ENCODERS_BATCH_SIZE": "many"}),
+            "ENCODERS_BATCH_SIZE='many' is not a valid int",
+        ),
+    ],
+)
 def test_bad_values_name_the_flag_or_variable(make, message):
     with pytest.raises(SettingsError, match=message):
         make()

@@ -145,12 +145,17 @@ def test_compose_wiring_the_brief_asks_for(compose):
 def test_gpu_override_pins_one_encoder_per_device():
     gpus = load("docker-compose.gpus.yml")["services"]
     assert gpus["encoder"]["deploy"]["replicas"] == 0
-    pinned = sorted(svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0]
-                    for name, svc in gpus.items() if name.startswith("encoder-gpu"))
+    pinned = sorted(
+        svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0]
+        for name, svc in gpus.items()
+        if name.startswith("encoder-gpu")
+    )
     assert pinned == ["0", "1"]
     for name, svc in gpus.items():
         if name.startswith("encoder-gpu"):
-            assert set(env_of(svc)) <= {config.env_name(f) for f in dataclasses.fields(config.EncoderConfig)} | COMMON_VARS
+            assert (
+                set(env_of(svc)) <= {config.env_name(f) for f in dataclasses.fields(config.EncoderConfig)} | COMMON_VARS
+            )
 
 
 def test_dockerignore_keeps_local_state_out_of_images():

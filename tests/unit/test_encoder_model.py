@@ -12,7 +12,7 @@ from encoders.services.encoder.preprocess import CorruptFrame, decode_jpeg, load
 
 
 def embed(enc, jpegs):
-    arrays, ok, bad = load_batch(enc.pre, jpegs)
+    arrays, _ok, bad = load_batch(enc.pre, jpegs)
     assert not bad
     return enc.embed_arrays(arrays)
 
@@ -37,8 +37,10 @@ def test_the_checkpoint_weights_are_the_ones_used(tiny_model, tmp_path):
     a = load_encoder(tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], "cpu")
     state = torch.load(tiny_model["ENCODERS_PRETRAINED"])["state_dict"]
     other = tmp_path / "other.pt"
-    torch.save({"state_dict": {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
-                               for k, v in state.items()}}, other)
+    torch.save(
+        {"state_dict": {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}},
+        other,
+    )
     b = load_encoder(tiny_model["ENCODERS_MODEL"], str(other), "cpu")
     assert not np.allclose(embed(a, [jpeg("green")]), embed(b, [jpeg("green")]), atol=1e-3)
 
@@ -67,11 +69,14 @@ def test_random_weights_warn_loudly(tiny_model, caplog):
     assert "RANDOM weights" in caplog.text
 
 
-@pytest.mark.parametrize("model,pretrained,message", [
-    ("no-such-model", "none", "unknown open_clip model"),
-    ("ViT-B-32", "/nowhere/weights.pt", "does not exist"),
-    ("ViT-B-32", "no-such-tag", "has no pretrained weights"),
-])
+@pytest.mark.parametrize(
+    "model,pretrained,message",
+    [
+        ("no-such-model", "none", "unknown open_clip model"),
+        ("ViT-B-32", "/nowhere/weights.pt", "does not exist"),
+        ("ViT-B-32", "no-such-tag", "has no pretrained weights"),
+    ],
+)
 def test_bad_model_settings_say_what_is_wrong(model, pretrained, message):
     with pytest.raises(ModelLoadError, match=message):
         load_encoder(model, pretrained, "cpu")

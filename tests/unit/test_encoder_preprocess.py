@@ -31,8 +31,11 @@ def natural_jpeg(w: int, h: int, seed: int, quality: int = 85) -> bytes:
         colour = tuple(int(c) for c in rng.integers(0, 255, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
     for _ in range(30):  # thin lines: detail that downscaling must treat right
-        draw.line([tuple(rng.integers(0, (w, h))), tuple(rng.integers(0, (w, h)))],
-                  fill=tuple(int(c) for c in rng.integers(0, 255, 3)), width=int(rng.integers(1, 4)))
+        draw.line(
+            [tuple(rng.integers(0, (w, h))), tuple(rng.integers(0, (w, h)))],
+            fill=tuple(int(c) for c in rng.integers(0, 255, 3)),
+            width=int(rng.integers(1, 4)),
+        )
     img = img.filter(ImageFilter.GaussianBlur(0.8))
     arr = np.asarray(img).astype(np.int16) + rng.normal(0, 6, (h, w, 3)).astype(np.int16)  # sensor noise
     buf = io.BytesIO()
@@ -62,7 +65,7 @@ def images():
 def test_full_size_decode_reproduces_open_clips_tensors(vit_b_32, images):
     """Without DCT scaling the fast path is open_clip's transform, up to float rounding."""
     exact = Preprocessor(**{**vit_b_32.pre.__dict__, "fast_decode": False})
-    arrays, ok, bad = load_batch(exact, images)
+    arrays, _ok, bad = load_batch(exact, images)
     assert not bad
     ours = exact.to_tensor(arrays, torch.device("cpu"), torch.float32)
     torch.testing.assert_close(ours, reference_batch(vit_b_32, images), atol=2e-5, rtol=0)
@@ -74,7 +77,7 @@ def test_fast_path_embeddings_match_open_clip_on_every_image(vit_b_32, images):
     ours = vit_b_32.embed_arrays(arrays)
     theirs = vit_b_32.embed(reference_batch(vit_b_32, images))
     cos = cosines(ours, theirs)
-    assert cos.min() >= 0.99, dict(zip(SIZES, cos.round(4)))
+    assert cos.min() >= 0.99, dict(zip(SIZES, cos.round(4), strict=False))
 
 
 def test_fast_path_tells_images_apart_as_open_clip_does(vit_b_32, images):
@@ -109,10 +112,10 @@ def test_bf16_on_the_cpu_stays_within_cosine_099_of_fp32(vit_b_32, images):
 def test_a_decode_pool_gives_the_same_frames_in_the_same_order(vit_b_32, images):
     from concurrent.futures import ThreadPoolExecutor
 
-    batch = images + [b"\xff\xd8 broken"] + images[:2]
+    batch = [*images, b"\xff\xd8 broken", *images[:2]]
     serial = load_batch(vit_b_32.pre, batch)
     with ThreadPoolExecutor(4) as pool:
         parallel = load_batch(vit_b_32.pre, batch, pool)
     assert parallel[1] == serial[1] and [p for p, _ in parallel[2]] == [len(images)]
-    for a, b in zip(serial[0], parallel[0]):
+    for a, b in zip(serial[0], parallel[0], strict=False):
         np.testing.assert_array_equal(a, b)

@@ -26,8 +26,15 @@ JPEGS = [make_jpeg(24, 16, 1), make_jpeg(32, 24, 2), make_jpeg(16, 16, 3)]
 SIZES = [(24, 16), (32, 24), (16, 16)]
 
 
-def part(jpeg: bytes, *, delimiter: bytes = b"--FRAME", nl: bytes = b"\r\n", length: bool = True,
-         type_name: bytes = b"Content-Type", length_name: bytes = b"Content-Length") -> bytes:
+def part(
+    jpeg: bytes,
+    *,
+    delimiter: bytes = b"--FRAME",
+    nl: bytes = b"\r\n",
+    length: bool = True,
+    type_name: bytes = b"Content-Type",
+    length_name: bytes = b"Content-Length",
+) -> bytes:
     headers = [type_name + b": image/jpeg"]
     if length:
         headers.append(length_name + b": " + str(len(jpeg)).encode())
@@ -41,7 +48,9 @@ def stream(jpegs=JPEGS, *, preamble: bytes = b"", closing: bool = False, **kw) -
     return body
 
 
-def split(data: bytes, boundary: str | None = "FRAME", chunks: list[int] | None = None) -> tuple[list[bytes], MjpegSplitter]:
+def split(
+    data: bytes, boundary: str | None = "FRAME", chunks: list[int] | None = None
+) -> tuple[list[bytes], MjpegSplitter]:
     splitter = MjpegSplitter(boundary)
     out: list[bytes] = []
     if chunks is None:
@@ -49,7 +58,7 @@ def split(data: bytes, boundary: str | None = "FRAME", chunks: list[int] | None 
     else:
         pos = 0
         for size in chunks:
-            out += splitter.feed(data[pos:pos + size])
+            out += splitter.feed(data[pos : pos + size])
             pos += size
         out += splitter.feed(data[pos:])
     splitter.finish()
@@ -59,17 +68,20 @@ def split(data: bytes, boundary: str | None = "FRAME", chunks: list[int] | None 
 # -- the boundary in the Content-Type header ----------------------------------------------------
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("multipart/x-mixed-replace; boundary=FRAME", "FRAME"),
-    ("multipart/x-mixed-replace;boundary=--myboundary", "--myboundary"),
-    ('multipart/x-mixed-replace; boundary="spaced boundary"', "spaced boundary"),
-    ("MULTIPART/X-MIXED-REPLACE; BOUNDARY=Ab12", "Ab12"),
-    ("multipart/x-mixed-replace; charset=utf-8; boundary=xyz", "xyz"),
-    ("multipart/x-mixed-replace", None),
-    ("image/jpeg", None),
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("multipart/x-mixed-replace; boundary=FRAME", "FRAME"),
+        ("multipart/x-mixed-replace;boundary=--myboundary", "--myboundary"),
+        ('multipart/x-mixed-replace; boundary="spaced boundary"', "spaced boundary"),
+        ("MULTIPART/X-MIXED-REPLACE; BOUNDARY=Ab12", "Ab12"),
+        ("multipart/x-mixed-replace; charset=utf-8; boundary=xyz", "xyz"),
+        ("multipart/x-mixed-replace", None),
+        ("image/jpeg", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_boundary_from_content_type(value, expected):
     assert boundary_from_content_type(value) == expected
 
@@ -113,12 +125,15 @@ def test_lf_only_stream_without_content_length():
     assert parts == JPEGS
 
 
-@pytest.mark.parametrize("type_name, length_name", [
-    (b"content-type", b"content-length"),
-    (b"CONTENT-TYPE", b"CONTENT-LENGTH"),
-    (b"Content-type", b"Content-length"),
-    (b"cOnTeNt-TyPe", b"CoNtEnT-lEnGtH"),
-])
+@pytest.mark.parametrize(
+    "type_name, length_name",
+    [
+        (b"content-type", b"content-length"),
+        (b"CONTENT-TYPE", b"CONTENT-LENGTH"),
+        (b"Content-type", b"Content-length"),
+        (b"cOnTeNt-TyPe", b"CoNtEnT-lEnGtH"),
+    ],
+)
 def test_header_names_in_any_case(type_name, length_name):
     data = stream(type_name=type_name, length_name=length_name)
     parts, splitter = split(data, chunks=[5] * (len(data) // 5))
@@ -145,11 +160,14 @@ def test_boundary_found_only_in_the_body(length, delimiter):
         assert splitter.boundary == "myboundary"
 
 
-@pytest.mark.parametrize("declared, delimiter", [
-    ("myboundary", b"--myboundary"),  # RFC 2046
-    ("--myboundary", b"--myboundary"),  # declared with the dashes the body uses
-    ("--myboundary", b"----myboundary"),  # declared with dashes, and the RFC's two more in the body
-])
+@pytest.mark.parametrize(
+    "declared, delimiter",
+    [
+        ("myboundary", b"--myboundary"),  # RFC 2046
+        ("--myboundary", b"--myboundary"),  # declared with the dashes the body uses
+        ("--myboundary", b"----myboundary"),  # declared with dashes, and the RFC's two more in the body
+    ],
+)
 @pytest.mark.parametrize("length", [True, False])
 def test_dash_prefix_quirks(declared, delimiter, length):
     parts, splitter = split(stream(delimiter=delimiter, length=length, closing=True), boundary=declared)
@@ -180,7 +198,9 @@ def test_closing_boundary_ends_the_stream():
 
 @pytest.mark.parametrize("boundary", ["FRAME", None], ids=["declared", "found-in-body"])
 def test_preamble_before_the_first_boundary_is_skipped(boundary):
-    preamble = b"HTTP junk a proxy left\r\n-- not a boundary line\r\nx--FRAME is not at a line start\r\n\x00\xff\xd8\r\n"
+    preamble = (
+        b"HTTP junk a proxy left\r\n-- not a boundary line\r\nx--FRAME is not at a line start\r\n\x00\xff\xd8\r\n"
+    )
     data = stream(preamble=preamble, length=False, closing=True)
     for chunks in (None, [1] * len(data)):
         parts, splitter = split(data, boundary=boundary, chunks=chunks)
@@ -250,7 +270,7 @@ def test_corrupt_part_is_rejected_and_the_stream_goes_on(name):
     splitter = MjpegSplitter("FRAME")
     good, corrupt = [], 0
     for i in range(0, len(data), 64):
-        for p in splitter.feed(data[i:i + 64]):
+        for p in splitter.feed(data[i : i + 64]):
             try:
                 good.append((p, jpeg_size(p)))
             except CorruptJpeg:

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 from encoders.shared import messages
-from encoders.shared.messages import (Credit, DecodeError, Dropped, Embedding, EndOfStream, Frame, MetricsRecord,
-                                      Skipped, Stats, StreamStart)
+from encoders.shared.messages import (
+    Credit,
+    DecodeError,
+    Dropped,
+    Embedding,
+    EndOfStream,
+    Frame,
+    MetricsRecord,
+    Skipped,
+    Stats,
+    StreamStart,
+)
 
 SAMPLES = [
     StreamStart("cam0", 0, "http://pi:8000/stream.mjpg"),
@@ -15,8 +25,21 @@ SAMPLES = [
     Skipped("cam0", 9, "w1", "corrupt JPEG"),
     Embedding("cam0", 10, 1.5, "w1", "ViT-B-32/openai", 2.0, np.arange(512, dtype=np.float32)),
     EndOfStream("cam0", 10, {"published": 11}),
-    MetricsRecord("cam1", 3, 1.0, 1.1, "w2", "m", 0.9, 0.1, {"mean": 0.1}, 12.5, {"embedded": 4}, True,
-                  vector=np.ones(4, np.float32)),
+    MetricsRecord(
+        "cam1",
+        3,
+        1.0,
+        1.1,
+        "w2",
+        "m",
+        0.9,
+        0.1,
+        {"mean": 0.1},
+        12.5,
+        {"embedded": 4},
+        True,
+        vector=np.ones(4, np.float32),
+    ),
     Credit("w1", 64),
     Stats("ingest", "cam0", {"published": 3}),
 ]
@@ -47,18 +70,39 @@ def test_topic_names_kind_and_stream():
     assert messages.encode(Frame("cam3", 1, 0.0, 2, 2, b""), with_topic=True)[0] == b"frame/cam3"
 
 
-@pytest.mark.parametrize("parts,why", [
-    ([], "no header"),
-    ([b"\xc1not msgpack"], "not msgpack"),
-    ([msgpack.packb([1, 2])], "not a map"),
-    ([msgpack.packb({"v": 99, "k": "frame"})], "schema version"),
-    ([msgpack.packb({"v": 1, "k": "nope"})], "unknown message kind"),
-    ([msgpack.packb({"v": 1, "k": "dropped", "stream": "a"})], "missing field 'seq'"),
-    ([msgpack.packb({"v": 1, "k": "frame", "stream": "a", "seq": 1, "t_capture": 0, "width": 1, "height": 1})],
-     "expected 1 buffer"),
-    ([msgpack.packb({"v": 1, "k": "embedding", "stream": "a", "seq": 1, "t_capture": 0, "worker": "w",
-                     "model": "m", "dim": 4}), b"\x00" * 12], "header says dim=4"),
-])
+@pytest.mark.parametrize(
+    "parts,why",
+    [
+        ([], "no header"),
+        ([b"\xc1not msgpack"], "not msgpack"),
+        ([msgpack.packb([1, 2])], "not a map"),
+        ([msgpack.packb({"v": 99, "k": "frame"})], "schema version"),
+        ([msgpack.packb({"v": 1, "k": "nope"})], "unknown message kind"),
+        ([msgpack.packb({"v": 1, "k": "dropped", "stream": "a"})], "missing field 'seq'"),
+        (
+            [msgpack.packb({"v": 1, "k": "frame", "stream": "a", "seq": 1, "t_capture": 0, "width": 1, "height": 1})],
+            "expected 1 buffer",
+        ),
+        (
+            [
+                msgpack.packb(
+                    {
+                        "v": 1,
+                        "k": "embedding",
+                        "stream": "a",
+                        "seq": 1,
+                        "t_capture": 0,
+                        "worker": "w",
+                        "model": "m",
+                        "dim": 4,
+                    }
+                ),
+                b"\x00" * 12,
+            ],
+            "header says dim=4",
+        ),
+    ],
+)
 def test_what_does_not_decode_is_a_decode_error(parts, why):
     with pytest.raises(DecodeError, match=why):
         messages.decode(parts)

@@ -51,7 +51,7 @@ def test_thumbnail_keeps_the_aspect_within_the_size():
     thumb = Image.open(io.BytesIO(make_thumbnail(jpeg(640, 480), 160, 70)))
     assert thumb.format == "JPEG" and thumb.size == (160, 120)
     pixel = thumb.getpixel((80, 60))
-    assert all(abs(a - b) < 12 for a, b in zip(pixel, (200, 30, 30)))
+    assert all(abs(a - b) < 12 for a, b in zip(pixel, (200, 30, 30), strict=False))
     small = Image.open(io.BytesIO(make_thumbnail(jpeg(100, 50), 160)))
     assert small.size == (100, 50)  # never enlarged
 
@@ -65,8 +65,9 @@ def test_thumbnails_made_on_threads_keep_the_rows_in_order():
     rows = [FrameRow(1, "cam0", seq, 1.0 + seq, None, None, np.ones(4, np.float32), None, "w") for seq in range(40)]
     big, small = jpeg(1920, 1080), jpeg(64, 48)
     # A slow thumbnail first, fast ones after it, rows with no frame, and frames that do not decode.
-    frames = [big if seq % 10 == 0 else None if seq % 7 == 3 else b"not a jpeg" if seq == 5 else small
-              for seq in range(40)]
+    frames = [
+        big if seq % 10 == 0 else None if seq % 7 == 3 else b"not a jpeg" if seq == 5 else small for seq in range(40)
+    ]
     out, threads_used, counters = [], set(), Counter()
 
     def sink(row):
@@ -74,13 +75,13 @@ def test_thumbnails_made_on_threads_keep_the_rows_in_order():
         out.append(row)
 
     pipeline = ThumbnailPipeline(3, 32, 70, sink, counters, max_waiting=8)
-    for row, frame in zip(rows, frames):
+    for row, frame in zip(rows, frames, strict=False):
         pipeline.add(row, frame)
         assert pipeline.waiting <= 9  # at most max_waiting (+ the one just added) wait: memory stays bounded
     pipeline.close()
     assert [r.seq for r in out] == list(range(40))
     assert threads_used == {threading.current_thread().name}  # rows are handed on by the caller's thread
-    for row, frame in zip(out, frames):
+    for row, frame in zip(out, frames, strict=False):
         if frame is None or frame == b"not a jpeg":
             assert row.thumbnail is None
         else:
@@ -112,8 +113,24 @@ def test_which_frames_get_thumbnails():
 
 def test_spool_round_trip_with_the_new_fields_and_an_old_spooled_row():
     vec = np.arange(4, dtype=np.float32)
-    row = FrameRow(1, "cam0", 7, 10.5, 0.9, 0.1, vec, None, "w", False, 5, b"\xff\xd8thumb", True, 0.02, 0.01,
-                   "snapshots/scene_000007.jpg")
+    row = FrameRow(
+        1,
+        "cam0",
+        7,
+        10.5,
+        0.9,
+        0.1,
+        vec,
+        None,
+        "w",
+        False,
+        5,
+        b"\xff\xd8thumb",
+        True,
+        0.02,
+        0.01,
+        "snapshots/scene_000007.jpg",
+    )
     back = from_spool(to_spool(row))
     assert back._replace(embedding=None) == row._replace(embedding=None)
     np.testing.assert_array_equal(back.embedding, vec)
@@ -128,24 +145,50 @@ def test_spool_round_trip_with_the_new_fields_and_an_old_spooled_row():
 
 
 def test_scene_change_values():
-    row = FrameRow(3, "cam1", 9, 1700000000.0, 0.5, 0.5, np.zeros(2, np.float32), None,
-                   "w", True, 9, None, True, 0.01, 0.002, "cam1/snapshots/scene_000009.jpg")
+    row = FrameRow(
+        3,
+        "cam1",
+        9,
+        1700000000.0,
+        0.5,
+        0.5,
+        np.zeros(2, np.float32),
+        None,
+        "w",
+        True,
+        9,
+        None,
+        True,
+        0.01,
+        0.002,
+        "cam1/snapshots/scene_000009.jpg",
+    )
     run_id, stream, seq, t, drift, mean, std, snap = scene_change_values(row)
-    assert (run_id, stream, seq, drift, mean, std, snap) == (3, "cam1", 9, 0.5, 0.01, 0.002,
-                                                              "cam1/snapshots/scene_000009.jpg")
+    assert (run_id, stream, seq, drift, mean, std, snap) == (
+        3,
+        "cam1",
+        9,
+        0.5,
+        0.01,
+        0.002,
+        "cam1/snapshots/scene_000009.jpg",
+    )
     assert t.timestamp() == 1700000000.0
 
 
 def test_migrations_are_numbered_from_one_without_gaps_and_idempotent_statements():
     versions = [m.version for m in schema.MIGRATIONS]
-    assert versions == list(range(1, len(versions) + 1)) and schema.LATEST_VERSION == versions[-1]
+    assert versions == list(range(1, len(versions) + 1)) and versions[-1] == schema.LATEST_VERSION
     for m in schema.MIGRATIONS:
         assert m.description
         for statement in m.statements + m.frames_statements:
             head = " ".join(statement.split()[:6]).upper()
             # Each can run again on a database that has it already.
-            assert ("IF NOT EXISTS" in statement.upper() or "IF EXISTS" in statement.upper()
-                    or head.startswith(("UPDATE", "DO ", "ALTER TABLE FRAMES ALTER COLUMN"))), statement
+            assert (
+                "IF NOT EXISTS" in statement.upper()
+                or "IF EXISTS" in statement.upper()
+                or head.startswith(("UPDATE", "DO ", "ALTER TABLE FRAMES ALTER COLUMN"))
+            ), statement
 
 
 def test_new_frames_table_has_the_keyframe_index_unless_vectors_are_too_long():

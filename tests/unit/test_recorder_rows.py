@@ -1,30 +1,56 @@
 """Row building, and what database errors and stored settings show of a password: nothing."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
-from encoders.shared.messages import MetricsRecord
 from encoders.services.recorder.db import Database, DatabaseRefused, describe_target
-from encoders.shared.config import mask_url
 from encoders.services.recorder.recorder import pipeline_settings
 from encoders.services.recorder.rows import COLUMNS, COPY_TYPES, build_row, copy_values
+from encoders.shared.config import mask_url
+from encoders.shared.messages import MetricsRecord
 
 
 def test_build_row_and_copy_values():
     vec = np.arange(4, dtype=np.float32)
-    rec = MetricsRecord(stream="cam0", seq=42, t_capture=1700000000.5, t_encoded=1700000000.6, worker="host-1",
-                        model="ViT-B-32", similarity=0.5, drift=0.5, vector=vec)
+    rec = MetricsRecord(
+        stream="cam0",
+        seq=42,
+        t_capture=1700000000.5,
+        t_encoded=1700000000.6,
+        worker="host-1",
+        model="ViT-B-32",
+        similarity=0.5,
+        drift=0.5,
+        vector=vec,
+    )
     row = build_row(9, rec, "snapshots/frame_000042.jpg")
     assert (row.run_id, row.stream, row.seq, row.worker, row.snapshot_path) == (
-        9, "cam0", 42, "host-1", "snapshots/frame_000042.jpg")
+        9,
+        "cam0",
+        42,
+        "host-1",
+        "snapshots/frame_000042.jpg",
+    )
     values = copy_values(row)
     assert len(values) == len(COLUMNS) == len(COPY_TYPES)
-    assert values[COLUMNS.index("captured_at")] == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=timezone.utc)
+    assert values[COLUMNS.index("captured_at")] == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)
     assert values[COLUMNS.index("embedding")] is row.embedding
-    first = build_row(9, MetricsRecord(stream="cam0", seq=0, t_capture=1.0, t_encoded=1.0, worker="w", model="m",
-                                       similarity=None, drift=None, vector=vec))
+    first = build_row(
+        9,
+        MetricsRecord(
+            stream="cam0",
+            seq=0,
+            t_capture=1.0,
+            t_encoded=1.0,
+            worker="w",
+            model="m",
+            similarity=None,
+            drift=None,
+            vector=vec,
+        ),
+    )
     assert first.similarity is None and first.drift is None and first.snapshot_path is None
 
 
@@ -50,10 +76,15 @@ def test_an_unparsable_url_is_refused_without_quoting_it():
 
 
 def test_pipeline_settings_are_stored_with_secrets_mask_url():
-    text = ('{"database_url": "postgresql://u:s3cret@db/x", "recorder": {"api_token": "abc", "fps": 15},'
-            ' "streams": ["http://cam:pw@pi:8000/stream.mjpg"]}')
+    text = (
+        '{"database_url": "postgresql://u:s3cret@db/x", "recorder": {"api_token": "abc", "fps": 15},'
+        ' "streams": ["http://cam:pw@pi:8000/stream.mjpg"]}'
+    )
     got = pipeline_settings(text)
-    assert got == {"database_url": "postgresql://u:***@db/x", "recorder": {"api_token": "***", "fps": 15},
-                   "streams": ["http://cam:***@pi:8000/stream.mjpg"]}
+    assert got == {
+        "database_url": "postgresql://u:***@db/x",
+        "recorder": {"api_token": "***", "fps": 15},
+        "streams": ["http://cam:***@pi:8000/stream.mjpg"],
+    }
     assert pipeline_settings("") == {}
     assert pipeline_settings("not json, postgresql://u:pw@h/d") == "not json, postgresql://u:***@h/d"

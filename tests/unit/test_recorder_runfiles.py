@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from encoders.logging_utils import load_run_embeddings
-from encoders.services.recorder.runfiles import (DriftCsv, EmbeddingBatches, create_run_dir, run_dir_candidates,
-                                                 write_json)
+from encoders.services.recorder.runfiles import (
+    DriftCsv,
+    EmbeddingBatches,
+    create_run_dir,
+    run_dir_candidates,
+    write_json,
+)
 
 
 def unit_vectors(n, dim=8, seed=0):
@@ -19,7 +24,7 @@ def unit_vectors(n, dim=8, seed=0):
 
 def write_batches(folder, vectors, times, seqs, interval):
     batches = EmbeddingBatches(folder / "embeddings", interval)
-    written = [batches.add(v, t, s) for v, t, s in zip(vectors, times, seqs)]
+    written = [batches.add(v, t, s) for v, t, s in zip(vectors, times, seqs, strict=False)]
     final = batches.flush()
     return batches, written, final
 
@@ -27,8 +32,18 @@ def write_batches(folder, vectors, times, seqs, interval):
 def test_a_file_every_interval_and_the_rest_at_the_end(tmp_path):
     vectors = unit_vectors(10)
     batches, written, final = write_batches(tmp_path, vectors, np.arange(10) * 0.1 + 1e9, range(100, 110), 4)
-    assert [p.name if p else None for p in written] == [None, None, None, "batch_0000.npz",
-                                                        None, None, None, "batch_0001.npz", None, None]
+    assert [p.name if p else None for p in written] == [
+        None,
+        None,
+        None,
+        "batch_0000.npz",
+        None,
+        None,
+        None,
+        "batch_0001.npz",
+        None,
+        None,
+    ]
     assert final.name == "batch_0002.npz"
     assert batches.written == 3 and batches.rows_written == 10
     with np.load(final) as data:
@@ -37,7 +52,10 @@ def test_a_file_every_interval_and_the_rest_at_the_end(tmp_path):
         assert data["indices"].dtype == np.int64 and list(data["indices"]) == [108, 109]
     assert batches.flush() is None  # nothing held: no empty file
     assert sorted(p.name for p in (tmp_path / "embeddings").iterdir()) == [
-        "batch_0000.npz", "batch_0001.npz", "batch_0002.npz"]
+        "batch_0000.npz",
+        "batch_0001.npz",
+        "batch_0002.npz",
+    ]
 
 
 def test_round_trip_through_the_seed_import(tmp_path):
@@ -56,8 +74,12 @@ def test_batches_are_concatenated_in_numeric_order(tmp_path):
     folder = tmp_path / "embeddings"
     folder.mkdir()
     for n in (10000, 2, 9999):  # "batch_10000" sorts before "batch_9999" as text
-        np.savez(folder / f"batch_{n:04d}.npz", embeddings=np.full((1, 2), n, np.float32),
-                 timestamps=np.array([float(n)]), indices=np.array([n]))
+        np.savez(
+            folder / f"batch_{n:04d}.npz",
+            embeddings=np.full((1, 2), n, np.float32),
+            timestamps=np.array([float(n)]),
+            indices=np.array([n]),
+        )
     _, _, idx = load_run_embeddings(tmp_path)
     assert list(idx) == [2, 9999, 10000]
 
@@ -76,7 +98,7 @@ def test_several_streams_need_a_name(tmp_path):
         load_run_embeddings(tmp_path)
     _, _, idx = load_run_embeddings(tmp_path, stream="cam1")
     assert list(idx) == [1, 2, 3]
-    with pytest.raises(ValueError, match="no stream 'cam9'.*cam0, cam1"):
+    with pytest.raises(ValueError, match=r"no stream 'cam9'.*cam0, cam1"):
         load_run_embeddings(tmp_path, stream="cam9")
 
 
@@ -97,9 +119,11 @@ def test_drift_csv(tmp_path):
     out.write(1700000000.2, 1, 0.875, 0.125)
     out.close()
     rows = list(csv.reader(path.open()))
-    assert rows == [["timestamp", "frame", "similarity", "drift"],
-                    ["1700000000.123457", "0", "", ""],
-                    ["1700000000.200000", "1", "0.875", "0.125"]]
+    assert rows == [
+        ["timestamp", "frame", "similarity", "drift"],
+        ["1700000000.123457", "0", "", ""],
+        ["1700000000.200000", "1", "0.875", "0.125"],
+    ]
 
 
 def test_run_folder_names_get_a_suffix_when_taken(tmp_path):

@@ -32,8 +32,9 @@ def test_interval_zero_takes_every_frame():
 
 def test_a_missing_jpeg_passes_the_snapshot_to_the_next_available_frame():
     missing = {10.0, 12.0, 12.5}
-    got = taken_at(SnapshotPolicy(2.0), [10.0, 10.5, 11.0, 12.0, 12.5, 13.0, 14.0, 15.0],
-                   available=lambda t: t not in missing)
+    got = taken_at(
+        SnapshotPolicy(2.0), [10.0, 10.5, 11.0, 12.0, 12.5, 13.0, 14.0, 15.0], available=lambda t: t not in missing
+    )
     assert got == [10.5, 13.0, 15.0]
 
 

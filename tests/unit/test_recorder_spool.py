@@ -84,13 +84,15 @@ def test_one_process_at_a_time(tmp_path):
 
 def test_frame_rows_survive_the_spool(tmp_path):
     vec = np.linspace(-1, 1, 512, dtype=np.float32)
-    rows = [FrameRow(7, "cam0", 0, 1700000000.25, None, None, vec, "snapshots/frame_000000.jpg", "w1"),
-            FrameRow(7, "cam0", 1, 1700000000.5, 0.75, 0.25, vec[::-1].copy(), None, "w2")]
+    rows = [
+        FrameRow(7, "cam0", 0, 1700000000.25, None, None, vec, "snapshots/frame_000000.jpg", "w1"),
+        FrameRow(7, "cam0", 1, 1700000000.5, 0.75, 0.25, vec[::-1].copy(), None, "w2"),
+    ]
     spool = Spool(tmp_path / "s.msgpack")
     spool.append(to_spool(r) for r in rows)
     records, _ = spool.read_batch(10)
     back = [from_spool(r) for r in records]
-    for a, b in zip(rows, back):
+    for a, b in zip(rows, back, strict=False):
         assert a._replace(embedding=None) == b._replace(embedding=None)
         np.testing.assert_array_equal(a.embedding, b.embedding)
         assert b.embedding.dtype == np.float32

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from encoders.logging_utils import load_run_embeddings
-from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
-from encoders.shared.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
+from encoders.shared.config import RecorderConfig
+from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
 
 
 class Rows:
@@ -33,21 +33,32 @@ def vec(seed, dim=8):
 
 def record(stream, seq, t, dim=8):
     sim = None if seq == 0 else 0.9
-    return MetricsRecord(stream=stream, seq=seq, t_capture=t, t_encoded=t + 0.1, worker="w", model="ViT-B-32",
-                         similarity=sim, drift=None if sim is None else 0.1, counts={"embedded": seq + 1},
-                         vector=vec(seq, dim))
+    return MetricsRecord(
+        stream=stream,
+        seq=seq,
+        t_capture=t,
+        t_encoded=t + 0.1,
+        worker="w",
+        model="ViT-B-32",
+        similarity=sim,
+        drift=None if sim is None else 0.1,
+        counts={"embedded": seq + 1},
+        vector=vec(seq, dim),
+    )
 
 
 def frame(stream, seq, t):
-    return Frame(stream=stream, seq=seq, t_capture=t, width=4, height=4, jpeg=b"\xff\xd8%s-%d\xff\xd9" % (
-        stream.encode(), seq))
+    return Frame(
+        stream=stream, seq=seq, t_capture=t, width=4, height=4, jpeg=b"\xff\xd8%s-%d\xff\xd9" % (stream.encode(), seq)
+    )
 
 
 def make(tmp_path, **kw):
     rows = Rows()
     kw = {"snapshot_interval": 1.0, "embedding_interval": 3, **kw}
-    return Recorder(tmp_path, run_id=1, config={"run": {"name": tmp_path.name}}, rows=rows,
-                    settings=RecorderConfig(**kw)), rows
+    return Recorder(
+        tmp_path, run_id=1, config={"run": {"name": tmp_path.name}}, rows=rows, settings=RecorderConfig(**kw)
+    ), rows
 
 
 def finish(rec):
@@ -64,16 +75,27 @@ def test_first_stream_in_the_run_folder_others_beside_it(tmp_path):
     top = finish(rec)
     assert rows.model == ("ViT-B-32", 8)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "cam1", "config.json", "drift.csv", "embeddings", "snapshots", "summary.json"]
+        "cam1",
+        "config.json",
+        "drift.csv",
+        "embeddings",
+        "snapshots",
+        "summary.json",
+    ]
     assert sorted(p.name for p in (tmp_path / "cam1").iterdir()) == [
-        "config.json", "drift.csv", "embeddings", "snapshots", "summary.json"]
+        "config.json",
+        "drift.csv",
+        "embeddings",
+        "snapshots",
+        "summary.json",
+    ]
     assert top["stream"] == "cam0" and top["records"] == 5 and top["other_streams"] == {"cam1": "cam1"}
     cam1 = json.loads((tmp_path / "cam1" / "summary.json").read_text())
     assert cam1["stream"] == "cam1" and cam1["frames"]["published"] == 9 and cam1["ended"]
     assert rec.ended == {"cam1"}
     # No file mixes two streams.
     assert [r[1] for r in csv.reader((tmp_path / "drift.csv").open())][1:] == ["0", "1", "2", "3", "4"]
-    emb, ts, idx = load_run_embeddings(tmp_path, stream="cam1")
+    emb, ts, _idx = load_run_embeddings(tmp_path, stream="cam1")
     assert list(ts) == [200 + i * 0.5 for i in range(5)]
     np.testing.assert_array_equal(emb[2], vec(2))
     assert sorted(p.name for p in (tmp_path / "embeddings").iterdir()) == ["batch_0000.npz", "batch_0001.npz"]
@@ -146,7 +168,12 @@ def test_a_run_with_no_records_still_leaves_the_layout(tmp_path):
     rec, _ = make(tmp_path)
     top = finish(rec)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.json", "drift.csv", "embeddings", "snapshots", "summary.json"]
+        "config.json",
+        "drift.csv",
+        "embeddings",
+        "snapshots",
+        "summary.json",
+    ]
     assert top["records"] == 0 and top["frames"]["embedded"] == 0
     assert (tmp_path / "drift.csv").read_bytes() == b"timestamp,frame,similarity,drift\n"
 

@@ -5,14 +5,23 @@ import math
 import numpy as np
 import pytest
 
-from encoders.shared.messages import MetricsRecord
 from encoders.services.recorder.summary import RunningStats, StreamSummary
+from encoders.shared.messages import MetricsRecord
 
 
 def record(seq, t, similarity, counts=None):
-    return MetricsRecord(stream="cam0", seq=seq, t_capture=t, t_encoded=t + 0.05, worker="w1", model="ViT-B-32",
-                         similarity=similarity, drift=None if similarity is None else 1.0 - similarity,
-                         counts=counts or {}, vector=np.ones(4, np.float32) / 2)
+    return MetricsRecord(
+        stream="cam0",
+        seq=seq,
+        t_capture=t,
+        t_encoded=t + 0.05,
+        worker="w1",
+        model="ViT-B-32",
+        similarity=similarity,
+        drift=None if similarity is None else 1.0 - similarity,
+        counts=counts or {},
+        vector=np.ones(4, np.float32) / 2,
+    )
 
 
 def test_running_stats_by_hand():
@@ -34,8 +43,15 @@ def test_stream_summary_by_hand():
     s = StreamSummary("cam0")
     sims = [None, 0.9, 0.7, 0.8, 1.0]  # drifts: 0.1, 0.3, 0.2, 0.0
     for i, sim in enumerate(sims):
-        s.add(record(seq=10 + 2 * i, t=1000.0 + 0.5 * i, similarity=sim,
-                     counts={"embedded": i + 1, "dropped": i, "skipped": 0, "lost": 0}), snapshot=(i in (0, 3)))
+        s.add(
+            record(
+                seq=10 + 2 * i,
+                t=1000.0 + 0.5 * i,
+                similarity=sim,
+                counts={"embedded": i + 1, "dropped": i, "skipped": 0, "lost": 0},
+            ),
+            snapshot=(i in (0, 3)),
+        )
     d = s.to_dict(npz_batches=2, db_rows=5)
     assert d["records"] == 5
     assert (d["first_seq"], d["last_seq"]) == (10, 18)

@@ -3,7 +3,7 @@
 import csv
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,12 +11,12 @@ from encoders.services.search import sql
 from encoders.services.search.filters import FilterError, Filters, FrameRef, parse_frame_ref, parse_time
 from encoders.services.search.output import render
 
-NOW = datetime(2026, 1, 7, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 7, 12, 0, 0, tzinfo=UTC)
 
 
 def test_parse_time_iso_relative_and_now():
-    assert parse_time("2026-01-07T14:30:00+00:00", NOW) == datetime(2026, 1, 7, 14, 30, tzinfo=timezone.utc)
-    assert parse_time("2026-01-07T14:30:00Z", NOW) == datetime(2026, 1, 7, 14, 30, tzinfo=timezone.utc)
+    assert parse_time("2026-01-07T14:30:00+00:00", NOW) == datetime(2026, 1, 7, 14, 30, tzinfo=UTC)
+    assert parse_time("2026-01-07T14:30:00Z", NOW) == datetime(2026, 1, 7, 14, 30, tzinfo=UTC)
     local = parse_time("2026-01-07 14:30", NOW)
     assert local.tzinfo is not None and local.replace(tzinfo=None) == datetime(2026, 1, 7, 14, 30)
     assert parse_time("2h", NOW) == NOW - timedelta(hours=2)
@@ -46,10 +46,18 @@ def test_filters_reject_an_empty_time_range():
 def test_where_has_a_parameter_for_every_value_and_moves_since_back_for_keyframes():
     f = Filters(run_ids=(3, 4), stream="cam0'; DROP TABLE frames; --", since=NOW, until=NOW + timedelta(hours=1))
     conds, params = sql.where(f, "f")
-    assert conds == ["f.run_id = ANY(%(run_ids)s)", "f.stream = %(stream)s", "f.captured_at >= %(since)s",
-                     "f.captured_at < %(until)s"]
-    assert params == {"run_ids": [3, 4], "stream": "cam0'; DROP TABLE frames; --", "since": NOW,
-                      "until": NOW + timedelta(hours=1)}
+    assert conds == [
+        "f.run_id = ANY(%(run_ids)s)",
+        "f.stream = %(stream)s",
+        "f.captured_at >= %(since)s",
+        "f.captured_at < %(until)s",
+    ]
+    assert params == {
+        "run_ids": [3, 4],
+        "stream": "cam0'; DROP TABLE frames; --",
+        "since": NOW,
+        "until": NOW + timedelta(hours=1),
+    }
     kconds, kparams = sql.where(f, keyframes=True, segment_span_s=5.0)
     assert "captured_at >= %(segments_since)s" in kconds
     assert kparams["segments_since"] == NOW - timedelta(seconds=5)
@@ -61,7 +69,10 @@ def test_nearest_sql_two_stages_and_exact_keyframes_hide_the_order_from_the_inde
     text, params = sql.nearest_sql(f, sql.Plan(False, 12, 40), segment_span_s=5.0)
     assert "WHERE keyframe AND run_id = ANY(%(run_ids)s) AND captured_at >= %(segments_since)s" in text
     assert "ORDER BY embedding <=> %(q)s\n    LIMIT %(candidates)s" in text
-    assert "f.keyframe_seq = keys.seq" in text and "WHERE f.run_id = ANY(%(run_ids)s) AND f.captured_at >= %(since)s" in text
+    assert (
+        "f.keyframe_seq = keys.seq" in text
+        and "WHERE f.run_id = ANY(%(run_ids)s) AND f.captured_at >= %(since)s" in text
+    )
     assert params == {"run_ids": [1], "segments_since": NOW - timedelta(seconds=5), "since": NOW, "candidates": 12}
     exact, _ = sql.nearest_sql(f, sql.Plan(True, 12, 40), segment_span_s=5.0)
     assert "ORDER BY (embedding <=> %(q)s) + 0" in exact
@@ -70,20 +81,23 @@ def test_nearest_sql_two_stages_and_exact_keyframes_hide_the_order_from_the_inde
 
 
 def test_choose_plan_by_hand():
-    common = dict(k=10, candidates=10, ef_search=40, exact_limit=2000)
+    common = {"k": 10, "candidates": 10, "ef_search": 40, "exact_limit": 2000}
     assert sql.choose_plan(filtered=False, **common) == sql.Plan(False, 10, 40)
     assert sql.choose_plan(filtered=False, **{**common, "k": 50}) == sql.Plan(False, 50, 50)  # ef >= candidates
     assert sql.choose_plan(filtered=True, matching_keyframes=2000, **common) == sql.Plan(True, 10, 40)
     # 2001 of 100,000 keyframes pass: selectivity 0.02001, ef = ceil(2 * 10 / 0.02001) = 1000 (the cap).
-    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=100_000,
-                           **common) == sql.Plan(False, 10, 1000)
+    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=100_000, **common) == sql.Plan(
+        False, 10, 1000
+    )
     # 2001 of 8004: a quarter: ef = 80.
-    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=8004,
-                           **common) == sql.Plan(False, 10, 80)
+    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=8004, **common) == sql.Plan(
+        False, 10, 80
+    )
     # The total unknown (no ANALYZE yet): assume all match, never below ef_search.
     assert sql.choose_plan(filtered=True, matching_keyframes=2001, **common) == sql.Plan(False, 10, 40)
-    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=8004, iterative_scans=True,
-                           **common) == sql.Plan(False, 10, 80, True)
+    assert sql.choose_plan(
+        filtered=True, matching_keyframes=2001, total_keyframes=8004, iterative_scans=True, **common
+    ) == sql.Plan(False, 10, 80, True)
     assert sql.choose_plan(filtered=False, has_index=False, **common).exact_keyframes
 
 
@@ -96,8 +110,9 @@ def test_plan_settings_and_description():
 
 def test_count_events_and_runs_sql():
     text, params = sql.count_keyframes_sql(Filters(stream="cam1"), 5.0, 2001)
-    assert text == ("SELECT count(*) FROM (SELECT 1 FROM frames WHERE keyframe AND stream = %(stream)s "
-                    "LIMIT %(cap)s) s")
+    assert text == (
+        "SELECT count(*) FROM (SELECT 1 FROM frames WHERE keyframe AND stream = %(stream)s LIMIT %(cap)s) s"
+    )
     assert params == {"stream": "cam1", "cap": 2001}
     text, params = sql.events_sql(Filters(until=NOW), 50)
     assert "WHERE e.captured_at < %(until)s" in text and params == {"until": NOW, "limit": 50}
@@ -108,8 +123,15 @@ def test_count_events_and_runs_sql():
 
 
 ROWS = [
-    {"rank": 1, "run": "20260107_143022", "seq": 42, "time": datetime(2026, 1, 7, 14, 30, 22, 500000, tzinfo=timezone.utc),
-     "similarity": 0.987654321, "drift": None, "picture": "runs/x/snapshots/frame_000030.jpg"},
+    {
+        "rank": 1,
+        "run": "20260107_143022",
+        "seq": 42,
+        "time": datetime(2026, 1, 7, 14, 30, 22, 500000, tzinfo=UTC),
+        "similarity": 0.987654321,
+        "drift": None,
+        "picture": "runs/x/snapshots/frame_000030.jpg",
+    },
     {"rank": 2, "run": "20260107_143022", "seq": 7, "time": None, "similarity": 0.5, "drift": 0.25, "picture": None},
 ]
 COLS = ("rank", "run", "seq", "time", "similarity", "drift", "picture")

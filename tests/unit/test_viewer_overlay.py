@@ -12,9 +12,19 @@ from encoders.shared.messages import MetricsRecord
 
 
 def record(similarity=0.987, drift=0.013, fps=14.2, embedded=120, dropped=3, stream="cam0") -> MetricsRecord:
-    return MetricsRecord(stream=stream, seq=7, t_capture=100.0, t_encoded=100.1, worker="w1", model="ViT-B-32",
-                         similarity=similarity, drift=drift, rolling={}, fps=fps,
-                         counts={"embedded": embedded, "dropped": dropped})
+    return MetricsRecord(
+        stream=stream,
+        seq=7,
+        t_capture=100.0,
+        t_encoded=100.1,
+        worker="w1",
+        model="ViT-B-32",
+        similarity=similarity,
+        drift=drift,
+        rolling={},
+        fps=fps,
+        counts={"embedded": embedded, "dropped": dropped},
+    )
 
 
 def scene(h=480, w=640) -> np.ndarray:
@@ -58,13 +68,16 @@ def test_same_values_draw_the_same_pixels_and_leave_the_input_alone():
     assert np.array_equal(a[outside], img[outside])
 
 
-@pytest.mark.parametrize("field, change", [
-    ("stream", dict(stream="garage")),
-    ("fps", dict(fps=3.5)),
-    ("similarity", dict(similarity=0.5)),
-    ("counts", dict(embedded=121)),
-    ("counts", dict(dropped=40)),
-])
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("stream", {"stream": "garage"}),
+        ("fps", {"fps": 3.5}),
+        ("similarity", {"similarity": 0.5}),
+        ("counts", {"embedded": 121}),
+        ("counts", {"dropped": 40}),
+    ],
+)
 def test_a_changed_value_changes_only_its_own_region(field, change):
     img = scene()
     stream = change.pop("stream", "cam0")
@@ -86,16 +99,19 @@ def test_drift_changes_its_text_and_the_bar_only():
     assert not inside(diff, field_box("drift"), bar_box()).any()
 
 
-@pytest.mark.parametrize("field, metrics, text", [
-    ("similarity", record(similarity=0.987), "Similarity: 0.987"),
-    ("drift", record(drift=0.013), "Drift: 0.013"),
-    ("similarity", record(similarity=None, drift=None), "Similarity: -"),
-    ("drift", record(similarity=None, drift=None), "Drift: -"),
-    ("similarity", None, "Similarity: -"),
-    ("counts", record(embedded=120, dropped=3), "Embedded: 120  Dropped: 3"),
-    ("counts", None, "Embedded: -  Dropped: -"),
-    ("stream", None, "cam0"),
-])
+@pytest.mark.parametrize(
+    "field, metrics, text",
+    [
+        ("similarity", record(similarity=0.987), "Similarity: 0.987"),
+        ("drift", record(drift=0.013), "Drift: 0.013"),
+        ("similarity", record(similarity=None, drift=None), "Similarity: -"),
+        ("drift", record(similarity=None, drift=None), "Drift: -"),
+        ("similarity", None, "Similarity: -"),
+        ("counts", record(embedded=120, dropped=3), "Embedded: 120  Dropped: 3"),
+        ("counts", None, "Embedded: -  Dropped: -"),
+        ("stream", None, "cam0"),
+    ],
+)
 def test_each_value_region_shows_the_expected_text(field, metrics, text):
     # On black, the shaded panel stays black: the region must be exactly the expected text
     # written on black at the same place.
@@ -148,9 +164,9 @@ def test_bar_is_clipped_and_empty_when_unknown(drift, columns):
 
 
 def test_bar_goes_from_green_to_red():
-    b, g, r = overlay.bar_colour(0.0)
+    _b, g, r = overlay.bar_colour(0.0)
     assert g == 255 and r == 0
-    b, g, r = overlay.bar_colour(0.5)
+    _b, g, r = overlay.bar_colour(0.5)
     assert g == 0 and r == 255
     # The bar is drawn in that colour.
     x0, y0, _, y1 = bar_box()

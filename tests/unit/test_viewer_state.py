@@ -20,8 +20,16 @@ def frame(seq: int, stream: str = "cam0") -> Frame:
 
 
 def record(seq: int, drift: float | None, stream: str = "cam0") -> MetricsRecord:
-    return MetricsRecord(stream=stream, seq=seq, t_capture=1000.0 + seq, t_encoded=0.0, worker="w", model="m",
-                         similarity=None if drift is None else 1 - drift, drift=drift)
+    return MetricsRecord(
+        stream=stream,
+        seq=seq,
+        t_capture=1000.0 + seq,
+        t_encoded=0.0,
+        worker="w",
+        model="m",
+        similarity=None if drift is None else 1 - drift,
+        drift=drift,
+    )
 
 
 def test_only_the_newest_frame_of_each_stream_is_kept():
@@ -46,8 +54,9 @@ def test_metrics_keep_the_newest_record_and_a_bounded_drift_history():
         state.add(record(seq, 0.1 * seq))
     st = state.streams["cam0"]
     assert st.metrics.seq == 5
-    assert state.drift_history() == {"cam0": [(1003.0, pytest.approx(0.3)), (1004.0, pytest.approx(0.4)),
-                                              (1005.0, pytest.approx(0.5))]}
+    assert state.drift_history() == {
+        "cam0": [(1003.0, pytest.approx(0.3)), (1004.0, pytest.approx(0.4)), (1005.0, pytest.approx(0.5))]
+    }
     assert state.counters["metrics_received"] == 6
 
 
@@ -70,7 +79,7 @@ def test_stats_are_kept_per_service_and_stream():
 def test_a_frame_that_does_not_decode_is_counted_and_the_previous_image_stays():
     state = ViewerState()
     image = np.full((3, 4, 3), 90, np.uint8)
-    ok, jpeg = cv2.imencode(".jpg", image)
+    _ok, jpeg = cv2.imencode(".jpg", image)
     images: dict = {}
     counters = {"frames_shown": 0, "bad_jpeg": 0}
     state.add(Frame(stream="cam0", seq=0, t_capture=0.0, width=4, height=3, jpeg=jpeg.tobytes()))

@@ -35,11 +35,22 @@ def frame(seq: int, stream: str = "cam0", jpeg: bytes = b"j") -> Frame:
     return Frame(stream=stream, seq=seq, t_capture=1000.0 + seq, width=320, height=240, jpeg=jpeg)
 
 
-def record(seq: int, drift: float | None = 0.02, stream: str = "cam0", scene: bool = False, t_metrics=None,
-           **counts) -> MetricsRecord:
-    rec = MetricsRecord(stream=stream, seq=seq, t_capture=1000.0 + seq, t_encoded=0.0, worker="w", model="m",
-                        similarity=None if drift is None else 1 - drift, drift=drift, fps=12.5,
-                        counts=counts or {"embedded": seq + 1, "dropped": 0}, scene_change=scene)
+def record(
+    seq: int, drift: float | None = 0.02, stream: str = "cam0", scene: bool = False, t_metrics=None, **counts
+) -> MetricsRecord:
+    rec = MetricsRecord(
+        stream=stream,
+        seq=seq,
+        t_capture=1000.0 + seq,
+        t_encoded=0.0,
+        worker="w",
+        model="m",
+        similarity=None if drift is None else 1 - drift,
+        drift=drift,
+        fps=12.5,
+        counts=counts or {"embedded": seq + 1, "dropped": 0},
+        scene_change=scene,
+    )
     if t_metrics is not None:
         rec.t_metrics = t_metrics
     return rec
@@ -47,13 +58,17 @@ def record(seq: int, drift: float | None = 0.02, stream: str = "cam0", scene: bo
 
 # -- settings ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("web, address", [
-    ("8080", ("127.0.0.1", 8080)),
-    (":8080", ("127.0.0.1", 8080)),
-    ("127.0.0.1:8080", ("127.0.0.1", 8080)),
-    ("localhost:0", ("localhost", 0)),
-    ("[::1]:9000", ("::1", 9000)),
-])
+
+@pytest.mark.parametrize(
+    "web, address",
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        (":8080", ("127.0.0.1", 8080)),
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("localhost:0", ("localhost", 0)),
+        ("[::1]:9000", ("::1", 9000)),
+    ],
+)
 def test_web_address_forms_on_this_machine_need_no_token(web, address):
     assert ViewerConfig(web=web).web_address() == address
 
@@ -78,12 +93,14 @@ def test_the_token_and_database_password_never_reach_the_logs():
     assert cfg.describe()["web_token"] == "***"
     assert ViewerConfig().describe()["web_token"] == ""
     # Every field is also a variable, for docker compose.
-    env = ViewerConfig.from_env({"ENCODERS_WEB": "0.0.0.0:1", "ENCODERS_WEB_TOKEN": "t",
-                                 "ENCODERS_DATABASE_URL": "postgresql:///x"})
+    env = ViewerConfig.from_env(
+        {"ENCODERS_WEB": "0.0.0.0:1", "ENCODERS_WEB_TOKEN": "t", "ENCODERS_DATABASE_URL": "postgresql:///x"}
+    )
     assert (env.web, env.web_token, env.database_url) == ("0.0.0.0:1", "t", "postgresql:///x")
 
 
 # -- the board -----------------------------------------------------------------------------------
+
 
 def test_the_board_keeps_only_the_newest_value_and_counts_versions():
     board = Latest()
@@ -121,6 +138,7 @@ def test_readers_wait_for_a_newer_value_put_from_another_thread():
 
 
 # -- scene changes -------------------------------------------------------------------------------
+
 
 def test_recent_frames_are_let_go_once_their_record_came_and_bounded_in_bytes():
     recent = RecentFrames(max_bytes=1000)
@@ -164,6 +182,7 @@ def test_a_thumbnail_of_something_that_is_not_a_jpeg_is_none():
 
 # -- the snapshot --------------------------------------------------------------------------------
 
+
 def test_snapshot_counts_and_values_come_from_ingest_and_metrics():
     state = ViewerState(history=50)
     for seq in range(3):
@@ -193,8 +212,14 @@ def test_before_ingest_stats_frames_in_counts_what_reached_the_viewer_and_nan_is
     assert cam0["frames_in"] == 2
     assert cam0["drift"] is None and cam0["similarity"] is None
     assert finite(float("inf")) is None and finite("x") is None and finite(True) is None and finite(2) == 2.0
-    assert totals([]) == {"streams": 0, "frames_in": None, "embedded": None, "dropped": None, "workers": None,
-                          "fps": None}
+    assert totals([]) == {
+        "streams": 0,
+        "frames_in": None,
+        "embedded": None,
+        "dropped": None,
+        "workers": None,
+        "fps": None,
+    }
 
 
 def test_metrics_stats_newer_than_the_last_record_update_the_counts():
@@ -224,6 +249,7 @@ def test_each_client_gets_the_drift_points_it_has_not_had():
 
 # -- the feed the main loop keeps ----------------------------------------------------------------
 
+
 def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_watched():
     board = Latest()
     feed = WebFeed(board)
@@ -249,6 +275,7 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
 
 
 # -- wire formats --------------------------------------------------------------------------------
+
 
 def test_mjpeg_parts_and_events_are_what_browsers_parse():
     # Each frame is followed by the next part's boundary and headers, so a browser shows it at once.
