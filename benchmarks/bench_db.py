@@ -40,6 +40,7 @@ from pgvector.psycopg import register_vector
 
 from benchmarks import OUT
 from encoders.services.pisim.scene import SyntheticScene
+from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.keyframes import Segmenter
@@ -47,10 +48,10 @@ from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.rows import FrameRow
 from encoders.services.recorder.spool import Spool
 from encoders.services.recorder.thumbnails import make_thumbnail, thumbnail_threads
+from encoders.services.search.config import SearchConfig
 from encoders.services.search.filters import Filters
 from encoders.services.search.store import Store
 from encoders.shared import zmqio
-from encoders.shared.config import RecorderConfig, SearchConfig
 from encoders.shared.messages import EndOfStream, Frame, MetricsRecord, encode
 
 FRAMES = int(os.environ.get("BENCH_DB_FRAMES", "200000"))

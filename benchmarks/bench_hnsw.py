@@ -19,8 +19,8 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 
+from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.keyframes import Segmenter
-from encoders.shared.config import RecorderConfig
 
 from .bench_db import DIM, K, embedded_server, new_database, queries, synthetic_video
 

@@ -18,6 +18,7 @@ buffer of the wrong size raises ``DecodeError``, which services count and drop.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import msgpack
 import numpy as np
 
 SCHEMA_VERSION = 1
+# A stream's name: it names folders and database rows, so only these characters.
+STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class DecodeError(ValueError):

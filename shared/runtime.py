@@ -1,4 +1,11 @@
-"""What every service's main() does around its loop: logging, settings banner, shutdown."""
+"""What every service's main() does around its loop: logging, the settings banner, signals, start-up failures.
+
+Every service starts the same way (``service_main``): its logging, a banner of its settings,
+SIGTERM and SIGINT turned into a stop event, then its body. A service that cannot start (a
+port that cannot be bound, an endpoint that does not parse, a database it cannot reach)
+raises ``StartupError``: it exits with code 2 and one line saying why, never a traceback.
+A body that returns on its own returns 0 or 1.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
-from .config import Settings
+from .settings import Settings
+
+# Variables every service reads besides its settings.
+RUNTIME_VARIABLES = {"ENCODERS_LOG_LEVEL"}
 
 
 def setup_logging(service: str) -> logging.Logger:
@@ -43,3 +54,19 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return stop
+
+
+class StartupError(RuntimeError):
+    """A service cannot start; the message says which setting or endpoint, in one line."""
+
+
+def service_main(service: str, cfg: Settings, body: Callable[[threading.Event], int]) -> int:
+    """Logging, the settings banner and the stop event around ``body(stop)``; StartupError exits 2."""
+    log = setup_logging(service)
+    log_settings(log, service, cfg)
+    stop = stop_on_signals()
+    try:
+        return body(stop)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2

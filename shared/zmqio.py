@@ -10,6 +10,7 @@ import zmq
 
 from . import messages
 from .messages import DecodeError, Message
+from .runtime import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def open_socket(
             sock.bind(ep) if bind else sock.connect(ep)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise RuntimeError(f"cannot {'bind' if bind else 'connect'} {ep}: {exc}") from None
+            raise StartupError(f"cannot {'bind' if bind else 'connect'} {ep}: {exc}") from None
     return sock
 
 

@@ -19,10 +19,11 @@ import torch
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from encoders.services.encoder.config import EncoderConfig
 from encoders.shared import zmqio
-from encoders.shared.config import EncoderConfig, split_addrs
 from encoders.shared.messages import Credit, Embedding, Frame, Skipped
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
+from encoders.shared.settings import split_addrs
 
 from .gpus import parse_gpus, run_per_gpu
 from .intake import Held, Intake

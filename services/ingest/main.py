@@ -20,8 +20,8 @@ import time
 
 import zmq
 
+from encoders.services.ingest.config import IngestConfig
 from encoders.shared import zmqio
-from encoders.shared.config import IngestConfig
 from encoders.shared.messages import Credit, Dropped, EndOfStream, Frame, Stats, StreamStart
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 

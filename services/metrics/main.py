@@ -7,8 +7,8 @@ from collections import deque
 
 import zmq
 
+from encoders.services.metrics.config import MetricsConfig
 from encoders.shared import zmqio
-from encoders.shared.config import MetricsConfig
 from encoders.shared.messages import EndOfStream, MetricsRecord, Stats
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 

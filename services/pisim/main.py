@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from encoders.shared.config import PisimConfig
+from encoders.services.pisim.config import PisimConfig
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
 from .server import PisimServer, make_server, serve_in_thread

@@ -149,8 +149,6 @@ class VideoSource:
 
 def open_source(cfg) -> SyntheticSource | FolderSource | VideoSource:
     """The source named by ``cfg.source``, checked; SourceError says what is wrong."""
-    if not 1 <= cfg.quality <= 100:
-        raise SourceError(f"--quality must be 1-100, got {cfg.quality}")
     if cfg.source == "synthetic":
         return SyntheticSource(cfg.width, cfg.height, cfg.fps, cfg.quality, seed=cfg.seed, scene_every=cfg.scene_every)
     if os.path.isdir(cfg.source):

@@ -22,7 +22,7 @@ from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from encoders.shared.config import DB_MAX_WAITING_BATCHES
+from encoders.services.recorder.config import DB_MAX_WAITING_BATCHES
 
 from . import schema
 from .rows import (

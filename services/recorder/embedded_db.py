@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from encoders.shared.config import mask_url
+from encoders.shared.settings import mask_url
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import zmq
 
+from encoders.services.recorder.config import RecorderConfig
 from encoders.shared import zmqio
-from encoders.shared.config import RecorderConfig, mask_url, split_addrs
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
+from encoders.shared.settings import mask_url, split_addrs
 
 from . import embedded_db
 from .db import Database, DatabaseRefused, DatabaseUnavailable, FrameWriter, replay_left_spools

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from encoders.shared.config import DatabaseConfig
+from encoders.shared.storage.config import DatabaseConfig
 
 from . import embedded_db, schema
 from .db import Database, DatabaseRefused, DatabaseUnavailable

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from encoders.shared.config import RecorderConfig, mask_url
+from encoders.services.recorder.config import RecorderConfig
 from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord, StreamStart
+from encoders.shared.settings import mask_url
 
 from .keyframes import Segmenter
 from .rows import FrameRow, build_row

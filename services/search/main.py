@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from encoders.shared.config import DatabaseConfig, SearchConfig
+from encoders.services.search.config import SearchConfig
+from encoders.shared.storage.config import DatabaseConfig
 
 from .filters import FilterError, Filters, parse_frame_ref, parse_time
 from .output import render

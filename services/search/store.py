@@ -17,7 +17,7 @@ import numpy as np
 import psycopg
 
 from encoders.services.recorder.schema import LATEST_VERSION
-from encoders.shared.config import SEARCH_EF
+from encoders.shared.storage.config import SEARCH_EF
 
 from . import sql
 from .filters import FilterError, Filters, FrameRef

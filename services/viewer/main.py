@@ -24,9 +24,10 @@ import cv2
 import numpy as np
 import zmq
 
+from encoders.services.viewer.config import ViewerConfig
 from encoders.shared import zmqio
-from encoders.shared.config import SettingsError, ViewerConfig, split_addrs
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
+from encoders.shared.settings import SettingsError, split_addrs
 
 from . import layout
 from .overlay import draw_overlay

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.shared.config import SEARCH_EF_TEXT
+from encoders.shared.storage.config import SEARCH_EF_TEXT
 
 log = logging.getLogger(__name__)
 

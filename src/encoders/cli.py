@@ -6,23 +6,22 @@ viewer alone installed never needs torch, and so on.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from encoders.shared.config import (
-    DatabaseConfig,
-    EncoderConfig,
-    IngestConfig,
-    MetricsConfig,
-    PisimConfig,
-    RecorderConfig,
-    RunConfig,
-    SearchConfig,
-    ViewerConfig,
-    click_options,
-    from_click,
-)
+from encoders.launcher.config import RunConfig
+from encoders.services.encoder.config import EncoderConfig
+from encoders.services.ingest.config import IngestConfig
+from encoders.services.metrics.config import MetricsConfig
+from encoders.services.pisim.config import PisimConfig
+from encoders.services.recorder.config import RecorderConfig
+from encoders.services.search.config import SearchConfig
+from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.runtime import RUNTIME_VARIABLES
+from encoders.shared.settings import click_options, from_click, unknown_variables, variables_of
+from encoders.shared.storage.config import DatabaseConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -47,7 +46,7 @@ def cli(ctx: click.Context, **kwargs) -> None:
     cfg = from_click(RunConfig, kwargs)
     if not cfg.stream:
         raise click.UsageError("--stream URL is required (the Pi's MJPEG stream, e.g. http://<PI_IP>:8000/stream.mjpg)")
-    from encoders import launcher
+    from encoders.launcher import main as launcher
 
     sys.exit(launcher.run(cfg))
 
@@ -60,7 +59,7 @@ def run_cmd(ctx: click.Context, **kwargs) -> None:
     cfg = from_click(RunConfig, kwargs)
     if not cfg.stream:
         raise click.UsageError("--stream URL is required")
-    from encoders import launcher
+    from encoders.launcher import main as launcher
 
     sys.exit(launcher.run(cfg))
 
@@ -73,7 +72,7 @@ def demo(**kwargs) -> None:
 
     Unless ENCODERS_PRETRAINED is set, the demo uses random weights (no download needed).
     """
-    from encoders import launcher
+    from encoders.launcher import main as launcher
 
     sys.exit(launcher.demo(from_click(RunConfig, kwargs), from_click(PisimConfig, kwargs)))
 
@@ -265,5 +264,22 @@ def serve(**kwargs) -> None:
         handle.cleanup()
 
 
+# Every setting's variable: one that is set but in none of these is a typo, said at start.
+ALL_SETTINGS = (
+    RunConfig,
+    IngestConfig,
+    EncoderConfig,
+    MetricsConfig,
+    RecorderConfig,
+    ViewerConfig,
+    PisimConfig,
+    SearchConfig,
+    DatabaseConfig,
+)
+KNOWN_VARIABLES = variables_of(ALL_SETTINGS) | RUNTIME_VARIABLES
+
+
 def main() -> None:
+    for warning in unknown_variables(os.environ, KNOWN_VARIABLES):
+        click.echo(f"encoders: warning: {warning}", err=True)
     cli(prog_name="encoders")

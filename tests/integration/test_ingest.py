@@ -18,10 +18,11 @@ import pytest
 import zmq
 from PIL import Image
 
+from encoders.services.ingest.config import IngestConfig
 from encoders.services.ingest.main import check
+from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.main import serve_in_thread
 from encoders.shared import zmqio
-from encoders.shared.config import IngestConfig, PisimConfig
 from encoders.shared.messages import Credit, Dropped, EndOfStream, Frame, Stats, StreamStart
 
 STREAM_ID = "cam-test"

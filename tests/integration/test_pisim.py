@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.main import SourceError, make_server, serve_in_thread
-from encoders.shared.config import PisimConfig
+from encoders.shared.settings import SettingsError
 
 from ..conftest import wait_for
 
@@ -187,7 +188,7 @@ def test_bad_sources_are_refused_with_a_clear_error(tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"not a video at all")
     with pytest.raises(SourceError, match="cannot read video file"):
         make_server(PisimConfig(port=0, source=str(tmp_path / "clip.mp4")))
-    with pytest.raises(SourceError, match="quality"):
+    with pytest.raises(SettingsError, match="quality"):  # the setting's bounds refuse it before any source
         make_server(PisimConfig(port=0, quality=101))
 
 

@@ -29,6 +29,7 @@ from pgvector.psycopg import register_vector
 from PIL import Image
 
 from encoders.services.recorder import schema
+from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.db import Database, FrameWriter
 from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.recorder import Recorder
@@ -36,7 +37,6 @@ from encoders.services.recorder.spool import Spool
 from encoders.services.search.filters import Filters
 from encoders.services.search.query import QueryEmbedder
 from encoders.services.search.store import Store, StoreError
-from encoders.shared.config import RecorderConfig
 from encoders.shared.messages import Frame, MetricsRecord
 
 REPO = Path(__file__).resolve().parents[2]

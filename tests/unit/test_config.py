@@ -4,15 +4,20 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from encoders.shared.config import (
-    EncoderConfig,
-    IngestConfig,
-    RecorderConfig,
-    RunConfig,
+from encoders.launcher.config import RunConfig
+from encoders.services.encoder.config import EncoderConfig
+from encoders.services.ingest.config import IngestConfig
+from encoders.services.pisim.config import PisimConfig
+from encoders.services.recorder.config import RecorderConfig
+from encoders.services.search.config import SearchConfig
+from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.settings import (
+    ModelSettings,
     SettingsError,
     click_options,
     from_click,
     mask_url,
+    unknown_variables,
 )
 
 
@@ -68,6 +73,12 @@ def test_several_streams_in_one_variable():
         (lambda: EncoderConfig(device="gpu"), "auto, cpu, cuda or cuda:N"),
         (lambda: EncoderConfig(batch_size=-1), "must be >= 0"),
         (lambda: IngestConfig(stream_id="cam 0"), "stream-id"),
+        # Where the help text promises an upper bound, it holds.
+        (lambda: SearchConfig(search_ef=1001), "--search-ef / ENCODERS_SEARCH_EF must be <= 1000, got 1001"),
+        (lambda: ViewerConfig(search_ef_text=5000), "must be <= 1000"),
+        (lambda: PisimConfig(quality=101), "--quality / ENCODERS_QUALITY must be <= 100"),
+        (lambda: PisimConfig(port=70000), "must be <= 65535"),
+        (lambda: RecorderConfig(thumbnail_quality=0), "must be >= 1"),
         (
             lambda: EncoderConfig.from_env({"ENCODERS_BATCH_SIZE": "many"}),
             "ENCODERS_BATCH_SIZE='many' is not a valid int",
@@ -84,3 +95,29 @@ def test_passwords_never_reach_the_description():
     assert "s3cret" not in str(cfg.describe()) and "s3cret" not in "\n".join(cfg.log_lines())
     assert cfg.describe()["database_url"] == "postgresql://me:***@db.example:5432/encoders"
     assert mask_url("host=db password=s3cret") == "host=db password=***"
+
+
+def test_a_default_shared_by_several_services_is_written_once():
+    """The model, its weights, the runs folder and the database are the same setting wherever they appear."""
+    for cls in (EncoderConfig, SearchConfig, ViewerConfig):
+        assert issubclass(cls, ModelSettings)
+        cfg = cls()
+        assert (cfg.model, cfg.pretrained) == (ModelSettings().model, ModelSettings().pretrained)
+    for cfg in (RecorderConfig(), SearchConfig(), ViewerConfig(), RunConfig()):
+        assert (cfg.runs_dir, cfg.database_url) == ("runs", "")
+
+
+def test_a_secret_token_is_masked_whole():
+    cfg = ViewerConfig(web="8080", web_token="s3cret-token")
+    assert cfg.describe()["web_token"] == "***"
+    assert "s3cret" not in "\n".join(cfg.log_lines())
+
+
+def test_an_unknown_variable_is_named_with_the_closest_known_one():
+    known = {"ENCODERS_STREAM", "ENCODERS_STREAM_ID", "ENCODERS_MODEL", "ENCODERS_LOG_LEVEL"}
+    environ = {"ENCODERS_STRAEM": "http://pi", "ENCODERS_MODEL": "ViT-B-32", "ENCODERS_ZZZ": "1", "PATH": "/bin"}
+    warnings = unknown_variables(environ, known)
+    assert warnings == [
+        "ENCODERS_STRAEM is not a setting of any encoders service and is ignored (did you mean ENCODERS_STREAM?)",
+        "ENCODERS_ZZZ is not a setting of any encoders service and is ignored",
+    ]

@@ -18,19 +18,26 @@ import pytest
 import yaml
 
 from encoders.cli import cli
-from encoders.shared import config
+from encoders.services.encoder.config import EncoderConfig
+from encoders.services.ingest.config import IngestConfig
+from encoders.services.metrics.config import MetricsConfig
+from encoders.services.pisim.config import PisimConfig
+from encoders.services.recorder.config import RecorderConfig
+from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.runtime import RUNTIME_VARIABLES
+from encoders.shared.settings import env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {  # compose service -> (settings class, CLI command)
-    "ingest": (config.IngestConfig, "ingest"),
-    "encoder": (config.EncoderConfig, "encode"),
-    "metrics": (config.MetricsConfig, "metrics"),
-    "recorder": (config.RecorderConfig, "record"),
-    "viewer": (config.ViewerConfig, "view"),
-    "pisim": (config.PisimConfig, "pisim"),
+    "ingest": (IngestConfig, "ingest"),
+    "encoder": (EncoderConfig, "encode"),
+    "metrics": (MetricsConfig, "metrics"),
+    "recorder": (RecorderConfig, "record"),
+    "viewer": (ViewerConfig, "view"),
+    "pisim": (PisimConfig, "pisim"),
 }
-# Read by shared/runtime.py, not a settings field.
-COMMON_VARS = {"ENCODERS_LOG_LEVEL"}
+# Read by shared/runtime.py, not settings fields.
+COMMON_VARS = RUNTIME_VARIABLES
 
 
 def load(name: str) -> dict:
@@ -99,7 +106,7 @@ def test_images_install_only_their_extra_and_only_the_encoder_has_torch():
 
 def test_compose_sets_only_real_settings(compose):
     for name, (cls, _) in SERVICES.items():
-        known = {config.env_name(f) for f in dataclasses.fields(cls)} | COMMON_VARS
+        known = {env_name(f) for f in dataclasses.fields(cls)} | COMMON_VARS
         ours = {k for k in env_of(compose["services"][name]) if k.startswith("ENCODERS_")}
         assert ours <= known, f"{name} sets {sorted(ours - known)}, not settings of {cls.__name__}"
 
@@ -153,9 +160,7 @@ def test_gpu_override_pins_one_encoder_per_device():
     assert pinned == ["0", "1"]
     for name, svc in gpus.items():
         if name.startswith("encoder-gpu"):
-            assert (
-                set(env_of(svc)) <= {config.env_name(f) for f in dataclasses.fields(config.EncoderConfig)} | COMMON_VARS
-            )
+            assert set(env_of(svc)) <= {env_name(f) for f in dataclasses.fields(EncoderConfig)} | COMMON_VARS
 
 
 def test_dockerignore_keeps_local_state_out_of_images():

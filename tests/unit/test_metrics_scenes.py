@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from encoders.services.metrics.config import MetricsConfig
 from encoders.services.metrics.scenes import SceneRule
 from encoders.services.metrics.streams import Streams
-from encoders.shared.config import MetricsConfig
 from encoders.shared.messages import Embedding, MetricsRecord, StreamStart
 
 

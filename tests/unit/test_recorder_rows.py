@@ -8,8 +8,8 @@ import pytest
 from encoders.services.recorder.db import Database, DatabaseRefused, describe_target
 from encoders.services.recorder.recorder import pipeline_settings
 from encoders.services.recorder.rows import COLUMNS, COPY_TYPES, build_row, copy_values
-from encoders.shared.config import mask_url
 from encoders.shared.messages import MetricsRecord
+from encoders.shared.settings import mask_url
 
 
 def test_build_row_and_copy_values():

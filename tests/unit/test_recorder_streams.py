@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from encoders.logging_utils import load_run_embeddings
+from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
-from encoders.shared.config import RecorderConfig
 from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
 
 

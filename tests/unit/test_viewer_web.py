@@ -12,14 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
+from encoders.services.viewer.config import ViewerConfig
 from encoders.services.viewer.feed import SCENES, STATE, VIDEO, WebFeed, raw_key
 from encoders.services.viewer.latest import Latest
 from encoders.services.viewer.scenes import RecentFrames, SceneChanges, make_thumbnail
 from encoders.services.viewer.snapshot import drift_since, finite, snapshot, totals
 from encoders.services.viewer.state import ViewerState
 from encoders.services.viewer.web import MJPEG_START, mjpeg_part, sse_event
-from encoders.shared.config import SettingsError, ViewerConfig
 from encoders.shared.messages import Frame, MetricsRecord, Stats
+from encoders.shared.settings import SettingsError
 
 
 def jpeg_of(value: int, w: int = 320, h: int = 240) -> bytes:

@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from encoders.shared.config import (
-    EncoderConfig,
-    IngestConfig,
-    MetricsConfig,
-    PisimConfig,
-    RecorderConfig,
-    RunConfig,
-    ViewerConfig,
-)
+from encoders.launcher.config import RunConfig
+from encoders.services.encoder.config import EncoderConfig
+from encoders.services.ingest.config import IngestConfig
+from encoders.services.metrics.config import MetricsConfig
+from encoders.services.pisim.config import PisimConfig
+from encoders.services.recorder.config import RecorderConfig
+from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
 
 log = logging.getLogger("encoders.run")

@@ -1,0 +1,74 @@
+"""The viewer's settings: where to subscribe, the window, the web page and its search box."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from encoders.shared.endpoints import FRAMES_PORT, METRICS_PORT, this_machine
+from encoders.shared.settings import ModelSettings, SettingsError, setting
+from encoders.shared.storage.config import EF_SEARCH_MAX, SEARCH_EF_TEXT, DatabaseConfig
+
+
+@dataclass
+class ViewerConfig(DatabaseConfig, ModelSettings):
+    """With --database-url the web page gets a search box: sentences are embedded with the model the frames
+    were (ENCODERS_MODEL, ENCODERS_PRETRAINED), and search results show snapshots from --runs-dir."""
+
+    database_url: str = setting(
+        "", "PostgreSQL holding the embeddings: turns on the web page's search box (empty = no search)", secret="url"
+    )
+    frames: str = setting(this_machine(FRAMES_PORT), "Ingest frame endpoint(s), comma-separated")
+    metrics: str = setting(this_machine(METRICS_PORT), "Metrics PUB endpoint")
+    plot: bool = setting(True, "Show the matplotlib drift plot beside the video")
+    window: str = setting("encoders", "Window title")
+    history: int = setting(300, "Drift values per stream kept for the plot", minimum=2)
+    web: str = setting("", "Serve the web viewer on HOST:PORT (PORT alone: localhost); no display needed then")
+    web_token: str = setting(
+        "",
+        "Secret every web request must carry (?token=... or 'Authorization: Bearer ...'); required when --web "
+        "listens beyond localhost",
+        secret="value",
+    )
+    with_window: bool = setting(False, "With --web: open the video window too")
+    search_ef_text: int = setting(
+        SEARCH_EF_TEXT,
+        "hnsw.ef_search of the search box's queries (as `encoders search --text`)",
+        minimum=1,
+        maximum=EF_SEARCH_MAX,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.web:
+            return
+        host, _ = self.web_address()
+        if not self.web_token and not is_loopback(host):
+            raise SettingsError(
+                f"--web {self.web} listens beyond this machine: set a token too (--web-token or ENCODERS_WEB_TOKEN), "
+                "which every browser then needs (?token=...)"
+            )
+
+    @property
+    def search(self) -> bool:
+        """Whether the page has a search box: only when a database is named (the viewer never starts one)."""
+        return bool(self.database_url)
+
+    def web_address(self) -> tuple[str, int]:
+        """--web as (host, port). 'PORT' and ':PORT' mean localhost; IPv6 as '[::1]:PORT'."""
+        host, sep, port = self.web.rpartition(":")
+        if not sep:
+            host, port = "", self.web
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not port.isdigit() or not 0 <= int(port) <= 65535 or (":" in host and not self.web.startswith("[")):
+            raise SettingsError(f"--web / ENCODERS_WEB must be HOST:PORT, PORT or [IPv6]:PORT, got {self.web!r}")
+        return host or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False

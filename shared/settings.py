@@ -1,0 +1,252 @@
+"""How every service's settings are declared, loaded, checked and shown: the machinery, once.
+
+Each service declares its settings beside its code (``services/<name>/config.py``) as a
+dataclass deriving from ``Settings``, one ``setting(...)`` per field. Each field then
+becomes, without further code:
+
+- a click option ``--field-name`` (``--x/--no-x`` for booleans),
+- an environment variable ``ENCODERS_FIELD_NAME`` (the seed's names are kept:
+  ENCODERS_DEVICE, ENCODERS_MODEL, ENCODERS_PRETRAINED, ENCODERS_SNAPSHOT_INTERVAL,
+  ENCODERS_EMBEDDING_INTERVAL, ENCODERS_ROLLING_WINDOW),
+- a check of its bounds and choices when the object is made (``SettingsError`` names the
+  flag and the variable),
+- a line in the start-up log and in the run's config.json (secrets masked).
+
+Fields that mean the same thing in several services (an address, the model) have the same
+name and so the same variable: in docker-compose one variable configures both ends. Such a
+field is declared once, in a group several services derive from (``ModelSettings`` here,
+``StorageSettings`` in shared/storage), so its default is written once.
+
+An ``ENCODERS_*`` variable that no service reads is almost always a typo, which would
+otherwise be silently ignored: ``unknown_variables`` names the closest known one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self, TypeVar
+
+import click
+
+ENV_PREFIX = "ENCODERS_"
+Secret = Literal["url", "value"]
+S = TypeVar("S", bound="Settings")
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    env: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    flag: str | None = None,
+    secret: Secret | None = None,
+) -> Any:
+    """One setting: its default, the help text of its flag and variable, and its bounds.
+
+    ``secret``: "url" masks the password of a database URL in logs, "value" the whole value.
+    """
+    meta = {
+        "help": help,
+        "env": env,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "flag": flag,
+        "secret": secret,
+    }
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or ENV_PREFIX + f.name.upper()
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+class SettingsError(click.UsageError):
+    """A setting out of its bounds, or one that cannot be parsed; the message names both spellings."""
+
+
+@dataclass
+class Settings:
+    """Base of every service's settings: loading, validation, description."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            names = f"{flag_name(f)} / {env_name(f)}"
+            lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+            if lo is not None and value < lo:
+                raise SettingsError(f"{names} must be >= {lo}, got {value}")
+            if hi is not None and value > hi:
+                raise SettingsError(f"{names} must be <= {hi}, got {value}")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise SettingsError(f"{names} must be one of {', '.join(choices)}, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Build from ENCODERS_* variables (as a service started by compose is), then overrides."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(hints[f.name], raw, env_name(f))
+        values.update(overrides)
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as plain JSON-able values, secrets masked."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            secret = f.metadata.get("secret")
+            if secret == "url" and isinstance(value, str):
+                value = mask_url(value)
+            elif secret == "value" and value:
+                value = "***"
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """Settings as ENCODERS_* variables, to hand to a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                out[env_name(f)] = "true" if value else "false"
+            elif isinstance(value, tuple):
+                out[env_name(f)] = " ".join(value)
+            else:
+                out[env_name(f)] = str(value)
+        return out
+
+    def log_lines(self) -> list[str]:
+        return [f"  {k} = {v!r}" for k, v in self.describe().items()]
+
+
+def _parse(tp: Any, raw: str, name: str) -> Any:
+    try:
+        if tp is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if typing.get_origin(tp) is tuple:
+            return tuple(raw.split())
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit for logs: the password of a URI (user:secret@host) or of a key=value
+    conninfo (password=secret, also ?password= in a URI's query) becomes ***."""
+    url = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)", "password=***", url)
+
+
+def split_addrs(value: str) -> list[str]:
+    """'tcp://a:1, tcp://b:1' -> ['tcp://a:1', 'tcp://b:1']"""
+    return [a.strip() for a in value.replace(" ", ",").split(",") if a.strip()]
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def click_options(cls: type[Settings], exclude: tuple[str, ...] = ()) -> Callable:
+    """Decorator: one click option per field of ``cls``, each with its environment variable."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(fn: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in exclude:
+                continue
+            tp = hints[f.name]
+            flag = flag_name(f)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            kwargs: dict[str, Any] = {
+                "envvar": env_name(f),
+                "show_envvar": True,
+                "help": f.metadata["help"],
+                "show_default": True,
+                "default": default,
+            }
+            if tp is bool and default:
+                decls = [f"{flag}/--no-{flag[2:]}", f.name]  # on by default: --no-x is the flag users type
+            elif tp is bool:
+                decls = [flag, f.name]
+                kwargs["is_flag"] = True
+                kwargs["show_default"] = False
+            else:
+                decls = [flag, f.name]
+                if f.metadata.get("choices"):
+                    kwargs["type"] = click.Choice(f.metadata["choices"])
+                elif typing.get_origin(tp) is tuple:
+                    kwargs["multiple"] = True
+                else:
+                    kwargs["type"] = tp
+            fn = click.option(*decls, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+def from_click(cls: type[S], kwargs: dict[str, Any]) -> S:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items() if k in names})
+
+
+# -- variables nobody reads --------------------------------------------------------------
+
+
+def variables_of(classes: Iterable[type[Settings]]) -> set[str]:
+    """Every environment variable these settings read."""
+    return {env_name(f) for cls in classes for f in dataclasses.fields(cls)}
+
+
+def unknown_variables(environ: Mapping[str, str], known: set[str]) -> list[str]:
+    """One warning per ENCODERS_* variable that nothing reads, naming the closest known one."""
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        # Compared without the prefix every name shares, which would make any two look alike.
+        bare = {k.removeprefix(ENV_PREFIX): k for k in known}
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), sorted(bare), n=1, cutoff=0.6)
+        hint = f" (did you mean {bare[close[0]]}?)" if close else ""
+        warnings.append(f"{name} is not a setting of any encoders service and is ignored{hint}")
+    return warnings
+
+
+# -- settings several services share --------------------------------------------------------
+
+
+@dataclass
+class ModelSettings(Settings):
+    """The CLIP model: the encoder embeds frames with it, search and the web viewer embed queries."""
+
+    model: str = setting("ViT-B-32", "open_clip model name, or the path of a model config JSON")
+    pretrained: str = setting(
+        "openai", "open_clip pretrained tag, a local checkpoint path, or 'none' (random weights: tests only)"
+    )

@@ -1,0 +1,25 @@
+"""Where the embeddings are stored, and how searches over them are tuned: settings several commands share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from encoders.shared.settings import Settings, setting
+
+# hnsw.ef_search of searches (benchmarks/RESULTS.md): sentences lie far from every frame and
+# need a wider search than pictures and frames. The command line and the web viewer share them.
+SEARCH_EF = 400
+SEARCH_EF_TEXT = 800
+EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
+
+
+@dataclass
+class DatabaseConfig(Settings):
+    """The recorder writes here; search, events, runs and the web viewer read from here."""
+
+    database_url: str = setting(
+        "",
+        "PostgreSQL URL, e.g. postgresql://user:pass@host/db; empty = an embedded server under the runs folder",
+        secret="url",
+    )
+    runs_dir: str = setting("runs", "Folder that holds one folder per run (and the embedded database)")

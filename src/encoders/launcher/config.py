@@ -1,0 +1,27 @@
+"""The all-in-one command's settings (`encoders --stream URL ...`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from encoders.shared.settings import setting
+from encoders.shared.storage.config import DatabaseConfig
+
+
+@dataclass
+class RunConfig(DatabaseConfig):
+    stream: tuple[str, ...] = setting((), "MJPEG stream URL; give it once per camera (required)")
+    display: bool = setting(True, "Show the live video window (--no-display: headless)")
+    plot: bool = setting(True, "Show the matplotlib drift plot")
+    save: bool = setting(True, "Store embeddings, drift and snapshots (--no-save: nothing is written)")
+    test: bool = setting(False, "Test the connection to each stream, then exit")
+    duration: float = setting(0.0, "Stop after this many seconds (0 = until Q, Ctrl+C or the streams end)", minimum=0)
+    max_frames: int = setting(0, "Stop after this many frames per stream (0 = no limit)", minimum=0)
+    workers: int = setting(1, "Encoder worker processes", minimum=1)
+    lossless: bool = setting(False, "Embed every frame, slowing the stream instead of dropping frames")
+    bind_host: str = setting("127.0.0.1", "Interface the services' sockets listen on (0.0.0.0 for remote viewers)")
+    web: str = setting(
+        "",
+        "Serve the web viewer for this run on HOST:PORT (PORT alone: localhost; beyond localhost it needs "
+        "ENCODERS_WEB_TOKEN)",
+    )
