@@ -11,8 +11,11 @@ A message travels as a multipart ZeroMQ message:
 - Binary payloads (the JPEG bytes, the float32 embedding) travel as their own parts,
   unchanged: never copied into the header, never pickled.
 
-``decode`` trusts nothing: a wrong version, an unknown kind, a missing field or a
-buffer of the wrong size raises ``DecodeError``, which services count and drop.
+``decode`` trusts nothing: a wrong version, an unknown kind, a missing field, a field of
+the wrong type or out of its bounds, a vector of the wrong size or with a NaN or an infinity
+raises ``DecodeError``, which services count and drop. A message that decodes is safe to
+use: every field is what its annotation says (checked by ``validation``, from the
+annotations below, worked out once per class), so no consumer needs to look again.
 """
 
 from __future__ import annotations
@@ -20,16 +23,78 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypedDict
 
 import msgpack
 import numpy as np
 
+from .validation import Check, Invalid, Matches, MaxItems, MaxLen, Range, checker, show
+
 SCHEMA_VERSION = 1
 # A stream's name: it names folders and database rows, so only these characters.
 STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+# -- what a field may hold ---------------------------------------------------------------
+# Bounds of the values every consumer relies on, as Annotated markers that validation
+# reads; to mypy each is its plain type. Every float is finite wherever it is declared.
+
+INT64_MAX = 2**63 - 1
+# Sequence numbers and counts are stored as Postgres bigint. A seq stays one below the
+# largest, so that "last seq + 1" (the frames a stream published) is still a count.
+Seq = Annotated[int, Range(0, INT64_MAX - 1)]
+Count = Annotated[int, Range(0, INT64_MAX)]
+StreamName = Annotated[str, Matches(STREAM_NAME, "a stream name (1-64 of A-Z a-z 0-9 _ . -)")]
+# Names of things (a worker, a model, a service, a counter) and free text (a reason, a URL):
+# bounded so that one message cannot fill a log line, a page or a database row.
+Name = Annotated[str, MaxLen(1024)]
+TEXT_MAX = 4096
+Text = Annotated[str, MaxLen(TEXT_MAX)]
+Pixels = Annotated[int, Range(1, 65535)]  # a JPEG's width or height: the format's own limit
+PerSecond = Annotated[float, Range(0, None)]
+# A moment, in seconds since 1970 (UTC): within the dates a summary, a drift.csv line or a
+# database timestamp can show (up to the end of year 9999).
+TIME_MAX = 253402300799.0
+Time = Annotated[float, Range(0, TIME_MAX)]
+Similarity = Annotated[float, Range(-1, 1)]  # a cosine
+Drift = Annotated[float, Range(0, 2)]  # 1 - a cosine; also what statistics of drifts are
+
+
+class FrameCounts(TypedDict, total=False):
+    """A stream's frame counts, as ingest (its end of stream) and metrics (every record and
+    its end of stream) total them. A count a sender does not keep is absent; ``published``
+    alone may be None: metrics does not know it before ingest's end of stream."""
+
+    published: Count | None
+    dispatched: Count  # ingest: sent to an encoder
+    embedded: Count
+    dropped: Count
+    skipped: Count
+    lost: Count
+    late: Count
+    corrupt: Count  # ingest: parts of the camera's stream that were no JPEG
+    reconnects: Count
+    truncated: Count
+
+
+class Rolling(TypedDict, total=False):
+    """Drift over metrics' rolling window; the statistics are None while it is empty."""
+
+    count: Count
+    mean: Drift | None
+    std: Drift | None
+    min: Drift | None
+    max: Drift | None
+
+
+# A service's counters, published now and then for viewers and logs: any names, numbers only
+# (an int within a signed 64-bit one, as Postgres and every consumer take it).
+Counters = Annotated[
+    dict[Annotated[str, MaxLen(64)], Annotated[int, Range(-INT64_MAX - 1, INT64_MAX)] | float | None],
+    MaxItems(256),
+]
 
 
 class DecodeError(ValueError):
@@ -52,10 +117,10 @@ class StreamStart(Message):
     """Ingest has (re)started a stream; sequence numbers begin at ``first_seq``."""
 
     KIND: ClassVar[str] = "start"
-    stream: str
-    first_seq: int
-    url: str = ""
-    t: float = field(default_factory=time.time)
+    stream: StreamName
+    first_seq: Seq
+    url: Text = ""
+    t: Time = field(default_factory=time.time)
 
 
 @dataclass
@@ -64,11 +129,11 @@ class Frame(Message):
 
     KIND: ClassVar[str] = "frame"
     BUFFERS: ClassVar[tuple[str, ...]] = ("jpeg",)
-    stream: str
-    seq: int
-    t_capture: float
-    width: int
-    height: int
+    stream: StreamName
+    seq: Seq
+    t_capture: Time
+    width: Pixels
+    height: Pixels
     jpeg: bytes = b""
 
 
@@ -77,9 +142,9 @@ class Dropped(Message):
     """Ingest dropped a frame before encoding (real-time mode: no worker was free)."""
 
     KIND: ClassVar[str] = "dropped"
-    stream: str
-    seq: int
-    reason: str = "no free encoder"
+    stream: StreamName
+    seq: Seq
+    reason: Text = "no free encoder"
 
 
 @dataclass
@@ -87,10 +152,10 @@ class Skipped(Message):
     """An encoder received a frame it could not decode (a corrupt JPEG)."""
 
     KIND: ClassVar[str] = "skipped"
-    stream: str
-    seq: int
-    worker: str
-    reason: str
+    stream: StreamName
+    seq: Seq
+    worker: Name
+    reason: Text
 
 
 @dataclass
@@ -99,23 +164,24 @@ class Embedding(Message):
 
     KIND: ClassVar[str] = "embedding"
     BUFFERS: ClassVar[tuple[str, ...]] = ("vector",)
-    stream: str
-    seq: int
-    t_capture: float
-    worker: str
-    model: str
-    t_encoded: float = field(default_factory=time.time)
+    stream: StreamName
+    seq: Seq
+    t_capture: Time
+    worker: Name
+    model: Name
+    t_encoded: Time = field(default_factory=time.time)
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 @dataclass
 class EndOfStream(Message):
-    """No frame of ``stream`` will follow ``last_seq``; ``counts`` are the sender's totals."""
+    """No frame of ``stream`` will follow ``last_seq``; ``counts`` are the sender's totals.
+    A stream that published nothing ends at -1."""
 
     KIND: ClassVar[str] = "eos"
-    stream: str
-    last_seq: int
-    counts: dict = field(default_factory=dict)
+    stream: StreamName
+    last_seq: Annotated[int, Range(-1, INT64_MAX - 1)]
+    counts: FrameCounts = field(default_factory=FrameCounts)
 
 
 @dataclass
@@ -129,19 +195,19 @@ class MetricsRecord(Message):
 
     KIND: ClassVar[str] = "metrics"
     BUFFERS: ClassVar[tuple[str, ...]] = ("vector",)
-    stream: str
-    seq: int
-    t_capture: float
-    t_encoded: float
-    worker: str
-    model: str
-    similarity: float | None
-    drift: float | None
-    rolling: dict = field(default_factory=dict)
-    fps: float = 0.0
-    counts: dict = field(default_factory=dict)
+    stream: StreamName
+    seq: Seq
+    t_capture: Time
+    t_encoded: Time
+    worker: Name
+    model: Name
+    similarity: Similarity | None
+    drift: Drift | None
+    rolling: Rolling = field(default_factory=Rolling)
+    fps: PerSecond = 0.0
+    counts: FrameCounts = field(default_factory=FrameCounts)
     scene_change: bool = False
-    t_metrics: float = field(default_factory=time.time)
+    t_metrics: Time = field(default_factory=time.time)
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
@@ -150,8 +216,8 @@ class Credit(Message):
     """An encoder worker can take ``n`` more frames (sent worker -> ingest)."""
 
     KIND: ClassVar[str] = "credit"
-    worker: str
-    n: int
+    worker: Name
+    n: Count
 
 
 @dataclass
@@ -159,10 +225,10 @@ class Stats(Message):
     """A service's counters, published now and then for viewers and logs."""
 
     KIND: ClassVar[str] = "stats"
-    service: str
-    stream: str
-    counters: dict = field(default_factory=dict)
-    t: float = field(default_factory=time.time)
+    service: Name
+    stream: StreamName
+    counters: Counters = field(default_factory=dict)
+    t: Time = field(default_factory=time.time)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -177,28 +243,31 @@ class _Layout:
     they run for every frame of every camera)."""
 
     header_fields: tuple[str, ...]
+    # (field, its check) for every header field, in declaration order.
+    checks: tuple[tuple[str, Check], ...]
     required: frozenset[str]
 
 
-_LAYOUTS: dict[type, _Layout] = {
-    cls: _Layout(
-        tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS),
-        frozenset(
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in cls.BUFFERS
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
+def _layout(cls: type[Message]) -> _Layout:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    header = [f for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS]
+    return _Layout(
+        header_fields=tuple(f.name for f in header),
+        checks=tuple((f.name, checker(hints[f.name])) for f in header),
+        required=frozenset(
+            f.name for f in header if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ),
     )
-    for cls in MESSAGE_TYPES.values()
-}
+
+
+_LAYOUTS: dict[type, _Layout] = {cls: _layout(cls) for cls in MESSAGE_TYPES.values()}
+_ABSENT = object()
 
 
 def _buffer_out(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         # Sent without a copy when already contiguous float32 (the normal case).
-        return memoryview(np.ascontiguousarray(value, dtype=np.float32)).cast("B")
+        return np.ascontiguousarray(value, dtype=np.float32).data.cast("B")
     return value
 
 
@@ -233,29 +302,45 @@ def decode(parts: Sequence[Any], *, with_topic: bool = False) -> Message:
         raise DecodeError(f"header is not msgpack: {exc}") from None
     if not isinstance(header, dict):
         raise DecodeError("header is not a map")
-    if header.get("v") != SCHEMA_VERSION:
-        raise DecodeError(f"schema version {header.get('v')!r}, expected {SCHEMA_VERSION}")
-    cls = MESSAGE_TYPES.get(header.get("k"))
+    version, kind = header.get("v"), header.get("k")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise DecodeError(f"schema version {show(version)}, expected {SCHEMA_VERSION}")
+    # type() first: a kind that is a list or a map cannot even be looked up.
+    cls = MESSAGE_TYPES.get(kind) if type(kind) is str else None
     if cls is None:
-        raise DecodeError(f"unknown message kind {header.get('k')!r}")
+        raise DecodeError(f"unknown message kind {show(kind)}")
     buffers = parts[1:]
     if len(buffers) != len(cls.BUFFERS):
         raise DecodeError(f"{cls.KIND}: expected {len(cls.BUFFERS)} buffer(s), got {len(buffers)}")
     layout = _LAYOUTS[cls]
-    kwargs: dict[str, Any] = {name: header[name] for name in layout.header_fields if name in header}
+    kwargs: dict[str, Any] = {}
+    try:
+        for name, check in layout.checks:
+            value = header.get(name, _ABSENT)
+            if value is not _ABSENT:  # absent: a default, or missing (below)
+                kwargs[name] = check(value)
+    except Invalid as exc:
+        raise DecodeError(f"{cls.KIND}: field {name!r}: {exc}") from None
     missing = layout.required - kwargs.keys()
     if missing:
         raise DecodeError(f"{cls.KIND}: missing field {sorted(missing)[0]!r}")
     for name, raw in zip(cls.BUFFERS, buffers, strict=False):
         data = raw.buffer if hasattr(raw, "buffer") else raw  # zmq.Frame or bytes
         if name == "vector":
-            dim = header.get("dim")
-            if not isinstance(dim, int) or len(data) != dim * 4:
-                raise DecodeError(f"{cls.KIND}: vector of {len(data)} bytes, header says dim={dim!r}")
-            kwargs[name] = np.frombuffer(data, dtype=np.float32)
+            kwargs[name] = _vector(cls.KIND, data, header.get("dim"))
         else:
             kwargs[name] = bytes(data)
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise DecodeError(f"{cls.KIND}: {exc}") from None
+
+
+def _vector(kind: str, data: Any, dim: Any) -> np.ndarray:
+    """The float32 vector a buffer holds: exactly ``dim`` values, every one finite."""
+    if type(dim) is not int or dim < 0 or len(data) != dim * 4:
+        raise DecodeError(f"{kind}: vector of {len(data)} bytes, header says dim={dim!r}")
+    vector = np.frombuffer(data, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise DecodeError(f"{kind}: field 'vector': expected finite values, got a NaN or an infinity")
+    return vector

@@ -1,9 +1,13 @@
 """The wire format: every message survives a round trip; anything else is a DecodeError."""
 
+import typing
+
 import msgpack
 import numpy as np
 import pytest
 
+from encoders.services.metrics.drift import DriftTracker
+from encoders.services.metrics.streams import Streams
 from encoders.shared import messages
 from encoders.shared.messages import (
     Credit,
@@ -12,11 +16,15 @@ from encoders.shared.messages import (
     Embedding,
     EndOfStream,
     Frame,
+    Message,
     MetricsRecord,
     Skipped,
     Stats,
     StreamStart,
 )
+from encoders.shared.validation import MaxLen, Range, checker
+
+from .message_strategies import assert_conforms, near_miss_examples
 
 SAMPLES = [
     StreamStart("cam0", 0, "http://pi:8000/stream.mjpg"),
@@ -106,3 +114,179 @@ def test_topic_names_kind_and_stream():
 def test_what_does_not_decode_is_a_decode_error(parts, why):
     with pytest.raises(DecodeError, match=why):
         messages.decode(parts)
+
+
+# -- every field checked against its annotation ----------------------------------------------
+
+
+def header_of(msg: Message) -> dict:
+    return msgpack.unpackb(bytes(messages.encode(msg)[0]))
+
+
+M = typing.TypeVar("M", bound=Message)
+
+
+def decode_with(msg: M, **fields: object) -> M:
+    """``msg`` through decode, with header fields replaced (or removed, given as REMOVE)."""
+    parts = [bytes(p) for p in messages.encode(msg)]
+    header = {**header_of(msg), **fields}
+    parts[0] = msgpack.packb({k: v for k, v in header.items() if v is not REMOVE}, use_bin_type=True)
+    return typing.cast(M, messages.decode(parts))
+
+
+REMOVE = object()
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.KIND)
+def test_every_field_refuses_what_its_annotation_does_not_allow(msg):
+    """Each header field given each near miss of its annotation: a DecodeError naming the kind
+    and the field, or (a union member that takes it, a typed map's undeclared key, dropped) a
+    message that is what its annotations say."""
+    hints = typing.get_type_hints(type(msg), include_extras=True)
+    tried = refused = 0
+    for name in set(header_of(msg)) - {"v", "k", "dim"}:
+        for value in near_miss_examples(hints[name]):
+            tried += 1
+            try:
+                back = decode_with(msg, **{name: value})
+            except DecodeError as exc:
+                refused += 1
+                assert str(exc).startswith(f"{msg.KIND}: field {name!r}: "), str(exc)
+                assert "expected" in str(exc)
+            else:
+                assert_conforms(back)
+    assert refused > tried / 2  # most near misses are misses
+
+
+def test_a_bad_value_is_named_with_its_kind_its_field_and_what_was_expected():
+    with pytest.raises(DecodeError, match=r"dropped: field 'seq': expected an int in \[0, \d+\], got '7'"):
+        decode_with(Dropped("cam0", 8), seq="7")  # the crash of the issue: a str seq reached metrics
+    with pytest.raises(DecodeError, match=r"frame: field 'width': expected an int in \[1, 65535\], got True"):
+        decode_with(Frame("cam0", 1, 0.0, 2, 2, b""), width=True)  # a bool is no int here
+    with pytest.raises(
+        DecodeError, match=r"field 't_capture': expected a finite float in \[0, 253402300799.0\], got nan"
+    ):
+        decode_with(Frame("cam0", 1, 0.0, 2, 2, b""), t_capture=float("nan"))
+    with pytest.raises(DecodeError, match=r"field 'stream': expected a stream name .*, got 'cam 0'"):
+        decode_with(Dropped("cam0", 8), stream="cam 0")
+    with pytest.raises(DecodeError, match=r"eos: field 'counts': \['lost'\]: expected an int in \[0, \d+\], got -1"):
+        decode_with(EndOfStream("cam0", 3), counts={"lost": -1})
+    with pytest.raises(DecodeError, match=r"stats: field 'counters': \['fps'\]: expected .*finite float.*, got inf"):
+        decode_with(Stats("ingest", "cam0"), counters={"fps": float("inf")})
+    with pytest.raises(DecodeError, match="missing field 'seq'"):
+        decode_with(Dropped("cam0", 8), seq=REMOVE)
+
+
+def test_a_vector_with_a_nan_or_an_infinity_does_not_decode():
+    for bad in (np.nan, np.inf, -np.inf):
+        vector = np.ones(4, np.float32)
+        vector[2] = bad
+        parts = [bytes(p) for p in messages.encode(Embedding("cam0", 1, 0.0, "w", "m", 0.0, vector))]
+        with pytest.raises(DecodeError, match="embedding: field 'vector': expected finite values"):
+            messages.decode(parts)
+
+
+def test_dim_must_be_a_plain_int():
+    with pytest.raises(DecodeError, match="header says dim=True"):
+        decode_with(Embedding("cam0", 1, 0.0, "w", "m", 0.0, np.ones(1, np.float32)), dim=True)
+
+
+def test_numbers_arrive_as_their_annotation_says():
+    frame = decode_with(Frame("cam0", 1, 0.0, 2, 2, b""), t_capture=3)
+    assert frame.t_capture == 3.0 and type(frame.t_capture) is float  # an int where a float goes
+    stats = decode_with(Stats("ingest", "cam0", {"published": 3, "fps": 1.5}))
+    assert type(stats.counters["published"]) is int  # a counter that is an int stays one (the page shows 3, not 3.0)
+
+
+def test_a_typed_map_drops_the_keys_it_does_not_declare():
+    eos = decode_with(EndOfStream("cam0", 3), counts={"published": 4, "outcome": "ended", "later_count": 1})
+    assert eos.counts == {"published": 4}
+
+
+def test_bounds_at_their_edges():
+    assert decode_with(EndOfStream("cam0", 0), last_seq=-1).last_seq == -1  # a stream that published nothing
+    with pytest.raises(DecodeError, match="last_seq"):
+        decode_with(EndOfStream("cam0", 0), last_seq=-2)
+    with pytest.raises(DecodeError, match="'seq'"):
+        decode_with(Frame("cam0", 0, 0.0, 2, 2, b""), seq=-1)
+    assert decode_with(Dropped("cam0", 0), seq=messages.INT64_MAX - 1).seq == messages.INT64_MAX - 1
+    with pytest.raises(DecodeError, match="'n'"):
+        decode_with(Credit("w", 1), n=-1)
+    with pytest.raises(DecodeError, match="'reason'"):
+        decode_with(Dropped("cam0", 0), reason="x" * 4097)
+    with pytest.raises(DecodeError, match="'counters'"):
+        decode_with(Stats("ingest", "cam0"), counters={f"c{i}": 0 for i in range(257)})
+
+
+def test_what_every_producer_sends_decodes():
+    """The payloads as ingest and metrics build them today (ingest's by their keys: its
+    counters need a running source)."""
+    ingest_eos: messages.FrameCounts = {
+        "published": 10,
+        "dispatched": 8,
+        "dropped": 2,
+        "corrupt": 0,
+        "reconnects": 1,
+        "truncated": 0,
+    }
+    ingest_stats: dict[str, int | float | None] = {
+        "published": 10,
+        "dispatched": 8,
+        "dropped": 2,
+        "corrupt": 0,
+        "reconnects": 1,
+        "truncated": 0,
+        "pending": 0,
+        "workers": 2,
+        "credits": 64,
+        "workers_gone": 0,
+        "notices_lost": 0,
+        "bad_messages": 0,
+        "bytes": 123456,
+        "fps": 14.93,
+    }
+    streams = Streams(rolling_window=3, max_wait=1)
+    streams.accept(StreamStart("cam0", 0), now=0)
+    for seq in range(3):
+        streams.accept(Embedding("cam0", seq, float(seq), "w", "m", vector=np.ones(4, np.float32) * (seq + 1)), now=0)
+    out = streams.release(now=0)
+    tracker = DriftTracker(window=3)
+    empty_rolling = tracker.rolling()
+    for msg in [
+        EndOfStream("cam0", 9, ingest_eos),
+        Stats("ingest", "cam0", ingest_stats),
+        Stats("metrics", "cam0", dict(streams.totals("cam0"))),  # type: ignore[arg-type]  # FrameCounts is Counters
+        EndOfStream("cam0", 2, streams.totals("cam0")),
+        MetricsRecord("cam0", 0, 0.0, 0.0, "w", "m", None, None, empty_rolling),
+        *out,
+    ]:
+        back = messages.decode([bytes(p) for p in messages.encode(msg)])
+        assert_conforms(back)
+        assert back.__dict__.keys() == msg.__dict__.keys()
+        for name in ("counts", "counters", "rolling"):
+            if hasattr(msg, name):
+                assert getattr(back, name) == getattr(msg, name)  # nothing dropped: every key is declared
+
+
+def test_an_annotation_that_cannot_be_checked_fails_when_the_check_is_built():
+    """So a new field of an unchecked type fails at import, never on the wire."""
+    for hint in (list[int], typing.Any, np.ndarray, typing.Annotated[int, MaxLen(3)]):
+        with pytest.raises(TypeError):
+            checker(hint)
+    assert checker(typing.Annotated[int, Range(0, 2)])(2) == 2
+
+
+def test_times_and_drifts_are_within_what_a_record_can_hold():
+    """A capture time must make a date (summary.json, drift.csv, a database timestamp) and a drift
+    is 1 - a cosine: values beyond them are refused at decode, before any consumer sees them."""
+    with pytest.raises(DecodeError, match=r"field 't_capture': expected a finite float in \[0, "):
+        decode_with(Frame("cam0", 1, 0.0, 2, 2, b""), t_capture=-1.0)
+    with pytest.raises(DecodeError, match=r"field 't_capture'"):
+        decode_with(Frame("cam0", 1, 0.0, 2, 2, b""), t_capture=1e300)
+    record = MetricsRecord("cam0", 1, 1.0, 1.0, "w", "m", 0.5, 0.5, vector=np.ones(3, np.float32))
+    with pytest.raises(DecodeError, match=r"field 'drift': expected None or a finite float in \[0, 2\]"):
+        decode_with(record, drift=2.5)
+    with pytest.raises(DecodeError, match=r"field 'similarity'"):
+        decode_with(record, similarity=-1.5)
+    with pytest.raises(DecodeError, match=r"field 'rolling': \['mean'\]"):
+        decode_with(record, rolling={"count": 2, "mean": 3.0})

@@ -1,0 +1,255 @@
+"""Hypothesis strategies for messages, derived from their annotations, and a check that a
+message satisfies them: what test_messages_fuzz and test_consumers_fuzz share.
+
+The strategies read the same annotations and bound markers that decode checks, so a new
+field or a new bound is generated and tested without touching this file. The check,
+``assert_conforms``, is written apart from ``shared/validation.py`` on purpose: a test that
+asked the checker whether the checker's output is right would prove nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Annotated, Any
+
+import msgpack
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from encoders.shared import messages
+from encoders.shared.messages import Message
+from encoders.shared.validation import Matches, MaxItems, MaxLen, Range
+
+# -- valid values, from annotations ---------------------------------------------------------
+
+
+def _marks(hint: Any) -> tuple[Any, dict[type, Any]]:
+    """(the plain type, its markers by class)."""
+    if typing.get_origin(hint) is Annotated:
+        base, *marks = typing.get_args(hint)
+        return base, {type(m): m for m in marks}
+    return hint, {}
+
+
+def _long_text(n: int) -> st.SearchStrategy[str]:
+    """Strings at (or just under) their length limit: one character repeated is cheap to make."""
+    return st.builds(lambda c, k: c * k, st.characters(codec="utf-8"), st.integers(max(0, n - 2), n))
+
+
+def values(hint: Any) -> st.SearchStrategy[Any]:
+    """Any value the annotation allows, the edges included (hypothesis favours them)."""
+    base, marks = _marks(hint)
+    origin = typing.get_origin(base)
+    if origin in (types.UnionType, typing.Union):
+        return st.one_of([values(m) for m in typing.get_args(base)])
+    if origin is dict:
+        key, value = typing.get_args(base)
+        limit = marks[MaxItems].n if MaxItems in marks else 20
+        # Mostly small maps; now and then a full one (its keys simple, so that they are quick to make).
+        full = st.lists(values(value), min_size=limit, max_size=limit).map(
+            lambda items: {f"c{i}": v for i, v in enumerate(items)}
+        )
+        return st.dictionaries(values(key), values(value), max_size=min(limit, 10)) | full
+    if typing.is_typeddict(base):
+        hints = typing.get_type_hints(base, include_extras=True)
+        return st.fixed_dictionaries(
+            {k: values(h) for k, h in hints.items() if k in base.__required_keys__},
+            optional={k: values(h) for k, h in hints.items() if k not in base.__required_keys__},
+        )
+    if base is int:
+        r = marks.get(Range, Range())
+        return st.integers(r.lo, r.hi)
+    if base is float:
+        r = marks.get(Range, Range())
+        return st.floats(r.lo, r.hi, allow_nan=False, allow_infinity=False)
+    if base is str:
+        if Matches in marks:
+            return st.from_regex(marks[Matches].pattern, fullmatch=True)
+        n = marks[MaxLen].n if MaxLen in marks else 100
+        return st.text(max_size=min(n, 100)) | _long_text(n)
+    if base is bool:
+        return st.booleans()
+    if base is type(None):
+        return st.none()
+    if base is bytes:
+        return st.binary(max_size=200)
+    raise TypeError(f"no strategy for {hint!r}")
+
+
+WRONG_TYPES: list[Any] = [None, True, "1", b"1", [], {}, 1.5]
+
+
+def near_miss_examples(hint: Any) -> list[Any]:
+    """Values just outside what the annotation allows: the wrong type, one past a bound, a map
+    with one bad entry or one too many, a typed map with a key it does not declare (which
+    decode drops). In a union, a near miss of one member may be a fine value of another."""
+    base, marks = _marks(hint)
+    origin = typing.get_origin(base)
+    if origin in (types.UnionType, typing.Union):
+        members = [m for m in typing.get_args(base) if m is not type(None)]
+        return [v for m in members for v in near_miss_examples(m) if v is not None]
+    if origin is dict:
+        key, value = typing.get_args(base)
+        limit = marks[MaxItems].n if MaxItems in marks else 20
+        # Only str and bytes keys get past msgpack (we unpack with strict_map_key).
+        keys = [k for k in near_miss_examples(key) if isinstance(k, str | bytes)]
+        return [
+            *WRONG_TYPES,
+            *({k: 0} for k in keys),
+            *({"c": v} for v in near_miss_examples(value)),
+            {f"c{i}": 0 for i in range(limit + 1)},
+        ]
+    if typing.is_typeddict(base):
+        hints = typing.get_type_hints(base, include_extras=True)
+        return [
+            *WRONG_TYPES,
+            {"not declared": 1},
+            *({k: v} for k, h in hints.items() for v in near_miss_examples(h)),
+        ]
+    r = marks.get(Range, Range())
+    if base is int:
+        past = ([r.lo - 1] if r.lo is not None else []) + ([r.hi + 1] if r.hi is not None else [])
+        return [*WRONG_TYPES, False, 1.0, *(b for b in past if -(2**63) <= b < 2**64)]  # what msgpack packs
+    if base is float:
+        below = [r.lo - 1, math.nextafter(r.lo, -math.inf)] if r.lo is not None else []
+        return [*(w for w in WRONG_TYPES if w != 1.5), math.nan, math.inf, -math.inf, *below]
+    if base is str:
+        n = marks[MaxLen].n if MaxLen in marks else 64
+        misses = [*WRONG_TYPES, "x" * (n + 1)]
+        if Matches in marks:
+            misses += ["", "cam 0", "cam/0", "c" * 65, "cam\n", "caméra"]
+        return misses
+    return WRONG_TYPES
+
+
+def near_misses(hint: Any) -> st.SearchStrategy[Any]:
+    """A near miss (above), or, for a map, a valid map with a near miss's entry added."""
+    examples = near_miss_examples(hint)
+    base = _marks(hint)[0]
+    if typing.get_origin(base) is dict or typing.is_typeddict(base):
+        bad_entries = [e for e in examples if isinstance(e, dict) and e]
+        return st.sampled_from(examples) | st.tuples(values(hint), st.sampled_from(bad_entries)).map(
+            lambda t: {**t[0], **t[1]}
+        )
+    return st.sampled_from(examples)
+
+
+def vectors(dims: st.SearchStrategy[int] | None = None) -> st.SearchStrategy[np.ndarray]:
+    """float32 vectors of any finite values (huge and tiny ones too), of ``dims`` values (any
+    number up to 1024 by default)."""
+    # Mostly values an embedding holds; any finite float32 too, the largest and the tiniest.
+    elements = st.floats(-1, 1, width=32) | st.floats(width=32, allow_nan=False, allow_infinity=False)
+    return (st.integers(0, 1024) if dims is None else dims).flatmap(
+        lambda dim: arrays(np.float32, dim, elements=elements)
+    )
+
+
+def message_of(cls: type[Message], **overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[Message]:
+    """Valid messages of ``cls``; ``overrides`` replace the strategy of the fields they name."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in overrides:
+            fields[f.name] = overrides[f.name]
+        elif f.name == "vector":
+            fields[f.name] = vectors()
+        elif f.name == "jpeg":
+            fields[f.name] = st.binary(max_size=2000)
+        else:
+            fields[f.name] = values(hints[f.name])
+    return st.builds(cls, **fields)
+
+
+def any_message(**overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[Message]:
+    """A valid message of any kind (overrides apply to the kinds that have those fields)."""
+    return st.one_of(
+        [
+            message_of(cls, **{k: v for k, v in overrides.items() if k in cls.__dataclass_fields__})
+            for cls in messages.MESSAGE_TYPES.values()
+        ]
+    )
+
+
+# -- arbitrary input ------------------------------------------------------------------------
+
+# What msgpack can carry: every scalar type (ints to its 64-bit limits, NaN and infinities),
+# nested lists and maps (string keys: our decoder refuses other keys at unpacking).
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.binary(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+# -- what a decoded message must be ---------------------------------------------------------
+
+
+def assert_conforms(msg: Message) -> None:
+    """Every field of ``msg`` is what its annotation says; the vector is finite, float32, 1-D."""
+    hints = typing.get_type_hints(type(msg), include_extras=True)
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if f.name == "vector":
+            assert isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 1
+            assert np.isfinite(value).all()
+        elif f.name == "jpeg":
+            assert type(value) is bytes
+        else:
+            assert _conforms(value, hints[f.name]), f"{msg.KIND}.{f.name} = {value!r} is not {hints[f.name]}"
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    base, marks = _marks(hint)
+    origin = typing.get_origin(base)
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, m) for m in typing.get_args(base))
+    if origin is dict:
+        key, item = typing.get_args(base)
+        return (
+            type(value) is dict
+            and (MaxItems not in marks or len(value) <= marks[MaxItems].n)
+            and all(_conforms(k, key) and _conforms(v, item) for k, v in value.items())
+        )
+    if typing.is_typeddict(base):
+        hints = typing.get_type_hints(base, include_extras=True)
+        return (
+            type(value) is dict
+            and set(value) <= set(hints)
+            and base.__required_keys__ <= set(value)
+            and all(_conforms(v, hints[k]) for k, v in value.items())
+        )
+    if base is float and not (type(value) is float and math.isfinite(value)):
+        return False
+    if base is not float and type(value) is not base:
+        return False  # exact: a bool is no int
+    if Range in marks:
+        r = marks[Range]
+        if (r.lo is not None and value < r.lo) or (r.hi is not None and value > r.hi):
+            return False
+    if MaxLen in marks and len(value) > marks[MaxLen].n:
+        return False
+    return Matches not in marks or marks[Matches].pattern.fullmatch(value) is not None
+
+
+def assert_same(a: Message, b: Message) -> None:
+    """Equal messages, field by field (a vector compares by value)."""
+    assert type(a) is type(b)
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y, f"{a.KIND}.{f.name}: {x!r} != {y!r}"
