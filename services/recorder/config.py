@@ -30,6 +30,9 @@ class RecorderConfig(DatabaseConfig):
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
     exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")
+    ready_file: str = setting(
+        "", "Once the run is claimed and the sockets are open, write the run's id, name and folder here (JSON)"
+    )
     db_connect_timeout: float = setting(
         10.0, "Seconds the database may take to answer at start before the recorder gives up", minimum=0.1
     )

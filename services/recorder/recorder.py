@@ -2,49 +2,42 @@
 
 Where a stream's files go:
 
-- ``stream_dirs``: every stream in ``<run>/<stream>/``, and ``<run>/summary.json`` lists them all;
+- ``stream_dirs``: every stream in ``<run>/<stream>/``;
 - otherwise the first stream seen writes in the run folder itself (the seed's layout) and
   any other stream in its own ``<run>/<stream>/``, so no file ever mixes two streams.
+
+Every record is checked before anything is written of it (its stream's name, its
+embedding's size against the run's model, finite values): one that fails is counted and
+written nowhere. Each frame is recorded once, in the files as in the database.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 from collections import Counter
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from encoders.services.recorder.config import RecorderConfig
-from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord, StreamStart
+from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
 from encoders.shared.settings import mask_url
+from encoders.shared.storage.frames import FrameRow
 
+from .config import RecorderConfig
 from .keyframes import Segmenter
-from .rows import FrameRow, build_row
-from .runfiles import (
-    CONFIG_JSON,
-    DRIFT_CSV,
-    EMBEDDINGS_DIR,
-    SNAPSHOTS_DIR,
-    SUMMARY_JSON,
-    DriftCsv,
-    EmbeddingBatches,
-    write_json,
-)
-from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot_name
-from .summary import COUNT_KEYS, StreamSummary
+from .rows import build_row
+from .run import RecordedRun
+from .runfiles import EMBEDDINGS_DIR, SNAPSHOTS_DIR
+from .snapshots import FrameCache
+from .stream_files import StreamFiles
+from .summary import COUNT_KEYS
 from .thumbnails import ThumbnailPipeline, thumbnail_threads, wanted
 
 log = logging.getLogger(__name__)
 
-STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # A second stream's folder sits beside the first stream's own folders; never in them.
 RESERVED_FOLDERS = {EMBEDDINGS_DIR, SNAPSHOTS_DIR, ".", ".."}
-FRAME_CACHE_SIZE = 600
 
 
 class RowSink(Protocol):
@@ -53,102 +46,10 @@ class RowSink(Protocol):
     def set_model(self, model: str, dim: int) -> None: ...
 
 
-def pipeline_settings(text: str) -> Any:
-    """The pipeline's settings (a JSON string from the launcher), with secrets masked."""
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        log.warning("--pipeline-config is not JSON; stored as text")
-        value = text
-    return mask_secrets(value)
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str):
-        if value and any(word in key.lower() for word in ("password", "secret", "token")):
-            return "***"
-        return mask_url(value)
-    return value
-
-
-class StreamFiles:
-    """One stream's drift.csv, embeddings/, snapshots/ and summary, in one folder; and its keyframe segments."""
-
-    def __init__(
-        self,
-        stream: str | None,
-        folder: Path,
-        root: Path,
-        *,
-        snapshot_interval: float,
-        embedding_interval: int,
-        cache: FrameCache | None = None,
-        segmenter: Segmenter | None = None,
-    ):
-        self.stream = stream
-        self.folder = folder
-        self.rel = folder.relative_to(root).as_posix() if folder != root else "."
-        (folder / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
-        (folder / SNAPSHOTS_DIR).mkdir(exist_ok=True)
-        self.csv = DriftCsv(folder / DRIFT_CSV)
-        self.batches = EmbeddingBatches(folder / EMBEDDINGS_DIR, embedding_interval)
-        self.policy = SnapshotPolicy(snapshot_interval)
-        self.cache = cache if cache is not None else FrameCache(FRAME_CACHE_SIZE)
-        self.segmenter = segmenter or Segmenter(0.05, 5.0)
-        self.summary = StreamSummary(stream or "")
-        self._snap_prefix = "" if self.rel == "." else self.rel + "/"
-
-    def on_frame(self, frame: Frame) -> None:
-        # Every frame: whether it gets a snapshot or a thumbnail is known only when its record comes.
-        if frame.jpeg:
-            self.cache.put(frame.seq, frame.jpeg)
-
-    def on_record(self, rec: MetricsRecord) -> tuple[str | None, str | None, bytes | None]:
-        """Write what this record adds. Returns the paths (relative to the run) of its periodic
-        snapshot and of its scene-change snapshot, if it got them, and its JPEG if at hand."""
-        snap = scene_snap = None
-        jpeg = self.cache.take(rec.seq)
-        if jpeg is not None and self.policy.due(rec.t_capture):
-            name = snapshot_name(rec.seq)
-            (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
-            self.policy.taken(rec.t_capture)
-            snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
-        if jpeg is not None and rec.scene_change:
-            # frame_*.jpg keep the seed's meaning (one per interval); a scene change between two gets its own.
-            scene_snap = snap
-            if scene_snap is None:
-                name = scene_snapshot_name(rec.seq)
-                (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
-                scene_snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
-        self.csv.write(rec.t_capture, rec.seq, rec.similarity, rec.drift)
-        self.batches.add(rec.vector, rec.t_capture, rec.seq)
-        self.summary.add(rec, snapshot=snap is not None)
-        return snap, scene_snap, jpeg
-
-    def close(self) -> None:
-        """The final partial npz batch, and drift.csv closed (each attempted even if the other fails)."""
-        try:
-            self.batches.flush()
-        finally:
-            self.csv.close()
-
-    def summary_dict(self, db_rows: int) -> dict[str, Any]:
-        return self.summary.to_dict(npz_batches=self.batches.written, db_rows=db_rows)
-
-
 class Recorder:
-    def __init__(
-        self, root: Path, *, run_id: int, config: dict[str, Any], rows: RowSink, settings: RecorderConfig | None = None
-    ):
-        self.root = root
-        self.run_id = run_id
-        self.config = config
+    def __init__(self, run: RecordedRun, rows: RowSink, settings: RecorderConfig | None = None):
+        self.run = run
+        self.root = run.dir
         self.rows = rows
         self.settings = settings or RecorderConfig()
         self.streams: dict[str, StreamFiles] = {}
@@ -164,7 +65,6 @@ class Recorder:
             rows.add,
             self.counters,
         )
-        self._write_config()
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -208,7 +108,7 @@ class Recorder:
         if rec.scene_change:
             self.counters["scene_changes"] += 1
         row = build_row(
-            self.run_id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, scene_snapshot_path=scene_snap
+            self.run.id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, scene_snapshot_path=scene_snap
         )
         if not wanted(self.settings.thumbnails, keyframe):
             jpeg = None
@@ -228,7 +128,7 @@ class Recorder:
                 self.counters["bad_stream_names"] += 1
                 return
             files = self._open_stream(eos.stream)  # a stream that ended before any frame was embedded
-        files.summary.end(eos.counts)
+        files.summary.end(dict(eos.counts))
         self.ended.add(eos.stream)
         log.info(
             "stream %s ended at seq %d: %s",
@@ -246,36 +146,22 @@ class Recorder:
         self._thumbnails.close()  # every row on to the database writer first
         if not self.streams and not self.settings.stream_dirs:
             # Nothing arrived: still leave the seed's layout, empty, in the run folder.
-            self.streams[""] = StreamFiles(
+            StreamFiles(
                 None,
                 self.root,
                 self.root,
                 snapshot_interval=self.settings.snapshot_interval,
                 embedding_interval=self.settings.embedding_interval,
-            )
+            ).close()
         for name, files in self.streams.items():
             try:
                 files.close()
             except OSError as exc:
                 log.error("%s: could not finish its files in %s: %s", name, files.folder, exc)
 
-    def write_summaries(self, run: dict[str, Any], db_rows: Counter) -> dict[str, Any]:
-        """Every summary.json; returns the run folder's (also stored in the runs row)."""
-        per_stream = {name: files.summary_dict(db_rows.get(name, 0)) for name, files in self.streams.items()}
-        for name, files in self.streams.items():
-            if files.folder != self.root:
-                write_json(files.folder / SUMMARY_JSON, {**per_stream[name], "run": run})
-        if self.settings.stream_dirs:
-            top = {"run": run, "streams": per_stream, "totals": _totals(per_stream.values())}
-        else:
-            first = next(iter(self.streams))
-            top = {
-                **per_stream[first],
-                "run": run,
-                "other_streams": {n: f.rel for n, f in self.streams.items() if f.folder != self.root},
-            }
-        write_json(self.root / SUMMARY_JSON, top)
-        return top
+    def stream_summaries(self, db_rows: Counter) -> dict[str, dict[str, Any]]:
+        """Each stream's summary, with the rows the database took of it."""
+        return {name: files.summary_dict(db_rows.get(name, 0)) for name, files in self.streams.items()}
 
     # -- internals -----------------------------------------------------------------
     def _acceptable(self, rec: MetricsRecord) -> float | None:
@@ -293,8 +179,7 @@ class Recorder:
                 return None
             self.model = (rec.model, dim)
             self.rows.set_model(rec.model, dim)
-            self.config["model"] = {"name": rec.model, "dim": dim}
-            self._write_config()
+            self.run.set_model(rec.model, dim)
         elif dim != self.model[1]:
             self.counters["wrong_dim"] += 1
             if self.counters["wrong_dim"] == 1:
@@ -328,27 +213,5 @@ class Recorder:
         )
         self.streams[stream] = files
         log.info("stream %s: files in %s", stream, folder)
-        self._write_config()
+        self.run.add_stream(stream, folder)
         return files
-
-    def _write_config(self) -> None:
-        self.config["streams"] = {name: files.rel for name, files in self.streams.items() if name}
-        write_json(self.root / CONFIG_JSON, self.config)
-        for name, files in self.streams.items():
-            if files.folder != self.root:
-                write_json(files.folder / CONFIG_JSON, {**self.config, "streams": {name: "."}, "stream": name})
-
-
-def _totals(summaries) -> dict[str, Any]:
-    summaries = list(summaries)
-    frames = {}
-    for key in COUNT_KEYS:
-        values = [s["frames"][key] for s in summaries if s["frames"].get(key) is not None]
-        frames[key] = sum(values) if values else None
-    return {
-        "frames": frames,
-        "records": sum(s["records"] for s in summaries),
-        "snapshots": sum(s["snapshots"] for s in summaries),
-        "npz_batches": sum(s["npz_batches"] for s in summaries),
-        "db_rows": sum(s["db_rows"] for s in summaries),
-    }

@@ -1,64 +1,13 @@
-"""One database row per embedded frame, and its two other shapes: COPY values and spool records."""
+"""An embedded frame's database row (storage.frames.FrameRow), made from its record, and as a spool record."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from encoders.shared.messages import MetricsRecord
-
-# The frames table's columns, in the order rows are copied (see schema.py).
-COLUMNS = (
-    "run_id",
-    "stream",
-    "seq",
-    "captured_at",
-    "similarity",
-    "drift",
-    "embedding",
-    "snapshot_path",
-    "worker",
-    "keyframe",
-    "keyframe_seq",
-    "thumbnail",
-)
-# Binary COPY needs every column's type up front.
-COPY_TYPES = (
-    "int8",
-    "text",
-    "int8",
-    "timestamptz",
-    "float4",
-    "float4",
-    "vector",
-    "text",
-    "text",
-    "bool",
-    "int8",
-    "bytea",
-)
-
-
-class FrameRow(NamedTuple):
-    run_id: int
-    stream: str
-    seq: int
-    t_capture: float  # epoch seconds; a timestamptz only when copied
-    similarity: float | None
-    drift: float | None
-    embedding: np.ndarray  # float32, 1-D
-    snapshot_path: str | None  # relative to the run folder
-    worker: str
-    # Fields a spool written before they existed does not have: their defaults stand in.
-    keyframe: bool = True  # in the HNSW index; leads the frames of its segment
-    keyframe_seq: int | None = None  # the seq of this frame's segment's keyframe (None: its own)
-    thumbnail: bytes | None = None  # a small JPEG
-    scene_change: bool = False  # also stored as a row of scene_changes
-    window_mean: float | None = None  # metrics' rolling drift statistics at this frame
-    window_std: float | None = None
-    scene_snapshot_path: str | None = None  # the scene change's snapshot, relative to the run folder
+from encoders.shared.storage.frames import FrameRow
 
 
 def build_row(
@@ -89,41 +38,6 @@ def build_row(
         _opt_float(rolling.get("mean")),
         _opt_float(rolling.get("std")),
         scene_snapshot_path,
-    )
-
-
-def copy_values(row: FrameRow) -> tuple:
-    """The row as ``copy.write_row`` takes it (COPY_TYPES order)."""
-    return (
-        row.run_id,
-        row.stream,
-        row.seq,
-        datetime.fromtimestamp(row.t_capture, tz=UTC),
-        row.similarity,
-        row.drift,
-        row.embedding,
-        row.snapshot_path,
-        row.worker,
-        row.keyframe,
-        row.seq if row.keyframe_seq is None else row.keyframe_seq,
-        row.thumbnail,
-    )
-
-
-SCENE_CHANGE_COLUMNS = ("run_id", "stream", "seq", "captured_at", "drift", "window_mean", "window_std", "snapshot_path")
-
-
-def scene_change_values(row: FrameRow) -> tuple:
-    """The row's scene_changes values (SCENE_CHANGE_COLUMNS order)."""
-    return (
-        row.run_id,
-        row.stream,
-        row.seq,
-        datetime.fromtimestamp(row.t_capture, tz=UTC),
-        row.drift,
-        row.window_mean,
-        row.window_std,
-        row.scene_snapshot_path,
     )
 
 

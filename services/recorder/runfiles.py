@@ -15,8 +15,6 @@ import csv
 import json
 import os
 import re
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,48 +27,6 @@ EMBEDDINGS_DIR = "embeddings"
 SNAPSHOTS_DIR = "snapshots"
 DRIFT_HEADER = ("timestamp", "frame", "similarity", "drift")
 _BATCH_RE = re.compile(r"batch_(\d+)\.npz")
-
-
-def run_dir_candidates(runs_dir: str | os.PathLike, now: datetime | None = None):
-    """runs/20260107_143022, then runs/20260107_143022_1, _2, ... (the caller skips taken ones)."""
-    base = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
-    yield Path(runs_dir) / base
-    n = 1
-    while True:
-        yield Path(runs_dir) / f"{base}_{n}"
-        n += 1
-
-
-def create_run_dir(
-    runs_dir: str | os.PathLike, run_dir: str | os.PathLike = "", claim_name: Callable[[str], bool] = lambda name: True
-) -> Path:
-    """Make this run's folder; its name is the run's name, which ``claim_name`` must accept
-    (the database's run names are unique too).
-
-    Otherwise the first free time-stamped name under ``runs_dir`` is used. An explicit
-    ``run_dir`` (the launcher names the folder before the recorder starts) is used as
-    given, but never one that already holds a run; should the database already have its
-    name (another runs folder, the same second), the run is named ``<folder>_1``, ``_2``...
-    """
-    if run_dir:
-        path = Path(run_dir)
-        if (path / DRIFT_CSV).exists() or (path / EMBEDDINGS_DIR).exists():
-            raise FileExistsError(f"{path} already holds a run; give another --run-dir")
-        names = (path.name if n == 0 else f"{path.name}_{n}" for n in range(1000))
-        if not any(claim_name(name) for name in names):
-            raise FileExistsError(f"the database already has runs named {path.name!r} and its next 999 variants")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    for path in run_dir_candidates(runs_dir):
-        if path.exists() or not claim_name(path.name):
-            continue
-        try:
-            path.mkdir()
-        except FileExistsError:  # another recorder took it a moment ago
-            continue
-        return path
-    raise AssertionError("unreachable")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgpack
 
@@ -36,7 +36,7 @@ class Spool:
         self.appended = 0  # records appended by this process
         self.committed = 0  # records committed through this object
         self.discarded_bytes = 0  # a truncated tail cut off when the file was opened
-        self._file = None
+        self._file: IO[bytes] | None = None
         if self.path.exists():
             self._open()
 
@@ -102,7 +102,7 @@ class Spool:
             self._file = None
 
     # -- internals -----------------------------------------------------------------
-    def _open(self):
+    def _open(self) -> IO[bytes]:
         if self._file is None:
             f = open(self.path, "a+b")  # noqa: SIM115 - held (and locked) until close()
             try:
@@ -117,6 +117,7 @@ class Spool:
     def _cut_truncated_tail(self) -> None:
         """Find where the last whole record ends; drop anything after it."""
         f = self._file
+        assert f is not None  # called by _open, on the file it just opened
         f.seek(0)
         unpacker = msgpack.Unpacker(f, raw=False)
         end = 0

@@ -74,7 +74,7 @@ class StreamSummary:
         if snapshot:
             self.snapshots += 1
         if rec.counts:
-            self.running_counts = rec.counts
+            self.running_counts = dict(rec.counts)
 
     def end(self, counts: dict[str, Any]) -> None:
         self.final_counts = dict(counts or {})
@@ -89,7 +89,9 @@ class StreamSummary:
 
     def duration(self) -> float:
         """Capture time from the first to the last embedded frame."""
-        return (self.last_t - self.first_t) if self.first_t is not None else 0.0
+        if self.first_t is None or self.last_t is None:
+            return 0.0
+        return self.last_t - self.first_t
 
     def effective_fps(self) -> float | None:
         """Embedded frames per second of capture time: (N - 1) intervals over the duration."""

@@ -38,12 +38,12 @@ def make_thumbnail(jpeg: bytes, size: int, quality: int = 70) -> bytes:
     DCT does the shrinking), so a 640x480 frame costs little more than its thumbnail.
     """
     try:
-        img = Image.open(io.BytesIO(jpeg))
-        if img.format == "JPEG":
+        source = Image.open(io.BytesIO(jpeg))
+        if source.format == "JPEG":
             # The thumbnail's own size (not size x size): a 640x480 frame decodes at 1/4, 160x120.
-            scale = size / max(img.size)
-            img.draft("RGB", (math.ceil(img.size[0] * scale), math.ceil(img.size[1] * scale)))
-        img = img.convert("RGB")
+            scale = size / max(source.size)
+            source.draft("RGB", (math.ceil(source.size[0] * scale), math.ceil(source.size[1] * scale)))
+        img = source.convert("RGB")
         img.thumbnail((size, size), Image.Resampling.BILINEAR)
         out = io.BytesIO()
         img.save(out, "JPEG", quality=quality)

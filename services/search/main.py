@@ -11,32 +11,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
-from encoders.services.search.config import SearchConfig
+import psycopg
+
+from encoders.shared.storage import embedded
 from encoders.shared.storage.config import DatabaseConfig
+from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable, one_line
+from encoders.shared.storage.filters import FilterError, Filters, parse_frame_ref, parse_time
+from encoders.shared.storage.store import Hit, Store, StoreError, reading
 
-from .filters import FilterError, Filters, parse_frame_ref, parse_time
+from .config import SearchConfig
 from .output import render
-
-if TYPE_CHECKING:  # psycopg is imported when a command runs, so that --help stays fast
-    from .store import Store
+from .query import QueryError
 
 SEARCH_COLUMNS = {
     "table": ("rank", "run", "stream", "seq", "time", "similarity", "drift", "picture"),
-    "full": (
-        "rank",
-        "run_id",
-        "run",
-        "stream",
-        "seq",
-        "time",
-        "similarity",
-        "drift",
-        "snapshot",
-        "snapshot_seq",
-        "thumbnail",
-    ),
+    "full": Hit.JSON_FIELDS,
 }
 EVENT_COLUMNS = {
     "table": ("run", "stream", "seq", "time", "drift", "snapshot"),
@@ -68,35 +58,14 @@ class Failed(Exception):
 
 @contextmanager
 def open_store(cfg: DatabaseConfig) -> Iterator[Store]:
-    import psycopg
-    from pgvector.psycopg import register_vector
-
-    from encoders.services.recorder.db import describe_target
-    from encoders.services.recorder.embedded_db import database_url
-
-    from .store import Store
-
     try:
-        url, _server = database_url(cfg.database_url, cfg.runs_dir, create=False)
-    except RuntimeError as exc:
-        raise Failed(str(exc)) from None
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        raise Failed(f"cannot reach the database ({describe_target(url)}): {_first_line(exc)}") from None
-    try:
-        try:
-            register_vector(conn)
-        except psycopg.ProgrammingError:
-            raise Failed("this database has no pgvector extension: nothing was recorded in it") from None
-        yield Store(conn, cfg.runs_dir)
-    finally:
-        conn.close()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        with (
+            embedded.database(cfg.database_url, cfg.runs_dir, create=False) as url,
+            reading(url, cfg.runs_dir) as store,
+        ):
+            yield store
+    except (embedded.NoDatabase, DatabaseUnavailable) as exc:
+        raise Failed(f"cannot reach the database: {exc}") from None
 
 
 def _filters(since: str | None, until: str | None, stream: str | None) -> Filters:
@@ -107,18 +76,13 @@ def _filters(since: str | None, until: str | None, stream: str | None) -> Filter
 
 def _answer(fn) -> int:
     """Run ``fn``; a question that cannot be answered is said on stderr, exit code 2."""
-    import psycopg
-
-    from .query import QueryError
-    from .store import StoreError
-
     try:
         fn()
-    except (Failed, FilterError, StoreError, QueryError) as exc:
+    except (Failed, FilterError, StoreError, QueryError, DatabaseRefused) as exc:
         print(f"encoders: {exc}", file=sys.stderr)
         return 2
     except psycopg.Error as exc:
-        print(f"encoders: database: {_first_line(exc)}", file=sys.stderr)
+        print(f"encoders: database: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 
@@ -149,11 +113,17 @@ def search(
             filters = _scoped(store, run, since, until, stream)
             if frame is not None:
                 vector, qrun, qstream = store.frame_vector(parse_frame_ref(frame))
+                if qrun.model is None:
+                    raise StoreError(f"run {qrun.name} has no model recorded: its frames cannot be compared")
                 label, what = qrun.model, f"frame {qrun.name}:{qstream}:{parse_frame_ref(frame).seq}"
             else:
                 embedder = QueryEmbedder(cfg.model, cfg.pretrained, cfg.device)
-                vector = embedder.text(text) if text is not None else embedder.image(image)
-                label, what = embedder.label, (repr(text) if text is not None else image)
+                if text is not None:
+                    vector, what = embedder.text(text), repr(text)
+                else:
+                    assert image is not None  # exactly one of the three, checked above
+                    vector, what = embedder.image(image), image
+                label = embedder.label
             filters, notes = store.restrict_to_model(label, filters)
             result = store.nearest(
                 vector,

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported by the first query that needs the model
+    from encoders.services.encoder.model import ClipImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +27,10 @@ class QueryError(RuntimeError):
 class QueryEmbedder:
     def __init__(self, model: str, pretrained: str, device: str):
         self.model_name, self.pretrained, self.device = model, pretrained, device
-        self._clip = None
+        self._clip: ClipImageEncoder | None = None
 
     @property
-    def clip(self):
+    def clip(self) -> ClipImageEncoder:
         if self._clip is None:
             try:
                 from encoders.services.encoder.model import ModelLoadError, load_encoder

@@ -1,4 +1,4 @@
-"""The recorder's database schema, as numbered migrations applied once each, in order.
+"""The database schema, as numbered migrations applied once each, in order, and the functions that apply it.
 
 ``schema_version`` records every migration applied. At every start (and with ``encoders db
 migrate``) the ones not recorded yet run, each in its own transaction under an advisory
@@ -13,7 +13,7 @@ shape; a migration that changes frames does so only where the table exists alrea
 
 Search over frames: consecutive frames of a camera are near-identical, so frames are cut
 into segments (a keyframe and the frames after it that stay close to it, see
-keyframes.py), and only keyframes go into the HNSW index. A search finds the nearest
+services/recorder/keyframes.py), and only keyframes go into the HNSW index. A search finds the nearest
 keyframes through the index, then ranks every frame of their segments exactly. This keeps
 the index small (inserts fast) and free of the dense clumps of near-duplicates in which
 HNSW's greedy search gets stuck.
@@ -21,7 +21,15 @@ HNSW's greedy search gets stuck.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from .errors import DatabaseRefused
+
+log = logging.getLogger(__name__)
 
 # Serialises schema changes between recorders that start at the same moment.
 ADVISORY_LOCK_KEY = 0x656E636F  # "enco"
@@ -154,6 +162,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         (),
         (f"ALTER INDEX IF EXISTS {HNSW_INDEX} SET (ef_construction = {HNSW_EF_CONSTRUCTION})",),
     ),
+    # summary.json (and runs.summary) has one shape whatever the number of cameras: the run, each
+    # stream under "streams", and "totals". A one-camera run used to put its stream's figures at
+    # the top, beside "other_streams"; those rows are rewritten here so readers know one shape.
+    Migration(
+        4,
+        "runs.summary in one shape for one camera or several",
+        (
+            """UPDATE runs SET summary = jsonb_build_object(
+                   'run', summary->'run',
+                   'streams', jsonb_build_object(coalesce(summary->>'stream', ''),
+                                                 (summary - 'run' - 'other_streams') || '{"folder": "."}'),
+                   'totals', jsonb_build_object('frames', summary->'frames', 'records', summary->'records',
+                                                'snapshots', summary->'snapshots',
+                                                'npz_batches', summary->'npz_batches', 'db_rows', summary->'db_rows'))
+               WHERE jsonb_typeof(summary) = 'object' AND NOT summary ? 'streams'""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -191,3 +216,67 @@ FRAMES_EMBEDDING_TYPE = """
 # A batch that holds rows stored already (a replay) is copied here, then moved with ON CONFLICT
 # DO NOTHING: a replayed row is never doubled.
 STAGING_TABLE = "CREATE TEMP TABLE IF NOT EXISTS frames_staging (LIKE frames) ON COMMIT DELETE ROWS"
+
+
+# -- applying it ---------------------------------------------------------------------------
+
+
+def migrate(conn: psycopg.Connection, target: str = "the database") -> list[int]:
+    """Apply the migrations ``conn``'s database has not had yet; returns their versions.
+
+    One transaction each, under the advisory lock: a failing migration leaves the ones
+    before it applied, and two recorders starting together apply each one once.
+    DatabaseRefused for a schema newer than this program's.
+    """
+    applied = []
+    for migration in MIGRATIONS:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            for step in BOOTSTRAP:
+                conn.execute(step)
+            done = {v for (v,) in conn.execute("SELECT version FROM schema_version")}
+            if max(done, default=0) > LATEST_VERSION:
+                raise DatabaseRefused(
+                    f"{target} has schema version {max(done)}, newer than this program's {LATEST_VERSION}: "
+                    "upgrade encoders"
+                )
+            if migration.version in done:
+                continue
+            row = conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()
+            frames_exists = bool(row and row[0])
+            for step in migration.statements + (migration.frames_statements if frames_exists else ()):
+                conn.execute(step)
+            conn.execute(
+                "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                (migration.version, migration.description),
+            )
+            applied.append(migration.version)
+            log.info("database schema: applied migration %d (%s)", migration.version, migration.description)
+    return applied
+
+
+def versions(conn: psycopg.Connection) -> list[tuple[int, str | None, datetime]]:
+    """(version, description, applied_at) of every migration applied, oldest first."""
+    return conn.execute("SELECT version, description, applied_at FROM schema_version ORDER BY version").fetchall()
+
+
+def ensure_frames(conn: psycopg.Connection, dim: int, target: str = "the database") -> None:
+    """Create frames for D-dimensional embeddings, or check that the existing one has that D."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+        row = conn.execute(FRAMES_EMBEDDING_TYPE).fetchone()
+        if row is not None and row[0] != f"vector({dim})":
+            raise DatabaseRefused(
+                f"table frames in {target} stores embeddings of type {row[0]}, but this model gives vector({dim}); "
+                "record this model into another database"
+            )
+        if row is None:
+            for step in frames_steps(dim):
+                conn.execute(step)
+            if dim > HNSW_MAX_DIM:
+                log.warning(
+                    "embeddings of %d dimensions are stored without an HNSW index (pgvector's limit is %d)",
+                    dim,
+                    HNSW_MAX_DIM,
+                )
+    conn.execute(STAGING_TABLE)

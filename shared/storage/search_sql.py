@@ -1,6 +1,6 @@
 """The SQL of search, scene changes and runs, built from filters; every value is a parameter.
 
-Nearest frames are found in two stages (see recorder/schema.py for why):
+Nearest frames are found in two stages (see schema.py for why):
 
 1. the keyframes nearest to the query: through the HNSW index, or, when a filter leaves
    few keyframes, by ranking those keyframes exactly (a B-tree finds them);
@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .config import EF_SEARCH_MAX
 from .filters import Filters
-
-HNSW_INDEX = "frames_keyframe_hnsw"
-EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
+from .schema import HNSW_INDEX
 
 
 def where(
@@ -175,9 +174,6 @@ SELECT f.embedding, f.stream, r.model FROM frames f JOIN runs r ON r.id = f.run_
 WHERE f.run_id = %(run_id)s AND f.seq = %(seq)s AND (%(stream)s::text IS NULL OR f.stream = %(stream)s)
 ORDER BY f.stream"""
 
-RUN_BY_ID = "SELECT id, name, model FROM runs WHERE id = %s"
-RUN_BY_NAME = "SELECT id, name, model FROM runs WHERE name = %s"
-RUN_MODELS = "SELECT id, name, model FROM runs WHERE model IS NOT NULL ORDER BY id"
 # The longest segment of any run, in seconds (runs recorded before segments existed: 0).
 SEGMENT_SPAN = "SELECT coalesce(max((config->'recorder'->>'keyframe_max_s')::float8), 0) FROM runs"
 

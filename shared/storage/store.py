@@ -8,6 +8,8 @@ results with paths a person can open.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,18 +17,36 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgvector.psycopg import register_vector
 
-from encoders.services.recorder.schema import LATEST_VERSION
-from encoders.shared.storage.config import SEARCH_EF
-
-from . import sql
+from . import listings, runs
+from . import search_sql as sql
+from .config import SEARCH_EF
+from .connection import connect
 from .filters import FilterError, Filters, FrameRef
+from .runs import Run
+from .schema import HNSW_INDEX, LATEST_VERSION
 
 log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
     """The database cannot answer this (no frames yet, an older schema, an unknown run...)."""
+
+
+@contextmanager
+def reading(url: str, runs_dir: str | Path = "runs") -> Iterator[Store]:
+    """A Store on its own connection, for as long as the block runs. DatabaseUnavailable when the
+    server cannot be reached, StoreError when it holds no pgvector (nothing was recorded there)."""
+    conn = connect(url, vectors=False)
+    try:
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            raise StoreError("this database has no pgvector extension: nothing was recorded in it") from None
+        yield Store(conn, runs_dir)
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -45,7 +65,30 @@ class Hit:
     snapshot_seq: int | None = None
     thumbnail: str | None = None  # path of the exported thumbnail
 
+    # A hit as JSON, the same for `encoders search --format json` and the web viewer's /api/search.
+    JSON_FIELDS = (
+        "rank",
+        "run_id",
+        "run",
+        "stream",
+        "seq",
+        "time",
+        "similarity",
+        "drift",
+        "snapshot",
+        "snapshot_seq",
+        "thumbnail",
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON_FIELDS, the time in ISO 8601; ``snapshot`` and ``thumbnail`` are paths on this machine
+        (the web viewer gives URLs of its own in their place)."""
+        out = {k: v for k, v in self.as_dict().items() if k in self.JSON_FIELDS}
+        out["time"] = self.captured_at.isoformat() if self.captured_at else None
+        return out
+
     def as_dict(self) -> dict[str, Any]:
+        """JSON_FIELDS and ``picture`` (the thumbnail if exported, else the snapshot), for tables and CSV."""
         return {
             "rank": self.rank,
             "run_id": self.run_id,
@@ -60,13 +103,6 @@ class Hit:
             "thumbnail": self.thumbnail,
             "picture": self.thumbnail or self.snapshot,
         }
-
-
-@dataclass
-class Run:
-    id: int
-    name: str
-    model: str | None
 
 
 @dataclass
@@ -88,20 +124,25 @@ class Store:
         self._index: bool | None = None
         self._iterative: bool | None = None
 
+    def _value(self, query: str, params: Any = None) -> Any:
+        """The first column of the first row (None for no row)."""
+        row = self.conn.execute(query, params).fetchone()
+        return None if row is None else row[0]
+
     # -- what the database holds ---------------------------------------------------
     def has_frames(self) -> bool:
         if self._frames is None:
-            self._frames = bool(self.conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()[0])
+            self._frames = bool(self._value("SELECT to_regclass('frames') IS NOT NULL"))
         return self._frames
 
     def check_schema(self) -> None:
         """StoreError unless the recorder's migrations have all been applied here."""
-        if not self.conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+        if not self._value("SELECT to_regclass('schema_version') IS NOT NULL"):
             raise StoreError(
                 "this database holds nothing recorded (no schema_version table): record a run first, "
                 "or run `encoders db migrate`"
             )
-        version = self.conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        version = self._value("SELECT max(version) FROM schema_version") or 0
         if version < LATEST_VERSION:
             raise StoreError(
                 f"the database schema is at version {version}, this program needs {LATEST_VERSION}: "
@@ -117,19 +158,15 @@ class Store:
 
     def has_index(self) -> bool:
         if self._index is None:
-            self._index = bool(self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.HNSW_INDEX,)).fetchone()[0])
+            self._index = bool(self._value("SELECT to_regclass(%s) IS NOT NULL", (HNSW_INDEX,)))
         return self._index
 
     def resolve_run(self, spec: str) -> Run:
         """A run by id or name."""
-        row = None
-        if spec.isdigit():
-            row = self.conn.execute(sql.RUN_BY_ID, (int(spec),)).fetchone()
-        if row is None:
-            row = self.conn.execute(sql.RUN_BY_NAME, (spec,)).fetchone()
-        if row is None:
+        run = runs.find(self.conn, spec)
+        if run is None:
             raise StoreError(f"no run {spec!r} in this database (`encoders runs` lists them)")
-        return Run(*row)
+        return run
 
     def frame_vector(self, ref: FrameRef) -> tuple[np.ndarray, Run, str]:
         """The embedding of RUN[:STREAM]:SEQ, its run and its stream."""
@@ -149,9 +186,9 @@ class Store:
     def restrict_to_model(self, label: str, filters: Filters) -> tuple[Filters, list[str]]:
         """Only runs embedded with ``label`` can be compared with its query: check the runs asked
         for, or leave out the others (with a note saying so)."""
-        runs = [Run(*r) for r in self.conn.execute(sql.RUN_MODELS).fetchall()]
+        embedded = runs.with_models(self.conn)
         if filters.run_ids is not None:
-            wrong = [r for r in runs if r.id in filters.run_ids and r.model != label]
+            wrong = [r for r in embedded if r.id in filters.run_ids and r.model != label]
             if wrong:
                 raise StoreError(
                     "; ".join(f"run {r.name} was embedded with {r.model}" for r in wrong)
@@ -159,19 +196,19 @@ class Store:
                     f"compared (set ENCODERS_MODEL / ENCODERS_PRETRAINED to the run's)"
                 )
             return filters, []
-        same = tuple(r.id for r in runs if r.model == label)
+        same = tuple(r.id for r in embedded if r.model == label)
         if not same:
-            models = sorted({r.model for r in runs})
+            models = sorted({r.model or "" for r in embedded})
             raise StoreError(
                 f"no run in this database was embedded with {label} (it has: "
                 f"{', '.join(models) or 'no embedded frames'}); set ENCODERS_MODEL / ENCODERS_PRETRAINED "
                 f"to match"
             )
-        if len(same) == len(runs):
+        if len(same) == len(embedded):
             return filters, []
-        others = sorted({r.model for r in runs if r.model != label})
+        others = sorted({r.model or "" for r in embedded if r.model != label})
         return filters.with_runs(same), [
-            f"{len(runs) - len(same)} run(s) embedded with {', '.join(others)} are not "
+            f"{len(embedded) - len(same)} run(s) embedded with {', '.join(others)} are not "
             f"searched: the query is embedded with {label}"
         ]
 
@@ -197,10 +234,10 @@ class Store:
             )
         span = self.segment_span() if segment_span_s is None else segment_span_s
         count_q, params = sql.count_keyframes_sql(filters, span, exact_limit + 1)
-        matching = self.conn.execute(count_q, params).fetchone()[0]
+        matching = self._value(count_q, params)
         total = None
         if matching > exact_limit:
-            total = self.conn.execute(sql.TOTAL_KEYFRAMES).fetchone()[0]
+            total = self._value(sql.TOTAL_KEYFRAMES)
         return sql.choose_plan(
             k=k,
             candidates=candidates,
@@ -213,7 +250,7 @@ class Store:
         )
 
     def segment_span(self) -> float:
-        return float(self.conn.execute(sql.SEGMENT_SPAN).fetchone()[0] or 0.0)
+        return float(self._value(sql.SEGMENT_SPAN) or 0.0)
 
     def nearest(
         self,
@@ -314,47 +351,12 @@ class Store:
 
     # -- scene changes and runs ----------------------------------------------------
     def events(self, filters: Filters, limit: int) -> list[dict[str, Any]]:
-        query, params = sql.events_sql(filters, limit)
-        out = []
-        for run_id, run, stream, seq, t, drift, mean, std, snap, run_dir in self.conn.execute(query, params):
-            out.append(
-                {
-                    "run_id": run_id,
-                    "run": run,
-                    "stream": stream,
-                    "seq": int(seq),
-                    "time": t,
-                    "drift": drift,
-                    "window_mean": mean,
-                    "window_std": std,
-                    "snapshot": str(self._run_dir(run, run_dir) / snap) if snap else None,
-                }
-            )
-        return out
+        """Scene changes, oldest first (listings.py)."""
+        return listings.events(self.conn, filters, limit, self._run_dir)
 
     def runs(self, limit: int, run_ids: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
-        query, params = sql.runs_sql(run_ids, limit, frames_table=self.has_frames())
-        out = []
-        for rid, name, started, ended, model, dim, stored, run_dir, frames, scenes in self.conn.execute(query, params):
-            summary = stored or {}
-            out.append(
-                {
-                    "id": rid,
-                    "name": name,
-                    "started": started,
-                    "ended": ended,
-                    "duration_s": (ended - started).total_seconds() if started and ended else None,
-                    "model": model,
-                    "dim": dim,
-                    "streams": _streams(summary),
-                    "frames": int(frames),
-                    "scene_changes": int(scenes),
-                    "drift_mean": _drift_mean(summary),
-                    "dir": str(self._run_dir(name, run_dir)),
-                    "summary": summary or None,
-                }
-            )
-        return out
+        """Runs, oldest first, with their counts and summaries (listings.py)."""
+        return listings.runs(self.conn, limit, run_ids, self._run_dir, frames_table=self.has_frames())
 
     def _run_dir(self, name: str, recorded: str | None) -> Path:
         """The run folder: where the recorder wrote it if that is here, else under our runs folder."""
@@ -362,26 +364,6 @@ class Store:
             return Path(recorded)
         local = self.runs_dir / name
         return local if local.is_dir() or not recorded else Path(recorded)
-
-
-def _streams(summary: dict) -> list[str]:
-    if isinstance(summary.get("streams"), dict):
-        return sorted(summary["streams"])
-    if summary.get("stream") is not None:
-        return [summary["stream"], *sorted(summary.get("other_streams") or {})]
-    return []
-
-
-def _drift_mean(summary: dict) -> float | None:
-    """Mean drift over the run's streams, weighted by their counts (from summary.json)."""
-    parts = (
-        [s.get("drift") or {} for s in summary["streams"].values()]
-        if isinstance(summary.get("streams"), dict)
-        else [summary.get("drift") or {}]
-    )
-    parts = [d for d in parts if d.get("count") and d.get("mean") is not None]
-    total = sum(d["count"] for d in parts)
-    return sum(d["mean"] * d["count"] for d in parts) / total if total else None
 
 
 __all__ = ["FilterError", "Hit", "Run", "SearchResult", "Store", "StoreError"]

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -29,14 +31,17 @@ from pgvector.psycopg import register_vector
 from PIL import Image
 
 from encoders.logging_utils import load_run_embeddings
-from encoders.services.recorder.db import Database, DatabaseRefused, DatabaseUnavailable, FrameWriter
-from encoders.services.recorder.embedded_db import database_url
-from encoders.services.recorder.rows import FrameRow, to_spool
+from encoders.services.recorder.rows import to_spool
 from encoders.services.recorder.spool import Spool
+from encoders.services.recorder.writer import FrameWriter, Inline, writer_thread
 from encoders.shared import zmqio
-from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
+from encoders.shared.messages import EndOfStream, Frame, FrameCounts, MetricsRecord
+from encoders.shared.storage.connection import Database
+from encoders.shared.storage.embedded import database
+from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
+from encoders.shared.storage.frames import FrameRow
 
-from ..conftest import wait_for
+from ..conftest import Sockets, endpoint, wait_for
 
 DIM = 512
 T0 = 1_767_000_000.0
@@ -49,7 +54,7 @@ T0 = 1_767_000_000.0
 class Postgres:
     """A pgserver PostgreSQL in a temporary folder, and what a test needs to stop and start it.
 
-    ``embedded``: started the way the recorder starts its own (database_url with no URL),
+    ``embedded``: started the way the recorder starts its own (storage.embedded.database),
     stopped by pgserver at the end. Otherwise pgserver leaves stopping it to us: a server
     this test stops and starts again is no longer the one pgserver knows.
     """
@@ -57,8 +62,9 @@ class Postgres:
     def __init__(self, base: Path, *, embedded: bool = True):
         self.pgdata = base / ".pgdata"
         self.embedded = embedded
+        self._resources = ExitStack()
         if embedded:
-            self.url, self.server = database_url("", str(base))
+            self.url = self._resources.enter_context(database("", str(base)))
         else:
             self.server = pgserver.get_server(self.pgdata, cleanup_mode=None)
             self.url = self.server.get_uri()
@@ -105,7 +111,7 @@ class Postgres:
 
     def close(self) -> None:
         if self.embedded:
-            self.server.cleanup()
+            self._resources.close()
         elif self.running():
             self.stop()
 
@@ -137,16 +143,13 @@ def db_url(pg):
 class Feed:
     """Binds what metrics and ingest would bind; sends records, frames and ends of stream."""
 
-    def __init__(self):
-        self.ctx = zmq.Context()
-        self.records = self.ctx.socket(zmq.PUSH)
-        self.frames = self.ctx.socket(zmq.XPUB)
+    def __init__(self, sockets: Sockets):
+        self.records = sockets.bind(zmq.PUSH)
+        self.frames = sockets.bind(zmq.XPUB)
         for sock in (self.records, self.frames):
-            sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDTIMEO, 5000)
-            sock.bind("tcp://127.0.0.1:0")
-        self.records_ep = self.records.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.frames_ep = self.frames.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.records_ep = endpoint(self.records)
+        self.frames_ep = endpoint(self.frames)
         self.vectors: dict[tuple[str, int], np.ndarray] = {}
 
     def wait_subscribed(self, timeout: float = 15.0) -> None:
@@ -180,13 +183,8 @@ class Feed:
         zmqio.send(self.records, rec)
         return rec
 
-    def end(self, stream: str, last_seq: int, counts: dict) -> None:
+    def end(self, stream: str, last_seq: int, counts: FrameCounts) -> None:
         zmqio.send(self.records, EndOfStream(stream, last_seq, counts))
-
-    def close(self) -> None:
-        self.records.close(0)
-        self.frames.close(0)
-        self.ctx.term()
 
 
 def jpeg_bytes(stream: str, seq: int) -> bytes:
@@ -240,10 +238,8 @@ class RecorderProcess:
 
 
 @pytest.fixture
-def feed():
-    f = Feed()
-    yield f
-    f.close()
+def feed(sockets):
+    return Feed(sockets)
 
 
 @pytest.fixture
@@ -279,7 +275,7 @@ def send_stream(feed: Feed, stream: str, seqs, *, frames: bool = True) -> list[M
     if frames:
         for seq in seqs:
             feed.frame(stream, seq)
-        time.sleep(0.2)  # frames come a little before their records, as from a real pipeline
+        time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     return [feed.record(stream, seq) for seq in seqs]
 
 
@@ -337,7 +333,7 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
             "SELECT name, model, dim, ended_at, summary FROM runs WHERE id = %s", (run_id,)
         ).fetchone()
         assert (name, model, dim) == (run.name, "ViT-B-32", DIM)
-        assert ended_at is not None and summary["frames"] == final
+        assert ended_at is not None and summary["streams"]["cam0"]["frames"] == final
 
     with (run / "drift.csv").open() as f:
         table = list(csv.reader(f))
@@ -367,17 +363,21 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
     assert snaps[1].read_bytes() == jpeg_bytes("cam0", 4)
 
     summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["streams"]) == ["cam0"] and summary["totals"]["frames"] == final
+    run_summary, summary = summary["run"], summary["streams"]["cam0"]
     assert summary["frames"] == final and summary["counts_from"] == "end_of_stream"
-    assert summary["records"] == 10 and summary["db_rows"] == 10 and summary["run"]["db_rows"] == 10
+    assert summary["records"] == 10 and summary["db_rows"] == 10 and run_summary["db_rows"] == 10
     assert summary["snapshots"] == 3 and summary["npz_batches"] == 3
-    drifts = [m.drift for m in sent[1:]]
+    drifts = [m.drift for m in sent[1:] if m.drift is not None]
+    similarities = [m.similarity for m in sent[1:] if m.similarity is not None]
+    assert len(drifts) == len(similarities) == 9  # every record after the first has both
     assert summary["drift"]["mean"] == pytest.approx(np.mean(drifts))
     assert summary["drift"]["std"] == pytest.approx(np.std(drifts))
-    assert summary["similarity"]["min"] == pytest.approx(min(m.similarity for m in sent[1:]))
+    assert summary["similarity"]["min"] == pytest.approx(min(similarities))
     assert summary["duration_s"] == pytest.approx(2.25)
     assert summary["effective_fps"] == pytest.approx(4.0)
-    assert summary["run"]["messages"]["repeated_records"] == 1
-    assert summary["run"]["messages"]["bad_messages"] == 1
+    assert run_summary["messages"]["repeated_records"] == 1
+    assert run_summary["messages"]["bad_messages"] == 1
     log = rec.log()
     assert "rows written to the database" in log and str(run) in log
 
@@ -388,7 +388,7 @@ def test_two_streams_keep_their_own_rows_and_files(pg, db_url, feed, start):
     for seq in range(6):
         feed.frame("cam0", seq)
         feed.frame("cam1", seq)
-    time.sleep(0.2)
+    time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     for seq in range(6):
         feed.record("cam0", seq)
         if seq < 3:
@@ -409,16 +409,39 @@ def test_two_streams_keep_their_own_rows_and_files(pg, db_url, feed, start):
     assert list(load_run_embeddings(run / "cam1")[2]) == [0, 1, 2]
     assert len((run / "drift.csv").read_text().splitlines()) == 7
     assert len((run / "cam1" / "drift.csv").read_text().splitlines()) == 4
-    assert json.loads((run / "cam1" / "summary.json").read_text())["frames"]["published"] == 3
-    assert json.loads((run / "summary.json").read_text())["other_streams"] == {"cam1": "cam1"}
+    assert json.loads((run / "cam1" / "summary.json").read_text())["streams"]["cam1"]["frames"]["published"] == 3
+    top = json.loads((run / "summary.json").read_text())
+    assert {name: s["folder"] for name, s in top["streams"].items()} == {"cam0": ".", "cam1": "cam1"}
+
+
+def test_a_run_folder_whose_name_the_database_has_is_refused(pg, db_url, feed, start, tmp_path):
+    # A run's folder and its row have the same name: one taken in the database (another runs
+    # folder) is said at start, never renamed behind the caller's back.
+    db = Database.open(db_url, wait_s=5)
+    db.claim_run("20260107_143022", datetime.now(UTC))
+    db.close()
+    rec = start(feed, db_url, "--run-dir", str(tmp_path / "runs" / "20260107_143022"))
+    assert rec.wait() == 2, rec.log()
+    assert "cannot start: the database already has a run named '20260107_143022'" in rec.log()
+    assert "Traceback" not in rec.log()
+    assert not (tmp_path / "runs" / "20260107_143022").exists()
+
+
+@pytest.mark.parametrize(
+    "flag,endpoint", [("--records", "tcp://nonsense"), ("--frames", "tcp://127.0.0.1:1,tcp://:::")]
+)
+def test_an_address_that_does_not_parse_exits_2_before_a_run_is_claimed(pg, db_url, start, flag, endpoint):
+    rec = start(None, db_url, flag, endpoint)
+    assert rec.wait() == 2, rec.log()
+    errors = [line for line in rec.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot start: cannot connect" in errors[0], rec.log()
+    assert "Traceback" not in rec.log()
+    assert not rec.runs.exists() or not [p for p in rec.runs.iterdir() if not p.name.startswith(".")]
+    with psycopg.connect(db_url) as conn:  # not even migrated: the database was not touched
+        assert conn.execute("SELECT to_regclass('runs') IS NULL").fetchone() == (True,)
 
 
 def test_stream_dirs_give_each_stream_a_folder(pg, db_url, feed, start, tmp_path):
-    # The launcher names the folder; a run of that name in the database already (another
-    # runs folder, the same second) does not stop this one.
-    db = Database.open(db_url, wait_s=5)
-    db.claim_run("20260107_143022", None)
-    db.close()
     rec = start(
         feed,
         db_url,
@@ -435,7 +458,7 @@ def test_stream_dirs_give_each_stream_a_folder(pg, db_url, feed, start, tmp_path
     assert rec.wait() == 0, rec.log()
     run = rec.run_dir()
     assert run.name == "20260107_143022"
-    assert json.loads((run / "config.json").read_text())["run"]["name"] == "20260107_143022_1"
+    assert json.loads((run / "config.json").read_text())["run"]["name"] == "20260107_143022"
     assert sorted(p.name for p in run.iterdir()) == ["cam0", "cam1", "config.json", "summary.json"]
     top = json.loads((run / "summary.json").read_text())
     assert set(top["streams"]) == {"cam0", "cam1"} and top["totals"]["db_rows"] == 6
@@ -452,7 +475,7 @@ def test_no_database_url_starts_an_embedded_server_in_the_runs_folder(feed, star
         assert rec.wait() == 0, rec.log()
         assert "embedded PostgreSQL in %s" % (home / ".pgdata") in rec.log()
         (run,) = [p for p in home.iterdir() if not p.name.startswith(".")]
-        assert json.loads((run / "summary.json").read_text())["db_rows"] == 3
+        assert json.loads((run / "summary.json").read_text())["totals"]["db_rows"] == 3
         # The last process using it has gone: the server was stopped, and its data kept.
         assert (home / ".pgdata" / "PG_VERSION").exists() and not (home / ".pgdata" / "postmaster.pid").exists()
     finally:
@@ -494,7 +517,7 @@ def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start)
         view = 0 if seq < 6 else 1
         if seq != 9:  # frame 9's JPEG never comes: no thumbnail for it, counted
             zmqio.send(feed.frames, Frame("cam0", seq, T0 + seq * 0.25, 320, 240, real_jpeg(colours[view])), topic=True)
-    time.sleep(0.2)
+    time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     for seq in range(12):
         view = 0 if seq < 6 else 1
         v = views[view] + 0.02 * rng.standard_normal(DIM)
@@ -539,6 +562,7 @@ def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start)
         img = Image.open(io.BytesIO(thumb))
         assert img.format == "JPEG" and img.size == (64, 48)
         pixel = img.getpixel((32, 24))
+        assert isinstance(pixel, tuple)  # an RGB picture's pixel
         assert all(abs(a - b) < 16 for a, b in zip(pixel, colours[0 if seq < 6 else 1], strict=False))
     # Periodic snapshots (every 100 s: the first frame only) keep the seed's names; the scene
     # change, between two of them, gets its own beside them.
@@ -565,7 +589,7 @@ def test_database_outage_mid_run_loses_nothing(feed, start):
         pg.stop()
         send_stream(feed, "cam0", range(5, 12), frames=False)
         spool = wait_for(lambda: next(rec.runs.glob("*/db_spool.msgpack"), None), timeout=10, what="the spool file")
-        time.sleep(3.0)  # the database stays away for seconds: failed retries, with backoff
+        time.sleep(3.0)  # simulates: the database stays away for seconds (failed retries, with backoff)
         pg.start()
         send_stream(feed, "cam0", range(12, 15), frames=False)
         feed.end("cam0", 14, {"embedded": 15})
@@ -578,7 +602,7 @@ def test_database_outage_mid_run_loses_nothing(feed, start):
         assert not spool.exists()
         assert "database unavailable" in rec.log()
         summary = json.loads((rec.run_dir() / "summary.json").read_text())
-        assert summary["run"]["db_outages"] >= 1 and summary["db_rows"] == 15
+        assert summary["run"]["db_outages"] >= 1 and summary["totals"]["db_rows"] == 15
     finally:
         pg.close()
         shutil.rmtree(home, ignore_errors=True)
@@ -601,10 +625,9 @@ def test_sigterm_mid_run_flushes_rows_and_writes_the_summary(pg, db_url, feed, s
         rec.proc.send_signal(signal.SIGTERM)
         assert rec.wait() == 0, rec.log()
         assert [r[1] for r in frames_rows(conn, run_id)] == list(range(6))
-        assert conn.execute("SELECT summary->'frames'->>'embedded' FROM runs WHERE id = %s", (run_id,)).fetchone() == (
-            "6",
-        )
-    summary = json.loads((run / "summary.json").read_text())
+        embedded = "SELECT summary->'totals'->'frames'->>'embedded' FROM runs WHERE id = %s"
+        assert conn.execute(embedded, (run_id,)).fetchone() == ("6",)
+    summary = json.loads((run / "summary.json").read_text())["streams"]["cam0"]
     assert summary["records"] == 6 and not summary["ended"] and summary["counts_from"] == "last_record"
     assert list(load_run_embeddings(run)[2]) == list(range(6))  # the partial batch too
     assert "received SIGTERM" in rec.log()
@@ -631,9 +654,10 @@ def make_row(run_id: int, seq: int, dim: int = DIM) -> FrameRow:
 
 def test_rows_written_twice_are_stored_once(tmp_path, db_url):
     db = Database.open(db_url, wait_s=5)
-    run_id = db.claim_run("replay", None)
-    assert db.claim_run("replay", None) is None  # names are unique
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4)
+    run_id = db.claim_run("replay", datetime.now(UTC))
+    assert run_id is not None
+    assert db.claim_run("replay", datetime.now(UTC)) is None  # names are unique
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4, executor=writer_thread())
     writer.set_model("m", DIM)
     for seq in range(6):
         writer.add(make_row(run_id, seq))
@@ -656,8 +680,9 @@ def test_a_locked_frames_table_spools_the_rows_instead_of_hanging(tmp_path, db_u
     up after the lock timeout, its rows wait in the spool, and they are written once it is gone."""
     db = Database.open(db_url, wait_s=5)
     db.lock_timeout_s = 0.5
-    run_id = db.claim_run("locked", None)
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4, retry_max=0.5, background=False)
+    run_id = db.claim_run("locked", datetime.now(UTC))
+    assert run_id is not None
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=run_id, batch_rows=4, retry_max=0.5, executor=Inline())
     writer.set_model("m", DIM)
     for seq in range(4):
         writer.add(make_row(run_id, seq))
@@ -679,7 +704,8 @@ def test_a_locked_frames_table_spools_the_rows_instead_of_hanging(tmp_path, db_u
 
 def test_rows_spooled_by_an_earlier_recorder_are_written_at_the_next_start(tmp_path, db_url, feed, start):
     db = Database.open(db_url, wait_s=5)
-    run_id = db.claim_run("crashed", None)
+    run_id = db.claim_run("crashed", datetime.now(UTC))
+    assert run_id is not None
     left = tmp_path / "runs" / "crashed"
     left.mkdir(parents=True)
     spool = Spool(left / "db_spool.msgpack")

@@ -18,9 +18,11 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -28,16 +30,19 @@ import pytest
 from pgvector.psycopg import register_vector
 from PIL import Image
 
-from encoders.services.recorder import schema
 from encoders.services.recorder.config import RecorderConfig
-from encoders.services.recorder.db import Database, FrameWriter
-from encoders.services.recorder.embedded_db import database_url
 from encoders.services.recorder.recorder import Recorder
+from encoders.services.recorder.run import RecordedRun
 from encoders.services.recorder.spool import Spool
-from encoders.services.search.filters import Filters
+from encoders.services.recorder.writer import FrameWriter, writer_thread
 from encoders.services.search.query import QueryEmbedder
-from encoders.services.search.store import Store, StoreError
 from encoders.shared.messages import Frame, MetricsRecord
+from encoders.shared.storage import schema
+from encoders.shared.storage.connection import Database
+from encoders.shared.storage.embedded import database
+from encoders.shared.storage.filters import Filters
+from encoders.shared.storage.frames import FrameRow
+from encoders.shared.storage.store import Store, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 7, 14, 0, 0, tzinfo=UTC).timestamp()
@@ -91,32 +96,27 @@ def record_run(
     db: Database, data: Dataset, name: str, model: str, streams: dict, t0: float, snapshot_interval: float = 1.0
 ) -> int:
     """Write a run through the recorder's own classes. streams: name -> [(vector, colour, scene_change)]."""
-    run_id = db.claim_run(name, datetime.fromtimestamp(t0, UTC))
-    run_dir = data.home / name
-    run_dir.mkdir()
-    config = {"run": {"id": run_id, "name": name, "dir": str(run_dir)}, "recorder": {"keyframe_max_s": 5.0}}
-    db.update_run(run_id, config=config)
-    writer = FrameWriter(db, Spool(run_dir / "db_spool.msgpack"), run_id=run_id, batch_rows=64)
-    rec = Recorder(
-        run_dir,
-        run_id=run_id,
-        config=config,
-        rows=writer,
-        settings=RecorderConfig(
-            stream_dirs=True,
-            snapshot_interval=snapshot_interval,
-            thumbnails="all",
-            keyframe_drift=0.05,
-            keyframe_max_s=5.0,
-        ),
+    settings = RecorderConfig(
+        stream_dirs=True, snapshot_interval=snapshot_interval, thumbnails="all", keyframe_drift=0.05, keyframe_max_s=5.0
     )
+    run = RecordedRun.claim(
+        db,
+        runs_dir=data.home,
+        run_dir=data.home / name,
+        settings=settings.describe(),
+        now=datetime.fromtimestamp(t0, UTC),
+    )
+    writer = FrameWriter(
+        db, Spool(run.dir / "db_spool.msgpack"), run_id=run.id, batch_rows=64, executor=writer_thread()
+    )
+    rec = Recorder(run, writer, settings)
     for stream, frames in streams.items():
         prev = None
         for seq, (vec, colour, scene) in enumerate(frames):
             t = t0 + seq / FPS
             rec.on_message(Frame(stream, seq, t, 64, 48, jpeg(COLOURS[colour])))
-            sim = None if prev is None else float(vec @ prev)
-            drift = None if sim is None else 1.0 - sim
+            sim: float | None = None if prev is None else float(vec @ prev)
+            drift: float | None = None if sim is None else 1.0 - sim
             rec.on_message(
                 MetricsRecord(
                     stream=stream,
@@ -136,16 +136,17 @@ def record_run(
             prev = vec
     rec.close_files()  # hands the last rows to the writer, as the recorder's own shutdown does
     assert writer.close(5.0)
-    summary = rec.write_summaries({"id": run_id, "name": name}, writer.written)
-    db.update_run(run_id, ended_at=datetime.fromtimestamp(t0 + 10, UTC), summary=summary)
-    data.run_ids[name] = run_id
-    return run_id
+    summary = run.finish({}, rec.stream_summaries(writer.written))
+    db.update_run(run.id, ended_at=datetime.fromtimestamp(t0 + 10, UTC), summary=summary)
+    data.run_ids[name] = run.id
+    return run.id
 
 
 @pytest.fixture(scope="module")
 def data(tiny_model):
     home = Path(tempfile.mkdtemp(prefix="encoders-pg-"))
-    url, server = database_url("", str(home))
+    resources = ExitStack()
+    url = resources.enter_context(database("", str(home)))
     embedder = QueryEmbedder(tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], "cpu")
     queries = home / "queries"
     queries.mkdir()
@@ -185,7 +186,7 @@ def data(tiny_model):
     record_run(db, d, "run_c", OTHER_MODEL, {"cam0": [(near("red"), "red", False) for _ in range(30)]}, T0 + 7200)
     db.close()
     yield d
-    server.cleanup()
+    resources.close()
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -220,7 +221,7 @@ def encoders(*args, env=None, timeout=120):
 
 def test_every_filter_returns_exactly_the_numpy_answer(data, store):
     since = datetime.fromtimestamp(T0 + 1800, UTC)
-    cases = [
+    cases: list[tuple[np.ndarray, dict[str, Any]]] = [
         (data.colour_vec["red"], {}),
         (data.colour_vec["red"], {"runs": ["run_b"]}),
         (data.colour_vec["yellow"], {"stream": "cam1"}),
@@ -277,7 +278,9 @@ def test_hits_carry_time_snapshot_and_thumbnail(data, store, tmp_path):
     assert store.export_thumbnails(result.hits, tmp_path / "thumbs") == 3
     thumb = Image.open(result.hits[0].thumbnail)
     assert thumb.format == "JPEG" and max(thumb.size) <= 160
-    assert all(abs(a - b) < 16 for a, b in zip(thumb.getpixel((10, 10)), COLOURS["blue"], strict=False))
+    pixel = thumb.getpixel((10, 10))
+    assert isinstance(pixel, tuple)  # an RGB picture's pixel
+    assert all(abs(a - b) < 16 for a, b in zip(pixel, COLOURS["blue"], strict=False))
 
 
 def test_another_models_runs_are_left_out_or_refused(data, store):
@@ -542,12 +545,11 @@ def big(data):
     rng = np.random.default_rng(3)
     vectors = {}
     for r in (1, 2):
-        run_id = db.claim_run(f"big{r}", None)
+        run_id = db.claim_run(f"big{r}", datetime.fromtimestamp(T0 + r * 86400, UTC))
+        assert run_id is not None
         db.update_run(run_id, model="m", config={"recorder": {"keyframe_max_s": 5.0}})
         db.ensure_frames(64)
         rows = []
-        from encoders.services.recorder.rows import FrameRow
-
         for stream in ("cam0", "cam1"):
             for seg in range(60):
                 centre = rng.standard_normal(64)
@@ -621,12 +623,13 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
     try:
         first = encoders("db", "migrate", "--runs-dir", str(home))
         assert first.returncode == 0, first.stderr
-        assert all(f"applied migration {v}:" in first.stdout for v in (1, 2, 3)), first.stdout
+        assert all(f"applied migration {v}:" in first.stdout for v in (1, 2, 3, 4)), first.stdout
         second = encoders("db", "migrate", "--runs-dir", str(home))
-        assert second.returncode == 0 and second.stdout.strip() == "the schema is up to date (version 3)"
+        assert second.returncode == 0 and second.stdout.strip() == "the schema is up to date (version 4)"
 
         # A database as the first recorder left it: schema version 1, frames with a full HNSW index.
-        url, server = database_url("", str(home))
+        resources = ExitStack()
+        url = resources.enter_context(database("", str(home)))
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE old")
         old = url.replace("/postgres?", "/old?")
@@ -640,7 +643,21 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
                 "timestamptz, ended_at timestamptz, model text, dim int, config jsonb, summary jsonb)"
             )
             conn.execute("INSERT INTO schema_version VALUES (1)")
-            conn.execute("INSERT INTO runs (name, model, dim) VALUES ('old', 'm', 3)")
+            # summary.json as a one-camera run wrote it then: the stream's figures at the top.
+            old_summary = {
+                "stream": "cam0",
+                "frames": {"embedded": 2},
+                "records": 2,
+                "snapshots": 0,
+                "npz_batches": 1,
+                "db_rows": 2,
+                "drift": {"count": 1, "mean": 0.5},
+                "run": {"name": "old"},
+                "other_streams": {},
+            }
+            conn.execute(
+                "INSERT INTO runs (name, model, dim, summary) VALUES ('old', 'm', 3, %s)", (json.dumps(old_summary),)
+            )
             conn.execute(
                 "CREATE TABLE frames (run_id bigint NOT NULL REFERENCES runs (id), stream text NOT NULL, "
                 "seq bigint NOT NULL, captured_at timestamptz, similarity real, drift real, "
@@ -660,6 +677,7 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
             assert out.returncode == 0, out.stderr
             assert ("applied migration 2:" in out.stdout) == (attempt == 0), out.stdout
             assert ("applied migration 3:" in out.stdout) == (attempt == 0), out.stdout
+            assert ("applied migration 4:" in out.stdout) == (attempt == 0), out.stdout
         with psycopg.connect(old, autocommit=True) as conn:
             register_vector(conn)
             assert conn.execute("SELECT seq, keyframe, keyframe_seq FROM frames ORDER BY seq").fetchall() == [
@@ -668,16 +686,25 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
             ]
             indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'frames'")}
             assert "frames_keyframe_hnsw" in indexes and "frames_embedding_hnsw" not in indexes
-            assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3]
+            assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4]
             # Keyframes inserted from now on are linked as a new database's are.
-            options = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'frames_keyframe_hnsw'").fetchone()[
-                0
-            ]
+            index = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'frames_keyframe_hnsw'").fetchone()
+            assert index is not None
+            (options,) = index
             assert f"ef_construction={schema.HNSW_EF_CONSTRUCTION}" in options
+            # ... is now in the one shape, as a run recorded today would have it.
+            row = conn.execute("SELECT summary FROM runs WHERE name = 'old'").fetchone()
+            assert row is not None
+            (summary,) = row
+            assert summary["run"] == {"name": "old"} and set(summary) == {"run", "streams", "totals"}
+            assert summary["streams"]["cam0"]["frames"] == {"embedded": 2}
+            assert summary["streams"]["cam0"]["folder"] == "." and "other_streams" not in summary["streams"]["cam0"]
+            assert summary["totals"]["records"] == 2 and summary["totals"]["db_rows"] == 2
             store = Store(conn)
             store.check_schema()
+            assert store.runs(10)[0]["streams"] == ["cam0"] and store.runs(10)[0]["drift_mean"] == 0.5
             hits = store.nearest(np.array([0.1, 1.0, 0.0], np.float32), 1, Filters()).hits
             assert [(h.run, h.seq) for h in hits] == [("old", 1)]
-        server.cleanup()
+        resources.close()
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.services.recorder import schema
 from encoders.services.recorder.keyframes import Segmenter
-from encoders.services.recorder.rows import FrameRow, from_spool, scene_change_values, to_spool
+from encoders.services.recorder.rows import from_spool, to_spool
 from encoders.services.recorder.thumbnails import ThumbnailPipeline, make_thumbnail, wanted
+from encoders.shared.storage import schema
+from encoders.shared.storage.frames import FrameRow, scene_change_values
 
 
 def turn(angle):
@@ -51,6 +52,7 @@ def test_thumbnail_keeps_the_aspect_within_the_size():
     thumb = Image.open(io.BytesIO(make_thumbnail(jpeg(640, 480), 160, 70)))
     assert thumb.format == "JPEG" and thumb.size == (160, 120)
     pixel = thumb.getpixel((80, 60))
+    assert isinstance(pixel, tuple)  # an RGB picture's pixel
     assert all(abs(a - b) < 12 for a, b in zip(pixel, (200, 30, 30), strict=False))
     small = Image.open(io.BytesIO(make_thumbnail(jpeg(100, 50), 160)))
     assert small.size == (100, 50)  # never enlarged
@@ -68,7 +70,9 @@ def test_thumbnails_made_on_threads_keep_the_rows_in_order():
     frames = [
         big if seq % 10 == 0 else None if seq % 7 == 3 else b"not a jpeg" if seq == 5 else small for seq in range(40)
     ]
-    out, threads_used, counters = [], set(), Counter()
+    out: list[FrameRow] = []
+    threads_used: set[str] = set()
+    counters: Counter[str] = Counter()
 
     def sink(row):
         threads_used.add(threading.current_thread().name)
@@ -85,13 +89,14 @@ def test_thumbnails_made_on_threads_keep_the_rows_in_order():
         if frame is None or frame == b"not a jpeg":
             assert row.thumbnail is None
         else:
+            assert row.thumbnail is not None
             assert Image.open(io.BytesIO(row.thumbnail)).size[0] == 32
     made = sum(f is not None and f != b"not a jpeg" for f in frames)
     assert made == 34 and counters == {"thumbnails": made, "thumbnails_bad_frames": 1}
 
 
 def test_rows_without_thumbnails_are_handed_on_at_once_and_others_when_ready():
-    out = []
+    out: list[FrameRow] = []
     pipeline = ThumbnailPipeline(1, 32, 70, out.append, Counter())
     pipeline.add(FrameRow(1, "cam0", 0, 1.0, None, None, np.ones(4, np.float32), None, "w"), None)
     assert [r.seq for r in out] == [0]
@@ -132,7 +137,7 @@ def test_spool_round_trip_with_the_new_fields_and_an_old_spooled_row():
         "snapshots/scene_000007.jpg",
     )
     back = from_spool(to_spool(row))
-    assert back._replace(embedding=None) == row._replace(embedding=None)
+    assert back._replace(embedding=row.embedding) == row  # every other field equal
     np.testing.assert_array_equal(back.embedding, vec)
     # A spool written before keyframes and thumbnails existed: each row its own keyframe.
     old = {k: v for k, v in to_spool(row).items() if k in FrameRow._fields[:9]}

@@ -5,11 +5,13 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from encoders.services.recorder.db import Database, DatabaseRefused, describe_target
-from encoders.services.recorder.recorder import pipeline_settings
-from encoders.services.recorder.rows import COLUMNS, COPY_TYPES, build_row, copy_values
+from encoders.services.recorder.rows import build_row
+from encoders.services.recorder.run import pipeline_settings
 from encoders.shared.messages import MetricsRecord
 from encoders.shared.settings import mask_url
+from encoders.shared.storage.connection import Database
+from encoders.shared.storage.errors import DatabaseRefused, describe_target, one_line
+from encoders.shared.storage.frames import COLUMNS, COPY_TYPES, copy_values
 
 
 def test_build_row_and_copy_values():
@@ -59,6 +61,13 @@ def test_describe_target_never_shows_the_password():
     assert text == "host=db.example port=6543 database=frames user=alice"
     assert "s3cret" not in describe_target("host=10.0.0.5 dbname=x user=u password=s3cret")
     assert "s3cret" not in describe_target("postgresql://alice:s3cret@[bad")
+
+
+def test_an_error_is_one_line_without_the_password():
+    url = "postgresql://alice:s3cret@db.example/frames"
+    error = RuntimeError('connection to server at "db.example" failed: password s3cret rejected\nDETAIL: more')
+    assert one_line(error, url) == 'connection to server at "db.example" failed: password *** rejected'
+    assert one_line(RuntimeError(""), url) == "RuntimeError"
 
 
 def test_masked_urls_in_both_forms():

@@ -1,20 +1,13 @@
-"""npz batching, drift.csv, run folder names, and reading a run back the seed's way."""
+"""npz batching, drift.csv, whole-file JSON, and reading a run back the seed's way."""
 
 import csv
 import json
-from datetime import datetime
 
 import numpy as np
 import pytest
 
 from encoders.logging_utils import load_run_embeddings
-from encoders.services.recorder.runfiles import (
-    DriftCsv,
-    EmbeddingBatches,
-    create_run_dir,
-    run_dir_candidates,
-    write_json,
-)
+from encoders.services.recorder.runfiles import DriftCsv, EmbeddingBatches, write_json
 
 
 def unit_vectors(n, dim=8, seed=0):
@@ -124,40 +117,6 @@ def test_drift_csv(tmp_path):
         ["1700000000.123457", "0", "", ""],
         ["1700000000.200000", "1", "0.875", "0.125"],
     ]
-
-
-def test_run_folder_names_get_a_suffix_when_taken(tmp_path):
-    now = datetime(2026, 1, 7, 14, 30, 22)
-    gen = run_dir_candidates(tmp_path, now)
-    assert [next(gen).name for _ in range(3)] == ["20260107_143022", "20260107_143022_1", "20260107_143022_2"]
-    a = create_run_dir(tmp_path)
-    b = create_run_dir(tmp_path, claim_name=lambda name: True)
-    assert a != b and a.is_dir() and b.is_dir()
-    # A name the database already has is skipped too.
-    c = create_run_dir(tmp_path, claim_name=lambda name: "_" in name[9:] and name.endswith("_5"))
-    assert c.name.endswith("_5")
-
-
-def test_explicit_run_dir_never_reuses_a_run(tmp_path):
-    run = create_run_dir(tmp_path, tmp_path / "mine")
-    assert run == tmp_path / "mine" and run.is_dir()
-    (run / "drift.csv").write_text("timestamp,frame,similarity,drift\n")
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        create_run_dir(tmp_path, run)
-    with pytest.raises(FileExistsError, match="database already has runs named 'other'"):
-        create_run_dir(tmp_path, tmp_path / "other", claim_name=lambda name: False)
-
-
-def test_explicit_run_dir_whose_name_the_database_has_gets_a_suffixed_run_name(tmp_path):
-    tried = []
-
-    def claim(name):
-        tried.append(name)
-        return name not in ("20260107_143022", "20260107_143022_1")
-
-    run = create_run_dir(tmp_path, tmp_path / "20260107_143022", claim_name=claim)
-    assert run.name == "20260107_143022"  # the folder the launcher named
-    assert tried == ["20260107_143022", "20260107_143022_1", "20260107_143022_2"]
 
 
 def test_write_json_replaces_whole_files(tmp_path):

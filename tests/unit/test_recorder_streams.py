@@ -3,6 +3,7 @@
 import csv
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from encoders.logging_utils import load_run_embeddings
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
+from encoders.services.recorder.run import RecordedRun
 from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
+from encoders.shared.storage.connection import Database
 
 
 class Rows:
@@ -53,17 +56,29 @@ def frame(stream, seq, t):
     )
 
 
-def make(tmp_path, **kw):
+class RunsTable(Database):
+    """Stands in for the database's runs table (no server: only what a run claims and updates)."""
+
+    def __init__(self):
+        pass
+
+    def claim_run(self, name, started_at):
+        return 1
+
+    def update_run(self, run_id, **fields):
+        pass
+
+
+def make(tmp_path: Path, **kw):
     rows = Rows()
     kw = {"snapshot_interval": 1.0, "embedding_interval": 3, **kw}
-    return Recorder(
-        tmp_path, run_id=1, config={"run": {"name": tmp_path.name}}, rows=rows, settings=RecorderConfig(**kw)
-    ), rows
+    run = RecordedRun.claim(RunsTable(), runs_dir=tmp_path.parent, run_dir=tmp_path)
+    return Recorder(run, rows, RecorderConfig(**kw)), rows
 
 
 def finish(rec):
     rec.close_files()
-    return rec.write_summaries({"name": "x"}, Counter(r.stream for r in rec.rows.rows))
+    return rec.run.finish({}, rec.stream_summaries(Counter(r.stream for r in rec.rows.rows)))
 
 
 def test_first_stream_in_the_run_folder_others_beside_it(tmp_path):
@@ -89,8 +104,9 @@ def test_first_stream_in_the_run_folder_others_beside_it(tmp_path):
         "snapshots",
         "summary.json",
     ]
-    assert top["stream"] == "cam0" and top["records"] == 5 and top["other_streams"] == {"cam1": "cam1"}
-    cam1 = json.loads((tmp_path / "cam1" / "summary.json").read_text())
+    assert top["streams"]["cam0"]["records"] == 5 and top["streams"]["cam0"]["folder"] == "."
+    assert top["streams"]["cam1"]["folder"] == "cam1"
+    cam1 = json.loads((tmp_path / "cam1" / "summary.json").read_text())["streams"]["cam1"]
     assert cam1["stream"] == "cam1" and cam1["frames"]["published"] == 9 and cam1["ended"]
     assert rec.ended == {"cam1"}
     # No file mixes two streams.
@@ -135,7 +151,7 @@ def test_snapshots_every_interval_with_the_frame_bytes_unchanged(tmp_path):
     assert (tmp_path / "snapshots" / "frame_000005.jpg").read_bytes() == frame("cam0", 5, 0).jpeg
     assert [r.seq for r in rows.rows if r.snapshot_path] == [0, 5, 9]
     assert rows.rows[5].snapshot_path == "snapshots/frame_000005.jpg"
-    assert json.loads((tmp_path / "summary.json").read_text())["snapshots"] == 3
+    assert json.loads((tmp_path / "summary.json").read_text())["totals"]["snapshots"] == 3
 
 
 def test_snapshot_paths_of_a_second_stream_are_relative_to_the_run(tmp_path):
@@ -174,7 +190,7 @@ def test_a_run_with_no_records_still_leaves_the_layout(tmp_path):
         "snapshots",
         "summary.json",
     ]
-    assert top["records"] == 0 and top["frames"]["embedded"] == 0
+    assert top["streams"] == {} and top["totals"]["records"] == 0 and top["totals"]["frames"]["embedded"] == 0
     assert (tmp_path / "drift.csv").read_bytes() == b"timestamp,frame,similarity,drift\n"
 
 

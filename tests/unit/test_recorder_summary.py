@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from encoders.services.recorder.summary import RunningStats, StreamSummary
-from encoders.shared.messages import MetricsRecord
+from encoders.shared.messages import FrameCounts, MetricsRecord
 
 
-def record(seq, t, similarity, counts=None):
+def record(seq, t, similarity, counts: FrameCounts | None = None):
     return MetricsRecord(
         stream="cam0",
         seq=seq,
@@ -19,7 +19,7 @@ def record(seq, t, similarity, counts=None):
         model="ViT-B-32",
         similarity=similarity,
         drift=None if similarity is None else 1.0 - similarity,
-        counts=counts or {},
+        counts=counts if counts is not None else FrameCounts(),
         vector=np.ones(4, np.float32) / 2,
     )
 

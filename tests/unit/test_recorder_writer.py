@@ -11,13 +11,18 @@ from collections import Counter
 
 import numpy as np
 
-from encoders.services.recorder.db import DatabaseRefused, DatabaseUnavailable, FrameWriter
-from encoders.services.recorder.rows import FrameRow
 from encoders.services.recorder.spool import Spool
+from encoders.services.recorder.writer import FrameWriter, Inline, writer_thread
+from encoders.shared.storage.connection import Database
+from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
+from encoders.shared.storage.frames import FrameRow
+
+from ..conftest import wait_for
 
 
-class SwitchableDatabase:
-    """Takes batches while up (slowly, so that the next batch is built meanwhile)."""
+class SwitchableDatabase(Database):
+    """Stands in for the database (no server: only what the writer calls). Takes batches while up
+    (slowly, so that the next batch is built meanwhile)."""
 
     def __init__(self, fail_with=DatabaseUnavailable):
         self.dim = None
@@ -39,7 +44,7 @@ class SwitchableDatabase:
 
     def write_rows(self, rows):
         self.threads.add(threading.current_thread().name)
-        time.sleep(0.005)
+        time.sleep(0.005)  # simulates: a write takes the server a moment
         self._check()
         self.seqs.extend(r.seq for r in rows)
         return Counter(r.stream for r in rows)
@@ -51,7 +56,9 @@ def row(seq):
 
 def test_batches_reach_the_database_in_order_across_an_outage(tmp_path):
     db = SwitchableDatabase()
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, retry_max=0.1)
+    writer = FrameWriter(
+        db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, retry_max=0.1, executor=writer_thread()
+    )
     writer.set_model("m", 4)
     for seq in range(50):
         writer.add(row(seq))
@@ -71,7 +78,7 @@ def test_batches_reach_the_database_in_order_across_an_outage(tmp_path):
 
 def test_a_refusal_keeps_every_row_in_the_spool_in_order(tmp_path):
     db = SwitchableDatabase(fail_with=DatabaseRefused)
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10)
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, executor=writer_thread())
     writer.set_model("m", 4)
     for seq in range(30):
         writer.add(row(seq))
@@ -86,9 +93,9 @@ def test_a_refusal_keeps_every_row_in_the_spool_in_order(tmp_path):
     assert db.seqs == list(range(len(db.seqs)))  # what got in did so in order
 
 
-def test_without_the_thread_batches_are_written_in_the_caller(tmp_path):
+def test_inline_batches_are_written_in_the_caller(tmp_path):
     db = SwitchableDatabase()
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=5, background=False)
+    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=5, executor=Inline())
     writer.set_model("m", 4)
     for seq in range(12):
         writer.add(row(seq))
@@ -113,16 +120,20 @@ class GatedDatabase(SwitchableDatabase):
 
 def test_rows_gather_while_a_batch_is_written_and_go_out_together(tmp_path):
     db = GatedDatabase()
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=8)
+    writer = FrameWriter(
+        db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=8, executor=writer_thread()
+    )
     writer.set_model("m", 4)
     for seq in range(35):
         writer.add(row(seq))  # returns at once: the first batch is held at the gate, the rest wait in memory
     assert len(writer.pending) == 25
     db.gate.set()
-    deadline = time.monotonic() + 5
-    while sum(writer.written.values()) < 35 and time.monotonic() < deadline:
+
+    def all_written() -> bool:
         writer.tick()
-        time.sleep(0.01)
+        return sum(writer.written.values()) >= 35
+
+    wait_for(all_written, 5, "the 35 rows written", interval=0.01)
     assert db.batches == [10, 25]  # one commit for everything that gathered
     assert writer.commits == 2
     assert db.seqs == list(range(35))
@@ -131,9 +142,16 @@ def test_rows_gather_while_a_batch_is_written_and_go_out_together(tmp_path):
 
 def test_the_caller_waits_once_max_waiting_batches_are_held(tmp_path):
     db = GatedDatabase()
-    writer = FrameWriter(db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=2)
+    writer = FrameWriter(
+        db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=2, executor=writer_thread()
+    )
     writer.set_model("m", 4)
-    adding = threading.Thread(target=lambda: [writer.add(row(seq)) for seq in range(40)])
+
+    def add_all() -> None:
+        for seq in range(40):
+            writer.add(row(seq))
+
+    adding = threading.Thread(target=add_all)
     adding.start()
     adding.join(0.3)
     assert adding.is_alive()  # memory stays bounded: 10 rows in flight, 20 waiting, then the caller waits

@@ -1,15 +1,16 @@
 """Search without a database: parsing filters, building SQL, choosing the plan, formatting results."""
 
 import csv
+import functools
 import io
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from encoders.services.search import sql
-from encoders.services.search.filters import FilterError, Filters, FrameRef, parse_frame_ref, parse_time
 from encoders.services.search.output import render
+from encoders.shared.storage import search_sql as sql
+from encoders.shared.storage.filters import FilterError, Filters, FrameRef, parse_frame_ref, parse_time
 
 NOW = datetime(2026, 1, 7, 12, 0, 0, tzinfo=UTC)
 
@@ -81,24 +82,20 @@ def test_nearest_sql_two_stages_and_exact_keyframes_hide_the_order_from_the_inde
 
 
 def test_choose_plan_by_hand():
-    common = {"k": 10, "candidates": 10, "ef_search": 40, "exact_limit": 2000}
-    assert sql.choose_plan(filtered=False, **common) == sql.Plan(False, 10, 40)
-    assert sql.choose_plan(filtered=False, **{**common, "k": 50}) == sql.Plan(False, 50, 50)  # ef >= candidates
-    assert sql.choose_plan(filtered=True, matching_keyframes=2000, **common) == sql.Plan(True, 10, 40)
+    choose_plan = functools.partial(sql.choose_plan, k=10, candidates=10, ef_search=40, exact_limit=2000)
+    assert choose_plan(filtered=False) == sql.Plan(False, 10, 40)
+    assert choose_plan(filtered=False, k=50) == sql.Plan(False, 50, 50)  # ef >= candidates
+    assert choose_plan(filtered=True, matching_keyframes=2000) == sql.Plan(True, 10, 40)
     # 2001 of 100,000 keyframes pass: selectivity 0.02001, ef = ceil(2 * 10 / 0.02001) = 1000 (the cap).
-    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=100_000, **common) == sql.Plan(
-        False, 10, 1000
-    )
+    assert choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=100_000) == sql.Plan(False, 10, 1000)
     # 2001 of 8004: a quarter: ef = 80.
-    assert sql.choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=8004, **common) == sql.Plan(
-        False, 10, 80
-    )
+    assert choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=8004) == sql.Plan(False, 10, 80)
     # The total unknown (no ANALYZE yet): assume all match, never below ef_search.
-    assert sql.choose_plan(filtered=True, matching_keyframes=2001, **common) == sql.Plan(False, 10, 40)
-    assert sql.choose_plan(
-        filtered=True, matching_keyframes=2001, total_keyframes=8004, iterative_scans=True, **common
-    ) == sql.Plan(False, 10, 80, True)
-    assert sql.choose_plan(filtered=False, has_index=False, **common).exact_keyframes
+    assert choose_plan(filtered=True, matching_keyframes=2001) == sql.Plan(False, 10, 40)
+    assert choose_plan(filtered=True, matching_keyframes=2001, total_keyframes=8004, iterative_scans=True) == sql.Plan(
+        False, 10, 80, True
+    )
+    assert choose_plan(filtered=False, has_index=False).exact_keyframes
 
 
 def test_plan_settings_and_description():
@@ -122,12 +119,13 @@ def test_count_events_and_runs_sql():
     assert "FROM frames f WHERE f.run_id = r.id" in sql.runs_sql(None, 10)[0]
 
 
+TIME = datetime(2026, 1, 7, 14, 30, 22, 500000, tzinfo=UTC)
 ROWS = [
     {
         "rank": 1,
         "run": "20260107_143022",
         "seq": 42,
-        "time": datetime(2026, 1, 7, 14, 30, 22, 500000, tzinfo=UTC),
+        "time": TIME,
         "similarity": 0.987654321,
         "drift": None,
         "picture": "runs/x/snapshots/frame_000030.jpg",
@@ -145,7 +143,7 @@ def test_table_is_aligned_numbers_right_text_left():
     assert " 42 " in lines[2] and "  7 " in lines[3]  # right-aligned under "seq"
     assert "0.9877" in lines[2] and "0.2500" in lines[3]
     assert lines[2].index("runs/x") == lines[0].index("picture")
-    local = ROWS[0]["time"].astimezone().isoformat(sep=" ", timespec="milliseconds")
+    local = TIME.astimezone().isoformat(sep=" ", timespec="milliseconds")
     assert local in lines[2]
 
 

@@ -1,0 +1,241 @@
+"""The recorder's database writer: rows in, batches out, nothing lost while the database is away."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from encoders.shared.storage.connection import Database
+from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
+from encoders.shared.storage.frames import FrameRow
+
+from .config import DB_MAX_WAITING_BATCHES
+from .rows import from_spool, to_spool
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def writer_thread() -> ThreadPoolExecutor:
+    """Where the recorder's batches are written: one thread, so batches stay in order."""
+    return ThreadPoolExecutor(1, thread_name_prefix="db-writer")
+
+
+class Inline(Executor):
+    """Runs each batch in the caller, at once: for callers that have nothing else to do meanwhile."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+class FrameWriter:
+    """Rows in, database batches out; nothing lost while the database is away.
+
+    Rows wait in memory until ``batch_rows`` of them are waiting or the oldest is
+    ``flush_s`` old. A batch the database does not take goes to the spool; while the
+    spool holds anything, new rows queue behind it there (order kept), and the spool is
+    replayed with exponential backoff between attempts.
+
+    One batch at a time is handed to ``executor``, which writes it while the caller goes on
+    receiving: in the recorder a thread of its own (``writer_thread()``: psycopg waits for
+    the server without holding the GIL, and the server's work per batch is as long as the
+    recorder's own); in tests that want each batch settled at once, ``Inline()``. Its
+    outcome is taken before the next batch goes out, so batches reach the database, or the
+    spool, in order.
+
+    While a batch is being written, rows go on gathering, past ``batch_rows``, and go out
+    together as the next batch once it is done (group commit): when the server is the
+    slower side the batches grow and the receive loop never waits for it, until
+    ``max_waiting_batches`` batches' worth of rows are held.
+    """
+
+    REPLAY_BATCHES_PER_CALL = 20  # bounds how long one replay holds up the receive loop
+
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        *,
+        run_id: int,
+        batch_rows: int = 500,
+        flush_s: float = 0.5,
+        retry_max: float = 10.0,
+        executor: Executor,
+        clock: Callable[[], float] = time.monotonic,
+        max_waiting_batches: int = DB_MAX_WAITING_BATCHES,
+    ):
+        self.db, self.spool, self.run_id = db, spool, run_id
+        self.max_pending = batch_rows * max_waiting_batches
+        self._executor = executor
+        self._inflight: tuple[Future, list[FrameRow]] | None = None
+        self.batch_rows, self.flush_s, self.retry_max = batch_rows, flush_s, retry_max
+        self.clock = clock
+        self.pending: list[FrameRow] = []
+        self._oldest: float | None = None
+        self.written: Counter = Counter()  # rows inserted, per stream
+        self.model: tuple[str, int] | None = None
+        self._model_stored = False
+        self.backoff = 0.0
+        self.retry_at = 0.0
+        self.outages = 0
+        self.commits = 0  # batches written (spool replays included)
+        self.fatal: DatabaseRefused | None = None
+
+    @property
+    def spooled(self) -> int:
+        """Rows in the spool, not yet in the database."""
+        return self.spool.appended - self.spool.committed
+
+    def set_model(self, model: str, dim: int) -> None:
+        """The run's model; frames is created for its D before the first row is written."""
+        self.model = (model, dim)
+
+    def add(self, row: FrameRow) -> None:
+        self.pending.append(row)
+        if self._oldest is None:
+            self._oldest = self.clock()
+        if len(self.pending) >= self.batch_rows and (self._writer_free() or len(self.pending) >= self.max_pending):
+            self.flush()
+
+    def tick(self) -> None:
+        self._collect(block=False)
+        now = self.clock()
+        if (
+            self.pending
+            and self._inflight is None
+            and (len(self.pending) >= self.batch_rows or now - (self._oldest or now) >= self.flush_s)
+        ) or (self.spool.pending and now >= self.retry_at and self.fatal is None):
+            self.flush()
+
+    def _writer_free(self) -> bool:
+        """No batch being written any more (its outcome taken, if it had one)."""
+        self._collect(block=False)
+        return self._inflight is None
+
+    def flush(self, *, retry_now: bool = False) -> None:
+        rows, self.pending, self._oldest = self.pending, [], None
+        self._collect(block=True)  # the batch before this one first: its rows may belong in the spool
+        if self.spool.pending or self.fatal is not None:
+            self._to_spool(rows)
+            if self.fatal is None and (retry_now or self.clock() >= self.retry_at):
+                self._replay()
+            return
+        if not rows:
+            return
+        self._inflight = (self._executor.submit(self._write, rows), rows)
+        self._collect(block=False)  # settled at once if it is done already (Inline)
+
+    def _collect(self, *, block: bool) -> None:
+        """Take the outcome of the batch being written (waiting for it if ``block``)."""
+        if self._inflight is None or not (block or self._inflight[0].done()):
+            return
+        future, rows = self._inflight
+        self._inflight = None
+        self._settle(rows, future.result)
+
+    def _settle(self, rows: list[FrameRow], write: Callable[[], Counter]) -> None:
+        """Count a batch as written, or keep it in the spool whatever went wrong."""
+        try:
+            self.written.update(write())
+            self.commits += 1
+        except DatabaseUnavailable as exc:
+            self._outage(exc)
+            self._to_spool(rows)
+        except DatabaseRefused as exc:
+            self._fail(exc)
+            self._to_spool(rows)
+        except Exception:
+            self._to_spool(rows)
+            raise
+
+    def close(self, wait_s: float) -> bool:
+        """Write everything held, trying for up to ``wait_s`` while the database is away.
+
+        True when every row is in the database; False leaves the rest in the spool file.
+        """
+        deadline = self.clock() + wait_s
+        self.flush(retry_now=True)
+        self._collect(block=True)
+        while self.spool.pending and self.fatal is None and self.clock() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - self.clock())))
+            self.flush(retry_now=True)
+        done = not self.spool.pending
+        self.spool.close()
+        self._executor.shutdown()
+        return done
+
+    # -- internals -----------------------------------------------------------------
+    def _write(self, rows: list[FrameRow]) -> Counter:
+        """Write one batch; the rows inserted, per stream."""
+        if self.model is not None and not self._model_stored:
+            model, dim = self.model
+            self.db.ensure_frames(dim)
+            self.db.update_run(self.run_id, model=model, dim=dim)
+            self._model_stored = True
+        elif self.db.dim is None and rows:
+            self.db.ensure_frames(int(rows[0].embedding.size))
+        return self.db.write_rows(rows) if rows else Counter()
+
+    def _to_spool(self, rows: Iterable[FrameRow]) -> None:
+        self.spool.append(to_spool(r) for r in rows)
+
+    def _replay(self) -> None:
+        replayed = 0
+        try:
+            for _ in range(self.REPLAY_BATCHES_PER_CALL):
+                if not self.spool.pending:
+                    break
+                records, end = self.spool.read_batch(self.batch_rows)
+                rows = decode_spooled(records, self.spool.path)
+                self.written.update(self._write(rows))
+                self.commits += 1
+                self.spool.commit(end, len(records))
+                replayed += len(records)
+        except DatabaseUnavailable as exc:
+            self._outage(exc)
+            return
+        except DatabaseRefused as exc:
+            self._fail(exc)
+            return
+        self.retry_at = self.clock()  # more may follow on the next tick, without waiting
+        if self.backoff and not self.spool.pending:
+            log.info("database is back: replayed the spooled rows, spool deleted")
+            self.backoff = 0.0
+        elif replayed:
+            log.info("database is back: replayed %d spooled rows, %d to go", replayed, self.spooled)
+
+    def _outage(self, exc: DatabaseUnavailable) -> None:
+        first = self.backoff == 0.0
+        self.backoff = min(self.retry_max, max(0.5, self.backoff * 2))
+        self.retry_at = self.clock() + self.backoff
+        if first:
+            self.outages += 1
+            log.warning("database unavailable (%s); keeping rows in %s, retrying with backoff", exc, self.spool.path)
+        else:
+            log.info("database still unavailable; next try in %.1f s (%d rows spooled)", self.backoff, self.spooled)
+
+    def _fail(self, exc: DatabaseRefused) -> None:
+        if self.fatal is None:
+            log.error("%s", exc)
+        self.fatal = exc
+
+
+def decode_spooled(records: list, path: Path) -> list[FrameRow]:
+    """Spooled records back to rows; one that does not read as a row is logged and left out."""
+    rows = []
+    for record in records:
+        try:
+            rows.append(from_spool(record))
+        except ValueError as exc:
+            log.error("%s: skipped an unreadable spooled row: %s", path, exc)
+    return rows
