@@ -184,7 +184,7 @@ def click_options(cls: type[Settings], exclude: tuple[str, ...] = ()) -> Callabl
                 continue
             tp = hints[f.name]
             flag = flag_name(f)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kwargs: dict[str, Any] = {
                 "envvar": env_name(f),
                 "show_envvar": True,

@@ -11,6 +11,7 @@ import zmq
 from . import messages
 from .messages import DecodeError, Message
 from .runtime import StartupError
+from .settings import split_addrs
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ def open_socket(
     identity: bytes | None = None,
     linger: int = LINGER_MS,
 ) -> zmq.Socket:
-    """Create a socket, set its options, then bind or connect it to every endpoint."""
+    """Create a socket, set its options, then bind or connect it to every endpoint.
+
+    ``endpoints``: one, several in a list, or several in one comma-separated string (as
+    settings hold them). A TCP bind on port ``*`` or 0 takes a port the system picks; the
+    address it got is logged, for whoever connects from elsewhere. StartupError when an
+    endpoint cannot be bound or does not parse.
+    """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger)
     if sndhwm is not None:
@@ -46,13 +53,25 @@ def open_socket(
     if kind == zmq.ROUTER:
         # Sending to a worker that has gone raises EHOSTUNREACH instead of vanishing silently.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    for ep in [endpoints] if isinstance(endpoints, str) else endpoints:
+    for ep in split_addrs(endpoints) if isinstance(endpoints, str) else endpoints:
         try:
             sock.bind(ep) if bind else sock.connect(ep)
         except zmq.ZMQError as exc:
             sock.close(0)
             raise StartupError(f"cannot {'bind' if bind else 'connect'} {ep}: {exc}") from None
+        if bind and ep.startswith("tcp://") and ep.rsplit(":", 1)[-1] in ("*", "0"):
+            log.info("listening on %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
     return sock
+
+
+def check_connect_endpoints(ctx: zmq.Context, endpoints: str | Iterable[str]) -> None:
+    """StartupError if an endpoint to connect to does not parse, before anything else is started.
+
+    A SUB socket with no subscription is connected and closed at once: it receives nothing,
+    so no peer hands it a message that would then be lost (a PULL would take its share).
+    """
+    probe = open_socket(ctx, zmq.SUB, endpoints, bind=False, linger=0)
+    probe.close(0)
 
 
 def send(sock: zmq.Socket, msg: Message, *, topic: bool = False, flags: int = 0, prefix: list | None = None) -> None:
@@ -84,7 +103,7 @@ def receive(
     parts = sock.recv_multipart(flags, copy=copy)
     sender = None
     if routed:
-        sender, parts = bytes(parts[0]), parts[1:]
+        sender, parts = part_bytes(parts[0]), parts[1:]
     try:
         return messages.decode(parts, with_topic=topic), sender
     except DecodeError as exc:
@@ -117,3 +136,8 @@ def receive_waiting(
             return
         if msg is not None:
             yield msg
+
+
+def part_bytes(part: bytes | zmq.Frame) -> bytes:
+    """A part as bytes, whether it was received as bytes or (copy=False) as a zmq.Frame."""
+    return part.bytes if isinstance(part, zmq.Frame) else bytes(part)

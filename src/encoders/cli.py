@@ -19,9 +19,9 @@ from encoders.services.pisim.config import PisimConfig
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
-from encoders.shared.runtime import RUNTIME_VARIABLES
-from encoders.shared.settings import click_options, from_click, unknown_variables, variables_of
+from encoders.shared.settings import click_options, from_click, unknown_variables
 from encoders.shared.storage.config import DatabaseConfig
+from encoders.variables import KNOWN_VARIABLES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -236,9 +236,9 @@ def db() -> None:
 @click_options(DatabaseConfig)
 def migrate(**kwargs) -> None:
     """Bring the database's schema up to date (a recorder does this at start; running it twice is harmless)."""
-    from encoders.services.recorder import migrate as migration
+    from encoders.services.search import database
 
-    sys.exit(migration.run(from_click(DatabaseConfig, kwargs)))
+    sys.exit(database.migrate(from_click(DatabaseConfig, kwargs)))
 
 
 @db.command(context_settings=CONTEXT)
@@ -249,34 +249,12 @@ def serve(**kwargs) -> None:
     The embedded PostgreSQL runs only while something uses it (a run, a search); this keeps
     it up until Ctrl+C, so that psql or a notebook can connect with the URL it prints.
     """
-    from encoders.services.recorder.embedded_db import database_url
-    from encoders.shared.runtime import setup_logging, stop_on_signals
+    from encoders.services.search import database
 
     cfg = from_click(DatabaseConfig, kwargs)
     if cfg.database_url:
         raise click.UsageError("a database URL is set (--database-url / ENCODERS_DATABASE_URL): connect to it directly")
-    setup_logging("db")
-    url, handle = database_url("", cfg.runs_dir)
-    click.echo(f'embedded PostgreSQL for {cfg.runs_dir}: {url}\n  psql "{url}"\nCtrl+C stops it.')
-    try:
-        stop_on_signals().wait()
-    finally:
-        handle.cleanup()
-
-
-# Every setting's variable: one that is set but in none of these is a typo, said at start.
-ALL_SETTINGS = (
-    RunConfig,
-    IngestConfig,
-    EncoderConfig,
-    MetricsConfig,
-    RecorderConfig,
-    ViewerConfig,
-    PisimConfig,
-    SearchConfig,
-    DatabaseConfig,
-)
-KNOWN_VARIABLES = variables_of(ALL_SETTINGS) | RUNTIME_VARIABLES
+    sys.exit(database.serve(cfg))
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind
         "snapshots",
         "summary.json",
     ]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())["streams"]["cam0"]
     assert summary["frames"]["published"] == 60 and summary["frames"]["embedded"] == 60
     config = json.loads((run_dir / "config.json").read_text())
     assert "ENCODERS_MODEL" not in json.dumps(config)  # settings by name, not raw environment
@@ -86,18 +86,14 @@ def test_runs_to_max_frames_with_the_embedded_database_and_leaves_nothing_behind
     # The embedded PostgreSQL kept the rows, and is reused by the next run.
     assert (runs / ".pgdata").is_dir()
     assert not leftovers(str(runs)), leftovers(str(runs))
-    from encoders.services.recorder.embedded_db import database_url
+    from encoders.shared.storage.embedded import database
 
-    url, handle = database_url("", str(runs))
-    try:
-        with psycopg.connect(url) as conn:
-            n = conn.execute(
-                "SELECT count(*) FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s", (run_dir.name,)
-            ).fetchone()[0]
-            ended = conn.execute("SELECT ended_at IS NOT NULL FROM runs WHERE name = %s", (run_dir.name,)).fetchone()[0]
-    finally:
-        handle.cleanup()
-    assert n == 60 and ended
+    with database("", str(runs)) as url, psycopg.connect(url) as conn:
+        counted = conn.execute(
+            "SELECT count(*) FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s", (run_dir.name,)
+        ).fetchone()
+        ended = conn.execute("SELECT ended_at IS NOT NULL FROM runs WHERE name = %s", (run_dir.name,)).fetchone()
+    assert counted == (60,) and ended == (True,)
 
 
 @pytest.mark.timeout(240)
@@ -112,10 +108,16 @@ def test_interrupt_flushes_everything_and_exits_cleanly(service, tiny_model, pis
         120,
         "frames to be recorded",
     )
+    # The services meet on ipc:// endpoints in the run's private folder: none listens on a port
+    # that another process could have taken between its choice and its bind.
+    children = psutil.Process(run.proc.pid).children(recursive=True)
+    assert len(children) >= 4
+    for child in children:
+        assert not [c for c in child.net_connections("tcp") if c.status == psutil.CONN_LISTEN], child.cmdline()
     run.proc.send_signal(sig)
     assert run.wait(120) == 0, run.output()[-4000:]
     run_dir = only_run(runs)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())["streams"]["cam0"]
     rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
     assert summary["frames"]["embedded"] == summary["db_rows"] == rows > 10
     f = summary["frames"]
@@ -174,10 +176,13 @@ def test_q_in_the_window_ends_the_run_with_everything_flushed(service, tiny_mode
 
     runs = tmp_path / "runs"
     run = service("--stream", pisim, "--runs-dir", str(runs), env={**tiny_model, "DISPLAY": display})
-    xdo = {"env": {"DISPLAY": display, "PATH": "/usr/bin:/bin"}, "capture_output": True, "text": True, "timeout": 10}
+
+    def xdotool(*args: str) -> str:
+        env = {"DISPLAY": display, "PATH": "/usr/bin:/bin"}
+        return subprocess.run(["xdotool", *args], env=env, capture_output=True, text=True, timeout=10).stdout
 
     def window():
-        return subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "^encoders$"], **xdo).stdout.split()
+        return xdotool("search", "--onlyvisible", "--name", "^encoders$").split()
 
     ids = wait_for(window, 90, "the viewer's window")
     wait_for(
@@ -187,11 +192,11 @@ def test_q_in_the_window_ends_the_run_with_everything_flushed(service, tiny_mode
         60,
         "frames to be recorded",
     )
-    subprocess.run(["xdotool", "windowactivate", "--sync", ids[0]], **xdo)
-    subprocess.run(["xdotool", "key", "--window", ids[0], "q"], **xdo)
+    xdotool("windowactivate", "--sync", ids[0])
+    xdotool("key", "--window", ids[0], "q")
     assert run.wait(90) == 0, run.output()[-4000:]
     assert "viewer closed: stopping the run" in run.output()
     run_dir = only_run(runs)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())["streams"]["cam0"]
     assert summary["frames"]["embedded"] == summary["db_rows"] > 5
     assert not leftovers(str(runs)), leftovers(str(runs))
