@@ -77,21 +77,21 @@ class CreditLedger(Generic[W]):
         return worker in self._credits
 
 
-class Dispatcher(Generic[T]):
-    """Hands items to workers by credit and applies the pending-frame policy."""
+class Dispatcher(Generic[W, T]):
+    """Hands items (T) to workers (W, their identities) by credit and applies the pending-frame policy."""
 
     def __init__(
         self,
-        send: Callable[[Hashable, T], None],
+        send: Callable[[W, T], None],
         *,
         lossless: bool,
-        ledger: CreditLedger | None = None,
-        name: Callable[[Hashable], str] = repr,
+        ledger: CreditLedger[W] | None = None,
+        name: Callable[[W], str] = repr,
     ) -> None:
         self.send = send
         self.name = name  # how logs call a worker
         self.lossless = lossless
-        self.ledger: CreditLedger = ledger if ledger is not None else CreditLedger()
+        self.ledger: CreditLedger[W] = ledger if ledger is not None else CreditLedger()
         self.waiting: deque[T] = deque()
         self.dispatched = 0
         self.workers_gone = 0
@@ -115,7 +115,7 @@ class Dispatcher(Generic[T]):
         self.waiting.append(item)
         return displaced
 
-    def credit(self, worker, n: int) -> int:
+    def credit(self, worker: W, n: int) -> int:
         """A worker asks for ``n`` more items; waiting items go out at once. Returns how many did."""
         self.ledger.add(worker, n)
         sent = 0

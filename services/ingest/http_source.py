@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -119,7 +119,7 @@ class HttpMjpegSource:
             stop=stop,
         )
 
-    def frames(self) -> Iterator[JpegFrame]:
+    def frames(self) -> Generator[JpegFrame, None, None]:
         timeout = httpx.Timeout(
             connect=self.connect_timeout, read=self.read_timeout, write=self.connect_timeout, pool=self.connect_timeout
         )

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,14 +26,17 @@ from encoders.services.pisim.main import serve_in_thread
 from encoders.shared import zmqio
 from encoders.shared.messages import Credit, Dropped, EndOfStream, Frame, Stats, StreamStart
 
+from ..conftest import Sockets, endpoint, free_port, receive, wait_for
+
 STREAM_ID = "cam-test"
 W, H = 160, 120
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def receive_frame(worker: zmq.Socket, timeout: float = 5.0) -> Frame:
+    """The next frame ingest gives a worker (its DEALER)."""
+    msg = receive(worker, timeout)
+    assert isinstance(msg, Frame), msg
+    return msg
 
 
 def make_jpeg(width: int, height: int, seed: int) -> bytes:
@@ -42,46 +46,25 @@ def make_jpeg(width: int, height: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def recv(sock: zmq.Socket, timeout: float = 5.0, *, topic: bool = False):
-    if not sock.poll(int(timeout * 1000)):
-        raise AssertionError(f"nothing received within {timeout} s")
-    msg, _ = zmqio.receive(sock, topic=topic)
-    assert msg is not None, "a message that does not decode"
-    return msg
-
-
 class Harness:
-    """ZeroMQ test sockets around one ingest process, all cleaned up afterwards."""
+    """ZeroMQ test sockets (from the sockets fixture) around one ingest process."""
 
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path: Path, sockets: Sockets) -> None:
         self.tmp_path = tmp_path
-        self.ctx = zmq.Context()
-        self.sockets: list[zmq.Socket] = []
+        self.sockets = sockets
         self.procs: list[subprocess.Popen] = []
-        self.pull = self.socket(zmq.PULL)
-        self.pull.bind("tcp://127.0.0.1:0")
-        self.metrics_in = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.pull = sockets.bind(zmq.PULL)
+        self.metrics_in = endpoint(self.pull)
         self.frames_ep = f"tcp://127.0.0.1:{free_port()}"
         self.work_ep = f"tcp://127.0.0.1:{free_port()}"
         self.log_path = tmp_path / "ingest.log"
         self.notices: list = []
 
-    def socket(self, kind: int) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        self.sockets.append(sock)
-        return sock
-
     def sub(self) -> zmq.Socket:
-        sock = self.socket(zmq.SUB)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.frames_ep)
-        return sock
+        return self.sockets.connect(zmq.SUB, self.frames_ep, subscribe=[b""])
 
     def worker(self, credit: int = 0, identity: bytes = b"worker-1") -> zmq.Socket:
-        sock = self.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, identity)
-        sock.connect(self.work_ep)
+        sock = self.sockets.connect(zmq.DEALER, self.work_ep, identity=identity)
         if credit:
             zmqio.send(sock, Credit(identity.decode(), credit))
         return sock
@@ -125,7 +108,7 @@ class Harness:
             if left <= 0:
                 raise AssertionError(f"timed out; notices so far: {self.notices[-5:]}\n{self.log()}")
             if self.pull.poll(int(min(left, 0.2) * 1000)):
-                self.notices.append(recv(self.pull, 0))
+                self.notices.append(receive(self.pull, 0))
         return self.notices
 
     def until_eos(self, timeout: float = 15.0) -> tuple[list, EndOfStream]:
@@ -137,14 +120,11 @@ class Harness:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for sock in self.sockets:
-            sock.close(0)
-        self.ctx.term()
 
 
 @pytest.fixture
-def h(tmp_path):
-    harness = Harness(tmp_path)
+def h(tmp_path, sockets):
+    harness = Harness(tmp_path, sockets)
     yield harness
     harness.close()
 
@@ -173,6 +153,7 @@ class RawServer:
         self.server.settimeout(0.1)
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/stream.mjpg"
         self.connections = 0
+        self.requests = 0  # whole requests read: the client is waiting for the answer
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -195,11 +176,12 @@ class RawServer:
                 if not data:
                     return
                 request += data
+            self.requests += 1
             try:
                 for i in range(0, len(self.response), self.piece):
                     conn.sendall(self.response[i : i + self.piece])
                     if i % (self.piece * 8) == 0:
-                        time.sleep(0.001)  # let some pieces arrive as separate reads
+                        time.sleep(0.001)  # paces the pieces, so that some arrive as separate reads
                 if self.stall:
                     self.closed.wait()
             except OSError:
@@ -259,7 +241,7 @@ def test_frames_are_published_in_order_and_dropped_when_no_worker_is_free(h, pis
 
     published = []
     while True:
-        msg = recv(sub, 5, topic=True)
+        msg = receive(sub, 5, topic=True)
         if isinstance(msg, EndOfStream):
             break
         if isinstance(msg, Frame):
@@ -279,11 +261,11 @@ def test_a_worker_gets_exactly_the_frames_it_gives_credit_for(h, pisim):
     _, url = pisim()
     worker = h.worker(credit=4)
     proc = h.start(url, "--max-frames", "24")
-    got = [recv(worker) for _ in range(4)]
+    got = [receive_frame(worker) for _ in range(4)]
     # Frames now wait or are dropped until the worker asks for more.
     h.notices_until(lambda n: any(isinstance(m, Dropped) and m.seq > got[-1].seq for m in n))
     zmqio.send(worker, Credit("worker-1", 2))
-    got += [recv(worker) for _ in range(2)]
+    got += [receive_frame(worker) for _ in range(2)]
     notices, eos = h.until_eos()
     assert proc.wait(10) == 0
     assert not worker.poll(300), "a frame the worker did not ask for"
@@ -301,8 +283,8 @@ def test_a_worker_that_has_gone_is_forgotten(h, pisim):
     _, url = pisim()
     worker = h.worker(credit=1000, identity=b"leaver")
     proc = h.start(url, "--max-frames", "20")
-    recv(worker)
-    recv(worker)
+    receive_frame(worker)
+    receive_frame(worker)
     worker.close(0)
     _, eos = h.until_eos()
     assert proc.wait(10) == 0
@@ -319,8 +301,8 @@ def test_lossless_mode_drops_nothing_and_holds_the_camera_back(h, pisim):
     proc = h.start(url, "--lossless", "--max-frames", "20")
     got = []
     for _ in range(20):
-        got.append(recv(worker))
-        time.sleep(0.075)  # a slow encoder: ~13 frames a second
+        got.append(receive_frame(worker))
+        time.sleep(0.075)  # paces: a slow encoder, ~13 frames a second
         zmqio.send(worker, Credit("worker-1", 1))
     notices, eos = h.until_eos()
     assert proc.wait(10) == 0
@@ -415,7 +397,7 @@ def test_streams_as_cameras_send_them(h, raw_server, variant):
     assert proc.wait(10) == 0
     got = []
     while worker.poll(300):
-        got.append(recv(worker))
+        got.append(receive_frame(worker))
     assert [f.jpeg for f in got] == expected  # byte for byte; the corrupt part never published
     assert [f.seq for f in got] == list(range(len(expected)))
     assert [(f.width, f.height) for f in got] == [decoded_size(j) for j in expected]
@@ -439,7 +421,7 @@ def test_a_stalled_stream_times_out_and_is_reconnected(h, raw_server):
     proc = h.start(server.url, "--read-timeout", "0.5", "--reconnect-max", "0.2", "--max-frames", "2")
     _, eos = h.until_eos()
     assert proc.wait(10) == 0
-    assert [recv(worker).seq for _ in range(2)] == [0, 1]
+    assert [receive_frame(worker).seq for _ in range(2)] == [0, 1]
     assert (eos.counts["published"], eos.counts["reconnects"]) == (2, 1)
     assert server.connections == 2
     log = h.log()
@@ -455,23 +437,24 @@ def test_sigterm_sends_end_of_stream_and_a_late_credit_still_gets_the_pending_fr
     worker = h.worker()  # connected, but asks for nothing yet
     proc = h.start(url)
     h.notices_until(lambda n: sum(isinstance(m, Dropped) for m in n) >= 3)
-    while not isinstance(stats := recv(sub, 3, topic=True), Stats):  # published every second
+    while not isinstance(stats := receive(sub, 3, topic=True), Stats):  # published every second
         pass
     assert (stats.service, stats.stream) == ("ingest", STREAM_ID)
-    assert stats.counters["published"] >= 3 and stats.counters["fps"] > 0
+    published, fps = stats.counters["published"], stats.counters["fps"]
+    assert published is not None and published >= 3 and fps is not None and fps > 0
     assert stats.counters["pending"] == 1 and stats.counters["dispatched"] == 0  # nobody asked for frames
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for(lambda: "received SIGTERM" in h.log(), 5, "ingest to take the SIGTERM")
     zmqio.send(worker, Credit("worker-1", 5))  # within the second ingest waits for a worker
     notices, eos = h.until_eos()
     assert proc.wait(10) == 0
-    frame = recv(worker)
+    frame = receive_frame(worker)
     assert frame.seq == eos.last_seq  # the newest frame, which was waiting
     assert not worker.poll(200)
     assert not [n for n in notices if isinstance(n, Dropped) and n.reason == "shutdown"]
     c = eos.counts
     assert c["dispatched"] == 1 and c["published"] == c["dropped"] + 1 == eos.last_seq + 1
-    while not isinstance(msg := recv(sub, 5, topic=True), EndOfStream):
+    while not isinstance(msg := receive(sub, 5, topic=True), EndOfStream):
         pass
     assert msg.last_seq == eos.last_seq  # viewers and the recorder hear of the end too
     assert "received SIGTERM" in h.log()
@@ -485,12 +468,9 @@ def test_sigterm_stops_promptly_while_the_camera_stalls(h, raw_server, stalls):
     worker = h.worker(credit=10)
     proc = h.start(server.url, "--read-timeout", "60")
     if stalls == "mid-stream":
-        assert recv(worker).seq == 0
+        assert receive_frame(worker).seq == 0
     else:
-        deadline = time.monotonic() + 10
-        while not server.connections and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)  # the request is on its way; the answer never comes
+        wait_for(lambda: server.requests, 10, "ingest's request to the camera")  # the answer never comes
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
@@ -506,6 +486,17 @@ def test_without_reconnect_an_unreachable_camera_is_an_error(h):
     assert proc.wait(10) == 1
     assert eos.last_seq == -1 and eos.counts["published"] == 0
     assert "connection refused" in h.log()
+
+
+def test_what_prevents_starting_is_said_in_one_line_and_exits_2(h, pisim):
+    _, url = pisim()
+    h.sockets.bind(zmq.PUB, h.frames_ep)  # something else holds the port
+    assert h.start(url).wait(10) == 2
+    assert h.start("ftp://camera/stream").wait(10) == 2
+    lines = [line for line in h.log().splitlines() if "ERROR" in line]
+    assert len(lines) == 2 and "Traceback" not in h.log()
+    assert f"cannot start: cannot bind {h.frames_ep}" in lines[0]
+    assert "cannot start: invalid stream URL 'ftp://camera/stream'" in lines[1]
 
 
 # -- encoders ingest --test -------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from encoders.services.ingest.dispatch import CreditLedger, Dispatcher, WorkerGone
@@ -11,7 +13,7 @@ class Workers:
     """The send function a Dispatcher calls, recording who got what; some workers are gone."""
 
     def __init__(self, gone=()) -> None:
-        self.got: list[tuple[bytes, object]] = []
+        self.got: list[tuple[bytes, Any]] = []
         self.gone = set(gone)
 
     def __call__(self, worker, item) -> None:
@@ -24,7 +26,7 @@ class Workers:
 
 
 def test_ledger_hands_out_credit_round_robin():
-    ledger = CreditLedger()
+    ledger: CreditLedger[bytes] = CreditLedger()
     assert ledger.take() is None
     assert ledger.add(b"a", 2) is True
     assert ledger.add(b"b", 1) is True
@@ -35,7 +37,7 @@ def test_ledger_hands_out_credit_round_robin():
 
 
 def test_ledger_alternates_between_workers_with_plenty_of_credit():
-    ledger = CreditLedger()
+    ledger: CreditLedger[bytes] = CreditLedger()
     for w in (b"a", b"b", b"c"):
         ledger.add(w, 100)
     taken = [ledger.take() for _ in range(9)]
@@ -43,7 +45,7 @@ def test_ledger_alternates_between_workers_with_plenty_of_credit():
 
 
 def test_ledger_skips_workers_without_credit():
-    ledger = CreditLedger()
+    ledger: CreditLedger[bytes] = CreditLedger()
     ledger.add(b"a", 0)
     ledger.add(b"b", 2)
     ledger.add(b"c", 0)
@@ -53,7 +55,7 @@ def test_ledger_skips_workers_without_credit():
 
 
 def test_ledger_remove_forgets_the_worker_and_its_credit():
-    ledger = CreditLedger()
+    ledger: CreditLedger[bytes] = CreditLedger()
     ledger.add(b"a", 3)
     ledger.add(b"b", 1)
     assert ledger.remove(b"a") == 3
@@ -63,7 +65,7 @@ def test_ledger_remove_forgets_the_worker_and_its_credit():
 
 
 def test_ledger_ignores_negative_credit():
-    ledger = CreditLedger()
+    ledger: CreditLedger[bytes] = CreditLedger()
     ledger.add(b"a", -5)
     assert ledger.credit(b"a") == 0 and ledger.take() is None
 
