@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def register_model_config(model: str) -> str:
 class ClipImageEncoder:
     """The image tower of a CLIP model, on one device, returning L2-normalised float32 rows."""
 
-    model: torch.nn.Module
+    model: Any  # open_clip's CLIP (a torch.nn.Module; open_clip ships no types, so encode_image is untyped)
     pre: Preprocessor  # fast path equivalent to open_clip's transform
     reference_transform: Callable  # open_clip's own eval transform (PIL image -> tensor), for checks
     device: torch.device
@@ -60,6 +61,7 @@ class ClipImageEncoder:
 
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> np.ndarray:
+        # open_clip ships no types: to mypy a Module's attribute is a Tensor or a Module.
         features = self.model.encode_image(batch.to(self.device, self.dtype, non_blocking=True))
         features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy()

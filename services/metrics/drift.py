@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from encoders.shared.messages import Rolling
+
+log = logging.getLogger(__name__)
+
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine of two vectors; embeddings arrive L2-normalised but we do not rely on it."""
+    """Cosine of two vectors; embeddings arrive L2-normalised but we do not rely on it.
+
+    In float64: a float32 norm overflows (to a NaN similarity) for values near float32's
+    limit, and underflows to 0 for the tiniest, both valid in a message."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
         return 0.0
@@ -31,6 +40,7 @@ class DriftTracker:
     times: deque = field(init=False)
     _sum: float = 0.0
     _sumsq: float = 0.0
+    dim_changes: int = 0  # frames whose embedding was not as long as the one before
 
     def __post_init__(self) -> None:
         self.drifts = deque(maxlen=self.window)
@@ -39,6 +49,18 @@ class DriftTracker:
     def update(self, vector: np.ndarray, t_capture: float) -> tuple[float | None, float | None]:
         self.times.append(t_capture)
         prev, self.previous = self.previous, vector
+        if prev is not None and prev.shape != vector.shape:
+            # Another length of embedding (another model) from here on: nothing to compare this
+            # frame with, as for a stream's first frame.
+            self.dim_changes += 1
+            if self.dim_changes == 1:
+                log.warning(
+                    "embeddings of %d values after %d: another model? drift starts afresh (further changes are "
+                    "counted, not logged)",
+                    vector.size,
+                    prev.size,
+                )
+            prev = None
         if prev is None:
             return None, None
         similarity = cosine_similarity(prev, vector)
@@ -52,16 +74,20 @@ class DriftTracker:
         self._sumsq += drift * drift
         return similarity, drift
 
-    def rolling(self) -> dict:
+    def rolling(self) -> Rolling:
         n = len(self.drifts)
         if n == 0:
-            return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
-        mean = self._sum / n
+            return Rolling(count=0, mean=None, std=None, min=None, max=None)
+        lo, hi = min(self.drifts), max(self.drifts)
+        # Running sums drift by rounding (a value added, then taken away): the mean is kept
+        # between the window's own extremes, where it is, and the spread within what drifts allow.
+        mean = min(hi, max(lo, self._sum / n))
         var = max(0.0, self._sumsq / n - mean * mean)
-        return {"count": n, "mean": mean, "std": math.sqrt(var), "min": min(self.drifts), "max": max(self.drifts)}
+        return Rolling(count=n, mean=mean, std=min(1.0, math.sqrt(var)), min=lo, max=hi)
 
     def fps(self) -> float:
         """Embedded frames per second of capture time, over the window."""
         if len(self.times) < 2 or self.times[-1] <= self.times[0]:
             return 0.0
-        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+        rate = (len(self.times) - 1) / (self.times[-1] - self.times[0])
+        return rate if math.isfinite(rate) else 0.0  # capture times a hair apart: no rate to tell

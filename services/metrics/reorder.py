@@ -4,7 +4,9 @@ Every frame ingest publishes ends in exactly one outcome: an embedding (from a w
 a drop (ingest had no free worker) or a skip (a worker could not decode it). Workers
 finish out of order; this buffer releases outcomes in sequence. A frame whose outcome
 never comes (its worker died) is given up after ``max_wait`` seconds and released as
-LOST; if it turns up later it is counted as late and discarded.
+LOST; if it turns up later it is counted as late and discarded. A run of missing frames
+is given up as one ``Lost(n)``, never seq by seq: a gap may be huge (a seq of 10**18 is a
+valid one) and counting it out would never end.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-LOST = "lost"
+
+@dataclass(frozen=True)
+class Lost:
+    """``n`` frames in a row given up, from the seq it is released with."""
+
+    n: int = 1
+
+
+LOST = Lost(1)
 
 
 @dataclass
@@ -54,7 +64,11 @@ class StreamOrder:
             ref = self.t_first if self.pending else self.ended_at
             if ref is None or now - ref < self.max_wait:
                 return []
-            self.next_seq = min(self.pending) if self.pending else self.last_seq + 1
+            if self.pending:
+                self.next_seq = min(self.pending)
+            else:
+                assert self.last_seq is not None  # ended_at is set with it, by end()
+                self.next_seq = self.last_seq + 1
         out = []
         while True:
             if self.next_seq in self.pending:
@@ -70,8 +84,14 @@ class StreamOrder:
                 self.stalled_since = now
             if now - self.stalled_since < self.max_wait:
                 break
-            out.append((self.next_seq, LOST))
-            self.next_seq += 1
+            # Everything up to the next outcome held (or past the end) is missing: one run.
+            if self.pending:
+                gap_end = min(self.pending)
+            else:
+                assert self.last_seq is not None  # nothing held, yet expected: the end is known
+                gap_end = self.last_seq + 1
+            out.append((self.next_seq, Lost(gap_end - self.next_seq)))
+            self.next_seq = gap_end
         return out
 
     def finished(self) -> bool:

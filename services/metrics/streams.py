@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
-from encoders.shared.messages import Dropped, Embedding, EndOfStream, Message, MetricsRecord, Skipped, StreamStart
+from encoders.shared.messages import (
+    Dropped,
+    Embedding,
+    EndOfStream,
+    FrameCounts,
+    Message,
+    MetricsRecord,
+    Skipped,
+    StreamStart,
+)
 
 from .drift import DriftTracker
-from .reorder import LOST, StreamOrder
+from .reorder import Lost, StreamOrder
 from .scenes import SceneRule
 
-OUTCOME_COUNTER = {Embedding: "embedded", Dropped: "dropped", Skipped: "skipped"}
+OUTCOME_COUNTER: dict[type, Literal["embedded", "dropped", "skipped"]] = {
+    Embedding: "embedded",
+    Dropped: "dropped",
+    Skipped: "skipped",
+}
 
 
 @dataclass
 class StreamState:
     order: StreamOrder
     drift: DriftTracker
-    counts: dict = field(default_factory=lambda: {"embedded": 0, "dropped": 0, "skipped": 0, "lost": 0})
+    counts: FrameCounts = field(default_factory=lambda: FrameCounts(embedded=0, dropped=0, skipped=0, lost=0))
     published: int | None = None  # from ingest's end-of-stream
     eos_sent: bool = False
 
@@ -58,14 +72,15 @@ class Streams:
         out: list[MetricsRecord | EndOfStream] = []
         for name, state in self.streams.items():
             for _seq, outcome in state.order.release(now):
-                if outcome == LOST:
-                    state.counts["lost"] += 1
+                if isinstance(outcome, Lost):
+                    state.counts["lost"] += outcome.n
                     continue
                 state.counts[OUTCOME_COUNTER[type(outcome)]] += 1
                 if isinstance(outcome, Embedding):
                     out.append(self._record(state, outcome))
             if state.order.finished() and not state.eos_sent:
                 state.eos_sent = True
+                assert state.order.last_seq is not None  # finished: the end is known
                 out.append(EndOfStream(name, state.order.last_seq, self.totals(name)))
         return out
 
@@ -83,12 +98,12 @@ class Streams:
             drift=drift,
             rolling=state.drift.rolling(),
             fps=state.drift.fps(),
-            counts=dict(state.counts),
+            counts=state.counts.copy(),
             vector=emb.vector,
             scene_change=self.scenes.is_change(drift, before),
         )
 
-    def totals(self, name: str) -> dict:
+    def totals(self, name: str) -> FrameCounts:
         state = self.streams[name]
         return {**state.counts, "late": state.order.late, "published": state.published}
 

@@ -14,7 +14,7 @@ from PIL import Image
 from encoders.shared import zmqio
 from encoders.shared.messages import Credit, Embedding, Frame, Skipped
 
-from ..conftest import endpoint, free_port
+from ..conftest import endpoint
 
 
 def jpeg(color) -> bytes:
@@ -24,25 +24,20 @@ def jpeg(color) -> bytes:
 
 
 @pytest.fixture
-def fake_ingest_and_metrics():
-    ctx = zmq.Context()
-    router = zmqio.open_socket(ctx, zmq.ROUTER, f"tcp://127.0.0.1:{free_port()}", bind=True, linger=0)
-    pull = zmqio.open_socket(ctx, zmq.PULL, f"tcp://127.0.0.1:{free_port()}", bind=True, linger=0)
-    yield router, pull
-    router.close(0)
-    pull.close(0)
-    ctx.term()
+def fake_ingest_and_metrics(sockets):
+    """The ROUTER an ingest binds and the PULL metrics binds."""
+    return sockets.bind(zmq.ROUTER), sockets.bind(zmq.PULL)
 
 
 def next_credit(router, timeout_s=60) -> tuple[bytes, Credit]:
     assert router.poll(timeout_s * 1000), "no credit from the worker"
     msg, identity = zmqio.receive(router, routed=True)
-    assert isinstance(msg, Credit)
+    assert isinstance(msg, Credit) and identity is not None
     return identity, msg
 
 
 def outcomes(pull, n, timeout_s=30):
-    got = []
+    got: list = []
     while len(got) < n:
         assert pull.poll(timeout_s * 1000), f"only {len(got)} of {n} outcomes arrived"
         got.append(zmqio.receive(pull)[0])
@@ -146,7 +141,7 @@ def test_a_workers_memory_stays_flat_over_a_long_run(service, tiny_model, fake_i
         owed = 0
         ready = dict(poller.poll(1000))
         while router in ready and router.poll(0):
-            owed += zmqio.receive(router, routed=True)[0].n
+            owed += next_credit(router, 0)[1].n
         while pull in ready and pull.poll(0):
             zmqio.receive(pull)
             done += 1
@@ -155,3 +150,22 @@ def test_a_workers_memory_stays_flat_over_a_long_run(service, tiny_model, fake_i
     grown_mb = (rss[3000] - rss[1000]) / 2**20
     assert grown_mb < 20, f"worker grew by {grown_mb:.1f} MB between frames 1000 and 3000"
     assert worker.stop() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "variable, endpoint",
+    [
+        ("ENCODERS_WORK", "tcp://nonsense"),  # no port: ZeroMQ refuses it at connect
+        ("ENCODERS_WORK", "tcp://127.0.0.1:5555,nonsense://x"),  # the second ingest's
+        ("ENCODERS_METRICS_IN", "tcp://:::"),  # opened after the ingests' sockets and their monitors
+    ],
+)
+def test_an_endpoint_that_does_not_parse_exits_2_with_one_line_naming_it(service, tiny_model, variable, endpoint):
+    bad = endpoint.split(",")[-1]
+    worker = service("encode", env={**tiny_model, variable: endpoint})
+    assert worker.wait(30) == 2
+    output = worker.output()
+    errors = [line for line in output.splitlines() if " ERROR " in line]  # the settings banner names it too
+    assert len(errors) == 1 and f"cannot connect {bad}" in errors[0], output
+    assert "Traceback" not in output

@@ -22,14 +22,14 @@ SIZES = [(640, 480), (1280, 720), (1920, 1080), (480, 640), (1000, 300), (300, 3
 def natural_jpeg(w: int, h: int, seed: int, quality: int = 85) -> bytes:
     rng = np.random.default_rng(seed)
     # Low-frequency shading: a coarse random grid upsampled smoothly.
-    coarse = Image.fromarray(rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    coarse = Image.fromarray(rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
     img = coarse.copy()
     draw = ImageDraw.Draw(img)
     for _ in range(12):  # objects with hard edges
         x0, y0 = rng.integers(0, w), rng.integers(0, h)
         x1, y1 = x0 + rng.integers(w // 20, w // 3), y0 + rng.integers(h // 20, h // 3)
         colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([int(x0), int(y0), int(x1), int(y1)], fill=colour)
     for _ in range(30):  # thin lines: detail that downscaling must treat right
         draw.line(
             [tuple(rng.integers(0, (w, h))), tuple(rng.integers(0, (w, h)))],
