@@ -35,11 +35,11 @@ class Latest:
         with self._lock:
             version = self._values.get(key, (0, None))[0] + 1
             self._values[key] = (version, value)
-            wake = self._loop is not None and not self._wake_pending
-            self._wake_pending = self._wake_pending or wake
-        if wake:
+            loop = None if self._wake_pending else self._loop  # one wake-up pending is enough
+            self._wake_pending = self._wake_pending or loop is not None
+        if loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._wake)
+                loop.call_soon_threadsafe(self._wake)
             except RuntimeError:  # the loop has closed: nobody is reading any more
                 pass
         return version
@@ -67,6 +67,8 @@ class Latest:
             if self.closed:
                 return None
             changed = self._changed  # every put swaps in a fresh event, so take it before waiting
+            if changed is None:
+                raise RuntimeError("attach() the board to the readers' loop before waiting on it")
             left = deadline - loop.time()
             if left <= 0:
                 return None
@@ -88,7 +90,8 @@ class Latest:
         with self._lock:
             self._wake_pending = False
         changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if changed is not None:  # None: closed before any reader's loop was attached
+            changed.set()
 
 
 class _Following:

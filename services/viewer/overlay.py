@@ -87,7 +87,7 @@ def overlay_texts(
     fps: float,
     *,
     ended: bool = False,
-    fallback_counts: Mapping[str, int] | None = None,
+    fallback_counts: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
     """The text of each field. ``fallback_counts`` (ingest's own counters) stand in for the
     counts until the first metrics record arrives, so 'Dropped' shows even with no encoder."""
@@ -127,7 +127,7 @@ def draw_overlay(
     fps: float,
     *,
     ended: bool = False,
-    fallback_counts: Mapping[str, int] | None = None,
+    fallback_counts: Mapping[str, object] | None = None,
 ) -> np.ndarray:
     """A copy of ``image_bgr`` with the panel, the values and the drift bar drawn on it."""
     out = image_bgr.copy()

@@ -76,6 +76,8 @@ def make_thumbnail(jpeg: bytes, width: int = THUMB_WIDTH) -> bytes | None:
         return None
     if img.shape[1] < width:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if img is None:
+            return None
     h, w = img.shape[:2]
     if w != width:
         img = cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)

@@ -13,33 +13,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from encoders.shared.storage.config import SEARCH_EF_TEXT
 
+if TYPE_CHECKING:  # psycopg and torch are imported by the first search
+    from encoders.services.search.query import QueryEmbedder
+    from encoders.shared.storage.store import Hit
+
 log = logging.getLogger(__name__)
 
 MAX_RESULTS = 50
-CONNECT_TIMEOUT_S = 5
 
 
 class SearchError(RuntimeError):
     """The search could not run (database unreachable, model not loadable); the message says why."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    run: str
-    stream: str
-    seq: int
-    captured_at: str | None  # ISO 8601
-    similarity: float
-    drift: float | None
-    snapshot: Path | None  # the frame's snapshot, or the last one of its stream before it
-    snapshot_seq: int | None  # which frame that snapshot shows
 
 
 class TextSearch:
@@ -53,7 +44,7 @@ class TextSearch:
         self.runs_dir = Path(runs_dir)
         self.model, self.pretrained = model, pretrained
         self._lock = threading.Lock()
-        self._embedder = None
+        self._embedder: QueryEmbedder | None = None
 
     def warm_up(self) -> str:
         return self._query_embedder().label
@@ -70,43 +61,36 @@ class TextSearch:
             raise SearchError(str(exc)) from None
 
     def search(self, text: str, k: int = 12) -> tuple[list[Hit], str]:
-        """The ``k`` frames nearest to ``text``, best first, and a note for the person (why none)."""
+        """The ``k`` frames nearest to ``text``, best first, and a note for the person (why none).
+
+        A hit's snapshot is kept only if it is a file on this machine (the page shows it).
+        """
         text = text.strip()
         if not text:
             return [], "type what to look for"
         vector, label = self.embed(text)
         import psycopg
-        from pgvector.psycopg import register_vector
 
-        from encoders.services.search.filters import Filters
-        from encoders.services.search.store import Store, StoreError
+        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
+        from encoders.shared.storage.filters import Filters
+        from encoders.shared.storage.store import StoreError, reading
 
         try:
-            with psycopg.connect(self.database_url, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-                if not conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()[0]:
+            with reading(self.database_url, self.runs_dir) as store:
+                if not store.has_frames():
                     return [], "the database holds no frames yet"
-                register_vector(conn)
-                store = Store(conn, self.runs_dir)
                 filters, _ = store.restrict_to_model(label, Filters())
                 result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters, ef_search=self.ef_search)
         except StoreError as exc:
             return [], str(exc)
+        except DatabaseUnavailable as exc:
+            raise SearchError(f"database: {exc}") from None
         except psycopg.Error as exc:
-            raise SearchError(f"database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
-        hits = [
-            Hit(
-                h.run,
-                h.stream,
-                h.seq,
-                h.captured_at.isoformat() if h.captured_at else None,
-                h.similarity,
-                h.drift,
-                _existing(h.snapshot),
-                h.snapshot_seq if _existing(h.snapshot) else None,
-            )
-            for h in result.hits
-        ]
-        return hits, "" if hits else "no match"
+            raise SearchError(f"database: {one_line(exc, self.database_url)}") from None
+        for hit in result.hits:
+            if not (hit.snapshot and Path(hit.snapshot).is_file()):
+                hit.snapshot = hit.snapshot_seq = None
+        return result.hits, "" if result.hits else "no match"
 
     def _query_embedder(self):
         with self._lock:
@@ -120,7 +104,3 @@ class TextSearch:
                 log.info("loading the text tower of %s (%s) for search", self.model, self.pretrained)
                 self._embedder = QueryEmbedder(self.model, self.pretrained, "cpu")
             return self._embedder
-
-
-def _existing(path: str | None) -> Path | None:
-    return Path(path) if path and Path(path).is_file() else None

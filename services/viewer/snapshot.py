@@ -69,7 +69,10 @@ def stream_view(st: StreamState, stats: Mapping[tuple[str, str], Stats], now: fl
 def totals(streams: list[dict[str, Any]]) -> dict[str, Any]:
     def total(key: str):
         values = [s[key] for s in streams if s[key] is not None]
-        return sum(values) if values else None
+        if not values:
+            return None
+        # Huge finite counters can add up to infinity, which JSON has not: unknown, then.
+        return finite(sum(values)) if any(isinstance(v, float) for v in values) else sum(values)
 
     workers = [s["workers"] for s in streams if s["workers"] is not None]
     fps = total("fps_embedded")

@@ -31,7 +31,7 @@ from encoders.services.viewer.plot import DriftPlot
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord
 
-from ..conftest import endpoint, free_port
+from ..conftest import endpoint, free_port, wait_for
 
 WIDTH, HEIGHT = 640, 480  # the placeholder's size too, so the window keeps its size and place
 
@@ -65,7 +65,11 @@ class Viewer:
 
     def xdotool(self, *args: str) -> str:
         return subprocess.run(
-            ["xdotool", *args], env={**os.environ, "DISPLAY": self.display}, capture_output=True, text=True, timeout=10
+            ["xdotool", *args],
+            env={**os.environ, "DISPLAY": self.display or ""},
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
 
     def window(self, size: tuple[int, int], timeout: float = 15.0) -> tuple[int, tuple[int, int]]:
@@ -81,7 +85,7 @@ class Viewer:
                 pos = re.search(r"Position: (\d+),(\d+)", seen)
                 if pos and f"Geometry: {size[0]}x{size[1]}" in seen:
                     return int(ids[0]), (int(pos.group(1)), int(pos.group(2)))
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval
         pytest.fail(
             f"no {size[0]}x{size[1]} window named {self.title} after {timeout}s ({seen.strip()}):\n{self.output()}"
         )
@@ -169,16 +173,14 @@ def test_viewer_shows_the_frame_and_its_metrics_then_quits_on_q(display, publish
 
     # Before any frame: where it is listening, and an empty plot.
     waiting = layout.placeholder([endpoint(frames)], endpoint(metrics))
-    deadline = time.monotonic() + 10
-    while mean_abs_diff(screenshot(display, (x, y, WIDTH, HEIGHT)), waiting) > 1.0:
-        assert time.monotonic() < deadline, "the placeholder never showed"
-        time.sleep(0.2)
+    wait_for(lambda: mean_abs_diff(screenshot(display, (x, y, WIDTH, HEIGHT)), waiting) <= 1.0, 10, "the placeholder")
     empty_plot = screenshot(display, (x + WIDTH, y, plot_w, plot_h))
     assert mean_abs_diff(empty_plot, DriftPlot(plot_w, plot_h).render({})) < 1.0
 
     # Frames and metrics as ingest and metrics publish them, 20 a second.
     jpeg = pattern_jpeg()
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None
     expected = overlay.draw_overlay(decoded, "cam0", metrics_record(0, 0.0), 20.0)
     checked = ("stream", "similarity", "drift", "counts")  # not fps: the viewer measures it
     px0, py0, px1, py1 = overlay.panel_box()
@@ -193,7 +195,7 @@ def test_viewer_shows_the_frame_and_its_metrics_then_quits_on_q(display, publish
             zmqio.send(frames, Frame("cam0", seq, t, WIDTH, HEIGHT, jpeg), topic=True)
             zmqio.send(metrics, metrics_record(seq, t), topic=True)
             seq += 1
-            time.sleep(0.05)
+            time.sleep(0.05)  # paces: 20 frames a second
         shown = screenshot(display, (x, y, WIDTH, HEIGHT))
         problems = []
         if mean_abs_diff(shown[outside_panel], decoded[outside_panel]) > 2.0:
@@ -204,6 +206,7 @@ def test_viewer_shows_the_frame_and_its_metrics_then_quits_on_q(display, publish
         if mean_abs_diff(region(shown, overlay.bar_box()), region(expected, overlay.bar_box())) > 1.0:
             problems.append("the drift bar differs")
     if problems:
+        assert shown is not None
         cv2.imwrite(str(viewer.log.with_suffix(".png")), shown)
         pytest.fail(f"after {seq} frames: {'; '.join(problems)} (screenshot in {viewer.log.with_suffix('.png')})")
     # The drift is plotted: the plot is no longer the empty one.
@@ -213,7 +216,9 @@ def test_viewer_shows_the_frame_and_its_metrics_then_quits_on_q(display, publish
     assert viewer.wait(10) == 0
     out = viewer.output()
     assert "quit key pressed" in out
-    shown_count = int(re.search(r"'frames_shown': (\d+)", out).group(1))
+    counted = re.search(r"'frames_shown': (\d+)", out)
+    assert counted, out
+    shown_count = int(counted.group(1))
     assert 0 < shown_count <= seq
 
 

@@ -9,23 +9,26 @@ nothing. Install: apt-get install -y chromium chromium-driver (and pip install s
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import zmq
 from PIL import Image
 
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord, Stats
+from encoders.shared.storage.store import Hit
 
-from ..conftest import free_port, wait_for
+from ..conftest import endpoint, free_port, wait_for
 
 INSTALL_HINT = (
     "the browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
@@ -85,48 +88,48 @@ def colour_jpeg(bgr: tuple[int, int, int]) -> bytes:
 def database(tiny_model):
     """PostgreSQL with one recorded run: 30 frames of which #7 matches QUERY exactly, and a
     snapshot every 5 frames (frame 5's red, the others grey), as the recorder writes them."""
-    from encoders.services.recorder.db import Database
-    from encoders.services.recorder.embedded_db import database_url
     from encoders.services.recorder.rows import build_row
     from encoders.services.viewer.search import TextSearch
+    from encoders.shared.storage.connection import Database
+    from encoders.shared.storage.embedded import database as embedded_database
 
     folder = Path(tempfile.mkdtemp(prefix="encoders-pg-"))
-    url, handle = database_url("", str(folder))
     runs = folder / "runs"
     try:
-        query, label = TextSearch(
-            url, tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], str(runs)
-        ).embed(QUERY)
-        db = Database.open(url)
-        db.ensure_frames(query.size)
-        run_id = db.claim_run("run-a", datetime.now(UTC))
-        db.update_run(run_id, model=label, dim=query.size)
-        rng = np.random.default_rng(0)
-        rows = []
-        (runs / "run-a" / "snapshots").mkdir(parents=True)
-        for seq in range(30):
-            vector = query if seq == 7 else rng.normal(size=query.size).astype(np.float32)
-            snapshot = None
-            if seq % 5 == 0:
-                snapshot = f"snapshots/frame_{seq:06d}.jpg"
-                (runs / "run-a" / snapshot).write_bytes(colour_jpeg((0, 0, 255) if seq == 5 else (128, 128, 128)))
-            rec = MetricsRecord(
-                stream="cam0",
-                seq=seq,
-                t_capture=1.7e9 + seq,
-                t_encoded=0.0,
-                worker="w",
-                model=label,
-                similarity=0.9,
-                drift=0.1,
-                vector=vector / np.linalg.norm(vector),
-            )
-            rows.append(build_row(run_id, rec, snapshot))
-        assert sum(db.write_rows(rows).values()) == 30
-        db.close()
-        yield url, runs
+        with embedded_database("", str(folder)) as url:
+            query, label = TextSearch(
+                url, tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], str(runs)
+            ).embed(QUERY)
+            db = Database.open(url)
+            db.ensure_frames(query.size)
+            run_id = db.claim_run("run-a", datetime.now(UTC))
+            assert run_id is not None
+            db.update_run(run_id, model=label, dim=query.size)
+            rng = np.random.default_rng(0)
+            rows = []
+            (runs / "run-a" / "snapshots").mkdir(parents=True)
+            for seq in range(30):
+                vector = query if seq == 7 else rng.normal(size=query.size).astype(np.float32)
+                snapshot = None
+                if seq % 5 == 0:
+                    snapshot = f"snapshots/frame_{seq:06d}.jpg"
+                    (runs / "run-a" / snapshot).write_bytes(colour_jpeg((0, 0, 255) if seq == 5 else (128, 128, 128)))
+                rec = MetricsRecord(
+                    stream="cam0",
+                    seq=seq,
+                    t_capture=1.7e9 + seq,
+                    t_encoded=0.0,
+                    worker="w",
+                    model=label,
+                    similarity=0.9,
+                    drift=0.1,
+                    vector=vector / np.linalg.norm(vector),
+                )
+                rows.append(build_row(run_id, rec, snapshot))
+            assert sum(db.write_rows(rows).values()) == 30
+            db.close()
+            yield url, runs
     finally:
-        handle.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -144,19 +147,17 @@ def moving_frame(seq: int) -> bytes:
 
 
 @pytest.fixture
-def live_viewer(service, database, tiny_model):
+def live_viewer(service, database, tiny_model, publishers):
     """A web viewer fed 15 frames a second (with metrics, scene changes and ingest stats) until the test ends."""
     url, runs = database
-    ctx = zmq.Context()
-    frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
+    frames, metrics = publishers
     port = free_port()
     viewer = service(
         "view",
         "--frames",
-        frames.getsockopt(zmq.LAST_ENDPOINT).decode(),
+        endpoint(frames),
         "--metrics",
-        metrics.getsockopt(zmq.LAST_ENDPOINT).decode(),
+        endpoint(metrics),
         "--web",
         f"127.0.0.1:{port}",
         "--database-url",
@@ -195,7 +196,7 @@ def live_viewer(service, database, tiny_model):
                     frames, Stats("ingest", "cam0", {"published": seq + 1, "workers": 2, "fps": 15.0}), topic=True
                 )
             seq += 1
-            stop.wait(1 / 15)
+            stop.wait(1 / 15)  # paces: 15 frames a second
 
     publisher = threading.Thread(target=publish, daemon=True)
     publisher.start()
@@ -204,9 +205,6 @@ def live_viewer(service, database, tiny_model):
     yield f"http://127.0.0.1:{port}/", viewer
     stop.set()
     publisher.join(5)
-    frames.close(0)
-    metrics.close(0)
-    ctx.term()
 
 
 def element_image(element) -> np.ndarray:
@@ -237,9 +235,7 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
         "the video to show its first frame",
     )
     before = element_image(video)
-    time.sleep(0.6)
-    after = element_image(video)
-    assert np.abs(before - after).mean() > 1.0, "the video did not change"
+    wait_for(lambda: np.abs(before - element_image(video)).mean() > 1.0, 5, "the video to change")
 
     # The chart is redrawn as points arrive, and the counters count on.
     chart = browser.find_element(By.ID, "chart")
@@ -279,6 +275,13 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     red = element_image(results[0].find_element(By.TAG_NAME, "img")).mean(axis=(0, 1))
     assert red[0] > 180 and red[1] < 60 and red[2] < 60, red
     assert "12 frame(s)" in text(browser, "search-note")
+    # The API gives a hit in the one shape `encoders search --format json` does, pictures as URLs.
+    url, _viewer = live_viewer
+    with urllib.request.urlopen(f"{url}api/search?k=3&text={urllib.parse.quote(QUERY)}", timeout=30) as answer:
+        hits = json.load(answer)["results"]
+    assert [tuple(h) for h in hits] == [Hit.JSON_FIELDS] * 3
+    assert (hits[0]["run"], hits[0]["seq"], hits[0]["snapshot_seq"], hits[0]["rank"]) == ("run-a", 7, 5, 1)
+    assert hits[0]["snapshot"].startswith("api/thumbnail/") and datetime.fromisoformat(hits[0]["time"])
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -140,7 +141,7 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
                 topic=True,
             )
             seq += 1
-            time.sleep(0.01)
+            time.sleep(0.01)  # paces: a camera's frames come apart
         zmqio.send(frames, Stats("ingest", "cam0", {"published": seq + 100, "workers": 3, "fps": 14.5}), topic=True)
 
     def numbers():
@@ -149,7 +150,11 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
         return state if state["totals"]["frames_in"] == seq + 100 and state["streams"][0]["seq"] == seq - 1 else None
 
     # A subscriber misses what is sent before its connection is up: publish until something arrives.
-    wait_for(lambda: publish(1) or http.get("/api/state").json()["streams"], 10, "the viewer to subscribe")
+    def published_and_seen():
+        publish(1)
+        return http.get("/api/state").json()["streams"]
+
+    wait_for(published_and_seen, 10, "the viewer to subscribe")
     publish(20)
     state = wait_for(numbers, 5, "the published numbers in /api/state")
     cam0 = state["streams"][0]
@@ -175,7 +180,11 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
 
     # The overlay video: the newest frame with its overlay drawn on it, as the window shows it,
     # though nobody was watching it when that frame came (HTTP/1.1 here: chunked, as browsers get it).
-    time.sleep(0.3)
+    def newest_at_the_viewer() -> bool:
+        state = http.get("/api/state").json()
+        return state["streams"][0]["seq"] == seq - 1 and http.get("/frame.jpg?stream=cam0").content == last
+
+    wait_for(newest_at_the_viewer, 5, "the newest frame and record at the viewer")
     with http.stream("GET", "/video.mjpg") as resp:
         assert resp.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
         buf = b""
@@ -218,7 +227,7 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
     # The same numbers arrive as Server-Sent Events, with the drift window, then only new points.
     with http.stream("GET", "/events") as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
-        events: list[tuple[str, object]] = []
+        events: list[tuple[str, Any]] = []
         name = ""
         lines = resp.iter_lines()
         while sum(1 for n, _ in events if n == "state") < 3:
@@ -322,6 +331,22 @@ def test_a_port_in_use_is_a_clear_error(service, publishers):
         )
         assert viewer.wait(20) == 2
     assert "cannot serve the web viewer on 127.0.0.1:" in viewer.output()
+    assert len(error_lines(viewer.output())) == 1 and "Traceback" not in viewer.output()
+
+
+@pytest.mark.parametrize("which", ["--frames", "--metrics"])
+def test_an_endpoint_that_does_not_parse_exits_2_with_one_line_naming_it(service, publishers, which):
+    frames, metrics = publishers
+    endpoints = {"--frames": endpoint(frames), "--metrics": endpoint(metrics), which: "tcp://nonsense"}
+    viewer = service("view", *(x for pair in endpoints.items() for x in pair), "--web", f"127.0.0.1:{free_port()}")
+    assert viewer.wait(20) == 2
+    output = viewer.output()
+    (line,) = error_lines(output)  # the settings banner names it too, at INFO
+    assert "cannot connect tcp://nonsense" in line and "Traceback" not in output
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if " ERROR " in line]
 
 
 def noise_jpeg(rng) -> bytes:
@@ -357,7 +382,7 @@ def test_a_slow_client_skips_frames_at_the_viewer_and_slows_nobody(service, publ
     def read_slow():
         while not done.is_set():
             got["slow_bytes"] += len(slow_sock.recv(2048))
-            time.sleep(0.1)
+            time.sleep(0.1)  # paces: the slow client's reading
 
     readers = [threading.Thread(target=read_fast), threading.Thread(target=read_slow)]
     for r in readers:
@@ -381,11 +406,15 @@ def test_a_slow_client_skips_frames_at_the_viewer_and_slows_nobody(service, publ
             seq += 1
             if rss_early is None and elapsed > 1.0:
                 rss_early = rss.memory_info().rss
-            time.sleep(max(0.0, seq / fps - (time.monotonic() - start)))
+            time.sleep(max(0.0, seq / fps - (time.monotonic() - start)))  # paces: the camera's frame rate
         published = seq
         rss_late = rss.memory_info().rss
-        time.sleep(0.3)
-        state = httpx.get(f"{base}/api/state", timeout=10).json()
+
+        def taken_to_the_last_record() -> dict | None:
+            state = httpx.get(f"{base}/api/state", timeout=10).json()
+            return state if state["streams"][0]["seq"] == published - 1 else None
+
+        state = wait_for(taken_to_the_last_record, 5, "the viewer to take the last record")
     finally:
         done.set()
         for sock in (slow_sock, fast_sock):
@@ -411,6 +440,7 @@ def test_a_slow_client_skips_frames_at_the_viewer_and_slows_nobody(service, publ
     assert state["web"]["frames_skipped"] >= slow_view["skipped"]
     # Nothing queued for it: the viewer's memory did not grow with the frames it could not send
     # (queued, the frames of ~150 kB each would be ~35 MB).
+    assert rss_early is not None
     grown = (rss_late - rss_early) / 2**20
     assert grown < 15, f"the viewer grew by {grown:.0f} MB while a client was slow"
     assert viewer.stop() == 0

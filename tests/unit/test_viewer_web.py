@@ -1,5 +1,6 @@
 """The web viewer's pure parts: its settings, the latest-value board, scene thumbnails, the
-snapshot the page shows, and the wire formats (MJPEG parts, Server-Sent Events). No sockets."""
+snapshot the page shows, the clients' accounting, search thumbnails' ids, and the wire formats
+(MJPEG parts, Server-Sent Events). No sockets."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import threading
 import time
+from typing import cast
 
 import cv2
 import numpy as np
@@ -18,8 +20,10 @@ from encoders.services.viewer.latest import Latest
 from encoders.services.viewer.scenes import RecentFrames, SceneChanges, make_thumbnail
 from encoders.services.viewer.snapshot import drift_since, finite, snapshot, totals
 from encoders.services.viewer.state import ViewerState
-from encoders.services.viewer.web import MJPEG_START, mjpeg_part, sse_event
-from encoders.shared.messages import Frame, MetricsRecord, Stats
+from encoders.services.viewer.web.clients import Clients
+from encoders.services.viewer.web.formats import MJPEG_START, json_dumps, mjpeg_part, sse_event
+from encoders.services.viewer.web.thumbnails import Thumbnails
+from encoders.shared.messages import Frame, FrameCounts, MetricsRecord, Stats
 from encoders.shared.settings import SettingsError
 
 
@@ -30,6 +34,13 @@ def jpeg_of(value: int, w: int = 320, h: int = 240) -> bytes:
     ok, out = cv2.imencode(".jpg", img)
     assert ok
     return out.tobytes()
+
+
+def decode(jpeg: bytes | None) -> np.ndarray:
+    assert jpeg is not None
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None, "not a JPEG"
+    return img
 
 
 def frame(seq: int, stream: str = "cam0", jpeg: bytes = b"j") -> Frame:
@@ -49,7 +60,7 @@ def record(
         similarity=None if drift is None else 1 - drift,
         drift=drift,
         fps=12.5,
-        counts=counts or {"embedded": seq + 1, "dropped": 0},
+        counts=cast(FrameCounts, counts or {"embedded": seq + 1, "dropped": 0}),
         scene_change=scene,
     )
     if t_metrics is not None:
@@ -131,7 +142,8 @@ def test_readers_wait_for_a_newer_value_put_from_another_thread():
             board.put("k", i)
         assert await board.newer("k", 2, timeout=1) == (102, 99)
         waiter = asyncio.ensure_future(board.newer("k", 102, timeout=30))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the waiter runs until it waits for a newer value
+        assert not waiter.done()
         board.close()
         assert await asyncio.wait_for(waiter, 2) is None  # closing releases every reader
 
@@ -160,24 +172,25 @@ def test_a_flagged_frame_gets_a_thumbnail_of_that_frame():
         scenes.on_frame(frame(seq, jpeg=jpeg_of(40 * seq)))
     assert scenes.on_record(record(1)) is None  # not a scene change
     change = scenes.on_record(record(3, drift=0.4, scene=True))
+    assert change is not None
     assert (change.stream, change.seq, change.drift) == ("cam0", 3, 0.4)
-    thumb = cv2.imdecode(np.frombuffer(change.thumbnail, np.uint8), cv2.IMREAD_COLOR)
+    thumb = decode(change.thumbnail)
     assert thumb.shape == (144, 192, 3)  # 192 wide, aspect kept
-    full = cv2.resize(cv2.imdecode(np.frombuffer(jpeg_of(120), np.uint8), cv2.IMREAD_COLOR), (192, 144))
+    full = cv2.resize(decode(jpeg_of(120)), (192, 144))
     assert np.abs(thumb.astype(int) - full).mean() < 4  # frame 3's picture, not another's
     scenes.on_record(record(4, scene=True))
     scenes.on_record(record(5, scene=True))
     assert [s.seq for s in scenes.recent()] == [5, 4]  # newest first, at most `keep`
     # A record whose frame was never received (or let go) still counts, without a thumbnail.
     missing = scenes.on_record(record(9, scene=True))
-    assert missing.thumbnail is None
+    assert missing is not None and missing.thumbnail is None
     assert scenes.counters == {"scene_changes": 4, "scene_thumbnails_missing": 1}
     assert scenes.held_bytes() == 0
 
 
 def test_a_thumbnail_of_something_that_is_not_a_jpeg_is_none():
     assert make_thumbnail(b"not a jpeg") is None
-    small = cv2.imdecode(np.frombuffer(make_thumbnail(jpeg_of(10, 96, 64)), np.uint8), cv2.IMREAD_COLOR)
+    small = decode(make_thumbnail(jpeg_of(10, 96, 64)))
     assert small.shape == (128, 192, 3)
 
 
@@ -287,3 +300,83 @@ def test_mjpeg_parts_and_events_are_what_browsers_parse():
     assert event == b'event: state\ndata: {"a":[1,null]}\n\n'
     with pytest.raises(ValueError):
         sse_event("state", {"drift": float("nan")})
+    assert json_dumps({"a": [1, None]}) == '{"a": [1, null]}'
+    with pytest.raises(ValueError):
+        json_dumps({"drift": float("inf")})
+
+
+# -- web clients ---------------------------------------------------------------------------------
+
+
+class Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_clients_count_what_each_was_sent_and_skipped_while_open_and_once_gone():
+    board = Latest()
+    clients = Clients(board)
+    video = clients.add("video", "cam0", raw_key("cam0"), "10.0.0.2", Transport())
+    events = clients.add("events", "events", STATE, "10.0.0.3", Transport())
+    for version in range(1, 4):
+        board.put(raw_key("cam0"), b"jpeg%d" % version)
+    video.take(1)
+    video.take(3)  # 2 was replaced before this client could take it
+    board.put(raw_key("cam0"), b"jpeg4")
+    board.put(raw_key("cam0"), b"jpeg5")  # while it is still busy with 3: 4 is skipped already, 5 is next
+    board.put(STATE, {})
+    events.take(1)
+    assert (video.sent, video.skipped, video.skipped_now(board)) == (2, 1, 2)
+    assert clients.counters() == {
+        "clients_now": 2,
+        "served": 0,
+        "frames_sent": 2,
+        "frames_skipped": 2,
+        "events_sent": 1,
+        "events_skipped": 0,
+    }
+    view = clients.view()["clients"]
+    assert [(c["id"], c["kind"], c["what"], c["peer"], c["sent"], c["skipped"]) for c in view] == [
+        (1, "video", "cam0", "10.0.0.2", 2, 2),
+        (2, "events", "events", "10.0.0.3", 1, 0),
+    ]
+    clients.remove(video)
+    board.put(raw_key("cam0"), b"jpeg6")  # a client that has gone skips nothing more
+    assert clients.counters() == {
+        "clients_now": 1,
+        "served": 1,
+        "frames_sent": 2,
+        "frames_skipped": 2,
+        "events_sent": 1,
+        "events_skipped": 0,
+    }
+    # Stopping the server cuts every open connection, at once.
+    transport = events.transport
+    clients.cut_off()
+    assert transport.aborted and not video.transport.aborted
+
+
+# -- search thumbnails ---------------------------------------------------------------------------
+
+
+def test_search_thumbnails_have_opaque_ids_and_only_the_newest_are_kept(tmp_path):
+    thumbnails = Thumbnails(keep=2)
+    a, b, c = (tmp_path / f"{name}.jpg" for name in "abc")
+    a.write_bytes(jpeg_of(10))
+    b.write_bytes(b"not a jpeg")
+    id_a, id_b = thumbnails.add(a), thumbnails.add(b)
+    assert id_a.isdigit() and id_b.isdigit() and id_a != id_b  # a URL never names a path
+    assert thumbnails.add(a) == id_a  # the same file, the same id (now the newest)
+    thumb_a = thumbnails.get(id_a)
+    assert thumb_a is not None and thumb_a.jpeg is None  # made when first asked for
+    assert decode(thumb_a.make()).shape == (144, 192, 3)
+    thumb_b = thumbnails.get(id_b)
+    assert thumb_b is not None and thumb_b.make() is None  # does not decode
+    id_c = thumbnails.add(c)
+    assert thumbnails.get(id_b) is None  # the oldest went: its URL answers 404
+    thumb_c = thumbnails.get(id_c)
+    assert thumb_c is not None and thumb_c.make() is None  # no such file
+    assert thumbnails.get(id_a) is thumb_a
+    assert thumbnails.add(b) not in (id_a, id_b, id_c)  # back again: a new id

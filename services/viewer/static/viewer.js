@@ -206,10 +206,10 @@
       }
       $("search-results").replaceChildren(
         ...body.results.map((hit) => {
-          const shows = hit.thumbnail_seq !== null && hit.thumbnail_seq !== hit.seq
-            ? ` (snapshot of #${hit.thumbnail_seq})` : "";
-          const when = hit.captured_at ? new Date(hit.captured_at).toLocaleString() : "";
-          return thumb(hit.thumbnail, `${hit.run} ${hit.stream} #${hit.seq}`,
+          const shows = hit.snapshot_seq !== null && hit.snapshot_seq !== hit.seq
+            ? ` (snapshot of #${hit.snapshot_seq})` : "";
+          const when = hit.time ? new Date(hit.time).toLocaleString() : "";
+          return thumb(hit.thumbnail || hit.snapshot, `${hit.run} ${hit.stream} #${hit.seq}`,
                        `similarity ${fmt(hit.similarity, 3)}${shows}, ${when}`);
         })
       );

@@ -1,0 +1,147 @@
+"""The viewer's loop, one tick at a time, over the two sockets it is given.
+
+Between ticks it drains both sockets as messages come, so no queue fills up; every tick
+(TICK_S) it decodes each stream's newest frame, draws the video grid with its overlays, hands
+the web board what it shows (feed.py) and shows the window. A paused or slow viewer therefore
+only skips frames here (state.py keeps the newest of each stream), and slows nobody upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from encoders.shared import zmqio
+
+from . import layout
+from .feed import WebFeed
+from .overlay import draw_overlay
+from .state import ViewerState
+from .window import Window
+
+TICK_S = 1 / 30  # window refresh period
+# Messages taken from one socket per drain, so a flood cannot freeze the window.
+MAX_DRAIN = 1000
+
+log = logging.getLogger("encoders.viewer")
+
+
+class Viewer:
+    """Frames (and ingest's stats) on ``frames``, metrics' records on ``metrics``; shown in the
+    ``window`` and/or handed to the web ``feed``, either of which may be None."""
+
+    def __init__(
+        self,
+        frames: zmq.Socket,
+        metrics: zmq.Socket,
+        *,
+        listening: tuple[list[str], str],
+        history: int = 300,
+        window: Window | None = None,
+        feed: WebFeed | None = None,
+    ) -> None:
+        self.sockets = [frames, metrics]
+        self.poller = zmq.Poller()
+        for s in self.sockets:
+            self.poller.register(s, zmq.POLLIN)
+        self.frame_addrs, self.metrics_addr = listening  # shown on the placeholder before any frame
+        self.window = window
+        self.feed = feed
+        self.state = ViewerState(history)
+        self.images: dict[str, np.ndarray] = {}  # newest decoded frame of each stream
+        self.counters: dict[str, int] = {"frames_shown": 0, "bad_jpeg": 0}
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set or the window asks to stop."""
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            # Between ticks, take messages as they come so no socket queue fills up.
+            self.poller.poll(max(0, math.ceil((next_tick - time.monotonic()) * 1000)))
+            now = time.monotonic()
+            if now < next_tick:
+                self.drain()
+                continue
+            next_tick = now + TICK_S
+            if not self.tick(now):
+                return
+
+    def tick(self, now: float) -> bool:
+        """Drain, decode, render, feed the web board, show the window; False once the window asks to stop."""
+        self.drain()
+        # With nobody watching, the newest frames stay untaken (and undecoded) for the next
+        # one who does: a paused camera's last frame then shows at once.
+        web_video = self.feed is not None and self.feed.wants_video()
+        if self.window is None and not web_video:
+            video = None
+        else:
+            decode_new_frames(self.state, self.images, self.counters, now)
+            video = render_video(self.state, self.images, self.frame_addrs, self.metrics_addr, now)
+        if self.feed is not None:
+            if web_video and video is not None:
+                self.feed.put_video(video)
+            self.feed.put_state(self.state, now, self.counters)
+        if self.window is not None and video is not None:
+            reason = self.window.show(video, self.state.drift_history(), now)
+            if reason:
+                log.info("%s", reason)
+                return False
+        return True
+
+    def drain(self) -> None:
+        """Take every message waiting (up to MAX_DRAIN a socket) into the state and the web feed;
+        frames replace older frames."""
+        for sock in self.sockets:
+            for msg in zmqio.receive_waiting(sock, limit=MAX_DRAIN, topic=True, counters=self.counters):
+                self.state.add(msg)
+                if self.feed is not None:
+                    self.feed.on_message(msg)
+
+    def all_counters(self) -> dict[str, Any]:
+        """What was received, shown and dropped: the final log line's numbers."""
+        return {**self.state.counters, **self.counters}
+
+
+def decode_new_frames(state: ViewerState, images: dict[str, np.ndarray], counters: dict, now: float) -> None:
+    """Decode the newest frame of each stream that has a new one (and no other)."""
+    for frame in state.take_new_frames(now):
+        img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            counters["bad_jpeg"] += 1
+            log.warning(
+                "frame %s/%d is not a JPEG OpenCV can decode; keeping the previous one", frame.stream, frame.seq
+            )
+            continue
+        images[frame.stream] = img
+        counters["frames_shown"] += 1
+
+
+def render_video(
+    state: ViewerState, images: dict[str, np.ndarray], frame_addrs: list[str], metrics_addr: str, now: float
+) -> np.ndarray:
+    """Each stream's newest frame with its overlay, in a grid; the placeholder before any frame."""
+    if not images:
+        return layout.placeholder(frame_addrs, metrics_addr)
+    names = sorted(images)
+    cell_h, cell_w = images[names[0]].shape[:2]
+    tiles = []
+    for name in names:
+        st = state.streams[name]
+        ingest = state.stats.get(("ingest", name))
+        tiles.append(
+            draw_overlay(
+                layout.fit(images[name], cell_w, cell_h),
+                name,
+                st.metrics,
+                st.display_fps.rate(now),
+                ended=st.ended,
+                fallback_counts=ingest.counters if ingest else None,
+            )
+        )
+    return layout.grid(tiles)

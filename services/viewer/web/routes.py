@@ -1,0 +1,235 @@
+"""The web viewer's routes, over the board (latest.py) that the main loop writes.
+
+Routes (all GET; with a token set, each needs it, see auth.py):
+
+    /                       the page (static/index.html: plain HTML and JS, no build step)
+    /static/...             the page's script and style
+    /video.mjpg             the overlay video, every stream in a grid, as the window shows it
+    /video.mjpg?stream=S    stream S's JPEGs exactly as the camera sent them
+    /frame.jpg?stream=S     S's newest JPEG (the first stream's without ?stream=)
+    /events                 Server-Sent Events: 'state' (numbers and new drift points), 'scenes'
+    /api/state              the numbers: totals, each stream, the viewer's and web clients' counters
+    /api/drift              each stream's rolling drift window: [[t_capture, drift], ...]
+    /api/scenes             recent scene changes, newest first, with thumbnail URLs
+    /api/scenes/S/N.jpg     a scene change's thumbnail
+    /api/search?text=&k=    the frames nearest to a text (with --database-url)
+    /api/thumbnail/ID.jpg   a search result's thumbnail
+
+Every handler runs on the web server's loop (server.py). Each video or event client takes the
+board's newest value when it is ready for one (clients.py counts what it skipped), so a slow
+browser skips frames here, alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..feed import SCENES, STATE, VIDEO, raw_key
+from ..latest import Latest
+from ..search import SearchError, TextSearch
+from ..snapshot import drift_since, scene_view
+from .auth import remember_token, token_middleware
+from .clients import Clients
+from .formats import MJPEG_CONTENT_TYPE, MJPEG_START, json_dumps, mjpeg_part, sse_event
+from .thumbnails import Thumbnails
+
+log = logging.getLogger("encoders.viewer.web")
+
+STATIC = Path(__file__).parent.parent / "static"
+NO_CACHE = {"Cache-Control": "no-store"}
+KEEPALIVE_S = 15.0  # a comment line on idle event streams, so proxies keep them open
+# With no new frame for this long, a video client is sent the latest one again: a player
+# probing the stream (ffplay) goes on, and a client that has gone shows up as a failed write.
+VIDEO_REPEAT_S = 2.0
+# The kernel's send buffer of a video connection. Left to autotuning it grows to megabytes: a
+# slow client would then be sent frames already minutes old. This keeps a few frames in
+# flight, which on a LAN (or loopback) still carries hundreds of MB/s.
+VIDEO_SNDBUF = 256 << 10
+
+
+class WebApp:
+    def __init__(
+        self, board: Latest, *, token: str = "", cookie: str = "encoders_token", search: TextSearch | None = None
+    ) -> None:
+        self.board = board
+        self.token = token
+        self.cookie = cookie
+        self.search = search
+        self.clients = Clients(board)
+        self.thumbnails = Thumbnails()
+        # Searches and thumbnails read disks and databases: never on the loop, and two at most.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="web-work")
+
+    def build(self) -> web.Application:
+        """The aiohttp application: the routes of this module's docstring."""
+        app = web.Application(middlewares=[token_middleware(self.token, self.cookie)])
+        app.router.add_get("/", self.index)
+        app.router.add_static("/static/", STATIC)
+        app.router.add_get("/video.mjpg", self.video)
+        app.router.add_get("/frame.jpg", self.frame)
+        app.router.add_get("/events", self.events)
+        app.router.add_get("/api/state", self.state)
+        app.router.add_get("/api/drift", self.drift)
+        app.router.add_get("/api/scenes", self.scenes)
+        app.router.add_get(r"/api/scenes/{stream}/{seq:\d+}.jpg", self.scene_thumbnail)
+        app.router.add_get("/api/search", self.search_text)
+        app.router.add_get(r"/api/thumbnail/{id:\d+}.jpg", self.search_thumbnail)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _cleanup(self, _app) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the page ------------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        resp = web.FileResponse(STATIC / "index.html", headers=NO_CACHE)
+        remember_token(resp, request, self.token, self.cookie)
+        return resp
+
+    # -- streams -------------------------------------------------------------------------------
+
+    async def video(self, request: web.Request) -> web.StreamResponse:
+        stream = request.query.get("stream", "")
+        key = raw_key(stream) if stream else VIDEO
+        resp = web.StreamResponse(headers={"Content-Type": MJPEG_CONTENT_TYPE, **NO_CACHE})
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIDEO_SNDBUF)
+        await resp.prepare(request)
+        await resp.write(MJPEG_START)
+        client = self.clients.add("video", stream or "overlay", key, request.remote or "?", request.transport)
+        try:
+            with self.board.follow(key):
+                while not self.board.closed:
+                    got = await self.board.newer(key, client.version, VIDEO_REPEAT_S)
+                    if got is None:  # a paused camera
+                        version, jpeg = self.board.get(key)
+                        if version:
+                            await resp.write(mjpeg_part(jpeg))
+                        continue
+                    client.take(got[0])
+                    await resp.write(mjpeg_part(got[1]))  # waits while this client's socket is full
+        except ConnectionError:
+            pass  # the client left
+        finally:
+            self.clients.remove(client)
+        return resp
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no", **NO_CACHE})
+        await resp.prepare(request)
+        client = self.clients.add("events", "events", STATE, request.remote or "?", request.transport)
+        scenes_version = 0
+        drift_sent: dict[str, int] = {}
+        try:
+            await resp.write(b"retry: 2000\n\n")  # how soon a browser reconnects after losing us
+            while not self.board.closed:
+                got = await self.board.newer(STATE, client.version, KEEPALIVE_S)
+                if got is None:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                client.take(got[0])
+                snap = got[1]
+                await resp.write(
+                    sse_event("state", self._state_view(snap, drift=drift_since(snap["drift"], drift_sent)))
+                )
+                current, scenes = self.board.get(SCENES)
+                if current != scenes_version:
+                    scenes_version = current
+                    await resp.write(sse_event("scenes", self._scenes_view(scenes)))
+        except ConnectionError:
+            pass
+        finally:
+            self.clients.remove(client)
+        return resp
+
+    async def frame(self, request: web.Request) -> web.Response:
+        stream = request.query.get("stream", "")
+        if not stream:
+            streams = [s["stream"] for s in (self.board.get(STATE)[1] or {}).get("streams", [])]
+            if not streams:
+                return web.json_response({"error": "no stream yet"}, status=404)
+            stream = streams[0]
+        version, jpeg = self.board.get(raw_key(stream))
+        if not version:
+            return web.json_response({"error": f"no frame of stream {stream!r} yet"}, status=404)
+        return web.Response(body=jpeg, content_type="image/jpeg", headers=NO_CACHE)
+
+    # -- JSON ----------------------------------------------------------------------------------
+
+    def _state_view(self, snap: dict | None, **extra) -> dict[str, Any]:
+        snap = snap or {"streams": [], "totals": {}, "viewer": {}, "history": 0, "drift": {}}
+        out = {k: v for k, v in snap.items() if k != "drift"}
+        return {**out, "web": self.clients.counters(), "search": self.search is not None, **extra}
+
+    def _scenes_view(self, scenes) -> list[dict[str, Any]]:
+        return [scene_view(s, f"api/scenes/{s.stream}/{s.seq}.jpg") for s in scenes or ()]
+
+    async def state(self, request: web.Request) -> web.Response:
+        view = self._state_view(self.board.get(STATE)[1])
+        view["web"] = self.clients.view()
+        return web.json_response(view, headers=NO_CACHE, dumps=json_dumps)
+
+    async def drift(self, request: web.Request) -> web.Response:
+        snap = self.board.get(STATE)[1] or {"drift": {}}
+        return web.json_response(
+            {name: d["points"] for name, d in snap["drift"].items()}, headers=NO_CACHE, dumps=json_dumps
+        )
+
+    async def scenes(self, request: web.Request) -> web.Response:
+        return web.json_response(self._scenes_view(self.board.get(SCENES)[1]), headers=NO_CACHE, dumps=json_dumps)
+
+    async def scene_thumbnail(self, request: web.Request) -> web.Response:
+        stream, seq = request.match_info["stream"], int(request.match_info["seq"])
+        for s in self.board.get(SCENES)[1] or ():
+            if s.stream == stream and s.seq == seq and s.thumbnail is not None:
+                return web.Response(body=s.thumbnail, content_type="image/jpeg")
+        return web.json_response(
+            {"error": f"no thumbnail of {stream}/{seq} (only recent scene changes are kept)"}, status=404
+        )
+
+    async def search_text(self, request: web.Request) -> web.Response:
+        if self.search is None:
+            return web.json_response(
+                {"error": "search is off: start the viewer with --database-url (or ENCODERS_DATABASE_URL)"}, status=404
+            )
+        text = request.query.get("text", "")
+        try:
+            k = int(request.query.get("k", "12"))
+        except ValueError:
+            return web.json_response({"error": "k must be a whole number"}, status=400)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            hits, note = await loop.run_in_executor(self.executor, self.search.search, text, k)
+        except SearchError as exc:
+            log.warning("search for %r failed: %s", text, exc)
+            return web.json_response({"error": str(exc)}, status=503)
+        log.info("search for %r: %d result(s) in %.2f s", text, len(hits), time.monotonic() - started)
+        # The one JSON shape of a hit (as `encoders search --format json`), with URLs for its pictures:
+        # a path on this machine means nothing to a browser elsewhere, nor should it see one.
+        results = []
+        for h in hits:
+            snapshot = f"api/thumbnail/{self.thumbnails.add(Path(h.snapshot))}.jpg" if h.snapshot else None
+            results.append({**h.to_json(), "snapshot": snapshot, "thumbnail": None})
+        return web.json_response({"text": text, "results": results, "note": note}, dumps=json_dumps)
+
+    async def search_thumbnail(self, request: web.Request) -> web.Response:
+        thumbnail = self.thumbnails.get(request.match_info["id"])
+        if thumbnail is None:
+            return web.json_response({"error": "unknown thumbnail (search again)"}, status=404)
+        jpeg = thumbnail.jpeg
+        if jpeg is None:
+            jpeg = await asyncio.get_running_loop().run_in_executor(self.executor, thumbnail.make)
+        if jpeg is None:
+            return web.json_response({"error": "the snapshot is gone or does not decode"}, status=404)
+        return web.Response(body=jpeg, content_type="image/jpeg")
