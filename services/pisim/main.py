@@ -11,9 +11,10 @@ In-process (tests, the all-in-one demo): ``server, url = serve_in_thread(cfg)`` 
 from __future__ import annotations
 
 import logging
+import threading
 
 from encoders.services.pisim.config import PisimConfig
-from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
+from encoders.shared.runtime import StartupError, service_main
 
 from .server import PisimServer, make_server, serve_in_thread
 from .sources import SourceError
@@ -24,17 +25,16 @@ log = logging.getLogger("encoders.pisim")
 
 
 def run(cfg: PisimConfig) -> int:
-    setup_logging("pisim")
-    log_settings(log, "pisim", cfg)
-    stop = stop_on_signals()
+    return service_main("pisim", cfg, lambda stop: serve(cfg, stop))
+
+
+def serve(cfg: PisimConfig, stop: threading.Event) -> int:
     try:
         server = make_server(cfg)
     except SourceError as exc:
-        log.error("%s", exc)
-        return 2
+        raise StartupError(str(exc)) from None
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", cfg.host, cfg.port, exc)
-        return 2
+        raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}") from None
     try:
         url = server.start()
         log.info(

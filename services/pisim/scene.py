@@ -98,13 +98,14 @@ class SyntheticScene:
         shapes = []
         side = min(w, h)
         for _ in range(int(rng.integers(3, 8))):
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            r, g, b = (int(c) for c in rng.integers(0, 256, 3))
+            colour = (r, g, b)
             sw, sh = (float(v) for v in rng.uniform(0.1, 0.3, 2) * side)
             shapes.append(
                 Shape(
                     kind=str(rng.choice(["ellipse", "rectangle", "triangle"])),
                     colour=colour,
-                    outline=tuple(max(0, c - 80) for c in colour),
+                    outline=(max(0, r - 80), max(0, g - 80), max(0, b - 80)),
                     size=(sw, sh),
                     start=(float(rng.uniform(0, max(1.0, w - sw))), float(rng.uniform(0, max(1.0, h - sh)))),
                     velocity=(float(rng.uniform(-0.3, 0.3) * w), float(rng.uniform(-0.3, 0.3) * h)),

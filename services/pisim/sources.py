@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from PIL import Image
 
@@ -42,7 +42,7 @@ class SyntheticSource:
         self.quality = quality
         self.description = f"synthetic (seed {seed}, a new scene every {scene_every:g} s)"
 
-    def frames(self) -> Iterator[bytes]:
+    def frames(self) -> Generator[bytes, None, None]:
         # Scene time follows the frame count (not the clock), so a client's frames are the
         # same however fast it reads; at fps 0 there is no frame rate, so the clock it is.
         start = time.monotonic()
@@ -65,7 +65,7 @@ class FolderSource:
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def frames(self) -> Iterator[bytes]:
+    def frames(self) -> Generator[bytes, None, None]:
         while True:
             served = 0
             for path in self.paths:
@@ -123,7 +123,7 @@ class VideoSource:
         self.quality = quality
         self.description = f"video {path} ({src_w}x{src_h}, {count or '?'} frames, looping)"
 
-    def frames(self) -> Iterator[bytes]:
+    def frames(self) -> Generator[bytes, None, None]:
         cv2 = _cv2()
         cap = cv2.VideoCapture(self.path)
         try:

@@ -47,7 +47,9 @@ def read_stream(url: str, n: int, *, timeout: float = 10.0) -> tuple[list[bytes]
     Returns (JPEGs, arrival times, whether the closing boundary and the end of the
     connection came, response headers).
     """
-    jpegs, times, ended = [], [], False
+    jpegs: list[bytes] = []
+    times: list[float] = []
+    ended = False
     buf = b""
     deadline = time.monotonic() + timeout
     with httpx.stream("GET", url + "/stream.mjpg", timeout=timeout) as resp:
@@ -149,7 +151,7 @@ def test_video_file_resized_and_looping(pisim, tmp_path):
     import cv2  # the optional pisim-video extra; the test environment has it
 
     path = str(tmp_path / "clip.avi")
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 48))
     levels = [20, 120, 230]
     for level in levels:
         writer.write(np.full((48, 64, 3), level, np.uint8))
