@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a small real CLIP model, free ports, service processes."""
+"""Fixtures shared by the whole suite: a small real CLIP model, free ports, ZeroMQ sockets, service processes;
+and the property-based tests' profiles."""
 
 from __future__ import annotations
 
@@ -10,15 +11,26 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import zmq
+from hypothesis import settings
 
 from encoders.shared import zmqio
+from encoders.shared.messages import Message
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property-based tests (the wire format and its consumers): a few seconds in `make test`;
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz) hunts far longer. No deadline: a busy machine is no bug.
+settings.register_profile("quick", max_examples=200, deadline=None)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 # A real open_clip architecture, just small: the same loading code as ViT-B-32, in a second.
 TINY_CLIP = {
@@ -92,29 +104,42 @@ class Service:
         self._log.close()
 
 
-@pytest.fixture
-def service(tmp_path):
-    """Start services with service(name, *args, env=...); every one is killed at the end of the test."""
-    started: list[Service] = []
+class Services:
+    """``service(name, *args, env=...)`` starts a service; ``service.started`` lists those started."""
 
-    def start(*args: str, env: dict | None = None) -> Service:
-        svc = Service(list(args), env or {}, tmp_path / f"{args[0]}-{len(started)}.log")
-        started.append(svc)
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[Service] = []
+
+    def __call__(self, *args: str, env: dict | None = None) -> Service:
+        svc = Service(list(args), env or {}, self.folder / f"{args[0]}-{len(self.started)}.log")
+        self.started.append(svc)
         return svc
 
-    start.started = started
-    yield start
-    for svc in started:
-        svc.close()
+    def close(self) -> None:
+        for svc in self.started:
+            svc.close()
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Services]:
+    """Start services with service(name, *args, env=...); every one is killed at the end of the test."""
+    services = Services(tmp_path)
+    yield services
+    services.close()
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Call ``condition`` until it returns something true, and return that; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(interval)
+        time.sleep(interval)  # the poll interval
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -161,20 +186,88 @@ def display():
 
 
 # ---------------------------------------------------------------------------------------
-# ZeroMQ publishers standing in for ingest and metrics.
+# ZeroMQ sockets: made through one fixture, closed with linger 0 whatever the test did.
+
+
+class Sockets:
+    """The ZeroMQ sockets of one test, on a context of its own (the ``sockets`` fixture).
+
+    Modelled on pyzmq's own test fixtures: every socket made here has linger 0, and send and
+    receive time limits, so that a broken test fails instead of hanging; at teardown each
+    one is closed with linger 0 and the context is terminated, with a time limit too: a
+    socket the code under test left open on ``ctx`` is an error, not a hang.
+    """
+
+    TIMEOUT_MS = 10_000  # the longest a blocking send or receive on a test's socket waits
+    TERM_TIMEOUT_S = 10.0
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.made: list[zmq.Socket] = []
+
+    def socket(self, kind: int) -> zmq.Socket:
+        """A socket neither bound nor connected, for a test that sets it up itself."""
+        return self._track(self.ctx.socket(kind))
+
+    def bind(self, kind: int, endpoints: str | Iterable[str] = "tcp://127.0.0.1:0", **options: Any) -> zmq.Socket:
+        """A socket bound as a service binds it (zmqio.open_socket's options); by default to a
+        port the system picks: ``endpoint(sock)`` says which."""
+        return self._track(zmqio.open_socket(self.ctx, kind, endpoints, bind=True, linger=0, **options))
+
+    def connect(self, kind: int, endpoints: str | Iterable[str], **options: Any) -> zmq.Socket:
+        """A socket connected as a service connects it (zmqio.open_socket's options)."""
+        return self._track(zmqio.open_socket(self.ctx, kind, endpoints, bind=False, linger=0, **options))
+
+    def adopt(self, *socks: zmq.Socket) -> None:
+        """Sockets the code under test made on ``ctx`` for the test to own: closed at the end too."""
+        self.made.extend(socks)
+
+    def _track(self, sock: zmq.Socket) -> zmq.Socket:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, self.TIMEOUT_MS)
+        sock.setsockopt(zmq.SNDTIMEO, self.TIMEOUT_MS)
+        self.made.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in self.made:
+            sock.close(linger=0)
+        self.made.clear()
+        # As pyzmq's term_context: term() in a thread, so that a socket left open fails the test.
+        term = threading.Thread(target=self.ctx.term, daemon=True)
+        term.start()
+        term.join(self.TERM_TIMEOUT_S)
+        if term.is_alive():
+            raise AssertionError(
+                f"the ZeroMQ context did not terminate in {self.TERM_TIMEOUT_S:g} s: "
+                "the code under test left a socket open on it"
+            )
 
 
 @pytest.fixture
-def publishers():
-    """The PUB sockets ingest and metrics would bind: (frames socket, metrics socket)."""
-    ctx = zmq.Context()
-    frames = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    metrics = zmqio.open_socket(ctx, zmq.PUB, "tcp://127.0.0.1:0", bind=True, linger=0)
-    yield frames, metrics
-    frames.close(0)
-    metrics.close(0)
-    ctx.term()
+def sockets() -> Iterator[Sockets]:
+    """Make the test's ZeroMQ sockets with sockets.bind / connect / socket (``sockets.ctx`` for the
+    code under test); every one is closed with linger 0 at the end, pass or fail."""
+    made = Sockets()
+    yield made
+    made.close()
 
 
 def endpoint(sock: zmq.Socket) -> str:
-    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    """The address a socket bound last, e.g. tcp://127.0.0.1:41234 for a bind to port 0."""
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def receive(sock: zmq.Socket, timeout: float = 5.0, *, topic: bool = False) -> Message:
+    """The next message on ``sock``, which must come within ``timeout`` s and decode."""
+    if not sock.poll(int(timeout * 1000)):
+        raise AssertionError(f"nothing received within {timeout} s")
+    msg, _ = zmqio.receive(sock, topic=topic)
+    assert msg is not None, "a message that does not decode"
+    return msg
+
+
+@pytest.fixture
+def publishers(sockets: Sockets) -> tuple[zmq.Socket, zmq.Socket]:
+    """The PUB sockets ingest and metrics would bind: (frames socket, metrics socket)."""
+    return sockets.bind(zmq.PUB), sockets.bind(zmq.PUB)

@@ -18,7 +18,7 @@ from encoders.logging_utils import load_run_embeddings
 from encoders.shared import zmqio
 from encoders.shared.messages import EndOfStream, MetricsRecord
 
-from ..conftest import free_port, wait_for
+from ..conftest import Sockets, free_port, wait_for
 
 FRAMES = 120
 
@@ -26,11 +26,10 @@ FRAMES = 120
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
     """A real PostgreSQL 16 with pgvector (the embedded server the all-in-one command uses)."""
-    from encoders.services.recorder.embedded_db import database_url
+    from encoders.shared.storage.embedded import database
 
-    url, handle = database_url("", str(tmp_path_factory.mktemp("pg")))
-    yield url
-    handle.cleanup()
+    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
+        yield url
 
 
 def tcp(port: int) -> str:
@@ -141,14 +140,14 @@ def start_pipeline(
     return run_dir, tcp(ports["metrics"]), ingests, recorder
 
 
-def collect_records(endpoint: str):
-    ctx = zmq.Context.instance()
-    return zmqio.open_socket(ctx, zmq.SUB, endpoint, bind=False, subscribe=[b"metrics/", b"eos/"], linger=0)
+def collect_records(sockets: Sockets, endpoint: str) -> zmq.Socket:
+    """A viewer's subscription to metrics' records and ends of stream."""
+    return sockets.connect(zmq.SUB, endpoint, subscribe=[b"metrics/", b"eos/"])
 
 
 def drain_records(sub, n: int, timeout_s: float = 90):
     """The next n metrics records (no end of stream expected yet)."""
-    records = []
+    records: list[MetricsRecord] = []
     while len(records) < n:
         assert sub.poll(timeout_s * 1000), f"no message from metrics in {timeout_s} s"
         msg, _ = zmqio.receive(sub, topic=True)
@@ -158,7 +157,8 @@ def drain_records(sub, n: int, timeout_s: float = 90):
 
 
 def drain(sub, until_eos: int, timeout_s: float = 90):
-    records, eos = [], []
+    records: list[MetricsRecord] = []
+    eos: list[EndOfStream] = []
     while len(eos) < until_eos:
         assert sub.poll(timeout_s * 1000), f"no message from metrics in {timeout_s} s"
         msg, _ = zmqio.receive(sub, topic=True)
@@ -230,7 +230,7 @@ def check_stream(folder: Path, records: list[MetricsRecord], eos: EndOfStream, r
     assert with_path == set(shots), "each snapshot is linked from its frame's row"
 
     # summary.json agrees with all of the above.
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())["streams"][eos.stream]
     assert summary["frames"]["published"] == counts["published"]
     for key in ("embedded", "dropped", "skipped", "lost"):
         assert summary["frames"][key] == counts[key]
@@ -244,19 +244,14 @@ def check_stream(folder: Path, records: list[MetricsRecord], eos: EndOfStream, r
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("lossless", [False, True], ids=["realtime", "lossless"])
-def test_one_camera_two_workers_everything_accounted_for(service, tiny_model, tmp_path, database, lossless):
-    sub = None
-    try:
-        run_dir, metrics_pub, ingests, recorder = start_pipeline(
-            service, tiny_model, tmp_path, database, cameras=1, frames=FRAMES, lossless=lossless
-        )
-        sub = collect_records(metrics_pub)
-        records, (eos,) = drain(sub, until_eos=1)
-        assert ingests[0].wait(30) == 0
-        assert recorder.wait(60) == 0, recorder.output()[-3000:]
-    finally:
-        if sub is not None:
-            sub.close(0)
+def test_one_camera_two_workers_everything_accounted_for(service, sockets, tiny_model, tmp_path, database, lossless):
+    run_dir, metrics_pub, ingests, recorder = start_pipeline(
+        service, tiny_model, tmp_path, database, cameras=1, frames=FRAMES, lossless=lossless
+    )
+    sub = collect_records(sockets, metrics_pub)
+    records, (eos,) = drain(sub, until_eos=1)
+    assert ingests[0].wait(30) == 0
+    assert recorder.wait(60) == 0, recorder.output()[-3000:]
     assert eos.counts["published"] == FRAMES
     if lossless:
         assert eos.counts["embedded"] == FRAMES and eos.counts["dropped"] == 0
@@ -276,18 +271,13 @@ def test_one_camera_two_workers_everything_accounted_for(service, tiny_model, tm
 
 
 @pytest.mark.timeout(240)
-def test_two_cameras_keep_their_own_drift_rows_and_files(service, tiny_model, tmp_path, database):
-    sub = None
-    try:
-        run_dir, metrics_pub, _ingests, recorder = start_pipeline(
-            service, tiny_model, tmp_path, database, cameras=2, frames=60, lossless=True
-        )
-        sub = collect_records(metrics_pub)
-        records, eos = drain(sub, until_eos=2)
-        assert recorder.wait(60) == 0, recorder.output()[-3000:]
-    finally:
-        if sub is not None:
-            sub.close(0)
+def test_two_cameras_keep_their_own_drift_rows_and_files(service, sockets, tiny_model, tmp_path, database):
+    run_dir, metrics_pub, _ingests, recorder = start_pipeline(
+        service, tiny_model, tmp_path, database, cameras=2, frames=60, lossless=True
+    )
+    sub = collect_records(sockets, metrics_pub)
+    records, eos = drain(sub, until_eos=2)
+    assert recorder.wait(60) == 0, recorder.output()[-3000:]
     rows = db_rows(database, run_dir.name)
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"cam0", "cam1"}
     for e in eos:
@@ -300,25 +290,20 @@ def test_two_cameras_keep_their_own_drift_rows_and_files(service, tiny_model, tm
 
 
 @pytest.mark.timeout(240)
-def test_a_worker_that_dies_does_not_stall_the_rest(service, tiny_model, tmp_path, database):
+def test_a_worker_that_dies_does_not_stall_the_rest(service, sockets, tiny_model, tmp_path, database):
     """Kill one of two workers mid-stream: the other takes every frame from then on, and the
     frames the dead one held are given up after the wait and counted as lost."""
     import signal
 
-    sub = None
-    try:
-        run_dir, metrics_pub, _ingests, recorder = start_pipeline(
-            service, tiny_model, tmp_path, database, cameras=1, frames=200, lossless=False, fps=30
-        )
-        sub = collect_records(metrics_pub)
-        workers = [s for s in service.started if s.args[0] == "encode"]
-        first = drain_records(sub, 30)
-        workers[1].proc.send_signal(signal.SIGKILL)
-        records, (eos,) = drain(sub, until_eos=1)
-        assert recorder.wait(60) == 0, recorder.output()[-3000:]
-    finally:
-        if sub is not None:
-            sub.close(0)
+    run_dir, metrics_pub, _ingests, recorder = start_pipeline(
+        service, tiny_model, tmp_path, database, cameras=1, frames=200, lossless=False, fps=30
+    )
+    sub = collect_records(sockets, metrics_pub)
+    workers = [s for s in service.started if s.args[0] == "encode"]
+    first = drain_records(sub, 30)
+    workers[1].proc.send_signal(signal.SIGKILL)
+    records, (eos,) = drain(sub, until_eos=1)
+    assert recorder.wait(60) == 0, recorder.output()[-3000:]
     records = first + records
     counts = eos.counts
     assert counts["published"] == 200

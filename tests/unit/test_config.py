@@ -103,8 +103,8 @@ def test_a_default_shared_by_several_services_is_written_once():
         assert issubclass(cls, ModelSettings)
         cfg = cls()
         assert (cfg.model, cfg.pretrained) == (ModelSettings().model, ModelSettings().pretrained)
-    for cfg in (RecorderConfig(), SearchConfig(), ViewerConfig(), RunConfig()):
-        assert (cfg.runs_dir, cfg.database_url) == ("runs", "")
+    for settings in (RecorderConfig(), SearchConfig(), ViewerConfig(), RunConfig()):
+        assert (settings.runs_dir, settings.database_url) == ("runs", "")
 
 
 def test_a_secret_token_is_masked_whole():

@@ -1,0 +1,340 @@
+"""No message that decodes crashes the services that consume it.
+
+Property-based (hypothesis): any sequence of valid messages, as they come out of decode,
+fed to metrics' stream bookkeeping, to the viewer's state and page snapshot, to the
+recorder (files, rows, summary), to ingest's work socket and to an encoder's intake and
+decoding. The streams
+and sequence numbers are drawn from few values, so that messages meet: an embedding whose
+length differs from its stream's last one, a stream that starts, ends and starts again,
+out-of-order and duplicate outcomes, and huge sequence numbers beside small ones.
+
+Below the properties, one plain test for each crash they found.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from encoders.services.encoder.intake import Intake
+from encoders.services.encoder.preprocess import Preprocessor, load_batch
+from encoders.services.ingest.config import IngestConfig
+from encoders.services.ingest.http_source import JpegFrame
+from encoders.services.ingest.stream import Ingest
+from encoders.services.metrics.drift import DriftTracker, cosine_similarity
+from encoders.services.metrics.reorder import LOST, Lost, StreamOrder
+from encoders.services.metrics.scenes import SceneRule
+from encoders.services.metrics.streams import Streams
+from encoders.services.recorder.config import RecorderConfig
+from encoders.services.recorder.recorder import Recorder
+from encoders.services.recorder.rows import from_spool, to_spool
+from encoders.services.recorder.run import RecordedRun
+from encoders.services.viewer.overlay import overlay_texts
+from encoders.services.viewer.snapshot import drift_since, snapshot
+from encoders.services.viewer.state import ViewerState
+from encoders.shared import messages, zmqio
+from encoders.shared.messages import (
+    INT64_MAX,
+    TIME_MAX,
+    Credit,
+    Dropped,
+    Embedding,
+    EndOfStream,
+    Frame,
+    Message,
+    MetricsRecord,
+    Skipped,
+    Stats,
+    StreamStart,
+)
+from encoders.shared.storage.frames import copy_values
+
+from .message_strategies import any_message, assert_conforms, message_of, vectors
+
+FUZZ = settings(deadline=None)  # a deadline flakes on a busy machine; the profile sets the rest
+
+STREAMS = st.sampled_from(["cam0", "cam1"])
+HUGE = st.sampled_from([10**18, INT64_MAX - 1])  # INT64_MAX - 1: the largest seq there is
+# Mostly small seqs, so that outcomes meet in order; a huge one now and then (one_of draws
+# each of its strategies alike, hence the repeats).
+SEQS = st.one_of([st.integers(0, 8)] * 7 + [HUGE])
+# Capture times: the edges (a hair apart, as far apart as floats go) as well as any.
+TIMES = st.sampled_from([0.0, 5e-324, 1.0, TIME_MAX]) | st.floats(0, TIME_MAX)
+# Vectors of a few lengths, so that one stream's differ, with values of every size.
+EMBEDDINGS = message_of(
+    Embedding, stream=STREAMS, seq=SEQS, t_capture=TIMES, vector=vectors(st.sampled_from([0, 1, 3, 4]))
+)
+# What metrics takes (what else it gets, it ignores), embeddings the likeliest: drift takes two.
+TO_METRICS = st.one_of(
+    message_of(StreamStart, stream=STREAMS, first_seq=SEQS),
+    *[EMBEDDINGS] * 4,
+    message_of(Dropped, stream=STREAMS, seq=SEQS),
+    message_of(Skipped, stream=STREAMS, seq=SEQS),
+    message_of(EndOfStream, stream=STREAMS, last_seq=st.integers(-1, 8) | HUGE),
+)
+# What the viewer takes, and what it ignores.
+TO_VIEWER = st.one_of(
+    message_of(Frame, stream=STREAMS, seq=SEQS),
+    message_of(MetricsRecord, stream=STREAMS, seq=SEQS, vector=vectors(st.sampled_from([0, 3]))),
+    message_of(MetricsRecord, stream=STREAMS, seq=SEQS, vector=vectors(st.sampled_from([0, 3]))),
+    message_of(EndOfStream, stream=STREAMS),
+    message_of(Stats, stream=STREAMS, service=st.sampled_from(["ingest", "metrics", "other"])),
+    message_of(Stats, stream=STREAMS, service=st.sampled_from(["ingest", "metrics"])),
+    message_of(StreamStart, stream=STREAMS),
+    message_of(Credit),
+)
+# Each message with the seconds since the one before it: now and then longer than metrics'
+# wait, so that missing frames are given up (the huge gaps included).
+ELAPSED = st.sampled_from([0.0, 0.0, 0.1, 5.0]) | st.floats(0, 1e6)
+
+
+def steps(events: st.SearchStrategy[Message]) -> st.SearchStrategy[list[tuple[Message, float]]]:
+    return st.lists(st.tuples(events, ELAPSED), max_size=40)
+
+
+def through_the_wire(msg: Message) -> Message:
+    """``msg`` as a consumer gets it: encoded, then decoded (and so checked)."""
+    return messages.decode([bytes(p) for p in messages.encode(msg)])
+
+
+@FUZZ
+@given(steps=steps(TO_METRICS))
+def test_metrics_takes_any_valid_messages_and_publishes_only_valid_ones(steps):
+    streams = Streams(rolling_window=3, max_wait=1.0, scenes=SceneRule(threshold=0.5, k=2.0))
+    now = 0.0
+    for msg, elapsed in steps:
+        now += elapsed
+        streams.accept(through_the_wire(msg), now=now)
+        for out in streams.release(now=now):
+            assert_conforms(through_the_wire(out))  # its subscribers take what it publishes
+    for out in streams.release(now=now + 10):  # everything missing given up
+        assert_conforms(through_the_wire(out))
+    for name in streams.streams:
+        # Its Stats carry the same totals (a FrameCounts is a Counters; mypy cannot tell).
+        assert_conforms(through_the_wire(Stats("metrics", name, dict(streams.totals(name)))))  # type: ignore[arg-type]
+
+
+@FUZZ
+@given(steps=steps(TO_VIEWER | TO_METRICS))
+def test_the_viewer_takes_any_valid_messages_and_its_page_stays_json(steps):
+    state = ViewerState(history=4)
+    sent: dict[str, int] = {}
+    now = 0.0
+    for msg, elapsed in steps:
+        now += elapsed
+        state.add(through_the_wire(msg))
+        view = snapshot(state, now, {"frames_shown": 0})
+        json.dumps(view, allow_nan=False)  # as the web page gets it: no NaN, no infinity
+        json.dumps(drift_since(view["drift"], sent), allow_nan=False)
+        for st_ in state.streams.values():
+            ingest = state.stats.get(("ingest", st_.stream))
+            overlay_texts(st_.stream, st_.metrics, 1.0, fallback_counts=ingest.counters if ingest else None)
+        state.take_new_frames(now)
+
+
+class RunsTable:
+    """Stands in for the database's runs table (the recorder's rows go to a list)."""
+
+    def claim_run(self, name, started_at):
+        return 1
+
+    def update_run(self, run_id, **fields):
+        json.dumps(fields.get("summary"), allow_nan=False)  # jsonb takes no NaN and no infinity
+
+
+class Rows(list):
+    def add(self, row):
+        self.append(row)
+
+    def set_model(self, model, dim):
+        pass
+
+
+def small_jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (24, 16), (seed % 256, 80, 160)).save(out, "JPEG")
+    return out.getvalue()
+
+
+JPEGS = st.binary(max_size=64) | st.integers(0, 255).map(small_jpeg)
+TO_RECORDER = st.one_of(
+    message_of(Frame, stream=STREAMS, seq=SEQS, jpeg=JPEGS),
+    *[message_of(MetricsRecord, stream=STREAMS, seq=SEQS, vector=vectors(st.sampled_from([0, 1, 3])))] * 3,
+    message_of(EndOfStream, stream=STREAMS),
+    message_of(StreamStart, stream=STREAMS),
+    message_of(Stats, stream=STREAMS),
+    message_of(Credit),
+)
+
+
+@FUZZ
+@given(msgs=st.lists(TO_RECORDER, max_size=30), stream_dirs=st.booleans())
+def test_the_recorder_takes_any_valid_messages_and_leaves_a_run_that_reads_back(msgs, stream_dirs):
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RecordedRun.claim(RunsTable(), runs_dir=tmp, run_dir=Path(tmp) / "run")
+        rows = Rows()
+        settings = RecorderConfig(
+            stream_dirs=stream_dirs, snapshot_interval=0.0, embedding_interval=2, thumbnail_threads=1
+        )
+        recorder = Recorder(run, rows, settings)
+        for msg in msgs:
+            recorder.on_message(through_the_wire(msg))
+            recorder.tick()
+        recorder.close_files()
+        summary = run.finish({"messages": dict(recorder.counters)}, recorder.stream_summaries(Counter()))
+        json.loads((run.dir / "summary.json").read_text())
+        assert set(summary["streams"]) == set(recorder.streams)
+        seen = set()
+        for row in rows:
+            assert (row.stream, row.seq) not in seen  # each frame once
+            seen.add((row.stream, row.seq))
+            copy_values(row)  # as COPY takes it
+            assert from_spool(to_spool(row)).seq == row.seq  # as the spool keeps it
+
+
+@pytest.fixture(scope="module")
+def work_socket():
+    """ingest's work socket, and a worker's end of it (every message any sender could send)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.bind("inproc://fuzz-work")
+    worker = ctx.socket(zmq.DEALER)
+    worker.setsockopt(zmq.IDENTITY, b"w1")
+    worker.connect("inproc://fuzz-work")
+    side = [ctx.socket(zmq.PUB), ctx.socket(zmq.PUSH)]
+    side[0].bind("inproc://fuzz-frames")
+    side[1].bind("inproc://fuzz-notices")
+    yield router, worker, side
+    for sock in (router, worker, *side):
+        sock.close(0)
+    ctx.term()
+
+
+@FUZZ
+@given(msgs=st.lists(any_message(), max_size=12), frames=st.integers(0, 5))
+def test_ingest_takes_any_valid_message_on_its_work_socket(work_socket, msgs, frames):
+    router, worker, (pub, push) = work_socket
+    ingest = Ingest(IngestConfig(stream="http://pi/s.mjpg"), pub, router, push, camera={"corrupt": 0})
+    for msg in msgs:
+        zmqio.send(worker, through_the_wire(msg))
+    assert wait_readable(router) or not msgs
+    ingest._take_credits()
+    for i in range(frames):
+        ingest._publish(JpegFrame(small_jpeg(i), 24, 16, float(i)))
+    taken = 0
+    while worker.poll(0):
+        worker.recv_multipart()
+        taken += 1
+    credit = sum(m.n for m in msgs if isinstance(m, Credit))
+    assert taken == min(frames, credit)  # a frame only for a credit, whatever else came
+    assert ingest.counts["bad_messages"] == sum(not isinstance(m, Credit) for m in msgs)
+
+
+def wait_readable(sock: zmq.Socket) -> bool:
+    return bool(sock.poll(1000))
+
+
+PRE = Preprocessor(size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@FUZZ
+@given(frames=st.lists(message_of(Frame, jpeg=JPEGS), max_size=8))
+def test_an_encoder_takes_any_valid_frames_and_sorts_good_from_corrupt(frames):
+    intake = Intake(capacity=16, sources=1)
+    for frame in frames:
+        received = through_the_wire(frame)
+        assert isinstance(received, Frame)  # as the worker takes only frames
+        intake.add(0, received)
+    held = intake.take(16)
+    arrays, ok, bad = load_batch(PRE, [h.frame.jpeg for h in held])
+    assert sorted(ok + [i for i, _ in bad]) == list(range(len(held)))
+    assert all(a.shape == (16, 16, 3) for a in arrays)
+    assert intake.finish(held) == ({0: len(held)} if held else {})
+
+
+# -- what the properties found, one plain test each -------------------------------------------
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_an_embedding_of_another_length_starts_the_drift_afresh():
+    """It crashed np.dot. A stream whose model changes (another worker, another model) gets
+    no similarity for the first frame of the new length, as for a stream's first frame."""
+    s = Streams(rolling_window=10, max_wait=1)
+    s.accept(StreamStart("cam0", 0), now=0)
+    s.accept(Embedding("cam0", 0, 0.0, "w", "m", vector=unit(1, 0)), now=0)
+    s.accept(Embedding("cam0", 1, 0.1, "w", "m2", vector=unit(1, 0, 0)), now=0)
+    s.accept(Embedding("cam0", 2, 0.2, "w", "m2", vector=unit(1, 0, 0)), now=0)
+    records = s.release(now=0)
+    assert [(r.seq, r.similarity) for r in records if isinstance(r, MetricsRecord)] == [
+        (0, None),
+        (1, None),
+        (2, pytest.approx(1.0)),
+    ]
+    assert s.streams["cam0"].drift.dim_changes == 1
+
+
+def test_a_huge_gap_is_given_up_at_once():
+    """A dropped notice with seq 10**18 made metrics count the gap out one seq at a time: it hung."""
+    s = Streams(rolling_window=10, max_wait=1)
+    s.accept(StreamStart("cam0", 0), now=0)
+    s.accept(Dropped("cam0", 10**18), now=0)
+    s.accept(EndOfStream("cam0", 10**18, {"published": 10**18 + 1}), now=0)
+    started = time.monotonic()
+    out = s.release(now=0) + s.release(now=2)
+    assert time.monotonic() - started < 1
+    eos = out[-1]
+    assert isinstance(eos, EndOfStream)
+    assert (eos.counts["lost"], eos.counts["dropped"]) == (10**18, 1)
+
+
+def test_a_gap_comes_out_as_one_lost_run():
+    order = StreamOrder(max_wait=1)
+    order.start(0)
+    order.add(5, "f", now=0)
+    assert order.release(now=0) == []
+    assert order.release(now=1.5) == [(0, Lost(5)), (5, "f")]
+    assert Lost(1) == LOST
+
+
+def test_huge_vector_values_give_a_finite_similarity():
+    """float32 values near their limit overflowed a float32 norm: similarity and drift were NaN,
+    and the record metrics published did not decode anywhere."""
+    big = np.array([3e38, 3e38], dtype=np.float32)
+    assert cosine_similarity(big, big) == pytest.approx(1.0)
+    tiny = np.array([1e-45, 0], dtype=np.float32)  # underflowed to a zero norm in float32
+    assert cosine_similarity(tiny, tiny) == pytest.approx(1.0)
+
+
+def test_frames_captured_a_moment_apart_give_a_finite_rate():
+    """Capture times 5e-324 s apart made fps infinite: a record that did not decode."""
+    t = DriftTracker(window=3)
+    t.update(unit(1, 0), 0.0)
+    t.update(unit(1, 0), 5e-324)
+    assert t.fps() == 0.0
+
+
+def test_the_page_totals_stay_finite_whatever_the_counters():
+    """Two ingests' huge counters added up to infinity, which the page's JSON refuses."""
+    state = ViewerState()
+    for name in ("cam0", "cam1"):
+        state.add(Frame(name, 0, 0.0, 1, 1, b""))
+        state.add(Stats("ingest", name, {"published": 1.7e308}))
+    view = snapshot(state, 0.0, {})
+    json.dumps(view, allow_nan=False)
+    assert view["totals"]["frames_in"] is None
