@@ -133,7 +133,7 @@ def pipeline(workers: int, threads: int, fps: float, frames: int, lossless: bool
             )
         )
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sub = zmqio.open_socket(ctx, zmq.SUB, tcp(p["mpub"]), bind=False, subscribe=[b"metrics/", b"eos/"], linger=0)
     with tempfile.TemporaryDirectory() as tmp:
         try:

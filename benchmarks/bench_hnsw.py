@@ -2,12 +2,13 @@
 recall, above all for queries far from every frame, as CLIP text queries are.
 
 Not part of `make bench` (it takes minutes): `python -m benchmarks hnsw`. The keyframes of
-BENCH_HNSW_FRAMES (default 2,000,000) frames of bench_db's synthetic video, cut by the
-recorder's own Segmenter, are inserted in capture order into an empty table that has the
-index, a few hundred at a time, as the recorder inserts them (a graph built by CREATE INDEX
-over rows already there is a different, usually better, graph). Then 200 text-like and 200
-frame-like queries at several ef_search, against exact numpy search over the same keyframes.
-Recall here is of keyframes, the first stage of a search (benchmarks/RESULTS.md).
+BENCH_HNSW_FRAMES (default 2,000,000) frames of the database benchmarks' synthetic video
+(db_data.py), cut by the recorder's own Segmenter, are inserted in capture order into an
+empty table that has the index, a few hundred at a time, as the recorder inserts them (a
+graph built by CREATE INDEX over rows already there is a different, usually better, graph).
+Then 200 text-like and 200 frame-like queries at several ef_search, against exact numpy
+search over the same keyframes. Recall here is of keyframes, the first stage of a search
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pgvector.psycopg import register_vector
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.keyframes import Segmenter
 
-from .bench_db import DIM, K, embedded_server, new_database, queries, synthetic_video
+from .db_data import DIM, K, Video, embedded_server, new_database, synthetic_video
+from .db_search import queries
 
 FRAMES = int(os.environ.get("BENCH_HNSW_FRAMES", "2000000"))
 QUERIES = 200
@@ -31,7 +33,7 @@ EF_SEARCH = (200, 400, 800)
 INSERT_ROWS = 200  # keyframes per INSERT: about what one recorder batch of 500 rows holds at a busy time
 
 
-def keyframes(frames: int) -> tuple[np.ndarray, object]:
+def keyframes(frames: int) -> tuple[np.ndarray, Video]:
     """The keyframes' vectors in capture order (runs one after another, cameras interleaved), and the video."""
     video = synthetic_video(frames)
     cfg = RecorderConfig()
@@ -105,7 +107,7 @@ def main() -> dict:
         for efc in EF_CONSTRUCTION:
             db = new_database(url, f"hnsw_{efc}")
             per_keyframe = build(db, vectors, efc)
-            graph = {"insert_ms_per_keyframe": per_keyframe * 1000, "ef_search": {}}
+            graph: dict = {"insert_ms_per_keyframe": per_keyframe * 1000, "ef_search": {}}
             print(f"ef_construction {efc}: {per_keyframe * 1000:.2f} ms per keyframe inserted", flush=True)
             for kind, qs in kinds.items():
                 for ef in EF_SEARCH:
