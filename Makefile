@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DURATION ?= 30
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast bench up down venv clean
+.PHONY: demo test lint test-fast fuzz bench up down venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,21 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/encoders demo --duration $(DURATION)
 
-test: $(STAMP)
+# The whole code base linted, formatted and type-checked, then every test.
+test: lint
 	$(BIN)/python -m pytest -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m 'not slow' tests/unit
+
+# The property-based tests of the wire format and of every consumer, 100 times longer.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -ra tests/unit/test_messages_fuzz.py tests/unit/test_consumers_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -1,8 +1,9 @@
 """Reading the recorder's database: nearest frames, scene changes, runs.
 
 ``Store`` wraps one psycopg connection (autocommit; a search's SET LOCALs live in its own
-transaction). The SQL is in sql.py; this runs it, picks the plan, and turns rows into
-results with paths a person can open.
+transaction). The SQL is in search_sql.py, the listings in listings.py; this runs the
+search, picks its plan, and turns rows into hits with paths a person can open. (A little
+over 350 lines: the two-stage search, its plan and what a hit shows belong together.)
 """
 
 from __future__ import annotations
