@@ -11,6 +11,7 @@ from encoders.shared.settings import Settings, setting
 SEARCH_EF = 400
 SEARCH_EF_TEXT = 800
 EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
+RUNS_DIR = "runs"  # where run folders (and the embedded database) go, unless told otherwise
 
 
 @dataclass
@@ -22,4 +23,4 @@ class DatabaseConfig(Settings):
         "PostgreSQL URL, e.g. postgresql://user:pass@host/db; empty = an embedded server under the runs folder",
         secret="url",
     )
-    runs_dir: str = setting("runs", "Folder that holds one folder per run (and the embedded database)")
+    runs_dir: str = setting(RUNS_DIR, "Folder that holds one folder per run (and the embedded database)")

@@ -22,7 +22,7 @@ from pgvector.psycopg import register_vector
 
 from . import listings, runs
 from . import search_sql as sql
-from .config import SEARCH_EF
+from .config import RUNS_DIR, SEARCH_EF
 from .connection import connect
 from .filters import FilterError, Filters, FrameRef
 from .runs import Run
@@ -36,7 +36,7 @@ class StoreError(RuntimeError):
 
 
 @contextmanager
-def reading(url: str, runs_dir: str | Path = "runs") -> Iterator[Store]:
+def reading(url: str, runs_dir: str | Path = RUNS_DIR) -> Iterator[Store]:
     """A Store on its own connection, for as long as the block runs. DatabaseUnavailable when the
     server cannot be reached, StoreError when it holds no pgvector (nothing was recorded there)."""
     conn = connect(url, vectors=False)
@@ -118,7 +118,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 class Store:
-    def __init__(self, conn: psycopg.Connection, runs_dir: str | Path = "runs"):
+    def __init__(self, conn: psycopg.Connection, runs_dir: str | Path = RUNS_DIR):
         self.conn = conn
         self.runs_dir = Path(runs_dir)
         self._frames: bool | None = None
