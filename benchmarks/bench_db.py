@@ -28,9 +28,6 @@ import time
 
 import numpy as np
 
-from encoders.services.recorder.config import RecorderConfig
-from encoders.services.recorder.thumbnails import make_thumbnail
-
 from .db_data import (
     DIM,
     FPS,
@@ -40,13 +37,12 @@ from .db_data import (
     STREAMS,
     K,
     embedded_server,
-    pisim_jpeg,
     server_versions,
     synthetic_video,
 )
 from .db_process import PROCESS_TRIES, process_runs_dir, recorder_process
 from .db_search import search
-from .db_thumbnails import thumbnail_cost, thumbnail_rate
+from .db_thumbnails import default_thumbnail, thumbnail_cost
 from .db_writer import insert
 
 
@@ -101,9 +97,7 @@ def main() -> dict:
         )
         cost = thumbnail_cost()
         result["thumbnail_cost"] = cost
-        thumb = make_thumbnail(
-            pisim_jpeg(640, 480), RecorderConfig().thumbnail_size, RecorderConfig().thumbnail_quality
-        )
+        thumb = default_thumbnail()
         thumbs = insert(url, home, "thumbs", video, thumbnail=thumb, limit=few)
         result["insert_with_thumbnails"] = thumbs
         print(
@@ -119,15 +113,8 @@ def main() -> dict:
             flush=True,
         )
         print(
-            "  making a thumbnail (recorder CPU, one core): "
+            "  making a thumbnail (a worker's CPU, one core, per frame it embeds): "
             + ", ".join(f"{size} frame {c['ms_per_frame']:.2f} ms" for size, c in cost.items()),
-            flush=True,
-        )
-        rate = thumbnail_rate(url, home)
-        result["thumbnail_rate"] = rate
-        print(
-            f"  records/s with a thumbnail of each 640x480 frame: {rate['1 thread']:,.0f} on one thread, "
-            f"{rate['default']:,.0f} on {rate['threads_default']} (the default)",
             flush=True,
         )
         print(f"search ({QUERIES} queries of each kind, k={K}, Store.nearest as `encoders search` runs it):")

@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 
 from encoders.services.recorder.config import RecorderConfig
-from encoders.services.recorder.spool import Spool
 from encoders.services.recorder.writer import FrameWriter, writer_thread
+from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
 
 from .db_data import DIM, RUNS, T0, Video, capture_order, frame_rows, new_database, scalar

@@ -1,17 +1,17 @@
-"""The pipeline's well-known ports, and how a default address is written.
+"""The pipeline's well-known ports, and how a default address is written (docs/PROTOCOL.md).
 
-A service that binds listens on every interface by default (a viewer or a worker may be on
-another machine); a service that connects defaults to this machine. docs/PROTOCOL.md says
-which service binds which socket, and what travels over it.
+Every service connects to one address, the core's (the metrics service); the core binds
+its session socket and the two publishers viewers subscribe to. A service that binds
+listens on every interface by default; one that connects defaults to this machine.
 """
 
 from __future__ import annotations
 
-FRAMES_PORT = 5555  # ingest PUB: every frame (viewers, recorder)
-WORK_PORT = 5556  # ingest ROUTER: frames handed to encoder workers by credit
-METRICS_IN_PORT = 5557  # metrics PULL: embeddings from workers, notices from ingest
-METRICS_PORT = 5558  # metrics PUB: records and stats (viewers)
-RECORDS_PORT = 5559  # metrics PUSH: records for the recorder
+from urllib.parse import urlsplit
+
+FRAMES_PORT = 5555  # core PUB: every frame as the core numbered it (viewers; the recorder's snapshots)
+CORE_PORT = 5556  # core ROUTER: the sessions of ingests, workers, the recorder, viewers, `encoders stop`
+METRICS_PORT = 5558  # core PUB: records, starts, ends and stats (viewers)
 
 
 def bind_all(port: int) -> str:
@@ -20,3 +20,28 @@ def bind_all(port: int) -> str:
 
 def this_machine(port: int) -> str:
     return f"tcp://127.0.0.1:{port}"
+
+
+def as_seen_from(bound: str, core: str) -> str:
+    """An endpoint the core bound, as a peer that reached the core at ``core`` connects to it.
+
+    ``bound`` may list several (``ipc://...,tcp://*:5555``): the one of the transport the peer
+    used to reach the core is taken (a peer that came over TCP may be on another machine,
+    where an ipc:// path means nothing). A wildcard host (``*``, ``0.0.0.0``, ``[::]``) becomes
+    the core's host.
+    """
+    choices = [e.strip() for e in bound.split(",") if e.strip()]
+    if not choices:
+        return ""
+    scheme = core.split("://", 1)[0] if "://" in core else "tcp"
+    chosen = next((e for e in choices if e.startswith(scheme + "://")), choices[0])
+    if not chosen.startswith("tcp://"):
+        return chosen  # ipc:// and inproc:// are the same from everywhere they can be used
+    host, _, port = chosen[len("tcp://") :].rpartition(":")
+    if host in ("*", "0.0.0.0", "[::]", "::", ""):
+        core_host = urlsplit(core).hostname if core.startswith("tcp://") else None
+        if core_host:
+            host = f"[{core_host}]" if ":" in core_host else core_host
+        else:
+            host = "127.0.0.1"
+    return f"tcp://{host}:{port}"

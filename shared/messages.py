@@ -1,5 +1,8 @@
 """Every message that crosses a ZeroMQ socket in this project, defined once.
 
+(More than 350 lines on purpose: the whole wire format, every message and its encoding, is
+read in one file. docs/PROTOCOL.md says who sends which, when.)
+
 A message travels as a multipart ZeroMQ message:
 
     [topic]  header  [buffer ...]
@@ -26,14 +29,15 @@ import time
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, TypedDict
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 import msgpack
 import numpy as np
 
 from .validation import Check, Invalid, Matches, MaxItems, MaxLen, Range, checker, show
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions with the core (docs/PROTOCOL.md)
+PROTOCOL = 2
 # A stream's name: it names folders and database rows, so only these characters.
 STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -112,9 +116,119 @@ class Message:
         return f"{self.KIND}/{stream}".encode()
 
 
+# -- sessions (docs/PROTOCOL.md): every service's one connection to the core -------------
+
+Role = Literal["ingest", "worker", "recorder", "viewer", "control"]
+
+
+@dataclass
+class Hello(Message):
+    """A peer opens its session with the core. The fields after ``protocol`` belong to one role."""
+
+    KIND: ClassVar[str] = "hello"
+    role: Role
+    name: Name  # for logs: host-pid, a worker's id, a camera's stream
+    protocol: Annotated[int, Range(0, 1000)]
+    stream: StreamName | None = None  # ingest: its camera's stream
+    url: Text = ""  # ingest: the camera (passwords masked)
+    lossless: bool = False  # ingest: send captures only against credit
+    undelivered: Count = 0  # ingest: captures read while the core was away (counted as dropped)
+    capacity: Annotated[int, Range(0, 4096)] = 0  # worker: frames it can hold at once
+    model: Name = ""  # worker: what it embeds with, e.g. "ViT-B-32/openai"
+    run: Name = ""  # recorder: the run it records already (after a core restart), if any
+    takeover: bool = False  # recorder: replace the recorder the core has, if any
+
+
+@dataclass
+class Welcome(Message):
+    """The core takes the session. ``core`` names this life of the core (a restart gives a new one)."""
+
+    KIND: ClassVar[str] = "welcome"
+    core: Name
+    heartbeat_s: Annotated[float, Range(0.01, 3600)]
+    misses: Annotated[int, Range(1, 1000)]
+    credit: Count = 0  # lossless ingest: captures it may send now
+    run: Name = ""  # recorder: the run the core's last recorder recorded, if any
+    frames: Text = ""  # viewer: the frames publisher, as the core bound it
+    metrics: Text = ""  # viewer: the metrics publisher
+
+
+@dataclass
+class Refused(Message):
+    """The core does not take the session (or a message of a session it does not know)."""
+
+    KIND: ClassVar[str] = "refused"
+    reason: Text
+    rejoin: bool = False  # the session is unknown (expired, or a restarted core): say Hello again
+    retry: bool = False  # refused for now (a limit): try again later
+
+
+@dataclass
+class Heartbeat(Message):
+    """Sent when nothing else was for a heartbeat: both sides count silence (docs/PROTOCOL.md)."""
+
+    KIND: ClassVar[str] = "heartbeat"
+
+
+@dataclass
+class Bye(Message):
+    """A session ends on purpose (either side)."""
+
+    KIND: ClassVar[str] = "bye"
+    reason: Text = ""
+
+
+@dataclass
+class Stop(Message):
+    """control -> core: drain the pipeline and stop; core -> a peer: finish what you hold and leave."""
+
+    KIND: ClassVar[str] = "stop"
+    reason: Text = ""
+
+
+@dataclass
+class Stopped(Message):
+    """core -> control: the pipeline has drained; each stream's totals."""
+
+    KIND: ClassVar[str] = "stopped"
+    streams: Annotated[dict[StreamName, FrameCounts], MaxItems(4096)] = field(default_factory=dict)
+
+
+# -- frames and their outcomes ----------------------------------------------------------
+
+
+@dataclass
+class Capture(Message):
+    """ingest -> core: a JPEG the camera sent. Unnumbered: the core numbers frames (docs/PROTOCOL.md)."""
+
+    KIND: ClassVar[str] = "capture"
+    BUFFERS: ClassVar[tuple[str, ...]] = ("jpeg",)
+    t_capture: Time
+    width: Pixels
+    height: Pixels
+    jpeg: bytes = b""
+
+
+@dataclass
+class CaptureEnded(Message):
+    """ingest -> core: the camera's stream has ended (no capture follows); the ingest's own counts."""
+
+    KIND: ClassVar[str] = "capture_ended"
+    reason: Text = ""
+    counts: FrameCounts = field(default_factory=FrameCounts)
+
+
+@dataclass
+class Credit(Message):
+    """core -> a lossless ingest: it may send ``n`` more captures."""
+
+    KIND: ClassVar[str] = "credit"
+    n: Count
+
+
 @dataclass
 class StreamStart(Message):
-    """Ingest has (re)started a stream; sequence numbers begin at ``first_seq``."""
+    """A stream's epoch starts (an ingest said Hello): numbers go on from ``first_seq``, drift starts afresh."""
 
     KIND: ClassVar[str] = "start"
     stream: StreamName
@@ -125,7 +239,7 @@ class StreamStart(Message):
 
 @dataclass
 class Frame(Message):
-    """One JPEG frame as the camera sent it."""
+    """A frame as the core numbered it: to a worker, and on the frames publisher."""
 
     KIND: ClassVar[str] = "frame"
     BUFFERS: ClassVar[tuple[str, ...]] = ("jpeg",)
@@ -138,18 +252,8 @@ class Frame(Message):
 
 
 @dataclass
-class Dropped(Message):
-    """Ingest dropped a frame before encoding (real-time mode: no worker was free)."""
-
-    KIND: ClassVar[str] = "dropped"
-    stream: StreamName
-    seq: Seq
-    reason: Text = "no free encoder"
-
-
-@dataclass
 class Skipped(Message):
-    """An encoder received a frame it could not decode (a corrupt JPEG)."""
+    """worker -> core: a frame it could not embed (a corrupt JPEG, a failed batch)."""
 
     KIND: ClassVar[str] = "skipped"
     stream: StreamName
@@ -160,10 +264,10 @@ class Skipped(Message):
 
 @dataclass
 class Embedding(Message):
-    """An L2-normalised CLIP embedding of one frame."""
+    """worker -> core: an L2-normalised CLIP embedding of one frame, and a small JPEG of it."""
 
     KIND: ClassVar[str] = "embedding"
-    BUFFERS: ClassVar[tuple[str, ...]] = ("vector",)
+    BUFFERS: ClassVar[tuple[str, ...]] = ("vector", "thumbnail")
     stream: StreamName
     seq: Seq
     t_capture: Time
@@ -171,12 +275,12 @@ class Embedding(Message):
     model: Name
     t_encoded: Time = field(default_factory=time.time)
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    thumbnail: bytes = b""  # empty: none made
 
 
 @dataclass
 class EndOfStream(Message):
-    """No frame of ``stream`` will follow ``last_seq``; ``counts`` are the sender's totals.
-    A stream that published nothing ends at -1."""
+    """No frame of ``stream`` follows ``last_seq``; ``counts`` are its totals. Nothing published: -1."""
 
     KIND: ClassVar[str] = "eos"
     stream: StreamName
@@ -184,17 +288,20 @@ class EndOfStream(Message):
     counts: FrameCounts = field(default_factory=FrameCounts)
 
 
+# -- records and the recorder ------------------------------------------------------------
+
+
 @dataclass
 class MetricsRecord(Message):
     """One embedded frame, in sequence order, with its similarity to the previous one.
 
-    ``similarity`` and ``drift`` are None for the first embedded frame of a stream.
-    ``rolling`` holds mean/std/min/max/count of drift over the rolling window;
-    ``counts`` the stream's running totals (embedded, dropped, skipped, lost, ...).
+    ``similarity`` and ``drift`` are None for the first embedded frame of a stream's epoch.
+    ``rolling`` holds mean/std/min/max/count of drift over the rolling window; ``counts``
+    the stream's running totals in this life of the core (``core``).
     """
 
     KIND: ClassVar[str] = "metrics"
-    BUFFERS: ClassVar[tuple[str, ...]] = ("vector",)
+    BUFFERS: ClassVar[tuple[str, ...]] = ("vector", "thumbnail")
     stream: StreamName
     seq: Seq
     t_capture: Time
@@ -208,21 +315,36 @@ class MetricsRecord(Message):
     counts: FrameCounts = field(default_factory=FrameCounts)
     scene_change: bool = False
     t_metrics: Time = field(default_factory=time.time)
+    core: Name = ""
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    thumbnail: bytes = b""
 
 
 @dataclass
-class Credit(Message):
-    """An encoder worker can take ``n`` more frames (sent worker -> ingest)."""
+class Ready(Message):
+    """recorder -> core: the run it records, and the highest sequence number stored per stream."""
 
-    KIND: ClassVar[str] = "credit"
-    worker: Name
-    n: Count
+    KIND: ClassVar[str] = "ready"
+    run: Name
+    stored: Annotated[dict[StreamName, Seq], MaxItems(4096)] = field(default_factory=dict)
+
+
+@dataclass
+class Ack(Message):
+    """recorder -> core: every record of ``stream`` up to ``seq`` is durable (and its end, if ``ended``)."""
+
+    KIND: ClassVar[str] = "ack"
+    stream: StreamName
+    seq: Annotated[int, Range(-1, INT64_MAX - 1)]
+    ended: bool = False
+
+
+# -- statistics ----------------------------------------------------------------------------
 
 
 @dataclass
 class Stats(Message):
-    """A service's counters, published now and then for viewers and logs."""
+    """A service's counters, now and then, for viewers and logs (ingest's reach them through the core)."""
 
     KIND: ClassVar[str] = "stats"
     service: Name
@@ -233,7 +355,27 @@ class Stats(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.KIND: cls
-    for cls in (StreamStart, Frame, Dropped, Skipped, Embedding, EndOfStream, MetricsRecord, Credit, Stats)
+    for cls in (
+        Hello,
+        Welcome,
+        Refused,
+        Heartbeat,
+        Bye,
+        Stop,
+        Stopped,
+        Capture,
+        CaptureEnded,
+        Credit,
+        StreamStart,
+        Frame,
+        Skipped,
+        Embedding,
+        EndOfStream,
+        MetricsRecord,
+        Ready,
+        Ack,
+        Stats,
+    )
 }
 
 

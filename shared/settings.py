@@ -34,6 +34,8 @@ from typing import Any, Literal, Self, TypeVar
 
 import click
 
+from .endpoints import CORE_PORT, this_machine
+
 ENV_PREFIX = "ENCODERS_"
 Secret = Literal["url", "value"]
 S = TypeVar("S", bound="Settings")
@@ -240,6 +242,23 @@ def unknown_variables(environ: Mapping[str, str], known: set[str]) -> list[str]:
 
 
 # -- settings several services share --------------------------------------------------------
+
+
+@dataclass
+class CoreConnection(Settings):
+    """How a service reaches the core (the metrics service) and keeps its session (docs/PROTOCOL.md)."""
+
+    core: str = setting(
+        this_machine(CORE_PORT),
+        "The core's address (the metrics service's session socket, port 5556): the one address every service "
+        "is given. On several machines, the core's host as this machine reaches it, not 127.0.0.1",
+    )
+    heartbeat_s: float = setting(
+        1.0, "Seconds between heartbeats when nothing else is sent (the same on every service)", minimum=0.05
+    )
+    heartbeat_misses: int = setting(
+        3, "Heartbeats missed in a row before the other side counts as gone (the same on every service)", minimum=2
+    )
 
 
 @dataclass

@@ -7,7 +7,7 @@ returns the value to keep, or raises ``Invalid`` saying what was expected:
 
 - ``int``: an int, never a bool (msgpack keeps them apart; Python does not);
 - ``float``: finite; an int is taken and becomes a float;
-- ``str``, ``bytes``, ``bool``, ``None``, ``X | Y`` (the first that takes the value);
+- ``str``, ``bytes``, ``bool``, ``None``, ``X | Y`` (the first that takes the value), ``Literal[...]``;
 - ``dict[K, V]``: a map whose keys and values are checked;
 - a ``TypedDict`` (total or not): its declared keys are checked; keys it does not declare
   are dropped, as decode drops header fields it does not know (see ``_typed_dict``);
@@ -110,6 +110,8 @@ def _build(hint: Any, marks: tuple[Any, ...] = ()) -> tuple[Check, str]:
         if marks:
             raise TypeError(f"a TypedDict takes no bounds: {hint!r}")
         return _typed_dict(hint)
+    if origin is typing.Literal and not marks:
+        return _literal(typing.get_args(hint))
     if hint is int:
         return _int(**_marks(hint, marks, Range))
     if hint is float:
@@ -136,6 +138,19 @@ def _marks(hint: Any, marks: tuple[Any, ...], *allowed: type) -> dict[str, Any]:
 
 
 _KEYWORD = {Range: "bounds", MaxLen: "maxlen", Matches: "matches", MaxItems: "maxitems"}
+
+
+def _literal(allowed: tuple[Any, ...]) -> tuple[Check, str]:
+    """One of a few values (of str, int or bool: exact types, so True is not 1)."""
+    choices = frozenset((type(a), a) for a in allowed)
+    expected = "one of " + ", ".join(repr(a) for a in allowed)
+
+    def check(value: Any) -> Any:
+        if type(value) in (str, int, bool) and (type(value), value) in choices:  # a list is unhashable
+            return value
+        _fail(expected, value)
+
+    return check, expected
 
 
 def _exact(kind: type, expected: str) -> tuple[Check, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 
 import zmq
@@ -31,6 +32,9 @@ def open_socket(
     subscribe: Iterable[bytes] = (),
     identity: bytes | None = None,
     linger: int = LINGER_MS,
+    heartbeat_s: float | None = None,
+    immediate: bool = False,
+    max_message_bytes: int | None = None,
 ) -> zmq.Socket:
     """Create a socket, set its options, then bind or connect it to every endpoint.
 
@@ -38,6 +42,12 @@ def open_socket(
     settings hold them). A TCP bind on port ``*`` or 0 takes a port the system picks; the
     address it got is logged, for whoever connects from elsewhere. StartupError when an
     endpoint cannot be bound or does not parse.
+
+    ``heartbeat_s``: ZMTP heartbeats (ZeroMQ's own, below the messages), so that a TCP
+    connection that died without a word is dropped and re-established within three of them.
+    ``immediate``: queue messages only to a connection that is up (a session's Hello must
+    not wait in a queue for a core that is not there, then arrive stale). ``max_message_bytes``:
+    a peer that sends a larger message is disconnected (zmq.MAXMSGSIZE).
     """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger)
@@ -47,6 +57,15 @@ def open_socket(
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
+    if heartbeat_s is not None:
+        ivl = max(1, int(heartbeat_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * ivl)
+    if immediate:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    if max_message_bytes is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     if kind == zmq.SUB:
         for prefix in subscribe:
             sock.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -59,9 +78,22 @@ def open_socket(
         except zmq.ZMQError as exc:
             sock.close(0)
             raise StartupError(f"cannot {'bind' if bind else 'connect'} {ep}: {exc}") from None
-        if bind and ep.startswith("tcp://") and ep.rsplit(":", 1)[-1] in ("*", "0"):
-            log.info("listening on %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        if bind:
+            actual = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            _BOUND.setdefault(sock, []).append(actual)
+            if ep.startswith("tcp://") and ep.rsplit(":", 1)[-1] in ("*", "0"):
+                log.info("listening on %s", actual)
     return sock
+
+
+# What each socket open_socket bound is listening on: the port a wildcard bind got included.
+_BOUND: weakref.WeakKeyDictionary[zmq.Socket, list[str]] = weakref.WeakKeyDictionary()
+
+
+def bound(sock: zmq.Socket) -> str:
+    """Every endpoint ``sock`` listens on, comma-separated, with the ports wildcard binds got
+    (what a peer is told to connect to: docs/PROTOCOL.md, Welcome)."""
+    return ",".join(_BOUND.get(sock, []))
 
 
 def check_connect_endpoints(ctx: zmq.Context, endpoints: str | Iterable[str]) -> None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from encoders.shared.endpoints import METRICS_IN_PORT, WORK_PORT, this_machine
-from encoders.shared.settings import ModelSettings, SettingsError, setting
+from encoders.shared.settings import CoreConnection, ModelSettings, SettingsError, setting
 
 
 @dataclass
-class EncoderConfig(ModelSettings):
-    work: str = setting(this_machine(WORK_PORT), "Ingest work endpoint(s) to take frames from, comma-separated")
-    metrics_in: str = setting(this_machine(METRICS_IN_PORT), "Metrics' input, where embeddings are pushed")
+class EncoderConfig(ModelSettings, CoreConnection):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     batch_size: int = setting(
         0,
@@ -21,12 +18,25 @@ class EncoderConfig(ModelSettings):
         minimum=0,
     )
     batch_wait_ms: float = setting(5.0, "How long to wait for more frames once one is waiting, ms", minimum=0)
+    runtime: str = setting(
+        "auto",
+        "What runs the image tower: torch, onnx (ONNX Runtime), openvino, or auto (on the CPU OpenVINO if "
+        "installed, else ONNX Runtime, else torch; torch on CUDA). Both runtimes measured about 2x torch on the CPU "
+        "(ViT-B-32, 2 cores); the tower is exported once into --model-cache",
+        choices=("auto", "torch", "onnx", "openvino"),
+    )
     precision: str = setting(
         "auto",
-        "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA only), bf16. On a CPU with "
-        "AVX512-BF16 or AMX, bf16 measured 1.8x the fp32 speed for ViT-B-32 (AMD EPYC, 2 cores) at embedding "
-        "cosine >= 0.9999 to fp32; without those instructions it is slower than fp32",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA only), bf16, int8 (onnx and "
+        "openvino runtimes only). On a CPU with AVX512-BF16 or AMX, bf16 measured 1.8x the fp32 speed for ViT-B-32 "
+        "(AMD EPYC, 2 cores) at embedding cosine >= 0.9999 to fp32; without those instructions it is slower than "
+        "fp32. int8 measured 1.8-1.9x fp32 with onnx or openvino at cosine >= 0.999 to fp32 (random weights)",
+        choices=("auto", "fp32", "fp16", "bf16", "int8"),
+    )
+    model_cache: str = setting(
+        "",
+        "Folder of exported image towers for the onnx and openvino runtimes (default: $XDG_CACHE_HOME/encoders, "
+        "else ~/.cache/encoders); safe to clear",
     )
     fast_decode: bool = setting(
         True,
@@ -37,6 +47,13 @@ class EncoderConfig(ModelSettings):
     decode_threads: int = setting(
         0, "Threads decoding JPEGs (0 = auto: 1 on the CPU, whose cores run the model; up to 8 with CUDA)", minimum=0
     )
+    thumbnail_size: int = setting(
+        160,
+        "Longest side of the small JPEG made of each frame and stored with its row, for search results "
+        "(0 = none); made from the picture the worker decodes anyway, about 0.6-0.9 ms of a core for 640x480",
+        minimum=0,
+    )
+    thumbnail_quality: int = setting(70, "The thumbnail's JPEG quality", minimum=1, maximum=100)
     worker_id: str = setting("", "Name of this worker in logs and records (default: host-pid)")
     gpus: str = setting("", "Start one worker per GPU: 'all' or GPU numbers like 0,1 (each on cuda:N)")
     ready_file: str = setting("", "Create this file once the model is loaded (the all-in-one launcher waits for it)")

@@ -1,4 +1,4 @@
-"""`encoders encode --gpus all|0,2`: one worker process per GPU, all sharing the same ingests."""
+"""`encoders encode --gpus all|0,2`: one worker process per GPU, each with its own session with the core."""
 
 from __future__ import annotations
 

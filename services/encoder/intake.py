@@ -1,54 +1,72 @@
-"""Frames a worker holds, and the credit it owes back to each ingest.
+"""The frames a worker holds in this life of its session, and whether it has room for another.
 
-A worker never receives a frame it did not ask for: it grants each ingest ``capacity``
-credits (one batch being encoded plus one being gathered), and grants one more for every
-frame it finishes. So no stale queue builds up anywhere, and ingest drops frames itself
-when every worker is busy.
+The core hands a worker a frame only while the worker holds fewer than the capacity its
+Hello offered (one batch being encoded and one being gathered), and counts a frame held
+until its result comes back: the worker asks for nothing, sending a result is what makes
+room (docs/PROTOCOL.md, "Workers").
+
+A Hello starts a new life of the session, and the core gives up whatever the worker held
+before (lost). So every frame is tagged with the life it came in: when the session is lost
+the intake is emptied, and a result of an earlier life is never sent (the core no longer
+expects it from this worker). Life 0 is none: the session is not joined.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from encoders.shared.messages import Frame
 
 
 @dataclass
 class Held:
-    source: int  # index of the ingest socket the frame came from
     frame: Frame
+    life: int  # the life of the session the frame came in
+    thumbnail: Future[bytes] | None = None  # started once the frame decoded
 
 
-@dataclass
 class Intake:
-    capacity: int
-    sources: int
-    waiting: deque = field(default_factory=deque)
-    # Frames received per source and not yet finished: waiting, being decoded or encoded.
-    held: list = field(init=False)
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.life = 0
+        self.waiting: deque[Held] = deque()
+        self.held = 0  # frames of this life not finished: waiting, being decoded or encoded
 
-    def __post_init__(self) -> None:
-        self.held = [0] * self.sources
+    def begin(self, life: int) -> None:
+        """A new life (a Welcome): nothing held, the full capacity free."""
+        self.waiting.clear()
+        self.held = 0
+        self.life = life
 
-    def add(self, source: int, frame: Frame) -> None:
-        self.waiting.append(Held(source, frame))
-        self.held[source] += 1
+    def give_up(self) -> int:
+        """The session is lost: everything held is given up (the core counts it lost). Returns how many."""
+        held = self.held
+        self.begin(0)
+        return held
+
+    def add(self, frame: Frame) -> bool:
+        """Hold a frame; False when full (the core handed more than the capacity: it gets no room)."""
+        if self.held >= self.capacity:
+            return False
+        self.waiting.append(Held(frame, self.life))
+        self.held += 1
+        return True
 
     def take(self, max_n: int) -> list[Held]:
+        """The next batch, in arrival order: still held until finished."""
         return [self.waiting.popleft() for _ in range(min(max_n, len(self.waiting)))]
 
-    def finish(self, items: list[Held]) -> dict[int, int]:
-        """Frames done (embedded or skipped): the credit to give back, per source."""
-        credit: dict[int, int] = {}
-        for item in items:
-            self.held[item.source] -= 1
-            credit[item.source] = credit.get(item.source, 0) + 1
-        return credit
+    def current(self, item: Held) -> bool:
+        """Whether a frame belongs to this life (its result is to be sent)."""
+        return self.life != 0 and item.life == self.life
 
-    def free(self, source: int) -> int:
-        """Credit a restarted ingest should get: what this worker can take from it now."""
-        return max(0, self.capacity - self.held[source])
+    def finish(self, items: list[Held]) -> list[Held]:
+        """Frames done (embedded or skipped): the room they held is free. Returns those of this life."""
+        mine = [item for item in items if self.current(item)]
+        self.held -= len(mine)
+        return mine
 
     def __len__(self) -> int:
         return len(self.waiting)

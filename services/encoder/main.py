@@ -1,14 +1,17 @@
-"""encoder worker: take frames from every ingest, embed them in batches, push to metrics.
+"""encoder worker: take frames from the core, embed them in batches, send the results back to it.
 
-Settings -> the model -> sockets -> the worker's loop (worker.py) -> drain and shut down.
-With --gpus it starts one such worker process per GPU instead (gpus.py).
+Settings -> the model -> the session with the core (ENCODERS_CORE) -> the worker's loop
+(worker.py) -> drain, Bye and shut down. With --gpus it starts one such worker process per
+GPU instead (gpus.py), each with its own session.
+
+Exit codes: 0 stopped; 2 cannot start (a setting, the model, the core's address) or the
+core refused this worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -17,11 +20,11 @@ import zmq
 
 from encoders.services.encoder.config import EncoderConfig
 from encoders.shared.runtime import StartupError, service_main
-from encoders.shared.settings import split_addrs
+from encoders.shared.session import SessionRefused, process_name
 
 from .gpus import parse_gpus, run_per_gpu
 from .model import ModelLoadError, load_encoder
-from .worker import Worker, WorkerSockets
+from .worker import Worker
 
 log = logging.getLogger("encoders.encoder")
 
@@ -41,7 +44,16 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        encoder = load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.precision, cfg.fast_decode)
+        encoder = load_encoder(
+            cfg.model,
+            cfg.pretrained,
+            cfg.device,
+            cfg.precision,
+            cfg.fast_decode,
+            runtime=cfg.runtime,
+            cache_dir=cfg.model_cache,
+            threads=cfg.threads,
+        )
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 2
@@ -49,27 +61,36 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
     batch_size = cfg.batch_size or (64 if cuda else 8)
     # On the CPU the cores run the model; a GPU worker needs decoding in parallel to keep up.
     decode_threads = cfg.decode_threads or (min(8, os.cpu_count() or 1) if cuda else 1)
-    name = cfg.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    addrs = split_addrs(cfg.work)
+    name = cfg.worker_id or process_name()
 
     ctx = zmq.Context()
     try:
-        sockets = WorkerSockets.open(ctx, addrs, cfg.metrics_in, name)
-    except StartupError:
+        worker = Worker(
+            name,
+            encoder,
+            ctx,
+            cfg,
+            batch_size=batch_size,
+            batch_wait_ms=cfg.batch_wait_ms,
+            decode_threads=decode_threads,
+            thumbnail_size=cfg.thumbnail_size,
+            thumbnail_quality=cfg.thumbnail_quality,
+        )
+    except StartupError:  # the core's address does not parse
         ctx.destroy(linger=0)
         raise
-
-    worker = Worker(
-        name, encoder, sockets, batch_size=batch_size, batch_wait_ms=cfg.batch_wait_ms, decode_threads=decode_threads
-    )
-    worker.grant_full_credit()
     if cfg.ready_file:
         Path(cfg.ready_file).touch()
-    log.info("worker %s taking frames from %s, batches of up to %d", name, ", ".join(addrs), batch_size)
+    log.info("worker %s: frames from the core at %s, batches of up to %d", name, cfg.core, batch_size)
+    code = 0
     try:
+        worker.start()
         worker.run(stop)
         worker.drain()
+    except SessionRefused as exc:
+        log.error("%s", exc)
+        code = 2
     finally:
         worker.close()
         ctx.term()
-    return 0
+    return code

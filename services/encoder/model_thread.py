@@ -2,7 +2,7 @@
 
 torch releases the GIL while it computes, so the worker's main thread decodes JPEGs and
 moves messages while this thread encodes. At most one more batch waits its turn: frames
-held beyond that would only wait, and the credit they hold would starve other workers.
+held beyond that would only wait, taking room the core could give another worker.
 """
 
 from __future__ import annotations

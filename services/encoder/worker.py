@@ -1,137 +1,152 @@
-"""An encoder worker's loop: frames in by credit, batches through the model, outcomes out.
+"""An encoder worker's loop: frames from the core, batches through the model, results back to the core.
 
-``WorkerSockets`` are the worker's links: a DEALER to each ingest (with a monitor that
-reports its connects and disconnects) and a PUSH to metrics. ``Worker`` is given them and
-does the rest: it grants each ingest credit, gathers frames into batches, decodes a batch
-while the model thread encodes the one before, pushes every outcome (an embedding, or a
-frame skipped and why) to metrics, and gives each finished frame's credit back to the
-ingest it came from.
+``Worker`` opens its one session with the core (shared/session.py) on the context it is
+given: its Hello offers a capacity (two batches: one encoding, one gathering) and names the
+model. The core hands it ``Frame`` messages while it holds fewer than that; the worker
+gathers them into batches, decodes a batch while the model thread encodes the one before,
+starts each frame's thumbnail (thumbnails.py), and answers every frame on the same session
+with an ``Embedding`` (and its thumbnail) or a ``Skipped`` (a JPEG that does not decode, a
+batch the model failed). Sending a result is what makes room: no credit is sent.
+
+A lost session (the core silent for the timeout, or no longer knowing us) gives up what the
+worker holds: the core counts those frames lost, so their results are never sent, even for
+batches the model is still running (intake.py tags frames with the session's life). The
+session says Hello again by itself, with the full capacity.
+
+Stopping (SIGTERM, or a ``Stop`` from the core): the frames held are finished and their
+results sent (``drain``), then Bye. Frames the core hands meanwhile (it does not know of a
+SIGTERM) are not taken: the Bye gives them back to the core, which counts them lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from threading import Event
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from encoders.shared import zmqio
-from encoders.shared.messages import TEXT_MAX, Credit, Embedding, Frame, Skipped
+from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello, Message, Skipped, Stop, Welcome
+from encoders.shared.session import CoreSession
+from encoders.shared.settings import CoreConnection
 
 from .intake import Intake
 from .model import ClipImageEncoder
 from .model_thread import ModelThread
 from .preprocess import load_batch
+from .thumbnails import Thumbnails
 
 log = logging.getLogger("encoders.encoder")
 
 # Frames already held when a stop is asked for are still encoded, for at most this long.
 DRAIN_S = 30.0
 LOG_EVERY = 10.0  # seconds between summary log lines
-
-
-@dataclass
-class WorkerSockets:
-    """What a worker is connected to; opened by ``open``, closed by ``close``."""
-
-    addrs: list[str]  # each ingest's work endpoint, in the order of ``sources``
-    sources: list[zmq.Socket]  # a DEALER to each ingest
-    monitors: list[zmq.Socket]  # each source's connects and disconnects
-    push: zmq.Socket  # to metrics
-
-    @classmethod
-    def open(cls, ctx: zmq.Context, addrs: list[str], metrics_in: str, worker: str) -> WorkerSockets:
-        """Connect to every ingest and to metrics; StartupError names an endpoint that does not parse."""
-        sources = [
-            # Unique per run: ingest's ROUTER turns away a peer whose identity it still holds,
-            # as it would a worker restarted with the same --worker-id.
-            zmqio.open_socket(
-                ctx, zmq.DEALER, addr, bind=False, linger=0, identity=f"{worker}/{i}/{uuid.uuid4().hex[:8]}".encode()
-            )
-            for i, addr in enumerate(addrs)
-        ]
-        monitors = [s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) for s in sources]
-        push = zmqio.open_socket(ctx, zmq.PUSH, metrics_in, bind=False)
-        return cls(addrs, sources, monitors, push)
-
-    def close(self) -> None:
-        for sock in self.sources:
-            sock.disable_monitor()
-        for sock in self.monitors + self.sources:
-            sock.close(0)
-        self.push.close()  # lingers so the last embeddings reach metrics
+MAX_CAPACITY = 4096  # the most a Hello may offer (messages.Hello.capacity)
+COUNTERS = (
+    "received",  # frames the core handed
+    "embedded",
+    "skipped",
+    "batches",
+    "given_up",  # held when the session was lost: the core counted them lost
+    "discarded",  # results of a life that had ended, not sent
+    "over_capacity",  # frames handed beyond the capacity offered (a core's mistake): skipped
+    "not_taken",  # frames handed while stopping: given back by the Bye
+    "unsent",  # results the session's socket would not take (the connection was down)
+    "unexpected_messages",
+    "bad_messages",
+)
 
 
 class Worker:
-    """Takes frames from every ingest by credit, embeds them in batches, pushes the outcomes."""
+    """Takes frames from the core, embeds them in batches, sends the results back on the session."""
 
     def __init__(
         self,
         name: str,
         encoder: ClipImageEncoder,
-        sockets: WorkerSockets,
+        ctx: zmq.Context,
+        core: CoreConnection,
         *,
         batch_size: int,
         batch_wait_ms: float,
         decode_threads: int,
+        thumbnail_size: int = 0,
+        thumbnail_quality: int = 70,
     ):
         self.name = name
         self.encoder = encoder
-        self.sockets = sockets
         self.batch_size = batch_size
         self.batch_wait_ms = batch_wait_ms
-        self.intake = Intake(capacity=2 * batch_size, sources=len(sockets.sources))
+        self.intake = Intake(capacity=min(2 * batch_size, MAX_CAPACITY))
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.session = CoreSession(  # first: an address that does not parse is StartupError, nothing started
+            ctx,
+            core.core,
+            self.hello,
+            heartbeat_s=core.heartbeat_s,
+            misses=core.heartbeat_misses,
+            on_join=self._joined,
+            on_lost=self._lost,
+            counters=self.counters,
+            sndhwm=max(1000, 4 * self.intake.capacity),  # results in flight never exceed the capacity
+        )
         self.model = ModelThread(encoder)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
-        self.counters = {"received": 0, "embedded": 0, "skipped": 0, "batches": 0, "bad_messages": 0}
-        # Per source: set once its connection drops, so that the next connect re-grants credit.
-        self.lost_connection = [False] * len(sockets.sources)
-        # Once stopping: no new credit, so what ingest already sent is all that comes.
-        self.draining = False
-        self.poller = zmq.Poller()
-        for sock in sockets.sources + sockets.monitors:
-            self.poller.register(sock, zmq.POLLIN)
+        self.thumbnails = Thumbnails(thumbnail_size, thumbnail_quality, self.pool)
+        self.stop_asked = ""  # the core's Stop, with its reason
+        self.draining = False  # stopping: frames handed now are not taken
 
-    def grant_full_credit(self) -> None:
-        """Ask every ingest for as many frames as the intake holds: one batch encoding, one gathering."""
-        for sock in self.sockets.sources:
-            zmqio.send(sock, Credit(worker=self.name, n=self.intake.capacity))
+    # -- the session ------------------------------------------------------------------------------
 
-    def give_credit(self, credit: dict[int, int]) -> None:
-        """Credit back to each source (by index) for frames finished; none while draining."""
-        if self.draining:
-            return
-        for src, n in credit.items():
-            zmqio.send(self.sockets.sources[src], Credit(worker=self.name, n=n), flags=zmq.NOBLOCK)
+    def hello(self) -> Hello:
+        return Hello("worker", self.name, PROTOCOL, capacity=self.intake.capacity, model=self.encoder.name[:1024])
+
+    def _joined(self, welcome: Welcome) -> None:
+        self.intake.begin(self.session.lives)
+        log.info("worker %s: the core hands up to %d frames at once", self.name, self.intake.capacity)
+
+    def _lost(self) -> None:
+        n = self.intake.give_up()
+        self.counters["given_up"] += n
+        if n or self.model.busy:
+            log.warning("gave up %d frames held and the results of %d batches running", n, self.model.busy)
 
     def receive(self, timeout_ms: int) -> None:
-        """Take every frame waiting (waiting up to ``timeout_ms`` for one), and note reconnects."""
-        for sock, _ in self.poller.poll(timeout_ms):
-            if sock in self.sockets.monitors:
-                self._connection_event(self.sockets.monitors.index(sock))
-                continue
-            src = self.sockets.sources.index(sock)
-            while sock.poll(0):  # drain: take every frame already waiting
-                msg, _ = zmqio.receive(sock, counters=self.counters)
-                if isinstance(msg, Frame):
-                    self.intake.add(src, msg)
-                    self.counters["received"] += 1
+        """Take what the core sent (waiting up to ``timeout_ms`` for something); heartbeat when due."""
+        if self.session.sock.poll(timeout_ms):
+            for msg in self.session.take(time.monotonic()):
+                self._from_core(msg)
+        self.session.tick(time.monotonic())
 
-    def _connection_event(self, src: int) -> None:
-        event = recv_monitor_message(self.sockets.monitors[src])["event"]
-        if event == zmq.EVENT_DISCONNECTED:
-            self.lost_connection[src] = True
-        elif event == zmq.EVENT_CONNECTED and self.lost_connection[src]:
-            # A restarted ingest knows nothing of our earlier credit.
-            self.lost_connection[src] = False
-            free = self.intake.free(src)
-            log.info("reconnected to %s: granting %d credits", self.sockets.addrs[src], free)
-            self.give_credit({src: free})
+    def _from_core(self, msg: Message) -> None:
+        if isinstance(msg, Frame):
+            self.counters["received"] += 1
+            if self.draining:
+                self.counters["not_taken"] += 1
+            elif not self.intake.add(msg):
+                self.counters["over_capacity"] += 1
+                log.warning(
+                    "%s #%d: handed beyond the capacity of %d: skipped", msg.stream, msg.seq, self.intake.capacity
+                )
+                self._send(Skipped(msg.stream, msg.seq, self.name, f"over capacity ({self.intake.capacity} held)"))
+        elif isinstance(msg, Stop):
+            self.stop_asked = msg.reason or "no reason given"
+            self.draining = True  # frames after the Stop are not taken
+            log.info("the core asks this worker to stop (%s)", self.stop_asked)
+        else:
+            self.counters["unexpected_messages"] += 1
+            log.warning("ignored a %s message from the core (a worker expects frames or stop)", msg.KIND)
+
+    def _send(self, msg: Message) -> None:
+        try:
+            self.session.send(msg, time.monotonic(), flags=zmq.NOBLOCK)
+        except zmq.Again:  # no live connection: the core counts the frame lost, or the session is lost
+            self.counters["unsent"] += 1
+            if self.counters["unsent"] in (1, 10, 100) or self.counters["unsent"] % 1000 == 0:
+                log.warning("the connection to the core is down: %d results not sent so far", self.counters["unsent"])
+
+    # -- batches ----------------------------------------------------------------------------------
 
     def encode_next(self) -> None:
         """Gather a batch (waiting up to batch_wait_ms for it to fill), decode it, hand it to the model."""
@@ -141,55 +156,73 @@ class Worker:
             while len(self.intake) < limit and (left := deadline - time.monotonic()) > 0:
                 self.receive(int(left * 1000))  # as pyzmq would round it
         items = self.intake.take(limit)
+        if not items:
+            return  # the session was lost while gathering
         arrays, ok, bad = load_batch(self.encoder.pre, [h.frame.jpeg for h in items], self.pool)
         for pos, reason in bad:
             f = items[pos].frame
             log.warning("%s #%d skipped: %s", f.stream, f.seq, reason)
-            zmqio.send(self.sockets.push, Skipped(f.stream, f.seq, self.name, reason))
+            self._send(Skipped(f.stream, f.seq, self.name, reason[:TEXT_MAX]))
         self.counters["skipped"] += len(bad)
-        if bad:
-            self.give_credit(self.intake.finish([items[pos] for pos, _ in bad]))
+        self.intake.finish([items[pos] for pos, _ in bad])
         if arrays:
-            self.model.submit([items[i] for i in ok], arrays)
+            batch = [items[i] for i in ok]
+            self.model.submit(batch, arrays)
             self.counters["batches"] += 1
+            for h in batch:  # while the model runs
+                h.thumbnail = self.thumbnails.start(h.frame.jpeg)
 
     def send_results(self, block_s: float) -> None:
-        """Push the outcome of every batch the model finished (waiting up to ``block_s`` for one)."""
-        push = self.sockets.push
+        """Send the results of every batch the model finished (waiting up to ``block_s`` for one).
+
+        Only for frames of this life: the core gave up the others when the session was lost.
+        """
         for items, vectors, error in self.model.results(timeout=block_s):
+            mine = self.intake.finish(items)
+            self.counters["discarded"] += len(items) - len(mine)
             if vectors is None:
                 log.error("batch of %d failed in the model: %s", len(items), error)
-                for h in items:
-                    zmqio.send(
-                        push, Skipped(h.frame.stream, h.frame.seq, self.name, f"model error: {error}"[:TEXT_MAX])
-                    )
-                self.counters["skipped"] += len(items)
-            else:
-                now = time.time()
-                for h, vec in zip(items, vectors, strict=False):
+                for h in mine:
                     f = h.frame
-                    zmqio.send(push, Embedding(f.stream, f.seq, f.t_capture, self.name, self.encoder.name, now, vec))
-                self.counters["embedded"] += len(items)
-            self.give_credit(self.intake.finish(items))
+                    self._send(Skipped(f.stream, f.seq, self.name, f"model error: {error}"[:TEXT_MAX]))
+                self.counters["skipped"] += len(mine)
+                continue
+            now = time.time()
+            for h, vec in zip(items, vectors, strict=False):
+                if not self.intake.current(h):
+                    continue
+                f = h.frame
+                thumbnail = self.thumbnails.result(h.thumbnail, f"{f.stream} #{f.seq}")
+                self._send(Embedding(f.stream, f.seq, f.t_capture, self.name, self.encoder.name, now, vec, thumbnail))
+            self.counters["embedded"] += len(mine)
+
+    # -- running, stopping ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Say Hello: frames come once the core welcomes the session."""
+        self.session.start(time.monotonic())
 
     def run(self, stop: Event) -> None:
-        """Receive, encode and send until ``stop`` is set, with a summary log line now and then."""
+        """Steps until ``stop`` is set or the core says Stop, with a summary log line now and then.
+
+        SessionRefused (from the session) when the core refuses this worker for good.
+        """
         last_log = time.monotonic()
-        while not stop.is_set():
-            self.receive(0 if len(self.intake) else 100)
-            if len(self.intake) and self.model.has_room():
-                self.encode_next()
-            self.send_results(block_s=0.0 if self.model.has_room() or not self.model.busy else 0.05)
+        while not stop.is_set() and not self.stop_asked:
+            self.step()
             if time.monotonic() - last_log > LOG_EVERY:
                 last_log = time.monotonic()
-                log.info(
-                    "received %(received)d, embedded %(embedded)d, skipped %(skipped)d in %(batches)d batches",
-                    self.counters,
-                )
+                log.info("%s", self.summary())
+
+    def step(self) -> None:
+        """Receive, start a batch when the model has room, send what it finished."""
+        self.receive(0 if len(self.intake) else 100)
+        if len(self.intake) and self.model.has_room():
+            self.encode_next()
+        self.send_results(block_s=0.0 if self.model.has_room() or not self.model.busy else 0.05)
 
     def drain(self, limit_s: float = DRAIN_S) -> None:
-        """Finish what we hold, and what is already on its way to us: those frames were given
-        to us and to nobody else. No new credit is given meanwhile."""
+        """Finish the frames held and send their results; frames handed meanwhile are not taken."""
         self.draining = True
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
@@ -199,15 +232,21 @@ class Worker:
             if len(self.intake) and self.model.has_room():
                 self.encode_next()
             self.send_results(block_s=0.05)
-        if len(self.intake) or self.model.busy:
-            log.warning("stopped with %d frames not encoded", len(self.intake) + self.model.busy)
+        if self.intake.held or self.model.busy:
+            log.warning("stopped with %d frames not encoded", self.intake.held)
 
     def close(self) -> None:
-        """Stop the model and decode threads, log the totals, close the sockets."""
+        """Stop the model and decode threads, say Bye, log the totals, close the session's socket."""
         self.model.close()
         if self.pool is not None:
             self.pool.shutdown()
-        log.info(
-            "worker %s done: embedded %d, skipped %d", self.name, self.counters["embedded"], self.counters["skipped"]
-        )
-        self.sockets.close()
+        self.session.close(time.monotonic(), self.stop_asked or "stopping")
+        log.info("worker %s done: %s", self.name, self.summary())
+
+    def summary(self) -> str:
+        c = self.counters
+        text = f"received {c['received']}, embedded {c['embedded']}, skipped {c['skipped']} in {c['batches']} batches"
+        extra = {k: c[k] for k in ("given_up", "discarded", "over_capacity", "not_taken", "unsent") if c[k]}
+        if self.thumbnails.failed:
+            extra["without_thumbnail"] = self.thumbnails.failed
+        return text + "".join(f", {k.replace('_', ' ')} {v}" for k, v in extra.items())

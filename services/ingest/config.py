@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoders.shared.endpoints import FRAMES_PORT, METRICS_IN_PORT, WORK_PORT, bind_all, this_machine
 from encoders.shared.messages import STREAM_NAME
-from encoders.shared.settings import Settings, SettingsError, setting
+from encoders.shared.settings import CoreConnection, SettingsError, setting
 
 
 @dataclass
-class IngestConfig(Settings):
+class IngestConfig(CoreConnection):
     stream: str = setting("", "MJPEG stream URL, e.g. http://<PI_IP>:8000/stream.mjpg (required)")
     stream_id: str = setting("cam0", "Name of this camera's stream; one ingest per camera, each with its own id")
-    frames_bind: str = setting(bind_all(FRAMES_PORT), "PUB endpoint publishing every frame (viewer, recorder)")
-    work_bind: str = setting(bind_all(WORK_PORT), "ROUTER endpoint that hands frames to encoder workers")
-    metrics_in: str = setting(
-        this_machine(METRICS_IN_PORT), "Metrics' input, told of dropped frames and the end of the stream"
-    )
     lossless: bool = setting(False, "Wait for a free encoder instead of dropping frames (video files, benchmarks)")
     max_frames: int = setting(0, "Stop after publishing this many frames (0 = never)", minimum=0)
     connect_timeout: float = setting(5.0, "Seconds to wait for the camera to answer", minimum=0.1)

@@ -2,7 +2,7 @@
 
 httpx does the HTTP (connect and read timeouts, status, headers, chunked or plain
 bodies); ``iter_raw()`` hands over the body as the socket delivers it, which the
-splitter cuts into parts and ``jpeg_size`` checks before anything is published.
+splitter cuts into parts and ``jpeg_size`` checks before anything is sent on.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Is this part a JPEG, and how large is it? Checked before a frame is published.
+"""Is this part a JPEG, and how large is it? Checked before a frame is sent on.
 
 Only the header is read (Pillow's ``Image.open`` is lazy: it parses the markers up to
 the frame header and decodes no pixels), so checking costs microseconds per frame.

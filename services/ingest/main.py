@@ -1,14 +1,17 @@
-"""ingest: one camera's MJPEG stream -> Frame messages, published and handed to encoder workers.
+"""ingest: one camera's MJPEG stream -> Capture messages on its session with the core.
 
-    camera --HTTP--> reader thread --inproc PAIR--> main thread --PUB--> viewers, recorder
-                                                               --ROUTER--> encoder workers (by credit)
-                                                               --PUSH--> metrics (Dropped, EndOfStream)
+    camera --HTTP--> reader thread --inproc PAIR--> main thread --session (DEALER)--> the core
 
-Sockets are not thread-safe, so each belongs to one thread: the reader thread (reader.py)
-owns the HTTP connection and its end of the PAIR, over which it sends ingest's own reader
-events; the main thread (stream.py) owns everything else. In lossless mode the main thread
-stops reading the PAIR while a frame waits for a worker; the small HWMs then block the
-reader, which stops reading the socket, and TCP backpressure reaches the camera.
+The ingest binds nothing: it connects to the core (ENCODERS_CORE), which numbers the
+frames, hands them to workers and publishes them (docs/PROTOCOL.md). Sockets are not
+thread-safe, so each belongs to one thread: the reader thread (reader.py) owns the HTTP
+connection and its end of the PAIR; the main thread (stream.py) owns the session and the
+other end. In lossless mode the main thread stops reading the PAIR while a frame waits for
+credit; the small HWMs then block the reader, which stops reading the socket, and TCP
+backpressure reaches the camera.
+
+Exit codes: 0 stopped or the stream ended; 1 the camera never answered; 2 cannot start (a
+setting, the core's address) or the core refused this stream.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from contextlib import ExitStack
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
-from encoders.shared import zmqio
 from encoders.shared.runtime import StartupError, service_main
+from encoders.shared.settings import mask_url
 
 from .http_source import HttpMjpegSource, StreamError, check_url, read_first_frame
 from .reader import CameraReader
@@ -31,45 +34,36 @@ from .stream import Ingest
 
 log = logging.getLogger("encoders.ingest")
 
-# Before the first frame: subscribers and workers started earlier are retrying their connect
-# (ZeroMQ retries every 100 ms); this lets them in, so they get frame 0 and workers' credit
-# is counted before a frame would be dropped for the lack of it.
-PEER_GRACE = 0.3
-PUB_HWM = 100  # frames queued per slow subscriber before PUB drops for it (~4 MB at 640x480)
-ROUTER_HWM = 1000  # far above any credit a worker grants: reaching it means the worker is stuck
-
 
 def run(cfg: IngestConfig) -> int:
     return service_main("ingest", cfg, lambda stop: serve(cfg, stop))
 
 
 def serve(cfg: IngestConfig, stop: threading.Event) -> int:
-    """Sockets, the reader, the loop, then shutdown. 0: stopped or done; 1: the camera failed."""
+    """The reader, the session, the loop, then the end. 0: stopped or done; 1: the camera failed; 2: refused."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # we log connections ourselves, with the reason
     try:
         source = HttpMjpegSource.from_config(cfg, stop)
     except StreamError as exc:
         raise StartupError(str(exc)) from None
     ctx = zmq.Context()
-    # Unwinds in reverse: the reader thread, then the sockets (with the linger set by
-    # open_socket: queued notices still go out), then the context, which delivers them.
+    # Unwinds in reverse: the session (its socket lingers: the end of the stream still goes
+    # out), the reader thread and its PAIR, then the context, which delivers what lingers.
     with ExitStack() as on_exit:
         on_exit.callback(ctx.term)
-        pub = on_exit.enter_context(zmqio.open_socket(ctx, zmq.PUB, cfg.frames_bind, bind=True, sndhwm=PUB_HWM))
-        router = on_exit.enter_context(zmqio.open_socket(ctx, zmq.ROUTER, cfg.work_bind, bind=True, sndhwm=ROUTER_HWM))
-        push = on_exit.enter_context(zmqio.open_socket(ctx, zmq.PUSH, cfg.metrics_in, bind=False))
         reader = on_exit.enter_context(CameraReader(ctx, source, stop))
-        ingest = Ingest(cfg, pub, router, push, camera=source.counters)
+        ingest = Ingest(cfg, ctx, reader, camera=source.counters)  # StartupError: the core's address
+        on_exit.callback(ingest.close)
+        log.info("stream %r from %s: captures to the core at %s", cfg.stream_id, mask_url(cfg.stream), cfg.core)
+        outcome = "crashed"
         try:
-            ingest.take_credits_for(PEER_GRACE, stop)
             ingest.start()
-            reader.start()
-            outcome = ingest.loop(reader, stop)
+            outcome = ingest.loop(stop)
         finally:
-            reader.interrupt()  # the reader lets go of the camera now, not after the shutdown below
-            ingest.finish()  # even after an error: metrics must hear where the stream ended
+            reader.interrupt()  # the reader lets go of the camera now, not after the end below
+            ingest.finish(outcome)  # even after an error: the core must hear where the stream ended
     log.info("ingest stopped: %s", ingest.summary())
-    return 1 if outcome == "failed" else 0
+    return {"refused": 2, "failed": 1}.get(outcome, 0)
 
 
 def check(cfg: IngestConfig) -> int:

@@ -3,12 +3,12 @@
 Reading the camera blocks (httpx), so it runs in a thread of its own; ZeroMQ sockets are
 not thread-safe, so it hands its events to the main thread over an inproc PAIR, the one
 socket it owns. The events are ingest's own, not wire messages: a ``JpegFrame`` as the
-source read it (unnumbered: the main thread numbers only what it publishes), and a final
-``ReaderEnded`` saying how and why the reading ended.
+source read it (unnumbered: the core numbers frames), and a final ``ReaderEnded`` saying
+how and why the reading ended.
 
 Backpressure: the PAIR's high-water marks are 1, and ``ReaderOutbox.send`` waits while
 the main thread is not reading. In lossless mode the main thread stops reading while a
-frame waits for a worker, so the reader stops reading the HTTP socket, and TCP
+frame waits for the core's credit, so the reader stops reading the HTTP socket, and TCP
 backpressure reaches the camera.
 
 Encoding over the PAIR (both ends are this module; nothing is pickled):

@@ -1,11 +1,18 @@
-"""One camera stream as the main thread serves it: numbering, publishing, dispatching, notices, counters.
+"""One camera stream as the main thread serves it: its session with the core, captures, counters, the end.
 
-``Ingest`` gets its sockets from main() and owns them from then on (ZeroMQ sockets are
-not thread-safe: everything here runs in the main thread). Frames come from the reader
-thread (reader.py) as unnumbered ``JpegFrame`` events; each published frame gets the next
-sequence number, goes to every subscriber (PUB) and to one encoder worker by credit
-(ROUTER, see dispatch.py). Metrics hears of what happens to the stream (PUSH): its start,
-each dropped frame, its end.
+``Ingest`` opens its session with the core (shared/session.py) on the context it is given
+and is handed the camera reader (reader.py); everything here runs in the main thread
+(ZeroMQ sockets are not thread-safe). Each ``step`` takes what the core sent (Welcome,
+Credit, Stop), takes the next frame from the reader when ``delivery.py`` may send it, sends
+it as a ``Capture``, and once a second tells the core the stream's counters (``Stats``).
+The core numbers frames, hands them to workers and publishes them (docs/PROTOCOL.md).
+
+The reader starts once the core has welcomed the session (or after the session's timeout
+without an answer, so that a camera that fails is still noticed): a core that is up gets
+the stream from its first frame.
+
+At the end (the camera's stream ended, max_frames, a signal, or a Stop from the core),
+``finish`` sends the final Stats, ``CaptureEnded`` with the camera's counts, and ``Bye``.
 """
 
 from __future__ import annotations
@@ -18,10 +25,22 @@ from collections.abc import Mapping
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
-from encoders.shared import zmqio
-from encoders.shared.messages import Credit, Dropped, EndOfStream, Frame, FrameCounts, Message, Stats, StreamStart
+from encoders.shared.messages import (
+    PROTOCOL,
+    TEXT_MAX,
+    Capture,
+    CaptureEnded,
+    Credit,
+    FrameCounts,
+    Hello,
+    Stats,
+    Stop,
+    Welcome,
+)
+from encoders.shared.session import CoreSession, SessionRefused, process_name
+from encoders.shared.settings import mask_url
 
-from .dispatch import Dispatcher, WorkerGone
+from .delivery import Delivery
 from .http_source import JpegFrame
 from .reader import CameraReader
 
@@ -30,195 +49,247 @@ log = logging.getLogger("encoders.ingest")
 STATS_EVERY = 1.0  # seconds between Stats messages
 LOG_EVERY = 10.0  # seconds between summary log lines
 POLL_MS = 100
-SHUTDOWN_CREDIT_WAIT = 1.0  # how long a frame still pending at shutdown waits for a worker
-NOTICE_WAIT = 2.0  # how long the final EndOfStream may wait for room on the PUSH socket
+# Captures queued for the core before one is counted undelivered (real time): ~4 MB at
+# 640x480, a few seconds of a camera; a core that far behind gets the newest frames.
+SNDHWM = 100
+END_WAIT = 2.0  # how long the end of the stream may wait for room on the socket
+
+# Why the loop ended: a signal, a Stop from the core, max_frames, the camera's stream ended
+# (reconnect off), the camera never answered, the core refused the session, a crash.
+OUTCOMES = ("stopped", "stop", "max_frames", "ended", "failed", "refused", "crashed")
 
 
 class Ingest:
-    """The main thread's state: numbering, publishing, dispatching, notices and counters.
+    """The main thread's state: the session, what is delivered, the counters.
 
-    ``camera`` is the source's counters (corrupt, reconnects, truncated, bytes), which the
-    reader thread updates in place; they are only read here, for statistics.
+    ``camera`` is the source's counters (corrupt, reconnects, truncated, bytes...), which the
+    reader thread updates in place; they are only read here.
     """
 
-    def __init__(
-        self, cfg: IngestConfig, pub: zmq.Socket, router: zmq.Socket, push: zmq.Socket, camera: Mapping[str, int]
-    ) -> None:
+    def __init__(self, cfg: IngestConfig, ctx: zmq.Context, reader: CameraReader, camera: Mapping[str, int]) -> None:
         self.cfg = cfg
         self.stream = cfg.stream_id
-        self.pub, self.router, self.push = pub, router, push
-        self.camera = camera
-        self.names: dict[bytes, str] = {}  # worker identity -> the name it gives in Credit
-        self.dispatcher: Dispatcher[bytes, Frame] = Dispatcher(
-            self._send_to_worker, lossless=cfg.lossless, name=lambda w: repr(self.names.get(w, w))
+        self.reader, self.camera = reader, camera
+        self.delivery = Delivery(cfg.lossless)
+        self.counts = dict.fromkeys(("bad_messages", "unexpected_messages", "stats_unsent"), 0)
+        self.session = CoreSession(
+            ctx,
+            cfg.core,
+            self.hello,
+            heartbeat_s=cfg.heartbeat_s,
+            misses=cfg.heartbeat_misses,
+            on_join=self._joined,
+            on_lost=self.delivery.lose,
+            counters=self.counts,
+            sndhwm=SNDHWM,
         )
-        self.next_seq = 0
-        self.counts = dict.fromkeys(("published", "dropped", "notices_lost", "bad_messages"), 0)
+        self.poller = zmq.Poller()
+        self.poller.register(self.session.sock, zmq.POLLIN)
+        self.poller.register(reader.inbox, 0)
+        self._watching = False  # the reader's inbox is polled
+        self.reader_started = False
+        self.stop_reason: str | None = None  # the core's Stop
+        self.end_detail = ""  # why the camera's stream ended, in words
         self.started = time.monotonic()
-        self._rate = (self.started, 0, 0.0)  # (when, published then, frames per second since the last one)
+        self._start_reader_by = 0.0
+        self._next_stats = self._next_log = 0.0
+        self._rate = (self.started, 0, 0.0)  # (when, frames read then, frames per second since)
+        self._closed = False
 
-    # -- protocol ----------------------------------------------------------------------------
+    # -- the session ---------------------------------------------------------------------------
+
+    def hello(self) -> Hello:
+        return Hello(
+            "ingest",
+            process_name(),
+            PROTOCOL,
+            stream=self.stream,
+            url=mask_url(self.cfg.stream)[:TEXT_MAX],
+            lossless=self.cfg.lossless,
+            undelivered=self.delivery.hello(),
+        )
+
+    def _joined(self, welcome: Welcome) -> None:
+        self.delivery.join(welcome.credit)
+        if self.cfg.lossless:
+            log.info("stream %r: the core takes captures, %d credit to start with", self.stream, welcome.credit)
+        else:
+            log.info("stream %r: the core takes captures", self.stream)
 
     def start(self) -> None:
-        start = StreamStart(stream=self.stream, first_seq=0, url=self.cfg.stream)
-        self._notify(start)
-        zmqio.send(self.pub, start, topic=True)
-        log.info(
-            "stream %r: publishing frames on %s, work for encoders on %s, notices to %s",
-            self.stream,
-            self.cfg.frames_bind,
-            self.cfg.work_bind,
-            self.cfg.metrics_in,
-        )
+        """Say Hello; the reader starts once the core answers, or after the session's timeout."""
+        now = time.monotonic()
+        self.session.start(now)
+        self._start_reader_by = now + self.session.timeout_s
+        self._next_stats, self._next_log = now + STATS_EVERY, now + LOG_EVERY
 
-    def take_credits_for(self, seconds: float, stop: threading.Event) -> None:
-        deadline = time.monotonic() + seconds
-        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            if self.router.poll(int(left * 1000) + 1, zmq.POLLIN):
-                self._take_credits()
+    # -- the loop -------------------------------------------------------------------------------
 
-    def loop(self, reader: CameraReader, stop: threading.Event) -> str:
-        """Until stopped, max_frames, or the reader ends. Returns 'stopped', 'max_frames', 'ended' or 'failed'."""
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(reader.inbox, zmq.POLLIN)
-        reading = True
-        next_stats = time.monotonic() + STATS_EVERY
-        next_log = time.monotonic() + LOG_EVERY
-        while not stop.is_set():
-            if self.dispatcher.accepting != reading:
-                reading = self.dispatcher.accepting  # lossless: stop reading while a frame waits
-                poller.modify(reader.inbox, zmq.POLLIN if reading else 0)
-            events = dict(poller.poll(POLL_MS))
-            if self.router in events:
-                self._take_credits()
-            if reading and reader.inbox in events:
-                event = reader.receive()
-                if isinstance(event, JpegFrame):
-                    self._publish(event)
-                    if self.cfg.max_frames and self.next_seq >= self.cfg.max_frames:
-                        log.info("published %d frames (max_frames): stopping", self.next_seq)
-                        return "max_frames"
-                elif event.outcome != "stopped":
-                    log.info("the camera stream has ended (%s)", event.reason or event.outcome)
-                    return event.outcome
-            now = time.monotonic()
-            if now >= next_stats:
-                next_stats = now + STATS_EVERY
-                self._measure_rate(now)
-                zmqio.send(self.pub, Stats("ingest", self.stream, self.counters()), topic=True)
-            if now >= next_log:
-                next_log = now + LOG_EVERY
-                log.info("%s", self.summary())
+    def loop(self, stop: threading.Event) -> str:
+        """Steps (after ``start``) until one ends the stream, or ``stop`` is set. Returns one of OUTCOMES."""
+        try:
+            while not stop.is_set():
+                outcome = self.step(POLL_MS)
+                if outcome is not None:
+                    return outcome
+        except SessionRefused as exc:
+            log.error("%s", exc)
+            return "refused"
         return "stopped"
 
-    def _measure_rate(self, now: float) -> None:
-        when, published, _ = self._rate
-        if now > when:
-            self._rate = (now, self.counts["published"], (self.counts["published"] - published) / (now - when))
+    def step(self, timeout_ms: int) -> str | None:
+        """One turn: the core's messages, the next frame, the heartbeat and the counters. An outcome ends it."""
+        self._watch_reader()
+        events = dict(self.poller.poll(timeout_ms))
+        now = time.monotonic()
+        if self.session.sock in events:
+            self._from_core(now)
+        if self.stop_reason is not None:
+            return "stop"
+        if not self.reader_started and (self.session.joined or now >= self._start_reader_by):
+            self.reader.start()
+            self.reader_started = True
+        self._deliver(now)
+        if self.reader.inbox in events and self._taking():
+            event = self.reader.receive()
+            if isinstance(event, JpegFrame):
+                self.delivery.add(event)
+                self._deliver(now)
+            elif event.outcome != "stopped":
+                self.end_detail = event.reason or event.outcome
+                log.info("the camera stream has ended (%s)", self.end_detail)
+                return event.outcome
+        if self._max_reached() and self.delivery.pending is None:
+            log.info("read %d frames (max_frames): stopping", self.delivery.read)
+            return "max_frames"
+        self.session.tick(now)
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_EVERY
+            self._measure_rate(now)
+            self._send_stats(now)
+        if now >= self._next_log:
+            self._next_log = now + LOG_EVERY
+            log.info("%s", self.summary())
+        return None
 
-    def finish(self) -> None:
-        """Shutdown: give a pending frame ~1 s to find a worker, then say where the stream ended."""
-        deadline = time.monotonic() + SHUTDOWN_CREDIT_WAIT
-        while self.dispatcher.waiting and time.monotonic() < deadline:
-            if self.router.poll(int(max(0.0, deadline - time.monotonic()) * 1000) + 1, zmq.POLLIN):
-                self._take_credits()
-        for frame in self.dispatcher.take_waiting():
-            self._drop(frame, "shutdown")
-        counts = self.eos_counts()
-        eos = EndOfStream(self.stream, self.next_seq - 1, counts)
-        zmqio.send(self.pub, eos, topic=True)
-        if self.push.poll(int(NOTICE_WAIT * 1000), zmq.POLLOUT):
-            zmqio.send(self.push, eos, flags=zmq.NOBLOCK)
+    def _taking(self) -> bool:
+        return self.reader_started and self.delivery.accepting and not self._max_reached()
+
+    def _max_reached(self) -> bool:
+        return bool(self.cfg.max_frames) and self.delivery.read >= self.cfg.max_frames
+
+    def _watch_reader(self) -> None:
+        """Poll the reader's inbox only while a frame may be taken (lossless: the reader then blocks)."""
+        if self._taking() != self._watching:
+            self._watching = not self._watching
+            self.poller.modify(self.reader.inbox, zmq.POLLIN if self._watching else 0)
+
+    def _from_core(self, now: float) -> None:
+        for msg in self.session.take(now):
+            if isinstance(msg, Credit):
+                self.delivery.add_credit(msg.n)
+            elif isinstance(msg, Stop):
+                self.stop_reason = msg.reason or "no reason given"
+                log.info("the core asks this stream to stop (%s)", self.stop_reason)
+            else:
+                self.counts["unexpected_messages"] += 1
+                log.warning("ignored a %s message from the core (an ingest expects credit or stop)", msg.KIND)
+
+    def _deliver(self, now: float) -> None:
+        frame = self.delivery.next()
+        if frame is None:
+            return
+        try:
+            self.session.send(Capture(frame.t_arrival, frame.width, frame.height, frame.jpeg), now, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.delivery.not_delivered()
         else:
-            log.error("metrics (%s) is not taking messages: the end-of-stream notice is lost", self.cfg.metrics_in)
-        log.info("end of stream %r: last seq %d, %s", self.stream, self.next_seq - 1, counts)
+            self.delivery.delivered()
 
-    # -- frames ------------------------------------------------------------------------------
-
-    def _publish(self, raw: JpegFrame) -> None:
-        frame = Frame(self.stream, self.next_seq, raw.t_arrival, raw.width, raw.height, raw.jpeg)
-        self.next_seq += 1
-        self.counts["published"] += 1
-        zmqio.send(self.pub, frame, topic=True)
-        displaced = self.dispatcher.offer(frame)
-        if displaced is not None:
-            self._drop(displaced, "no free encoder")
-
-    def _send_to_worker(self, worker: bytes, frame: Frame) -> None:
+    def _send_stats(self, now: float) -> None:
+        if not self.session.joined:
+            return  # the core does not know this session: it would only answer "say Hello"
         try:
-            zmqio.send(self.router, frame, prefix=[worker], flags=zmq.NOBLOCK)
+            self.session.send(Stats("ingest", self.stream, self.counters()), now, flags=zmq.NOBLOCK)
         except zmq.Again:
-            # Its queue is full although it holds credit: the worker has stopped reading.
-            raise WorkerGone("its queue is full") from None
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise WorkerGone("disconnected") from None
-            raise
+            self.counts["stats_unsent"] += 1
 
-    def _take_credits(self) -> None:
-        while self.router.poll(0, zmq.POLLIN):
-            msg, identity = zmqio.receive(self.router, routed=True, counters=self.counts)
-            if isinstance(msg, Credit) and identity is not None:  # routed: always a sender's identity
-                if identity not in self.dispatcher.ledger:
-                    self.names[identity] = msg.worker
-                    log.info("encoder worker %r joined with %d credit(s)", msg.worker, msg.n)
-                self.dispatcher.credit(identity, msg.n)
-            elif msg is not None:
-                self.counts["bad_messages"] += 1
-                log.warning("ignored a %s message on the work socket (only credit is expected)", msg.KIND)
+    # -- the end --------------------------------------------------------------------------------
 
-    def _drop(self, frame: Frame, reason: str) -> None:
-        self.counts["dropped"] += 1
-        self._notify(Dropped(self.stream, frame.seq, reason))
-
-    def _notify(self, msg: Message) -> None:
-        """A notice for metrics. Never blocks the stream: if metrics is away and the queue full, it is lost."""
-        try:
-            zmqio.send(self.push, msg, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.counts["notices_lost"] += 1
-            if self.counts["notices_lost"] in (1, 10, 100) or self.counts["notices_lost"] % 1000 == 0:
-                log.warning(
-                    "metrics (%s) is not taking notices: %d lost so far",
-                    self.cfg.metrics_in,
-                    self.counts["notices_lost"],
-                )
-
-    # -- counters ----------------------------------------------------------------------------
-
-    def eos_counts(self) -> FrameCounts:
-        c = self.camera
-        return {
-            "published": self.counts["published"],
-            "dispatched": self.dispatcher.dispatched,
-            "dropped": self.counts["dropped"],
-            "corrupt": c["corrupt"],
-            "reconnects": c["reconnects"],
-            "truncated": c["truncated"],
+    def end_reason(self, outcome: str) -> str:
+        """Why the stream ended, as CaptureEnded and Bye say it."""
+        reasons = {
+            "stopped": "the ingest was stopped",
+            "stop": f"stopped by the core ({self.stop_reason})",
+            "max_frames": f"max_frames ({self.cfg.max_frames}) read",
+            "ended": f"the camera's stream ended ({self.end_detail})",
+            "failed": f"the camera failed ({self.end_detail})",
+            "crashed": "the ingest crashed",
         }
+        return reasons.get(outcome, outcome)[:TEXT_MAX]
+
+    def finish(self, outcome: str) -> None:
+        """The end: the final Stats, CaptureEnded and Bye to the core, if the session is joined."""
+        if self._closed:
+            return
+        self.delivery.give_up()  # lossless: a frame still waiting for credit
+        reason = self.end_reason(outcome)
+        now = time.monotonic()
+        self._measure_rate(now)
+        if outcome != "refused" and self.session.joined:
+            self._send_stats(now)
+            ended = CaptureEnded(reason, self.end_counts())
+            if self.session.sock.poll(int(END_WAIT * 1000), zmq.POLLOUT):
+                self.session.send(ended, now, flags=zmq.NOBLOCK)
+            else:
+                log.error("the core at %s is not taking messages: it does not hear the stream ended", self.cfg.core)
+        elif outcome != "refused":
+            log.warning("the core at %s is not joined: it does not hear the stream ended", self.cfg.core)
+        log.info("end of stream %r: %s; %s", self.stream, reason, self.counters())
+        self.close(reason)
+
+    def close(self, reason: str = "") -> None:
+        """Bye (if joined) and close the session's socket, which lingers to deliver what it holds."""
+        if not self._closed:
+            self._closed = True
+            self.session.close(time.monotonic(), reason[:TEXT_MAX])
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def _measure_rate(self, now: float) -> None:
+        when, read, _ = self._rate
+        if now > when:
+            self._rate = (now, self.delivery.read, (self.delivery.read - read) / (now - when))
+
+    def end_counts(self) -> FrameCounts:
+        """What CaptureEnded carries: the camera's counts (the rest is in the final Stats)."""
+        c = self.camera
+        return {"corrupt": c["corrupt"], "reconnects": c["reconnects"], "truncated": c["truncated"]}
 
     def counters(self) -> dict:
-        """What Stats carries: the end-of-stream counts, the current state, and the frame rate."""
-        ledger = self.dispatcher.ledger
+        """What Stats carries: what was read, sent and not delivered, the camera's counts, the session's."""
+        d, c = self.delivery, self.camera
         return {
-            **self.eos_counts(),
-            "pending": len(self.dispatcher.waiting),
-            "workers": len(ledger.workers),
-            "credits": ledger.total,
-            "workers_gone": self.dispatcher.workers_gone,
-            "notices_lost": self.counts["notices_lost"],
-            "bad_messages": self.counts["bad_messages"],
-            "bytes": self.camera["bytes"],
+            "read": d.read,
+            "published": d.sent,
+            "undelivered": d.undelivered,
+            "pending": int(d.pending is not None),
+            "credit": d.credit,
+            **self.end_counts(),
+            "bytes": c["bytes"],
+            "connects": c.get("connects", 0),
+            "oversized": c.get("oversized", 0),
             "fps": round(self._rate[2], 2),
+            "joined": int(self.session.joined),
+            "lives": self.session.lives,
+            **self.counts,
         }
 
     def summary(self) -> str:
+        d, c = self.delivery, self.camera
         elapsed = max(1e-6, time.monotonic() - self.started)
-        c = self.camera
         return (
-            f"{self.counts['published']} frames published ({self._rate[2]:.1f}/s now, "
-            f"{self.counts['published'] / elapsed:.1f}/s overall), {self.dispatcher.dispatched} to encoders, "
-            f"{self.counts['dropped']} dropped, {c['corrupt']} corrupt, {c['reconnects']} reconnects; "
-            f"{len(self.dispatcher.ledger.workers)} worker(s) holding {self.dispatcher.ledger.total} credit(s)"
+            f"{d.read} frames read ({self._rate[2]:.1f}/s now, {d.read / elapsed:.1f}/s overall), {d.sent} sent to "
+            f"the core, {d.undelivered} undelivered, {c['corrupt']} corrupt, {c['reconnects']} reconnects; "
+            + ("joined" if self.session.joined else "not joined")
         )

@@ -1,25 +1,65 @@
-"""The metrics service's settings."""
+"""The metrics service's settings: the core every other service connects to (docs/PROTOCOL.md)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from encoders.shared.endpoints import METRICS_IN_PORT, METRICS_PORT, RECORDS_PORT, bind_all
+from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, bind_all
 from encoders.shared.settings import Settings, setting
+
+
+def default_state_dir() -> str:
+    """$XDG_STATE_HOME/encoders, else ~/.local/state/encoders: the core's numbering and its spool."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "encoders")
 
 
 @dataclass
 class MetricsConfig(Settings):
-    metrics_in_bind: str = setting(bind_all(METRICS_IN_PORT), "PULL endpoint for embeddings and ingest notices")
-    metrics_bind: str = setting(bind_all(METRICS_PORT), "PUB endpoint for metrics records (viewers)")
-    records_bind: str = setting(
-        bind_all(RECORDS_PORT), "PUSH endpoint for the recorder: reliable, never dropped ('none' = no recorder)"
+    core_bind: str = setting(
+        bind_all(CORE_PORT),
+        "ROUTER endpoint every service connects to (ENCODERS_CORE on the others): ingests, workers, the "
+        "recorder, viewers, `encoders stop`",
+    )
+    frames_bind: str = setting(bind_all(FRAMES_PORT), "PUB endpoint of every frame (viewers, the recorder's snapshots)")
+    metrics_bind: str = setting(
+        bind_all(METRICS_PORT), "PUB endpoint of records, stream starts and ends, stats (viewers)"
+    )
+    heartbeat_s: float = setting(
+        1.0, "Seconds between heartbeats when nothing else is sent (the same on every service)", minimum=0.05
+    )
+    heartbeat_misses: int = setting(
+        3, "Heartbeats missed in a row before the other side counts as gone (the same on every service)", minimum=2
+    )
+    state_dir: str = setting(
+        default_state_dir(),
+        "Folder of the core's state: each stream's reserved frame numbers (so a restart never reuses one) and "
+        "its spool of records the recorder has not taken",
+    )
+    recorder: bool = setting(
+        True,
+        "Hold every record until a recorder acknowledges it (--no-recorder: records are only published, as the "
+        "all-in-one does with --no-save)",
+    )
+    hold_records: int = setting(
+        100_000,
+        "Records held in memory for the recorder until it acknowledges them (about 2 KB each, plus the "
+        "thumbnail a worker made: a few KB); past it the oldest go to the spool in --state-dir",
+        minimum=1,
+    )
+    max_streams: int = setting(64, "Streams at once; a camera's Hello beyond it is refused, counted", minimum=1)
+    max_pending: int = setting(
+        10_000,
+        "Outcomes of one stream waiting for a missing one; past it the oldest gaps are given up as lost",
+        minimum=10,
     )
     rolling_window: int = setting(300, "Drift history size (frames) for rolling statistics", minimum=2)
     max_wait: float = setting(
         10.0,
-        "Seconds to wait for a missing frame before giving it up as lost (a batch on a slow CPU takes seconds: "
-        "keep this above one batch's time)",
+        "Seconds an outcome waits behind a missing one before every such gap is given up as lost (a batch on a "
+        "slow CPU takes seconds: keep this above one batch's time)",
         minimum=0.0,
     )
     scene_threshold: float = setting(
@@ -37,4 +77,3 @@ class MetricsConfig(Settings):
         minimum=0.0,
     )
     scene_min_frames: int = setting(30, "The adaptive rule waits until the window holds this many drifts", minimum=2)
-    exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)

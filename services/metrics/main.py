@@ -1,6 +1,6 @@
-"""metrics: collect every worker's embeddings, restore order, compute drift, publish records.
+"""metrics, the core: every service's session, frames numbered and dispatched, drift, records delivered.
 
-Settings -> sockets -> the service's loop (service.py) -> the final flush and shutdown.
+Settings -> the state folder -> sockets -> the core's loop (service.py) -> its drain and shutdown.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import zmq
 from encoders.services.metrics.config import MetricsConfig
 from encoders.shared import zmqio
 from encoders.shared.runtime import StartupError, service_main
+from encoders.shared.settings import split_addrs
+from encoders.shared.spool import SpoolLocked
 
-from .scenes import SceneRule
-from .service import RECORDS_HWM, MetricsService
-from .streams import Streams
+from .delivery import Delivery
+from .numbering import Numbering, StateDir
+from .service import MAX_MESSAGE_BYTES, Core
 
 log = logging.getLogger("encoders.metrics")
 
@@ -26,36 +28,63 @@ def run(cfg: MetricsConfig) -> int:
 
 
 def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
-    # 'none' rather than '': an empty environment variable reads as unset, i.e. the default.
-    wants_recorder = cfg.records_bind.lower() not in ("", "none")
-
+    state = StateDir(cfg.state_dir)  # one core per folder: StartupError if another holds it
     ctx = zmq.Context()
     try:
-        inbox = zmqio.open_socket(ctx, zmq.PULL, cfg.metrics_in_bind, bind=True)
-        pub = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True)
-        records = (
-            zmqio.open_socket(ctx, zmq.PUSH, cfg.records_bind, bind=True, sndhwm=RECORDS_HWM)
-            if wants_recorder
-            else None
+        numbering = Numbering(state.path / "numbering.json")
+        router = zmqio.open_socket(
+            ctx,
+            zmq.ROUTER,
+            cfg.core_bind,
+            bind=True,
+            heartbeat_s=cfg.heartbeat_s,
+            max_message_bytes=MAX_MESSAGE_BYTES,
         )
+        # A peer whose TCP connection ZeroMQ re-establishes keeps its session: the new
+        # connection takes the identity over at once rather than waiting for the old to time out.
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        frames = zmqio.open_socket(ctx, zmq.PUB, cfg.frames_bind, bind=True)
+        metrics = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True)
+        delivery = Delivery(state.path / "records.spool", cfg.hold_records) if cfg.recorder else None
+    except SpoolLocked as exc:  # the state folder's lock makes this unlikely: a spool copied in by hand?
+        ctx.destroy(linger=0)
+        state.close()
+        raise StartupError(str(exc)) from None
     except StartupError:
         ctx.destroy(linger=0)
+        state.close()
         raise
 
-    service = MetricsService(
-        Streams(cfg.rolling_window, cfg.max_wait, SceneRule.from_config(cfg)),
-        inbox,
-        pub,
-        records,
-        exit_after_streams=cfg.exit_after_streams,
+    core = Core(
+        cfg,
+        router,
+        frames,
+        metrics,
+        numbering,
+        delivery,
+        publishers=(bound(frames, cfg.frames_bind), bound(metrics, cfg.metrics_bind)),
     )
     log.info(
-        "metrics listening on %s; records on %s", cfg.metrics_in_bind, cfg.records_bind if wants_recorder else "(none)"
+        "core %s: sessions on %s, frames on %s, metrics on %s; records %s",
+        core.life,
+        cfg.core_bind,
+        cfg.frames_bind,
+        cfg.metrics_bind,
+        f"held for a recorder (state in {state.path})" if cfg.recorder else "only published (--no-recorder)",
     )
     try:
-        service.run(stop)
+        core.run(stop)
     finally:
-        service.finish()
-        service.close()
+        core.close()
         ctx.term()
+        state.close()
     return 0
+
+
+def bound(sock: zmq.Socket, setting: str) -> str:
+    """The endpoints a publisher is bound to, as a Welcome names them: a port the system picked
+    (a bind to port 0 or *) is the one it got; several endpoints stay a comma-separated list."""
+    endpoints = split_addrs(setting)
+    if len(endpoints) == 1:
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return ",".join(endpoints)

@@ -1,17 +1,28 @@
-"""Putting one stream's frame outcomes back in sequence order.
+"""Putting one stream's frame outcomes back in sequence order (docs/PROTOCOL.md, "Order, loss and drift").
 
-Every frame ingest publishes ends in exactly one outcome: an embedding (from a worker),
-a drop (ingest had no free worker) or a skip (a worker could not decode it). Workers
-finish out of order; this buffer releases outcomes in sequence. A frame whose outcome
-never comes (its worker died) is given up after ``max_wait`` seconds and released as
-LOST; if it turns up later it is counted as late and discarded. A run of missing frames
-is given up as one ``Lost(n)``, never seq by seq: a gap may be huge (a seq of 10**18 is a
-valid one) and counting it out would never end.
+The core numbers every frame, so it knows which numbers exist: each ends in exactly one
+outcome (embedded, dropped, skipped, lost), and outcomes come back out of order (workers
+finish when they finish). ``StreamOrder`` releases them in sequence.
+
+A missing outcome is given up (released as ``Lost``) once the OLDEST outcome waiting behind
+it has waited ``max_wait``: every such gap at once. (The wait used to restart at each gap, so
+a vanished worker that held every other frame stalled the stream one ``max_wait`` per gap.)
+The core also hands in ``LOST`` itself, without waiting, for frames held by a worker it knows
+to be gone. Past ``max_pending`` outcomes waiting, the oldest gaps are given up, counted in
+``forced``. A run of missing frames comes out as one ``Lost(n)``, never seq by seq.
+
+Numbers the core never handed out (its floor was raised by the recorder's ``Ready`` while a
+stream ran) are filled with ``Unused(n)``, released silently: not frames, no outcome.
+
+Only an outcome waiting *behind* a gap makes it overdue: a gap at the tail (frames still in a
+worker's hands, or waiting for one) is the core's to close, by an outcome or ``LOST``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import heapq
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -25,80 +36,73 @@ class Lost:
 LOST = Lost(1)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Unused:
+    """``n`` numbers in a row that no frame was given (released silently)."""
+
+    n: int
+
+
 class StreamOrder:
-    max_wait: float
-    next_seq: int | None = None  # None until the stream's start is known
-    last_seq: int | None = None  # set by end-of-stream
-    pending: dict = field(default_factory=dict)  # seq -> (outcome, arrival time)
-    stalled_since: float | None = None  # when we started waiting for next_seq
-    t_first: float | None = None  # arrival of the first outcome, before the start is known
-    late: int = 0
-    ended_at: float | None = None
+    """One stream's outcomes, released in sequence order from ``first_seq``."""
 
-    def start(self, first_seq: int) -> None:
-        if self.next_seq is None:
-            self.next_seq = first_seq
-            # Anything before the declared start cannot be released in order.
-            for seq in [s for s in self.pending if s < first_seq]:
-                del self.pending[seq]
-                self.late += 1
+    def __init__(self, first_seq: int, max_wait: float, max_pending: int = 10_000) -> None:
+        self.next_seq = first_seq
+        self.max_wait, self.max_pending = max_wait, max_pending
+        self.pending: dict[int, Any] = {}  # seq -> outcome
+        # Outcomes in arrival order, (arrival, seq): the oldest one still pending is the front,
+        # once those already released are popped (lazily). Arrivals never go back in time.
+        self._arrivals: deque[tuple[float, int]] = deque()
+        self._seqs: list[int] = []  # a heap of pending seqs (lazily cleaned): the next gap's end
+        self.late = 0  # outcomes for seqs already released (given up, or a duplicate)
+        self.forced = 0  # frames given up because more than max_pending outcomes waited
 
-    def add(self, seq: int, outcome: Any, now: float) -> None:
-        if (self.next_seq is not None and seq < self.next_seq) or seq in self.pending:
-            self.late += 1  # already given up (or a duplicate): never released twice
-            return
-        if self.t_first is None:
-            self.t_first = now
-        self.pending[seq] = (outcome, now)
-
-    def end(self, last_seq: int, now: float) -> None:
-        self.last_seq = last_seq
-        self.ended_at = now
+    def add(self, seq: int, outcome: Any, now: float) -> bool:
+        """File an outcome; False (and counted late) for a seq already released or already filed."""
+        if seq < self.next_seq or seq in self.pending:
+            self.late += 1
+            return False
+        self.pending[seq] = outcome
+        heapq.heappush(self._seqs, seq)
+        if not isinstance(outcome, Unused):  # a hole in the numbering is nothing to wait behind
+            self._arrivals.append((now, seq))
+        return True
 
     def release(self, now: float) -> list[tuple[int, Any]]:
-        """Outcomes that can go out now, in order; missing frames past the wait come out as LOST."""
-        if self.next_seq is None:
-            # Start never announced (metrics restarted mid-stream): begin at the lowest seen
-            # once the wait is over, so early out-of-order arrivals are not cut off.
-            ref = self.t_first if self.pending else self.ended_at
-            if ref is None or now - ref < self.max_wait:
-                return []
-            if self.pending:
-                self.next_seq = min(self.pending)
-            else:
-                assert self.last_seq is not None  # ended_at is set with it, by end()
-                self.next_seq = self.last_seq + 1
-        out = []
+        """Outcomes that can go out now, in order; overdue gaps come out as ``Lost(n)``."""
+        out: list[tuple[int, Any]] = []
         while True:
-            if self.next_seq in self.pending:
-                out.append((self.next_seq, self.pending.pop(self.next_seq)[0]))
-                self.next_seq += 1
-                self.stalled_since = None
+            while self.next_seq in self.pending:
+                outcome = self.pending.pop(self.next_seq)
+                out.append((self.next_seq, outcome))
+                self.next_seq += outcome.n if isinstance(outcome, Unused) else 1
+            if not self.pending:
+                return out
+            if len(self.pending) > self.max_pending:
+                self.forced += self._give_up_gap(out)
                 continue
-            expected = self.pending or (self.last_seq is not None and self.next_seq <= self.last_seq)
-            if not expected:
-                self.stalled_since = None
-                break
-            if self.stalled_since is None:
-                self.stalled_since = now
-            if now - self.stalled_since < self.max_wait:
-                break
-            # Everything up to the next outcome held (or past the end) is missing: one run.
-            if self.pending:
-                gap_end = min(self.pending)
-            else:
-                assert self.last_seq is not None  # nothing held, yet expected: the end is known
-                gap_end = self.last_seq + 1
-            out.append((self.next_seq, Lost(gap_end - self.next_seq)))
-            self.next_seq = gap_end
-        return out
+            oldest = self._oldest_arrival()
+            if oldest is None or now - oldest < self.max_wait:
+                return out
+            self._give_up_gap(out)
 
-    def finished(self) -> bool:
-        """True once every frame up to the end of the stream has been released."""
-        return (
-            self.last_seq is not None
-            and self.next_seq is not None
-            and self.next_seq > self.last_seq
-            and not self.pending
-        )
+    def waiting(self) -> int:
+        """Outcomes held back by a gap."""
+        return len(self.pending)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _give_up_gap(self, out: list[tuple[int, Any]]) -> int:
+        """Release the gap before the lowest pending outcome as one Lost run; its length."""
+        while self._seqs[0] not in self.pending:  # released already
+            heapq.heappop(self._seqs)
+        n = self._seqs[0] - self.next_seq
+        out.append((self.next_seq, Lost(n)))
+        self.next_seq += n
+        return n
+
+    def _oldest_arrival(self) -> float | None:
+        """When the oldest outcome still waiting arrived (every waiting one is behind the gap)."""
+        while self._arrivals and self._arrivals[0][1] not in self.pending:
+            self._arrivals.popleft()
+        return self._arrivals[0][0] if self._arrivals else None

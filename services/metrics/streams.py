@@ -1,88 +1,198 @@
-"""Per-stream bookkeeping of the metrics service: order, drift and counts, without sockets."""
+"""Per-stream bookkeeping of the core, without sockets: numbered frames, their outcomes in order,
+epochs, drift, counts, and what to publish (docs/PROTOCOL.md, "Order, loss and drift").
+
+The core tells ``Streams`` what happened (an epoch started or ended, a frame was numbered, a
+frame's outcome); ``release(now)`` hands back, per stream and in order, the messages to
+publish: ``StreamStart`` where an epoch starts, a ``MetricsRecord`` per embedded frame,
+``EndOfStream`` once every frame of an ended epoch has its outcome.
+
+Epochs: each ingest Hello starts one (``start_epoch``). Numbers go on across epochs, so the
+reorder state is never reset (frames of the old epoch still in a worker's hands come back and
+are released in order); instead the epoch's start is an event at ``first_seq``, released
+before the outcome at that seq, and drift starts afresh there: the first embedded frame at or
+after ``first_seq`` has no similarity.
+
+Counts are per stream for this life of the core, across its epochs (records carry them with
+the core's life, and a recorder adds each life's last ones). ``published`` is every frame
+numbered plus the captures an ingest could not deliver while the core was away (its Hello's
+``undelivered``), which count as dropped: published = embedded + dropped + skipped + lost
+once every frame has its outcome; ``late`` counts results that came after their frame was
+given up.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
-from encoders.shared.messages import (
-    Dropped,
-    Embedding,
-    EndOfStream,
-    FrameCounts,
-    Message,
-    MetricsRecord,
-    Skipped,
-    StreamStart,
-)
+from encoders.shared.messages import Embedding, EndOfStream, FrameCounts, MetricsRecord, Skipped, StreamStart
 
 from .drift import DriftTracker
-from .reorder import Lost, StreamOrder
+from .reorder import Lost, StreamOrder, Unused
 from .scenes import SceneRule
 
-OUTCOME_COUNTER: dict[type, Literal["embedded", "dropped", "skipped"]] = {
-    Embedding: "embedded",
-    Dropped: "dropped",
-    Skipped: "skipped",
-}
+
+@dataclass(frozen=True)
+class Dropped:
+    """A frame the core dropped: a newer capture of its stream displaced it while no worker was free."""
+
+
+DROPPED = Dropped()
+Outcome = Embedding | Skipped | Dropped | Lost
+Released = StreamStart | MetricsRecord | EndOfStream
+# What an ingest's end of capture may add to the stream's totals (its camera's own counts).
+CAMERA_COUNTS = ("corrupt", "reconnects", "truncated")
+
+
+def zero_counts() -> FrameCounts:
+    return FrameCounts(published=0, embedded=0, dropped=0, skipped=0, lost=0, late=0)
+
+
+@dataclass
+class Epoch:
+    """An event at a position of the stream's numbers: released once the order reaches it."""
+
+    kind: Literal["start", "end"]
+    seq: int  # start: the epoch's first_seq; end: its last_seq
+    url: str = ""
 
 
 @dataclass
 class StreamState:
     order: StreamOrder
     drift: DriftTracker
-    counts: FrameCounts = field(default_factory=lambda: FrameCounts(embedded=0, dropped=0, skipped=0, lost=0))
-    published: int | None = None  # from ingest's end-of-stream
-    eos_sent: bool = False
+    next_number: int  # the seq the next numbered frame should have (a jump past it: Unused)
+    counts: FrameCounts = field(default_factory=zero_counts)
+    events: deque[Epoch] = field(default_factory=deque)
+    open: Epoch | None = None  # the epoch started and not yet ended
 
 
 class Streams:
-    """Feeds every incoming message to its stream; hands back what to publish, in order."""
+    """Every stream's order, drift and counts; hands back what to publish, in order."""
 
-    def __init__(self, rolling_window: int, max_wait: float, scenes: SceneRule | None = None):
-        self.rolling_window = rolling_window
-        self.max_wait = max_wait
+    def __init__(
+        self,
+        rolling_window: int,
+        max_wait: float,
+        scenes: SceneRule | None = None,
+        *,
+        max_pending: int = 10_000,
+        core: str = "",
+    ) -> None:
+        self.rolling_window, self.max_wait, self.max_pending = rolling_window, max_wait, max_pending
         self.scenes = scenes or SceneRule()  # default: both rules off
+        self.core = core  # this life of the core, carried by every record
         self.streams: dict[str, StreamState] = {}
 
-    def _state(self, stream: str) -> StreamState:
-        if stream not in self.streams:
-            self.streams[stream] = StreamState(StreamOrder(self.max_wait), DriftTracker(self.rolling_window))
-        return self.streams[stream]
+    # -- what happened --------------------------------------------------------------------------
 
-    def accept(self, msg: Message, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        if isinstance(msg, StreamStart):
-            known = self.streams.get(msg.stream)
-            if known is not None and known.order.next_seq is not None:
-                # Ingest restarted this stream: numbering starts again, so does everything else.
-                del self.streams[msg.stream]
-            self._state(msg.stream).order.start(msg.first_seq)
-        elif isinstance(msg, (Embedding, Dropped, Skipped)):
-            self._state(msg.stream).order.add(msg.seq, msg, now)
-        elif isinstance(msg, EndOfStream):
-            state = self._state(msg.stream)
-            state.published = msg.counts.get("published", msg.last_seq + 1)
-            state.order.end(msg.last_seq, now)
+    def start_epoch(self, stream: str, first_seq: int, now: float, *, url: str = "", undelivered: int = 0) -> None:
+        """An ingest's Hello: a new epoch from ``first_seq`` (ending the open one, if any)."""
+        state = self.streams.get(stream)
+        if state is None:
+            state = StreamState(StreamOrder(first_seq, self.max_wait, self.max_pending), self._tracker(), first_seq)
+            self.streams[stream] = state
+        elif state.open is not None:
+            self.end_epoch(stream)
+        first_seq = max(first_seq, state.next_number)  # numbers only go up
+        self._numbers_skipped(state, first_seq, now)
+        state.open = Epoch("start", first_seq, url)
+        state.events.append(state.open)
+        # What the ingest read while the core was away never got a number: dropped, counted.
+        state.counts["published"] = (state.counts["published"] or 0) + undelivered
+        state.counts["dropped"] += undelivered
 
-    def release(self, now: float | None = None) -> list[MetricsRecord | EndOfStream]:
-        """Records for every outcome now in order, then an EndOfStream for each finished stream."""
-        now = time.time() if now is None else now
-        out: list[MetricsRecord | EndOfStream] = []
+    def end_epoch(self, stream: str, camera: FrameCounts | None = None) -> None:
+        """The epoch's last frame is numbered (its ingest ended its capture, left, or was replaced)."""
+        state = self.streams.get(stream)
+        if state is None or state.open is None:
+            return
+        state.open = None
+        # The last number handed out (an epoch that numbered nothing: the one before its first).
+        state.events.append(Epoch("end", state.next_number - 1))
+        # TypedDicts, to mypy: keys from a loop are not the literals it wants.
+        counts, said = cast(dict, state.counts), cast(dict, camera or {})
+        for key in CAMERA_COUNTS:  # the ingest's own counts of its camera, as it last said them
+            if key in said:
+                counts[key] = said[key]
+
+    def numbered(self, stream: str, seq: int, now: float) -> None:
+        """A frame of ``stream`` got ``seq`` (from the core's numbering, never lower than before)."""
+        state = self.streams[stream]
+        self._numbers_skipped(state, seq, now)
+        state.next_number = seq + 1
+        state.counts["published"] = (state.counts["published"] or 0) + 1
+
+    def outcome(self, stream: str, seq: int, outcome: Outcome, now: float) -> bool:
+        """A numbered frame's outcome; False if it came too late (counted late, for results)."""
+        state = self.streams.get(stream)
+        if state is None:
+            return False
+        if isinstance(outcome, Lost) and seq < state.order.next_seq:
+            return False  # the core giving up a frame the order gave up already: no result, not late
+        return state.order.add(seq, outcome, now)
+
+    # -- what to publish ------------------------------------------------------------------------
+
+    def release(self, now: float) -> list[Released]:
+        """Every stream's messages now due, each stream in order."""
+        out: list[Released] = []
         for name, state in self.streams.items():
-            for _seq, outcome in state.order.release(now):
+            for seq, outcome in state.order.release(now):
+                self._events_before(name, state, seq, out)
                 if isinstance(outcome, Lost):
                     state.counts["lost"] += outcome.n
-                    continue
-                state.counts[OUTCOME_COUNTER[type(outcome)]] += 1
-                if isinstance(outcome, Embedding):
+                elif isinstance(outcome, Embedding):
+                    state.counts["embedded"] += 1
                     out.append(self._record(state, outcome))
-            if state.order.finished() and not state.eos_sent:
-                state.eos_sent = True
-                assert state.order.last_seq is not None  # finished: the end is known
-                out.append(EndOfStream(name, state.order.last_seq, self.totals(name)))
+                elif isinstance(outcome, Skipped):
+                    state.counts["skipped"] += 1
+                elif isinstance(outcome, Dropped):
+                    state.counts["dropped"] += 1
+            self._events_before(name, state, state.order.next_seq, out)
         return out
+
+    def totals(self, name: str) -> FrameCounts:
+        state = self.streams[name]
+        return {**state.counts, "late": state.order.late}
+
+    def settled(self, name: str) -> bool:
+        """No epoch open, every numbered frame's outcome and every event released."""
+        state = self.streams[name]
+        return state.open is None and not state.events and state.order.next_seq >= state.next_number
+
+    def unsettled(self) -> list[str]:
+        return [name for name in self.streams if not self.settled(name)]
+
+    def waiting(self, name: str) -> int:
+        """Outcomes held back by a missing one."""
+        return self.streams[name].order.waiting()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _tracker(self) -> DriftTracker:
+        return DriftTracker(self.rolling_window)
+
+    def _numbers_skipped(self, state: StreamState, seq: int, now: float) -> None:
+        """Numbers below ``seq`` that no frame was given (a raised floor) are filled as Unused."""
+        if seq > state.next_number:
+            state.order.add(state.next_number, Unused(seq - state.next_number), now)
+            state.next_number = seq
+
+    def _events_before(self, name: str, state: StreamState, seq: int, out: list[Released]) -> None:
+        """Release the epoch events due before the outcome at ``seq`` (or, at the end, the order's next)."""
+        while state.events:
+            event = state.events[0]
+            if (event.kind == "start" and event.seq > seq) or (event.kind == "end" and event.seq >= seq):
+                return
+            state.events.popleft()
+            if event.kind == "start":
+                state.drift = self._tracker()  # drift is never computed across an epoch's start
+                out.append(StreamStart(name, event.seq, event.url))
+            else:
+                out.append(EndOfStream(name, event.seq, self.totals(name)))
 
     def _record(self, state: StreamState, emb: Embedding) -> MetricsRecord:
         before = state.drift.rolling()  # the window the frame's drift is judged against excludes it
@@ -98,14 +208,10 @@ class Streams:
             drift=drift,
             rolling=state.drift.rolling(),
             fps=state.drift.fps(),
-            counts=state.counts.copy(),
-            vector=emb.vector,
+            counts=self.totals(emb.stream),
             scene_change=self.scenes.is_change(drift, before),
+            t_metrics=time.time(),
+            core=self.core,
+            vector=emb.vector,
+            thumbnail=emb.thumbnail,
         )
-
-    def totals(self, name: str) -> FrameCounts:
-        state = self.streams[name]
-        return {**state.counts, "late": state.order.late, "published": state.published}
-
-    def ended(self) -> int:
-        return sum(s.eos_sent for s in self.streams.values())

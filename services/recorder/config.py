@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoders.shared.endpoints import FRAMES_PORT, RECORDS_PORT, this_machine
-from encoders.shared.settings import setting
+from encoders.shared.settings import CoreConnection, setting
 from encoders.shared.storage.config import DatabaseConfig
 
 # The database writer: rows that gather while a batch is being written go out with the next
@@ -14,9 +13,13 @@ DB_MAX_WAITING_BATCHES = 8
 
 
 @dataclass
-class RecorderConfig(DatabaseConfig):
-    records: str = setting(this_machine(RECORDS_PORT), "Metrics' record endpoint to pull from")
-    frames: str = setting(this_machine(FRAMES_PORT), "Ingest frame endpoint(s) for snapshots, comma-separated")
+class RecorderConfig(DatabaseConfig, CoreConnection):
+    frames: str = setting(
+        "", "The frames publisher to take snapshots from (empty: the one the core names; 'none': no snapshots)"
+    )
+    takeover: bool = setting(
+        False, "Replace the recorder the core has (it stops, writing what it holds) instead of being refused"
+    )
     run_dir: str = setting("", "This run's folder (default: <runs-dir>/YYYYMMDD_HHMMSS)")
     snapshot_interval: float = setting(30.0, "Seconds between snapshots", minimum=0.0)
     embedding_interval: int = setting(100, "Frames between embedding saves (one .npz per batch)", minimum=1)
@@ -28,7 +31,6 @@ class RecorderConfig(DatabaseConfig):
         minimum=1,
     )
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)
-    exit_after_streams: int = setting(0, "Exit once this many streams have ended (0 = run until stopped)", minimum=0)
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")
     ready_file: str = setting(
         "", "Once the run is claimed and the sockets are open, write the run's id, name and folder here (JSON)"
@@ -46,17 +48,9 @@ class RecorderConfig(DatabaseConfig):
     )
     thumbnails: str = setting(
         "all",
-        "Embedded frames that get a small JPEG thumbnail in the database, for search results: all, keyframes "
-        "(one per segment of near-identical frames) or none",
+        "Embedded frames whose thumbnail (made by the worker, carried by the record) is stored with their row, "
+        "for search results: all, keyframes (one per segment of near-identical frames) or none",
         choices=("all", "keyframes", "none"),
-    )
-    thumbnail_size: int = setting(160, "Thumbnail's longest side, pixels", minimum=16)
-    thumbnail_quality: int = setting(70, "Thumbnail JPEG quality", minimum=1, maximum=100)
-    thumbnail_threads: int = setting(
-        0,
-        "Threads making thumbnails side by side, 0 = one per core up to 8 (a thumbnail takes about 0.8 ms of a "
-        "core for a 640x480 frame)",
-        minimum=0,
     )
     frame_cache: int = setting(
         600,

@@ -50,3 +50,10 @@ class Segmenter:
         self._key = v / norm if norm > 0 else v
         self._key_seq, self._key_t = int(seq), float(t_capture)
         return True, int(seq)
+
+    def resume(self, seq: int, t_capture: float, vector: np.ndarray) -> None:
+        """The stream's last keyframe so far, as stored (a resumed run goes on with its segment)."""
+        v = np.asarray(vector, dtype=np.float32)
+        norm = math.sqrt(float(np.dot(v, v)))
+        self._key = v / norm if norm > 0 else v
+        self._key_seq, self._key_t = int(seq), float(t_capture)

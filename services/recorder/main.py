@@ -1,9 +1,14 @@
-"""The recorder service: metrics records and frames in; the run folder and database rows out.
+"""The recorder service: records from the core in; the run folder and database rows out; acknowledgements back.
 
-settings -> database (reached, migrated, earlier spools written) -> the run claimed -> sockets
--> receive loop -> finish. Every way out (streams ended, SIGTERM/SIGINT, an error) flushes or
-spools the rows, writes the last npz, closes drift.csv, writes summary.json and ends the run
-row. A database that cannot be reached at start, or a run folder that is taken, exits 2.
+settings -> database (reached, migrated, earlier spools written) -> the session with the
+core -> on its Welcome, the run (resumed or new, recording.py), Ready, and the open runs no
+recorder holds closed in the background (repair.py) -> receive loop -> finish.
+
+Every way out (the core's Stop, SIGTERM/SIGINT, being replaced by a --takeover, an error)
+flushes or spools the rows, writes the last npz, closes drift.csv, writes summary.json, ends
+the run row, sends the last acknowledgements and says Bye. A database that cannot be
+reached at start, an address that does not parse, a run folder that is taken, or a core
+that refuses this recorder (another one is connected) exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -12,29 +17,32 @@ import json
 import logging
 import subprocess
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import zmq
 
 from encoders.shared import zmqio
+from encoders.shared.messages import PROTOCOL, Hello
 from encoders.shared.runtime import StartupError, service_main
-from encoders.shared.settings import mask_url, split_addrs
+from encoders.shared.session import CoreSession, SessionRefused, process_name
+from encoders.shared.settings import split_addrs
 from encoders.shared.storage import embedded
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 
 from .config import RecorderConfig
 from .receiver import Receiver
-from .recorder import Recorder
+from .recording import Recording, open_recording
+from .repair import close_open_runs
 from .replay import replay_left_spools
-from .run import RecordedRun, RunNameTaken, pipeline_settings
-from .spool import SPOOL_NAME, Spool
-from .writer import FrameWriter, writer_thread
+from .run import RunNameTaken
 
 log = logging.getLogger("encoders.recorder")
 
 FRAMES_RCVHWM = 100  # snapshots are best effort: a slow recorder drops frames, never records
+NO_FRAMES = "none"
 # What cannot start a recorder: said in one line, exit code 2.
 CANNOT_START = (
     embedded.NoDatabase,
@@ -44,6 +52,7 @@ CANNOT_START = (
     OSError,
     subprocess.SubprocessError,
 )
+TAKEOVER_HINT = "if another recorder is connected: stop it, or start this one with --takeover (ENCODERS_TAKEOVER)"
 
 
 def run(cfg: RecorderConfig) -> int:
@@ -55,82 +64,69 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         ctx = zmq.Context()
         resources.callback(ctx.destroy, 0)  # every socket closed, then the context; after finish()
         # Addresses that do not parse, then the database: a recorder that cannot receive or store
-        # rows says so before a run is claimed. Its sockets connect only once the run is claimed,
-        # so no record is taken from metrics before it can be recorded.
-        zmqio.check_connect_endpoints(ctx, [cfg.records, *split_addrs(cfg.frames)])
+        # rows says so before it says Hello, so no record is sent to it before it can record it.
+        frames_given = "" if cfg.frames == NO_FRAMES else cfg.frames
+        zmqio.check_connect_endpoints(ctx, [cfg.core, *split_addrs(frames_given)])
         try:
             url = resources.enter_context(embedded.database(cfg.database_url, cfg.runs_dir))
             db = Database.open(url, wait_s=cfg.db_connect_timeout)
             resources.callback(db.close)
             replay_left_spools(db, cfg.runs_dir, batch_rows=cfg.db_batch)
-            run = RecordedRun.claim(
-                db,
-                runs_dir=cfg.runs_dir,
-                run_dir=cfg.run_dir,
-                settings=cfg.describe(),
-                pipeline=pipeline_settings(cfg.pipeline_config),
-                database=mask_url(url),
-            )
         except CANNOT_START as exc:
             raise StartupError(str(exc)) from None
-        log.info("run %s (id %d) in %s", run.name, run.id, run.dir)
-        writer = FrameWriter(
-            db,
-            Spool(run.dir / SPOOL_NAME),
-            run_id=run.id,
-            batch_rows=cfg.db_batch,
-            flush_s=cfg.db_flush_s,
-            retry_max=cfg.db_retry_max,
-            executor=writer_thread(),
+        # Its callbacks (what each Hello says, what a Welcome does) are the Receiver's.
+        session = CoreSession(
+            ctx,
+            cfg.core,
+            lambda: Hello("recorder", process_name(), PROTOCOL),
+            heartbeat_s=cfg.heartbeat_s,
+            misses=cfg.heartbeat_misses,
         )
-        recorder = Recorder(run, writer, cfg)
-        exit_code = 0
-        try:
-            receiver = Receiver(*open_sockets(ctx, cfg), recorder, writer)
-            if cfg.ready_file:
-                announce(cfg.ready_file, run)
-            exit_code = receive(cfg, receiver, stop)
-        finally:
-            exit_code = max(exit_code, finish(cfg, run, recorder, writer))
+        frames = None
+        if cfg.frames != NO_FRAMES:
+            frames = zmqio.open_socket(
+                ctx, zmq.SUB, [], bind=False, linger=0, rcvhwm=FRAMES_RCVHWM, subscribe=[b"frame/"]
+            )
+        closer: list[threading.Thread] = []
+
+        def opener(named: str, keep_alive) -> Recording:
+            recording = open_recording(cfg, db, url, named, keep_alive)
+            closer.append(close_left_runs(url, cfg.runs_dir, recording.run.name))
+            return recording
+
+        receiver = Receiver(
+            session,
+            frames,
+            opener,
+            frames_endpoint=frames_given,
+            takeover=cfg.takeover,
+            on_ready=lambda recording: announce(cfg.ready_file, recording) if cfg.ready_file else None,
+        )
+        log.info("saying Hello to the core at %s", cfg.core)
+        session.start(time.monotonic())
+        exit_code = receive(receiver, stop)
+        if receiver.recording is not None:
+            exit_code = max(exit_code, finish(cfg, receiver))
+        session.close(time.monotonic(), "the recorder stops")
+        for thread in closer:
+            thread.join(timeout=60)
         return exit_code
 
 
-def open_sockets(ctx: zmq.Context, cfg: RecorderConfig) -> tuple[zmq.Socket, zmq.Socket | None]:
-    """The PULL for metrics' records and, if any frame endpoint is given, the SUB for snapshots."""
-    records = zmqio.open_socket(ctx, zmq.PULL, cfg.records, bind=False, linger=0)
-    frames = None
-    if split_addrs(cfg.frames):
-        frames = zmqio.open_socket(
-            ctx,
-            zmq.SUB,
-            split_addrs(cfg.frames),
-            bind=False,
-            linger=0,
-            rcvhwm=FRAMES_RCVHWM,
-            subscribe=[b"frame/"],
-        )
-    log.info("receiving records from %s and frames from %s", cfg.records, cfg.frames or "(none)")
-    return records, frames
-
-
-def announce(path: str, run: RecordedRun) -> None:
-    """Tell whoever started this recorder (the all-in-one launcher) which run it records, and that it is ready."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps({"id": run.id, "name": run.name, "dir": str(run.dir.resolve())}))
-    tmp.replace(path)
-
-
-def receive(cfg: RecorderConfig, receiver: Receiver, stop: threading.Event) -> int:
-    """Until stopped or every expected stream has ended. 1 if the database refused the rows or a bug struck."""
+def receive(receiver: Receiver, stop: threading.Event) -> int:
+    """Until stopped (a signal, the core's Stop, another recorder taking over). 1 if the database refused the
+    rows or a bug struck; StartupError when the core refuses this recorder, or no run can be opened."""
     try:
-        while not stop.is_set():
+        while not stop.is_set() and receiver.stopping is None:
             receiver.step()
-            ended = receiver.recorder.ended
-            if cfg.exit_after_streams and len(ended) >= cfg.exit_after_streams:
-                log.info("%d stream(s) ended (%s): finishing", len(ended), ", ".join(sorted(ended)))
-                break
-        receiver.drain_records()
-    except DatabaseRefused as exc:
+        receiver.take(limit=100_000)  # records already delivered to this process are recorded, not dropped
+    except SessionRefused as exc:
+        if receiver.recording is None:
+            raise StartupError(f"{exc}; {TAKEOVER_HINT}") from None
+        log.warning("%s: another recorder took over; finishing the run", exc)
+    except CANNOT_START as exc:
+        if receiver.recording is None:
+            raise StartupError(str(exc)) from None
         log.error("stopping: %s", exc)
         return 1
     except Exception as exc:
@@ -139,32 +135,35 @@ def receive(cfg: RecorderConfig, receiver: Receiver, stop: threading.Event) -> i
     return 0
 
 
-def finish(cfg: RecorderConfig, run: RecordedRun, recorder: Recorder, writer: FrameWriter) -> int:
-    """Everything a run leaves behind, on every way out. Returns 1 if rows are left in the spool."""
-    recorder.close_files()
-    try:
-        all_written = writer.close(cfg.db_final_wait)
-    except Exception:  # the spool is on disk whatever happened here
-        log.exception("final database flush failed")
-        all_written = False
-    rows = sum(writer.written.values())
-    run.finish(
-        {
-            "db_rows": rows,
-            "db_rows_spooled": writer.spooled,
-            "db_outages": writer.outages,
-            "messages": dict(recorder.counters),
-        },
-        recorder.stream_summaries(writer.written),
-    )
-    log.info("run folder %s: %d records, %d rows written to the database", run.dir, recorder.counters["records"], rows)
-    if not all_written:
-        log.error(
-            "%d rows could not be written to the database; they are kept in %s, and a recorder started later with "
-            "--runs-dir %s writes them",
-            writer.spooled,
-            run.dir / SPOOL_NAME,
-            run.dir.parent,
-        )
-        return 1
-    return 0
+def finish(cfg: RecorderConfig, receiver: Receiver) -> int:
+    """Everything a run leaves behind, on every way out; the last acknowledgements. 1 if rows are left in the spool."""
+    recording = receiver.recording
+    assert recording is not None
+    all_written = recording.close(cfg.db_final_wait)
+    receiver.send_acks()  # every row is durable now: committed, or in the spool
+    return recording.finish(all_written)
+
+
+def close_left_runs(url: str, runs_dir: str, own: str) -> threading.Thread:
+    """Close, on a thread of its own (a long run takes a while), the open runs no live recorder holds."""
+
+    def work() -> None:
+        db = Database(url)
+        try:
+            close_open_runs(db, runs_dir, keep=frozenset({own}))
+        except Exception as exc:  # a run left open is closed by the next recorder, or by hand
+            log.warning("could not close the runs left open: %s", exc)
+        finally:
+            db.close()
+
+    thread = threading.Thread(target=work, name="close-left-runs", daemon=True)
+    thread.start()
+    return thread
+
+
+def announce(path: str, recording: Recording) -> None:
+    """Tell whoever started this recorder (the all-in-one launcher) which run it records, and that it is ready."""
+    run = recording.run
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps({"id": run.id, "name": run.name, "dir": str(run.dir.resolve())}))
+    tmp.replace(path)

@@ -8,22 +8,32 @@ Where a stream's files go:
 
 Every record is checked before anything is written of it (its stream's name, its
 embedding's size against the run's model, finite values): one that fails is counted and
-written nowhere. Each frame is recorded once, in the files as in the database.
+written nowhere. Each frame is recorded once, in the files as in the database: a record
+sent again (the core resends what was not acknowledged after any break) is only
+acknowledged again. What each record owes the core is kept by ``acks`` (acks.py).
+
+A resumed run (``resume``) has its streams' files rewritten from its rows first, and goes on
+from them: the seq each stream stored last, its summary, its snapshot interval, its segment.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
 from encoders.shared.settings import mask_url
-from encoders.shared.storage.frames import FrameRow
+from encoders.shared.storage.frames import FrameRow, StoredRow
+from encoders.shared.storage.runs import StoredStream
 
+from .acks import AckTracker
 from .config import RecorderConfig
 from .keyframes import Segmenter
 from .rows import build_row
@@ -32,7 +42,7 @@ from .runfiles import EMBEDDINGS_DIR, SNAPSHOTS_DIR
 from .snapshots import FrameCache
 from .stream_files import StreamFiles
 from .summary import COUNT_KEYS
-from .thumbnails import ThumbnailPipeline, thumbnail_threads, wanted
+from .thumbnails import wanted
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +56,32 @@ class RowSink(Protocol):
     def set_model(self, model: str, dim: int) -> None: ...
 
 
+class StoredRows(Protocol):
+    """Where a resumed run's rows are read back from (storage.connection.Database is one)."""
+
+    def each_stored_row(self, run_id: int, stream: str, take: Callable[[list[StoredRow]], None]) -> int: ...
+
+
 class Recorder:
-    def __init__(self, run: RecordedRun, rows: RowSink, settings: RecorderConfig | None = None):
+    def __init__(
+        self,
+        run: RecordedRun,
+        rows: RowSink,
+        settings: RecorderConfig | None = None,
+        acks: AckTracker | None = None,
+    ):
         self.run = run
         self.root = run.dir
         self.rows = rows
         self.settings = settings or RecorderConfig()
+        self.acks = acks if acks is not None else AckTracker()
         self.streams: dict[str, StreamFiles] = {}
         self.ended: set[str] = set()
         self.model: tuple[str, int] | None = None
+        self.core = ""  # the life of the core the session is in: for records and ends that do not say
         self.counters: Counter = Counter()
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
-        self._thumbnails = ThumbnailPipeline(
-            thumbnail_threads(self.settings.thumbnail_threads),
-            self.settings.thumbnail_size,
-            self.settings.thumbnail_quality,
-            rows.add,
-            self.counters,
-        )
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -88,38 +105,48 @@ class Recorder:
             self._early.setdefault(frame.stream, FrameCache(self.settings.frame_cache)).put(frame.seq, frame.jpeg)
 
     def on_record(self, rec: MetricsRecord) -> None:
-        norm_sq = self._acceptable(rec)
-        if norm_sq is None:
-            return
         last = self._last_seq.get(rec.stream)
         if last is not None and rec.seq <= last:
-            # Records come in seq order, so this one was sent before (a replay): each frame is
-            # recorded once, in the files as in the database.
+            # Records come in seq order, so this one was sent before (the core resends what it has
+            # no acknowledgement of): acknowledged again, recorded once, in the files as in the database.
             self.counters["repeated_records"] += 1
-            log.warning("%s: dropped a record for seq %d, already past seq %d", rec.stream, rec.seq, last)
+            self.acks.repeated(rec.stream, rec.seq)
+            return
+        norm_sq = self._acceptable(rec)
+        if norm_sq is None:
+            if STREAM_NAME.fullmatch(rec.stream):
+                self._last_seq[rec.stream] = rec.seq
+                self.acks.refused(rec.stream, rec.seq)  # counted: nothing to wait for
             return
         self._last_seq[rec.stream] = rec.seq
         self.counters["records"] += 1
         files = self.streams.get(rec.stream) or self._open_stream(rec.stream)
-        snap, scene_snap, jpeg = files.on_record(rec)
+        missed = files.snapshots_missed
+        snap, scene_snap = files.on_record(rec, self.core)
+        self.counters["snapshots_missed"] += files.snapshots_missed - missed
         keyframe, keyframe_seq = files.segmenter.assign(
             rec.seq, rec.t_capture, rec.vector, scene_change=rec.scene_change, norm_sq=norm_sq
         )
         if rec.scene_change:
             self.counters["scene_changes"] += 1
+        thumbnail = None
+        if wanted(self.settings.thumbnails, keyframe):
+            if rec.thumbnail:
+                thumbnail = rec.thumbnail
+                self.counters["thumbnails"] += 1
+            else:
+                self.counters["thumbnails_missing"] += 1  # the worker made none (a frame it could not shrink)
         row = build_row(
-            self.run.id, rec, snap, keyframe=keyframe, keyframe_seq=keyframe_seq, scene_snapshot_path=scene_snap
+            self.run.id,
+            rec,
+            snap,
+            keyframe=keyframe,
+            keyframe_seq=keyframe_seq,
+            thumbnail=thumbnail,
+            scene_snapshot_path=scene_snap,
         )
-        if not wanted(self.settings.thumbnails, keyframe):
-            jpeg = None
-        elif jpeg is None:
-            # Its frame never came (the frames socket drops when the recorder falls behind) or came too early.
-            self.counters["thumbnails_missing"] += 1
-        self._thumbnails.add(row, jpeg)  # the row goes on to the database once its thumbnail is made
-
-    def tick(self) -> None:
-        """Hand on the rows whose thumbnails are done (called by the receive loop)."""
-        self._thumbnails.release()
+        self.acks.expect(rec.stream, rec.seq)  # first: the writer may settle the row before add returns
+        self.rows.add(row)
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)
@@ -128,8 +155,9 @@ class Recorder:
                 self.counters["bad_stream_names"] += 1
                 return
             files = self._open_stream(eos.stream)  # a stream that ended before any frame was embedded
-        files.summary.end(dict(eos.counts))
+        files.summary.end(dict(eos.counts), self.core)
         self.ended.add(eos.stream)
+        self.acks.ended(eos.stream, eos.last_seq)
         log.info(
             "stream %s ended at seq %d: %s",
             eos.stream,
@@ -143,7 +171,6 @@ class Recorder:
             files.csv.flush()
 
     def close_files(self) -> None:
-        self._thumbnails.close()  # every row on to the database writer first
         if not self.streams and not self.settings.stream_dirs:
             # Nothing arrived: still leave the seed's layout, empty, in the run folder.
             StreamFiles(
@@ -162,6 +189,42 @@ class Recorder:
     def stream_summaries(self, db_rows: Counter) -> dict[str, dict[str, Any]]:
         """Each stream's summary, with the rows the database took of it."""
         return {name: files.summary_dict(db_rows.get(name, 0)) for name, files in self.streams.items()}
+
+    # -- a resumed run -------------------------------------------------------------
+    def resume(
+        self, source: StoredRows, stored: dict[str, StoredStream], progress: Callable[[], None] = lambda: None
+    ) -> None:
+        """Rewrite the run's files from its rows (a recorder killed mid-run leaves more or fewer lines
+        than rows), and go on from them. ``progress`` is called now and then (heartbeats)."""
+        model = self.run.config.get("model")
+        if isinstance(model, dict) and model.get("dim"):
+            self.model = (str(model.get("name")), int(model["dim"]))
+        folders: dict[str, Path | None] = {**self.run.stream_folders}
+        folders.update({name: None for name in stored if name not in folders})
+        previous = self.run.previous_summary or {}
+        before = previous.get("streams") or {}
+
+        def take(files: StreamFiles, rows: list[StoredRow]) -> None:
+            for row in rows:
+                files.restore(row)
+            progress()
+
+        for name, folder in folders.items():
+            if folder is not None:
+                StreamFiles.clear(folder, stored[name].last_seq if name in stored else -1)
+            files = self._open_stream(name, folder)
+            n = source.each_stored_row(self.run.id, name, functools.partial(take, files))
+            files.csv.flush()
+            if self.model is not None:
+                files.summary.model, files.summary.dim = self.model
+            prev = before.get(name) or {}
+            files.summary.restore_counts(prev.get("lives"), bool(prev.get("ended")))
+            if name in stored:
+                self._last_seq[name] = stored[name].last_seq
+                self.acks.resume(name, stored[name].last_seq)
+            log.info("stream %s: %d rows stored, files rewritten from them in %s", name, n, files.folder)
+        messages = (previous.get("run") or {}).get("messages") or {}
+        self.counters.update({k: v for k, v in messages.items() if isinstance(v, int)})
 
     # -- internals -----------------------------------------------------------------
     def _acceptable(self, rec: MetricsRecord) -> float | None:
@@ -197,8 +260,10 @@ class Recorder:
             return None
         return norm_sq
 
-    def _open_stream(self, stream: str) -> StreamFiles:
-        if not self.settings.stream_dirs and not self.streams:
+    def _open_stream(self, stream: str, folder: Path | None = None) -> StreamFiles:
+        if folder is not None:
+            pass
+        elif not self.settings.stream_dirs and not self.streams:
             folder = self.root
         else:
             folder = self.root / (stream if stream not in RESERVED_FOLDERS else f"stream_{stream}")

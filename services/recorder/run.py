@@ -13,7 +13,12 @@ one camera or several::
     {"run": {...}, "streams": {"cam0": {...}, ...}, "totals": {...}}
 
 and a stream with a folder of its own (``<run>/<stream>/``) gets a summary.json of the
-same shape there, listing that stream alone.
+same shape there, listing that stream alone. It is written as the run goes too (``ended_at``
+still null), so that a recorder that dies leaves its last counts behind.
+
+A run is claimed anew, or reopened (``reopen``) by a recorder that resumes it after its
+recorder died, the core naming it in its Welcome (docs/PROTOCOL.md). Either way its
+recorder holds the folder's lock (runlock.py) until the run's row is ended.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from typing import Any, Protocol
 
 from encoders.shared.settings import mask_url
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
+from encoders.shared.storage.runs import RunRow
 
 from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, write_json
+from .runlock import RunLock
 from .summary import COUNT_KEYS
 
 log = logging.getLogger(__name__)
@@ -57,15 +64,49 @@ def run_dir_candidates(runs_dir: str | os.PathLike, now: datetime | None = None)
         n += 1
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def folder_of(row: RunRow, runs_dir: str | os.PathLike) -> Path | None:
+    """The run's folder on this machine: where its recorder said it wrote it, or under ``runs_dir``;
+    only one whose config.json names this run (a folder of the same name from another database is
+    not it). None when neither is here."""
+    candidates = [Path(row.dir)] if row.dir else []
+    candidates.append(Path(runs_dir) / row.name)
+    for folder in candidates:
+        config = read_json(folder / CONFIG_JSON)
+        if config is not None and (config.get("run") or {}).get("id") == row.id:
+            return folder
+    return None
+
+
 class RecordedRun:
-    def __init__(self, db: RunsTable, folder: Path, run_id: int, started: datetime, config: dict[str, Any]):
+    def __init__(
+        self,
+        db: RunsTable,
+        folder: Path,
+        run_id: int,
+        started: datetime,
+        config: dict[str, Any],
+        lock: RunLock | None = None,
+    ):
         self.db = db
         self.dir = folder
         self.id = run_id
         self.name = folder.name
         self.started = started
         self.config = config
-        self._stream_folders: dict[str, Path] = {}
+        self.lock = lock
+        self.previous_summary: dict[str, Any] | None = None  # a resumed run's last summary.json
+        self._stream_folders: dict[str, Path] = {
+            name: folder / rel if rel not in ("", ".") else folder for name, rel in config.get("streams", {}).items()
+        }
 
     # -- claiming ------------------------------------------------------------------------------
 
@@ -87,7 +128,9 @@ class RecordedRun:
         DatabaseRefused when the database cannot take the row.
         """
         started = now or datetime.now(UTC)
-        folder, run_id = _claim_given(db, Path(run_dir), started) if run_dir else _claim_next(db, runs_dir, started)
+        folder, run_id, lock = (
+            _claim_given(db, Path(run_dir), started) if run_dir else _claim_next(db, runs_dir, started)
+        )
         config = {
             "run": {
                 "id": run_id,
@@ -101,8 +144,30 @@ class RecordedRun:
             "pipeline": pipeline if pipeline is not None else {},
             "streams": {},
         }
-        run = cls(db, folder, run_id, started, config)
-        db.update_run(run_id, config=config)
+        run = cls(db, folder, run_id, started, config, lock)
+        try:
+            db.update_run(run_id, config=config)
+            run._write_config()
+        except BaseException:
+            lock.release()
+            raise
+        return run
+
+    @classmethod
+    def reopen(
+        cls, db: RunsTable, row: RunRow, folder: Path, lock: RunLock, now: datetime | None = None
+    ) -> RecordedRun:
+        """A run left open by a recorder that died, taken on by this one (its lock already held).
+
+        Its files are rewritten from its rows by the Recorder (Recorder.resume); here its
+        config.json notes the resumption, and its last summary.json is kept for its counts.
+        """
+        config = read_json(folder / CONFIG_JSON) or dict(row.config)
+        config.setdefault("run", {}).setdefault("resumed_at", []).append((now or datetime.now(UTC)).isoformat())
+        config.setdefault("streams", {})
+        started = row.started_at or now or datetime.now(UTC)
+        run = cls(db, folder, row.id, started, config, lock)
+        run.previous_summary = read_json(folder / SUMMARY_JSON) or row.summary
         run._write_config()
         return run
 
@@ -113,6 +178,11 @@ class RecordedRun:
         self.config["model"] = {"name": model, "dim": dim}
         self._write_config()
 
+    @property
+    def stream_folders(self) -> dict[str, Path]:
+        """Each stream's folder, in the order the streams came (config.json's ``streams``)."""
+        return dict(self._stream_folders)
+
     def add_stream(self, stream: str, folder: Path) -> None:
         """A stream's files are in ``folder`` (the run folder itself, or a folder of its own in it)."""
         self._stream_folders[stream] = folder
@@ -121,33 +191,48 @@ class RecordedRun:
 
     # -- at the end ----------------------------------------------------------------------------
 
-    def finish(self, run_info: Mapping[str, Any], streams: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-        """Write every summary.json and end the run's row; returns the run folder's summary.
+    def write_summary(
+        self, run_info: Mapping[str, Any], streams: Mapping[str, dict[str, Any]], ended: datetime | None = None
+    ) -> dict[str, Any]:
+        """Write every summary.json (``ended`` None: the run goes on); returns the run folder's summary.
 
         ``run_info``: what the recorder tells of the run (rows written, outages, message
         counts); ``streams``: each stream's summary (StreamSummary.to_dict).
         """
-        ended = datetime.now(UTC)
         run = {
             "id": self.id,
             "name": self.name,
             "dir": str(self.dir.resolve()),
             "started_at": self.started.isoformat(),
-            "ended_at": ended.isoformat(),
+            "ended_at": ended.isoformat() if ended is not None else None,
             **run_info,
         }
         per_stream = {name: {**s, "folder": self.config["streams"].get(name, ".")} for name, s in streams.items()}
         summary = summarise(run, per_stream)
         write_json(self.dir / SUMMARY_JSON, summary)
         for name, folder in self._stream_folders.items():
-            if folder != self.dir:
+            if folder != self.dir and name in per_stream:
                 write_json(folder / SUMMARY_JSON, summarise(run, {name: per_stream[name]}))
+        return summary
+
+    def finish(
+        self, run_info: Mapping[str, Any], streams: Mapping[str, dict[str, Any]], ended: datetime | None = None
+    ) -> dict[str, Any]:
+        """Write every summary.json, end the run's row and let go of its folder; returns the run folder's summary."""
+        ended = ended or datetime.now(UTC)
+        summary = self.write_summary(run_info, streams, ended)
         try:
             self.db.update_run(self.id, ended_at=ended, summary=summary)
         except (DatabaseUnavailable, DatabaseRefused) as exc:
-            # summary.json has it; a later recorder that replays this run's spool ends the row from it.
+            # summary.json has it; the next recorder (or `encoders runs repair`) ends the row from the rows.
             log.warning("could not mark the run ended in the database: %s", exc)
+        self.release()
         return summary
+
+    def release(self) -> None:
+        """Let go of the run's folder (its lock), once its row is ended or left for a later recorder."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -180,20 +265,30 @@ def summarise(run: Mapping[str, Any], streams: Mapping[str, dict[str, Any]]) -> 
     return {"run": dict(run), "streams": dict(streams), "totals": totals}
 
 
-def _claim_given(db: RunsTable, folder: Path, started: datetime) -> tuple[Path, int]:
+def _claim_given(db: RunsTable, folder: Path, started: datetime) -> tuple[Path, int, RunLock]:
     if (folder / DRIFT_CSV).exists() or (folder / EMBEDDINGS_DIR).exists():
         raise RunNameTaken(f"{folder} already holds a run; give another --run-dir")
-    run_id = db.claim_run(folder.name, started)
-    if run_id is None:
-        raise RunNameTaken(
-            f"the database already has a run named {folder.name!r}; give another --run-dir, or none (the recorder "
-            "then names the run after the time it starts)"
-        )
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    return folder, run_id
+    lock = RunLock.take(folder)
+    if lock is None:
+        raise RunNameTaken(f"{folder} is in use by another recorder; give another --run-dir")
+    try:
+        run_id = db.claim_run(folder.name, started)
+        if run_id is None:
+            raise RunNameTaken(
+                f"the database already has a run named {folder.name!r}; give another --run-dir, or none (the "
+                "recorder then names the run after the time it starts)"
+            )
+    except BaseException:
+        lock.release()
+        if made:
+            folder.rmdir()
+        raise
+    return folder, run_id, lock
 
 
-def _claim_next(db: RunsTable, runs_dir: str | os.PathLike, started: datetime) -> tuple[Path, int]:
+def _claim_next(db: RunsTable, runs_dir: str | os.PathLike, started: datetime) -> tuple[Path, int, RunLock]:
     """The first time-stamped name free both on disk and in the database."""
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
     for folder in run_dir_candidates(runs_dir, started.astimezone()):
@@ -201,13 +296,17 @@ def _claim_next(db: RunsTable, runs_dir: str | os.PathLike, started: datetime) -
             folder.mkdir()  # atomic: two recorders starting in the same second get different folders
         except FileExistsError:
             continue
+        lock = RunLock.take(folder)  # before the row: an open row with no lock is a run left behind
+        assert lock is not None  # the folder is new: nobody else has opened it
         try:
             run_id = db.claim_run(folder.name, started)
         except BaseException:
+            lock.release()
             folder.rmdir()
             raise
         if run_id is not None:
-            return folder, run_id
+            return folder, run_id, lock
+        lock.release()
         folder.rmdir()  # the database has a run of this name, recorded under another runs folder
     raise AssertionError("unreachable: run_dir_candidates never ends")
 

@@ -1,11 +1,20 @@
-"""One stream's files in the run folder: drift.csv, embeddings/*.npz, snapshots/*.jpg, and its summary."""
+"""One stream's files in the run folder: drift.csv, embeddings/*.npz, snapshots/*.jpg, and its summary.
+
+Made fresh, a stream's files start empty (drift.csv with its header, no npz batch). A run
+that is resumed or closed from the database has them rewritten from its rows: ``clear``
+the old batches, make the files fresh, then ``restore`` each stored row in seq order, which
+writes its line and its vector and brings the summary, the snapshot interval and the
+keyframe segment to where the recorder was (recorder/rebuild.py).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from encoders.shared.messages import Frame, MetricsRecord
+from encoders.shared.storage.frames import StoredRow
 
 from .keyframes import Segmenter
 from .runfiles import DRIFT_CSV, EMBEDDINGS_DIR, SNAPSHOTS_DIR, DriftCsv, EmbeddingBatches
@@ -13,6 +22,7 @@ from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot
 from .summary import StreamSummary
 
 FRAME_CACHE_SIZE = 600
+SNAPSHOT_RE = re.compile(r"(?:frame|scene)_(\d+)\.jpg")
 
 
 class StreamFiles:
@@ -40,18 +50,33 @@ class StreamFiles:
         self.cache = cache if cache is not None else FrameCache(FRAME_CACHE_SIZE)
         self.segmenter = segmenter or Segmenter(0.05, 5.0)
         self.summary = StreamSummary(stream or "")
+        self.snapshots_missed = 0  # due, but the frame's JPEG was not at hand
         self._snap_prefix = "" if self.rel == "." else self.rel + "/"
+
+    @staticmethod
+    def clear(folder: Path, last_stored: int) -> None:
+        """Before a stream's files are rewritten from its rows: remove its npz batches, and the
+        snapshots of frames past its last stored row (their rows never reached the database)."""
+        for path in (folder / EMBEDDINGS_DIR).glob("batch_*.npz*"):
+            path.unlink()
+        for path in (folder / SNAPSHOTS_DIR).glob("*.jpg"):
+            match = SNAPSHOT_RE.fullmatch(path.name)
+            if match and int(match.group(1)) > last_stored:
+                path.unlink()
 
     def on_frame(self, frame: Frame) -> None:
         # Every frame: whether it gets a snapshot or a thumbnail is known only when its record comes.
         if frame.jpeg:
             self.cache.put(frame.seq, frame.jpeg)
 
-    def on_record(self, rec: MetricsRecord) -> tuple[str | None, str | None, bytes | None]:
+    def on_record(self, rec: MetricsRecord, core: str = "") -> tuple[str | None, str | None]:
         """Write what this record adds. Returns the paths (relative to the run) of its periodic
-        snapshot and of its scene-change snapshot, if it got them, and its JPEG if at hand."""
+        snapshot and of its scene-change snapshot, if it got them. ``core``: the life of the
+        core the record belongs to, if it does not say."""
         snap = scene_snap = None
         jpeg = self.cache.take(rec.seq)
+        if jpeg is None and self.policy.due(rec.t_capture):
+            self.snapshots_missed += 1  # its frame never came (snapshots are best effort) or came too early
         if jpeg is not None and self.policy.due(rec.t_capture):
             name = snapshot_name(rec.seq)
             (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
@@ -66,8 +91,19 @@ class StreamFiles:
                 scene_snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
         self.csv.write(rec.t_capture, rec.seq, rec.similarity, rec.drift)
         self.batches.add(rec.vector, rec.t_capture, rec.seq)
-        self.summary.add(rec, snapshot=snap is not None)
-        return snap, scene_snap, jpeg
+        self.summary.add(rec, snapshot=snap is not None, core=core)
+        return snap, scene_snap
+
+    def restore(self, row: StoredRow) -> None:
+        """A stored row, rewritten into the files: its line, its vector, its figures, its snapshot's time,
+        its segment."""
+        self.csv.write(row.t_capture, row.seq, row.similarity, row.drift)
+        self.batches.add(row.embedding, row.t_capture, row.seq)
+        self.summary.add_values(row.seq, row.t_capture, row.similarity, row.drift, snapshot=bool(row.snapshot_path))
+        if row.snapshot_path:
+            self.policy.taken(row.t_capture)
+        if row.keyframe:
+            self.segmenter.resume(row.seq, row.t_capture, row.embedding)
 
     def close(self) -> None:
         """The final partial npz batch, and drift.csv closed (each attempted even if the other fails)."""

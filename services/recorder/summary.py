@@ -1,4 +1,11 @@
-"""A stream's summary.json, accumulated record by record in constant memory."""
+"""A stream's summary.json, accumulated record by record in constant memory.
+
+Frame counts come from the core: every record carries its stream's running counts in one
+life of the core (``core``), and an end of stream the final ones of its life. A core that
+restarts counts again from zero, so the summary keeps the last counts of each life and adds
+them up (docs/PROTOCOL.md, "Counts"); ``lives`` is written into summary.json, so that a
+recorder that resumes the run after a crash goes on from there.
+"""
 
 from __future__ import annotations
 
@@ -57,32 +64,56 @@ class StreamSummary:
         self.drift = RunningStats()
         self.similarity = RunningStats()
         self.snapshots = 0
-        self.running_counts: dict[str, Any] = {}
-        self.final_counts: dict[str, Any] | None = None  # from EndOfStream
+        self.lives: dict[str, dict[str, Any]] = {}  # core life -> the last counts it sent
+        self.ended = False  # the last word on this stream was its end (EndOfStream)
 
-    def add(self, rec: MetricsRecord, *, snapshot: bool = False) -> None:
-        self.records += 1
+    def add(self, rec: MetricsRecord, *, snapshot: bool = False, core: str = "") -> None:
+        """A record; ``core``: the life of the core it belongs to, when the record does not say."""
         self.model = rec.model
         self.dim = int(rec.vector.size)
+        self.add_values(rec.seq, rec.t_capture, rec.similarity, rec.drift, snapshot=snapshot)
+        if rec.counts:
+            self.lives[rec.core or core] = dict(rec.counts)
+        self.ended = False
+
+    def add_values(
+        self, seq: int, t_capture: float, similarity: float | None, drift: float | None, *, snapshot: bool
+    ) -> None:
+        """A frame's figures: from a record, or from its row when a run's files are rewritten."""
+        self.records += 1
         if self.first_t is None:
-            self.first_t, self.first_seq = rec.t_capture, rec.seq
-        self.last_t, self.last_seq = rec.t_capture, rec.seq
-        if rec.drift is not None:
-            self.drift.add(float(rec.drift))
-        if rec.similarity is not None:
-            self.similarity.add(float(rec.similarity))
+            self.first_t, self.first_seq = t_capture, seq
+        self.last_t, self.last_seq = t_capture, seq
+        if drift is not None:
+            self.drift.add(float(drift))
+        if similarity is not None:
+            self.similarity.add(float(similarity))
         if snapshot:
             self.snapshots += 1
-        if rec.counts:
-            self.running_counts = dict(rec.counts)
 
-    def end(self, counts: dict[str, Any]) -> None:
-        self.final_counts = dict(counts or {})
+    def end(self, counts: dict[str, Any], core: str = "") -> None:
+        """The stream's end: ``counts`` are the final ones of this life of the core."""
+        self.lives[core] = dict(counts or {})
+        self.ended = True
+
+    def restore_counts(self, lives: Any, ended: bool = False) -> None:
+        """The counts a summary.json written earlier in this run holds (a resumed run)."""
+        if isinstance(lives, dict):
+            for core, counts in lives.items():
+                if isinstance(counts, dict):
+                    self.lives[str(core)] = {k: v for k, v in counts.items() if isinstance(v, int) or v is None}
+        self.ended = bool(ended)
 
     def frames(self) -> dict[str, Any]:
-        """Frame counts: metrics' final totals when the stream ended, else its latest running ones."""
-        base = self.final_counts if self.final_counts is not None else self.running_counts
-        out = {key: base.get(key) for key in COUNT_KEYS}
+        """Frame counts: each life's last ones (final at an end of stream), added up.
+
+        A count some life does not know (``published`` before the end of a stream, for one)
+        is unknown (None) in the total; ``embedded`` unknown falls back to the records seen.
+        """
+        out: dict[str, Any] = {}
+        for key in COUNT_KEYS:
+            values = [life.get(key) for life in self.lives.values()]
+            out[key] = sum(values) if values and all(isinstance(v, int) for v in values) else None
         if out["embedded"] is None:
             out["embedded"] = self.records
         return out
@@ -105,7 +136,7 @@ class StreamSummary:
             "model": self.model,
             "dim": self.dim,
             "frames": self.frames(),
-            "counts_from": "end_of_stream" if self.final_counts is not None else "last_record",
+            "counts_from": "end_of_stream" if self.ended else "last_record",
             "records": self.records,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
@@ -118,5 +149,6 @@ class StreamSummary:
             "snapshots": self.snapshots,
             "npz_batches": npz_batches,
             "db_rows": db_rows,
-            "ended": self.final_counts is not None,
+            "ended": self.ended,
+            "lives": {core: dict(counts) for core, counts in self.lives.items()},
         }

@@ -1,24 +1,33 @@
-"""The recorder's database writer: rows in, batches out, nothing lost while the database is away."""
+"""The recorder's database writer: rows in, batches out, nothing lost while the database is away.
+
+It tells its owner which rows became durable (``on_durable``, in the order the rows were
+added): committed to the database, or appended to the run's spool and synced. The
+recorder acknowledges records to the core from that (acks.py, docs/PROTOCOL.md).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.frames import FrameRow
 
 from .config import DB_MAX_WAITING_BATCHES
+from .quarantine import ENCODING_ERRORS, Quarantine, RowsRefused, row_refusal, write_isolating
 from .rows import from_spool, to_spool
-from .spool import Spool
 
 log = logging.getLogger(__name__)
+
+# A run's spool: the rows the database has not taken yet, in its folder.
+SPOOL_NAME = "db_spool.msgpack"
 
 
 def writer_thread() -> ThreadPoolExecutor:
@@ -57,6 +66,10 @@ class FrameWriter:
     together as the next batch once it is done (group commit): when the server is the
     slower side the batches grow and the receive loop never waits for it, until
     ``max_waiting_batches`` batches' worth of rows are held.
+
+    A batch refused for the data of a row goes to the spool like any other, and its replay
+    sets the refused rows aside (quarantine.py); a refusal that is not a row's (the frames
+    table of another model, no permission) stops the writer (``fatal``), its rows spooled.
     """
 
     REPLAY_BATCHES_PER_CALL = 20  # bounds how long one replay holds up the receive loop
@@ -73,8 +86,11 @@ class FrameWriter:
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
         max_waiting_batches: int = DB_MAX_WAITING_BATCHES,
+        on_durable: Callable[[list[FrameRow]], None] = lambda rows: None,
     ):
         self.db, self.spool, self.run_id = db, spool, run_id
+        self.on_durable = on_durable
+        self.quarantine = Quarantine(spool.path.parent)
         self.max_pending = batch_rows * max_waiting_batches
         self._executor = executor
         self._inflight: tuple[Future, list[FrameRow]] | None = None
@@ -90,6 +106,11 @@ class FrameWriter:
         self.outages = 0
         self.commits = 0  # batches written (spool replays included)
         self.fatal: DatabaseRefused | None = None
+
+    @property
+    def quarantined(self) -> int:
+        """Rows the database refused for good, set aside in db_quarantine.msgpack."""
+        return self.quarantine.count
 
     @property
     def spooled(self) -> int:
@@ -151,12 +172,19 @@ class FrameWriter:
         except DatabaseUnavailable as exc:
             self._outage(exc)
             self._to_spool(rows)
+            return
+        except RowsRefused:
+            self._to_spool(rows)  # its replay, next tick, finds the refused rows and sets them aside
+            self.retry_at = self.clock()
+            return
         except DatabaseRefused as exc:
             self._fail(exc)
             self._to_spool(rows)
+            return
         except Exception:
             self._to_spool(rows)
             raise
+        self.on_durable(rows)
 
     def close(self, wait_s: float) -> bool:
         """Write everything held, trying for up to ``wait_s`` while the database is away.
@@ -175,8 +203,8 @@ class FrameWriter:
         return done
 
     # -- internals -----------------------------------------------------------------
-    def _write(self, rows: list[FrameRow]) -> Counter:
-        """Write one batch; the rows inserted, per stream."""
+    def _prepare(self, rows: list[FrameRow]) -> None:
+        """The frames table for the run's model, and the model in the run's row, before the first rows."""
         if self.model is not None and not self._model_stored:
             model, dim = self.model
             self.db.ensure_frames(dim)
@@ -184,10 +212,22 @@ class FrameWriter:
             self._model_stored = True
         elif self.db.dim is None and rows:
             self.db.ensure_frames(int(rows[0].embedding.size))
-        return self.db.write_rows(rows) if rows else Counter()
 
-    def _to_spool(self, rows: Iterable[FrameRow]) -> None:
-        self.spool.append(to_spool(r) for r in rows)
+    def _write(self, rows: list[FrameRow]) -> Counter:
+        """Write one batch; the rows inserted, per stream. RowsRefused when a row's data was refused."""
+        self._prepare(rows)
+        if not rows:
+            return Counter()
+        try:
+            return self.db.write_rows(rows)
+        except (DatabaseRefused, *ENCODING_ERRORS) as exc:
+            if row_refusal(exc):
+                raise RowsRefused(str(exc)) from exc
+            raise
+
+    def _to_spool(self, rows: list[FrameRow]) -> None:
+        self.spool.append(to_spool(r) for r in rows)  # synced to disk before it returns
+        self.on_durable(rows)
 
     def _replay(self) -> None:
         replayed = 0
@@ -196,8 +236,9 @@ class FrameWriter:
                 if not self.spool.pending:
                     break
                 records, end = self.spool.read_batch(self.batch_rows)
-                rows = decode_spooled(records, self.spool.path)
-                self.written.update(self._write(rows))
+                rows = decode_spooled(records, self.spool.path, self.quarantine)
+                self._prepare(rows)
+                self.written.update(write_isolating(self.db.write_rows, rows, self.quarantine))
                 self.commits += 1
                 self.spool.commit(end, len(records))
                 replayed += len(records)
@@ -230,12 +271,15 @@ class FrameWriter:
         self.fatal = exc
 
 
-def decode_spooled(records: list, path: Path) -> list[FrameRow]:
-    """Spooled records back to rows; one that does not read as a row is logged and left out."""
+def decode_spooled(records: list, path: Path, quarantine: Quarantine | None = None) -> list[FrameRow]:
+    """Spooled records back to rows; one that does not read as a row is set aside (or logged) and left out."""
     rows = []
     for record in records:
         try:
             rows.append(from_spool(record))
-        except ValueError as exc:
-            log.error("%s: skipped an unreadable spooled row: %s", path, exc)
+        except (ValueError, TypeError) as exc:
+            if quarantine is not None:
+                quarantine.add(record, f"an unreadable spooled row: {exc}")
+            else:
+                log.error("%s: skipped an unreadable spooled row: %s", path, exc)
     return rows

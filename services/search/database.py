@@ -1,4 +1,5 @@
-"""`encoders db migrate` and `encoders db serve`: the database itself, for whoever looks after it."""
+"""`encoders db migrate`, `encoders db serve` and `encoders runs repair`: the database itself, for whoever looks
+after it."""
 
 from __future__ import annotations
 
@@ -51,4 +52,39 @@ def serve(cfg: DatabaseConfig) -> int:
     except (embedded.NoDatabase, DatabaseUnavailable, OSError) as exc:
         print(f"encoders db serve: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def repair(cfg: DatabaseConfig, *, run: str | None = None) -> int:
+    """Close the runs left open by a recorder that is gone (services/recorder/repair.py); one line per run.
+
+    0 when done (even with nothing to close), 2 when the database cannot be reached or ``run``
+    names no open run.
+    """
+    from encoders.services.recorder.repair import close_open_runs
+
+    setup_logging("repair")
+    logging.getLogger("encoders.services.recorder").setLevel(logging.WARNING)  # each run's outcome is printed
+    try:
+        with embedded.database(cfg.database_url, cfg.runs_dir, create=False) as url:
+            db = Database(url)
+            try:
+                db.migrate()
+                if run is not None and not any(run in (r.name, str(r.id)) for r in db.open_runs()):
+                    ended = db.run_row(run)
+                    if ended is not None:
+                        print(f"run {ended.name} has ended already: nothing to repair")
+                        return 0
+                    print(f"encoders runs repair: no open run {run!r} (`encoders runs` lists them)", file=sys.stderr)
+                    return 2
+                report = close_open_runs(db, cfg.runs_dir, only=run)
+            finally:
+                db.close()
+    except (embedded.NoDatabase, DatabaseUnavailable, DatabaseRefused, OSError) as exc:
+        print(f"encoders runs repair: {exc}", file=sys.stderr)
+        return 2
+    for name, what in report:
+        print(f"{name}: {what}")
+    if not report:
+        print("no run is left open")
     return 0

@@ -5,21 +5,20 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from encoders.shared.endpoints import FRAMES_PORT, METRICS_PORT, this_machine
-from encoders.shared.settings import ModelSettings, SettingsError, setting
+from encoders.shared.settings import CoreConnection, ModelSettings, SettingsError, setting
 from encoders.shared.storage.config import EF_SEARCH_MAX, SEARCH_EF_TEXT, DatabaseConfig
 
 
 @dataclass
-class ViewerConfig(DatabaseConfig, ModelSettings):
+class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
     """With --database-url the web page gets a search box: sentences are embedded with the model the frames
     were (ENCODERS_MODEL, ENCODERS_PRETRAINED), and search results show snapshots from --runs-dir."""
 
     database_url: str = setting(
         "", "PostgreSQL holding the embeddings: turns on the web page's search box (empty = no search)", secret="url"
     )
-    frames: str = setting(this_machine(FRAMES_PORT), "Ingest frame endpoint(s), comma-separated")
-    metrics: str = setting(this_machine(METRICS_PORT), "Metrics PUB endpoint")
+    frames: str = setting("", "The frames publisher (empty: the one the core at --core names)")
+    metrics: str = setting("", "The metrics publisher (empty: the one the core at --core names)")
     plot: bool = setting(True, "Show the matplotlib drift plot beside the video")
     window: str = setting("encoders", "Window title")
     history: int = setting(300, "Drift values per stream kept for the plot", minimum=2)

@@ -5,7 +5,7 @@ Keys on the board (each holds only its newest value):
 - ``raw_key(stream)``: the stream's newest JPEG exactly as ingest published it;
 - ``VIDEO``: the overlay video (every stream in a grid, as the window shows it), JPEG;
 - ``STATE``: a snapshot (see snapshot.py), a few times a second;
-- ``SCENES``: the recent scene changes with their thumbnails.
+- ``SCENES``: the recent scene changes with their thumbnails (carried by their records).
 
 The overlay video costs a decode and an encode per frame, so it is made only while a web
 client watches it and only when something it shows has changed.
@@ -47,7 +47,6 @@ class WebFeed:
         """Every message the main loop drains, as it drains it."""
         if isinstance(msg, Frame):
             self.board.put(raw_key(msg.stream), msg.jpeg)
-            self.scenes.on_frame(msg)
         elif isinstance(msg, MetricsRecord) and self.scenes.on_record(msg) is not None:
             self.board.put(SCENES, self.scenes.recent())
         self._changed = True
@@ -62,10 +61,19 @@ class WebFeed:
             self.board.put(VIDEO, jpeg.tobytes())
         self._changed = False
 
-    def put_state(self, state: ViewerState, now: float, counters: Mapping[str, int], *, force: bool = False) -> bool:
-        """A new snapshot, at most every STATE_EVERY_S seconds (or now, with ``force``)."""
+    def put_state(
+        self,
+        state: ViewerState,
+        now: float,
+        counters: Mapping[str, int],
+        *,
+        waiting: str | None = None,
+        force: bool = False,
+    ) -> bool:
+        """A new snapshot, at most every STATE_EVERY_S seconds (or now, with ``force``); ``waiting``:
+        whom the viewer waits for before it can subscribe, for the page to say."""
         if not force and now < self._next_state:
             return False
         self._next_state = now + STATE_EVERY_S
-        self.board.put(STATE, snapshot(state, now, {**counters, **self.scenes.counters}))
+        self.board.put(STATE, snapshot(state, now, {**counters, **self.scenes.counters}, waiting))
         return True

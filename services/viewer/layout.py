@@ -52,11 +52,11 @@ def side_by_side(video: np.ndarray, plot: np.ndarray | None) -> np.ndarray:
     return np.hstack([video, fit(plot, plot.shape[1], video.shape[0])])
 
 
-def placeholder(frames: Sequence[str], metrics: str, size: tuple[int, int] = WAITING_SIZE) -> np.ndarray:
-    """What the window shows until the first frame arrives: where the viewer is listening."""
+def placeholder(lines: Sequence[str], size: tuple[int, int] = WAITING_SIZE) -> np.ndarray:
+    """What the window shows until the first frame arrives: whom the viewer waits for (the
+    publishers it listens to, or the core it asks for them; subscriptions.py writes the lines)."""
     width, height = size
     out = np.zeros((height, width, 3), np.uint8)
-    lines = ["waiting for frames from"] + [f"  {a}" for a in frames] + ["and metrics from", f"  {metrics}"]
     y = 40
     for line in lines:
         cv2.putText(out, line, (20, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (200, 200, 200), 1, cv2.LINE_AA)

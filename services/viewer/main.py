@@ -1,8 +1,10 @@
 """The viewer: live video of every stream with its drift overlay, in a window, a web page, or both.
 
-It only subscribes (to ingest's frames and to metrics' records and stats), so it can run
-on any machine that reaches those addresses, and a slow or paused viewer slows nobody: it
-drains its sockets every tick and keeps only the newest frame of each stream (viewer.py).
+It only subscribes (to the core's frames and to its records and stats), so it can run on any
+machine that reaches the core, and a slow or paused viewer slows nobody: it drains its
+sockets every tick and keeps only the newest frame of each stream (viewer.py). The core at
+--core names its publishers (subscriptions.py) unless --frames and --metrics are given; while
+it does not answer, the viewer waits, and says for whom.
 
 - The window (the seed's display, window.py): the video with its overlay and the drift plot
   beside it. Q, q or ESC quits, as does closing the window. With no display it exits 2 at once.
@@ -10,7 +12,8 @@ drains its sockets every tick and keeps only the newest frame of each stream (vi
   No display is needed unless ``--with-window`` asks for the window too.
 
 SIGTERM and SIGINT end it cleanly too; all of these exit 0. A setting it cannot use (no
-display, an endpoint that does not parse, a port in use) exits 2 with one line saying why.
+display, an endpoint that does not parse, a port in use, a core that refuses viewers) exits 2
+with one line saying why.
 """
 
 from __future__ import annotations
@@ -25,21 +28,16 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from encoders.services.viewer.config import ViewerConfig
-from encoders.shared import zmqio
 from encoders.shared.runtime import StartupError, service_main
-from encoders.shared.settings import SettingsError, split_addrs
+from encoders.shared.settings import SettingsError
 
 from .feed import WebFeed
+from .subscriptions import Subscriptions
 from .viewer import Viewer
 from .window import NO_DISPLAY, Window, display_problem
 
 if TYPE_CHECKING:
     from .web import WebServer
-
-# A few frames of slack: the loop drains every tick, so more would only hold stale frames.
-FRAMES_RCVHWM = 8
-# Metrics records are small and every one is a point of the plot: keep plenty.
-METRICS_RCVHWM = 10_000
 
 log = logging.getLogger("encoders.viewer")
 
@@ -52,7 +50,6 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
     show_window = not cfg.web or cfg.with_window
     if show_window and (problem := display_problem(os.environ, sys.platform)):
         raise StartupError(f"{NO_DISPLAY} ({problem})")
-    frame_addrs = split_addrs(cfg.frames)
 
     ctx = zmq.Context()
     feed: WebFeed | None = None
@@ -60,17 +57,15 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
     window: Window | None = None
     viewer: Viewer | None = None
     try:
-        frames, metrics = open_sockets(ctx, frame_addrs, cfg.metrics)
+        subscriptions = Subscriptions.from_config(ctx, cfg, cfg.frames, cfg.metrics)
         if cfg.web:
             feed, server = start_web(cfg)
         if show_window:
             window = Window(cfg.window, plot=cfg.plot)
             window.open()
             log.info("window %r open", cfg.window)
-        viewer = Viewer(
-            frames, metrics, listening=(frame_addrs, cfg.metrics), history=cfg.history, window=window, feed=feed
-        )
-        log.info("waiting for frames from %s and metrics from %s", ", ".join(frame_addrs), cfg.metrics)
+        viewer = Viewer(subscriptions, history=cfg.history, window=window, feed=feed)
+        log.info("%s", subscriptions.describe())
         viewer.run(stop)
         return 0
     finally:
@@ -83,23 +78,6 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
             window.close()
         if viewer is not None:
             log.info("viewer stopped: %s", {**viewer.all_counters(), **web_counters})
-
-
-def open_sockets(ctx: zmq.Context, frame_addrs: list[str], metrics_addr: str) -> tuple[zmq.Socket, zmq.Socket]:
-    """The frames and metrics subscriptions; StartupError for an endpoint that does not parse."""
-    frames = zmqio.open_socket(
-        ctx, zmq.SUB, frame_addrs, bind=False, rcvhwm=FRAMES_RCVHWM, subscribe=(b"frame/", b"stats/"), linger=0
-    )
-    metrics = zmqio.open_socket(
-        ctx,
-        zmq.SUB,
-        metrics_addr,
-        bind=False,
-        rcvhwm=METRICS_RCVHWM,
-        subscribe=(b"metrics/", b"eos/", b"stats/"),
-        linger=0,
-    )
-    return frames, metrics
 
 
 def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:

@@ -17,7 +17,9 @@ from matplotlib.figure import Figure
 MIN_Y_TOP = 0.5
 DPI = 100
 
-History = Mapping[str, Sequence[tuple[float, float]]]  # stream -> [(t_capture, drift), ...] oldest first
+# stream -> [(t_capture, drift), ...] oldest first; a NaN drift (a stream's restart, state.py)
+# breaks the stream's line there, as matplotlib draws no segment to or from a NaN.
+History = Mapping[str, Sequence[tuple[float, float]]]
 
 
 class DriftPlot:

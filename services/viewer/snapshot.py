@@ -41,8 +41,18 @@ def newest_counts(st: StreamState, metrics_stats: Stats | None) -> dict:
 def stream_view(st: StreamState, stats: Mapping[tuple[str, str], Stats], now: float) -> dict[str, Any]:
     rec = st.metrics
     ingest = stats.get(("ingest", st.stream))
+    core = stats.get(("metrics", st.stream))
     ingest_counters = ingest.counters if ingest else {}
-    counts = newest_counts(st, stats.get(("metrics", st.stream)))
+    counts = newest_counts(st, core)
+
+    def either(key: str, default: Any = None) -> Any:
+        """The ingest's counter (its Stats, which the core passes on on the frames publisher); else the
+        core's, which numbers the frames and hands them to workers, so may count them itself."""
+        for counters in (ingest_counters, core.counters if core else {}):
+            if counters.get(key) is not None:
+                return counters[key]
+        return default
+
     return {
         "stream": st.stream,
         "ended": st.ended,
@@ -56,13 +66,13 @@ def stream_view(st: StreamState, stats: Mapping[tuple[str, str], Stats], now: fl
         "fps_embedded": finite(rec.fps) if rec else None,
         "fps_in": finite(ingest_counters.get("fps")),
         # Ingest's own count once its Stats arrive; until then, what reached this viewer.
-        "frames_in": ingest_counters.get("published", st.frames_received),
+        "frames_in": either("published", st.frames_received),
         "embedded": counts.get("embedded"),
         "dropped": counts.get("dropped", ingest_counters.get("dropped")),
         "skipped": counts.get("skipped"),
         "lost": counts.get("lost"),
-        "workers": ingest_counters.get("workers"),
-        "credits": ingest_counters.get("credits"),
+        "workers": either("workers"),
+        "credits": either("credits"),
     }
 
 
@@ -89,17 +99,20 @@ def totals(streams: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def drift_window(state: ViewerState) -> dict[str, dict[str, Any]]:
-    """Each stream's rolling drift window, and how many points were ever added to it."""
+    """Each stream's rolling drift window, and how many points were ever added to it; a gap
+    between two epochs of a stream is a point whose drift is null (the page draws no line across it)."""
     return {
-        name: {"added": st.drift_added, "points": [[t, d] for t, d in st.drift]}
+        name: {"added": st.drift_added, "points": [[t, finite(d)] for t, d in st.drift]}
         for name, st in sorted(state.streams.items())
         if st.drift
     }
 
 
-def snapshot(state: ViewerState, now: float, counters: Mapping[str, int]) -> dict[str, Any]:
+def snapshot(state: ViewerState, now: float, counters: Mapping[str, int], waiting: str | None = None) -> dict[str, Any]:
+    """``waiting``: whom the viewer waits for before it can subscribe (None once subscribed)."""
     streams = [stream_view(st, state.stats, now) for _, st in sorted(state.streams.items())]
     return {
+        "waiting": waiting,
         "streams": streams,
         "totals": totals(streams),
         "viewer": {**state.counters, **counters},

@@ -3,14 +3,21 @@
 Pure bookkeeping, no sockets and no window: the main loop feeds it every message it drains
 and asks it, once per tick, which frames are new. Only the newest frame of a stream is
 kept, so a viewer slower than the camera skips frames here and never slows anyone upstream.
+
+A stream's new epoch (``StreamStart``: a restarted camera, a reconnected ingest) puts a gap
+in its drift history, a point whose drift is NaN (``GAP``): drift is never computed across
+an epoch's start, so the plot and the page draw no line across it either.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord, Stats
+from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord, Stats, StreamStart
+
+GAP = math.nan  # the drift of a history point that only marks an epoch's start
 
 
 class RateMeter:
@@ -41,15 +48,28 @@ class StreamState:
     history_len: int
     frame: Frame | None = None  # newest frame received, not yet shown
     metrics: MetricsRecord | None = None
-    # (t_capture, drift) of every metrics record with a drift, oldest first.
+    # (t_capture, drift) of every metrics record with a drift, oldest first; GAP between epochs.
     drift: deque = field(init=False)
     display_fps: RateMeter = field(default_factory=RateMeter)
     ended: bool = False
     frames_received: int = 0
     drift_added: int = 0  # points ever added to ``drift``: lets a web client ask only for the new ones
+    epochs: int = 0  # StreamStarts heard
 
     def __post_init__(self) -> None:
         self.drift = deque(maxlen=self.history_len)
+
+    def add_drift(self, t: float, drift: float) -> None:
+        self.drift.append((t, drift))
+        self.drift_added += 1
+
+    def new_epoch(self) -> None:
+        """The stream starts again: a gap after the last point (at its time, so the time axis
+        stays that of the records), unless the history is empty or ends in one already."""
+        self.epochs += 1
+        self.ended = False
+        if self.drift and not math.isnan(self.drift[-1][1]):
+            self.add_drift(self.drift[-1][0], GAP)
 
 
 class ViewerState:
@@ -76,8 +96,9 @@ class ViewerState:
             st = self.stream(msg.stream)
             st.metrics = msg  # metrics publishes in sequence order: the last one is the newest
             if msg.drift is not None:
-                st.drift.append((msg.t_capture, float(msg.drift)))
-                st.drift_added += 1
+                st.add_drift(msg.t_capture, float(msg.drift))
+        elif isinstance(msg, StreamStart):
+            self.stream(msg.stream).new_epoch()
         elif isinstance(msg, EndOfStream):
             self.stream(msg.stream).ended = True
         elif isinstance(msg, Stats):

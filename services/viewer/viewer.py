@@ -1,8 +1,10 @@
-"""The viewer's loop, one tick at a time, over the two sockets it is given.
+"""The viewer's loop, one tick at a time, over the two subscriptions it is given (subscriptions.py).
 
-Between ticks it drains both sockets as messages come, so no queue fills up; every tick
-(TICK_S) it decodes each stream's newest frame, draws the video grid with its overlays, hands
-the web board what it shows (feed.py) and shows the window. A paused or slow viewer therefore
+Until the core has named its publishers, each tick drives the session that asks it, and the
+window shows whom the viewer waits for. Between ticks it drains both subscriptions as messages
+come, so no queue fills up; every tick (TICK_S) it decodes each stream's newest frame, draws
+the video grid with its overlays, hands the web board what it shows (feed.py) and shows the
+window. A paused or slow viewer therefore
 only skips frames here (state.py keeps the newest of each stream), and slows nobody upstream.
 """
 
@@ -24,6 +26,7 @@ from . import layout
 from .feed import WebFeed
 from .overlay import draw_overlay
 from .state import ViewerState
+from .subscriptions import Subscriptions
 from .window import Window
 
 TICK_S = 1 / 30  # window refresh period
@@ -34,24 +37,21 @@ log = logging.getLogger("encoders.viewer")
 
 
 class Viewer:
-    """Frames (and ingest's stats) on ``frames``, metrics' records on ``metrics``; shown in the
-    ``window`` and/or handed to the web ``feed``, either of which may be None."""
+    """Frames (and ingests' stats) and the core's records, from the ``subscriptions`` (which may
+    still be waiting for the core to name its publishers); shown in the ``window`` and/or handed
+    to the web ``feed``, either of which may be None."""
 
     def __init__(
         self,
-        frames: zmq.Socket,
-        metrics: zmq.Socket,
+        subscriptions: Subscriptions,
         *,
-        listening: tuple[list[str], str],
         history: int = 300,
         window: Window | None = None,
         feed: WebFeed | None = None,
     ) -> None:
-        self.sockets = [frames, metrics]
+        self.subscriptions = subscriptions
         self.poller = zmq.Poller()
-        for s in self.sockets:
-            self.poller.register(s, zmq.POLLIN)
-        self.frame_addrs, self.metrics_addr = listening  # shown on the placeholder before any frame
+        self._polled: list[zmq.Socket] = []
         self.window = window
         self.feed = feed
         self.state = ViewerState(history)
@@ -63,9 +63,10 @@ class Viewer:
         next_tick = time.monotonic()
         while not stop.is_set():
             # Between ticks, take messages as they come so no socket queue fills up.
-            self.poller.poll(max(0, math.ceil((next_tick - time.monotonic()) * 1000)))
+            self._poll(max(0, math.ceil((next_tick - time.monotonic()) * 1000)))
             now = time.monotonic()
             if now < next_tick:
+                self.subscriptions.step(now)
                 self.drain()
                 continue
             next_tick = now + TICK_S
@@ -73,7 +74,9 @@ class Viewer:
                 return
 
     def tick(self, now: float) -> bool:
-        """Drain, decode, render, feed the web board, show the window; False once the window asks to stop."""
+        """Ask the core (until it answered), drain, decode, render, feed the web board, show the window;
+        False once the window asks to stop."""
+        self.subscriptions.step(now)
         self.drain()
         # With nobody watching, the newest frames stay untaken (and undecoded) for the next
         # one who does: a paused camera's last frame then shows at once.
@@ -82,11 +85,11 @@ class Viewer:
             video = None
         else:
             decode_new_frames(self.state, self.images, self.counters, now)
-            video = render_video(self.state, self.images, self.frame_addrs, self.metrics_addr, now)
+            video = render_video(self.state, self.images, self.subscriptions.waiting_lines(), now)
         if self.feed is not None:
             if web_video and video is not None:
                 self.feed.put_video(video)
-            self.feed.put_state(self.state, now, self.counters)
+            self.feed.put_state(self.state, now, self.counters, waiting=self.subscriptions.status())
         if self.window is not None and video is not None:
             reason = self.window.show(video, self.state.drift_history(), now)
             if reason:
@@ -97,11 +100,22 @@ class Viewer:
     def drain(self) -> None:
         """Take every message waiting (up to MAX_DRAIN a socket) into the state and the web feed;
         frames replace older frames."""
-        for sock in self.sockets:
+        for sock in self.subscriptions.sockets:
             for msg in zmqio.receive_waiting(sock, limit=MAX_DRAIN, topic=True, counters=self.counters):
                 self.state.add(msg)
                 if self.feed is not None:
                     self.feed.on_message(msg)
+
+    def _poll(self, timeout_ms: int) -> None:
+        """Wait for a message on what the subscriptions want watched (the set changes once, when the
+        core has named its publishers: the session's socket is closed then)."""
+        watched = self.subscriptions.poll_sockets()
+        if watched != self._polled:
+            self.poller = zmq.Poller()
+            for sock in watched:
+                self.poller.register(sock, zmq.POLLIN)
+            self._polled = list(watched)
+        self.poller.poll(timeout_ms)
 
     def all_counters(self) -> dict[str, Any]:
         """What was received, shown and dropped: the final log line's numbers."""
@@ -122,12 +136,11 @@ def decode_new_frames(state: ViewerState, images: dict[str, np.ndarray], counter
         counters["frames_shown"] += 1
 
 
-def render_video(
-    state: ViewerState, images: dict[str, np.ndarray], frame_addrs: list[str], metrics_addr: str, now: float
-) -> np.ndarray:
-    """Each stream's newest frame with its overlay, in a grid; the placeholder before any frame."""
+def render_video(state: ViewerState, images: dict[str, np.ndarray], waiting: list[str], now: float) -> np.ndarray:
+    """Each stream's newest frame with its overlay, in a grid; before any frame, the placeholder
+    with the ``waiting`` lines (whom the viewer waits for)."""
     if not images:
-        return layout.placeholder(frame_addrs, metrics_addr)
+        return layout.placeholder(waiting)
     names = sorted(images)
     cell_h, cell_w = images[names[0]].shape[:2]
     tiles = []

@@ -116,6 +116,19 @@ class Database:
     def end_run_if_open(self, run_id: int, ended_at: Any, summary: dict) -> None:
         self.run(lambda conn: runs.end_if_open(conn, run_id, ended_at, summary))
 
+    def run_row(self, name: str) -> runs.RunRow | None:
+        return self.run(lambda conn: runs.row_of(conn, name))
+
+    def open_runs(self) -> list[runs.RunRow]:
+        return self.run(runs.open_runs)
+
+    def stored_streams(self, run_id: int) -> dict[str, runs.StoredStream]:
+        return self.run(lambda conn: runs.stored_streams(conn, run_id))
+
+    def each_stored_row(self, run_id: int, stream: str, take: Callable[[list[frames.StoredRow]], None]) -> int:
+        """A stream's rows in seq order, a batch at a time, handed to ``take``; how many."""
+        return self.run(lambda conn: frames.each_stored_row(conn, run_id, stream, take))
+
     def write_rows(self, rows: list[frames.FrameRow]) -> Counter:
         """Copy rows in one transaction; returns the rows actually inserted, per stream."""
         if self.dim is None:

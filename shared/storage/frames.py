@@ -4,11 +4,15 @@ A row is one embedded frame (see schema.py for the table). A batch is written st
 into frames; when some of its rows are stored already (a replay after an outage), it is
 copied into a temporary staging table and moved with ON CONFLICT DO NOTHING instead, so a
 replayed row is never doubled. Scene changes go into scene_changes in the same transaction.
+
+``each_stored_row`` reads a stream's rows back in seq order, a batch at a time (a recorder
+rewrites a run's files from them when it resumes or closes a run).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -152,3 +156,56 @@ def write_frames(conn: psycopg.Connection, rows: list[FrameRow], *, lock_timeout
         if events:
             cur.executemany(INSERT_SCENE_CHANGE, events)
         return inserted
+
+
+class StoredRow(NamedTuple):
+    """A row as read back: what a stream's files and summary are made of."""
+
+    seq: int
+    t_capture: float
+    similarity: float | None
+    drift: float | None
+    embedding: np.ndarray
+    snapshot_path: str | None
+    keyframe: bool
+    keyframe_seq: int
+
+
+SELECT_STORED = (
+    "SELECT seq, extract(epoch FROM captured_at)::float8, similarity::float8, drift::float8, embedding, "
+    "snapshot_path, keyframe, keyframe_seq FROM frames WHERE run_id = %s AND stream = %s ORDER BY seq"
+)
+
+
+def each_stored_row(
+    conn: psycopg.Connection, run_id: int, stream: str, take: Callable[[list[StoredRow]], None], batch: int = 2000
+) -> int:
+    """Hand ``take`` a stream's rows in seq order, ``batch`` at a time (a server-side cursor: a
+    run's millions of rows are never all in memory). Returns how many."""
+    n = 0
+    with conn.transaction(), conn.cursor(name="stored_rows", binary=True) as cur:
+        cur.execute(SELECT_STORED, (run_id, stream))
+        while rows := cur.fetchmany(batch):
+            take(
+                [
+                    StoredRow(
+                        int(seq),
+                        float(t) if t is not None else 0.0,
+                        sim,
+                        drift,
+                        _vector(emb),
+                        snap,
+                        bool(key),
+                        int(kseq),
+                    )
+                    for seq, t, sim, drift, emb, snap, key, kseq in rows
+                ]
+            )
+            n += len(rows)
+    return n
+
+
+def _vector(value: object) -> np.ndarray:
+    """An embedding as read back: pgvector's binary loader gives a Vector, its text loader an array."""
+    to_numpy = getattr(value, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy is not None else value, dtype=np.float32)

@@ -19,6 +19,7 @@ from encoders.services.pisim.config import PisimConfig
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.endpoints import CORE_PORT, this_machine
 from encoders.shared.settings import click_options, from_click, unknown_variables
 from encoders.shared.storage.config import DatabaseConfig
 from encoders.variables import KNOWN_VARIABLES
@@ -127,6 +128,34 @@ def view(**kwargs) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option(
+    "--pipeline",
+    envvar="ENCODERS_CORE",
+    show_envvar=True,
+    default=this_machine(CORE_PORT),
+    show_default=True,
+    help="The pipeline's core: the metrics service's session socket (port 5556), as this machine reaches it",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the pipeline to drain and report that it has stopped (exit 1 past it)",
+)
+@click.option("--reason", default="", help="Why, for the pipeline's logs (default: this host and process)")
+def stop(pipeline: str, timeout: float, reason: str) -> None:
+    """Stop a running pipeline from anywhere: its cameras end, every frame in flight gets its
+    outcome and every record is stored, then its services exit. Prints each stream's totals.
+
+    Exits 0 once stopped, 1 if it has not within --timeout, 2 if no core answers at --pipeline.
+    """
+    from encoders import control
+
+    sys.exit(control.run(pipeline, timeout_s=timeout, reason=reason))
+
+
+@cli.command(context_settings=CONTEXT)
 @click_options(PisimConfig)
 def pisim(**kwargs) -> None:
     """Stand in for the Pi: serve /stream.mjpg and /health from a video, images or a synthetic scene."""
@@ -215,16 +244,42 @@ def events(run, stream, since, until, limit, fmt, **kwargs) -> None:
     )
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.group(context_settings=CONTEXT, invoke_without_command=True)
 @click.option("--run", help="Only this run (its id or name)")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="At most this many")
 @FORMAT
 @click_options(DatabaseConfig)
-def runs(run, limit, fmt, **kwargs) -> None:
-    """Every recorded run, oldest first: when, which model, how many frames and scene changes, mean drift."""
+@click.pass_context
+def runs(ctx: click.Context, run, limit, fmt, **kwargs) -> None:
+    """Every recorded run, oldest first: when, which model, how many frames and scene changes, mean drift.
+
+    `encoders runs repair` closes the runs a recorder left open (it was killed, its machine
+    went down): their files rewritten from their rows, summary.json written, the run ended.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from encoders.services.search import main
 
     sys.exit(main.runs(from_click(DatabaseConfig, kwargs), run=run, limit=limit, fmt=fmt))
+
+
+@runs.command("repair", context_settings=CONTEXT)
+@click.option(
+    "--run",
+    help="Only this run (its id or name); closed from the database alone when its folder is not on this machine",
+)
+@click_options(DatabaseConfig)
+def runs_repair(run, **kwargs) -> None:
+    """Close the runs left open by a recorder that is gone.
+
+    Each open run whose folder is here and that no live recorder holds has its spool
+    written, its drift.csv and npz batches rewritten from its rows, summary.json written
+    from them (embedded = the rows stored) and its row ended. A recorder does the same
+    for every such run when it starts; a run being recorded is never touched.
+    """
+    from encoders.services.search import database
+
+    sys.exit(database.repair(from_click(DatabaseConfig, kwargs), run=run))
 
 
 @cli.group(context_settings=CONTEXT)

@@ -1,10 +1,12 @@
 """ingest as a real process (`python -m encoders ingest`) against real HTTP servers: pisim,
-and raw socket servers sending the byte variants real cameras send. Test ZeroMQ sockets
-stand in for the viewer (SUB), encoder workers (DEALER) and metrics (PULL)."""
+and raw socket servers sending the byte variants real cameras send. A stand-in core
+(tests/ingest_worker_core.py: a ROUTER in a thread of its own) takes its session, as the core would."""
 
 from __future__ import annotations
 
 import io
+import itertools
+import os
 import re
 import signal
 import socket
@@ -23,20 +25,13 @@ from encoders.services.ingest.config import IngestConfig
 from encoders.services.ingest.main import check
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.main import serve_in_thread
-from encoders.shared import zmqio
-from encoders.shared.messages import Credit, Dropped, EndOfStream, Frame, Stats, StreamStart
+from encoders.shared.messages import Bye, Capture, CaptureEnded, Credit, Heartbeat, Hello, Stats, Stop
 
-from ..conftest import Sockets, endpoint, free_port, receive, wait_for
+from ..conftest import Sockets, free_port, wait_for
+from ..ingest_worker_core import FakeCore
 
 STREAM_ID = "cam-test"
 W, H = 160, 120
-
-
-def receive_frame(worker: zmq.Socket, timeout: float = 5.0) -> Frame:
-    """The next frame ingest gives a worker (its DEALER)."""
-    msg = receive(worker, timeout)
-    assert isinstance(msg, Frame), msg
-    return msg
 
 
 def make_jpeg(width: int, height: int, seed: int) -> bytes:
@@ -47,29 +42,21 @@ def make_jpeg(width: int, height: int, seed: int) -> bytes:
 
 
 class Harness:
-    """ZeroMQ test sockets (from the sockets fixture) around one ingest process."""
+    """A stand-in core around one ingest process."""
 
     def __init__(self, tmp_path: Path, sockets: Sockets) -> None:
-        self.tmp_path = tmp_path
         self.sockets = sockets
         self.procs: list[subprocess.Popen] = []
-        self.pull = sockets.bind(zmq.PULL)
-        self.metrics_in = endpoint(self.pull)
-        self.frames_ep = f"tcp://127.0.0.1:{free_port()}"
-        self.work_ep = f"tcp://127.0.0.1:{free_port()}"
+        self.cores: list[FakeCore] = []
+        self.core = self.new_core()
         self.log_path = tmp_path / "ingest.log"
-        self.notices: list = []
 
-    def sub(self) -> zmq.Socket:
-        return self.sockets.connect(zmq.SUB, self.frames_ep, subscribe=[b""])
+    def new_core(self, **kw) -> FakeCore:
+        core = FakeCore(self.sockets.bind(zmq.ROUTER), **kw)
+        self.cores.append(core)
+        return core
 
-    def worker(self, credit: int = 0, identity: bytes = b"worker-1") -> zmq.Socket:
-        sock = self.sockets.connect(zmq.DEALER, self.work_ep, identity=identity)
-        if credit:
-            zmqio.send(sock, Credit(identity.decode(), credit))
-        return sock
-
-    def start(self, url: str, *args: str) -> subprocess.Popen:
+    def start(self, url: str, *args: str, core: str | None = None, env: dict | None = None) -> subprocess.Popen:
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
                 [
@@ -81,18 +68,15 @@ class Harness:
                     url,
                     "--stream-id",
                     STREAM_ID,
-                    "--frames-bind",
-                    self.frames_ep,
-                    "--work-bind",
-                    self.work_ep,
-                    "--metrics-in",
-                    self.metrics_in,
+                    "--core",
+                    core or self.core.endpoint,
                     "--connect-timeout",
                     "2",
                     *args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else {**os.environ, **env},
             )
         self.procs.append(proc)
         return proc
@@ -100,26 +84,22 @@ class Harness:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def notices_until(self, condition, timeout: float = 15.0) -> list:
-        """Receive metrics notices until ``condition(notices)``; returns all received so far."""
-        deadline = time.monotonic() + timeout
-        while not condition(self.notices):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out; notices so far: {self.notices[-5:]}\n{self.log()}")
-            if self.pull.poll(int(min(left, 0.2) * 1000)):
-                self.notices.append(receive(self.pull, 0))
-        return self.notices
-
-    def until_eos(self, timeout: float = 15.0) -> tuple[list, EndOfStream]:
-        notices = self.notices_until(lambda n: n and isinstance(n[-1], EndOfStream), timeout)
-        return notices, notices[-1]
+    def until_bye(self, timeout: float = 15.0) -> tuple[list[Capture], CaptureEnded, Stats]:
+        """Once the ingest has said Bye: its captures, its CaptureEnded and its final Stats."""
+        try:
+            self.core.wait(Bye, timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log()}") from None
+        (ended,) = self.core.messages(CaptureEnded)
+        return self.core.messages(Capture), ended, self.core.messages(Stats)[-1]
 
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        for core in self.cores:
+            core.close()
 
 
 @pytest.fixture
@@ -212,122 +192,96 @@ def decoded_size(jpeg: bytes) -> tuple[int, int]:
     return img.size
 
 
-# -- frames, numbering, credit ----------------------------------------------------------------------
+# -- captures, credit, the core ---------------------------------------------------------------------
 
 
-def test_frames_are_published_in_order_and_dropped_when_no_worker_is_free(h, pisim):
+def non_heartbeats(core: FakeCore) -> list[type]:
+    return [type(r.msg) for r in core.received() if not isinstance(r.msg, Heartbeat)]
+
+
+def test_every_frame_goes_to_the_core_in_order_then_its_end_and_bye(h, pisim):
     _, url = pisim()
-    sub = h.sub()
     t0 = time.time()
     proc = h.start(url, "--max-frames", "15")
-    notices, eos = h.until_eos()
+    captures, ended, stats = h.until_bye()
     assert proc.wait(10) == 0
-
-    start = notices[0]
-    assert isinstance(start, StreamStart) and (start.stream, start.first_seq, start.url) == (STREAM_ID, 0, url)
-    dropped = [n for n in notices if isinstance(n, Dropped)]
-    assert [d.seq for d in dropped] == list(range(15))
-    assert {d.reason for d in dropped[:-1]} == {"no free encoder"}
-    assert dropped[-1].reason == "shutdown"  # the one frame still waiting when ingest stopped
-    assert eos.last_seq == 14
-    assert eos.counts == {
-        "published": 15,
-        "dispatched": 0,
-        "dropped": 15,
-        "corrupt": 0,
-        "reconnects": 0,
-        "truncated": 0,
-    }
-
-    published = []
-    while True:
-        msg = receive(sub, 5, topic=True)
-        if isinstance(msg, EndOfStream):
-            break
-        if isinstance(msg, Frame):
-            published.append(msg)
-        else:
-            assert isinstance(msg, (Stats, StreamStart))
-    # A subscriber waiting for ingest to start gets every frame from the first.
-    assert [f.seq for f in published] == list(range(15))
-    for f in published:
-        assert (f.stream, f.width, f.height) == (STREAM_ID, W, H)
-        assert decoded_size(f.jpeg) == (W, H)
-        assert t0 <= f.t_capture <= time.time()
-    assert [f.t_capture for f in published] == sorted(f.t_capture for f in published)
+    (hello,) = h.core.messages(Hello)
+    assert (hello.role, hello.stream, hello.url, hello.lossless, hello.undelivered) == (
+        "ingest",
+        STREAM_ID,
+        url,
+        False,
+        0,
+    )
+    # The camera is read once the core has answered: a core that is up gets every frame.
+    assert len(captures) == 15
+    for c in captures:
+        assert (c.width, c.height) == (W, H) and decoded_size(c.jpeg) == (W, H)
+        assert t0 <= c.t_capture <= time.time()
+    assert [c.t_capture for c in captures] == sorted(c.t_capture for c in captures)
+    assert ended.reason == "max_frames (15) read"
+    assert ended.counts == {"corrupt": 0, "reconnects": 0, "truncated": 0}
+    c = stats.counters
+    assert (c["read"], c["published"], c["undelivered"], c["corrupt"]) == (15, 15, 0, 0)
+    assert non_heartbeats(h.core)[-3:] == [Stats, CaptureEnded, Bye]
 
 
-def test_a_worker_gets_exactly_the_frames_it_gives_credit_for(h, pisim):
-    _, url = pisim()
-    worker = h.worker(credit=4)
-    proc = h.start(url, "--max-frames", "24")
-    got = [receive_frame(worker) for _ in range(4)]
-    # Frames now wait or are dropped until the worker asks for more.
-    h.notices_until(lambda n: any(isinstance(m, Dropped) and m.seq > got[-1].seq for m in n))
-    zmqio.send(worker, Credit("worker-1", 2))
-    got += [receive_frame(worker) for _ in range(2)]
-    notices, eos = h.until_eos()
-    assert proc.wait(10) == 0
-    assert not worker.poll(300), "a frame the worker did not ask for"
-
-    seqs = [f.seq for f in got]
-    assert seqs == sorted(seqs) and all(f.stream == STREAM_ID and decoded_size(f.jpeg) == (W, H) for f in got)
-    dropped = [n.seq for n in notices if isinstance(n, Dropped)]
-    assert sorted(seqs + dropped) == list(range(24))  # each frame dispatched or dropped, once
-    assert eos.counts["published"] == 24
-    assert (eos.counts["dispatched"], eos.counts["dropped"]) == (6, 18)
-    assert "encoder worker 'worker-1' joined with 4 credit(s)" in h.log()
-
-
-def test_a_worker_that_has_gone_is_forgotten(h, pisim):
-    _, url = pisim()
-    worker = h.worker(credit=1000, identity=b"leaver")
-    proc = h.start(url, "--max-frames", "20")
-    receive_frame(worker)
-    receive_frame(worker)
-    worker.close(0)
-    _, eos = h.until_eos()
-    assert proc.wait(10) == 0
-    c = eos.counts
-    assert c["published"] == 20 == c["dispatched"] + c["dropped"]
-    assert c["dropped"] > 0  # once it was gone, nobody had credit
-    assert re.search(r"worker 'leaver' is gone \(disconnected\): forgot its \d+ credit", h.log())
-
-
-def test_lossless_mode_drops_nothing_and_holds_the_camera_back(h, pisim):
+def test_lossless_sends_only_against_credit_and_holds_the_camera_back(h, pisim):
     # The camera sends full-size frames as fast as it can (hundreds a second here).
     server, url = pisim(fps=0, width=640, height=480)
-    worker = h.worker(credit=1)
+    h.core.credit = 1  # in the Welcome
     proc = h.start(url, "--lossless", "--max-frames", "20")
-    got = []
-    for _ in range(20):
-        got.append(receive_frame(worker))
-        time.sleep(0.075)  # paces: a slow encoder, ~13 frames a second
-        zmqio.send(worker, Credit("worker-1", 1))
-    notices, eos = h.until_eos()
+    for i in range(20):
+        h.core.wait(Capture, i + 1)
+        time.sleep(0.075)  # paces: a slow pipeline, ~13 frames a second
+        assert len(h.core.messages(Capture)) == i + 1, "a capture sent without credit"
+        h.core.send(Credit(1))
+    captures, _, stats = h.until_bye()
     assert proc.wait(10) == 0
-    assert [f.seq for f in got] == list(range(20))
-    assert not [n for n in notices if isinstance(n, Dropped)]
-    assert (eos.counts["published"], eos.counts["dispatched"], eos.counts["dropped"]) == (20, 20, 0)
+    assert len(captures) == 20 and stats.counters["undelivered"] == 0
+    assert h.core.messages(Hello)[0].lossless
     # Backpressure: the camera sent what ingest took plus what the TCP buffers hold
     # (a few MB), not the several hundred frames it could have sent in that time.
     assert server.health()["frames_served"] < 20 + 200
 
 
-# -- the connection ---------------------------------------------------------------------------------
-
-
-def test_a_dropped_stream_is_reconnected_and_seq_continues(h, pisim):
+def test_a_dropped_stream_is_reconnected_and_captures_go_on(h, pisim):
     server, url = pisim(max_frames=5)  # pisim ends each connection after 5 frames
     proc = h.start(url, "--max-frames", "12", "--reconnect-max", "0.3")
-    notices, eos = h.until_eos()
+    captures, ended, _ = h.until_bye()
     assert proc.wait(10) == 0
-    assert [n.seq for n in notices if isinstance(n, Dropped)] == list(range(12))
-    assert (eos.counts["published"], eos.counts["reconnects"], eos.last_seq) == (12, 2, 11)
+    assert len(captures) == 12 and ended.counts["reconnects"] == 2
     assert server.health()["clients_served"] == 3
     log = h.log()
     assert log.count("the server ended the stream") == 2
     assert "reconnecting to" in log and "reconnected to" in log
+
+
+def test_while_the_core_is_away_frames_are_counted_and_told_then_a_restarted_core_gets_hello(h, pisim):
+    _, url = pisim()
+    proc = h.start(url, env={"ENCODERS_HEARTBEAT_S": "0.2"})  # the core counts as gone after 0.6 s
+    h.core.wait(Capture, 5)
+    h.core.silent = True  # a core that hangs: the ingest gives up on it, says Hello again and again
+    h.core.wait(Hello, 3)
+    sent = len(h.core.messages(Capture))
+    h.core.silent = False
+    h.core.wait(Capture, sent + 5)  # captures go on once a Hello is welcomed
+    resumed = h.core.received(Capture)[sent].t
+    hellos = [r.msg for r in h.core.received(Hello) if r.t < resumed]
+    assert all(a.undelivered <= b.undelivered for a, b in itertools.pairwise(hellos))  # each says it all
+    welcomed = hellos[-1]
+    assert welcomed.undelivered > 0  # what the camera sent meanwhile, for the core to count as dropped
+    h.core.forget()  # a core that restarted: the next capture is answered "say Hello again"
+    h.core.wait(Hello, 5)
+    h.core.wait(Capture, sent + 10)
+    proc.send_signal(signal.SIGTERM)
+    _, _, stats = h.until_bye()
+    assert proc.wait(10) == 0
+    c = stats.counters
+    assert c["read"] == c["published"] + c["undelivered"] and c["undelivered"] >= welcomed.undelivered
+    assert c["lives"] == 3
+    log = h.log()
+    assert "has been silent" in log and "does not know this session" in log
 
 
 def _multipart(
@@ -391,25 +345,16 @@ VARIANTS = {
 def test_streams_as_cameras_send_them(h, raw_server, variant):
     response, expected, counts = VARIANTS[variant]
     server = raw_server(response)
-    worker = h.worker(credit=100)
+    h.core.credit = 100
     proc = h.start(server.url, "--lossless", "--no-reconnect")
-    _, eos = h.until_eos()
+    captures, ended, stats = h.until_bye()
     assert proc.wait(10) == 0
-    got = []
-    while worker.poll(300):
-        got.append(receive_frame(worker))
-    assert [f.jpeg for f in got] == expected  # byte for byte; the corrupt part never published
-    assert [f.seq for f in got] == list(range(len(expected)))
-    assert [(f.width, f.height) for f in got] == [decoded_size(j) for j in expected]
-    assert eos.counts == {
-        "published": len(expected),
-        "dispatched": len(expected),
-        "dropped": 0,
-        "reconnects": 0,
-        **counts,
-    }
+    assert [c.jpeg for c in captures] == expected  # byte for byte; the corrupt part never sent
+    assert [(c.width, c.height) for c in captures] == [decoded_size(j) for j in expected]
+    assert ended.counts == {"reconnects": 0, **counts}
+    assert ended.reason == "the camera's stream ended (the server ended the stream)"
+    assert (stats.counters["published"], stats.counters["undelivered"]) == (len(expected), 0)
     assert server.connections == 1
-    assert "the server ended the stream" in h.log()
 
 
 def test_a_stalled_stream_times_out_and_is_reconnected(h, raw_server):
@@ -417,12 +362,10 @@ def test_a_stalled_stream_times_out_and_is_reconnected(h, raw_server):
     server = raw_server(
         b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n" + part, stall=True
     )
-    worker = h.worker(credit=10)
     proc = h.start(server.url, "--read-timeout", "0.5", "--reconnect-max", "0.2", "--max-frames", "2")
-    _, eos = h.until_eos()
+    captures, ended, _ = h.until_bye()
     assert proc.wait(10) == 0
-    assert [receive_frame(worker).seq for _ in range(2)] == [0, 1]
-    assert (eos.counts["published"], eos.counts["reconnects"]) == (2, 1)
+    assert [c.jpeg for c in captures] == [JPEGS[1]] * 2 and ended.counts["reconnects"] == 1
     assert server.connections == 2
     log = h.log()
     assert "no data for 0.5 s (read timeout: the stream stalled)" in log and "reconnecting to" in log
@@ -431,33 +374,30 @@ def test_a_stalled_stream_times_out_and_is_reconnected(h, raw_server):
 # -- stopping -------------------------------------------------------------------------------------
 
 
-def test_sigterm_sends_end_of_stream_and_a_late_credit_still_gets_the_pending_frame(h, pisim):
+def test_sigterm_sends_the_last_stats_the_end_and_bye(h, pisim):
     _, url = pisim()
-    sub = h.sub()
-    worker = h.worker()  # connected, but asks for nothing yet
     proc = h.start(url)
-    h.notices_until(lambda n: sum(isinstance(m, Dropped) for m in n) >= 3)
-    while not isinstance(stats := receive(sub, 3, topic=True), Stats):  # published every second
-        pass
+    wait_for(lambda: [s for s in h.core.messages(Stats) if s.counters["published"] >= 3], 10, "Stats")
+    stats = h.core.messages(Stats)[-1]  # every second
     assert (stats.service, stats.stream) == ("ingest", STREAM_ID)
-    published, fps = stats.counters["published"], stats.counters["fps"]
-    assert published is not None and published >= 3 and fps is not None and fps > 0
-    assert stats.counters["pending"] == 1 and stats.counters["dispatched"] == 0  # nobody asked for frames
+    assert stats.counters["fps"] > 0 and stats.counters["joined"] == 1
     proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: "received SIGTERM" in h.log(), 5, "ingest to take the SIGTERM")
-    zmqio.send(worker, Credit("worker-1", 5))  # within the second ingest waits for a worker
-    notices, eos = h.until_eos()
+    captures, ended, last = h.until_bye()
     assert proc.wait(10) == 0
-    frame = receive_frame(worker)
-    assert frame.seq == eos.last_seq  # the newest frame, which was waiting
-    assert not worker.poll(200)
-    assert not [n for n in notices if isinstance(n, Dropped) and n.reason == "shutdown"]
-    c = eos.counts
-    assert c["dispatched"] == 1 and c["published"] == c["dropped"] + 1 == eos.last_seq + 1
-    while not isinstance(msg := receive(sub, 5, topic=True), EndOfStream):
-        pass
-    assert msg.last_seq == eos.last_seq  # viewers and the recorder hear of the end too
+    assert ended.reason == "the ingest was stopped"
+    assert last.counters["published"] == len(captures) and last.counters["undelivered"] == 0
     assert "received SIGTERM" in h.log()
+
+
+def test_a_stop_from_the_core_ends_the_stream(h, pisim):
+    _, url = pisim()
+    proc = h.start(url)
+    h.core.wait(Capture, 3)
+    h.core.send(Stop("the pipeline is stopping"))
+    captures, ended, stats = h.until_bye()
+    assert proc.wait(10) == 0
+    assert ended.reason == "stopped by the core (the pipeline is stopping)"
+    assert stats.counters["published"] == len(captures)
 
 
 @pytest.mark.parametrize("stalls", ["mid-stream", "before-answering"])
@@ -465,38 +405,50 @@ def test_sigterm_stops_promptly_while_the_camera_stalls(h, raw_server, stalls):
     part = _multipart([JPEGS[0]], delimiter=b"--FRAME", length_header=b"Content-Length")
     head = b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n"
     server = raw_server(head + part if stalls == "mid-stream" else b"", stall=True)
-    worker = h.worker(credit=10)
     proc = h.start(server.url, "--read-timeout", "60")
     if stalls == "mid-stream":
-        assert receive_frame(worker).seq == 0
+        h.core.wait(Capture)
     else:
         wait_for(lambda: server.requests, 10, "ingest's request to the camera")  # the answer never comes
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert time.monotonic() - t0 < 3.5  # not the 60 s read timeout
-    _, eos = h.until_eos(timeout=2)  # delivered although the reader was still waiting
+    captures, _, stats = h.until_bye(timeout=2)  # delivered although the reader was still waiting
     published = 1 if stalls == "mid-stream" else 0
-    assert (eos.last_seq, eos.counts["published"]) == (published - 1, published)
+    assert len(captures) == stats.counters["published"] == published
 
 
 def test_without_reconnect_an_unreachable_camera_is_an_error(h):
     proc = h.start(f"http://127.0.0.1:{free_port()}/stream.mjpg", "--no-reconnect")
-    _, eos = h.until_eos()
+    captures, ended, stats = h.until_bye()
     assert proc.wait(10) == 1
-    assert eos.last_seq == -1 and eos.counts["published"] == 0
-    assert "connection refused" in h.log()
+    assert not captures and stats.counters["read"] == 0
+    assert ended.reason.startswith("the camera failed (connection refused")
 
 
 def test_what_prevents_starting_is_said_in_one_line_and_exits_2(h, pisim):
     _, url = pisim()
-    h.sockets.bind(zmq.PUB, h.frames_ep)  # something else holds the port
-    assert h.start(url).wait(10) == 2
+    assert h.start(url, core="tcp://nonsense").wait(10) == 2  # no port: ZeroMQ refuses it
     assert h.start("ftp://camera/stream").wait(10) == 2
+    refusing = h.new_core(refuse="64 streams already")
+    assert h.start(url, core=refusing.endpoint).wait(10) == 2
     lines = [line for line in h.log().splitlines() if "ERROR" in line]
-    assert len(lines) == 2 and "Traceback" not in h.log()
-    assert f"cannot start: cannot bind {h.frames_ep}" in lines[0]
+    assert len(lines) == 3 and "Traceback" not in h.log(), h.log()
+    assert "cannot start: cannot connect tcp://nonsense" in lines[0]
     assert "cannot start: invalid stream URL 'ftp://camera/stream'" in lines[1]
+    assert f"the core at {refusing.endpoint} refused this ingest: 64 streams already" in lines[2]
+
+
+def test_a_core_that_does_not_answer_is_said_within_seconds_naming_the_setting(h, pisim):
+    _, url = pisim()
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    proc = h.start(url, core=nobody, env={"ENCODERS_HEARTBEAT_S": "0.2"})
+    wait_for(lambda: "no answer from the core" in h.log(), 10, "the warning")
+    assert f"no answer from the core at {nobody} (ENCODERS_CORE)" in h.log()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "it does not hear the stream ended" in h.log()
 
 
 # -- encoders ingest --test -------------------------------------------------------------------------

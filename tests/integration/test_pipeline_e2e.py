@@ -1,5 +1,7 @@
-"""The whole pipeline on real parts: pisim over HTTP, ingest, two encoder workers, metrics and
-the recorder as separate processes on real ZeroMQ sockets, a real PostgreSQL with pgvector."""
+"""The whole pipeline on real parts: pisim over HTTP, ingest, two encoder workers, the core
+(metrics) and the recorder as separate processes on real ZeroMQ sockets, a real PostgreSQL with
+pgvector. Every service is given the core's address only, and the pipeline is stopped as an
+operator stops it (`encoders stop`)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,16 @@ import csv
 import itertools
 import json
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
-import zmq
 
 from encoders.logging_utils import load_run_embeddings
-from encoders.shared import zmqio
 from encoders.shared.messages import EndOfStream, MetricsRecord
 
-from ..conftest import Sockets, free_port, wait_for
+from .pipeline import Pipeline, collect, subscribe
 
 FRAMES = 120
 
@@ -32,150 +32,40 @@ def database(tmp_path_factory):
         yield url
 
 
-def tcp(port: int) -> str:
-    return f"tcp://127.0.0.1:{port}"
+@pytest.fixture
+def pipeline(service, tiny_model, tmp_path, database) -> Pipeline:
+    return Pipeline(service, tiny_model, tmp_path, database)
 
 
-def start_pipeline(
-    service,
-    tiny_model,
-    tmp_path,
-    database,
-    *,
-    cameras: int,
-    frames: int,
-    lossless: bool,
-    workers: int = 2,
-    fps: float = 40,
-):
-    """Start every service; returns (run_dir, metrics PUB endpoint, ingest processes)."""
-    ports = {name: free_port() for name in ("metrics_in", "metrics", "records")}
-    cams = [{"frames": free_port(), "work": free_port(), "http": free_port()} for _ in range(cameras)]
-    run_dir = tmp_path / tmp_path.name  # run names are unique in the database, as the seed's timestamps are
-    service(
-        "metrics",
-        "--metrics-in-bind",
-        tcp(ports["metrics_in"]),
-        "--metrics-bind",
-        tcp(ports["metrics"]),
-        "--records-bind",
-        tcp(ports["records"]),
-        "--exit-after-streams",
-        str(cameras),
-        "--max-wait",
-        "5",
-    )
-    recorder = service(
-        "record",
-        "--records",
-        tcp(ports["records"]),
-        "--frames",
-        ",".join(tcp(c["frames"]) for c in cams),
-        "--database-url",
-        database,
-        "--run-dir",
-        str(run_dir),
-        "--snapshot-interval",
-        "0.5",
-        "--embedding-interval",
-        "50",
-        "--exit-after-streams",
-        str(cameras),
-        *(["--stream-dirs"] if cameras > 1 else []),
-    )
-    ready = [tmp_path / f"ready{i}" for i in range(workers)]
+def start(pipeline: Pipeline, *, cameras: int, frames: int, lossless: bool, workers: int = 2, fps: float = 40) -> list:
+    """Core, recorder, workers, then each camera and its ingest (which stops after ``frames``)."""
+    pipeline.stream_dirs = cameras > 1
+    pipeline.start_core()
+    pipeline.start_recorder()
     for i in range(workers):
-        service(
-            "encode",
-            "--work",
-            ",".join(tcp(c["work"]) for c in cams),
-            "--metrics-in",
-            tcp(ports["metrics_in"]),
-            "--threads",
-            "1",
-            "--batch-size",
-            "8",
-            "--worker-id",
-            f"w{i}",
-            "--ready-file",
-            str(ready[i]),
-            env=tiny_model,
-        )
-    wait_for(lambda: all(r.exists() for r in ready), 60, "encoder workers to load the model")
+        pipeline.start_worker(f"w{i}")
     ingests = []
-    for i, c in enumerate(cams):
-        service(
-            "pisim",
-            "--port",
-            str(c["http"]),
-            "--fps",
-            str(fps),
-            "--width",
-            "320",
-            "--height",
-            "240",
-            "--seed",
-            str(i),
-            "--scene-every",
-            "1",
-        )
+    for i in range(cameras):
+        url = pipeline.start_camera(i, fps=fps)
         ingests.append(
-            service(
-                "ingest",
-                "--stream",
-                f"http://127.0.0.1:{c['http']}/stream.mjpg",
-                "--stream-id",
-                f"cam{i}",
-                "--frames-bind",
-                tcp(c["frames"]),
-                "--work-bind",
-                tcp(c["work"]),
-                "--metrics-in",
-                tcp(ports["metrics_in"]),
-                "--max-frames",
-                str(frames),
-                *(["--lossless"] if lossless else []),
-            )
+            pipeline.start_ingest(i, url, "--max-frames", str(frames), *(["--lossless"] if lossless else []))
         )
-    return run_dir, tcp(ports["metrics"]), ingests, recorder
+    return ingests
 
 
-def collect_records(sockets: Sockets, endpoint: str) -> zmq.Socket:
-    """A viewer's subscription to metrics' records and ends of stream."""
-    return sockets.connect(zmq.SUB, endpoint, subscribe=[b"metrics/", b"eos/"])
+def records_and_ends(messages) -> tuple[list[MetricsRecord], list[EndOfStream]]:
+    return (
+        [m for m in messages if isinstance(m, MetricsRecord)],
+        [m for m in messages if isinstance(m, EndOfStream)],
+    )
 
 
-def drain_records(sub, n: int, timeout_s: float = 90):
-    """The next n metrics records (no end of stream expected yet)."""
-    records: list[MetricsRecord] = []
-    while len(records) < n:
-        assert sub.poll(timeout_s * 1000), f"no message from metrics in {timeout_s} s"
-        msg, _ = zmqio.receive(sub, topic=True)
-        if isinstance(msg, MetricsRecord):
-            records.append(msg)
-    return records
-
-
-def drain(sub, until_eos: int, timeout_s: float = 90):
-    records: list[MetricsRecord] = []
-    eos: list[EndOfStream] = []
-    while len(eos) < until_eos:
-        assert sub.poll(timeout_s * 1000), f"no message from metrics in {timeout_s} s"
-        msg, _ = zmqio.receive(sub, topic=True)
-        if isinstance(msg, MetricsRecord):
-            records.append(msg)
-        elif isinstance(msg, EndOfStream):
-            eos.append(msg)
-    return records, eos
-
-
-def db_rows(database: str, run_name: str):
-    with psycopg.connect(database) as conn:
-        return conn.execute(
-            "SELECT f.stream, f.seq, f.similarity, f.drift, f.snapshot_path, f.embedding::text, f.worker "
-            "FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s ORDER BY f.stream, f.seq",
-            (run_name,),
-        ).fetchall()
+def stop_and_check_every_service_exits(pipeline: Pipeline) -> None:
+    done = pipeline.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    for svc in pipeline.service.started:
+        if svc.args[0] != "pisim":
+            assert svc.wait(60) == 0, f"{svc.args[0]}: " + svc.output()[-3000:]
 
 
 def check_stream(folder: Path, records: list[MetricsRecord], eos: EndOfStream, rows: list, snapshot_interval: float):
@@ -244,20 +134,19 @@ def check_stream(folder: Path, records: list[MetricsRecord], eos: EndOfStream, r
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("lossless", [False, True], ids=["realtime", "lossless"])
-def test_one_camera_two_workers_everything_accounted_for(service, sockets, tiny_model, tmp_path, database, lossless):
-    run_dir, metrics_pub, ingests, recorder = start_pipeline(
-        service, tiny_model, tmp_path, database, cameras=1, frames=FRAMES, lossless=lossless
-    )
-    sub = collect_records(sockets, metrics_pub)
-    records, (eos,) = drain(sub, until_eos=1)
-    assert ingests[0].wait(30) == 0
-    assert recorder.wait(60) == 0, recorder.output()[-3000:]
+def test_one_camera_two_workers_everything_accounted_for(pipeline, sockets, lossless):
+    sub = subscribe(sockets, pipeline.metrics_pub)
+    start(pipeline, cameras=1, frames=FRAMES, lossless=lossless)
+    records, (eos,) = records_and_ends(collect(sub, until_eos=1))
+    stop_and_check_every_service_exits(pipeline)
     assert eos.counts["published"] == FRAMES
     if lossless:
         assert eos.counts["embedded"] == FRAMES and eos.counts["dropped"] == 0
     # Both workers did part of the work, and no frame twice (checked below).
     assert {r.worker for r in records} == {"w0", "w1"}
     # One camera: exactly the seed's layout, in the run folder itself.
+    run_dir = pipeline.run_dir
+    assert run_dir is not None
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "config.json",
         "drift.csv",
@@ -266,19 +155,19 @@ def test_one_camera_two_workers_everything_accounted_for(service, sockets, tiny_
         "summary.json",
     ]
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["recorder"]["embedding_interval"] == 50 if "recorder" in config else True
-    check_stream(run_dir, records, eos, db_rows(database, run_dir.name), snapshot_interval=0.5)
+    assert config["recorder"]["embedding_interval"] == 50
+    check_stream(run_dir, records, eos, pipeline.rows(), snapshot_interval=0.5)
 
 
 @pytest.mark.timeout(240)
-def test_two_cameras_keep_their_own_drift_rows_and_files(service, sockets, tiny_model, tmp_path, database):
-    run_dir, metrics_pub, _ingests, recorder = start_pipeline(
-        service, tiny_model, tmp_path, database, cameras=2, frames=60, lossless=True
-    )
-    sub = collect_records(sockets, metrics_pub)
-    records, eos = drain(sub, until_eos=2)
-    assert recorder.wait(60) == 0, recorder.output()[-3000:]
-    rows = db_rows(database, run_dir.name)
+def test_two_cameras_keep_their_own_drift_rows_and_files(pipeline, sockets):
+    sub = subscribe(sockets, pipeline.metrics_pub)
+    start(pipeline, cameras=2, frames=60, lossless=True)
+    records, eos = records_and_ends(collect(sub, until_eos=2))
+    stop_and_check_every_service_exits(pipeline)
+    rows = pipeline.rows()
+    run_dir = pipeline.run_dir
+    assert run_dir is not None
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"cam0", "cam1"}
     for e in eos:
         mine = [r for r in records if r.stream == e.stream]
@@ -290,25 +179,23 @@ def test_two_cameras_keep_their_own_drift_rows_and_files(service, sockets, tiny_
 
 
 @pytest.mark.timeout(240)
-def test_a_worker_that_dies_does_not_stall_the_rest(service, sockets, tiny_model, tmp_path, database):
+def test_a_worker_that_dies_does_not_stall_the_rest(pipeline, sockets):
     """Kill one of two workers mid-stream: the other takes every frame from then on, and the
-    frames the dead one held are given up after the wait and counted as lost."""
-    import signal
-
-    run_dir, metrics_pub, _ingests, recorder = start_pipeline(
-        service, tiny_model, tmp_path, database, cameras=1, frames=200, lossless=False, fps=30
-    )
-    sub = collect_records(sockets, metrics_pub)
-    workers = [s for s in service.started if s.args[0] == "encode"]
-    first = drain_records(sub, 30)
+    frames the dead one held are counted as lost once the core misses its heartbeats."""
+    sub = subscribe(sockets, pipeline.metrics_pub)
+    start(pipeline, cameras=1, frames=200, lossless=False, fps=30)
+    first = collect(sub, records=30)
+    workers = [s for s in pipeline.service.started if s.args[0] == "encode"]
     workers[1].proc.send_signal(signal.SIGKILL)
-    records, (eos,) = drain(sub, until_eos=1)
-    assert recorder.wait(60) == 0, recorder.output()[-3000:]
-    records = first + records
+    later = collect(sub, until_eos=1)
+    records, (eos,) = records_and_ends(first + later)
     counts = eos.counts
     assert counts["published"] == 200
     assert counts["published"] == counts["embedded"] + counts["dropped"] + counts["skipped"] + counts["lost"]
-    assert counts["lost"] <= 16  # at most what the dead worker held: one batch encoding, one gathering
-    after = records[30 + 16 :]
+    assert counts["lost"] <= 16  # at most what the dead worker held: its capacity
+    after = records_and_ends(later)[0][16:]
     assert after and {r.worker for r in after} == {"w0"}, "the surviving worker took over"
-    assert len(db_rows(database, run_dir.name)) == counts["embedded"] == len(records)
+    workers[1].proc.wait(10)
+    done = pipeline.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(pipeline.rows()) == counts["embedded"] == len(records)

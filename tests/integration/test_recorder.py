@@ -1,125 +1,55 @@
-"""The recorder as a real process, fed over real sockets, writing into a real PostgreSQL + pgvector.
+"""The recorder as a real process, fed by a fake core over real sockets, writing into a real PostgreSQL + pgvector.
 
-The test plays metrics (a PUSH of records) and ingest (a publisher of frames: an XPUB, so the
-test knows when the recorder's subscription has arrived and no frame is sent into the void).
+The core (fake_core.py) is the recorder's one address: it welcomes it, publishes frames for
+its snapshots, sends records and ends of streams on the session, holds each until it is
+acknowledged, and tells the recorder to stop. Restarts, repairs and quarantine are in
+test_recorder_restarts.py.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
+import msgpack
 import numpy as np
-import pgserver
 import psycopg
 import pytest
-import zmq
-from pgvector.psycopg import register_vector
 from PIL import Image
 
 from encoders.logging_utils import load_run_embeddings
 from encoders.services.recorder.rows import to_spool
-from encoders.services.recorder.spool import Spool
 from encoders.services.recorder.writer import FrameWriter, Inline, writer_thread
-from encoders.shared import zmqio
 from encoders.shared.messages import EndOfStream, Frame, FrameCounts, MetricsRecord
+from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
-from encoders.shared.storage.embedded import database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.frames import FrameRow
 
-from ..conftest import Sockets, endpoint, wait_for
-
-DIM = 512
-T0 = 1_767_000_000.0
-
+from ..conftest import wait_for
+from .fake_core import FakeCore
+from .recorder_helpers import (
+    DIM,
+    T0,
+    Postgres,
+    RecorderProcess,
+    count_frames,
+    csv_seqs,
+    frames_rows,
+    jpeg_bytes,
+    make_record,
+    pg_home,
+    run_id_of,
+    send_stream,
+    stored_seqs,
+)
 
 # --------------------------------------------------------------------------------------
-# PostgreSQL
-
-
-class Postgres:
-    """A pgserver PostgreSQL in a temporary folder, and what a test needs to stop and start it.
-
-    ``embedded``: started the way the recorder starts its own (storage.embedded.database),
-    stopped by pgserver at the end. Otherwise pgserver leaves stopping it to us: a server
-    this test stops and starts again is no longer the one pgserver knows.
-    """
-
-    def __init__(self, base: Path, *, embedded: bool = True):
-        self.pgdata = base / ".pgdata"
-        self.embedded = embedded
-        self._resources = ExitStack()
-        if embedded:
-            self.url = self._resources.enter_context(database("", str(base)))
-        else:
-            self.server = pgserver.get_server(self.pgdata, cleanup_mode=None)
-            self.url = self.server.get_uri()
-
-    def connect(self, url: str | None = None) -> psycopg.Connection:
-        conn = psycopg.connect(url or self.url, autocommit=True)
-        register_vector(conn)
-        return conn
-
-    def new_database(self) -> str:
-        """A fresh database in this server, so that tests do not see each other's tables."""
-        name = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.url.replace("/postgres?", f"/{name}?")
-
-    def _pg_ctl(self, *args: str) -> None:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        # pgserver runs the server as the user "pgserver" when we are root.
-        user = "pgserver" if os.geteuid() == 0 else None
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args],
-            user=user,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-        )
-
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "fast", "stop")
-
-    def start(self) -> None:
-        socket_dir = parse_qs(urlparse(self.url).query)["host"][0]
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.pgdata / "log"), "start")
-
-    def running(self) -> bool:
-        try:
-            with psycopg.connect(self.url, connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
-            return False
-
-    def close(self) -> None:
-        if self.embedded:
-            self._resources.close()
-        elif self.running():
-            self.stop()
-
-
-def pg_home() -> Path:
-    """A folder for a server's data outside pytest's tmp folders: pytest makes its own root
-    private (0700) whenever a pytest run starts, and the server runs as the 'pgserver' user."""
-    return Path(tempfile.mkdtemp(prefix="encoders-pg-"))
+# Fixtures
 
 
 @pytest.fixture(scope="module")
@@ -136,118 +66,19 @@ def db_url(pg):
     return pg.new_database()
 
 
-# --------------------------------------------------------------------------------------
-# The recorder process and the sockets that feed it
-
-
-class Feed:
-    """Binds what metrics and ingest would bind; sends records, frames and ends of stream."""
-
-    def __init__(self, sockets: Sockets):
-        self.records = sockets.bind(zmq.PUSH)
-        self.frames = sockets.bind(zmq.XPUB)
-        for sock in (self.records, self.frames):
-            sock.setsockopt(zmq.SNDTIMEO, 5000)
-        self.records_ep = endpoint(self.records)
-        self.frames_ep = endpoint(self.frames)
-        self.vectors: dict[tuple[str, int], np.ndarray] = {}
-
-    def wait_subscribed(self, timeout: float = 15.0) -> None:
-        if not self.frames.poll(int(timeout * 1000)):
-            raise AssertionError("the recorder never subscribed to frames")
-        assert self.frames.recv() == b"\x01frame/"
-
-    def frame(self, stream: str, seq: int) -> None:
-        zmqio.send(self.frames, Frame(stream, seq, T0 + seq * 0.25, 4, 4, jpeg_bytes(stream, seq)), topic=True)
-
-    def record(self, stream: str, seq: int, *, first_seq: int = 0) -> MetricsRecord:
-        v = np.random.default_rng([seq, len(stream)]).standard_normal(DIM).astype(np.float32)
-        v /= np.linalg.norm(v)
-        prev = self.vectors.get((stream, seq - 1))
-        sim = None if prev is None or seq == first_seq else float(np.dot(v, prev))
-        self.vectors[(stream, seq)] = v
-        rec = MetricsRecord(
-            stream=stream,
-            seq=seq,
-            t_capture=T0 + seq * 0.25,
-            t_encoded=T0 + seq * 0.25 + 0.1,
-            worker="worker-1",
-            model="ViT-B-32",
-            similarity=sim,
-            drift=None if sim is None else 1.0 - sim,
-            rolling={},
-            fps=4.0,
-            counts={"embedded": seq + 1, "dropped": 0, "skipped": 0, "lost": 0},
-            vector=v,
-        )
-        zmqio.send(self.records, rec)
-        return rec
-
-    def end(self, stream: str, last_seq: int, counts: FrameCounts) -> None:
-        zmqio.send(self.records, EndOfStream(stream, last_seq, counts))
-
-
-def jpeg_bytes(stream: str, seq: int) -> bytes:
-    return b"\xff\xd8\xff\xe0" + f"{stream}:{seq}".encode() + bytes(range(256)) + b"\xff\xd9"
-
-
-class RecorderProcess:
-    def __init__(self, tmp: Path, feed: Feed | None, url: str, *args: str):
-        self.runs = tmp / "runs"
-        self.log_path = tmp / "recorder.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "encoders",
-            "record",
-            "--database-url",
-            url,
-            "--runs-dir",
-            str(self.runs),
-            "--snapshot-interval",
-            "1",
-            "--embedding-interval",
-            "4",
-            "--db-flush-s",
-            "0.05",
-            *args,
-        ]
-        if feed is not None:
-            cmd += ["--records", feed.records_ep, "--frames", feed.frames_ep]
-        env = {**os.environ, "ENCODERS_LOG_LEVEL": "INFO"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"), env=env)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"recorder did not exit in {timeout} s; log:\n{self.log()}") from None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def run_dir(self) -> Path:
-        (run,) = [p for p in self.runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return run
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
-def feed(sockets):
-    return Feed(sockets)
+def core():
+    fake = FakeCore()
+    yield fake
+    fake.close()
 
 
 @pytest.fixture
 def start(tmp_path):
     started: list[RecorderProcess] = []
 
-    def start_recorder(feed, url, *args):
-        p = RecorderProcess(tmp_path, feed, url, *args)
+    def start_recorder(core, url, *args, **kw):
+        p = RecorderProcess(tmp_path, core, url, *args, **kw)
         started.append(p)
         return p
 
@@ -256,43 +87,30 @@ def start(tmp_path):
         p.kill()
 
 
-def frames_rows(conn, run_id: int):
-    return conn.execute(
-        "SELECT stream, seq, captured_at, similarity, drift, embedding, snapshot_path, worker "
-        "FROM frames WHERE run_id = %s ORDER BY stream, seq",
-        (run_id,),
-    ).fetchall()
-
-
-def count_frames(conn) -> int:
-    try:
-        return conn.execute("SELECT count(*) FROM frames").fetchone()[0]
-    except psycopg.errors.UndefinedTable:  # not yet: created when the first record arrives
-        return 0
-
-
-def send_stream(feed: Feed, stream: str, seqs, *, frames: bool = True) -> list[MetricsRecord]:
-    if frames:
-        for seq in seqs:
-            feed.frame(stream, seq)
-        time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
-    return [feed.record(stream, seq) for seq in seqs]
+def end_and_stop(core: FakeCore, rec: RecorderProcess, stream: str, last_seq: int, counts: FrameCounts) -> None:
+    """As the core ends a pipeline: the stream's end, acknowledged; then Stop; the recorder exits 0."""
+    core.end(EndOfStream(stream, last_seq, counts))
+    core.wait_acked(stream, last_seq, ended=True)
+    core.stop()
+    assert rec.wait() == 0, rec.log()
 
 
 # --------------------------------------------------------------------------------------
-# Tests
+# One run, start to end
 
 
-def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
-    rec = start(feed, db_url, "--exit-after-streams", "1")
-    feed.wait_subscribed()
-    sent = send_stream(feed, "cam0", range(10))
-    zmqio.send(feed.records, sent[5])  # a record sent twice is recorded once
-    feed.records.send_multipart([b"not a message"])  # counted and dropped
-    final = {"published": 13, "embedded": 10, "dropped": 2, "skipped": 1, "lost": 0, "late": 0}
-    feed.end("cam0", 12, final)
-    assert rec.wait() == 0, rec.log()
+def test_one_stream_rows_files_index_and_summary(pg, db_url, core, start):
+    rec = start(core, db_url)
+    core.wait_subscribed()
+    sent = send_stream(core, "cam0", range(10))
+    core.resend(sent[5])  # a record sent twice is recorded once
+    core.send_raw([b"not a message"])  # counted and dropped
+    final: FrameCounts = {"published": 13, "embedded": 10, "dropped": 2, "skipped": 1, "lost": 0, "late": 0}
+    end_and_stop(core, rec, "cam0", 12, final)
+    assert core.seen.byes == 1 and core.acked["cam0"] == (12, True)
+    (ready,) = core.seen.readies
     run = rec.run_dir()
+    assert ready.run == run.name and ready.stored == {}
     config = json.loads((run / "config.json").read_text())
     run_id = config["run"]["id"]
     assert config["model"] == {"name": "ViT-B-32", "dim": DIM}
@@ -335,17 +153,15 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
         assert (name, model, dim) == (run.name, "ViT-B-32", DIM)
         assert ended_at is not None and summary["streams"]["cam0"]["frames"] == final
 
-    with (run / "drift.csv").open() as f:
-        table = list(csv.reader(f))
-    assert table[0] == ["timestamp", "frame", "similarity", "drift"]
-    assert len(table) == 11
-    for row, m in zip(table[1:], sent, strict=False):
-        assert float(row[0]) == pytest.approx(m.t_capture, abs=1e-6)
-        assert int(row[1]) == m.seq
+    table = (run / "drift.csv").read_text().splitlines()
+    assert table[0] == "timestamp,frame,similarity,drift" and len(table) == 11
+    for line, m in zip(table[1:], sent, strict=False):
+        t, seq, sim, drift = line.split(",")
+        assert float(t) == pytest.approx(m.t_capture, abs=1e-6) and int(seq) == m.seq
         if m.similarity is None:
-            assert row[2:] == ["", ""]
+            assert (sim, drift) == ("", "")
         else:
-            assert float(row[2]) == pytest.approx(m.similarity) and float(row[3]) == pytest.approx(m.drift)
+            assert float(sim) == pytest.approx(m.similarity) and float(drift) == pytest.approx(m.drift)
 
     emb, ts, idx = load_run_embeddings(run)
     assert emb.shape == (10, DIM) and list(idx) == list(range(10))
@@ -362,9 +178,9 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
     assert [p.name for p in snaps] == ["frame_000000.jpg", "frame_000004.jpg", "frame_000008.jpg"]
     assert snaps[1].read_bytes() == jpeg_bytes("cam0", 4)
 
-    summary = json.loads((run / "summary.json").read_text())
-    assert list(summary["streams"]) == ["cam0"] and summary["totals"]["frames"] == final
-    run_summary, summary = summary["run"], summary["streams"]["cam0"]
+    top = json.loads((run / "summary.json").read_text())
+    assert list(top["streams"]) == ["cam0"] and top["totals"]["frames"] == final
+    run_summary, summary = top["run"], top["streams"]["cam0"]
     assert summary["frames"] == final and summary["counts_from"] == "end_of_stream"
     assert summary["records"] == 10 and summary["db_rows"] == 10 and run_summary["db_rows"] == 10
     assert summary["snapshots"] == 3 and summary["npz_batches"] == 3
@@ -378,28 +194,38 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, feed, start):
     assert summary["effective_fps"] == pytest.approx(4.0)
     assert run_summary["messages"]["repeated_records"] == 1
     assert run_summary["messages"]["bad_messages"] == 1
+    assert run_summary["ended_at"] is not None
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "drift.csv",
+        "embeddings",
+        "snapshots",
+        "summary.json",
+    ]  # no lock, no spool left behind
     log = rec.log()
-    assert "rows written to the database" in log and str(run) in log
+    assert "rows in the database" in log and str(run) in log
 
 
-def test_two_streams_keep_their_own_rows_and_files(pg, db_url, feed, start):
-    rec = start(feed, db_url, "--exit-after-streams", "2")
-    feed.wait_subscribed()
+def test_two_streams_keep_their_own_rows_and_files(pg, db_url, core, start):
+    rec = start(core, db_url)
+    core.wait_subscribed()
     for seq in range(6):
-        feed.frame("cam0", seq)
-        feed.frame("cam1", seq)
+        core.frame(Frame("cam0", seq, T0 + seq * 0.25, 4, 4, jpeg_bytes("cam0", seq)))
+        core.frame(Frame("cam1", seq, T0 + seq * 0.25, 4, 4, jpeg_bytes("cam1", seq)))
     time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     for seq in range(6):
-        feed.record("cam0", seq)
+        core.record(make_record("cam0", seq))
         if seq < 3:
-            feed.record("cam1", seq)
-    feed.end("cam0", 5, {"published": 6, "embedded": 6})
-    feed.end("cam1", 2, {"published": 3, "embedded": 3})
+            core.record(make_record("cam1", seq))
+    core.end(EndOfStream("cam0", 5, {"published": 6, "embedded": 6}))
+    core.end(EndOfStream("cam1", 2, {"published": 3, "embedded": 3}))
+    core.wait_acked("cam0", 5, ended=True)
+    core.wait_acked("cam1", 2, ended=True)
+    core.stop()
     assert rec.wait() == 0, rec.log()
     run = rec.run_dir()
-    run_id = json.loads((run / "config.json").read_text())["run"]["id"]
     with pg.connect(db_url) as conn:
-        rows = frames_rows(conn, run_id)
+        rows = frames_rows(conn, run_id_of(run))
     assert [(r[0], r[1]) for r in rows] == [("cam0", i) for i in range(6)] + [("cam1", i) for i in range(3)]
     cam1_snaps = [r[6] for r in rows if r[0] == "cam1" and r[6]]
     assert cam1_snaps == ["cam1/snapshots/frame_000000.jpg"]
@@ -407,54 +233,21 @@ def test_two_streams_keep_their_own_rows_and_files(pg, db_url, feed, start):
     # The first stream in the run folder itself (the seed's layout); the second beside it.
     assert list(load_run_embeddings(run, stream="cam0")[2]) == list(range(6))
     assert list(load_run_embeddings(run / "cam1")[2]) == [0, 1, 2]
-    assert len((run / "drift.csv").read_text().splitlines()) == 7
-    assert len((run / "cam1" / "drift.csv").read_text().splitlines()) == 4
+    assert csv_seqs(run / "drift.csv") == list(range(6))
+    assert csv_seqs(run / "cam1" / "drift.csv") == [0, 1, 2]
     assert json.loads((run / "cam1" / "summary.json").read_text())["streams"]["cam1"]["frames"]["published"] == 3
     top = json.loads((run / "summary.json").read_text())
     assert {name: s["folder"] for name, s in top["streams"].items()} == {"cam0": ".", "cam1": "cam1"}
 
 
-def test_a_run_folder_whose_name_the_database_has_is_refused(pg, db_url, feed, start, tmp_path):
-    # A run's folder and its row have the same name: one taken in the database (another runs
-    # folder) is said at start, never renamed behind the caller's back.
-    db = Database.open(db_url, wait_s=5)
-    db.claim_run("20260107_143022", datetime.now(UTC))
-    db.close()
-    rec = start(feed, db_url, "--run-dir", str(tmp_path / "runs" / "20260107_143022"))
-    assert rec.wait() == 2, rec.log()
-    assert "cannot start: the database already has a run named '20260107_143022'" in rec.log()
-    assert "Traceback" not in rec.log()
-    assert not (tmp_path / "runs" / "20260107_143022").exists()
-
-
-@pytest.mark.parametrize(
-    "flag,endpoint", [("--records", "tcp://nonsense"), ("--frames", "tcp://127.0.0.1:1,tcp://:::")]
-)
-def test_an_address_that_does_not_parse_exits_2_before_a_run_is_claimed(pg, db_url, start, flag, endpoint):
-    rec = start(None, db_url, flag, endpoint)
-    assert rec.wait() == 2, rec.log()
-    errors = [line for line in rec.log().splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "cannot start: cannot connect" in errors[0], rec.log()
-    assert "Traceback" not in rec.log()
-    assert not rec.runs.exists() or not [p for p in rec.runs.iterdir() if not p.name.startswith(".")]
-    with psycopg.connect(db_url) as conn:  # not even migrated: the database was not touched
-        assert conn.execute("SELECT to_regclass('runs') IS NULL").fetchone() == (True,)
-
-
-def test_stream_dirs_give_each_stream_a_folder(pg, db_url, feed, start, tmp_path):
-    rec = start(
-        feed,
-        db_url,
-        "--exit-after-streams",
-        "2",
-        "--stream-dirs",
-        "--run-dir",
-        str(tmp_path / "runs" / "20260107_143022"),
-    )
-    feed.wait_subscribed()
+def test_stream_dirs_give_each_stream_a_folder(pg, db_url, core, start, tmp_path):
+    rec = start(core, db_url, "--stream-dirs", "--run-dir", str(tmp_path / "runs" / "20260107_143022"))
+    core.wait_subscribed()
     for cam in ("cam0", "cam1"):
-        send_stream(feed, cam, range(3), frames=False)
-        feed.end(cam, 2, {"embedded": 3})
+        send_stream(core, cam, range(3), frames=False)
+        core.end(EndOfStream(cam, 2, {"embedded": 3}))
+        core.wait_acked(cam, 2, ended=True)
+    core.stop()
     assert rec.wait() == 0, rec.log()
     run = rec.run_dir()
     assert run.name == "20260107_143022"
@@ -465,65 +258,31 @@ def test_stream_dirs_give_each_stream_a_folder(pg, db_url, feed, start, tmp_path
     assert list(load_run_embeddings(run, stream="cam1")[2]) == [0, 1, 2]
 
 
-def test_no_database_url_starts_an_embedded_server_in_the_runs_folder(feed, start):
-    home = pg_home()
-    try:
-        rec = start(feed, "", "--runs-dir", str(home), "--exit-after-streams", "1")
-        feed.wait_subscribed()
-        send_stream(feed, "cam0", range(3), frames=False)
-        feed.end("cam0", 2, {"embedded": 3})
-        assert rec.wait() == 0, rec.log()
-        assert "embedded PostgreSQL in %s" % (home / ".pgdata") in rec.log()
-        (run,) = [p for p in home.iterdir() if not p.name.startswith(".")]
-        assert json.loads((run / "summary.json").read_text())["totals"]["db_rows"] == 3
-        # The last process using it has gone: the server was stopped, and its data kept.
-        assert (home / ".pgdata" / "PG_VERSION").exists() and not (home / ".pgdata" / "postmaster.pid").exists()
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def test_unreachable_database_exits_with_a_clear_error_and_no_password(tmp_path, start):
-    rec = start(None, "postgresql://user:s3cret@127.0.0.1:1/x", "--db-connect-timeout", "1")
-    code = rec.wait()
-    log = rec.log()
-    assert code != 0
-    assert "127.0.0.1" in log and "port=1" in log and "database=x" in log
-    assert "s3cret" not in log
-    assert not rec.runs.exists() or not any(rec.runs.iterdir())
-
-
-def test_unreachable_database_error_in_this_process_has_no_password():
-    with pytest.raises(DatabaseUnavailable) as info:
-        Database.open("postgresql://alice:s3cret@127.0.0.1:1/frames", wait_s=0.2)
-    message = str(info.value)
-    assert "host=127.0.0.1 port=1 database=frames" in message
-    assert "s3cret" not in message
-    assert "s3cret" not in repr(info.value.__cause__) and "s3cret" not in repr(info.value.__context__)
-
-
 def real_jpeg(colour) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (320, 240), colour).save(out, "JPEG", quality=85)
     return out.getvalue()
 
 
-def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start):
-    rec = start(feed, db_url, "--exit-after-streams", "1", "--snapshot-interval", "100", "--thumbnail-size", "64")
-    feed.wait_subscribed()
+def small_jpeg(colour) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
+def test_thumbnails_from_the_records_scene_changes_and_keyframe_segments(pg, db_url, core, start):
+    rec = start(core, db_url, "--snapshot-interval", "100")
+    core.wait_subscribed()
     rng = np.random.default_rng(5)
     views = [rng.standard_normal(DIM) for _ in range(2)]
     colours = [(200, 40, 40), (40, 40, 200)]
-    for seq in range(12):  # frames 0-5 show one view, 6-11 another: metrics flags 6 as a scene change
-        view = 0 if seq < 6 else 1
-        if seq != 9:  # frame 9's JPEG never comes: no thumbnail for it, counted
-            zmqio.send(feed.frames, Frame("cam0", seq, T0 + seq * 0.25, 320, 240, real_jpeg(colours[view])), topic=True)
+    for seq in range(12):  # frames 0-5 show one view, 6-11 another: the core flags 6 as a scene change
+        core.frame(Frame("cam0", seq, T0 + seq * 0.25, 320, 240, real_jpeg(colours[0 if seq < 6 else 1])))
     time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     for seq in range(12):
         view = 0 if seq < 6 else 1
         v = views[view] + 0.02 * rng.standard_normal(DIM)
-        v = (v / np.linalg.norm(v)).astype(np.float32)
-        zmqio.send(
-            feed.records,
+        core.record(
             MetricsRecord(
                 stream="cam0",
                 seq=seq,
@@ -534,36 +293,28 @@ def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start)
                 similarity=0.99,
                 drift=0.6 if seq == 6 else 0.01,
                 rolling={"count": 5, "mean": 0.01, "std": 0.002},
-                vector=v,
+                vector=(v / np.linalg.norm(v)).astype(np.float32),
                 scene_change=seq == 6,
-            ),
+                thumbnail=b"" if seq == 9 else small_jpeg(colours[view]),  # the worker made none for 9
+            )
         )
-    feed.end("cam0", 11, {"embedded": 12})
-    assert rec.wait() == 0, rec.log()
+    end_and_stop(core, rec, "cam0", 11, {"embedded": 12})
     run = rec.run_dir()
-    run_id = json.loads((run / "config.json").read_text())["run"]["id"]
     with pg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT seq, keyframe, keyframe_seq, thumbnail, snapshot_path FROM frames WHERE run_id = %s ORDER BY seq",
-            (run_id,),
+            (run_id_of(run),),
         ).fetchall()
         events = conn.execute(
             "SELECT stream, seq, drift, window_mean, window_std, snapshot_path FROM scene_changes WHERE run_id = %s",
-            (run_id,),
+            (run_id_of(run),),
         ).fetchall()
     # Two segments of near-identical frames; the scene change starts the second.
     assert [(seq, key, kseq) for seq, key, kseq, _, _ in rows] == [
         (s, s in (0, 6), 0 if s < 6 else 6) for s in range(12)
     ]
     for seq, _, _, thumb, _ in rows:
-        if seq == 9:
-            assert thumb is None
-            continue
-        img = Image.open(io.BytesIO(thumb))
-        assert img.format == "JPEG" and img.size == (64, 48)
-        pixel = img.getpixel((32, 24))
-        assert isinstance(pixel, tuple)  # an RGB picture's pixel
-        assert all(abs(a - b) < 16 for a, b in zip(pixel, colours[0 if seq < 6 else 1], strict=False))
+        assert thumb == (None if seq == 9 else small_jpeg(colours[0 if seq < 6 else 1]))  # as the worker made it
     # Periodic snapshots (every 100 s: the first frame only) keep the seed's names; the scene
     # change, between two of them, gets its own beside them.
     assert [(seq, snap) for seq, _, _, _, snap in rows if snap] == [(0, "snapshots/frame_000000.jpg")]
@@ -577,27 +328,70 @@ def test_thumbnails_scene_changes_and_keyframe_segments(pg, db_url, feed, start)
     assert (messages["thumbnails"], messages["thumbnails_missing"], messages["scene_changes"]) == (11, 1, 1)
 
 
-def test_database_outage_mid_run_loses_nothing(feed, start):
+def test_keyframe_thumbnails_only_and_no_snapshots(pg, db_url, core, start):
+    rec = start(core, db_url, "--thumbnails", "keyframes", "--frames", "none")
+    wait_for(core.joined, 20, "the recorder's Ready")
+    for seq in range(3):
+        r = make_record("cam0", seq)
+        r.thumbnail = b"\xff\xd8thumb\xff\xd9"
+        core.record(r)
+    end_and_stop(core, rec, "cam0", 2, {"embedded": 3})
+    assert not core.subscribed.is_set()  # --frames none: never subscribed
+    with pg.connect(db_url) as conn:
+        kept = conn.execute("SELECT seq FROM frames WHERE thumbnail IS NOT NULL ORDER BY seq").fetchall()
+    assert kept == [(0,), (1,), (2,)]  # random vectors: every frame is a keyframe
+    assert not list((rec.run_dir() / "snapshots").iterdir())
+
+
+# --------------------------------------------------------------------------------------
+# Acknowledged delivery
+
+
+def test_acks_come_only_once_rows_are_committed(pg, db_url, core, start):
+    # Rows wait 2 s before they are written: until then nothing is acknowledged.
+    rec = start(core, db_url, "--db-flush-s", "2", "--db-batch", "1000", "--frames", "none")
+    wait_for(core.joined, 20, "the recorder's Ready")
+    send_stream(core, "cam0", range(8), frames=False)
+    run_id = run_id_of(wait_for(lambda: next(iter(rec.run_dirs()), None), 10, "the run folder"))
+    seen_before_commit = False
+    with pg.connect(db_url) as conn:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with core.lock:
+                acked = core.acked.get("cam0", (-1, False))[0]
+            stored = stored_seqs(conn, run_id)  # read after the ack: it must hold what the ack says
+            assert stored[: acked + 1] == list(range(acked + 1)), (acked, stored)
+            seen_before_commit |= acked < 0 and not stored
+            if acked == 7:
+                break
+            time.sleep(0.05)
+    assert acked == 7 and seen_before_commit
+    end_and_stop(core, rec, "cam0", 7, {"embedded": 8})
+
+
+def test_database_outage_mid_run_loses_nothing_and_acks_follow_the_spool(core, start):
     home = pg_home()
     pg = Postgres(home, embedded=False)
     try:
-        rec = start(feed, pg.url, "--exit-after-streams", "1", "--db-retry-max", "0.5", "--db-final-wait", "15")
-        feed.wait_subscribed()
-        send_stream(feed, "cam0", range(5), frames=False)
-        with pg.connect() as conn:
-            wait_for(lambda: count_frames(conn) == 5, timeout=10, what="the first rows")
+        rec = start(core, pg.url, "--db-retry-max", "0.5", "--db-final-wait", "15", "--frames", "none")
+        wait_for(core.joined, 20, "the recorder's Ready")
+        send_stream(core, "cam0", range(5), frames=False)
+        core.wait_acked("cam0", 4)
         pg.stop()
-        send_stream(feed, "cam0", range(5, 12), frames=False)
-        spool = wait_for(lambda: next(rec.runs.glob("*/db_spool.msgpack"), None), timeout=10, what="the spool file")
-        time.sleep(3.0)  # simulates: the database stays away for seconds (failed retries, with backoff)
+        send_stream(core, "cam0", range(5, 12), frames=False)
+        # Acknowledged while the database is away: each row is in the spool, synced, before its ack.
+        core.wait_acked("cam0", 11)
+        spool = next(rec.runs.glob("*/db_spool.msgpack"))
+        with spool.open("rb") as f:
+            spooled = [r["seq"] for r in msgpack.Unpacker(f, raw=False)]
+        assert set(range(5, 12)) <= set(spooled)
+        time.sleep(2.0)  # simulates: the database stays away for seconds (failed retries, with backoff)
         pg.start()
-        send_stream(feed, "cam0", range(12, 15), frames=False)
-        feed.end("cam0", 14, {"embedded": 15})
-        assert rec.wait(30) == 0, rec.log()
-        run_id = json.loads((rec.run_dir() / "config.json").read_text())["run"]["id"]
+        send_stream(core, "cam0", range(12, 15), frames=False)
+        end_and_stop(core, rec, "cam0", 14, {"embedded": 15})
+        run_id = run_id_of(rec.run_dir())
         with pg.connect() as conn:
-            rows = frames_rows(conn, run_id)
-            assert [r[1] for r in rows] == list(range(15))
+            assert stored_seqs(conn, run_id) == list(range(15))
             assert conn.execute("SELECT ended_at IS NOT NULL FROM runs WHERE id = %s", (run_id,)).fetchone() == (True,)
         assert not spool.exists()
         assert "database unavailable" in rec.log()
@@ -608,29 +402,89 @@ def test_database_outage_mid_run_loses_nothing(feed, start):
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_sigterm_mid_run_flushes_rows_and_writes_the_summary(pg, db_url, feed, start):
+def test_sigterm_mid_run_flushes_rows_acks_them_and_writes_the_summary(pg, db_url, core, start):
     # Rows would wait a minute before being written: only the shutdown writes them.
-    rec = start(feed, db_url, "--db-flush-s", "60", "--db-batch", "1000")
-    feed.wait_subscribed()
-    send_stream(feed, "cam0", range(6))
-    run = wait_for(lambda: next((p for p in rec.runs.iterdir() if p.is_dir()), None), timeout=10, what="the run folder")
-    wait_for(
-        lambda: (run / "drift.csv").exists() and len((run / "drift.csv").read_text().splitlines()) == 7,
-        timeout=10,
-        what="drift.csv rows",
-    )
+    rec = start(core, db_url, "--db-flush-s", "60", "--db-batch", "1000")
+    core.wait_subscribed()
+    send_stream(core, "cam0", range(6))
+    run = wait_for(lambda: next(iter(rec.run_dirs()), None), timeout=10, what="the run folder")
+    wait_for(lambda: (run / "drift.csv").exists() and len(csv_seqs(run / "drift.csv")) == 6, 10, "drift.csv rows")
     with pg.connect(db_url) as conn:
-        run_id = json.loads((run / "config.json").read_text())["run"]["id"]
-        assert count_frames(conn) == 0
+        assert count_frames(conn) == 0 and "cam0" not in core.acked
         rec.proc.send_signal(signal.SIGTERM)
         assert rec.wait() == 0, rec.log()
-        assert [r[1] for r in frames_rows(conn, run_id)] == list(range(6))
+        assert stored_seqs(conn, run_id_of(run)) == list(range(6))
         embedded = "SELECT summary->'totals'->'frames'->>'embedded' FROM runs WHERE id = %s"
-        assert conn.execute(embedded, (run_id,)).fetchone() == ("6",)
+        assert conn.execute(embedded, (run_id_of(run),)).fetchone() == ("6",)
+    assert core.acked["cam0"] == (5, False) and core.seen.byes == 1  # the last acks, then Bye
     summary = json.loads((run / "summary.json").read_text())["streams"]["cam0"]
     assert summary["records"] == 6 and not summary["ended"] and summary["counts_from"] == "last_record"
     assert list(load_run_embeddings(run)[2]) == list(range(6))  # the partial batch too
     assert "received SIGTERM" in rec.log()
+
+
+# --------------------------------------------------------------------------------------
+# What cannot start a recorder
+
+
+def test_a_run_folder_whose_name_the_database_has_is_refused(pg, db_url, core, start, tmp_path):
+    # A run's folder and its row have the same name: one taken in the database (another runs
+    # folder) is said once the core has welcomed the recorder, never renamed behind the caller's back.
+    db = Database.open(db_url, wait_s=5)
+    db.claim_run("20260107_143022", datetime.now(UTC))
+    db.close()
+    rec = start(core, db_url, "--run-dir", str(tmp_path / "runs" / "20260107_143022"))
+    assert rec.wait() == 2, rec.log()
+    assert "cannot start: the database already has a run named '20260107_143022'" in rec.log()
+    assert "Traceback" not in rec.log()
+    assert not (tmp_path / "runs" / "20260107_143022").exists()
+
+
+@pytest.mark.parametrize("flag,endpoint", [("--core", "tcp://nonsense"), ("--frames", "tcp://127.0.0.1:1,tcp://:::")])
+def test_an_address_that_does_not_parse_exits_2_before_a_run_is_claimed(pg, db_url, start, flag, endpoint):
+    rec = start(None, db_url, flag, endpoint)
+    assert rec.wait() == 2, rec.log()
+    errors = [line for line in rec.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot start: cannot connect" in errors[0], rec.log()
+    assert "Traceback" not in rec.log()
+    assert not rec.runs.exists() or not rec.run_dirs()
+    with psycopg.connect(db_url) as conn:  # not even migrated: the database was not touched
+        assert conn.execute("SELECT to_regclass('runs') IS NULL").fetchone() == (True,)
+
+
+def test_no_database_url_starts_an_embedded_server_in_the_runs_folder(core, start):
+    home = pg_home()
+    try:
+        rec = start(core, "", runs=home)
+        wait_for(core.joined, 30, "the recorder's Ready")
+        send_stream(core, "cam0", range(3), frames=False)
+        end_and_stop(core, rec, "cam0", 2, {"embedded": 3})
+        assert "embedded PostgreSQL in %s" % (home / ".pgdata") in rec.log()
+        (run,) = [p for p in home.iterdir() if not p.name.startswith(".")]
+        assert json.loads((run / "summary.json").read_text())["totals"]["db_rows"] == 3
+        # The last process using it has gone: the server was stopped, and its data kept.
+        assert (home / ".pgdata" / "PG_VERSION").exists() and not (home / ".pgdata" / "postmaster.pid").exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_unreachable_database_exits_with_a_clear_error_and_no_password(core, start):
+    rec = start(core, "postgresql://user:s3cret@127.0.0.1:1/x", "--db-connect-timeout", "1")
+    assert rec.wait() == 2
+    log = rec.log()
+    assert "127.0.0.1" in log and "port=1" in log and "database=x" in log
+    assert "s3cret" not in log
+    assert not rec.runs.exists() or not any(rec.runs.iterdir())
+    assert not core.seen.hellos  # it said nothing to the core: it could not have recorded anything
+
+
+def test_unreachable_database_error_in_this_process_has_no_password():
+    with pytest.raises(DatabaseUnavailable) as info:
+        Database.open("postgresql://alice:s3cret@127.0.0.1:1/frames", wait_s=0.2)
+    message = str(info.value)
+    assert "host=127.0.0.1 port=1 database=frames" in message
+    assert "s3cret" not in message
+    assert "s3cret" not in repr(info.value.__cause__) and "s3cret" not in repr(info.value.__context__)
 
 
 # --------------------------------------------------------------------------------------
@@ -702,7 +556,29 @@ def test_a_locked_frames_table_spools_the_rows_instead_of_hanging(tmp_path, db_u
     db.close()
 
 
-def test_rows_spooled_by_an_earlier_recorder_are_written_at_the_next_start(tmp_path, db_url, feed, start):
+def test_a_row_the_database_refuses_during_a_run_is_quarantined(tmp_path, db_url):
+    """A NaN in a vector: the server refuses the batch (SQLSTATE 22000). The row is found, set aside,
+    and every other row of the batch is written."""
+    db = Database.open(db_url, wait_s=5)
+    run_id = db.claim_run("poisoned", datetime.now(UTC))
+    assert run_id is not None
+    writer = FrameWriter(db, Spool(tmp_path / "db_spool.msgpack"), run_id=run_id, batch_rows=8, executor=Inline())
+    writer.set_model("m", DIM)
+    for seq in range(16):
+        row = make_row(run_id, seq)
+        if seq == 5:
+            row = row._replace(embedding=np.full(DIM, np.nan, np.float32))
+        writer.add(row)
+        writer.tick()
+    assert writer.close(5.0) and writer.fatal is None and writer.quarantined == 1
+    with psycopg.connect(db_url) as conn:
+        assert [s for (s,) in conn.execute("SELECT seq FROM frames ORDER BY seq")] == [s for s in range(16) if s != 5]
+    records, _ = Spool(tmp_path / "db_quarantine.msgpack").read_batch(10)
+    assert [r["seq"] for r in records] == [5]
+    db.close()
+
+
+def test_rows_spooled_by_an_earlier_recorder_are_written_at_the_next_start(tmp_path, db_url, core, start):
     db = Database.open(db_url, wait_s=5)
     run_id = db.claim_run("crashed", datetime.now(UTC))
     assert run_id is not None
@@ -712,9 +588,9 @@ def test_rows_spooled_by_an_earlier_recorder_are_written_at_the_next_start(tmp_p
     spool.append(to_spool(make_row(run_id, seq)) for seq in range(4))
     spool.close()  # as a recorder that exited while the database was away leaves it
     db.close()
-    rec = start(feed, db_url, "--exit-after-streams", "1")
-    feed.wait_subscribed()
-    feed.end("cam0", -1, {})
+    rec = start(core, db_url)
+    wait_for(core.joined, 20, "the recorder's Ready")
+    core.stop()
     assert rec.wait() == 0, rec.log()
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM frames WHERE run_id = %s", (run_id,)).fetchone() == (4,)

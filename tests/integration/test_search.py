@@ -30,13 +30,14 @@ import pytest
 from pgvector.psycopg import register_vector
 from PIL import Image
 
+from encoders.services.encoder.thumbnails import make_thumbnail
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.run import RecordedRun
-from encoders.services.recorder.spool import Spool
 from encoders.services.recorder.writer import FrameWriter, writer_thread
 from encoders.services.search.query import QueryEmbedder
 from encoders.shared.messages import Frame, MetricsRecord
+from encoders.shared.spool import Spool
 from encoders.shared.storage import schema
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.embedded import database
@@ -114,7 +115,8 @@ def record_run(
         prev = None
         for seq, (vec, colour, scene) in enumerate(frames):
             t = t0 + seq / FPS
-            rec.on_message(Frame(stream, seq, t, 64, 48, jpeg(COLOURS[colour])))
+            picture = jpeg(COLOURS[colour])
+            rec.on_message(Frame(stream, seq, t, 64, 48, picture))
             sim: float | None = None if prev is None else float(vec @ prev)
             drift: float | None = None if sim is None else 1.0 - sim
             rec.on_message(
@@ -130,6 +132,7 @@ def record_run(
                     vector=vec,
                     scene_change=scene,
                     rolling={"count": 10, "mean": 0.005, "std": 0.001},
+                    thumbnail=make_thumbnail(picture, 160, 70),  # as the worker makes it
                 )
             )
             data.frames[(name, stream, seq)] = (vec, t, drift, colour, model)

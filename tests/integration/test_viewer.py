@@ -28,6 +28,7 @@ from PIL import ImageGrab
 
 from encoders.services.viewer import layout, overlay
 from encoders.services.viewer.plot import DriftPlot
+from encoders.services.viewer.subscriptions import core_lines, listening_lines
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord
 
@@ -172,7 +173,7 @@ def test_viewer_shows_the_frame_and_its_metrics_then_quits_on_q(display, publish
     wid, (x, y) = viewer.window((WIDTH + plot_w, HEIGHT))
 
     # Before any frame: where it is listening, and an empty plot.
-    waiting = layout.placeholder([endpoint(frames)], endpoint(metrics))
+    waiting = layout.placeholder(listening_lines([endpoint(frames)], endpoint(metrics)))
     wait_for(lambda: mean_abs_diff(screenshot(display, (x, y, WIDTH, HEIGHT)), waiting) <= 1.0, 10, "the placeholder")
     empty_plot = screenshot(display, (x + WIDTH, y, plot_w, plot_h))
     assert mean_abs_diff(empty_plot, DriftPlot(plot_w, plot_h).render({})) < 1.0
@@ -220,6 +221,24 @@ def test_viewer_shows_the_frame_and_its_metrics_then_quits_on_q(display, publish
     assert counted, out
     shown_count = int(counted.group(1))
     assert 0 < shown_count <= seq
+
+
+@pytest.mark.display
+def test_a_viewer_waiting_for_the_core_says_so_in_its_window(display, tmp_path):
+    core = f"tcp://127.0.0.1:{free_port()}"  # nobody answers there
+    viewer = Viewer(display, "", "", tmp_path / "viewer.log", "--core", core, "--no-plot")  # "": ask the core
+    try:
+        _, (x, y) = viewer.window((WIDTH, HEIGHT))
+        asking = layout.placeholder(core_lines(core))
+        wait_for(
+            lambda: mean_abs_diff(screenshot(display, (x, y, WIDTH, HEIGHT)), asking) <= 1.0, 10, "the placeholder"
+        )
+        wait_for(lambda: "no answer from the core" in viewer.output(), 10, "the log to say so")
+        assert f"no answer from the core at {core} (ENCODERS_CORE) for 3 s" in viewer.output()
+        viewer.proc.send_signal(signal.SIGTERM)
+        assert viewer.wait(10) == 0
+    finally:
+        viewer.kill()
 
 
 def close_window(display: str, window: int) -> None:

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from encoders.services.viewer.web.thumbnails import make_thumbnail
 from encoders.shared import zmqio
-from encoders.shared.messages import Frame, MetricsRecord, Stats
+from encoders.shared.messages import Frame, MetricsRecord, Stats, StreamStart
 from encoders.shared.storage.store import Hit
 
 from ..conftest import endpoint, free_port, wait_for
@@ -188,9 +189,13 @@ def live_viewer(service, database, tiny_model, publishers):
                     fps=14.9,
                     counts={"embedded": seq + 1, "dropped": seq // 10},
                     scene_change=seq % 20 == 10,
+                    # A scene change carries the thumbnail a worker made of its frame (192 wide here).
+                    thumbnail=(make_thumbnail(moving_frame(seq)) or b"") if seq % 20 == 10 else b"",
                 ),
                 topic=True,
             )
+            if seq % 45 == 40:  # the camera restarts (every 3 s): the chart draws no line across the gap
+                zmqio.send(metrics, StreamStart("cam0", first_seq=seq + 1), topic=True)
             if seq % 8 == 0:
                 zmqio.send(
                     frames, Stats("ingest", "cam0", {"published": seq + 1, "workers": 2, "fps": 15.0}), topic=True
@@ -244,6 +249,13 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
         lambda: browser.execute_script("return arguments[0].toDataURL()", chart) != drawn, 5, "the chart to change"
     )
     wait_for(lambda: int(text(browser, "frames-in")) > first, 5, "the frames-in counter to go up")
+    # The camera's restart reaches the page as a gap in its drift (a null the chart draws no line across).
+
+    def gaps() -> list:
+        with urllib.request.urlopen(f"{page}api/drift", timeout=10) as answer:
+            return [p for p in json.load(answer)["cam0"] if p[1] is None]
+
+    wait_for(gaps, 10, "a gap in the drift")
     assert browser.find_element(By.CSS_SELECTOR, "#streams tbody td").text == "cam0"
 
     # Scene changes arrive with thumbnails that load.

@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 from encoders.services.viewer import overlay
+from encoders.services.viewer.web.thumbnails import make_thumbnail
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord, Stats
 
@@ -58,7 +59,7 @@ def picture(seq: int, w: int = 320, h: int = 240) -> bytes:
     return jpeg.tobytes()
 
 
-def metrics_record(seq: int, t: float, *, drift=0.02, scene=False, stream="cam0") -> MetricsRecord:
+def metrics_record(seq: int, t: float, *, drift=0.02, scene=False, stream="cam0", thumbnail=b"") -> MetricsRecord:
     return MetricsRecord(
         stream=stream,
         seq=seq,
@@ -71,6 +72,7 @@ def metrics_record(seq: int, t: float, *, drift=0.02, scene=False, stream="cam0"
         fps=9.5,
         scene_change=scene,
         counts={"embedded": seq + 1, "dropped": 2, "skipped": 0, "lost": 0},
+        thumbnail=thumbnail,
     )
 
 
@@ -135,9 +137,12 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
             t = time.time()
             last = picture(seq)
             zmqio.send(frames, Frame("cam0", seq, t, 320, 240, last), topic=True)
+            scene = seq == scene_at
+            # As a worker makes it of the frame it decoded: the record carries it to the viewer.
+            thumbnail = (make_thumbnail(last) or b"") if scene else b""
             zmqio.send(
                 metrics,
-                metrics_record(seq, t, drift=0.4 if seq == scene_at else 0.02, scene=seq == scene_at),
+                metrics_record(seq, t, drift=0.4 if scene else 0.02, scene=scene, thumbnail=thumbnail),
                 topic=True,
             )
             seq += 1
@@ -213,12 +218,15 @@ def test_page_video_numbers_and_scene_changes_are_served(service, publishers):
     below = overlay.panel_box()[3] + 4
     assert np.abs(shown[below:].astype(int) - frame_img[below:]).mean() < 3  # the video itself
 
-    # A scene change flagged by metrics shows with a thumbnail made of its own frame.
+    # A scene change flagged by the core shows with the thumbnail its record carries (of its own frame).
     publish(3, scene_at=seq + 1)
     scene_seq = seq - 2
     scenes = wait_for(lambda: http.get("/api/scenes").json(), 5, "a scene change")
     assert scenes[0]["seq"] == scene_seq and scenes[0]["drift"] == pytest.approx(0.4)
-    thumb = decode(http.get(scenes[0]["thumbnail"]).content)
+    served = http.get(scenes[0]["thumbnail"])
+    assert served.headers["content-type"] == "image/jpeg" and served.headers["x-content-type-options"] == "nosniff"
+    assert served.content == make_thumbnail(picture(scene_seq))  # as the record carried it
+    thumb = decode(served.content)
     assert thumb.shape == (144, 192, 3)
     expected = cv2.resize(decode(picture(scene_seq)), (192, 144), interpolation=cv2.INTER_AREA)
     other = cv2.resize(decode(picture(scene_seq + 1)), (192, 144), interpolation=cv2.INTER_AREA)

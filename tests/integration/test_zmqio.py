@@ -32,10 +32,10 @@ def test_receive_waiting_takes_what_is_there_up_to_its_limit_and_counts_bad_mess
     assert list(zmqio.receive_waiting(pull, limit=10, counters=counters)) == []  # nothing waiting: no wait
     assert time.monotonic() - start < 0.5
     for n in range(3):
-        zmqio.send(push, Credit("w", n))
+        zmqio.send(push, Credit(n))
     push.send_multipart([b"not msgpack \xc1"])
     for n in range(3, 6):
-        zmqio.send(push, Credit("w", n))
+        zmqio.send(push, Credit(n))
     first = credits(zmqio.receive_waiting(pull, limit=4, counters=counters))
     assert first == [0, 1, 2]  # the fourth one taken was the bad one
     assert counters["bad_messages"] == 1
@@ -43,7 +43,7 @@ def test_receive_waiting_takes_what_is_there_up_to_its_limit_and_counts_bad_mess
     assert rest == [3, 4, 5]
     # With ``until``, every message waiting is taken, past the limit; it returns once none is left.
     for n in range(6, 11):
-        zmqio.send(push, Credit("w", n))
+        zmqio.send(push, Credit(n))
     start = time.monotonic()
     assert credits(zmqio.receive_waiting(pull, limit=1, until=start + 5)) == [6, 7, 8, 9, 10]
     assert time.monotonic() - start < 1

@@ -54,6 +54,8 @@ def values(hint: Any) -> st.SearchStrategy[Any]:
             lambda items: {f"c{i}": v for i, v in enumerate(items)}
         )
         return st.dictionaries(values(key), values(value), max_size=min(limit, 10)) | full
+    if origin is typing.Literal:
+        return st.sampled_from(typing.get_args(base))
     if typing.is_typeddict(base):
         hints = typing.get_type_hints(base, include_extras=True)
         return st.fixed_dictionaries(
@@ -103,6 +105,8 @@ def near_miss_examples(hint: Any) -> list[Any]:
             *({"c": v} for v in near_miss_examples(value)),
             {f"c{i}": 0 for i in range(limit + 1)},
         ]
+    if origin is typing.Literal:
+        return [*WRONG_TYPES, "not one of them"]
     if typing.is_typeddict(base):
         hints = typing.get_type_hints(base, include_extras=True)
         return [
@@ -205,7 +209,7 @@ def assert_conforms(msg: Message) -> None:
         if f.name == "vector":
             assert isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 1
             assert np.isfinite(value).all()
-        elif f.name == "jpeg":
+        elif f.name in ("jpeg", "thumbnail"):
             assert type(value) is bytes
         else:
             assert _conforms(value, hints[f.name]), f"{msg.KIND}.{f.name} = {value!r} is not {hints[f.name]}"
@@ -223,6 +227,8 @@ def _conforms(value: Any, hint: Any) -> bool:
             and (MaxItems not in marks or len(value) <= marks[MaxItems].n)
             and all(_conforms(k, key) and _conforms(v, item) for k, v in value.items())
         )
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in typing.get_args(base))
     if typing.is_typeddict(base):
         hints = typing.get_type_hints(base, include_extras=True)
         return (

@@ -78,7 +78,7 @@ def test_several_streams_in_one_variable():
         (lambda: ViewerConfig(search_ef_text=5000), "must be <= 1000"),
         (lambda: PisimConfig(quality=101), "--quality / ENCODERS_QUALITY must be <= 100"),
         (lambda: PisimConfig(port=70000), "must be <= 65535"),
-        (lambda: RecorderConfig(thumbnail_quality=0), "must be >= 1"),
+        (lambda: EncoderConfig(thumbnail_quality=0), "must be >= 1"),
         (
             lambda: EncoderConfig.from_env({"ENCODERS_BATCH_SIZE": "many"}),
             "ENCODERS_BATCH_SIZE='many' is not a valid int",

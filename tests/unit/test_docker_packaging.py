@@ -111,20 +111,18 @@ def test_compose_sets_only_real_settings(compose):
         assert ours <= known, f"{name} sets {sorted(ours - known)}, not settings of {cls.__name__}"
 
 
-def test_every_connection_reaches_the_socket_it_means(compose):
-    # Settings name both ends alike: ENCODERS_WORK (encoder, connects) -> ENCODERS_WORK_BIND (ingest).
+def test_every_service_joins_the_core_at_one_address(compose):
+    """docs/PROTOCOL.md: every service connects to the core (metrics' session socket), and to
+    nothing else; the core binds its sockets on every interface."""
     services = compose["services"]
-    for name, svc in services.items():
-        assert all(v.startswith("tcp://*:") for k, v in env_of(svc).items() if k.endswith("_BIND")), name
-    connections = 0
-    for name, svc in services.items():
-        for key, value in env_of(svc).items():
-            for host, port in re.findall(r"tcp://([a-z0-9-]+):(\d+)", value):
-                assert host in services, f"{name} {key}={value}: no service {host}"
-                bind = env_of(services[host]).get(key + "_BIND")
-                assert bind == f"tcp://*:{port}", f"{name} {key}={value}, but {host} has {key}_BIND={bind}"
-                connections += 1
-    assert connections == 7  # encoder, recorder and viewer: two each; ingest: metrics
+    core = env_of(services["metrics"])
+    assert core["ENCODERS_CORE_BIND"] == "tcp://*:5556"
+    assert core["ENCODERS_FRAMES_BIND"] == "tcp://*:5555" and core["ENCODERS_METRICS_BIND"] == "tcp://*:5558"
+    for name in ("ingest", "encoder", "recorder", "viewer"):
+        env = env_of(services[name])
+        assert env["ENCODERS_CORE"] == "tcp://metrics:5556", name
+        others = [v for k, v in env.items() if k != "ENCODERS_CORE" and "tcp://" in v]
+        assert not others, f"{name} names another address: {others}"
     pisim = re.fullmatch(r"http://pisim:(\d+)/stream.mjpg", env_of(services["ingest"])["ENCODERS_STREAM"])
     assert pisim and pisim.group(1) == env_of(services["pisim"])["ENCODERS_PORT"]
 
@@ -136,7 +134,7 @@ def test_compose_wiring_the_brief_asks_for(compose):
     assert env_of(s["ingest"])["ENCODERS_STREAM_ID"] == "cam0"
     assert "profiles" not in s["pisim"] and s["viewer"]["profiles"] == ["viewer"]
     published = {p.split(":")[0] for svc in s.values() for p in svc.get("ports", [])}
-    assert {"5555", "5558"} <= published
+    assert {"5555", "5556", "5558"} <= published
     device = s["encoder"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
     assert any(v.endswith(":/home/encoders/.cache") for v in s["encoder"]["volumes"])

@@ -1,91 +1,222 @@
-"""The encoder's Worker on sockets it is given: credit per source, re-granted on reconnect, none while draining."""
+"""The encoder's Worker against a stand-in core (a ROUTER the test holds, over inproc), with the tiny
+real CLIP model: frames in, embeddings with thumbnails out, the capacity kept, lives kept apart."""
 
 from __future__ import annotations
 
 import io
+import logging
 import time
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 import zmq
 from PIL import Image
 
 from encoders.services.encoder.model import load_encoder
-from encoders.services.encoder.worker import Worker, WorkerSockets
+from encoders.services.encoder.worker import Worker
 from encoders.shared import zmqio
-from encoders.shared.messages import Credit, Embedding, Frame
+from encoders.shared.messages import (
+    Bye,
+    Embedding,
+    Frame,
+    Heartbeat,
+    Hello,
+    Message,
+    Refused,
+    Skipped,
+    Stop,
+    Welcome,
+)
+from encoders.shared.settings import CoreConnection
 
-from ..conftest import Sockets, endpoint
+CORE = "inproc://core"
 
 
-def jpeg(color) -> bytes:
+def jpeg(color, size=(80, 60)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (80, 60), color).save(buf, "JPEG")
+    Image.new("RGB", size, color).save(buf, "JPEG")
     return buf.getvalue()
 
 
-@pytest.fixture
+def frame(seq: int, data: bytes | None = None) -> Frame:
+    return Frame("cam0", seq, float(seq), 80, 60, jpeg((seq * 40 % 255, 0, 0)) if data is None else data)
+
+
+@pytest.fixture(scope="module")
 def encoder(tiny_model):
     return load_encoder(tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], "cpu")
 
 
-def bound(sockets: Sockets, kind: int) -> tuple[zmq.Socket, str]:
-    sock = sockets.bind(kind)
-    return sock, endpoint(sock)
+class Core:
+    """The test's stand-in for the core's ROUTER: what the worker sent, heartbeats left out."""
+
+    def __init__(self, sockets) -> None:
+        self.sock = sockets.bind(zmq.ROUTER, CORE)
+        self.identity = b""
+        self.got: list[Message] = []
+
+    def collect(self) -> list[Message]:
+        while self.sock.poll(0):
+            msg, identity = zmqio.receive(self.sock, routed=True)
+            assert msg is not None and identity is not None
+            self.identity = identity
+            if not isinstance(msg, Heartbeat):
+                self.got.append(msg)
+        return self.got
+
+    def of(self, kind: type) -> list:
+        return [m for m in self.collect() if isinstance(m, kind)]
+
+    def outcomes(self) -> list:
+        return [m for m in self.collect() if isinstance(m, Embedding | Skipped)]
+
+    def send(self, *msgs: Message) -> None:
+        for msg in msgs:
+            zmqio.send(self.sock, msg, prefix=[self.identity])
+
+    def hello(self) -> Hello:
+        assert self.sock.poll(5000), "no Hello came"
+        hellos = self.of(Hello)
+        assert hellos
+        return hellos[-1]
 
 
-def credit(router, timeout_ms=5000) -> tuple[bytes, int]:
-    assert router.poll(timeout_ms), "no credit came"
-    msg, identity = zmqio.receive(router, routed=True)
-    assert isinstance(msg, Credit) and msg.worker == "w"
-    assert identity is not None
-    return identity, msg.n
+@pytest.fixture
+def core(sockets):
+    return Core(sockets)
 
 
-def receive_until(worker, condition, timeout_s=10.0) -> None:
-    deadline = time.monotonic() + timeout_s
+@pytest.fixture
+def make(sockets, encoder):
+    made: list[Worker] = []
+
+    def start(*, heartbeat_s: float = 60.0, **kw) -> Worker:
+        link = CoreConnection(core=CORE, heartbeat_s=heartbeat_s, heartbeat_misses=2)
+        options = {"batch_size": 2, "batch_wait_ms": 0, "decode_threads": 1, **kw}
+        worker = Worker("w", encoder, sockets.ctx, link, **options)
+        sockets.adopt(worker.session.sock)
+        made.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in made:
+        worker.model.close()
+        if worker.pool is not None:
+            worker.pool.shutdown()
+
+
+def until(worker: Worker, condition: Callable[[], object], timeout: float = 10.0, step=None) -> None:
+    deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        worker.receive(50)
+        (step or worker.step)()
 
 
-def test_each_ingest_gets_its_own_credit_and_a_restarted_one_gets_what_is_free_again(sockets, encoder):
-    first, first_addr = bound(sockets, zmq.ROUTER)
-    second, second_addr = bound(sockets, zmq.ROUTER)
-    worker_sockets = WorkerSockets.open(sockets.ctx, [first_addr, second_addr], "inproc://metrics", "w")
-    worker = Worker("w", encoder, worker_sockets, batch_size=2, batch_wait_ms=0, decode_threads=1)
-    try:
-        worker.grant_full_credit()
-        identity, n = credit(first)
-        assert n == 4 and credit(second)[1] == 4
-        for seq in range(3):
-            zmqio.send(first, Frame("cam0", seq, 0.0, 80, 60, jpeg("red")), prefix=[identity])
-        receive_until(worker, lambda: len(worker.intake) == 3)
-
-        first.close(0)  # ingest restarts on the same endpoint
-        receive_until(worker, lambda: worker.lost_connection[0])
-        restarted = sockets.bind(zmq.ROUTER, first_addr)
-        receive_until(worker, lambda: not worker.lost_connection[0])
-        assert credit(restarted)[1] == 1  # it knows nothing of the 4 granted before; 3 are still held
-        assert not second.poll(200)  # the other ingest's credit stands
-    finally:
-        worker.close()
+def joined(worker: Worker, core: Core) -> Hello:
+    hello = core.hello()
+    core.send(Welcome("core-1", 60.0, 2))
+    until(worker, lambda: worker.session.joined, step=lambda: worker.receive(50))
+    return hello
 
 
-def test_while_draining_frames_held_are_encoded_and_no_credit_is_given(sockets, encoder):
-    router, addr = bound(sockets, zmq.ROUTER)
-    pull, metrics_addr = bound(sockets, zmq.PULL)
-    worker_sockets = WorkerSockets.open(sockets.ctx, [addr], metrics_addr, "w")
-    worker = Worker("w", encoder, worker_sockets, batch_size=2, batch_wait_ms=0, decode_threads=2)
-    try:
-        worker.grant_full_credit()
-        identity, n = credit(router)
-        for seq in range(n):
-            zmqio.send(router, Frame("cam0", seq, float(seq), 80, 60, jpeg("blue")), prefix=[identity])
-        receive_until(worker, lambda: len(worker.intake) == n)
-        worker.drain(limit_s=30)
-        got = [zmqio.receive(pull)[0] for _ in range(n) if pull.poll(5000)]
-        assert sorted(m.seq for m in got if isinstance(m, Embedding)) == list(range(n))
-        assert worker.counters["embedded"] == n and not worker.model.busy
-        assert not router.poll(200)  # what ingest already sent is all that comes
-    finally:
-        worker.close()
+@pytest.mark.parametrize("decode_threads", [1, 2])
+def test_frames_in_embeddings_with_thumbnails_out(core, make, encoder, decode_threads):
+    worker = make(thumbnail_size=32, thumbnail_quality=80, decode_threads=decode_threads)
+    hello = joined(worker, core)
+    assert (hello.role, hello.name, hello.capacity, hello.model) == ("worker", "w", 4, encoder.name)
+    corrupt = jpeg("red")[:200] + b"\0" * 300
+    core.send(frame(0), frame(1, corrupt), frame(2, jpeg("blue", (640, 480))))
+    until(worker, lambda: len(core.outcomes()) == 3)
+    got = {m.seq: m for m in core.outcomes()}
+    assert isinstance(got[1], Skipped) and "corrupt JPEG" in got[1].reason and got[1].worker == "w"
+    for seq, size in ((0, (32, 24)), (2, (32, 24))):
+        e = got[seq]
+        assert isinstance(e, Embedding) and (e.stream, e.t_capture, e.worker, e.model) == (
+            "cam0",
+            seq,
+            "w",
+            encoder.name,
+        )
+        assert e.vector.shape == (64,) and np.linalg.norm(e.vector) == pytest.approx(1, abs=1e-5)
+        thumb = Image.open(io.BytesIO(e.thumbnail))
+        assert thumb.format == "JPEG" and thumb.size == size
+    assert np.asarray(Image.open(io.BytesIO(got[2].thumbnail)).convert("RGB"))[..., 2].min() > 200  # its own picture
+    assert worker.intake.held == 0 and worker.counters["embedded"] == 2 and worker.counters["skipped"] == 1
+
+
+def test_no_thumbnail_when_they_are_off(core, make):
+    worker = make(thumbnail_size=0)
+    joined(worker, core)
+    core.send(frame(0))
+    until(worker, core.outcomes)
+    (e,) = core.outcomes()
+    assert isinstance(e, Embedding) and e.thumbnail == b""
+
+
+def test_the_capacity_is_never_exceeded(core, make, caplog):
+    worker = make()  # batches of 2: capacity 4
+    joined(worker, core)
+    core.send(*[frame(seq) for seq in range(5)])  # one more than offered: a core's mistake
+    most = 0
+    with caplog.at_level(logging.WARNING):
+        while len(core.outcomes()) < 5:
+            worker.step()
+            most = max(most, worker.intake.held)
+    assert most == 4
+    (skipped,) = core.of(Skipped)
+    assert skipped.seq == 4 and "over capacity" in skipped.reason
+    assert "handed beyond the capacity of 4" in caplog.text
+    assert len(core.of(Embedding)) == 4 and worker.intake.held == 0  # room again for 4
+
+
+def test_a_silent_core_gets_what_was_held_given_up_and_a_new_hello(core, make, caplog):
+    worker = make(heartbeat_s=0.1)  # gone after 0.2 s of silence
+    core.hello()
+    core.send(Welcome("core-1", 0.1, 2))
+    until(worker, lambda: worker.session.joined, step=lambda: worker.receive(20))
+    core.send(*[frame(seq) for seq in range(3)])
+    until(worker, lambda: worker.intake.held == 3, step=lambda: worker.receive(20))
+    hellos = len(core.of(Hello))
+    with caplog.at_level(logging.WARNING):
+        until(worker, lambda: not worker.session.joined, step=lambda: worker.receive(20))
+    assert "gave up 3 frames held" in caplog.text
+    assert worker.intake.held == 0 and len(worker.intake) == 0 and worker.counters["given_up"] == 3
+    assert len(core.of(Hello)) == hellos + 1 and core.of(Hello)[-1].capacity == 4  # its full capacity again
+    core.send(Welcome("core-1", 0.1, 2))
+    until(worker, lambda: worker.session.joined, step=lambda: worker.receive(20))
+    assert worker.intake.life == 2
+    for _ in range(3):
+        worker.step()
+    assert not core.outcomes()  # nothing sent for the frames given up
+
+
+def test_results_of_a_batch_from_an_ended_life_are_not_sent(core, make):
+    worker = make()
+    joined(worker, core)
+    core.send(frame(0), frame(1))
+    until(worker, lambda: len(worker.intake) == 2, step=lambda: worker.receive(50))
+    worker.encode_next()  # the model has the batch
+    core.send(Refused("unknown session", rejoin=True))  # the core restarted: a new life
+    until(worker, lambda: not worker.session.joined, step=lambda: worker.receive(50))
+    core.hello()
+    core.send(Welcome("core-2", 60.0, 2), frame(7))
+    until(worker, lambda: core.outcomes() and worker.counters["discarded"] == 2)
+    assert [m.seq for m in core.outcomes()] == [7]
+
+
+def test_stop_from_the_core_finishes_what_is_held_then_bye(core, make):
+    worker = make()
+    joined(worker, core)
+    core.send(*[frame(seq) for seq in range(4)])
+    until(worker, lambda: worker.intake.held == 4, step=lambda: worker.receive(50))
+    core.send(Stop("the pipeline is stopping"), frame(9))  # a frame after Stop: not taken
+    until(worker, lambda: worker.stop_asked, step=lambda: worker.receive(50))
+    worker.drain(limit_s=30)
+    worker.close()
+    assert sorted(m.seq for m in core.of(Embedding)) == [0, 1, 2, 3]
+    assert worker.counters["not_taken"] == 1 and not worker.model.busy
+    (bye,) = core.of(Bye)
+    assert bye.reason == "the pipeline is stopping"
+    assert isinstance(core.collect()[-1], Bye)  # after every result

@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import MappingProxyType
 
+import pytest
+
 from encoders.launcher import main as launcher
-from encoders.launcher.children import child_environment
+from encoders.launcher.children import Children, child_environment
 from encoders.launcher.config import RunConfig
 from encoders.launcher.wiring import Endpoints, services
 from encoders.services.ingest.config import IngestConfig
@@ -28,43 +32,30 @@ def wire(cfg: RunConfig, environ, folder: Path, **kw):
     )
 
 
-def test_local_services_meet_on_ipc_endpoints_in_a_folder_only_this_user_enters(tmp_path):
+def test_every_service_is_given_the_cores_one_address_in_a_folder_only_this_user_enters(tmp_path):
     with tempfile.TemporaryDirectory(prefix="encoders-run-") as name:
         folder = Path(name)
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # what the launcher makes its folder with
         cfg = RunConfig(stream=("http://a/s.mjpg", "http://b/s.mjpg"), workers=2)
         s = wire(cfg, {}, folder)
-    endpoints = [
-        s.metrics.metrics_in_bind,
-        s.metrics.metrics_bind,
-        s.metrics.records_bind,
-        s.encoder.work,
-        s.encoder.metrics_in,
-        s.recorder.records,
-        s.recorder.frames,
-        s.viewer.frames,
-        s.viewer.metrics,
-    ]
-    endpoints += [i.frames_bind for i in s.ingests] + [i.work_bind for i in s.ingests]
-    for value in endpoints:
-        for endpoint in value.split(","):
-            assert endpoint.startswith(f"ipc://{folder}/"), endpoint  # no port chosen, then bound later
-    # Every side agrees on every address.
-    assert s.encoder.work.split(",") == [i.work_bind for i in s.ingests]
-    assert s.recorder.frames.split(",") == [i.frames_bind for i in s.ingests] == s.viewer.frames.split(",")
-    assert {i.metrics_in for i in s.ingests} == {s.encoder.metrics_in} == {s.metrics.metrics_in_bind}
-    assert s.recorder.records == s.metrics.records_bind and s.viewer.metrics == s.metrics.metrics_bind
+    core = f"ipc://{folder}/core"
+    assert s.core.core_bind == core  # no port chosen, then bound later
+    assert s.core.frames_bind.startswith(f"ipc://{folder}/") and s.core.metrics_bind.startswith(f"ipc://{folder}/")
+    assert s.core.state_dir.startswith(str(folder)) and s.core.recorder
+    assert s.recorder is not None and s.viewer is not None
+    assert {i.core for i in s.ingests} == {s.encoder.core} == {s.recorder.core} == {s.viewer.core} == {core}
+    assert s.viewer.frames == s.viewer.metrics == ""  # the viewer asks the core
     assert [i.stream_id for i in s.ingests] == ["cam0", "cam1"] and s.recorder.stream_dirs
     assert s.recorder.run_dir == "" and s.recorder.ready_file == str(folder / "recorder.json")
 
 
-def test_with_a_public_bind_host_the_publishers_also_listen_on_tcp(tmp_path):
+def test_with_a_public_bind_host_the_core_also_listens_on_its_well_known_ports(tmp_path):
     cfg = RunConfig(stream=("http://a/s.mjpg",), bind_host="0.0.0.0")
     s = wire(cfg, {}, tmp_path)
-    assert s.ingests[0].frames_bind == f"ipc://{tmp_path}/cam0-frames,tcp://*:*"
-    assert s.metrics.metrics_bind == f"ipc://{tmp_path}/metrics,tcp://*:*"
-    assert s.ingests[0].work_bind == f"ipc://{tmp_path}/cam0-work"  # workers are local to the all-in-one
-    assert s.viewer.frames == f"ipc://{tmp_path}/cam0-frames"  # the local viewer stays on ipc
+    assert s.core.core_bind == f"ipc://{tmp_path}/core,tcp://*:5556"
+    assert s.core.frames_bind == f"ipc://{tmp_path}/frames,tcp://*:5555"
+    assert s.core.metrics_bind == f"ipc://{tmp_path}/metrics,tcp://*:5558"
+    assert s.ingests[0].core == f"ipc://{tmp_path}/core"  # the local services stay on ipc
 
 
 def test_the_environment_and_the_settings_given_are_read_never_written(tmp_path):
@@ -74,8 +65,8 @@ def test_the_environment_and_the_settings_given_are_read_never_written(tmp_path)
     s = wire(cfg, environ, tmp_path, model={"pretrained": "none"})
     assert cfg == before
     assert s.encoder.batch_size == 4  # the user's variable
-    assert s.encoder.pretrained == s.viewer.pretrained == "none"  # the override, for this run only
-    assert s.recorder is None and s.metrics.records_bind == "none"
+    assert s.viewer is not None and s.encoder.pretrained == s.viewer.pretrained == "none"  # for this run only
+    assert s.recorder is None and not s.core.recorder
     assert s.encoder.threads >= 1
 
 
@@ -103,3 +94,59 @@ def test_the_demo_gives_random_weights_as_a_setting_not_through_the_environment(
     assert seen["model"] == {"pretrained": "none"}
     assert seen["cfg"].stream[0].endswith("/stream.mjpg") and cfg.stream == ()  # a new object; the given one as it was
     assert "ENCODERS_PRETRAINED" not in os.environ
+
+
+class Scripted(Children):
+    """Children whose processes are small Python programs the test names, for the supervision rules."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__({}, set())
+        self.program = program
+        self.starts = 0
+
+    def _start(self, command, settings):
+        self.starts += 1
+        return subprocess.Popen([sys.executable, "-c", self.program])
+
+
+def settle(children: Children) -> None:
+    for child in children.all:
+        child.proc.wait(10)
+
+
+def test_a_child_that_dies_unasked_is_started_again_with_a_growing_backoff():
+    children = Scripted("raise SystemExit(1)")
+    child = children.spawn("encoder0", "encode", IngestConfig())
+    settle(children)
+    assert children.supervise(0.0, ended_on_purpose=lambda c: False) is None
+    assert child.restart_at == 1.0 and children.starts == 1  # first backoff: 1 s
+    assert children.supervise(0.5, ended_on_purpose=lambda c: False) is None and children.starts == 1
+    children.supervise(1.0, ended_on_purpose=lambda c: False)
+    assert children.starts == 2 and child.restarts == 1
+    settle(children)
+    children.supervise(1.1, ended_on_purpose=lambda c: False)
+    assert child.restart_at == pytest.approx(3.1)  # failed again at once: 2 s
+    assert children.restarts() == {"encoder0": 1}
+
+
+def test_a_child_that_keeps_failing_stops_the_run():
+    children = Scripted("raise SystemExit(3)")
+    children.spawn("recorder", "record", IngestConfig())
+    now, problem = 0.0, None
+    for _ in range(10):
+        settle(children)
+        problem = children.supervise(now, ended_on_purpose=lambda c: False)
+        if problem:
+            break
+        now += 40.0  # past every backoff
+        children.supervise(now, ended_on_purpose=lambda c: False)
+        now += 0.1
+    assert problem == "recorder keeps failing (exit code 3, 5 times in a row)"
+
+
+def test_a_child_at_its_natural_end_is_left_alone():
+    children = Scripted("raise SystemExit(0)")
+    child = children.spawn("ingest0", "ingest", IngestConfig())
+    settle(children)
+    assert children.supervise(0.0, ended_on_purpose=lambda c: c.name.startswith("ingest")) is None
+    assert child.done and child.restart_at is None and children.starts == 1

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from encoders.services.metrics.drift import DriftTracker, cosine_similarity
-from encoders.services.metrics.streams import Streams
-from encoders.shared.messages import Dropped, Embedding, EndOfStream, MetricsRecord, Skipped, StreamStart
+from encoders.services.metrics.reorder import LOST
+from encoders.services.metrics.streams import DROPPED, Streams
+from encoders.shared.messages import Embedding, EndOfStream, MetricsRecord, Skipped, StreamStart
 
 
 def unit(*xs):
@@ -47,31 +48,122 @@ def test_rolling_statistics_over_the_window_only():
     assert t.fps() == pytest.approx(1.0)  # the window holds t = 2, 3, 4: 2 intervals in 2 s
 
 
+def numbered(s: Streams, stream: str, n: int, now: float = 0) -> None:
+    for _ in range(n):
+        s.numbered(stream, s.streams[stream].next_number, now)
+
+
 def test_streams_counts_add_up_and_records_come_in_order():
-    s = Streams(rolling_window=10, max_wait=1)
-    s.accept(StreamStart("cam0", 0), now=0)
-    s.accept(Embedding("cam0", 2, 0.2, "w", "m", vector=unit(0, 1)), now=0)
-    s.accept(Dropped("cam0", 1), now=0)
-    s.accept(Embedding("cam0", 0, 0.0, "w", "m", vector=unit(1, 0)), now=0)
-    s.accept(Skipped("cam0", 3, "w", "corrupt JPEG"), now=0)
-    s.accept(EndOfStream("cam0", 4, {"published": 5}), now=0)
+    s = Streams(rolling_window=10, max_wait=1, core="life-1")
+    s.start_epoch("cam0", 0, now=0)
+    numbered(s, "cam0", 5)
+    s.outcome("cam0", 2, Embedding("cam0", 2, 0.2, "w", "m", vector=unit(0, 1), thumbnail=b"jpg"), now=0)
+    s.outcome("cam0", 1, DROPPED, now=0)
+    s.outcome("cam0", 0, Embedding("cam0", 0, 0.0, "w", "m", vector=unit(1, 0)), now=0)
+    s.outcome("cam0", 3, Skipped("cam0", 3, "w", "corrupt JPEG"), now=0)
+    s.end_epoch("cam0", {"corrupt": 2})
     out = s.release(now=0)
-    assert [(m.seq, m.similarity) for m in out if isinstance(m, MetricsRecord)] == [(0, None), (2, pytest.approx(0.0))]
+    assert isinstance(out[0], StreamStart) and out[0].first_seq == 0
+    recs = [m for m in out if isinstance(m, MetricsRecord)]
+    assert [(m.seq, m.similarity) for m in recs] == [(0, None), (2, pytest.approx(0.0))]
+    assert recs[1].core == "life-1" and recs[1].thumbnail == b"jpg" and recs[1].counts["embedded"] == 2
     assert not any(isinstance(m, EndOfStream) for m in out)  # seq 4 still awaited
-    out = s.release(now=2)
-    eos = out[-1]
-    assert isinstance(eos, EndOfStream)
-    assert eos.counts == {"embedded": 2, "dropped": 1, "skipped": 1, "lost": 1, "late": 0, "published": 5}
-    assert sum(eos.counts[k] for k in ("embedded", "dropped", "skipped", "lost")) == eos.counts["published"]
+    assert not s.settled("cam0")
+    s.outcome("cam0", 4, LOST, now=0.5)  # its worker vanished: given up at once, no wait
+    (eos,) = s.release(now=0.5)
+    assert isinstance(eos, EndOfStream) and eos.last_seq == 4
+    assert eos.counts == {
+        "published": 5,
+        "embedded": 2,
+        "dropped": 1,
+        "skipped": 1,
+        "lost": 1,
+        "late": 0,
+        "corrupt": 2,
+    }
+    assert s.settled("cam0")
 
 
 def test_two_streams_never_mix():
     s = Streams(rolling_window=10, max_wait=1)
     for name in ("a", "b"):
-        s.accept(StreamStart(name, 0), now=0)
-    s.accept(Embedding("a", 0, 0, "w", "m", vector=unit(1, 0)), now=0)
-    s.accept(Embedding("b", 0, 0, "w", "m", vector=unit(0, 1)), now=0)
-    s.accept(Embedding("a", 1, 1, "w", "m", vector=unit(1, 0)), now=0)
+        s.start_epoch(name, 0, now=0)
+        numbered(s, name, 2)
+    s.outcome("a", 0, Embedding("a", 0, 0, "w", "m", vector=unit(1, 0)), now=0)
+    s.outcome("b", 0, Embedding("b", 0, 0, "w", "m", vector=unit(0, 1)), now=0)
+    s.outcome("a", 1, Embedding("a", 1, 1, "w", "m", vector=unit(1, 0)), now=0)
     recs = {(m.stream, m.seq): m for m in s.release(now=0) if isinstance(m, MetricsRecord)}
     assert recs[("a", 1)].similarity == pytest.approx(1.0)  # compared with a#0, not b#0
     assert recs[("b", 0)].similarity is None
+
+
+def test_a_new_epoch_starts_drift_afresh_without_losing_frames_in_flight():
+    s = Streams(rolling_window=10, max_wait=5)
+    s.start_epoch("cam0", 0, now=0)
+    numbered(s, "cam0", 3)  # 0, 1, 2: 1 and 2 still in workers' hands when the ingest restarts
+    s.outcome("cam0", 0, Embedding("cam0", 0, 0, "w", "m", vector=unit(1, 0)), now=0)
+    s.start_epoch("cam0", 3, now=1, url="http://cam")  # the old epoch ends at 2
+    numbered(s, "cam0", 2)  # 3, 4
+    s.outcome("cam0", 3, Skipped("cam0", 3, "w", "corrupt"), now=1)
+    s.outcome("cam0", 4, Embedding("cam0", 4, 4, "w", "m", vector=unit(1, 0)), now=1)
+    s.outcome("cam0", 2, Embedding("cam0", 2, 2, "w", "m", vector=unit(0, 1)), now=1)
+    s.outcome("cam0", 1, Embedding("cam0", 1, 1, "w", "m", vector=unit(0, 1)), now=2)
+    out = s.release(now=2)
+    shape = [(type(m).__name__, getattr(m, "seq", None), getattr(m, "similarity", None)) for m in out]
+    assert shape == [
+        ("StreamStart", None, None),
+        ("MetricsRecord", 0, None),
+        ("MetricsRecord", 1, pytest.approx(0.0)),
+        ("MetricsRecord", 2, pytest.approx(1.0)),  # the old epoch's frames, in order, compared as before
+        ("EndOfStream", None, None),
+        ("StreamStart", None, None),
+        ("MetricsRecord", 4, None),  # the first embedded at or after the epoch's first_seq: no similarity
+    ]
+    end, start = out[4], out[5]
+    assert isinstance(end, EndOfStream) and isinstance(start, StreamStart)
+    assert (end.last_seq, start.first_seq, start.url) == (2, 3, "http://cam")
+
+
+def test_undelivered_captures_count_as_published_and_dropped():
+    s = Streams(rolling_window=10, max_wait=1)
+    s.start_epoch("cam0", 0, now=0, undelivered=7)
+    numbered(s, "cam0", 1)
+    s.outcome("cam0", 0, DROPPED, now=0)
+    s.end_epoch("cam0")
+    eos = s.release(now=0)[-1]
+    assert isinstance(eos, EndOfStream)
+    assert eos.counts["published"] == 8 and eos.counts["dropped"] == 8
+
+
+def test_numbers_skipped_by_a_raised_floor_are_no_frames():
+    s = Streams(rolling_window=10, max_wait=1)
+    s.start_epoch("cam0", 0, now=0)
+    s.numbered("cam0", 0, now=0)
+    s.numbered("cam0", 500, now=0)  # the recorder's Ready raised the floor meanwhile
+    s.outcome("cam0", 500, Embedding("cam0", 500, 1, "w", "m", vector=unit(1, 0)), now=0)
+    s.outcome("cam0", 0, Embedding("cam0", 0, 0, "w", "m", vector=unit(1, 0)), now=0)
+    s.end_epoch("cam0")
+    eos = s.release(now=0)[-1]
+    assert isinstance(eos, EndOfStream) and eos.last_seq == 500
+    assert eos.counts["published"] == 2 and eos.counts["embedded"] == 2 and eos.counts["lost"] == 0
+
+
+def test_an_epoch_that_numbered_nothing_ends_before_its_first_seq():
+    s = Streams(rolling_window=10, max_wait=1)
+    s.start_epoch("cam0", 40, now=0)
+    s.end_epoch("cam0")
+    start, eos = s.release(now=0)
+    assert isinstance(start, StreamStart) and start.first_seq == 40
+    assert isinstance(eos, EndOfStream) and eos.last_seq == 39 and eos.counts["published"] == 0
+    assert s.settled("cam0")
+
+
+def test_a_result_after_its_frame_was_given_up_is_late():
+    s = Streams(rolling_window=10, max_wait=1)
+    s.start_epoch("cam0", 0, now=0)
+    numbered(s, "cam0", 2)
+    s.outcome("cam0", 1, DROPPED, now=0)
+    s.release(now=2)  # 0 given up behind the drop
+    assert not s.outcome("cam0", 0, Embedding("cam0", 0, 0, "w", "m", vector=unit(1, 0)), now=3)
+    assert not s.outcome("cam0", 0, LOST, now=3)  # the core's own give-up of it: not late
+    assert s.totals("cam0")["late"] == 1 and s.totals("cam0")["lost"] == 1

@@ -1,19 +1,19 @@
-"""Sequence order is restored, missing frames are given up after the wait, late ones counted."""
+"""Outcomes released in sequence order; gaps given up together once the oldest outcome behind them waited."""
 
-from encoders.services.metrics.reorder import LOST, StreamOrder
+import time
+
+from encoders.services.metrics.reorder import LOST, Lost, StreamOrder, Unused
 
 
 def test_releases_in_order_whatever_the_arrival_order():
-    order = StreamOrder(max_wait=5)
-    order.start(0)
+    order = StreamOrder(0, max_wait=5)
     for seq in [2, 0, 3, 1]:
         order.add(seq, f"o{seq}", now=0)
     assert order.release(now=0) == [(0, "o0"), (1, "o1"), (2, "o2"), (3, "o3")]
 
 
 def test_waits_for_a_gap_then_gives_it_up_as_lost():
-    order = StreamOrder(max_wait=2)
-    order.start(0)
+    order = StreamOrder(0, max_wait=2)
     order.add(0, "a", now=0)
     order.add(2, "c", now=0)
     assert order.release(now=0) == [(0, "a")]
@@ -21,60 +21,81 @@ def test_waits_for_a_gap_then_gives_it_up_as_lost():
     assert order.release(now=2.1) == [(1, LOST), (2, "c")]
 
 
-def test_a_frame_arriving_after_it_was_given_up_is_late_and_not_released():
-    order = StreamOrder(max_wait=1)
-    order.start(0)
+def test_every_overdue_gap_goes_at_once():
+    """A vanished worker held every other frame: the stream once stalled a whole max_wait per gap."""
+    order = StreamOrder(0, max_wait=10)
+    for seq in range(1, 40, 2):  # 1, 3, 5 ... arrived; 0, 2, 4 ... were in the vanished worker's hands
+        order.add(seq, f"o{seq}", now=seq / 100)
+    assert order.release(now=9.9) == []
+    out = order.release(now=10.4)  # the oldest behind every gap has waited 10 s: every gap goes
+    assert out[0] == (0, LOST) and out[1] == (1, "o1") and out[-1] == (39, "o39")
+    assert order.next_seq == 40 and not order.pending
+
+
+def test_a_gap_waits_for_the_oldest_outcome_behind_it_not_the_first_gap():
+    order = StreamOrder(0, max_wait=10)
     order.add(1, "b", now=0)
-    order.release(now=0)
+    order.add(3, "d", now=8)  # behind the gap at 2 only outcomes that arrived at 8
+    out = order.release(now=10)
+    assert out == [(0, LOST), (1, "b")]  # the gap at 2 has waited behind "d" for 2 s only
+    assert order.release(now=17.9) == []
+    assert order.release(now=18) == [(2, LOST), (3, "d")]
+
+
+def test_lost_handed_in_goes_without_waiting():
+    order = StreamOrder(0, max_wait=10)
+    order.add(1, "b", now=0)
+    order.add(0, LOST, now=0.1)  # its worker is known to be gone
+    assert order.release(now=0.1) == [(0, LOST), (1, "b")]
+
+
+def test_a_frame_arriving_after_it_was_given_up_is_late_and_not_released():
+    order = StreamOrder(0, max_wait=1)
+    order.add(1, "b", now=0)
     assert order.release(now=1.5) == [(0, LOST), (1, "b")]
-    order.add(0, "a", now=2)
+    assert not order.add(0, "a", now=2)
     assert order.release(now=2) == []
     assert order.late == 1
 
 
 def test_duplicate_outcome_is_never_released_twice():
-    order = StreamOrder(max_wait=1)
-    order.start(0)
+    order = StreamOrder(0, max_wait=1)
     order.add(0, "a", now=0)
-    order.add(0, "a-again", now=0)
+    assert not order.add(0, "a-again", now=0)
     assert order.release(now=0) == [(0, "a")]
     assert order.late == 1
 
 
-def test_end_of_stream_waits_for_the_tail_then_finishes():
-    order = StreamOrder(max_wait=1)
-    order.start(0)
-    order.add(0, "a", now=0)
-    order.end(last_seq=2, now=0)
-    assert order.release(now=0) == [(0, "a")]
-    assert not order.finished()
-    order.add(1, "b", now=0.5)
-    assert order.release(now=0.5) == [(1, "b")]
-    assert order.release(now=1.0) == []  # 2 may still come
-    assert order.release(now=1.6) == [(2, LOST)]
-    assert order.finished()
+def test_a_tail_gap_is_not_given_up_by_time():
+    """Frames still in a worker's hands (or waiting for one) are the core's to close."""
+    order = StreamOrder(5, max_wait=1)
+    order.add(5, "a", now=0)
+    assert order.release(now=100) == [(5, "a")]
+    assert order.release(now=1000) == [] and order.next_seq == 6
 
 
-def test_empty_stream_finishes_at_once():
-    order = StreamOrder(max_wait=1)
-    order.start(0)
-    order.end(last_seq=-1, now=0)
+def test_past_max_pending_the_oldest_gaps_go_counted():
+    order = StreamOrder(0, max_wait=100, max_pending=3)
+    for seq in (2, 4, 6):
+        order.add(seq, seq, now=0)
     assert order.release(now=0) == []
-    assert order.finished()
+    order.add(8, 8, now=0)  # four waiting: the first gap goes
+    assert order.release(now=0) == [(0, Lost(2)), (2, 2)]
+    assert order.forced == 2 and order.waiting() == 3
 
 
-def test_without_a_start_message_begins_at_the_lowest_seen_after_the_wait():
-    order = StreamOrder(max_wait=1)
-    order.add(11, "b", now=0)
-    assert order.release(now=0.5) == []  # 10 may still arrive
-    order.add(10, "a", now=0.6)
-    assert order.release(now=1.1) == [(10, "a"), (11, "b")]
+def test_unused_numbers_are_released_silently_and_are_nothing_to_wait_behind():
+    order = StreamOrder(0, max_wait=1)
+    order.add(1, Unused(99), now=0)  # numbers 1..99 were never handed out (a floor raised)
+    assert order.release(now=50) == []  # 0 is still out: nothing real waits behind it
+    order.add(0, "a", now=50)
+    order.add(100, "z", now=50)
+    assert order.release(now=50) == [(0, "a"), (1, Unused(99)), (100, "z")]
 
 
-def test_start_drops_outcomes_before_the_declared_first_frame():
-    order = StreamOrder(max_wait=1)
-    order.add(3, "old", now=0)
-    order.start(5)
-    order.add(5, "x", now=0)
-    assert order.release(now=0) == [(5, "x")]
-    assert order.late == 1
+def test_a_huge_gap_is_one_run():
+    order = StreamOrder(0, max_wait=1)
+    order.add(10**18, "x", now=0)
+    started = time.monotonic()
+    assert order.release(now=2) == [(0, Lost(10**18)), (10**18, "x")]
+    assert time.monotonic() - started < 1

@@ -6,7 +6,7 @@ import pytest
 from encoders.services.metrics.config import MetricsConfig
 from encoders.services.metrics.scenes import SceneRule
 from encoders.services.metrics.streams import Streams
-from encoders.shared.messages import Embedding, MetricsRecord, StreamStart
+from encoders.shared.messages import Embedding, MetricsRecord
 
 
 def window(values):
@@ -61,19 +61,23 @@ def unit(angle):
     return np.array([np.cos(angle), np.sin(angle)], dtype=np.float32)
 
 
+def embed(s: Streams, angles: list[float]) -> None:
+    """A stream's epoch from 0, each angle's frame numbered and embedded."""
+    s.start_epoch("cam0", 0, now=0.0, url="url")
+    for seq, a in enumerate(angles):
+        s.numbered("cam0", seq, now=0.0)
+        s.outcome("cam0", seq, Embedding("cam0", seq, float(seq), "w", "m", vector=unit(a)), now=0.0)
+
+
 def test_streams_flag_the_frame_whose_drift_stands_out_from_the_window_before_it():
     s = Streams(rolling_window=50, max_wait=1, scenes=SceneRule(threshold=0.5, k=4.0, min_drift=0.01, min_frames=5))
-    s.accept(StreamStart("cam0", 0, "url"), now=0.0)
     # Small steady turns (drift 1 - cos(0.02) ~ 0.0002), then one of 0.5 rad (drift 0.1224): a cut.
     angles = [0.02 * i for i in range(10)] + [0.18 + 0.5] + [0.68 + 0.02 * i for i in range(1, 5)]
-    for seq, a in enumerate(angles):
-        s.accept(Embedding("cam0", seq, float(seq), "w", "m", vector=unit(a)), now=0.0)
+    embed(s, angles)
     recs = [m for m in s.release(now=0.0) if isinstance(m, MetricsRecord)]
     assert [r.seq for r in recs if r.scene_change] == [10]
     assert recs[10].drift == pytest.approx(1 - np.cos(0.5), abs=1e-6)
     # Without a rule (the default) nothing is flagged.
     plain = Streams(rolling_window=50, max_wait=1)
-    plain.accept(StreamStart("cam0", 0, "url"), now=0.0)
-    for seq, a in enumerate(angles):
-        plain.accept(Embedding("cam0", seq, float(seq), "w", "m", vector=unit(a)), now=0.0)
+    embed(plain, angles)
     assert not any(m.scene_change for m in plain.release(now=0.0) if isinstance(m, MetricsRecord))

@@ -1,16 +1,12 @@
-"""Keyframe segments, thumbnails, the new row fields and the migrations list, without a database."""
-
-import io
-import threading
-from collections import Counter
+"""Keyframe segments, which rows keep thumbnails (the worker makes them: test_encoder_thumbnails),
+the new row fields and the migrations list, without a database."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from encoders.services.recorder.keyframes import Segmenter
 from encoders.services.recorder.rows import from_spool, to_spool
-from encoders.services.recorder.thumbnails import ThumbnailPipeline, make_thumbnail, wanted
+from encoders.services.recorder.thumbnails import wanted
 from encoders.shared.storage import schema
 from encoders.shared.storage.frames import FrameRow, scene_change_values
 
@@ -42,72 +38,11 @@ def test_vectors_need_not_be_normalised():
     assert seg.assign(1, 0.1, 0.2 * turn(0.0)) == (False, 0)
 
 
-def jpeg(width, height, colour=(200, 30, 30)):
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def test_thumbnail_keeps_the_aspect_within_the_size():
-    thumb = Image.open(io.BytesIO(make_thumbnail(jpeg(640, 480), 160, 70)))
-    assert thumb.format == "JPEG" and thumb.size == (160, 120)
-    pixel = thumb.getpixel((80, 60))
-    assert isinstance(pixel, tuple)  # an RGB picture's pixel
-    assert all(abs(a - b) < 12 for a, b in zip(pixel, (200, 30, 30), strict=False))
-    small = Image.open(io.BytesIO(make_thumbnail(jpeg(100, 50), 160)))
-    assert small.size == (100, 50)  # never enlarged
-
-
-def test_thumbnail_of_a_corrupt_frame_is_a_value_error():
-    with pytest.raises(ValueError, match="does not decode"):
-        make_thumbnail(b"\xff\xd8 not a jpeg", 160)
-
-
-def test_thumbnails_made_on_threads_keep_the_rows_in_order():
-    rows = [FrameRow(1, "cam0", seq, 1.0 + seq, None, None, np.ones(4, np.float32), None, "w") for seq in range(40)]
-    big, small = jpeg(1920, 1080), jpeg(64, 48)
-    # A slow thumbnail first, fast ones after it, rows with no frame, and frames that do not decode.
-    frames = [
-        big if seq % 10 == 0 else None if seq % 7 == 3 else b"not a jpeg" if seq == 5 else small for seq in range(40)
-    ]
-    out: list[FrameRow] = []
-    threads_used: set[str] = set()
-    counters: Counter[str] = Counter()
-
-    def sink(row):
-        threads_used.add(threading.current_thread().name)
-        out.append(row)
-
-    pipeline = ThumbnailPipeline(3, 32, 70, sink, counters, max_waiting=8)
-    for row, frame in zip(rows, frames, strict=False):
-        pipeline.add(row, frame)
-        assert pipeline.waiting <= 9  # at most max_waiting (+ the one just added) wait: memory stays bounded
-    pipeline.close()
-    assert [r.seq for r in out] == list(range(40))
-    assert threads_used == {threading.current_thread().name}  # rows are handed on by the caller's thread
-    for row, frame in zip(out, frames, strict=False):
-        if frame is None or frame == b"not a jpeg":
-            assert row.thumbnail is None
-        else:
-            assert row.thumbnail is not None
-            assert Image.open(io.BytesIO(row.thumbnail)).size[0] == 32
-    made = sum(f is not None and f != b"not a jpeg" for f in frames)
-    assert made == 34 and counters == {"thumbnails": made, "thumbnails_bad_frames": 1}
-
-
-def test_rows_without_thumbnails_are_handed_on_at_once_and_others_when_ready():
-    out: list[FrameRow] = []
-    pipeline = ThumbnailPipeline(1, 32, 70, out.append, Counter())
-    pipeline.add(FrameRow(1, "cam0", 0, 1.0, None, None, np.ones(4, np.float32), None, "w"), None)
-    assert [r.seq for r in out] == [0]
-    pipeline.add(FrameRow(1, "cam0", 1, 2.0, None, None, np.ones(4, np.float32), None, "w"), jpeg(640, 480))
-    for _ in range(200):
-        pipeline.release()
-        if len(out) == 2:
-            break
-        threading.Event().wait(0.01)
-    assert [r.seq for r in out] == [0, 1] and out[1].thumbnail is not None
-    pipeline.close()
+def test_a_resumed_segmenter_goes_on_from_the_last_stored_keyframe():
+    seg = Segmenter(max_drift=0.05, max_s=100.0)
+    seg.resume(7, 7.0, 3 * turn(0.0))  # the stream's last keyframe, as its row says
+    assert seg.assign(8, 8.0, turn(0.1)) == (False, 7)
+    assert seg.assign(9, 9.0, turn(0.5)) == (True, 9)
 
 
 def test_which_frames_get_thumbnails():

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from encoders.logging_utils import load_run_embeddings
+from encoders.services.recorder.acks import AckTracker
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.run import RecordedRun
-from encoders.shared.messages import EndOfStream, Frame, MetricsRecord
+from encoders.shared.messages import Ack, EndOfStream, Frame, MetricsRecord
 from encoders.shared.storage.connection import Database
 
 
@@ -202,3 +203,48 @@ def test_a_record_sent_again_is_recorded_once(tmp_path):
     assert [r.seq for r in rows.rows] == [0, 1, 2, 3]
     assert rec.counters["repeated_records"] == 2
     assert [r[1] for r in csv.reader((tmp_path / "drift.csv").open())][1:] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("which", ["all", "keyframes", "none"])
+def test_thumbnails_come_with_the_records_and_are_kept_as_set(tmp_path, which):
+    rec, rows = make(tmp_path, thumbnails=which, keyframe_drift=2.0, keyframe_max_s=2.5)  # segments of 3 frames
+    for seq in range(6):
+        r = record("cam0", seq, float(seq))
+        r.thumbnail = b"" if seq == 4 else b"\xff\xd8thumb-%d\xff\xd9" % seq  # the worker made none for 4
+        rec.on_message(r)
+    finish(rec)
+    keyframes = [r.seq for r in rows.rows if r.keyframe]
+    assert keyframes == [0, 3]
+    kept = {r.seq: r.thumbnail for r in rows.rows if r.thumbnail is not None}
+    wanted = {"all": [0, 1, 2, 3, 5], "keyframes": [0, 3], "none": []}[which]
+    assert sorted(kept) == wanted and all(kept[s] == b"\xff\xd8thumb-%d\xff\xd9" % s for s in kept)
+    assert rec.counters["thumbnails"] == len(wanted)
+    assert rec.counters["thumbnails_missing"] == (1 if which == "all" else 0)
+
+
+def test_records_owe_the_core_an_ack_once_durable_or_refused(tmp_path):
+    acks = AckTracker()
+    rows = Rows()
+    run = RecordedRun.claim(RunsTable(), runs_dir=tmp_path.parent, run_dir=tmp_path)
+    rec = Recorder(run, rows, RecorderConfig(), acks)
+    rec.on_message(record("cam0", 0, 1.0))
+    rec.on_message(record("cam0", 1, 2.0, dim=16))  # refused: another model's size
+    rec.on_message(record("cam0", 2, 3.0))
+    rec.on_message(EndOfStream("cam0", 3, {"embedded": 2}))
+    assert acks.take() == []  # nothing durable yet
+    acks.durable("cam0", 0)
+    assert acks.take() == [Ack("cam0", 1)]
+    acks.durable("cam0", 2)
+    assert acks.take() == [Ack("cam0", 3, ended=True)]
+    rec.on_message(record("cam0", 2, 3.0))  # sent again after a break
+    assert acks.take() == [Ack("cam0", 3, ended=True)] and [r.seq for r in rows.rows] == [0, 2]
+    finish(rec)
+
+
+def test_snapshots_missed_are_counted(tmp_path):
+    rec, _ = make(tmp_path, snapshot_interval=1.0)
+    rec.on_message(frame("cam0", 1, 1.0))
+    for seq in range(4):  # frames 0, 2 and 3 never come, and each was due (1 s apart, none taken since 1)
+        rec.on_message(record("cam0", seq, float(seq)))
+    finish(rec)
+    assert rec.counters["snapshots_missed"] == 3

@@ -10,9 +10,11 @@ import time
 from collections import Counter
 
 import numpy as np
+import psycopg
 
-from encoders.services.recorder.spool import Spool
+from encoders.services.recorder.rows import from_spool, to_spool
 from encoders.services.recorder.writer import FrameWriter, Inline, writer_thread
+from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.frames import FrameRow
@@ -162,3 +164,97 @@ def test_the_caller_waits_once_max_waiting_batches_are_held(tmp_path):
     assert writer.close(2.0)
     assert db.seqs == list(range(40))
     assert db.batches[:2] == [10, 20]  # the caller waited with 20 rows in hand, sent as the next batch
+
+
+def test_rows_are_said_durable_in_order_whether_committed_or_spooled(tmp_path):
+    db = SwitchableDatabase()
+    durable: list[int] = []
+    writer = FrameWriter(
+        db,
+        Spool(tmp_path / "spool"),
+        run_id=1,
+        batch_rows=10,
+        retry_max=0.1,
+        executor=Inline(),
+        on_durable=lambda rows: durable.extend(r.seq for r in rows),
+    )
+    writer.set_model("m", 4)
+    for seq in range(30):
+        writer.add(row(seq))
+    db.up = False  # the database goes away: rows become durable by going to the spool
+    for seq in range(30, 60):
+        writer.add(row(seq))
+    writer.tick()
+    in_spool = writer.spooled
+    assert in_spool > 0 and durable == list(range(len(durable)))
+    db.up = True
+    for seq in range(60, 70):
+        writer.add(row(seq))
+    assert writer.close(5.0)
+    assert durable == list(range(70))  # each row once, in the order added: the replay says nothing again
+    assert db.seqs == list(range(70))
+
+
+class PickyDatabase(SwitchableDatabase):
+    """Refuses any batch holding one of ``bad`` as the server refuses a NaN in a vector (SQLSTATE 22000)."""
+
+    def __init__(self, bad, error=psycopg.errors.DataException):
+        super().__init__()
+        self.bad, self.error = set(bad), error
+        self.attempts = 0
+
+    def write_rows(self, rows):
+        self.attempts += 1
+        refused = [r.seq for r in rows if r.seq in self.bad]
+        if refused:
+            cause = self.error(f"NaN not allowed in vector (seq {refused[0]})")
+            raise DatabaseRefused(f"refused a write: {cause}") from cause
+        return super().write_rows(rows)
+
+
+def test_a_row_the_database_refuses_goes_to_quarantine_and_the_rest_is_written(tmp_path):
+    db = PickyDatabase(bad={13, 27})
+    durable: list[int] = []
+    writer = FrameWriter(
+        db,
+        Spool(tmp_path / "db_spool.msgpack"),
+        run_id=1,
+        batch_rows=10,
+        executor=Inline(),
+        on_durable=lambda rows: durable.extend(r.seq for r in rows),
+    )
+    writer.set_model("m", 4)
+    for seq in range(40):
+        writer.add(row(seq))
+        writer.tick()
+    assert writer.close(2.0)
+    assert db.seqs == sorted(set(range(40)) - {13, 27})  # in order; nothing held up behind the bad rows
+    assert writer.fatal is None and writer.quarantined == 2
+    assert durable == list(range(40))  # the batch was durable (spooled) before its bad row was found
+    records, _ = Spool(tmp_path / "db_quarantine.msgpack").read_batch(10)
+    assert [from_spool(r).seq for r in records] == [13, 27]  # kept, in the spool's own format
+    assert not (tmp_path / "db_spool.msgpack").exists()
+    assert db.attempts < 40  # found by halving the batch, not row by row
+
+
+def test_a_refusal_that_is_not_a_rows_stops_the_writer_and_keeps_the_rows(tmp_path):
+    db = PickyDatabase(bad={3}, error=psycopg.errors.InsufficientPrivilege)
+    writer = FrameWriter(db, Spool(tmp_path / "db_spool.msgpack"), run_id=1, batch_rows=5, executor=Inline())
+    writer.set_model("m", 4)
+    for seq in range(10):
+        writer.add(row(seq))
+    assert not writer.close(0.2)
+    assert isinstance(writer.fatal, DatabaseRefused) and writer.quarantined == 0
+    records, _ = Spool(tmp_path / "db_spool.msgpack").read_batch(100)
+    assert [r["seq"] for r in records] == list(range(10))
+    assert not (tmp_path / "db_quarantine.msgpack").exists()
+
+
+def test_a_spooled_record_that_is_no_row_is_set_aside_too(tmp_path):
+    spool = Spool(tmp_path / "db_spool.msgpack")
+    spool.append([to_spool(row(0)), {"not": "a row"}, to_spool(row(1))])
+    db = SwitchableDatabase()
+    writer = FrameWriter(db, spool, run_id=1, batch_rows=10, executor=Inline())
+    writer.set_model("m", 4)
+    assert writer.close(1.0)
+    assert db.seqs == [0, 1] and writer.quarantined == 1

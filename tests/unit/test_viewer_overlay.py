@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from encoders.services.viewer import layout, overlay
 from encoders.services.viewer.overlay import bar_box, bar_fill_width, draw_overlay, field_box, overlay_texts
 from encoders.services.viewer.plot import DriftPlot
+from encoders.services.viewer.subscriptions import core_lines, listening_lines
 from encoders.shared.messages import MetricsRecord
 
 
@@ -231,6 +233,12 @@ def test_layout_fits_tiles_in_a_grid_and_puts_the_plot_beside():
     canvas = layout.side_by_side(frame, np.full((h, w, 3), 255, np.uint8))
     assert canvas.shape == (480, 640 + w, 3)
     assert np.array_equal(canvas[:, :640], frame)
-    wait = layout.placeholder(["tcp://a:5555", "tcp://b:5555"], "tcp://m:5558")
+    wait = layout.placeholder(listening_lines(["tcp://a:5555", "tcp://b:5555"], "tcp://m:5558"))
     assert wait.shape == (480, 640, 3) and wait.any()
-    assert not np.array_equal(wait, layout.placeholder(["tcp://a:5555"], "tcp://m:5558"))
+    assert not np.array_equal(wait, layout.placeholder(listening_lines(["tcp://a:5555"], "tcp://m:5558")))
+    asking = layout.placeholder(core_lines("tcp://10.0.0.5:5556"))
+    assert asking.shape == (480, 640, 3) and not np.array_equal(asking, wait)
+    # The longest line fits the placeholder's width: nothing is cut off on the right.
+    longest = max(core_lines("tcp://255.255.255.255:65535"), key=len)
+    (text_w, _), _ = cv2.getTextSize(longest, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)
+    assert 20 + text_w < 640

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 
+from encoders.services.viewer.plot import DriftPlot
+from encoders.services.viewer.snapshot import drift_since, snapshot
 from encoders.services.viewer.state import RateMeter, ViewerState
 from encoders.services.viewer.viewer import decode_new_frames
 from encoders.services.viewer.window import display_problem
-from encoders.shared.messages import EndOfStream, Frame, MetricsRecord, Stats
+from encoders.shared.messages import EndOfStream, Frame, MetricsRecord, Stats, StreamStart
 
 
 def frame(seq: int, stream: str = "cam0") -> Frame:
@@ -68,6 +72,35 @@ def test_end_of_stream_marks_the_stream_until_a_new_frame_arrives():
     assert state.streams["cam0"].ended
     state.add(frame(1))
     assert not state.streams["cam0"].ended
+
+
+def test_a_new_epoch_of_a_stream_breaks_its_drift_line_once():
+    state = ViewerState()
+    state.add(StreamStart("cam0", first_seq=0))  # the first epoch: nothing to break
+    state.add(record(1, 0.1))
+    state.add(record(2, 0.2))
+    state.add(EndOfStream("cam0", last_seq=2))
+    state.add(StreamStart("cam0", first_seq=3))  # the camera restarted
+    state.add(StreamStart("cam0", first_seq=3))  # said twice (a second Hello): still one gap
+    st = state.streams["cam0"]
+    assert not st.ended and st.epochs == 3
+    state.add(record(3, None))  # an epoch's first frame has no drift
+    state.add(record(4, 0.4))
+    points = state.drift_history()["cam0"]
+    assert [t for t, _ in points] == [1001.0, 1002.0, 1002.0, 1004.0]  # the gap at the last point's time
+    assert [np.isnan(d) for _, d in points] == [False, False, True, False]
+    # The page: the gap is a null, sent once to each client as any point is.
+    snap = snapshot(state, 0.0, {})
+    assert snap["drift"]["cam0"]["points"][2] == [1002.0, None]
+    json.dumps(snap, allow_nan=False)
+    assert drift_since(snap["drift"], {"cam0": 2}) == {
+        "cam0": {"reset": False, "points": [[1002.0, None], [1004.0, 0.4]]}
+    }
+    # The window's plot draws both segments and no line between them (matplotlib breaks at NaN).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = DriftPlot(400, 300).render(state.drift_history())
+    assert image.shape == (300, 400, 3)
 
 
 def test_stats_are_kept_per_service_and_stream():

@@ -1,4 +1,4 @@
-"""The web viewer's pure parts: its settings, the latest-value board, scene thumbnails, the
+"""The web viewer's pure parts: its settings, the latest-value board, scene changes, the
 snapshot the page shows, the clients' accounting, search thumbnails' ids, and the wire formats
 (MJPEG parts, Server-Sent Events). No sockets."""
 
@@ -17,12 +17,12 @@ import pytest
 from encoders.services.viewer.config import ViewerConfig
 from encoders.services.viewer.feed import SCENES, STATE, VIDEO, WebFeed, raw_key
 from encoders.services.viewer.latest import Latest
-from encoders.services.viewer.scenes import RecentFrames, SceneChanges, make_thumbnail
+from encoders.services.viewer.scenes import SceneChanges
 from encoders.services.viewer.snapshot import drift_since, finite, snapshot, totals
 from encoders.services.viewer.state import ViewerState
 from encoders.services.viewer.web.clients import Clients
 from encoders.services.viewer.web.formats import MJPEG_START, json_dumps, mjpeg_part, sse_event
-from encoders.services.viewer.web.thumbnails import Thumbnails
+from encoders.services.viewer.web.thumbnails import Thumbnails, make_thumbnail
 from encoders.shared.messages import Frame, FrameCounts, MetricsRecord, Stats
 from encoders.shared.settings import SettingsError
 
@@ -48,7 +48,13 @@ def frame(seq: int, stream: str = "cam0", jpeg: bytes = b"j") -> Frame:
 
 
 def record(
-    seq: int, drift: float | None = 0.02, stream: str = "cam0", scene: bool = False, t_metrics=None, **counts
+    seq: int,
+    drift: float | None = 0.02,
+    stream: str = "cam0",
+    scene: bool = False,
+    t_metrics=None,
+    thumbnail: bytes = b"",
+    **counts,
 ) -> MetricsRecord:
     rec = MetricsRecord(
         stream=stream,
@@ -62,6 +68,7 @@ def record(
         fps=12.5,
         counts=cast(FrameCounts, counts or {"embedded": seq + 1, "dropped": 0}),
         scene_change=scene,
+        thumbnail=thumbnail,
     )
     if t_metrics is not None:
         rec.t_metrics = t_metrics
@@ -153,39 +160,23 @@ def test_readers_wait_for_a_newer_value_put_from_another_thread():
 # -- scene changes -------------------------------------------------------------------------------
 
 
-def test_recent_frames_are_let_go_once_their_record_came_and_bounded_in_bytes():
-    recent = RecentFrames(max_bytes=1000)
-    for seq in range(5):
-        recent.add(seq, b"x" * 100)
-    assert recent.take(2) == b"x" * 100
-    assert len(recent) == 2 and recent.bytes == 200  # 0, 1 and 2 are gone; 3 and 4 are left
-    assert recent.take(2) is None
-    for seq in range(5, 30):
-        recent.add(seq, b"y" * 100)
-    assert recent.bytes <= 1000 and len(recent) == 10  # the oldest went first
-    assert recent.take(19) is None and recent.take(20) == b"y" * 100
-
-
-def test_a_flagged_frame_gets_a_thumbnail_of_that_frame():
+def test_a_scene_change_shows_the_thumbnail_its_record_carries():
     scenes = SceneChanges(keep=2)
-    for seq in range(6):
-        scenes.on_frame(frame(seq, jpeg=jpeg_of(40 * seq)))
-    assert scenes.on_record(record(1)) is None  # not a scene change
-    change = scenes.on_record(record(3, drift=0.4, scene=True))
+    thumbs = {seq: make_thumbnail(jpeg_of(40 * seq)) for seq in range(6)}
+    assert scenes.on_record(record(1, thumbnail=thumbs[1] or b"")) is None  # not a scene change
+    change = scenes.on_record(record(3, drift=0.4, scene=True, thumbnail=thumbs[3] or b""))
     assert change is not None
     assert (change.stream, change.seq, change.drift) == ("cam0", 3, 0.4)
-    thumb = decode(change.thumbnail)
-    assert thumb.shape == (144, 192, 3)  # 192 wide, aspect kept
-    full = cv2.resize(decode(jpeg_of(120)), (192, 144))
-    assert np.abs(thumb.astype(int) - full).mean() < 4  # frame 3's picture, not another's
-    scenes.on_record(record(4, scene=True))
-    scenes.on_record(record(5, scene=True))
+    assert change.thumbnail == thumbs[3]  # the worker's, as it came: the viewer keeps no frames for it
+    scenes.on_record(record(4, scene=True, thumbnail=thumbs[4] or b""))
+    scenes.on_record(record(5, scene=True, thumbnail=thumbs[5] or b""))
     assert [s.seq for s in scenes.recent()] == [5, 4]  # newest first, at most `keep`
-    # A record whose frame was never received (or let go) still counts, without a thumbnail.
-    missing = scenes.on_record(record(9, scene=True))
-    assert missing is not None and missing.thumbnail is None
-    assert scenes.counters == {"scene_changes": 4, "scene_thumbnails_missing": 1}
-    assert scenes.held_bytes() == 0
+    # A record without a thumbnail (the worker makes none), or with one that is no JPEG, still
+    # counts, without a picture: the page never serves what does not decode.
+    for seq, thumbnail in ((8, b""), (9, b"<script>not a jpeg</script>"), (10, b"\xff\xd8 not really")):
+        missing = scenes.on_record(record(seq, scene=True, thumbnail=thumbnail))
+        assert missing is not None and missing.thumbnail is None
+    assert scenes.counters == {"scene_changes": 6, "scene_thumbnails_missing": 3}
 
 
 def test_a_thumbnail_of_something_that_is_not_a_jpeg_is_none():
@@ -236,6 +227,22 @@ def test_before_ingest_stats_frames_in_counts_what_reached_the_viewer_and_nan_is
     }
 
 
+def test_what_only_the_core_counts_comes_from_its_stats_when_the_ingests_do_not_carry_it():
+    state = ViewerState()
+    state.add(frame(0))
+    state.add(Stats("metrics", "cam0", {"embedded": 1, "workers": 2, "credits": 5, "published": 9}))
+    cam0 = snapshot(state, 0.0, {})["streams"][0]
+    assert (cam0["workers"], cam0["credits"], cam0["frames_in"]) == (2, 5, 9)
+    state.add(Stats("ingest", "cam0", {"published": 12, "workers": 3, "fps": 15.0}))
+    cam0 = snapshot(state, 0.0, {})["streams"][0]
+    assert (cam0["workers"], cam0["credits"], cam0["frames_in"], cam0["fps_in"]) == (3, 5, 12, 15.0)
+
+
+def test_the_snapshot_says_whom_the_viewer_waits_for():
+    assert snapshot(ViewerState(), 0.0, {})["waiting"] is None
+    assert snapshot(ViewerState(), 0.0, {}, "waiting for the core at x")["waiting"] == "waiting for the core at x"
+
+
 def test_metrics_stats_newer_than_the_last_record_update_the_counts():
     state = ViewerState()
     state.add(record(5, embedded=6, dropped=0, t_metrics=100.0))
@@ -269,11 +276,11 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
     feed = WebFeed(board)
     state = ViewerState()
     jpeg = jpeg_of(99)
-    for msg in (frame(0, jpeg=jpeg), record(0, scene=True)):
+    for msg in (frame(0, jpeg=jpeg), record(0, scene=True, thumbnail=make_thumbnail(jpeg) or b"")):
         state.add(msg)
         feed.on_message(msg)
     assert board.get(raw_key("cam0")) == (1, jpeg)
-    assert [s.seq for s in board.get(SCENES)[1]] == [0]
+    assert [(s.seq, s.thumbnail is not None) for s in board.get(SCENES)[1]] == [(0, True)]
     assert not feed.wants_video()  # nobody watches
     with board.follow(VIDEO):
         assert feed.wants_video()
@@ -286,6 +293,8 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
     assert not feed.put_state(state, now=5.1, counters={})  # a few a second, not every tick
     assert feed.put_state(state, now=5.3, counters={})
     assert board.get(STATE)[1]["viewer"]["scene_changes"] == 1
+    assert feed.put_state(state, now=6.0, counters={}, waiting="waiting for the core")
+    assert board.get(STATE)[1]["waiting"] == "waiting for the core"
 
 
 # -- wire formats --------------------------------------------------------------------------------

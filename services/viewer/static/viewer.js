@@ -13,7 +13,7 @@
 
   const COLOURS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176"];
   const MIN_Y_TOP = 0.5; // as the desktop plot: a still scene looks still
-  const drift = new Map(); // stream -> [[t_capture, drift], ...], oldest first
+  const drift = new Map(); // stream -> [[t_capture, drift], ...], oldest first; drift null: a restart
   let history = 300;
   let chartPending = false;
 
@@ -78,8 +78,12 @@
       });
     }
     $("search-panel").hidden = !s.search;
-    setStatus(`live: ${s.streams.length} stream(s), ${fmt(s.viewer && s.viewer.frames_received)} frames received`,
-              "live");
+    if (s.waiting) {
+      setStatus(`live: ${s.waiting}`, "live"); // the page is live; the viewer waits for the core
+    } else {
+      setStatus(`live: ${s.streams.length} stream(s), ${fmt(s.viewer && s.viewer.frames_received)} frames received`,
+                "live");
+    }
   }
 
   // -- the drift chart --------------------------------------------------------------------------
@@ -97,7 +101,7 @@
       if (!pts.length) continue;
       newest = Math.max(newest, pts[pts.length - 1][0]);
       oldest = Math.min(oldest, pts[0][0]);
-      for (const p of pts) top = Math.max(top, p[1] * 1.05);
+      for (const p of pts) if (p[1] !== null) top = Math.max(top, p[1] * 1.05);
     }
     top = Math.ceil(top * 10) / 10; // grid lines on round numbers
     const span = Math.max(1, newest - oldest);
@@ -138,7 +142,16 @@
       ctx.strokeStyle = colour;
       ctx.lineWidth = 1.5;
       ctx.beginPath();
-      pts.forEach((p, j) => (j ? ctx.lineTo(x(p[0]), y(p[1])) : ctx.moveTo(x(p[0]), y(p[1]))));
+      let gap = true; // no line into the first point, nor across a stream's restart (a null drift)
+      for (const p of pts) {
+        if (p[1] === null) {
+          gap = true;
+        } else {
+          if (gap) ctx.moveTo(x(p[0]), y(p[1]));
+          else ctx.lineTo(x(p[0]), y(p[1]));
+          gap = false;
+        }
+      }
       ctx.stroke();
       ctx.fillStyle = colour;
       ctx.fillText(name, m.l + 8, m.t + 4 + 14 * i);

@@ -9,9 +9,9 @@ Routes (all GET; with a token set, each needs it, see auth.py):
     /frame.jpg?stream=S     S's newest JPEG (the first stream's without ?stream=)
     /events                 Server-Sent Events: 'state' (numbers and new drift points), 'scenes'
     /api/state              the numbers: totals, each stream, the viewer's and web clients' counters
-    /api/drift              each stream's rolling drift window: [[t_capture, drift], ...]
+    /api/drift              each stream's rolling drift window: [[t_capture, drift], ...] (null: a restart)
     /api/scenes             recent scene changes, newest first, with thumbnail URLs
-    /api/scenes/S/N.jpg     a scene change's thumbnail
+    /api/scenes/S/N.jpg     a scene change's thumbnail (the one its record carried)
     /api/search?text=&k=    the frames nearest to a text (with --database-url)
     /api/thumbnail/ID.jpg   a search result's thumbnail
 
@@ -167,7 +167,7 @@ class WebApp:
     # -- JSON ----------------------------------------------------------------------------------
 
     def _state_view(self, snap: dict | None, **extra) -> dict[str, Any]:
-        snap = snap or {"streams": [], "totals": {}, "viewer": {}, "history": 0, "drift": {}}
+        snap = snap or {"waiting": None, "streams": [], "totals": {}, "viewer": {}, "history": 0, "drift": {}}
         out = {k: v for k, v in snap.items() if k != "drift"}
         return {**out, "web": self.clients.counters(), "search": self.search is not None, **extra}
 
@@ -192,7 +192,10 @@ class WebApp:
         stream, seq = request.match_info["stream"], int(request.match_info["seq"])
         for s in self.board.get(SCENES)[1] or ():
             if s.stream == stream and s.seq == seq and s.thumbnail is not None:
-                return web.Response(body=s.thumbnail, content_type="image/jpeg")
+                # Made by a worker: checked to decode (scenes.py), and never sniffed as anything else.
+                return web.Response(
+                    body=s.thumbnail, content_type="image/jpeg", headers={"X-Content-Type-Options": "nosniff"}
+                )
         return web.json_response(
             {"error": f"no thumbnail of {stream}/{seq} (only recent scene changes are kept)"}, status=404
         )

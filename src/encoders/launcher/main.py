@@ -1,10 +1,13 @@
-"""The all-in-one command: every service as a separate local process, wired over ZeroMQ.
+"""The all-in-one command: every service as a separate local process, connected to one core.
 
-Start order: metrics, the recorder (waiting until it has claimed its run), encoder workers
-(waiting until their model is loaded), one ingest per camera, the viewer. Stop order is what
-makes a run lose nothing: ingest stops first and announces the end of its stream, workers
-finish what they hold, metrics releases the last records and exits, the recorder flushes the
-database and writes summary.json and exits; only then are workers and the viewer stopped.
+Start order: the core (metrics), the recorder (waiting until it has claimed its run), the
+encoder workers (waiting until their model is loaded), one ingest per camera, the viewer.
+Each connects to the core only; a child that dies unasked is started again (children.py).
+
+The stop is the pipeline's own (docs/PROTOCOL.md, "Stopping"): the launcher asks the core
+to stop, the core ends every camera's stream, waits until every frame has its outcome and
+every record is acknowledged by the recorder, then stops the workers and the recorder and
+exits; only the viewer is stopped by the launcher. Nothing embedded is left unrecorded.
 
 The launcher changes neither its environment nor the settings it is given: each child gets
 its own settings as variables (wiring.py), and the demo's stand-in camera and random
@@ -26,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from encoders.control import request_stop
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
@@ -33,15 +37,17 @@ from encoders.shared.storage import embedded
 from encoders.shared.storage.errors import DatabaseUnavailable
 from encoders.variables import KNOWN_VARIABLES
 
-from .children import Children
+from .children import Child, Children
 from .config import RunConfig
 from .wiring import Endpoints, Services, services
 
 log = logging.getLogger("encoders.run")
 
-MODEL_LOAD_TIMEOUT_S = 300.0
+CORE_START_TIMEOUT_S = 30.0
 RECORDER_START_TIMEOUT_S = 60.0
-POLL_S = 0.1  # how often the launcher looks at its children
+MODEL_LOAD_TIMEOUT_S = 300.0
+DRAIN_TIMEOUT_S = 120.0  # how long the core may take to drain the pipeline at the end
+POLL_S = 0.2  # how often the launcher looks at its children
 
 
 def has_display(environ: Mapping[str, str]) -> bool:
@@ -72,19 +78,14 @@ def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
             except (embedded.NoDatabase, DatabaseUnavailable, OSError) as exc:
                 log.error("cannot start: %s", exc)
                 return 2
+        ep = Endpoints.for_run(folder, cfg)
         wiring = services(
-            cfg,
-            Endpoints.for_run(folder, cfg),
-            environ,
-            database_url=database_url,
-            recorder_ready=folder / "recorder.json",
-            model=model,
+            cfg, ep, environ, database_url=database_url, recorder_ready=folder / "recorder.json", model=model
         )
         children = Children(environ, KNOWN_VARIABLES)
-        code = 0
-        run_dir: Path | None = None
+        code, run_dir = 0, None
         try:
-            code, run_dir = start(cfg, wiring, children, folder, stop)
+            code, run_dir = start(cfg, wiring, ep, children, stop)
             if code == 0 and not stop.is_set():
                 log.info(
                     "pipeline running: %d stream(s), %d worker(s)%s. Ctrl+C stops it.",
@@ -94,16 +95,19 @@ def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
                 )
                 code = supervise(cfg, children, stop)
         finally:
-            code = children.shutdown() or code
-        report(run_dir)
+            code = finish(ep, children) or code
+        report(run_dir, children.restarts())
         return code
 
 
 def start(
-    cfg: RunConfig, wiring: Services, children: Children, folder: Path, stop: threading.Event
+    cfg: RunConfig, wiring: Services, ep: Endpoints, children: Children, stop: threading.Event
 ) -> tuple[int, Path | None]:
     """Start every service in order; (0, the run folder) once the streams are being read."""
-    children.spawn("metrics", "metrics", wiring.metrics)
+    children.spawn("metrics", "metrics", wiring.core)
+    code = wait_until((ep.folder / "core").exists, children, stop, CORE_START_TIMEOUT_S, "the core's start")
+    if code or stop.is_set():
+        return code, None
     run_dir = None
     if wiring.recorder is not None:
         recorder = dataclasses.replace(wiring.recorder, pipeline_config=wiring.described(cfg))
@@ -113,13 +117,10 @@ def start(
         if code or stop.is_set():
             return code, None
         run_dir = Path(json.loads(ready.read_text())["dir"])
-    workers = [folder / f"worker{i}.ready" for i in range(cfg.workers)]
+    workers = [ep.folder / f"worker{i}.ready" for i in range(cfg.workers)]
     for i, ready_file in enumerate(workers):
-        children.spawn(
-            f"encoder{i}",
-            "encode",
-            dataclasses.replace(wiring.encoder, ready_file=str(ready_file), worker_id=f"worker{i}"),
-        )
+        settings = dataclasses.replace(wiring.encoder, ready_file=str(ready_file), worker_id=f"worker{i}")
+        children.spawn(f"encoder{i}", "encode", settings)
     code = wait_until(lambda: all(f.exists() for f in workers), children, stop, MODEL_LOAD_TIMEOUT_S, "model loading")
     if code or stop.is_set():
         return code, run_dir
@@ -134,11 +135,11 @@ def wait_until(done: Callable[[], bool], children: Children, stop: threading.Eve
     """0 once ``done()`` (or stopped); 1 if a child exits meanwhile or it takes longer than ``timeout``."""
     deadline = time.monotonic() + timeout
     while not done():
-        dead = children.dead()
+        dead = [c for c in children.all if not c.alive()]
         if dead:
             log.error("%s exited (code %s) during %s", dead[0].name, dead[0].proc.returncode, what)
             return 1
-        if stop.wait(POLL_S):
+        if stop.wait(0.1):
             return 0
         if time.monotonic() > deadline:
             log.error("%s took longer than %.0f s", what, timeout)
@@ -146,34 +147,55 @@ def wait_until(done: Callable[[], bool], children: Children, stop: threading.Eve
     return 0
 
 
+def ended_on_purpose(child: Child) -> bool:
+    """An exit that is the child's natural end: its camera's stream ended, or the viewer was closed."""
+    return child.proc.returncode == 0 and child.name.startswith(("ingest", "viewer"))
+
+
 def supervise(cfg: RunConfig, children: Children, stop: threading.Event) -> int:
-    """Run until asked to stop, the duration is over, the viewer closes or the streams end."""
+    """Until asked to stop, the duration is over, the viewer closes or the streams end; restarting
+    what dies unasked meanwhile. 1 if a child keeps failing."""
     started = time.monotonic()
-    while not stop.wait(POLL_S * 2):
-        if cfg.duration and time.monotonic() - started >= cfg.duration:
+    while not stop.wait(POLL_S):
+        now = time.monotonic()
+        if cfg.duration and now - started >= cfg.duration:
             log.info("duration of %.0f s reached", cfg.duration)
             return 0
-        if all(not c.alive() and c.proc.returncode == 0 for c in children.of("ingest")):
-            log.info("every stream has ended")  # metrics and the recorder finish by themselves
-            return 0
-        for child in children.dead():
-            if child.name.startswith("ingest") and child.proc.returncode == 0:
-                continue
-            if child.name in ("metrics", "recorder") and child.proc.returncode == 0:
-                # They exit by themselves once every stream's end has come through, which can be
-                # seen here before the last ingest's own exit is.
-                log.info("every stream has ended")
-                return 0
-            if child.name == "viewer" and child.proc.returncode == 0:
-                log.info("viewer closed: stopping the run")
-                return 0
-            log.error("%s exited unexpectedly (code %s): stopping the run", child.name, child.proc.returncode)
+        problem = children.supervise(now, ended_on_purpose=ended_on_purpose)
+        if problem:
+            log.error("%s: stopping the run", problem)
             return 1
+        if any(c.done for c in children.of("viewer")):
+            log.info("viewer closed: stopping the run")
+            return 0
+        if all(c.done for c in children.of("ingest")):
+            log.info("every stream has ended")
+            return 0
     return 0
 
 
-def report(run_dir: Path | None) -> None:
-    """What the run recorded, from its summary.json."""
+def finish(ep: Endpoints, children: Children) -> int:
+    """The pipeline drains itself at the core's word; whatever is left is stopped. 1 if anything failed."""
+    core = children.of("metrics")
+    if core and core[0].alive():
+        _stopped, failure = request_stop(
+            ep.core, timeout_s=DRAIN_TIMEOUT_S, reason="the all-in-one command is stopping"
+        )
+        if failure is not None:
+            log.error("%s: stopping every service by signal", failure[1])
+    # Whatever still runs (the viewer; everything, if the core could not drain): dataflow order.
+    for prefix in ("ingest", "metrics", "recorder", "encoder", "viewer"):
+        for child in children.of(prefix):
+            child.stop()
+        for child in children.of(prefix):
+            child.wait(10 if prefix != "recorder" else 60)
+    return 1 if children.wait_all() else 0
+
+
+def report(run_dir: Path | None, restarts: Mapping[str, int]) -> None:
+    """What the run recorded, from its summary.json; the restarts, noted in it."""
+    if restarts:
+        log.warning("services started again during the run: %s", ", ".join(f"{k} x{v}" for k, v in restarts.items()))
     if run_dir is None:
         return
     try:

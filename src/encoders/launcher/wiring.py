@@ -1,14 +1,15 @@
-"""How the all-in-one command wires its services: endpoints in a private folder, and each one's settings.
+"""How the all-in-one command wires its services: the core's sockets in a private folder, and each one's settings.
 
-Local services talk over ``ipc://`` endpoints in a folder only this user can enter, made
-for the run and removed after it: no port is chosen and then bound later (another process
-could take it in between), and nobody else on the machine can connect. With --bind-host
-(viewers on other machines), the two publishers viewers subscribe to, each camera's frames
-and metrics' records, also listen on TCP at that address, on a port the system picks; each
-service logs the address it got ("listening on tcp://...").
+Every service connects to one address, the core's (docs/PROTOCOL.md). Locally that is an
+``ipc://`` endpoint in a folder only this user can enter, made for the run and removed
+after it: no port is chosen and then bound later (another process could take it in
+between), and nobody else on the machine can connect. With --bind-host beyond loopback
+(viewers or workers on other machines), the core also listens on that interface at its
+well-known ports (5556 for sessions, 5555 and 5558 for the publishers), as a core started
+on its own does; a port in use there stops the run at start, saying which.
 
-Every service's settings are its ENCODERS_* variables (the user's), then this wiring on
-top. Nothing here changes the environment or the settings it is given.
+Every service's settings are its ENCODERS_* variables (the user's), then this wiring on top.
+Nothing here changes the environment or the settings it is given.
 """
 
 from __future__ import annotations
@@ -26,51 +27,60 @@ from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.viewer.config import ViewerConfig, is_loopback
+from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT
 
 from .config import RunConfig
 
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where each socket of this run listens: ``folder`` is private to the run."""
+    """Where the core of this run listens: ``folder`` is private to the run."""
 
     folder: Path
-    cameras: int
-    public_host: str | None = None  # --bind-host beyond loopback: publishers also listen on TCP there
+    public_host: str | None = None  # --bind-host beyond loopback
 
-    def local(self, name: str) -> str:
-        return f"ipc://{self.folder / name}"
-
-    def publisher(self, name: str) -> str:
-        """A publisher viewers subscribe to: also on TCP when viewers may be elsewhere."""
+    def _bind(self, name: str, port: int) -> str:
+        local = f"ipc://{self.folder / name}"
         if self.public_host is None:
-            return self.local(name)
+            return local
         host = "*" if self.public_host in ("0.0.0.0", "*") else self.public_host
-        return f"{self.local(name)},tcp://{host}:*"
-
-    def frames(self, camera: int) -> str:
-        return self.local(f"cam{camera}-frames")
-
-    def work(self, camera: int) -> str:
-        return self.local(f"cam{camera}-work")
+        return f"{local},tcp://{host}:{port}"
 
     @property
-    def all_frames(self) -> str:
-        return ",".join(self.frames(i) for i in range(self.cameras))
+    def core(self) -> str:
+        """What the local services connect to."""
+        return f"ipc://{self.folder / 'core'}"
+
+    @property
+    def core_bind(self) -> str:
+        return self._bind("core", CORE_PORT)
+
+    @property
+    def frames_bind(self) -> str:
+        return self._bind("frames", FRAMES_PORT)
+
+    @property
+    def metrics_bind(self) -> str:
+        return self._bind("metrics", METRICS_PORT)
+
+    @property
+    def state_dir(self) -> Path:
+        """The core's numbering and spool: outlives a restart of the core within the run."""
+        return self.folder / "core-state"
 
     @classmethod
     def for_run(cls, folder: Path, cfg: RunConfig) -> Endpoints:
-        return cls(folder, len(cfg.stream), None if is_loopback(cfg.bind_host) else cfg.bind_host)
+        return cls(folder, None if is_loopback(cfg.bind_host) else cfg.bind_host)
 
 
 @dataclass(frozen=True)
 class Services:
     """Every service's settings for one run."""
 
-    ingests: list[IngestConfig]
-    encoder: EncoderConfig
-    metrics: MetricsConfig
+    core: MetricsConfig
     recorder: RecorderConfig | None
+    encoder: EncoderConfig
+    ingests: list[IngestConfig]
     viewer: ViewerConfig | None
 
     def described(self, run: RunConfig) -> str:
@@ -78,9 +88,9 @@ class Services:
         return json.dumps(
             {
                 "run": run.describe(),
-                "ingest": [i.describe() for i in self.ingests],
+                "metrics": self.core.describe(),
                 "encoder": self.encoder.describe(),
-                "metrics": self.metrics.describe(),
+                "ingest": [i.describe() for i in self.ingests],
                 "viewer": self.viewer.describe() if self.viewer else None,
             },
             default=str,
@@ -102,52 +112,45 @@ def services(
     weights when none are named).
     """
     model = dict(model or {})
-    cameras = len(cfg.stream)
+    core = MetricsConfig.from_env(
+        environ,
+        core_bind=ep.core_bind,
+        frames_bind=ep.frames_bind,
+        metrics_bind=ep.metrics_bind,
+        state_dir=str(ep.state_dir),
+        recorder=cfg.save,
+    )
+    recorder = None
+    if cfg.save:
+        recorder = RecorderConfig.from_env(
+            environ,
+            core=ep.core,
+            database_url=database_url,
+            runs_dir=cfg.runs_dir,
+            run_dir="",  # the recorder names the run, and says which in its ready file
+            stream_dirs=len(cfg.stream) > 1,
+            ready_file=str(recorder_ready),
+        )
+    encoder = EncoderConfig.from_env(environ, core=ep.core, **model)
+    if not encoder.threads:  # the machine's cores shared among the workers
+        encoder = dataclasses.replace(encoder, threads=max(1, (os.cpu_count() or 1) // cfg.workers))
     ingests = [
         IngestConfig.from_env(
             environ,
+            core=ep.core,
             stream=url,
             stream_id=f"cam{i}",
-            frames_bind=ep.publisher(f"cam{i}-frames"),
-            work_bind=ep.work(i),
-            metrics_in=ep.local("metrics-in"),
             lossless=cfg.lossless,
             max_frames=cfg.max_frames,
             reconnect=True,
         )
         for i, url in enumerate(cfg.stream)
     ]
-    encoder = EncoderConfig.from_env(
-        environ, work=",".join(ep.work(i) for i in range(cameras)), metrics_in=ep.local("metrics-in"), **model
-    )
-    if not encoder.threads:  # the machine's cores shared among the workers
-        encoder = dataclasses.replace(encoder, threads=max(1, (os.cpu_count() or 1) // cfg.workers))
-    metrics = MetricsConfig.from_env(
-        environ,
-        metrics_in_bind=ep.local("metrics-in"),
-        metrics_bind=ep.publisher("metrics"),
-        records_bind=ep.local("records") if cfg.save else "none",
-        exit_after_streams=cameras,
-    )
-    recorder = None
-    if cfg.save:
-        recorder = RecorderConfig.from_env(
-            environ,
-            records=ep.local("records"),
-            frames=ep.all_frames,
-            database_url=database_url,
-            runs_dir=cfg.runs_dir,
-            run_dir="",  # the recorder names the run, and says which in its ready file
-            stream_dirs=cameras > 1,
-            exit_after_streams=cameras,
-            ready_file=str(recorder_ready),
-        )
     viewer = None
     if cfg.display or cfg.web:
         viewer = ViewerConfig.from_env(
             environ,
-            frames=ep.all_frames,
-            metrics=ep.local("metrics"),
+            core=ep.core,
             plot=cfg.plot,
             web=cfg.web,
             with_window=cfg.display,
@@ -155,4 +158,4 @@ def services(
             runs_dir=cfg.runs_dir,
             **model,
         )
-    return Services(ingests, encoder, metrics, recorder, viewer)
+    return Services(core, recorder, encoder, ingests, viewer)

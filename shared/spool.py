@@ -1,12 +1,13 @@
-"""The spool: rows the database could not take, kept on disk until it can.
+"""A spool: what could not be handed on yet (rows the database could not take, records the
+recorder could not take), kept on disk until it can.
 
-An append-only file of msgpack maps, one per row, read back in the order written. Only
+An append-only file of msgpack values, one per record, read back in the order written. Only
 committed bytes are forgotten: ``commit(offset)`` moves the read position, and the file is
 deleted once everything in it is committed. A crash while appending can leave half a
 record at the end; opening the file cuts that tail off (it was never acknowledged).
 
-The open file holds an exclusive ``flock``, so a recorder that looks for spools left by
-earlier runs never replays one that a live recorder is still writing.
+The open file holds an exclusive ``flock``, so a process that looks for spools left by
+earlier ones (a recorder, at start) never replays one that a live process is still writing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from typing import IO, Any
 import msgpack
 
 log = logging.getLogger(__name__)
-
-SPOOL_NAME = "db_spool.msgpack"
 
 
 class SpoolLocked(RuntimeError):

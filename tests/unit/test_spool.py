@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from encoders.services.recorder.rows import from_spool, to_spool
-from encoders.services.recorder.spool import Spool, SpoolLocked
+from encoders.shared.spool import Spool, SpoolLocked
 from encoders.shared.storage.frames import FrameRow
 
 

@@ -1,0 +1,81 @@
+"""The recorder's side of the core: its one session, a takeover, its Ready and Acks
+(docs/PROTOCOL.md, "The recorder: acknowledged delivery").
+
+What is held for the recorder, and when it is sent, is delivery.py's; this keeps who the
+recorder is: the session from its Hello (one at a time: a second is refused unless it takes
+over), the session records go to once it said Ready, and the run the last recorder of this
+life of the core said it records (the next one's Welcome names it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from encoders.shared.messages import Ack, Hello, Message, Ready
+
+from .delivery import Delivery
+from .numbering import Numbering
+
+log = logging.getLogger("encoders.metrics")
+
+
+class Recorders:
+    def __init__(self, delivery: Delivery | None, numbering: Numbering) -> None:
+        self.delivery, self.numbering = delivery, numbering
+        self.joined: bytes | None = None  # the recorder's session, from its Hello
+        self.ready: bytes | None = None  # the same, once it said Ready: records go to it
+        self.last_run = ""  # the run the last recorder of this life said it records
+
+    def refusal(self, identity: bytes, hello: Hello, name_of: Callable[[bytes], str | None]) -> str | None:
+        """Why this recorder cannot join (it exits), or None. ``name_of``: a live session's name, or None."""
+        if self.delivery is None:
+            return "this core keeps no records for a recorder (it runs with --no-recorder)"
+        holder = self.holder(identity)
+        if holder is not None and not hello.takeover:
+            return f"a recorder ({name_of(holder)}) is connected already: --takeover replaces it"
+        return None
+
+    def holder(self, identity: bytes) -> bytes | None:
+        """The session of another recorder, if one is joined."""
+        return self.joined if self.joined is not None and self.joined != identity else None
+
+    def join(self, identity: bytes, hello: Hello) -> str:
+        """A recorder's session; the run its Welcome names."""
+        self.joined = identity
+        log.info("recorder %s joined%s", hello.name, f" (it records run {hello.run})" if hello.run else "")
+        return self.last_run
+
+    def leave(self, identity: bytes, name: str, why: str) -> None:
+        if self.joined == identity:
+            self.joined = None
+        if self.ready == identity and self.delivery is not None:
+            self.ready = None
+            self.delivery.end_session()
+        log.info("recorder %s left: %s", name, why)
+
+    def take(self, identity: bytes, name: str, msg: Ready | Ack) -> None:
+        assert self.delivery is not None  # a recorder is refused without
+        if isinstance(msg, Ack):
+            self.delivery.ack(msg.stream, msg.seq, msg.ended)
+            return
+        self.last_run = msg.run
+        for stream, stored in msg.stored.items():
+            if self.numbering.raise_floor(stream, stored):
+                log.info("stream %s: the recorder stored up to %d, numbering goes on above it", stream, stored)
+        self.ready = identity
+        self.delivery.start_session()  # everything not acknowledged goes to it, oldest first
+        stats = self.delivery.stats()
+        log.info(
+            "recorder %s ready: run %s; %d records held for it, %d bytes spooled",
+            name,
+            msg.run or "?",
+            stats["records_held"],
+            stats["spool_bytes"],
+        )
+
+    def pump(self, send: Callable[[bytes, Message], bool]) -> None:
+        """Send the ready recorder what is due."""
+        if self.delivery is not None and self.ready is not None:
+            recorder = self.ready
+            self.delivery.pump(lambda msg: send(recorder, msg))

@@ -1,0 +1,110 @@
+"""Which acknowledgements the recorder owes the core: per stream, the highest seq up to which everything is durable.
+
+docs/PROTOCOL.md: the recorder acknowledges ``Ack(stream, seq)`` once every record of that
+stream up to ``seq`` is durable (its row committed to the database, or appended and synced
+to the run's spool, or refused as invalid), and an end of stream with ``ended=True`` once
+it is handled and everything before it is. Records of a stream arrive in seq order; rows
+become durable in the order they were handed to the database writer. So each stream keeps
+a queue of what it received, each entry marked once durable, and an acknowledgement is due
+whenever entries at the front of the queue are: the highest seq among them.
+
+Plain logic, no sockets or time: the receive loop calls ``take()`` after each step and sends
+what it returns; ``floors()`` is what a new life of the session announces (Ready, and an Ack
+per stream, since the core may have missed the last ones).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from encoders.shared.messages import Ack
+
+
+@dataclass
+class _Entry:
+    seq: int
+    durable: bool
+    ended: bool = False  # an end of stream, not a record
+
+
+class AckTracker:
+    def __init__(self) -> None:
+        self._floor: dict[str, int] = {}  # every record up to this seq is durable (and acknowledged)
+        self._ended: dict[str, bool] = {}  # the last entry acknowledged was an end of stream
+        self._queue: dict[str, deque[_Entry]] = {}
+        self._rows: dict[tuple[str, int], _Entry] = {}  # rows the writer has not settled yet
+        self._due: set[str] = set()
+        self._again: set[str] = set()  # streams whose floor is to be said again (a record sent again)
+
+    # -- what happened -----------------------------------------------------------------------
+
+    def resume(self, stream: str, stored: int) -> None:
+        """Everything of ``stream`` up to ``stored`` is in the database already (a resumed run)."""
+        self._floor[stream] = max(stored, self._floor.get(stream, -1))
+
+    def expect(self, stream: str, seq: int) -> None:
+        """A record whose row was handed to the writer: durable once ``durable`` says so."""
+        entry = _Entry(seq, durable=False)
+        self._queue.setdefault(stream, deque()).append(entry)
+        self._rows[(stream, seq)] = entry
+
+    def refused(self, stream: str, seq: int) -> None:
+        """A record refused as invalid (counted): nothing to wait for, acknowledged in its turn."""
+        self._queue.setdefault(stream, deque()).append(_Entry(seq, durable=True))
+        self._due.add(stream)
+
+    def repeated(self, stream: str, seq: int) -> None:
+        """A record sent again (seq at or below the last one handled): acknowledged again, never stored twice.
+
+        If nothing of the stream is waiting, the floor covers it: said again now. Otherwise
+        the entries waiting cover it, and their acknowledgement will.
+        """
+        if not self._queue.get(stream) and stream in self._floor:
+            self._due.add(stream)
+            self._again.add(stream)
+
+    def durable(self, stream: str, seq: int) -> None:
+        """The row of (stream, seq) is committed, or appended and synced to the spool."""
+        entry = self._rows.pop((stream, seq), None)
+        if entry is not None:
+            entry.durable = True
+            self._due.add(stream)
+
+    def ended(self, stream: str, last_seq: int) -> None:
+        """An end of stream, handled: acknowledged (ended) once everything before it is durable."""
+        self._queue.setdefault(stream, deque()).append(_Entry(last_seq, durable=True, ended=True))
+        self._due.add(stream)
+
+    # -- what to send --------------------------------------------------------------------------
+
+    def take(self) -> list[Ack]:
+        """The acknowledgements that became due since the last call (at most one per stream)."""
+        acks = []
+        for stream in sorted(self._due):
+            queue = self._queue.get(stream)
+            moved = False
+            while queue and queue[0].durable:
+                entry = queue.popleft()
+                self._floor[stream] = max(entry.seq, self._floor.get(stream, -1))
+                self._ended[stream] = entry.ended
+                moved = True
+            if queue is not None and not queue:
+                del self._queue[stream]
+            if stream in self._floor and (moved or stream in self._again):
+                acks.append(Ack(stream, self._floor[stream], ended=self._ended.get(stream, False)))
+        self._due.clear()
+        self._again.clear()
+        return acks
+
+    def floors(self) -> dict[str, int]:
+        """Per stream, the highest seq up to which everything is durable (Ready's ``stored``)."""
+        return dict(self._floor)
+
+    def announce(self) -> list[Ack]:
+        """An Ack per stream with a floor: for a new life of the session (the core may have missed some)."""
+        return [Ack(s, seq, ended=self._ended.get(s, False)) for s, seq in sorted(self._floor.items())]
+
+    def waiting(self) -> int:
+        """Records received and not yet durable."""
+        return len(self._rows)

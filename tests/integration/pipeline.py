@@ -1,0 +1,167 @@
+"""A whole pipeline of real processes, as separate services run it: one core, the recorder, workers,
+cameras (pisim) and their ingests, every one given the core's address only (docs/PROTOCOL.md).
+
+For the tests that watch the services together (tests/integration/test_pipeline_e2e.py,
+test_restarts.py): start it, watch its records on the metrics publisher, kill and restart any
+service, and stop it the way an operator does (`encoders stop`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import zmq
+
+from encoders.shared import zmqio
+from encoders.shared.messages import EndOfStream, Message, MetricsRecord, StreamStart
+
+from ..conftest import Service, Services, Sockets, free_port, wait_for
+
+
+def tcp(port: int) -> str:
+    return f"tcp://127.0.0.1:{port}"
+
+
+@dataclass
+class Pipeline:
+    """The services of one pipeline; ``start_*`` methods start (or start again) one of them."""
+
+    service: Services
+    tiny_model: dict
+    folder: Path
+    database: str
+    core_port: int = field(default_factory=free_port)
+    frames_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    max_wait: float = 5.0
+    stream_dirs: bool = False
+    run_dir: Path | None = None
+
+    @property
+    def core(self) -> str:
+        return tcp(self.core_port)
+
+    @property
+    def metrics_pub(self) -> str:
+        return tcp(self.metrics_port)
+
+    def start_core(self) -> Service:
+        return self.service(
+            "metrics",
+            "--core-bind",
+            tcp(self.core_port),
+            "--frames-bind",
+            tcp(self.frames_port),
+            "--metrics-bind",
+            tcp(self.metrics_port),
+            "--state-dir",
+            str(self.folder / "core-state"),
+            "--max-wait",
+            str(self.max_wait),
+        )
+
+    def start_recorder(self, *extra: str) -> Service:
+        self.run_dir = self.run_dir or self.folder / self.folder.name  # names are unique in the database
+        return self.service(
+            "record",
+            "--core",
+            self.core,
+            "--database-url",
+            self.database,
+            "--runs-dir",
+            str(self.folder / "runs"),
+            "--run-dir",
+            str(self.run_dir),
+            "--snapshot-interval",
+            "0.5",
+            "--embedding-interval",
+            "50",
+            *(["--stream-dirs"] if self.stream_dirs else []),
+            *extra,
+        )
+
+    def start_worker(self, name: str, *, wait: bool = True) -> Service:
+        ready = self.folder / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        worker = self.service(
+            "encode",
+            "--core",
+            self.core,
+            "--threads",
+            "1",
+            "--batch-size",
+            "8",
+            "--worker-id",
+            name,
+            "--ready-file",
+            str(ready),
+            env=self.tiny_model,
+        )
+        if wait:
+            wait_for(lambda: ready.exists() or worker.proc.poll() is not None, 60, f"worker {name} to load the model")
+            assert worker.proc.poll() is None, worker.output()[-3000:]
+        return worker
+
+    def start_camera(self, index: int, *, fps: float = 40) -> str:
+        port = free_port()
+        self.service(
+            "pisim",
+            "--port",
+            str(port),
+            "--fps",
+            str(fps),
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--seed",
+            str(index),
+            "--scene-every",
+            "1",
+        )
+        return f"http://127.0.0.1:{port}/stream.mjpg"
+
+    def start_ingest(self, index: int, url: str, *extra: str) -> Service:
+        return self.service("ingest", "--core", self.core, "--stream", url, "--stream-id", f"cam{index}", *extra)
+
+    def stop(self, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`encoders stop --pipeline CORE`, as an operator would: the pipeline drains and every service exits."""
+        return subprocess.run(
+            [sys.executable, "-m", "encoders", "stop", "--pipeline", self.core, "--timeout", str(timeout)],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
+        )
+
+    def rows(self) -> list[tuple]:
+        """(stream, seq, similarity, drift, snapshot_path, embedding text, worker) of the run, in order."""
+        assert self.run_dir is not None
+        with psycopg.connect(self.database) as conn:
+            return conn.execute(
+                "SELECT f.stream, f.seq, f.similarity, f.drift, f.snapshot_path, f.embedding::text, f.worker "
+                "FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s ORDER BY f.stream, f.seq",
+                (self.run_dir.name,),
+            ).fetchall()
+
+
+def subscribe(sockets: Sockets, endpoint: str) -> zmq.Socket:
+    """A viewer's subscription to the core's records, stream starts and ends."""
+    return sockets.connect(zmq.SUB, endpoint, subscribe=[b"metrics/", b"eos/", b"start/"])
+
+
+def collect(sub: zmq.Socket, *, until_eos: int = 0, records: int = 0, timeout_s: float = 90) -> list[Message]:
+    """Messages from the subscription until ``until_eos`` ends of stream or ``records`` records have come."""
+    got: list[Message] = []
+    while (
+        sum(isinstance(m, EndOfStream) for m in got) < until_eos
+        or sum(isinstance(m, MetricsRecord) for m in got) < records
+    ):
+        assert sub.poll(int(timeout_s * 1000)), f"nothing from the core in {timeout_s} s"
+        msg, _ = zmqio.receive(sub, topic=True)
+        if isinstance(msg, MetricsRecord | EndOfStream | StreamStart):
+            got.append(msg)
+    return got

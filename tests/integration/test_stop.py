@@ -1,0 +1,95 @@
+"""`encoders stop` as a real process against a stand-in core (tests/stand_in_core.py): the totals
+printed once the core reports Stopped, a core that does not report in time, no core at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from encoders.shared.messages import Bye, Hello, Stop, Stopped
+
+from ..conftest import free_port
+from ..stand_in_core import StandInCore
+
+
+@pytest.fixture
+def cores(sockets):
+    made: list[StandInCore] = []
+
+    def start(**kw) -> StandInCore:
+        made.append(StandInCore(sockets.bind(zmq.ROUTER), **kw).start())
+        return made[-1]
+
+    yield start
+    for core in made:
+        core.close()
+
+
+def stop(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "encoders", "stop", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def test_the_totals_are_printed_once_the_core_reports_it_has_stopped(cores):
+    totals = {
+        "cam0": {"published": 1200, "embedded": 1180, "dropped": 15, "skipped": 5, "lost": 0},
+        "cam1": {"published": 300, "embedded": 300, "dropped": 0, "skipped": 0, "lost": 0},
+    }
+    core = cores(stopped=Stopped(totals))  # type: ignore[arg-type]
+    done = stop("--pipeline", core.endpoint, "--reason", "maintenance")
+    assert done.returncode == 0, done.stderr
+    assert [line.split() for line in done.stdout.splitlines()] == [
+        ["stream", "published", "embedded", "dropped", "skipped", "lost"],
+        ["cam0", "1200", "1180", "15", "5", "0"],
+        ["cam1", "300", "300", "0", "0", "0"],
+        ["total", "1500", "1480", "15", "5", "0"],
+    ]
+    assert f"the pipeline at {core.endpoint} has stopped" in done.stderr
+    hello, stop_msg, bye = core.messages()
+    assert isinstance(hello, Hello) and hello.role == "control"
+    assert isinstance(stop_msg, Stop) and stop_msg.reason == "maintenance"
+    assert isinstance(bye, Bye)
+
+
+def test_the_address_comes_from_encoders_core_too(cores):
+    core = cores(stopped=Stopped({}))
+    done = stop(env={"ENCODERS_CORE": core.endpoint})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["stream", "published", "embedded", "dropped", "skipped", "lost"]
+    (stop_msg,) = [m for m in core.messages() if isinstance(m, Stop)]
+    assert stop_msg.reason.startswith("encoders stop from ")  # who asked, by default
+
+
+def test_a_core_that_does_not_report_in_time_is_exit_1_saying_what_it_waited_for(cores):
+    core = cores()  # welcomes, heartbeats, never reports Stopped: still draining
+    start = time.monotonic()
+    done = stop("--pipeline", core.endpoint, "--timeout", "2")
+    assert done.returncode == 1, done.stderr
+    assert 2 <= time.monotonic() - start < 15
+    assert "asked the core at" in done.stderr and "waiting for it to drain (at most 2 s)" in done.stderr
+    assert "has not reported Stopped within 2 s" in done.stderr and "still draining" in done.stderr
+    assert not done.stdout and "Traceback" not in done.stderr
+
+
+def test_no_core_is_exit_2_in_one_line_naming_the_address_and_the_setting():
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    done = stop("--pipeline", nobody, env={"ENCODERS_HEARTBEAT_S": "0.5"})
+    assert done.returncode == 2
+    assert time.monotonic() - start < 15
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"encoders stop: no answer from the core at {nobody} (--pipeline / ENCODERS_CORE) for 2 s")
+    bad = stop("--pipeline", "tcp://nonsense")
+    assert bad.returncode == 2 and bad.stderr.splitlines() == [
+        "encoders stop: cannot connect tcp://nonsense: Invalid argument (addr='tcp://nonsense')"
+    ]

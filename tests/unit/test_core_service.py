@@ -1,0 +1,419 @@
+"""The core (service.py) on inproc sockets, its peers DEALER sockets of the test, its clock the test's.
+
+Each test says Hello as a role would, sends what that role sends, steps the core at chosen
+times and reads what the core sent each peer and published.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import zmq
+
+from encoders.services.metrics.config import MetricsConfig
+from encoders.services.metrics.delivery import Delivery
+from encoders.services.metrics.numbering import Numbering
+from encoders.services.metrics.service import Core
+from encoders.shared import zmqio
+from encoders.shared.messages import (
+    PROTOCOL,
+    Ack,
+    Bye,
+    Capture,
+    CaptureEnded,
+    Credit,
+    Embedding,
+    EndOfStream,
+    Frame,
+    Heartbeat,
+    Hello,
+    Message,
+    MetricsRecord,
+    Ready,
+    Refused,
+    Skipped,
+    Stats,
+    Stop,
+    Stopped,
+    StreamStart,
+    Welcome,
+)
+
+from ..conftest import Sockets
+
+_names = itertools.count()
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def drain(sock: zmq.Socket, *, topic: bool = False, wait_ms: int = 30) -> list[Message]:
+    out = []
+    while sock.poll(wait_ms):
+        msg, _ = zmqio.receive(sock, topic=topic)
+        assert msg is not None
+        out.append(msg)
+    return out
+
+
+class Peer:
+    """A session's DEALER, as a service would open it (without shared/session.py's bookkeeping)."""
+
+    def __init__(self, sockets: Sockets, endpoint: str, name: str) -> None:
+        self.name = name
+        self.sock = sockets.connect(zmq.DEALER, endpoint, identity=f"{name}-{next(_names)}".encode())
+
+    def send(self, *msgs: Message) -> None:
+        for msg in msgs:
+            zmqio.send(self.sock, msg)
+
+    def got(self, *, heartbeats: bool = False) -> list[Message]:
+        return [m for m in drain(self.sock) if heartbeats or not isinstance(m, Heartbeat)]
+
+
+class Rig:
+    def __init__(self, sockets: Sockets, tmp_path, **settings) -> None:
+        tag = next(_names)
+        eps = {k: f"inproc://{k}-{tag}" for k in ("core", "frames", "metrics")}
+        self.core_ep = eps["core"]
+        defaults = {"heartbeat_s": 1.0, "heartbeat_misses": 3, "max_wait": 5.0, "state_dir": str(tmp_path)}
+        self.cfg = MetricsConfig(**{**defaults, **settings})
+        router = sockets.bind(zmq.ROUTER, eps["core"])
+        frames = sockets.bind(zmq.PUB, eps["frames"])
+        metrics = sockets.bind(zmq.PUB, eps["metrics"])
+        delivery = Delivery(tmp_path / "records.spool", self.cfg.hold_records) if self.cfg.recorder else None
+        numbering = Numbering(tmp_path / "numbering.json")
+        self.core = Core(
+            self.cfg,
+            router,
+            frames,
+            metrics,
+            numbering,
+            delivery,
+            publishers=("tcp://*:5555", "tcp://*:5558"),
+            life="L1",
+        )
+        self.frames = sockets.connect(zmq.SUB, eps["frames"], subscribe=[b""])
+        self.metrics = sockets.connect(zmq.SUB, eps["metrics"], subscribe=[b""])
+        self.sockets = sockets
+
+    def peer(self, name: str, hello: Hello | None, now: float = 0.0) -> Peer:
+        p = Peer(self.sockets, self.core_ep, name)
+        if hello is not None:
+            p.send(hello)
+            self.step(now)
+        return p
+
+    def ingest(self, stream: str = "cam0", now: float = 0.0, **kw) -> Peer:
+        return self.peer(f"ingest-{stream}", Hello("ingest", f"ingest-{stream}", PROTOCOL, stream=stream, **kw), now)
+
+    def worker(self, name: str = "w", capacity: int = 2, now: float = 0.0) -> Peer:
+        return self.peer(name, Hello("worker", name, PROTOCOL, capacity=capacity, model="m"), now)
+
+    def step(self, now: float) -> None:
+        self.core.router.poll(30)
+        self.core.step(now)
+
+    def published(self) -> list[Message]:
+        return drain(self.metrics, topic=True)
+
+    def records(self) -> list[Message]:
+        return [m for m in self.published() if not isinstance(m, Stats)]
+
+
+@pytest.fixture
+def rig(sockets, tmp_path) -> Rig:
+    return Rig(sockets, tmp_path)
+
+
+def capture(t: float = 1.0) -> Capture:
+    return Capture(t, 2, 2, b"jpeg")
+
+
+def embedding(f: Frame, vector=(1.0, 0.0)) -> Embedding:
+    return Embedding(f.stream, f.seq, f.t_capture, "w", "m", vector=unit(*vector), thumbnail=b"thumb")
+
+
+def test_each_role_is_welcomed_with_what_it_needs(rig):
+    ingest = rig.ingest(lossless=True)
+    (welcome,) = ingest.got()
+    assert isinstance(welcome, Welcome)
+    assert (welcome.core, welcome.heartbeat_s, welcome.misses, welcome.credit) == ("L1", 1.0, 3, 4)
+    assert (welcome.frames, welcome.metrics) == ("", "")
+    for role in ("viewer", "recorder", "control"):
+        (w,) = rig.peer(role, Hello(role, role, PROTOCOL)).got()
+        assert isinstance(w, Welcome) and w.core == "L1"
+        if role != "control":
+            assert (w.frames, w.metrics) == ("tcp://*:5555", "tcp://*:5558")
+    (w,) = rig.worker().got()
+    assert isinstance(w, Welcome)
+
+
+@pytest.mark.parametrize(
+    ("hello", "reason"),
+    [
+        (Hello("worker", "w", PROTOCOL + 1, capacity=2), f"speaks protocol {PROTOCOL}"),
+        (Hello("ingest", "i", PROTOCOL), "names no stream"),
+        (Hello("worker", "w", PROTOCOL, capacity=0), "offers no capacity"),
+    ],
+)
+def test_a_hello_the_core_cannot_take_is_refused_for_good(rig, hello, reason):
+    (refused,) = rig.peer("p", hello).got()
+    assert isinstance(refused, Refused) and reason in refused.reason and not (refused.retry or refused.rejoin)
+
+
+def test_streams_past_the_limit_are_refused_for_now_and_counted(sockets, tmp_path):
+    rig = Rig(sockets, tmp_path, max_streams=1)
+    rig.ingest("cam0")
+    (refused,) = rig.ingest("cam1").got()
+    assert isinstance(refused, Refused) and refused.retry and "1 streams already" in refused.reason
+    assert rig.core.ingests.streams_refused == 1
+
+
+def test_one_recorder_a_second_refused_unless_it_takes_over(rig):
+    first = rig.peer("rec1", Hello("recorder", "rec1", PROTOCOL))
+    first.got()
+    (refused,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL)).got()
+    assert isinstance(refused, Refused) and "rec1" in refused.reason and not refused.retry
+    third = rig.peer("rec3", Hello("recorder", "rec3", PROTOCOL, takeover=True))
+    assert isinstance(third.got()[0], Welcome)
+    (bye,) = first.got()
+    assert isinstance(bye, Bye) and bye.reason == "taken over"
+
+
+def test_without_a_recorder_a_recorder_is_refused(sockets, tmp_path):
+    rig = Rig(sockets, tmp_path, recorder=False)
+    (refused,) = rig.peer("rec", Hello("recorder", "rec", PROTOCOL)).got()
+    assert isinstance(refused, Refused) and "--no-recorder" in refused.reason
+
+
+def test_a_session_the_core_does_not_know_is_asked_to_rejoin(rig):
+    stranger = rig.peer("stranger", None)
+    stranger.send(Heartbeat())
+    rig.step(0)
+    (refused,) = stranger.got()
+    assert isinstance(refused, Refused) and refused.rejoin
+    stranger.send(Bye())  # a Bye needs no answer
+    rig.step(0)
+    assert stranger.got() == []
+
+
+def test_heartbeats_to_every_peer_and_silent_peers_expire(rig):
+    worker = rig.worker(now=0.0)
+    worker.got()
+    rig.step(1.1)
+    assert [type(m) for m in worker.got(heartbeats=True)] == [Heartbeat]
+    rig.step(3.2)
+    assert rig.core.broker.workers == {}  # silent for 3 s: gone
+
+
+def test_frames_are_numbered_published_dispatched_and_records_go_out_in_order(rig):
+    ingest = rig.ingest()
+    worker = rig.worker(capacity=2)
+    ingest.got(), worker.got()
+    ingest.send(capture(1.0), capture(2.0), capture(3.0))
+    rig.step(0.1)
+    published = drain(rig.frames, topic=True)
+    assert [(type(m), m.seq) for m in published] == [(Frame, 0), (Frame, 1), (Frame, 2)]  # type: ignore[attr-defined]
+    got = worker.got()
+    assert [m.seq for m in got] == [0, 1]  # capacity 2: the third waits
+    worker.send(embedding(got[1], (0, 1)), embedding(got[0]))
+    rig.step(0.2)
+    (third,) = worker.got()
+    worker.send(embedding(third, (0, 1)))
+    rig.step(0.3)
+    out = rig.records()
+    assert [type(m).__name__ for m in out] == ["StreamStart", "MetricsRecord", "MetricsRecord", "MetricsRecord"]
+    recs = [m for m in out if isinstance(m, MetricsRecord)]
+    assert [(r.seq, r.similarity) for r in recs] == [(0, None), (1, pytest.approx(0.0)), (2, pytest.approx(1.0))]
+    assert recs[0].core == "L1" and recs[0].thumbnail == b"thumb" and recs[2].counts["embedded"] == 3
+
+
+def test_real_time_keeps_the_newest_frame_and_counts_the_displaced_dropped(rig):
+    ingest = rig.ingest()
+    ingest.send(capture(1.0), capture(2.0), capture(3.0))  # no worker yet: one waits, the newest
+    rig.step(0.1)
+    worker = rig.worker(capacity=4, now=0.2)
+    (_, frame) = worker.got()
+    assert isinstance(frame, Frame) and frame.seq == 2
+    assert rig.core.streams.totals("cam0")["dropped"] == 2
+    worker.send(Skipped("cam0", 2, "w", "corrupt JPEG"))
+    rig.step(0.3)
+    totals = rig.core.streams.totals("cam0")
+    assert (totals["dropped"], totals["skipped"], totals["published"]) == (2, 1, 3)
+
+
+def test_a_result_from_a_worker_not_holding_the_frame_is_dropped_and_counted(rig):
+    ingest = rig.ingest()
+    honest, other = rig.worker("honest", capacity=1), rig.worker("other", capacity=1)
+    ingest.send(capture())
+    rig.step(0.1)
+    holder, stranger = (honest, other) if honest.got()[1:] else (other, honest)
+    stranger.got()
+    stranger.send(Embedding("cam0", 0, 1.0, "x", "m", vector=unit(1, 0)))
+    rig.step(0.2)
+    assert rig.core.complain.counts["unexpected_results"] == 1
+    assert rig.core.streams.totals("cam0")["embedded"] == 0
+    holder.send(Embedding("cam0", 0, 1.0, "w", "m", vector=unit(1, 0)))
+    rig.step(0.3)
+    assert rig.core.streams.totals("cam0")["embedded"] == 1
+
+
+def test_a_worker_that_leaves_or_goes_silent_loses_its_frames_at_once(rig):
+    ingest = rig.ingest(lossless=True)
+    a, b = rig.worker("a", capacity=2), rig.worker("b", capacity=2)
+    ingest.send(*[capture(float(t)) for t in range(4)])
+    rig.step(0.1)
+    frames_a = [m for m in a.got() if isinstance(m, Frame)]
+    frames_b = [m for m in b.got() if isinstance(m, Frame)]
+    assert len(frames_a) == len(frames_b) == 2
+    a.send(*[embedding(f) for f in frames_a])
+    b.send(Bye("crashing"))
+    rig.step(0.2)
+    ingest.send(CaptureEnded("camera closed"), Bye())
+    rig.step(0.3)  # no max_wait: its frames were lost when it left
+    eos = rig.records()[-1]
+    assert isinstance(eos, EndOfStream) and eos.last_seq == 3
+    assert {k: eos.counts[k] for k in ("published", "embedded", "lost")} == {"published": 4, "embedded": 2, "lost": 2}
+
+
+def test_a_lossless_ingest_gets_credit_as_its_frames_leave_the_queue(rig):
+    ingest = rig.ingest(lossless=True)
+    (welcome,) = ingest.got()
+    assert welcome.credit == 4  # no worker: a few frames, then the camera waits
+    ingest.send(*[capture(float(t)) for t in range(4)])
+    rig.step(0.1)
+    assert ingest.got() == []  # its queue is full: no credit
+    worker = rig.worker(capacity=8, now=0.2)
+    frames = [m for m in worker.got() if isinstance(m, Frame)]
+    assert len(frames) == 4
+    rig.step(0.3)
+    credits = ingest.got()
+    assert credits and all(isinstance(c, Credit) for c in credits)
+    assert sum(c.n for c in credits) == 8  # the workers' capacity, queue empty
+
+
+def test_a_second_ingest_of_a_stream_replaces_the_first_which_is_refused(rig):
+    first = rig.ingest()
+    first.got()
+    first.send(capture())
+    rig.step(0.1)
+    second = rig.ingest(now=0.2)
+    assert isinstance(second.got()[0], Welcome)
+    (refused,) = first.got()
+    assert isinstance(refused, Refused) and not (refused.rejoin or refused.retry)
+    worker = rig.worker(now=0.3)
+    (_, frame) = worker.got()
+    worker.send(embedding(frame))  # the old epoch's frame still comes back, in order
+    second.send(capture())
+    rig.step(0.4)
+    out = rig.records()
+    assert [type(m).__name__ for m in out] == ["StreamStart", "MetricsRecord", "EndOfStream", "StreamStart"]
+    assert out[3].first_seq == 1
+
+
+def test_ingest_stats_are_republished_with_the_cores_view(rig):
+    ingest = rig.ingest()
+    rig.worker(capacity=3)
+    ingest.send(Stats("ingest", "cam0", {"fps": 4.0, "published": 10}))
+    rig.step(0.1)
+    (stats,) = [m for m in drain(rig.frames, topic=True) if isinstance(m, Stats)]
+    assert stats.service == "ingest" and stats.counters["fps"] == 4.0 and stats.counters["published"] == 10
+    assert (stats.counters["workers"], stats.counters["credits"]) == (1, 3)
+
+
+def test_the_cores_stats_every_second_per_stream(rig):
+    rig.ingest()
+    rig.worker(capacity=3)
+    rig.step(1.5)
+    stats = [m for m in rig.published() if isinstance(m, Stats)]
+    assert stats and stats[-1].service == "metrics" and stats[-1].stream == "cam0"
+    c = stats[-1].counters
+    assert (c["published"], c["workers"], c["capacity"], c["sessions_ingest"], c["records_held"]) == (0, 1, 3, 1, 1)
+
+
+def test_the_recorder_gets_records_after_ready_its_run_is_remembered_and_its_floor_raised(rig):
+    ingest = rig.ingest()
+    worker = rig.worker()
+    rec = rig.peer("rec", Hello("recorder", "rec", PROTOCOL))
+    rec.got()
+    rec.send(Ready("run-7", {"cam0": 99}))
+    rig.step(0.1)
+    assert [type(m) for m in rec.got()] == [StreamStart]  # held since the ingest's Hello
+    ingest.send(capture())
+    rig.step(0.2)
+    (frame,) = [m for m in worker.got() if isinstance(m, Frame)]
+    assert frame.seq == 100  # above what the recorder stored
+    worker.send(embedding(frame))
+    rig.step(0.3)
+    (record,) = rec.got()
+    assert isinstance(record, MetricsRecord) and record.seq == 100
+    rec.send(Ack("cam0", 100))
+    rig.step(0.4)
+    assert rig.core.delivery is not None and rig.core.delivery.settled
+    rec.send(Bye())
+    rig.step(0.5)
+    (welcome,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL), now=0.6).got()
+    assert isinstance(welcome, Welcome) and welcome.run == "run-7"
+
+
+def test_a_control_stop_drains_then_answers_stopped_with_totals_that_add_up(rig):
+    ingest = rig.ingest()
+    worker = rig.worker(capacity=1)
+    rec = rig.peer("rec", Hello("recorder", "rec", PROTOCOL))
+    rec.send(Ready("run-1", {}))
+    control = rig.peer("ctl", Hello("control", "ctl", PROTOCOL))
+    for p in (ingest, worker, rec, control):
+        p.got()
+    ingest.send(capture(1.0), capture(2.0), capture(3.0))
+    rig.step(0.1)
+    control.send(Stop("done"))
+    rig.step(0.2)
+    assert [type(m) for m in ingest.got()] == [Stop]
+    ingest.send(CaptureEnded("told to stop"), Bye())
+    (frame,) = [m for m in worker.got() if isinstance(m, Frame)]
+    worker.send(embedding(frame))
+    rig.step(0.3)
+    (frame,) = [m for m in worker.got() if isinstance(m, Frame)]
+    worker.send(embedding(frame))
+    rig.step(0.4)
+    assert not rig.core.done  # the recorder has not acknowledged
+    records = rec.got()
+    assert isinstance(records[-1], EndOfStream)
+    rec.send(Ack("cam0", records[-1].last_seq, ended=True))
+    rig.step(0.5)
+    assert [type(m) for m in worker.got()] == [Stop] and [type(m) for m in rec.got()] == [Stop]
+    (stopped,) = control.got()
+    assert isinstance(stopped, Stopped)
+    c = stopped.streams["cam0"]
+    assert c["published"] == 3 and c["embedded"] + c["dropped"] + c["skipped"] + c["lost"] == 3
+    # It exits once those it told have said Bye (their connections read to the end).
+    for p in (worker, rec):
+        p.send(Bye())
+    rig.step(0.6)
+    assert not rig.core.done
+    control.send(Bye())
+    rig.step(0.7)
+    assert rig.core.done
+
+
+def test_a_signals_drain_ends_at_its_time_limit(rig):
+    ingest = rig.ingest()
+    worker = rig.worker(capacity=1)
+    ingest.send(capture())
+    rig.step(0.1)
+    rig.core.begin_drain(0.2, "a signal", limit_s=2.0)
+    rig.step(0.3)  # the ingest says nothing, the worker never answers
+    assert not rig.core.done
+    rig.step(2.3)
+    totals = rig.core.streams.totals("cam0")
+    assert (totals["published"], totals["lost"]) == (1, 1)
+    assert [type(m) for m in worker.got()][-1] is Stop
+    rig.step(2.4)
+    assert not rig.core.done  # the worker it told to Stop may still say Bye
+    rig.step(5.4)
+    assert rig.core.done  # it did not: a heartbeat timeout later the core goes all the same
