@@ -1,15 +1,18 @@
-"""Encoder benchmarks (issue 3), every figure of one comparison measured in this one run:
+"""Encoder benchmarks (issues 3 and 16), every figure of one comparison measured in this one run:
 
 1. model ceiling: images/s of the bare model on preprocessed tensors, batch 1, 8, 32, 128;
 2. seed-style baseline: one frame at a time, PIL decode, open_clip's preprocess, model;
-3. pipeline end to end: pisim at unlimited rate -> ingest -> 1 and 2 encoder workers -> metrics,
-   lossless, frames/s;
-4. real-time latency: pisim at 30 frames/s, capture-to-metrics latency p50/p95/p99 and drops;
-5. decode + preprocess alone, per frame, 640x480 and 1920x1080.
+3. on the CPU, the other runtimes (ONNX Runtime, OpenVINO; fp32, int8, bf16): their bare-model
+   and worker-level rates, and int8's fidelity (encoder_runtimes.py);
+4. pipeline end to end: pisim at unlimited rate -> ingest -> 1 and 2 encoder workers -> metrics,
+   lossless, frames/s; on the CPU once per runtime and precision (ENCODERS_RUNTIME, ENCODERS_PRECISION);
+5. real-time latency: pisim at 30 frames/s, capture-to-metrics latency p50/p95/p99 and drops;
+6. decode + preprocess alone, per frame, 640x480 and 1920x1080.
 
 Settings (environment): BENCH_MODEL (ViT-B-32), BENCH_DEVICE (auto), BENCH_PRECISION (auto),
-BENCH_FRAMES (pipeline frames, default 240 on CPU, 6000 on CUDA), BENCH_SECONDS (per
-measurement, default 6). Weights are random: speed does not depend on them.
+BENCH_FRAMES (pipeline frames, default 480 on CPU, 6000 on CUDA), BENCH_SECONDS (per
+measurement, default 6), BENCH_ROUNDS (of the CPU pipelines, default 2), and encoder_runtimes.py's.
+Weights are random: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import torch
 import zmq
 from PIL import Image
 
+from benchmarks import encoder_runtimes
+from benchmarks.encoder_table import print_table, ratios
 from encoders.services.encoder.model import load_encoder
 from encoders.services.encoder.preprocess import Preprocessor
 from encoders.services.pisim.scene import SyntheticScene
@@ -39,6 +44,9 @@ MODEL = os.environ.get("BENCH_MODEL", "ViT-B-32")
 DEVICE = os.environ.get("BENCH_DEVICE", "auto")
 PRECISION = os.environ.get("BENCH_PRECISION", "auto")
 SECONDS = float(os.environ.get("BENCH_SECONDS", "6"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))  # of the CPU pipelines, interleaved; the best kept
+# A worker's ENCODERS_RUNTIME, ENCODERS_PRECISION and ENCODERS_MODEL_CACHE; None: PyTorch as configured.
+Runtime = tuple[str, str, str] | None
 
 
 def rate(fn, items_per_call: int, seconds: float = SECONDS, sync=lambda: None) -> float:
@@ -113,15 +121,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def pipeline(workers: int, threads: int, fps: float, frames: int, lossless: bool, batch_size: int):
+def pipeline(
+    workers: int, threads: int, fps: float, frames: int, lossless: bool, batch_size: int, runtime: Runtime = None
+):
+    """``runtime``: (ENCODERS_RUNTIME, ENCODERS_PRECISION, ENCODERS_MODEL_CACHE) for the workers; None: torch."""
     tcp = "tcp://127.0.0.1:{}".format
     p = {k: free_port() for k in ("http", "frames", "work", "min", "mpub")}
+    name, precision, cache = runtime or ("torch", PRECISION, "")
     env = {
         **os.environ,
         "ENCODERS_MODEL": MODEL,
         "ENCODERS_PRETRAINED": "none",
         "ENCODERS_DEVICE": DEVICE,
-        "ENCODERS_PRECISION": PRECISION,
+        "ENCODERS_PRECISION": precision,
+        "ENCODERS_RUNTIME": name,
+        "ENCODERS_MODEL_CACHE": cache,
         "ENCODERS_LOG_LEVEL": "WARNING",
     }
     procs = []
@@ -208,8 +222,8 @@ def collect(sub, timeout_s: float = 600) -> tuple[list[tuple[float, MetricsRecor
     raise RuntimeError("the pipeline did not finish in time")
 
 
-def pipeline_throughput(workers: int, threads: int, frames: int, batch_size: int) -> float:
-    with pipeline(workers, threads, fps=0, frames=frames, lossless=True, batch_size=batch_size) as sub:
+def pipeline_throughput(workers: int, threads: int, frames: int, batch_size: int, runtime: Runtime = None) -> float:
+    with pipeline(workers, threads, 0, frames, lossless=True, batch_size=batch_size, runtime=runtime) as sub:
         records, eos = collect(sub)
     assert eos.counts["embedded"] == frames, eos.counts
     # Steady state: skip two batches while every stage fills. Records leave metrics a batch
@@ -217,7 +231,8 @@ def pipeline_throughput(workers: int, threads: int, frames: int, batch_size: int
     assert frames >= 20 * batch_size, "too few frames for a steady-state rate"
     done = [r.t_metrics for _, r in records][2 * batch_size :]
     fps = (len(done) - 1) / (done[-1] - done[0])
-    print(f"  pipeline, {workers} worker(s) x {threads} thread(s), lossless: {fps:9.1f} frames/s", flush=True)
+    label = f"{runtime[0]} {runtime[1]}" if runtime else "torch"
+    print(f"  pipeline, {label}, {workers} worker(s) x {threads} thread(s), lossless: {fps:9.1f} frames/s", flush=True)
     return fps
 
 
@@ -248,7 +263,7 @@ def main() -> dict:
     cuda = enc.device.type == "cuda"
     cores = os.cpu_count() or 1
     batch_size = 128 if cuda else 8  # 8: the worker's automatic size on the CPU (larger gains nothing there)
-    frames = int(os.environ.get("BENCH_FRAMES", 6000 if cuda else 30 * batch_size))
+    frames = int(os.environ.get("BENCH_FRAMES", 6000 if cuda else 60 * batch_size))
     print(f"model {enc.name} on {enc.device} ({enc.dtype}), {cores} cores", flush=True)
 
     result: dict = {"model": MODEL, "device": str(enc.device), "dtype": str(enc.dtype)}
@@ -260,42 +275,40 @@ def main() -> dict:
         f"{result['seed_baseline_fps']:.1f} frames/s",
         flush=True,
     )
-    del enc  # the pipeline's workers need the memory and the cores
-    if cuda:
-        torch.cuda.empty_cache()
-    gpus = torch.cuda.device_count() if cuda else 0
-    two = (2, 1) if not cuda else (2, 4)
-    result["pipeline_fps"] = {
-        "1 worker": pipeline_throughput(1, cores if not cuda else 4, frames, batch_size),
-        "2 workers": pipeline_throughput(two[0], max(1, cores // 2) if not cuda else two[1], frames, batch_size),
-    }
+    with tempfile.TemporaryDirectory(prefix="bench-model-cache-") as cache:
+        if not cuda:  # the runtimes run on the CPU; their exports stay in ``cache`` for the pipeline's workers
+            result["runtimes"] = encoder_runtimes.measure(MODEL, enc, cores, SECONDS, cache)
+        del enc  # the pipeline's workers need the memory and the cores
+        if cuda:
+            torch.cuda.empty_cache()
+        result["pipeline_fps"] = pipelines(cuda, cores, frames, batch_size, cache)
     result["realtime_30fps"] = realtime_latency(1, cores if not cuda else 4, 20, batch_size if not cuda else 32)
-
-    best_batch = max(result["model_ceiling"], key=result["model_ceiling"].get)
-    ceiling = result["model_ceiling"][best_batch]
-    best_pipeline = max(result["pipeline_fps"].values())
-    result["ratios"] = {
-        "pipeline / model ceiling": best_pipeline / ceiling,
-        "pipeline / seed baseline": best_pipeline / result["seed_baseline_fps"],
-        "best_batch": best_batch,
-        "gpus": gpus,
-    }
-    print("\n  | measure | value |\n  |---|---|")
-    for bs, v in result["model_ceiling"].items():
-        print(f"  | model ceiling, batch {bs} | {v:.1f} images/s |")
-    print(f"  | seed-style baseline | {result['seed_baseline_fps']:.1f} frames/s |")
-    for k, v in result["pipeline_fps"].items():
-        print(f"  | pipeline, {k}, lossless | {v:.1f} frames/s |")
-    rt = result["realtime_30fps"]
-    print(
-        f"  | real time 30 fps, latency p50/p95/p99 | {rt['p50_ms']:.0f} / {rt['p95_ms']:.0f} / {rt['p99_ms']:.0f} ms, "
-        f"{rt['dropped']}/{rt['published']} dropped |"
-    )
-    for size, row in result["decode_preprocess"].items():
-        print(
-            f"  | decode+preprocess {size} (fast / full / open_clip) | {row['fast_ms']:.2f} / "
-            f"{row['full_decode_ms']:.2f} / {row['open_clip_ms']:.2f} ms |"
-        )
-    print(f"  | pipeline / model ceiling (batch {best_batch}) | {result['ratios']['pipeline / model ceiling']:.2f} |")
-    print(f"  | pipeline / seed baseline | {result['ratios']['pipeline / seed baseline']:.2f} |")
+    result["ratios"] = ratios(result, torch.cuda.device_count() if cuda else 0)
+    print_table(result)
     return result
+
+
+def pipelines(cuda: bool, cores: int, frames: int, batch_size: int, cache: str) -> dict[str, dict[str, float]]:
+    """Lossless frames/s with 1 worker (all cores) and 2 (half each), per runtime on the CPU.
+
+    On the CPU, ROUNDS interleaved rounds (torch, each runtime, torch, ...) and the best of
+    each kept: a neighbour's load on a shared machine only ever slows a run down.
+    """
+    two = (2, max(1, cores // 2)) if not cuda else (2, 4)
+    variants: dict[str, Runtime] = {"torch": None}
+    if not cuda:
+        variants.update(
+            {f"{r} {p}": (r, p, cache) for r, p in encoder_runtimes.VARIANTS if p != "bf16"}  # bf16: bare figures
+        )
+    out: dict[str, dict[str, float]] = {}
+    for _ in range(1 if cuda else ROUNDS):
+        for label, runtime in variants.items():
+            try:
+                runs = {
+                    "1 worker": pipeline_throughput(1, cores if not cuda else 4, frames, batch_size, runtime),
+                    "2 workers": pipeline_throughput(two[0], two[1], frames, batch_size, runtime),
+                }
+                out[label] = {k: max(v, out.get(label, {}).get(k, 0.0)) for k, v in runs.items()}
+            except Exception as exc:  # the bare and worker-level figures stand without it
+                print(f"  pipeline, {label}: FAILED ({type(exc).__name__}: {exc})", flush=True)
+    return out

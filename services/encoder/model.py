@@ -1,4 +1,5 @@
-"""Loading an open_clip model and running its image tower on batches."""
+"""Loading an open_clip model and running its image tower on batches, in PyTorch or in
+another runtime (ONNX Runtime, OpenVINO: ``runtimes/``) that runs the same exported tower."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .preprocess import Preprocessor
+
+if TYPE_CHECKING:
+    from .runtimes import ImageRuntime
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,9 @@ def register_model_config(model: str) -> str:
 class ClipImageEncoder:
     """The image tower of a CLIP model, on one device, returning L2-normalised float32 rows."""
 
-    model: Any  # open_clip's CLIP (a torch.nn.Module; open_clip ships no types, so encode_image is untyped)
+    # open_clip's CLIP (a torch.nn.Module; open_clip ships no types, so encode_image is untyped);
+    # None once ``runtime`` runs the image tower: the worker needs nothing else of it.
+    model: Any
     pre: Preprocessor  # fast path equivalent to open_clip's transform
     reference_transform: Callable  # open_clip's own eval transform (PIL image -> tensor), for checks
     device: torch.device
@@ -58,6 +64,11 @@ class ClipImageEncoder:
     name: str  # e.g. "ViT-B-32/openai", carried in every embedding message
     dim: int
     max_batch: int = 1 << 30  # lowered when the GPU runs out of memory
+    runtime: ImageRuntime | None = None  # ONNX Runtime or OpenVINO running the exported tower; None: PyTorch
+
+    @property
+    def runtime_label(self) -> str:
+        return self.runtime.label if self.runtime is not None else f"torch {torch.__version__}"
 
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> np.ndarray:
@@ -68,6 +79,8 @@ class ClipImageEncoder:
 
     def embed_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Decoded uint8 frames -> embeddings; a CUDA out-of-memory halves the batch and goes on."""
+        if self.runtime is not None:
+            return self.runtime.embed(np.stack(arrays))
         try:
             return self.embed(self.pre.to_tensor(arrays, self.device, self.dtype))
         except torch.cuda.OutOfMemoryError:
@@ -82,6 +95,7 @@ class ClipImageEncoder:
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+RUNTIME_TORCH_DEVICE = "cpu"  # what the model is loaded on to be exported
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -93,19 +107,37 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def load_encoder(
-    model: str, pretrained: str, device: str, precision: str = "auto", fast_decode: bool = True
+    model: str,
+    pretrained: str,
+    device: str,
+    precision: str = "auto",
+    fast_decode: bool = True,
+    runtime: str = "torch",
+    cache_dir: str = "",
+    threads: int = 0,
 ) -> ClipImageEncoder:
     """Build the model with open_clip's real loading code.
 
     ``pretrained`` is an open_clip tag (downloaded once into the hub cache), a local
-    checkpoint path, or 'none' for random weights (tests and benchmarks only).
-    ``precision``: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 or bf16.
+    checkpoint path, or 'none' for random weights (tests and benchmarks only; always the
+    same ones, so that exports of them are cached too).
+    ``precision``: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 or bf16; int8, bf16 or
+    fp32 with another runtime.
+    ``runtime``: torch, onnx, openvino or auto (``runtimes/select.py``); with onnx or
+    openvino the image tower is exported into ``cache_dir`` (default ~/.cache/encoders)
+    once, and runs there on ``threads`` threads (0: all cores).
     """
     import open_clip
 
+    from .runtimes import select
+
     name = register_model_config(model)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    runtime = select.choose(runtime, device, precision, torch.cuda.is_available())
+    if runtime == "torch":
+        dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
+    else:  # the export is made from the fp32 model on the CPU, where the runtime runs
+        dev, prec = torch.device(RUNTIME_TORCH_DEVICE), "fp32"
     tag = None if pretrained.lower() == "none" else pretrained
     if tag is None:
         log.warning("!" * 72)
@@ -122,7 +154,9 @@ def load_encoder(
         )
     try:
         # open_clip's own low-precision conversion keeps LayerNorm in fp32 where it matters.
-        clip, _, reference = open_clip.create_model_and_transforms(name, pretrained=tag, device=dev, precision=prec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights: the same ones every time (no effect on real ones)
+            clip, _, reference = open_clip.create_model_and_transforms(name, pretrained=tag, device=dev, precision=prec)
     except Exception as exc:
         raise ModelLoadError(
             f"could not load weights {pretrained!r} for {name}: {exc}\n"
@@ -135,5 +169,22 @@ def load_encoder(
         clip, pre, reference, dev, PRECISIONS[prec], f"{name}/{Path(tag).name if tag else 'none'}", 0
     )
     encoder.dim = int(encoder.embed(torch.zeros(1, 3, pre.size, pre.size)).shape[-1])
-    log.info("loaded %s on %s in %s: %d-dim embeddings, %d px input", encoder.name, dev, prec, encoder.dim, pre.size)
+    if runtime != "torch":
+        try:
+            encoder.runtime = select.load(clip, encoder, runtime, precision, cache_dir, threads).runtime
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # export, cache or runtime: the worker cannot start, and says why in one line
+            raise ModelLoadError(f"ENCODERS_RUNTIME={runtime}: {type(exc).__name__}: {exc}") from exc
+        encoder.model = None  # the runtime holds its own copy of the weights
+        prec = "fp32" if precision == "auto" else precision
+    log.info(
+        "loaded %s on %s in %s with %s: %d-dim embeddings, %d px input",
+        encoder.name,
+        dev,
+        prec,
+        encoder.runtime_label,
+        encoder.dim,
+        pre.size,
+    )
     return encoder
