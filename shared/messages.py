@@ -133,6 +133,8 @@ class Hello(Message):
     url: Text = ""  # ingest: the camera (passwords masked)
     lossless: bool = False  # ingest: send captures only against credit
     undelivered: Count = 0  # ingest: captures read while the core was away (counted as dropped)
+    sent: Count = 0  # ingest: captures it sent in its previous session, the one core life ``after`` welcomed
+    after: Name = ""  # ingest: that life of the core ("" if none): what did not arrive is counted lost
     capacity: Annotated[int, Range(0, 4096)] = 0  # worker: frames it can hold at once
     model: Name = ""  # worker: what it embeds with, e.g. "ViT-B-32/openai"
     run: Name = ""  # recorder: the run it records already (after a core restart), if any
@@ -235,6 +237,10 @@ class StreamStart(Message):
     first_seq: Seq
     url: Text = ""
     t: Time = field(default_factory=time.time)
+    # The ingest's previous session was with another life of the core (it restarted): the
+    # captures it sent there, so that the recorder counts those that life never accounted for.
+    previous_core: Name = ""
+    previous_sent: Count = 0
 
 
 @dataclass

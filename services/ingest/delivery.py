@@ -12,8 +12,12 @@ sends, as ``Capture`` messages on its session, and keeps count of what did not g
   Credit belongs to one life of the session: a new Welcome starts it afresh, losing the
   core takes it away.
 
-The core counts undelivered frames as dropped when the next Hello tells it of them. A Hello
-carries every frame given up that no Welcome has confirmed yet: Hellos said again to a core
+The core counts undelivered frames as dropped when the next Hello tells it of them. The
+next Hello also says how many captures the session that ended sent, and to which life of
+the core (``session_sent``, ``core``): those that never arrived (queued in a connection that
+died, or sent to a core that crashed) are counted lost, by the core or, after a restart of
+the core, by the recorder (docs/PROTOCOL.md, "Counts"). A Hello carries every frame given
+up that no Welcome has confirmed yet: Hellos said again to a core
 that was away do not lose the count (each one carries it all), and the Welcome that answers
 one takes what it carried off the count; frames given up between that Hello and its Welcome
 wait for the next Hello.
@@ -36,6 +40,8 @@ class Delivery:
     pending: JpegFrame | None = None  # read, not yet sent
     read: int = 0  # frames taken from the camera reader
     sent: int = 0  # captures handed to the session's socket
+    session_sent: int = 0  # of those, in the session's present (or last) life
+    core: str = ""  # the life of the core that welcomed that session
     undelivered: int = 0  # frames given up, over the whole run
     _unreported: int = 0  # frames given up that no welcomed Hello has told the core of
     _in_hello: int = 0  # what the last Hello said
@@ -66,6 +72,7 @@ class Delivery:
         """The frame ``next()`` gave is on its way to the core."""
         self.pending = None
         self.sent += 1
+        self.session_sent += 1
         if self.lossless:
             self.credit -= 1
 
@@ -88,9 +95,10 @@ class Delivery:
         self._in_hello = self._unreported
         return self._in_hello
 
-    def join(self, credit: int) -> None:
+    def join(self, credit: int, core: str = "") -> None:
         """A Welcome: a new life. Its credit replaces any from before; the Hello's count is told."""
         self.joined = True
+        self.session_sent, self.core = 0, core
         self.credit = credit if self.lossless else 0
         self._unreported -= self._in_hello
         self._in_hello = 0

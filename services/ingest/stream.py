@@ -107,10 +107,12 @@ class Ingest:
             url=mask_url(self.cfg.stream)[:TEXT_MAX],
             lossless=self.cfg.lossless,
             undelivered=self.delivery.hello(),
+            sent=self.delivery.session_sent,
+            after=self.delivery.core,
         )
 
     def _joined(self, welcome: Welcome) -> None:
-        self.delivery.join(welcome.credit)
+        self.delivery.join(welcome.credit, welcome.core)
         if self.cfg.lossless:
             log.info("stream %r: the core takes captures, %d credit to start with", self.stream, welcome.credit)
         else:

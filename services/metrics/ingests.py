@@ -34,6 +34,7 @@ class Ingest:
     stream: str
     lossless: bool
     credit: int = 0  # captures granted and not yet received
+    captures: int = 0  # captures numbered in this session
     ended: bool = False  # its capture ended (CaptureEnded, or the core gave up waiting for it)
     stop_sent: float | None = None  # when it was told to Stop
 
@@ -57,6 +58,9 @@ class Ingests:
         self.live: dict[bytes, Ingest] = {}  # identity -> its ingest session
         self.of: dict[str, bytes] = {}  # stream -> the identity of its live session
         self.streams_refused = 0
+        # Captures each ended session had numbered, by identity: the session's next Hello says how
+        # many it sent, and the difference never arrived (bounded: the oldest are forgotten).
+        self.gone: dict[bytes, int] = {}
 
     # -- sessions ----------------------------------------------------------------------------------
 
@@ -81,14 +85,31 @@ class Ingests:
         self.live[identity] = ingest
         self.of[hello.stream] = identity
         first = self.numbering.peek(hello.stream)
-        self.streams.start_epoch(hello.stream, first, now, url=hello.url, undelivered=hello.undelivered)
+        # Captures its last session sent that never arrived (queued in a connection that died):
+        # counted lost here when that session was with this life of the core; with an earlier
+        # life (the core restarted) only the recorder can tell, from what that life recorded.
+        in_transit, previous = 0, ("", 0)
+        if hello.after and hello.after == self.streams.core:
+            in_transit = max(0, hello.sent - self.gone.pop(identity, hello.sent))
+        elif hello.after:
+            previous = (hello.after, hello.sent)
+        self.streams.start_epoch(
+            hello.stream,
+            first,
+            now,
+            url=hello.url,
+            undelivered=hello.undelivered,
+            in_transit=in_transit,
+            previous=previous,
+        )
         log.info(
-            "ingest %s joined: stream %s from %d%s%s",
+            "ingest %s joined: stream %s from %d%s%s%s",
             hello.name,
             hello.stream,
             first,
             " (lossless)" if hello.lossless else "",
             f", {hello.undelivered} captures undelivered meanwhile (dropped)" if hello.undelivered else "",
+            f", {in_transit} captures sent that never arrived (lost)" if in_transit else "",
         )
         if hello.lossless:
             ingest.credit = max(0, self.broker.lossless_limit() - self.broker.queued(hello.stream))
@@ -99,6 +120,9 @@ class Ingests:
         ingest = self.live.pop(identity, None)
         if ingest is None:
             return
+        self.gone[identity] = ingest.captures
+        if len(self.gone) > 4 * self.max_streams:
+            del self.gone[next(iter(self.gone))]
         if self.of.get(ingest.stream) == identity:
             del self.of[ingest.stream]
         if not ingest.ended:
@@ -141,6 +165,7 @@ class Ingests:
                 self.complain("captures_without_credit", "ingest %s sent a capture without credit", ingest.name)
                 lossless = self.broker.queued(ingest.stream) < 2 * LOSSLESS_MAX  # bounded, whatever it sends
         seq = self.numbering.take(ingest.stream)
+        ingest.captures += 1
         self.streams.numbered(ingest.stream, seq, now)
         frame = Frame(ingest.stream, seq, cap.t_capture, cap.width, cap.height, cap.jpeg)
         zmqio.send(self.frames_pub, frame, topic=True)  # a PUB never blocks: a slow viewer misses frames

@@ -27,12 +27,24 @@ class Recorders:
         self.ready: bytes | None = None  # the same, once it said Ready: records go to it
         self.last_run = ""  # the run the last recorder of this life said it records
 
-    def refusal(self, identity: bytes, hello: Hello, name_of: Callable[[bytes], str | None]) -> str | None:
-        """Why this recorder cannot join (it exits), or None. ``name_of``: a live session's name, or None."""
+    def refusal(
+        self,
+        identity: bytes,
+        hello: Hello,
+        name_of: Callable[[bytes], str | None],
+        silent: Callable[[bytes], bool] = lambda identity: False,
+    ) -> str | tuple[str, bool] | None:
+        """Why this recorder cannot join, or None: a reason (it exits), or (a reason, True) when it
+        may try again. ``name_of``: a live session's name; ``silent``: whether a session has been
+        silent for a heartbeat or more."""
         if self.delivery is None:
             return "this core keeps no records for a recorder (it runs with --no-recorder)"
         holder = self.holder(identity)
         if holder is not None and not hello.takeover:
+            if silent(holder):
+                # Most likely the one this recorder replaces after a crash, not yet counted gone:
+                # try again once it is, rather than exit (and be restarted by compose, and so on).
+                return f"recorder {name_of(holder)} has been silent: once it counts as gone", True
             return f"a recorder ({name_of(holder)}) is connected already: --takeover replaces it"
         return None
 

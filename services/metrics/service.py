@@ -234,9 +234,14 @@ class Core:
                 self._send(holder, Refused(f"stream {hello.stream} was taken by another ingest ({hello.name})"), now)
                 self._end(old, f"replaced by {hello.name}", now)
         elif hello.role == "recorder":
-            refusal = self.recorders.refusal(identity, hello, lambda i: self.sessions.peers[i].name)
-            if refusal is not None:
-                return refusal
+            said = self.recorders.refusal(
+                identity,
+                hello,
+                lambda i: self.sessions.peers[i].name,
+                lambda i: now - self.sessions.peers[i].last_heard > self.cfg.heartbeat_s,
+            )
+            if said is not None:
+                return said
             holder = self.recorders.holder(identity)
             if holder is not None:  # it takes over: the first stops, writing what it holds
                 log.warning("recorder %s takes over from recorder %s", hello.name, self.sessions.peers[holder].name)

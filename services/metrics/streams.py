@@ -57,6 +57,7 @@ class Epoch:
     kind: Literal["start", "end"]
     seq: int  # start: the epoch's first_seq; end: its last_seq
     url: str = ""
+    previous: tuple[str, int] = ("", 0)  # start: an earlier life of the core, the captures sent to it
 
 
 @dataclass
@@ -88,8 +89,22 @@ class Streams:
 
     # -- what happened --------------------------------------------------------------------------
 
-    def start_epoch(self, stream: str, first_seq: int, now: float, *, url: str = "", undelivered: int = 0) -> None:
-        """An ingest's Hello: a new epoch from ``first_seq`` (ending the open one, if any)."""
+    def start_epoch(
+        self,
+        stream: str,
+        first_seq: int,
+        now: float,
+        *,
+        url: str = "",
+        undelivered: int = 0,
+        in_transit: int = 0,
+        previous: tuple[str, int] = ("", 0),
+    ) -> None:
+        """An ingest's Hello: a new epoch from ``first_seq`` (ending the open one, if any).
+
+        ``undelivered``: frames the ingest read and could not send (dropped); ``in_transit``:
+        captures it sent that never arrived (lost); ``previous``: the life of the core its last
+        session was with, if another, and the captures it sent there (for the recorder)."""
         state = self.streams.get(stream)
         if state is None:
             state = StreamState(StreamOrder(first_seq, self.max_wait, self.max_pending), self._tracker(), first_seq)
@@ -98,11 +113,13 @@ class Streams:
             self.end_epoch(stream)
         first_seq = max(first_seq, state.next_number)  # numbers only go up
         self._numbers_skipped(state, first_seq, now)
-        state.open = Epoch("start", first_seq, url)
+        state.open = Epoch("start", first_seq, url, previous)
         state.events.append(state.open)
-        # What the ingest read while the core was away never got a number: dropped, counted.
-        state.counts["published"] = (state.counts["published"] or 0) + undelivered
+        # What the ingest read while the core was away never got a number: dropped, counted;
+        # what it sent that never arrived: lost, counted.
+        state.counts["published"] = (state.counts["published"] or 0) + undelivered + in_transit
         state.counts["dropped"] += undelivered
+        state.counts["lost"] += in_transit
 
     def end_epoch(self, stream: str, camera: FrameCounts | None = None) -> None:
         """The epoch's last frame is numbered (its ingest ended its capture, left, or was replaced)."""
@@ -190,7 +207,8 @@ class Streams:
             state.events.popleft()
             if event.kind == "start":
                 state.drift = self._tracker()  # drift is never computed across an epoch's start
-                out.append(StreamStart(name, event.seq, event.url))
+                core, sent = event.previous
+                out.append(StreamStart(name, event.seq, event.url, previous_core=core, previous_sent=sent))
             else:
                 out.append(EndOfStream(name, event.seq, self.totals(name)))
 

@@ -8,6 +8,11 @@ become durable in the order they were handed to the database writer. So each str
 a queue of what it received, each entry marked once durable, and an acknowledgement is due
 whenever entries at the front of the queue are: the highest seq among them.
 
+Each entry may carry the stream's counts per life of the core as they stood once that record
+was handled (``lives``, StreamSummary's): the counts of what is acknowledged are what a
+recorder that resumes the run after a crash starts from (``durable_lives``), so that its
+summary agrees with the rows stored, whatever was lost with it.
+
 Plain logic, no sockets or time: the receive loop calls ``take()`` after each step and sends
 what it returns; ``floors()`` is what a new life of the session announces (Ready, and an Ack
 per stream, since the core may have missed the last ones).
@@ -20,12 +25,15 @@ from dataclasses import dataclass
 
 from encoders.shared.messages import Ack
 
+Lives = dict[str, dict[str, int | None]]  # core life -> counts (summary.StreamSummary.lives)
+
 
 @dataclass
 class _Entry:
     seq: int
     durable: bool
     ended: bool = False  # an end of stream, not a record
+    lives: Lives | None = None  # the stream's counts once this was handled
 
 
 class AckTracker:
@@ -36,6 +44,8 @@ class AckTracker:
         self._rows: dict[tuple[str, int], _Entry] = {}  # rows the writer has not settled yet
         self._due: set[str] = set()
         self._again: set[str] = set()  # streams whose floor is to be said again (a record sent again)
+        self.durable_lives: dict[str, Lives] = {}  # per stream, the counts of what is acknowledged
+        self.lives_changed = False  # since the caller last saved durable_lives
 
     # -- what happened -----------------------------------------------------------------------
 
@@ -43,9 +53,9 @@ class AckTracker:
         """Everything of ``stream`` up to ``stored`` is in the database already (a resumed run)."""
         self._floor[stream] = max(stored, self._floor.get(stream, -1))
 
-    def expect(self, stream: str, seq: int) -> None:
+    def expect(self, stream: str, seq: int, lives: Lives | None = None) -> None:
         """A record whose row was handed to the writer: durable once ``durable`` says so."""
-        entry = _Entry(seq, durable=False)
+        entry = _Entry(seq, durable=False, lives=lives)
         self._queue.setdefault(stream, deque()).append(entry)
         self._rows[(stream, seq)] = entry
 
@@ -71,10 +81,15 @@ class AckTracker:
             entry.durable = True
             self._due.add(stream)
 
-    def ended(self, stream: str, last_seq: int) -> None:
+    def ended(self, stream: str, last_seq: int, lives: Lives | None = None) -> None:
         """An end of stream, handled: acknowledged (ended) once everything before it is durable."""
-        self._queue.setdefault(stream, deque()).append(_Entry(last_seq, durable=True, ended=True))
+        self._queue.setdefault(stream, deque()).append(_Entry(last_seq, durable=True, ended=True, lives=lives))
         self._due.add(stream)
+
+    def note_lives(self, stream: str, lives: Lives) -> None:
+        """Counts of records durable already (sent again, or restored): saved with the next acknowledgements."""
+        self.durable_lives[stream] = lives
+        self.lives_changed = True
 
     # -- what to send --------------------------------------------------------------------------
 
@@ -88,6 +103,9 @@ class AckTracker:
                 entry = queue.popleft()
                 self._floor[stream] = max(entry.seq, self._floor.get(stream, -1))
                 self._ended[stream] = entry.ended
+                if entry.lives is not None:
+                    self.durable_lives[stream] = entry.lives
+                    self.lives_changed = True
                 moved = True
             if queue is not None and not queue:
                 del self._queue[stream]

@@ -151,7 +151,11 @@ class Receiver:
         if self._summary_due:  # an end of stream: its counts on disk before it is acknowledged
             self.recording.write_summary()
             self._summary_due = False
-        for ack in self.recording.acks.take():
+        acks = self.recording.acks.take()
+        if self.recording.acks.lives_changed:  # the counts of what is acknowledged, on disk first
+            self.recording.run.write_lives(self.recording.acks.durable_lives)
+            self.recording.acks.lives_changed = False
+        for ack in acks:
             if self.session.joined:
                 self._send(ack)
 

@@ -92,9 +92,25 @@ class Recorder:
         elif isinstance(msg, EndOfStream):
             self.on_end(msg)
         elif isinstance(msg, StreamStart):
-            log.info("stream %s starts at seq %d (%s)", msg.stream, msg.first_seq, mask_url(msg.url))
+            self.on_start(msg)
         else:
             self.counters["ignored_messages"] += 1
+
+    def on_start(self, start: StreamStart) -> None:
+        if not STREAM_NAME.fullmatch(start.stream):
+            self.counters["bad_stream_names"] += 1
+            return
+        files = self.streams.get(start.stream) or self._open_stream(start.stream)
+        files.summary.start(start.first_seq, self.core, start.previous_core, start.previous_sent)
+        log.info(
+            "stream %s starts at seq %d (%s)%s",
+            start.stream,
+            start.first_seq,
+            mask_url(start.url),
+            f"; its ingest had sent {start.previous_sent} captures to the core's life {start.previous_core}"
+            if start.previous_core
+            else "",
+        )
 
     def on_frame(self, frame: Frame) -> None:
         self.counters["frames"] += 1
@@ -111,6 +127,9 @@ class Recorder:
             # no acknowledgement of): acknowledged again, recorded once, in the files as in the database.
             self.counters["repeated_records"] += 1
             self.acks.repeated(rec.stream, rec.seq)
+            known = self.streams.get(rec.stream)
+            if known is not None and known.summary.counts_from(rec, self.core):  # stored, its counts were not
+                self.acks.note_lives(rec.stream, known.summary.lives_snapshot())
             return
         norm_sq = self._acceptable(rec)
         if norm_sq is None:
@@ -145,7 +164,8 @@ class Recorder:
             thumbnail=thumbnail,
             scene_snapshot_path=scene_snap,
         )
-        self.acks.expect(rec.stream, rec.seq)  # first: the writer may settle the row before add returns
+        # First: the writer may settle the row before add returns.
+        self.acks.expect(rec.stream, rec.seq, files.summary.lives_snapshot())
         self.rows.add(row)
 
     def on_end(self, eos: EndOfStream) -> None:
@@ -155,9 +175,9 @@ class Recorder:
                 self.counters["bad_stream_names"] += 1
                 return
             files = self._open_stream(eos.stream)  # a stream that ended before any frame was embedded
-        files.summary.end(dict(eos.counts), self.core)
+        files.summary.end(dict(eos.counts), self.core, eos.last_seq)
         self.ended.add(eos.stream)
-        self.acks.ended(eos.stream, eos.last_seq)
+        self.acks.ended(eos.stream, eos.last_seq, files.summary.lives_snapshot())
         log.info(
             "stream %s ended at seq %d: %s",
             eos.stream,
@@ -218,7 +238,11 @@ class Recorder:
             if self.model is not None:
                 files.summary.model, files.summary.dim = self.model
             prev = before.get(name) or {}
-            files.summary.restore_counts(prev.get("lives"), bool(prev.get("ended")))
+            # The counts saved with the last acknowledgements agree with the rows; summary.json's
+            # may be seconds older (it is written now and then).
+            durable = (self.run.durable_lives or {}).get(name)
+            files.summary.restore_counts(durable if durable is not None else prev.get("lives"), bool(prev.get("ended")))
+            self.acks.note_lives(name, files.summary.lives_snapshot())
             if name in stored:
                 self._last_seq[name] = stored[name].last_seq
                 self.acks.resume(name, stored[name].last_seq)

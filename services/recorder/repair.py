@@ -30,7 +30,7 @@ from encoders.shared.storage.frames import StoredRow
 from encoders.shared.storage.runs import RunRow, StoredStream
 
 from .replay import replay_spool
-from .run import RecordedRun, folder_of, read_json, summarise
+from .run import LIVES_JSON, RecordedRun, folder_of, read_json, summarise
 from .runfiles import CONFIG_JSON, SUMMARY_JSON
 from .runlock import RunLock
 from .stream_files import StreamFiles
@@ -102,12 +102,14 @@ def close_run(db: Database, row: RunRow, folder: Path | None) -> dict[str, Any]:
             listed[name] = "." if not listed and not settings.get("stream_dirs") else name
     config["streams"] = listed
     last_prev = previous.get("streams") or {}
+    durable = (read_json(folder / LIVES_JSON) if folder is not None else None) or {}  # newer than summary.json
     streams: dict[str, dict[str, Any]] = {}
     for name, rel in listed.items():
         restored, rows, batches = _restore_stream(db, row, name, folder, rel, settings, stored.get(name))
         restored.model, restored.dim = row.model, row.dim
         prev = last_prev.get(name) or {}
-        restored.restore_counts(prev.get("lives") or {"": prev.get("frames") or {}}, bool(prev.get("ended")))
+        lives = durable.get(name) or prev.get("lives") or {"": prev.get("frames") or {}}
+        restored.restore_counts(lives, bool(prev.get("ended")))
         streams[name] = restored.to_dict(npz_batches=batches, db_rows=rows)
         streams[name]["frames"]["embedded"] = rows  # what was recorded, whatever the core counted
     prev_run = previous.get("run") or {}

@@ -39,6 +39,8 @@ from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, writ
 from .runlock import RunLock
 from .summary import COUNT_KEYS
 
+LIVES_JSON = ".lives.json"  # the counts of what was acknowledged, while the run is open
+
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +106,7 @@ class RecordedRun:
         self.config = config
         self.lock = lock
         self.previous_summary: dict[str, Any] | None = None  # a resumed run's last summary.json
+        self.durable_lives: dict[str, Any] | None = None  # a resumed run's counts of what was acknowledged
         self._stream_folders: dict[str, Path] = {
             name: folder / rel if rel not in ("", ".") else folder for name, rel in config.get("streams", {}).items()
         }
@@ -168,6 +171,7 @@ class RecordedRun:
         started = row.started_at or now or datetime.now(UTC)
         run = cls(db, folder, row.id, started, config, lock)
         run.previous_summary = read_json(folder / SUMMARY_JSON) or row.summary
+        run.durable_lives = read_json(folder / LIVES_JSON)
         run._write_config()
         return run
 
@@ -215,6 +219,12 @@ class RecordedRun:
                 write_json(folder / SUMMARY_JSON, summarise(run, {name: per_stream[name]}))
         return summary
 
+    def write_lives(self, lives: Mapping[str, Any]) -> None:
+        """Each stream's counts of what the recorder has acknowledged (acks.py), for a recorder
+        that resumes this run after a crash: written before the acknowledgements are sent.
+        Through a temporary file, not synced: it survives the process, not the machine."""
+        write_json(self.dir / LIVES_JSON, lives)
+
     def finish(
         self, run_info: Mapping[str, Any], streams: Mapping[str, dict[str, Any]], ended: datetime | None = None
     ) -> dict[str, Any]:
@@ -226,6 +236,7 @@ class RecordedRun:
         except (DatabaseUnavailable, DatabaseRefused) as exc:
             # summary.json has it; the next recorder (or `encoders runs repair`) ends the row from the rows.
             log.warning("could not mark the run ended in the database: %s", exc)
+        (self.dir / LIVES_JSON).unlink(missing_ok=True)  # summary.json has the final counts
         self.release()
         return summary
 

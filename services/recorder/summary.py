@@ -5,6 +5,15 @@ life of the core (``core``), and an end of stream the final ones of its life. A 
 restarts counts again from zero, so the summary keeps the last counts of each life and adds
 them up (docs/PROTOCOL.md, "Counts"); ``lives`` is written into summary.json, so that a
 recorder that resumes the run after a crash goes on from there.
+
+A life of the core that crashed sent no end of stream, and frames it had numbered but not
+yet released (or captures that were on their way to it) are in none of its counts. The
+ingest's next Hello, to the next life, says how many captures it sent to the dead one, and
+that life's ``StreamStart`` passes it on (``previous_core``, ``previous_sent``). The stream's
+numbers are consecutive within an epoch, so the dead life's last epoch covered seqs
+``first .. first + sent - 1``; those past the last one it released to the recorder are
+counted lost. (Exact unless the core died within moments of the epoch's start, before its
+``StreamStart`` reached the recorder.)
 """
 
 from __future__ import annotations
@@ -47,6 +56,24 @@ class RunningStats:
         return {"count": self.count, "mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
 
 
+def settled(life: dict[str, Any]) -> dict[str, Any]:
+    """A life's counts, with the frames of its last epoch it never accounted for counted lost
+    (when the next life passed on what the ingest sent it: see the module's docstring)."""
+    first, sent = life.get("epoch_first"), life.get("epoch_sent")
+    if isinstance(first, int) and not any(key in life for key in COUNT_KEYS):  # only its start heard: no count yet
+        life = {**life, **dict.fromkeys(COUNT_KEYS, 0)}
+    counts = {key: life.get(key) for key in COUNT_KEYS}
+    if not (isinstance(first, int) and isinstance(sent, int)):
+        return counts
+    missing = first + sent - 1 - max(life.get("released", first - 1), first - 1)
+    outcomes = [v for k in ("embedded", "dropped", "skipped", "lost") if isinstance(v := counts[k], int)]
+    if missing > 0 and len(outcomes) == 4:
+        counts["lost"] = outcomes[3] + missing
+        accounted = sum(outcomes) + missing
+        counts["published"] = max(counts["published"] or 0, accounted)
+    return counts
+
+
 def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC).isoformat()
 
@@ -72,9 +99,32 @@ class StreamSummary:
         self.model = rec.model
         self.dim = int(rec.vector.size)
         self.add_values(rec.seq, rec.t_capture, rec.similarity, rec.drift, snapshot=snapshot)
-        if rec.counts:
-            self.lives[rec.core or core] = dict(rec.counts)
+        life = self.lives.setdefault(rec.core or core, {})
+        life.update(rec.counts)
+        life["released"] = max(life.get("released", -1), rec.seq)
         self.ended = False
+
+    def lives_snapshot(self) -> dict[str, dict[str, Any]]:
+        """A copy of the counts per life, as they stand now (kept with an acknowledgement: acks.py)."""
+        return {core: dict(life) for core, life in self.lives.items()}
+
+    def counts_from(self, rec: MetricsRecord, core: str = "") -> bool:
+        """A record sent again: its counts, if later than what its life has (a resumed run). Changed?"""
+        life = self.lives.setdefault(rec.core or core, {})
+        if not rec.counts or rec.seq <= life.get("released", -1):
+            return False
+        life.update(rec.counts)
+        life["released"] = rec.seq
+        return True
+
+    def start(self, first_seq: int, core: str, previous_core: str = "", previous_sent: int = 0) -> None:
+        """An epoch of the stream starts in this life of the core; ``previous_core``: the life the
+        ingest's last session was with, which ended without accounting for it (it restarted)."""
+        life = self.lives.setdefault(core, {})
+        life["epoch_first"] = first_seq
+        life["released"] = max(life.get("released", -1), first_seq - 1)
+        if previous_core and previous_core != core:
+            self.lives.setdefault(previous_core, {})["epoch_sent"] = previous_sent
 
     def add_values(
         self, seq: int, t_capture: float, similarity: float | None, drift: float | None, *, snapshot: bool
@@ -91,9 +141,11 @@ class StreamSummary:
         if snapshot:
             self.snapshots += 1
 
-    def end(self, counts: dict[str, Any], core: str = "") -> None:
+    def end(self, counts: dict[str, Any], core: str = "", last_seq: int = -1) -> None:
         """The stream's end: ``counts`` are the final ones of this life of the core."""
-        self.lives[core] = dict(counts or {})
+        life = self.lives.setdefault(core, {})
+        life.update(counts or {})
+        life["released"] = max(life.get("released", -1), last_seq)
         self.ended = True
 
     def restore_counts(self, lives: Any, ended: bool = False) -> None:
@@ -111,8 +163,9 @@ class StreamSummary:
         is unknown (None) in the total; ``embedded`` unknown falls back to the records seen.
         """
         out: dict[str, Any] = {}
+        lives = [settled(life) for life in self.lives.values()]
         for key in COUNT_KEYS:
-            values = [life.get(key) for life in self.lives.values()]
+            values = [life.get(key) for life in lives]
             out[key] = sum(values) if values and all(isinstance(v, int) for v in values) else None
         if out["embedded"] is None:
             out["embedded"] = self.records

@@ -64,7 +64,8 @@ class Pipeline:
             str(self.max_wait),
         )
 
-    def start_recorder(self, *extra: str) -> Service:
+    def start_recorder(self, *extra: str, again: bool = False) -> Service:
+        """The recorder; ``again``: started after one was killed, it takes its run from the core's Welcome."""
         self.run_dir = self.run_dir or self.folder / self.folder.name  # names are unique in the database
         return self.service(
             "record",
@@ -74,8 +75,7 @@ class Pipeline:
             self.database,
             "--runs-dir",
             str(self.folder / "runs"),
-            "--run-dir",
-            str(self.run_dir),
+            *([] if again else ["--run-dir", str(self.run_dir)]),
             "--snapshot-interval",
             "0.5",
             "--embedding-interval",

@@ -201,3 +201,45 @@ def test_q_in_the_window_ends_the_run_with_everything_flushed(service, tiny_mode
     summary = json.loads((run_dir / "summary.json").read_text())["streams"]["cam0"]
     assert summary["frames"]["embedded"] == summary["db_rows"] > 5
     assert not leftovers(str(runs)), leftovers(str(runs))
+
+
+def drift_lines(runs) -> int:
+    found = list(runs.glob("*/drift.csv"))
+    return len(found[0].read_text().splitlines()) - 1 if found else 0
+
+
+@pytest.mark.timeout(300)
+def test_the_run_survives_a_sigkill_of_each_service_and_notes_the_restarts(service, tiny_model, pisim, tmp_path):
+    """Like compose, the all-in-one starts again a service that dies; the run goes on, nothing
+    recorded is lost, the counts add up, and summary.json says what was restarted."""
+    runs = tmp_path / "runs"
+    run = service("--stream", pisim, "--no-display", "--workers", "2", "--runs-dir", str(runs), env=tiny_model)
+    wait_for(lambda: drift_lines(runs) > 10, 120, "frames to be recorded")
+    launcher = psutil.Process(run.proc.pid)
+
+    def running(command: str) -> list[psutil.Process]:
+        """The launcher's children running `python -m encoders COMMAND`."""
+        return [c for c in launcher.children() if c.cmdline()[3:4] == [command]]
+
+    def kill_one(command: str) -> None:
+        """SIGKILL it; it is started again, and frames are recorded after."""
+        victim = running(command)[0]
+        victim.kill()
+        victim.wait(10)
+        wait_for(lambda: any(c.pid != victim.pid for c in running(command)), 30, f"{command} to be started again")
+        seen = drift_lines(runs)
+        wait_for(lambda: drift_lines(runs) > seen + 5, 120, f"frames recorded after {command} restarted")
+
+    for command in ("encode", "ingest", "metrics", "record"):
+        kill_one(command)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(120) == 0, run.output()[-4000:]
+    run_dir = only_run(runs)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"]["restarts"] == {"encoder0": 1, "ingest0": 1, "metrics": 1, "recorder": 1}
+    cam0 = summary["streams"]["cam0"]
+    f = cam0["frames"]
+    assert f["published"] == f["embedded"] + f["dropped"] + f["skipped"] + f["lost"], f
+    rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
+    assert f["embedded"] == cam0["db_rows"] == rows, json.dumps({k: cam0[k] for k in ("frames", "lives", "db_rows")})
+    assert not leftovers(str(runs)), leftovers(str(runs))

@@ -185,6 +185,17 @@ def test_one_recorder_a_second_refused_unless_it_takes_over(rig):
     assert isinstance(bye, Bye) and bye.reason == "taken over"
 
 
+def test_a_recorder_whose_predecessor_went_silent_is_asked_to_try_again(rig):
+    """The recorder restarted after a crash says Hello before the core counts the dead one
+    gone: it waits and tries again, rather than exit."""
+    rig.peer("rec1", Hello("recorder", "rec1", PROTOCOL)).got()
+    (refused,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL), now=1.5).got()
+    assert isinstance(refused, Refused) and refused.retry and "silent" in refused.reason
+    rig.step(3.5)  # past the heartbeat timeout: rec1 is gone
+    again = rig.peer("rec2b", Hello("recorder", "rec2", PROTOCOL), now=3.6)
+    assert isinstance(again.got()[0], Welcome)
+
+
 def test_without_a_recorder_a_recorder_is_refused(sockets, tmp_path):
     rig = Rig(sockets, tmp_path, recorder=False)
     (refused,) = rig.peer("rec", Hello("recorder", "rec", PROTOCOL)).got()
@@ -417,3 +428,28 @@ def test_a_signals_drain_ends_at_its_time_limit(rig):
     assert not rig.core.done  # the worker it told to Stop may still say Bye
     rig.step(5.4)
     assert rig.core.done  # it did not: a heartbeat timeout later the core goes all the same
+
+
+def test_captures_an_ingest_sent_that_never_arrived_are_counted_lost(rig):
+    """Its session expired (a partition): the captures queued in the dead connection never
+    arrived. Its next Hello says how many it sent in that session; the rest are lost."""
+    ingest = rig.ingest()
+    ingest.got()
+    ingest.send(*[capture(float(t)) for t in range(3)])
+    rig.step(0.1)
+    rig.step(10.0)  # silent for longer than the heartbeats: gone, its epoch ends
+    again = Hello("ingest", "ingest-cam0", PROTOCOL, stream="cam0", undelivered=2, sent=5, after="L1")
+    ingest.send(again)
+    rig.step(10.1)
+    totals = rig.core.streams.totals("cam0")
+    # 3 numbered (real time, no worker: the 2 older displaced), 2 sent that never arrived, 2 read while away.
+    assert (totals["published"], totals["dropped"], totals["lost"]) == (7, 4, 2)
+
+
+def test_a_hello_after_another_life_of_the_core_is_passed_on_to_the_recorder(rig):
+    ingest = rig.peer("ingest-cam0", Hello("ingest", "i", PROTOCOL, stream="cam0", sent=40, after="L0"))
+    assert isinstance(ingest.got()[0], Welcome)
+    rig.step(0.1)
+    (start,) = [m for m in rig.records() if isinstance(m, StreamStart)]
+    assert (start.previous_core, start.previous_sent) == ("L0", 40)
+    assert rig.core.streams.totals("cam0")["lost"] == 0  # only the recorder can tell what L0 accounted for

@@ -81,3 +81,17 @@ def test_the_end_gives_up_a_frame_still_waiting():
     d.add(frame(0))
     d.give_up()
     assert d.pending is None and d.undelivered == 1 and d.hello() == 1
+
+
+def test_a_hello_says_what_the_last_session_sent_and_to_which_life_of_the_core():
+    d = Delivery(lossless=False)
+    assert (d.session_sent, d.core) == (0, "")  # the first Hello: no session before it
+    d.join(credit=0, core="L1")
+    for t in range(3):
+        d.add(frame(t))
+        d.next()
+        d.delivered()
+    d.lose()
+    assert (d.session_sent, d.core) == (3, "L1")  # what the next Hello says, whichever core answers
+    d.join(credit=0, core="L2")
+    assert (d.session_sent, d.core, d.sent) == (0, "L2", 3)

@@ -74,3 +74,19 @@ def test_a_resumed_run_starts_from_what_is_stored_and_a_new_life_hears_every_flo
     t.take()
     assert t.floors() == {"cam0": 41, "cam1": 12}
     assert t.announce() == [Ack("cam0", 41), Ack("cam1", 12, ended=True)]
+
+
+def test_the_counts_kept_are_those_of_what_is_acknowledged():
+    """A resumed recorder starts from them: the counts of records not yet durable would count
+    frames that are not stored."""
+    t = AckTracker()
+    t.expect("cam0", 0, {"L1": {"embedded": 1}})
+    t.expect("cam0", 1, {"L1": {"embedded": 2}})
+    t.durable("cam0", 0)
+    assert t.take() == [Ack("cam0", 0)]
+    assert t.lives_changed and t.durable_lives == {"cam0": {"L1": {"embedded": 1}}}
+    t.lives_changed = False
+    t.durable("cam0", 1)
+    t.ended("cam0", 1, {"L1": {"embedded": 2, "published": 2}})
+    assert t.take() == [Ack("cam0", 1, ended=True)]
+    assert t.lives_changed and t.durable_lives["cam0"] == {"L1": {"embedded": 2, "published": 2}}

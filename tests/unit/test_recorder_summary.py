@@ -90,3 +90,45 @@ def test_embedded_falls_back_to_records_seen():
     for i in range(3):
         s.add(record(i, float(i), None if i == 0 else 0.5))
     assert s.frames()["embedded"] == 3
+
+
+def counts(published, embedded, dropped=0, skipped=0, lost=0) -> FrameCounts:
+    return FrameCounts(published=published, embedded=embedded, dropped=dropped, skipped=skipped, lost=lost, late=0)
+
+
+def test_frames_a_crashed_core_never_accounted_for_are_counted_lost():
+    """Life L1 numbered seqs 10.. and released up to seq 14 (its last record) when it died; the
+    ingest had sent it 8 captures (seqs 10..17). The next life's StreamStart says so."""
+    s = StreamSummary("cam0")
+    s.start(10, "L1")
+    for seq in range(10, 15):
+        s.add(record(seq, float(seq), 0.9, counts=counts(published=7, embedded=seq - 9)), core="L1")
+    assert s.frames()["published"] == 7  # until then: the last record's counts
+    s.start(100, "L2", previous_core="L1", previous_sent=8)
+    s.add(record(100, 100.0, None, counts=counts(published=1, embedded=1)), core="L2")
+    f = s.frames()
+    # L1: 5 embedded + 3 lost (seqs 15, 16, 17) = 8 published; L2: 1.
+    assert (f["published"], f["embedded"], f["lost"]) == (9, 6, 3)
+    assert f["published"] == f["embedded"] + f["dropped"] + f["skipped"] + f["lost"]
+
+
+def test_an_epoch_that_ended_counts_only_the_captures_that_never_arrived():
+    """L1 ended the epoch (the ingest's session expired: seqs 0..4 numbered) and then died; the
+    ingest had sent 7: two were in a connection that died."""
+    s = StreamSummary("cam0")
+    s.start(0, "L1")
+    s.end(dict(counts(published=5, embedded=4, dropped=1)), "L1", last_seq=4)
+    s.start(5, "L2", previous_core="L1", previous_sent=7)
+    f = s.frames()
+    assert (f["published"], f["embedded"], f["dropped"], f["lost"]) == (7, 4, 1, 2)
+
+
+def test_what_a_life_accounted_for_is_never_counted_twice():
+    s = StreamSummary("cam0")
+    s.start(0, "L1")
+    s.end(dict(counts(published=5, embedded=5)), "L1", last_seq=4)
+    s.start(5, "L2", previous_core="L1", previous_sent=5)  # all 5 arrived
+    assert s.frames()["lost"] == 0 and s.frames()["published"] == 5
+    restored = StreamSummary("cam0")  # a resumed run: summary.json's lives carry the claim
+    restored.restore_counts(s.to_dict()["lives"])
+    assert restored.frames() == s.frames()

@@ -205,6 +205,12 @@ def report(run_dir: Path | None, restarts: Mapping[str, int]) -> None:
         return
     for name, stream in summary["streams"].items():
         log.info("%s: frames %s", name, json.dumps(stream["frames"]))
+    if restarts:
+        # The recorder wrote the run's summary; only the launcher knows what it had to restart.
+        summary["run"]["restarts"] = dict(restarts)
+        partial = run_dir / "summary.json.partial"
+        partial.write_text(json.dumps(summary, indent=2))
+        partial.replace(run_dir / "summary.json")
     log.info("run folder: %s", run_dir)
 
 
