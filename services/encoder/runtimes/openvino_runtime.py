@@ -106,6 +106,7 @@ class OpenVinoTower:
         if precision == "int8":
             config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = DYNAMIC_QUANTIZATION_GROUP
         core = ov.Core()
+        self.folder = folder
         self.compiled = core.compile_model(core.read_model(str(folder / MODEL_FILE)), "CPU", config)
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
