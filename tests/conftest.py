@@ -54,7 +54,14 @@ def tiny_model(tmp_path_factory) -> dict:
     model = open_clip.create_model("tiny-clip", pretrained=None)
     checkpoint = folder / "tiny-clip.pt"
     torch.save({"state_dict": model.state_dict()}, checkpoint)
-    return {"ENCODERS_MODEL": str(config), "ENCODERS_PRETRAINED": str(checkpoint), "ENCODERS_DEVICE": "cpu"}
+    return {
+        "ENCODERS_MODEL": str(config),
+        "ENCODERS_PRETRAINED": str(checkpoint),
+        "ENCODERS_DEVICE": "cpu",
+        # The exports of the onnx and openvino runtimes (ENCODERS_RUNTIME=auto takes one) stay
+        # in the test's folder, not the user's cache.
+        "ENCODERS_MODEL_CACHE": str(folder / "model-cache"),
+    }
 
 
 def free_port() -> int:
@@ -66,12 +73,13 @@ def free_port() -> int:
 class Service:
     """A real `python -m encoders ...` process whose output is kept for assertions."""
 
-    def __init__(self, args: list[str], env: dict, log_path: Path):
+    def __init__(self, args: list[str], env: dict, log_path: Path, host: str | None = None):
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - the process writes to it; close() closes it
+        on_host = ["ip", "netns", "exec", host] if host else []  # another host: tests/hosts.py
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "encoders", *args],
+            [*on_host, sys.executable, "-m", "encoders", *args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -111,8 +119,9 @@ class Services:
         self.folder = folder
         self.started: list[Service] = []
 
-    def __call__(self, *args: str, env: dict | None = None) -> Service:
-        svc = Service(list(args), env or {}, self.folder / f"{args[0]}-{len(self.started)}.log")
+    def __call__(self, *args: str, env: dict | None = None, host: str | None = None) -> Service:
+        """``host``: the network namespace to run it in (tests/hosts.py), this one if None."""
+        svc = Service(list(args), env or {}, self.folder / f"{args[0]}-{len(self.started)}.log", host)
         self.started.append(svc)
         return svc
 

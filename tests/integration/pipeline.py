@@ -20,10 +20,7 @@ from encoders.shared import zmqio
 from encoders.shared.messages import EndOfStream, Message, MetricsRecord, StreamStart
 
 from ..conftest import Service, Services, Sockets, free_port, wait_for
-
-
-def tcp(port: int) -> str:
-    return f"tcp://127.0.0.1:{port}"
+from ..hosts import Host
 
 
 @dataclass
@@ -40,29 +37,42 @@ class Pipeline:
     max_wait: float = 5.0
     stream_dirs: bool = False
     run_dir: Path | None = None
+    # On several hosts (tests/hosts.py): the core's host, whose address every service is given.
+    core_host: Host | None = None
+
+    @property
+    def address(self) -> str:
+        return self.core_host.address if self.core_host else "127.0.0.1"
 
     @property
     def core(self) -> str:
-        return tcp(self.core_port)
+        return f"tcp://{self.address}:{self.core_port}"
 
     @property
     def metrics_pub(self) -> str:
-        return tcp(self.metrics_port)
+        return f"tcp://{self.address}:{self.metrics_port}"
 
-    def start_core(self) -> Service:
+    def start_core(self, *extra: str) -> Service:
+        bind = "*" if self.core_host else "127.0.0.1"  # another host: every interface, as a user would
         return self.service(
             "metrics",
             "--core-bind",
-            tcp(self.core_port),
+            f"tcp://{bind}:{self.core_port}",
             "--frames-bind",
-            tcp(self.frames_port),
+            f"tcp://{bind}:{self.frames_port}",
             "--metrics-bind",
-            tcp(self.metrics_port),
+            f"tcp://{bind}:{self.metrics_port}",
             "--state-dir",
             str(self.folder / "core-state"),
             "--max-wait",
             str(self.max_wait),
+            *extra,
+            host=self.netns(self.core_host),
         )
+
+    @staticmethod
+    def netns(host: Host | None) -> str | None:
+        return host.netns if host else None
 
     def start_recorder(self, *extra: str, again: bool = False) -> Service:
         """The recorder; ``again``: started after one was killed, it takes its run from the core's Welcome."""
@@ -82,9 +92,10 @@ class Pipeline:
             "50",
             *(["--stream-dirs"] if self.stream_dirs else []),
             *extra,
+            host=self.netns(self.core_host),  # beside the core, as the README has it
         )
 
-    def start_worker(self, name: str, *, wait: bool = True) -> Service:
+    def start_worker(self, name: str, *, wait: bool = True, host: Host | None = None) -> Service:
         ready = self.folder / f"{name}.ready"
         ready.unlink(missing_ok=True)
         worker = self.service(
@@ -100,13 +111,17 @@ class Pipeline:
             "--ready-file",
             str(ready),
             env=self.tiny_model,
+            host=self.netns(host),
         )
         if wait:
             wait_for(lambda: ready.exists() or worker.proc.poll() is not None, 60, f"worker {name} to load the model")
             assert worker.proc.poll() is None, worker.output()[-3000:]
         return worker
 
-    def start_camera(self, index: int, *, fps: float = 40) -> str:
+    def start_camera(
+        self, index: int, *, fps: float = 40, host: Host | None = None, size: tuple[int, int] = (320, 240)
+    ) -> str:
+        """A Pi stand-in; its URL as a process on the same host reaches it."""
         port = free_port()
         self.service(
             "pisim",
@@ -115,18 +130,21 @@ class Pipeline:
             "--fps",
             str(fps),
             "--width",
-            "320",
+            str(size[0]),
             "--height",
-            "240",
+            str(size[1]),
             "--seed",
             str(index),
             "--scene-every",
             "1",
+            host=self.netns(host),
         )
         return f"http://127.0.0.1:{port}/stream.mjpg"
 
-    def start_ingest(self, index: int, url: str, *extra: str) -> Service:
-        return self.service("ingest", "--core", self.core, "--stream", url, "--stream-id", f"cam{index}", *extra)
+    def start_ingest(self, index: int, url: str, *extra: str, host: Host | None = None) -> Service:
+        return self.service(
+            "ingest", "--core", self.core, "--stream", url, "--stream-id", f"cam{index}", *extra, host=self.netns(host)
+        )
 
     def stop(self, timeout: float = 120) -> subprocess.CompletedProcess:
         """`encoders stop --pipeline CORE`, as an operator would: the pipeline drains and every service exits."""
