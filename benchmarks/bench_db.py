@@ -4,8 +4,9 @@
    commit) stores in a pgvector table with its HNSW index (on keyframes), 512 dims;
    and, for scale, the same with every frame a keyframe (each row an HNSW insert), with
    a thumbnail in every row or on keyframes only, and what making a thumbnail costs;
-   and the whole recorder process (`encoders record`: records over ZeroMQ, run files, the
-   database), fed as fast as it takes them.
+   and the whole recorder process (`encoders record`: records over its session with the core,
+   run files, the database), fed by a stand-in for the core (core_stand_in.py) as fast as it
+   acknowledges them.
 2. search: p50/p99 latency of ``Store.nearest`` (what `encoders search` runs, without
    loading a model) and recall@10 against exact numpy search, unfiltered and filtered,
    on the embeddings stored by step 1.
@@ -19,7 +20,8 @@ Settings (environment): BENCH_DB_FRAMES (200000), BENCH_DB_QUERIES (200 per kind
 
 This module runs the measurements in order and prints their figures; each lives beside it:
 db_data.py (the video, its rows, the server), db_writer.py (insert), db_process.py (the
-recorder process), db_thumbnails.py (what thumbnails cost) and db_search.py (search).
+recorder process, fed by core_stand_in.py), db_thumbnails.py (what thumbnails cost) and
+db_search.py (search).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def main() -> dict:
         process = {**tries[0], "rows_per_s": float(np.median(rates)), "rows_per_s_tries": rates}
         result["insert_recorder_process"] = process
         print(
-            f"  the whole recorder process (`encoders record`, records over ZeroMQ, run files too), "
+            f"  the whole recorder process (`encoders record`, records over its session with the core, acknowledged "
+            f"once durable; run files too), "
             f"{process['rows']} records of {process['streams']} streams: {process['rows_per_s']:,.0f}/s "
             f"(median of {len(rates)}: {', '.join(f'{r:,.0f}' for r in rates)})",
             flush=True,

@@ -1,5 +1,6 @@
-"""The recorder process benchmark: `encoders record` as a process, fed metrics records over
-ZeroMQ as fast as it takes them; embeddings/s until every row is committed and its files written."""
+"""The recorder process benchmark: `encoders record` as a process, fed metrics records over its
+session with the core (played by core_stand_in.py) as fast as it acknowledges them; embeddings/s
+until every row is committed and acknowledged."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-import zmq
 
 from benchmarks import OUT
-from encoders.shared import zmqio
-from encoders.shared.messages import EndOfStream, MetricsRecord, encode
+from encoders.shared.messages import EndOfStream, MetricsRecord, StreamStart
 
+from .core_stand_in import CoreStandIn, prepare
 from .db_data import STREAMS, Video, new_database, scalar
 
 PROCESS_TRIES = 3
@@ -43,8 +43,11 @@ def process_runs_dir() -> Iterator[Path]:
 
 def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, name: str = "process") -> dict:
     """`encoders record` as a process: the first ``frames`` of the video (the cameras of the first
-    PROCESS_RUNS runs, as that many times two streams) pushed as metrics records; embeddings/s from
-    the first record taken to the process exiting with every row committed (and its files written)."""
+    PROCESS_RUNS runs, as that many times two streams) delivered as metrics records by a stand-in
+    for the core (core_stand_in.py: the recorder's session, the core's window of records not yet
+    acknowledged); embeddings/s from the first record sent to the acknowledgement that makes the
+    last one durable (its row committed). Then Stop: the recorder finishes the run (its last npz,
+    summary.json), says Bye and exits; how long that took is ``stop_seconds``, not counted."""
     db_url = new_database(url, name)
     # The first frames of each stream, the same number from each, whatever the video's size.
     per_stream = frames // (PROCESS_RUNS * STREAMS)
@@ -52,12 +55,7 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
     # As cameras recording at once: interleaved by time of day (each stream stays in seq order).
     order = chosen[np.argsort(video.t[chosen] - (video.run[chosen] - 1) * 86400, kind="stable")]
     streams = sorted({(int(video.run[i]), int(video.stream[i])) for i in order})
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.setsockopt(zmq.SNDTIMEO, 60_000)
-    push.bind("tcp://127.0.0.1:0")
-    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    core = CoreStandIn()
     log_path = runs_dir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the process writes to it until it is stopped
     proc = subprocess.Popen(
@@ -66,16 +64,14 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
             "-m",
             "encoders",
             "record",
+            "--core",
+            core.endpoint,
             "--database-url",
             db_url,
             "--runs-dir",
             str(runs_dir),
-            "--records",
-            endpoint,
             "--frames",
-            "",
-            "--exit-after-streams",
-            str(len(streams)),
+            "none",  # no snapshots: records only
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -83,11 +79,10 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
     try:
         # Encoded before the clock starts: what is measured is the recorder, not this sender
         # (on two cores, encoding here would take CPU from the recorder and the server).
-        messages = []
+        prepared = [prepare(StreamStart(f"r{run}cam{stream}", 0)) for run, stream in streams]
         for i in order:
-            v = video.vectors[i]
-            messages.append(
-                encode(
+            prepared.append(
+                prepare(
                     MetricsRecord(
                         stream=f"r{int(video.run[i])}cam{int(video.stream[i])}",
                         seq=int(video.seq[i]),
@@ -97,28 +92,36 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
                         model="synthetic/none",
                         similarity=0.99,
                         drift=0.01,
-                        vector=v,
+                        vector=video.vectors[i],
                         rolling={"count": 300, "mean": 0.01, "std": 0.002},
+                        core=core.name,
                     )
                 )
             )
-        push.send_multipart(messages[0])  # returns once the recorder has connected
-        start = time.perf_counter()
-        for parts in messages[1:]:
-            push.send_multipart(parts, copy=False)
         for run, stream in streams:
             last = int(video.seq[order][(video.run[order] == run) & (video.stream[order] == stream)].max())
-            zmqio.send(push, EndOfStream(f"r{run}cam{stream}", last, {"embedded": last + 1}))
-        code = proc.wait(timeout=600)
-        elapsed = time.perf_counter() - start
+            prepared.append(prepare(EndOfStream(f"r{run}cam{stream}", last, {"embedded": last + 1})))
+        core.wait_ready(proc)
+        elapsed = core.deliver(proc, prepared)
+        stopping = time.perf_counter()
+        code = core.stop(proc)
+        stop_seconds = time.perf_counter() - stopping
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"{exc}; the recorder's log ends:\n{log_path.read_text()[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
-        push.close(0)
-        ctx.term()
+            proc.wait()
+        core.close()
         log.close()
     assert code == 0, log_path.read_text()[-3000:]
     with psycopg.connect(db_url) as conn:
         stored = scalar(conn, "SELECT count(*) FROM frames")
     assert stored == len(order), (stored, len(order))
-    return {"rows": stored, "streams": len(streams), "seconds": elapsed, "rows_per_s": stored / elapsed}
+    return {
+        "rows": stored,
+        "streams": len(streams),
+        "seconds": elapsed,
+        "rows_per_s": stored / elapsed,
+        "stop_seconds": stop_seconds,
+    }

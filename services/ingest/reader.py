@@ -110,8 +110,11 @@ class ReaderOutbox:
                 if self._sock is None:
                     return False
                 if self._sock.poll(POLL_MS, zmq.POLLOUT):
-                    self._sock.send_multipart(encode(event), flags=zmq.NOBLOCK, copy=False)
-                    return True
+                    try:
+                        self._sock.send_multipart(encode(event), flags=zmq.NOBLOCK, copy=False)
+                        return True
+                    except zmq.Again:  # writable at the poll, not at the send (the main thread's end
+                        continue  # closing, at the stream's end): again, until it is or we are stopped
         return False
 
     def close(self) -> None:

@@ -4,11 +4,12 @@ after it."""
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 
 from encoders.shared.runtime import setup_logging, stop_on_signals
 from encoders.shared.storage import embedded, schema
-from encoders.shared.storage.config import DatabaseConfig
+from encoders.shared.storage.config import DatabaseConfig, ServeConfig
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 
@@ -40,15 +41,32 @@ def migrate(cfg: DatabaseConfig) -> int:
     return 0
 
 
-def serve(cfg: DatabaseConfig) -> int:
-    """Keep the embedded database up until Ctrl+C or SIGTERM, and say how to reach it."""
+def serve(cfg: ServeConfig) -> int:
+    """Keep the embedded database up until Ctrl+C or SIGTERM, and say how to reach it (``listen``:
+    also over TCP, with a password, for other machines)."""
     setup_logging("db")
     logging.getLogger("encoders.shared.storage.embedded").setLevel(logging.WARNING)  # the URL is printed below
     stop = stop_on_signals()
     try:
-        with embedded.database("", cfg.runs_dir) as url:
-            print(f'embedded PostgreSQL for {cfg.runs_dir}: {url}\n  psql "{url}"\nCtrl+C stops it.', flush=True)
-            stop.wait()
+        if cfg.db_listen:
+            host, _, port = cfg.db_listen.rpartition(":")
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                print(f"encoders db serve: --db-listen {cfg.db_listen!r} is not HOST:PORT", file=sys.stderr)
+                return 2
+            password = cfg.db_password or secrets.token_urlsafe(18)
+            with embedded.served(cfg.runs_dir, host or "0.0.0.0", int(port), password) as url:
+                shown = url if not cfg.db_password else url.replace(password, "***")  # a given one is not echoed
+                print(
+                    f"embedded PostgreSQL for {cfg.runs_dir}, also on TCP {cfg.db_listen} (password needed):\n"
+                    f'  psql "{shown}"\n'
+                    "  (from another machine, with this machine's address instead of localhost)\nCtrl+C stops it.",
+                    flush=True,
+                )
+                stop.wait()
+        else:
+            with embedded.database("", cfg.runs_dir) as url:
+                print(f'embedded PostgreSQL for {cfg.runs_dir}: {url}\n  psql "{url}"\nCtrl+C stops it.', flush=True)
+                stop.wait()
     except (embedded.NoDatabase, DatabaseUnavailable, OSError) as exc:
         print(f"encoders db serve: {exc}", file=sys.stderr)
         return 2

@@ -24,3 +24,21 @@ class DatabaseConfig(Settings):
         secret="url",
     )
     runs_dir: str = setting(RUNS_DIR, "Folder that holds one folder per run (and the embedded database)")
+
+
+@dataclass
+class ServeConfig(DatabaseConfig):
+    """`encoders db serve`: the embedded database kept up, and optionally reachable from other machines."""
+
+    db_listen: str = setting(
+        "",
+        "Also listen on TCP at HOST:PORT (e.g. 0.0.0.0:5432) for recorders, search and psql on other machines; "
+        "TCP connections need the password. For a quick test: a networked PostgreSQL is the path for a pipeline "
+        "on several machines",
+    )
+    db_password: str = setting(
+        "",
+        "The password TCP connections need (user postgres); empty = a new random one, printed at start. "
+        "Prefer the variable: a flag shows in the process list",
+        secret="value",
+    )

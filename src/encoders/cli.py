@@ -21,7 +21,7 @@ from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.endpoints import CORE_PORT, this_machine
 from encoders.shared.settings import click_options, from_click, unknown_variables
-from encoders.shared.storage.config import DatabaseConfig
+from encoders.shared.storage.config import DatabaseConfig, ServeConfig
 from encoders.variables import KNOWN_VARIABLES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -297,16 +297,19 @@ def migrate(**kwargs) -> None:
 
 
 @db.command(context_settings=CONTEXT)
-@click_options(DatabaseConfig)
+@click_options(ServeConfig)
 def serve(**kwargs) -> None:
     """Keep the embedded database running and print its URL, for psql and other clients.
 
     The embedded PostgreSQL runs only while something uses it (a run, a search); this keeps
-    it up until Ctrl+C, so that psql or a notebook can connect with the URL it prints.
+    it up until Ctrl+C, so that psql or a notebook can connect with the URL it prints. It
+    listens on a Unix socket, for this machine; --db-listen 0.0.0.0:5432 also serves it over
+    TCP, with a password, to other machines (a quick test of several hosts: a networked
+    PostgreSQL with pgvector is the lasting way).
     """
     from encoders.services.search import database
 
-    cfg = from_click(DatabaseConfig, kwargs)
+    cfg = from_click(ServeConfig, kwargs)
     if cfg.database_url:
         raise click.UsageError("a database URL is set (--database-url / ENCODERS_DATABASE_URL): connect to it directly")
     sys.exit(database.serve(cfg))

@@ -12,7 +12,7 @@ from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.runtime import RUNTIME_VARIABLES
 from encoders.shared.settings import Settings, variables_of
-from encoders.shared.storage.config import DatabaseConfig
+from encoders.shared.storage.config import DatabaseConfig, ServeConfig
 
 ALL_SETTINGS: tuple[type[Settings], ...] = (
     RunConfig,
@@ -24,5 +24,6 @@ ALL_SETTINGS: tuple[type[Settings], ...] = (
     PisimConfig,
     SearchConfig,
     DatabaseConfig,
+    ServeConfig,
 )
 KNOWN_VARIABLES = variables_of(ALL_SETTINGS) | RUNTIME_VARIABLES
