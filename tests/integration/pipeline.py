@@ -34,7 +34,7 @@ class Pipeline:
     core_port: int = field(default_factory=free_port)
     frames_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
-    max_wait: float = 5.0
+    max_wait: float = 10.0  # the default: a vanished worker costs its frames at once, not after this
     stream_dirs: bool = False
     run_dir: Path | None = None
     # On several hosts (tests/hosts.py): the core's host, whose address every service is given.
