@@ -1,8 +1,9 @@
 """The pipeline's well-known ports, and how a default address is written (docs/PROTOCOL.md).
 
 Every service connects to one address, the core's (the metrics service); the core binds
-its session socket and the two publishers viewers subscribe to. A service that binds
-listens on every interface by default; one that connects defaults to this machine.
+its session socket and the two publishers viewers subscribe to. By default everything is
+on this machine: the core binds loopback, and binds beyond it only with keys or
+ENCODERS_INSECURE (shared/keys.py); compose binds every interface, with keys.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ CORE_PORT = 5556  # core ROUTER: the sessions of ingests, workers, the recorder,
 METRICS_PORT = 5558  # core PUB: records, starts, ends and stats (viewers)
 
 
-def bind_all(port: int) -> str:
-    return f"tcp://*:{port}"
+def bind_loopback(port: int) -> str:
+    return f"tcp://127.0.0.1:{port}"
 
 
 def this_machine(port: int) -> str:

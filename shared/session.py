@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from . import zmqio
+from .keys import CurveKeys
 from .messages import PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Welcome
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ class CoreSession:
         counters: dict | None = None,
         sndhwm: int | None = None,
         rcvhwm: int | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
-        self.endpoint, self.setting = endpoint, setting
+        self.endpoint, self.setting, self.keys = endpoint, setting, keys
         self.hello, self.on_join, self.on_lost = hello, on_join, on_lost
         self.heartbeat_s, self.timeout_s = heartbeat_s, heartbeat_s * misses
         self.counters = counters if counters is not None else {}
@@ -92,6 +94,7 @@ class CoreSession:
             rcvhwm=rcvhwm,
             heartbeat_s=heartbeat_s,
             immediate=True,
+            curve=keys,
         )
         self.welcome: Welcome | None = None  # of the current life; None while not joined
         self.lives = 0  # Welcomes received
@@ -161,10 +164,13 @@ class CoreSession:
         if now >= self._next_warning:
             log.warning(
                 "no answer from the core at %s (%s) for %.0f s: is the metrics service running there, and is "
-                "this the address this machine reaches it at?",
+                "this the address this machine reaches it at?%s",
                 self.endpoint,
                 self.setting,
                 now - self._waiting_since,
+                " With keys (ENCODERS_KEYS): does the core have them on, and this role's key in its allowed/?"
+                if self.keys is not None
+                else "",
             )
             self._next_warning = now + NO_ANSWER_REPEAT_S
 

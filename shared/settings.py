@@ -244,6 +244,13 @@ def unknown_variables(environ: Mapping[str, str], known: set[str]) -> list[str]:
 # -- settings several services share --------------------------------------------------------
 
 
+KEYS_HELP = (
+    "Folder of CurveZMQ keys made by `encoders keys init` (the same folder, or the files of this role, on every "
+    "machine): every link to the core encrypted, and only services with an allowed key served. Empty = plain "
+    "ZeroMQ, for this machine or a network you trust"
+)
+
+
 @dataclass
 class CoreConnection(Settings):
     """How a service reaches the core (the metrics service) and keeps its session (docs/PROTOCOL.md)."""
@@ -259,6 +266,7 @@ class CoreConnection(Settings):
     heartbeat_misses: int = setting(
         3, "Heartbeats missed in a row before the other side counts as gone (the same on every service)", minimum=2
     )
+    keys: str = setting("", KEYS_HELP)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 import zmq
 
 from . import messages
+from .keys import CurveKeys
 from .messages import DecodeError, Message
 from .runtime import StartupError
 from .settings import split_addrs
@@ -35,6 +36,7 @@ def open_socket(
     heartbeat_s: float | None = None,
     immediate: bool = False,
     max_message_bytes: int | None = None,
+    curve: CurveKeys | None = None,
 ) -> zmq.Socket:
     """Create a socket, set its options, then bind or connect it to every endpoint.
 
@@ -47,7 +49,8 @@ def open_socket(
     connection that died without a word is dropped and re-established within three of them.
     ``immediate``: queue messages only to a connection that is up (a session's Hello must
     not wait in a queue for a core that is not there, then arrive stale). ``max_message_bytes``:
-    a peer that sends a larger message is disconnected (zmq.MAXMSGSIZE).
+    a peer that sends a larger message is disconnected (zmq.MAXMSGSIZE). ``curve``: the
+    socket's CurveZMQ keys (shared/keys.py), a server's or a client's.
     """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger)
@@ -66,6 +69,8 @@ def open_socket(
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if max_message_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if curve is not None:
+        curve.apply(sock)
     if kind == zmq.SUB:
         for prefix in subscribe:
             sock.setsockopt(zmq.SUBSCRIBE, prefix)

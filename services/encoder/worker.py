@@ -27,6 +27,7 @@ from threading import Event
 
 import zmq
 
+from encoders.shared import keys
 from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello, Message, Skipped, Stop, Welcome
 from encoders.shared.session import CoreSession
 from encoders.shared.settings import CoreConnection
@@ -90,6 +91,7 @@ class Worker:
             on_lost=self._lost,
             counters=self.counters,
             sndhwm=max(1000, 4 * self.intake.capacity),  # results in flight never exceed the capacity
+            keys=keys.client(core.keys, "worker"),
         )
         self.model = ModelThread(encoder)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None

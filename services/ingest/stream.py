@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
+from encoders.shared import keys
 from encoders.shared.messages import (
     PROTOCOL,
     TEXT_MAX,
@@ -82,6 +83,7 @@ class Ingest:
             on_lost=self.delivery.lose,
             counters=self.counts,
             sndhwm=SNDHWM,
+            keys=keys.client(cfg.keys, "ingest"),
         )
         self.poller = zmq.Poller()
         self.poller.register(self.session.sock, zmq.POLLIN)

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, bind_all
-from encoders.shared.settings import Settings, setting
+from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, bind_loopback
+from encoders.shared.settings import KEYS_HELP, Settings, setting
 
 
 def default_state_dir() -> str:
@@ -19,13 +19,21 @@ def default_state_dir() -> str:
 @dataclass
 class MetricsConfig(Settings):
     core_bind: str = setting(
-        bind_all(CORE_PORT),
+        bind_loopback(CORE_PORT),
         "ROUTER endpoint every service connects to (ENCODERS_CORE on the others): ingests, workers, the "
-        "recorder, viewers, `encoders stop`",
+        "recorder, viewers, `encoders stop`. For other machines: tcp://*:5556, with --keys (or --insecure)",
     )
-    frames_bind: str = setting(bind_all(FRAMES_PORT), "PUB endpoint of every frame (viewers, the recorder's snapshots)")
+    frames_bind: str = setting(
+        bind_loopback(FRAMES_PORT), "PUB endpoint of every frame (viewers, the recorder's snapshots)"
+    )
     metrics_bind: str = setting(
-        bind_all(METRICS_PORT), "PUB endpoint of records, stream starts and ends, stats (viewers)"
+        bind_loopback(METRICS_PORT), "PUB endpoint of records, stream starts and ends, stats (viewers)"
+    )
+    keys: str = setting("", KEYS_HELP)
+    insecure: bool = setting(
+        False,
+        "Bind beyond loopback without keys: anyone who reaches these ports can read the frames and pose as any "
+        "service (a network you trust only; said at every start)",
     )
     heartbeat_s: float = setting(
         1.0, "Seconds between heartbeats when nothing else is sent (the same on every service)", minimum=0.05

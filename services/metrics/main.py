@@ -11,7 +11,7 @@ import threading
 import zmq
 
 from encoders.services.metrics.config import MetricsConfig
-from encoders.shared import zmqio
+from encoders.shared import keys, zmqio
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.settings import split_addrs
 from encoders.shared.spool import SpoolLocked
@@ -28,9 +28,15 @@ def run(cfg: MetricsConfig) -> int:
 
 
 def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
+    keys.check_binds([cfg.core_bind, cfg.frames_bind, cfg.metrics_bind], cfg.keys, cfg.insecure)
     state = StateDir(cfg.state_dir)  # one core per folder: StartupError if another holds it
     ctx = zmq.Context()
+    curve: keys.CoreKeys | None = None
     try:
+        if cfg.keys:  # before any socket binds: the ZAP handler must be there for the first handshake
+            curve = keys.CoreKeys(ctx, cfg.keys)
+            log.info("keys from %s: serving the keys of %s (allowed/)", cfg.keys, ", ".join(curve.allowed))
+        server = curve.keys if curve else None
         numbering = Numbering(state.path / "numbering.json")
         router = zmqio.open_socket(
             ctx,
@@ -39,21 +45,20 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
             bind=True,
             heartbeat_s=cfg.heartbeat_s,
             max_message_bytes=MAX_MESSAGE_BYTES,
+            curve=server,
         )
         # A peer whose TCP connection ZeroMQ re-establishes keeps its session: the new
         # connection takes the identity over at once rather than waiting for the old to time out.
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        frames = zmqio.open_socket(ctx, zmq.PUB, cfg.frames_bind, bind=True)
-        metrics = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True)
+        frames = zmqio.open_socket(ctx, zmq.PUB, cfg.frames_bind, bind=True, curve=server)
+        metrics = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True, curve=server)
         delivery = Delivery(state.path / "records.spool", cfg.hold_records) if cfg.recorder else None
-    except SpoolLocked as exc:  # the state folder's lock makes this unlikely: a spool copied in by hand?
+    except (SpoolLocked, StartupError) as exc:  # a spool copied in by hand? (the state folder's lock is held)
+        if curve is not None:
+            curve.stop()
         ctx.destroy(linger=0)
         state.close()
-        raise StartupError(str(exc)) from None
-    except StartupError:
-        ctx.destroy(linger=0)
-        state.close()
-        raise
+        raise exc if isinstance(exc, StartupError) else StartupError(str(exc)) from None
 
     core = Core(
         cfg,
@@ -76,6 +81,8 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
         core.run(stop)
     finally:
         core.close()
+        if curve is not None:
+            curve.stop()
         ctx.term()
         state.close()
     return 0

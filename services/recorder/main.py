@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zmq
 
-from encoders.shared import zmqio
+from encoders.shared import keys, zmqio
 from encoders.shared.messages import PROTOCOL, Hello
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import CoreSession, SessionRefused, process_name
@@ -75,17 +75,19 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         except CANNOT_START as exc:
             raise StartupError(str(exc)) from None
         # Its callbacks (what each Hello says, what a Welcome does) are the Receiver's.
+        curve = keys.client(cfg.keys, "recorder")
         session = CoreSession(
             ctx,
             cfg.core,
             lambda: Hello("recorder", process_name(), PROTOCOL),
             heartbeat_s=cfg.heartbeat_s,
             misses=cfg.heartbeat_misses,
+            keys=curve,
         )
         frames = None
         if cfg.frames != NO_FRAMES:
             frames = zmqio.open_socket(
-                ctx, zmq.SUB, [], bind=False, linger=0, rcvhwm=FRAMES_RCVHWM, subscribe=[b"frame/"]
+                ctx, zmq.SUB, [], bind=False, linger=0, rcvhwm=FRAMES_RCVHWM, subscribe=[b"frame/"], curve=curve
             )
         closer: list[threading.Thread] = []
 

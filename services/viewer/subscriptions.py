@@ -18,8 +18,9 @@ import logging
 
 import zmq
 
-from encoders.shared import zmqio
+from encoders.shared import keys, zmqio
 from encoders.shared.endpoints import as_seen_from
+from encoders.shared.keys import CurveKeys
 from encoders.shared.messages import PROTOCOL, Hello
 from encoders.shared.runtime import StartupError
 from encoders.shared.session import CoreSession, SessionRefused, process_name
@@ -38,14 +39,23 @@ CORE_SETTING = "--core / ENCODERS_CORE"
 log = logging.getLogger("encoders.viewer")
 
 
-def open_sockets(ctx: zmq.Context, frame_addrs: list[str], metrics_addr: str) -> tuple[zmq.Socket, zmq.Socket]:
+def open_sockets(
+    ctx: zmq.Context, frame_addrs: list[str], metrics_addr: str, curve: CurveKeys | None = None
+) -> tuple[zmq.Socket, zmq.Socket]:
     """The frames and metrics subscriptions; StartupError for an endpoint that does not parse."""
     frames = zmqio.open_socket(
-        ctx, zmq.SUB, frame_addrs, bind=False, rcvhwm=FRAMES_RCVHWM, subscribe=FRAME_TOPICS, linger=0
+        ctx, zmq.SUB, frame_addrs, bind=False, rcvhwm=FRAMES_RCVHWM, subscribe=FRAME_TOPICS, linger=0, curve=curve
     )
     try:
         metrics = zmqio.open_socket(
-            ctx, zmq.SUB, metrics_addr, bind=False, rcvhwm=METRICS_RCVHWM, subscribe=METRICS_TOPICS, linger=0
+            ctx,
+            zmq.SUB,
+            metrics_addr,
+            bind=False,
+            rcvhwm=METRICS_RCVHWM,
+            subscribe=METRICS_TOPICS,
+            linger=0,
+            curve=curve,
         )
     except StartupError:
         frames.close(0)
@@ -71,6 +81,7 @@ def viewer_session(ctx: zmq.Context, cfg: CoreConnection) -> CoreSession:
         lambda: Hello("viewer", process_name(), PROTOCOL),
         heartbeat_s=cfg.heartbeat_s,
         misses=cfg.heartbeat_misses,
+        keys=keys.client(cfg.keys, "viewer"),
     )
 
 
@@ -84,9 +95,15 @@ class Subscriptions:
     """
 
     def __init__(
-        self, ctx: zmq.Context, frames: list[str], metrics: str, *, session: CoreSession | None = None
+        self,
+        ctx: zmq.Context,
+        frames: list[str],
+        metrics: str,
+        *,
+        session: CoreSession | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
-        self.ctx = ctx
+        self.ctx, self.curve = ctx, curve
         self.frames, self.metrics = frames, metrics
         self.session = session
         self.core = session.endpoint if session is not None else ""
@@ -99,9 +116,10 @@ class Subscriptions:
     def from_config(cls, ctx: zmq.Context, cfg: CoreConnection, frames: str, metrics: str) -> Subscriptions:
         """At once on the endpoints given; otherwise by asking the core (StartupError: one does not parse)."""
         frame_addrs = split_addrs(frames)
+        curve = keys.client(cfg.keys, "viewer")
         if frame_addrs and metrics:
-            return cls(ctx, frame_addrs, metrics)
-        return cls(ctx, frame_addrs, metrics, session=viewer_session(ctx, cfg))
+            return cls(ctx, frame_addrs, metrics, curve=curve)
+        return cls(ctx, frame_addrs, metrics, session=viewer_session(ctx, cfg), curve=curve)
 
     @property
     def subscribed(self) -> bool:
@@ -173,4 +191,4 @@ class Subscriptions:
 
     def _subscribe(self, frames: list[str], metrics: str) -> None:
         self.frames, self.metrics = frames, metrics
-        self.sockets = list(open_sockets(self.ctx, frames, metrics))
+        self.sockets = list(open_sockets(self.ctx, frames, metrics, self.curve))

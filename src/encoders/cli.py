@@ -147,12 +147,41 @@ def view(**kwargs) -> None:
 def stop(pipeline: str, timeout: float, reason: str) -> None:
     """Stop a running pipeline from anywhere: its cameras end, every frame in flight gets its
     outcome and every record is stored, then its services exit. Prints each stream's totals.
+    With keys on, it needs ENCODERS_KEYS (the control role's key).
 
     Exits 0 once stopped, 1 if it has not within --timeout, 2 if no core answers at --pipeline.
     """
     from encoders import control
 
     sys.exit(control.run(pipeline, timeout_s=timeout, reason=reason))
+
+
+@cli.group(context_settings=CONTEXT)
+def keys() -> None:
+    """CurveZMQ keys: every link to the core encrypted, and only allowed services served."""
+
+
+@keys.command("init", context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--if-missing", is_flag=True, help="A folder with keys already is kept as it is (compose's first start)")
+def keys_init(folder: str, if_missing: bool) -> None:
+    """Make a key pair per role (core, ingest, worker, recorder, viewer, control) and the core's
+    allow-list in FOLDER. Then set ENCODERS_KEYS=FOLDER for every service: the core's machine
+    needs core.key_secret and allowed/; every other machine core.key and its role's .key_secret.
+    """
+    from pathlib import Path
+
+    from encoders.shared import keys as curve
+    from encoders.shared.runtime import StartupError
+
+    if if_missing and any(Path(folder).glob("*.key")):
+        click.echo(f"{folder} holds keys already: kept")
+        return
+    try:
+        made = curve.init(folder)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{len(made)} files in {folder}; set ENCODERS_KEYS={folder} for every service")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -30,6 +30,7 @@ from typing import IO
 
 import zmq
 
+from encoders.shared import keys
 from encoders.shared.messages import PROTOCOL, FrameCounts, Hello, Stop, Stopped
 from encoders.shared.runtime import StartupError
 from encoders.shared.session import CoreSession, SessionRefused, process_name
@@ -52,6 +53,7 @@ def control_session(ctx: zmq.Context, cfg: CoreConnection) -> CoreSession:
         setting=SETTING,
         heartbeat_s=cfg.heartbeat_s,
         misses=cfg.heartbeat_misses,
+        keys=keys.client(cfg.keys, "control"),
     )
 
 

@@ -8,6 +8,7 @@ service, and stop it the way an operator does (`encoders stop`).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import psycopg
 import zmq
 
 from encoders.shared import zmqio
+from encoders.shared.keys import CurveKeys
 from encoders.shared.messages import EndOfStream, Message, MetricsRecord, StreamStart
 
 from ..conftest import Service, Services, Sockets, free_port, wait_for
@@ -39,6 +41,7 @@ class Pipeline:
     run_dir: Path | None = None
     # On several hosts (tests/hosts.py): the core's host, whose address every service is given.
     core_host: Host | None = None
+    env: dict[str, str] = field(default_factory=dict)  # for every service: ENCODERS_KEYS, say
 
     @property
     def address(self) -> str:
@@ -67,6 +70,7 @@ class Pipeline:
             "--max-wait",
             str(self.max_wait),
             *extra,
+            env=self.env,
             host=self.netns(self.core_host),
         )
 
@@ -92,6 +96,7 @@ class Pipeline:
             "50",
             *(["--stream-dirs"] if self.stream_dirs else []),
             *extra,
+            env=self.env,
             host=self.netns(self.core_host),  # beside the core, as the README has it
         )
 
@@ -110,7 +115,7 @@ class Pipeline:
             name,
             "--ready-file",
             str(ready),
-            env=self.tiny_model,
+            env={**self.env, **self.tiny_model},
             host=self.netns(host),
         )
         if wait:
@@ -143,7 +148,16 @@ class Pipeline:
 
     def start_ingest(self, index: int, url: str, *extra: str, host: Host | None = None) -> Service:
         return self.service(
-            "ingest", "--core", self.core, "--stream", url, "--stream-id", f"cam{index}", *extra, host=self.netns(host)
+            "ingest",
+            "--core",
+            self.core,
+            "--stream",
+            url,
+            "--stream-id",
+            f"cam{index}",
+            *extra,
+            env=self.env,
+            host=self.netns(host),
         )
 
     def stop(self, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -153,6 +167,7 @@ class Pipeline:
             capture_output=True,
             text=True,
             timeout=timeout + 30,
+            env={**os.environ, **self.env},
         )
 
     def rows(self) -> list[tuple]:
@@ -166,9 +181,9 @@ class Pipeline:
             ).fetchall()
 
 
-def subscribe(sockets: Sockets, endpoint: str) -> zmq.Socket:
-    """A viewer's subscription to the core's records, stream starts and ends."""
-    return sockets.connect(zmq.SUB, endpoint, subscribe=[b"metrics/", b"eos/", b"start/"])
+def subscribe(sockets: Sockets, endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket:
+    """A viewer's subscription to the core's records, stream starts and ends (``curve``: with keys on)."""
+    return sockets.connect(zmq.SUB, endpoint, subscribe=[b"metrics/", b"eos/", b"start/"], curve=curve)
 
 
 def collect(sub: zmq.Socket, *, until_eos: int = 0, records: int = 0, timeout_s: float = 90) -> list[Message]:

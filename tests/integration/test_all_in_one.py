@@ -243,3 +243,19 @@ def test_the_run_survives_a_sigkill_of_each_service_and_notes_the_restarts(servi
     rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
     assert f["embedded"] == cam0["db_rows"] == rows, json.dumps({k: cam0[k] for k in ("frames", "lives", "db_rows")})
     assert not leftovers(str(runs)), leftovers(str(runs))
+
+
+@pytest.mark.timeout(120)
+def test_a_public_bind_host_needs_keys_and_with_them_every_link_is_encrypted(service, tiny_model, pisim, tmp_path):
+    from encoders.shared import keys
+
+    args = ("--stream", pisim, "--no-display", "--no-save", "--max-frames", "20", "--bind-host", "0.0.0.0")
+    refused = service(*args, env=tiny_model)
+    assert refused.wait(60) == 2
+    assert "can be reached from other machines" in refused.output() and "ENCODERS_KEYS" in refused.output()
+    keys.init(tmp_path / "keys")
+    run = service(*args, env={**tiny_model, "ENCODERS_KEYS": str(tmp_path / "keys")})
+    assert run.wait(90) == 0, run.output()[-4000:]
+    out = run.output()
+    assert "serving the keys of" in out and "INSECURE" not in out
+    assert "'published': 20, 'embedded': 20" in out, out[-3000:]

@@ -127,6 +127,23 @@ def test_every_service_joins_the_core_at_one_address(compose):
     assert pisim and pisim.group(1) == env_of(services["pisim"])["ENCODERS_PORT"]
 
 
+def test_every_link_to_the_core_is_keyed_with_keys_made_once(compose):
+    """Issue #13: the core binds every interface, so every service holds keys, read-only, from
+    a volume that a one-shot service fills on the first start (and keeps after)."""
+    services = compose["services"]
+    maker = services["keys"]
+    assert "encoders keys init /keys --if-missing" in " ".join(maker["command"])
+    assert "keys:/keys" in maker["volumes"]
+    gpus = load("docker-compose.gpus.yml")["services"]
+    keyed = {name: services[name] for name in ("ingest", "encoder", "metrics", "recorder", "viewer")}
+    keyed |= {name: svc for name, svc in gpus.items() if name.startswith("encoder-gpu")}
+    for name, svc in keyed.items():
+        assert env_of(svc)["ENCODERS_KEYS"] == "/keys", name
+        assert "keys:/keys:ro" in svc["volumes"], name
+        assert svc["depends_on"]["keys"]["condition"] == "service_completed_successfully", name
+    assert "keys" in compose["volumes"]
+
+
 def test_compose_wiring_the_brief_asks_for(compose):
     s = compose["services"]
     assert env_of(s["ingest"])["ENCODERS_STREAM"] == "http://pisim:8000/stream.mjpg"

@@ -19,7 +19,11 @@ class RunConfig(DatabaseConfig):
     max_frames: int = setting(0, "Stop after this many frames per stream (0 = no limit)", minimum=0)
     workers: int = setting(1, "Encoder worker processes", minimum=1)
     lossless: bool = setting(False, "Embed every frame, slowing the stream instead of dropping frames")
-    bind_host: str = setting("127.0.0.1", "Interface the services' sockets listen on (0.0.0.0 for remote viewers)")
+    bind_host: str = setting(
+        "127.0.0.1",
+        "Interface the core also listens on, for viewers and workers elsewhere (0.0.0.0: every one; needs "
+        "ENCODERS_KEYS, or ENCODERS_INSECURE=1 on a trusted network)",
+    )
     web: str = setting(
         "",
         "Serve the web viewer for this run on HOST:PORT (PORT alone: localhost; beyond localhost it needs "

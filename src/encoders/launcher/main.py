@@ -32,7 +32,8 @@ from typing import Any
 from encoders.control import request_stop
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.viewer.config import ViewerConfig
-from encoders.shared.runtime import log_settings, setup_logging, stop_on_signals
+from encoders.shared.keys import check_binds
+from encoders.shared.runtime import StartupError, log_settings, setup_logging, stop_on_signals
 from encoders.shared.storage import embedded
 from encoders.shared.storage.errors import DatabaseUnavailable
 from encoders.variables import KNOWN_VARIABLES
@@ -82,6 +83,15 @@ def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
         wiring = services(
             cfg, ep, environ, database_url=database_url, recorder_ready=folder / "recorder.json", model=model
         )
+        try:  # --bind-host beyond loopback: keys, or the word that the network is trusted
+            check_binds(
+                [wiring.core.core_bind, wiring.core.frames_bind, wiring.core.metrics_bind],
+                wiring.core.keys,
+                wiring.core.insecure,
+            )
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
         children = Children(environ, KNOWN_VARIABLES)
         code, run_dir = 0, None
         try:
