@@ -10,12 +10,14 @@ from collections.abc import Iterable, Iterator
 import zmq
 
 from . import messages
+from .complaints import Complaints
 from .keys import CurveKeys
 from .messages import DecodeError, Message
 from .runtime import StartupError
 from .settings import split_addrs
 
 log = logging.getLogger(__name__)
+complain = Complaints(log, "the service's counters (bad_messages)")  # bad input: logged once, then counted
 
 # How long a closing socket may still try to deliver what it holds (ms). Long enough for
 # a final flush to a live peer, short enough that a dead peer never blocks shutdown.
@@ -146,7 +148,7 @@ def receive(
     except DecodeError as exc:
         if counters is not None:
             counters["bad_messages"] = counters.get("bad_messages", 0) + 1
-        log.warning("dropped a message that does not decode: %s", exc)
+        complain("bad_messages", "dropped a message that does not decode: %s", exc)
         return None, sender
 
 

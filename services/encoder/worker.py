@@ -28,6 +28,7 @@ from threading import Event
 import zmq
 
 from encoders.shared import keys
+from encoders.shared.complaints import Complaints
 from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello, Message, Skipped, Stop, Welcome
 from encoders.shared.session import CoreSession
 from encoders.shared.settings import CoreConnection
@@ -39,6 +40,7 @@ from .preprocess import load_batch
 from .thumbnails import Thumbnails
 
 log = logging.getLogger("encoders.encoder")
+complain = Complaints(log, "the worker's counters")  # bad input: logged once, then counted
 
 # Frames already held when a stop is asked for are still encoded, for at most this long.
 DRAIN_S = 30.0
@@ -128,8 +130,12 @@ class Worker:
                 self.counters["not_taken"] += 1
             elif not self.intake.add(msg):
                 self.counters["over_capacity"] += 1
-                log.warning(
-                    "%s #%d: handed beyond the capacity of %d: skipped", msg.stream, msg.seq, self.intake.capacity
+                complain(
+                    "over_capacity",
+                    "%s #%d: handed beyond the capacity of %d: skipped",
+                    msg.stream,
+                    msg.seq,
+                    self.intake.capacity,
                 )
                 self._send(Skipped(msg.stream, msg.seq, self.name, f"over capacity ({self.intake.capacity} held)"))
         elif isinstance(msg, Stop):
@@ -138,7 +144,9 @@ class Worker:
             log.info("the core asks this worker to stop (%s)", self.stop_asked)
         else:
             self.counters["unexpected_messages"] += 1
-            log.warning("ignored a %s message from the core (a worker expects frames or stop)", msg.KIND)
+            complain(
+                "unexpected_messages", "ignored a %s message from the core (a worker expects frames or stop)", msg.KIND
+            )
 
     def _send(self, msg: Message) -> None:
         try:
@@ -163,7 +171,7 @@ class Worker:
         arrays, ok, bad = load_batch(self.encoder.pre, [h.frame.jpeg for h in items], self.pool)
         for pos, reason in bad:
             f = items[pos].frame
-            log.warning("%s #%d skipped: %s", f.stream, f.seq, reason)
+            complain("skipped", "%s #%d skipped: %s", f.stream, f.seq, reason)
             self._send(Skipped(f.stream, f.seq, self.name, reason[:TEXT_MAX]))
         self.counters["skipped"] += len(bad)
         self.intake.finish([items[pos] for pos, _ in bad])
@@ -250,7 +258,8 @@ class Worker:
     def summary(self) -> str:
         c = self.counters
         text = f"received {c['received']}, embedded {c['embedded']}, skipped {c['skipped']} in {c['batches']} batches"
-        extra = {k: c[k] for k in ("given_up", "discarded", "over_capacity", "not_taken", "unsent") if c[k]}
+        bad = ("bad_messages", "unexpected_messages")
+        extra = {k: c[k] for k in ("given_up", "discarded", "over_capacity", "not_taken", "unsent", *bad) if c[k]}
         if self.thumbnails.failed:
             extra["without_thumbnail"] = self.thumbnails.failed
         return text + "".join(f", {k.replace('_', ' ')} {v}" for k, v in extra.items())

@@ -16,6 +16,12 @@ class IngestConfig(CoreConnection):
     max_frames: int = setting(0, "Stop after publishing this many frames (0 = never)", minimum=0)
     connect_timeout: float = setting(5.0, "Seconds to wait for the camera to answer", minimum=0.1)
     read_timeout: float = setting(10.0, "Seconds without data before the stream is reconnected", minimum=0.1)
+    stall_after: float = setting(
+        10.0,
+        "Seconds a connected stream may go without one complete frame (bytes trickling in, a part that never "
+        "ends) before it is counted as stalled and reopened",
+        minimum=0.1,
+    )
     reconnect_max: float = setting(10.0, "Longest wait between reconnection attempts, seconds", minimum=0.1)
     reconnect: bool = setting(True, "Reconnect when the stream drops or ends (off: end the stream instead)")
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from encoders.shared.complaints import Complaints
+
 from .jpeg import CorruptJpeg, jpeg_size
 from .mjpeg import MjpegSplitter, boundary_from_content_type
 
@@ -77,8 +79,10 @@ class HttpMjpegSource:
     """JPEG frames from an MJPEG URL; ``frames()`` runs until stopped (or the end, without reconnect).
 
     ``counters`` (read by other threads for statistics; keys fixed at start): connects,
-    reconnects, bytes, parts, corrupt, truncated, oversized. After ``frames()`` returns,
-    ``end_reason`` says why, and ``ever_connected`` whether any connection succeeded.
+    reconnects, bytes, parts, corrupt, truncated, oversized, stalls (connections reopened
+    because no complete part came for ``stall_after`` seconds, or no byte for
+    ``read_timeout``). After ``frames()`` returns, ``end_reason`` says why, and
+    ``ever_connected`` whether any connection succeeded.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class HttpMjpegSource:
         *,
         connect_timeout: float,
         read_timeout: float,
+        stall_after: float = 10.0,
         reconnect: bool = True,
         reconnect_max: float = 10.0,
         stop: threading.Event | None = None,
@@ -96,13 +101,15 @@ class HttpMjpegSource:
         self.url = url
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.stall_after = stall_after
         self.reconnect = reconnect
         self.reconnect_max = reconnect_max
         self.stop = stop if stop is not None else threading.Event()
         self.deadline = deadline  # time.monotonic() by which a frame must have arrived (--test)
         self.counters = dict.fromkeys(
-            ("connects", "reconnects", "bytes", "parts", "corrupt", "truncated", "oversized"), 0
+            ("connects", "reconnects", "bytes", "parts", "corrupt", "truncated", "oversized", "stalls"), 0
         )
+        self.complain = Complaints(log, "the stream's counters")
         self.end_reason = ""
         self.last_corrupt = ""
         self.ever_connected = False
@@ -114,6 +121,7 @@ class HttpMjpegSource:
             cfg.stream,
             connect_timeout=cfg.connect_timeout,
             read_timeout=cfg.read_timeout,
+            stall_after=cfg.stall_after,
             reconnect=cfg.reconnect,
             reconnect_max=cfg.reconnect_max,
             stop=stop,
@@ -181,6 +189,8 @@ class HttpMjpegSource:
         except httpx.HTTPError as exc:
             if self.stop.is_set():
                 return  # interrupt() broke the connection on purpose
+            if isinstance(exc, httpx.ReadTimeout):
+                self.counters["stalls"] += 1
             raise StreamError(describe_error(exc, self.connect_timeout, self.read_timeout)) from None
 
     def _read_body(self, resp: httpx.Response, attempt: int) -> Iterator[JpegFrame]:
@@ -198,11 +208,26 @@ class HttpMjpegSource:
             log.info("connected to %s (%s)", self.url, ctype or "no Content-Type")
         splitter = MjpegSplitter(boundary_from_content_type(ctype))
         base = {k: counters[k] for k in ("parts", "truncated", "oversized")}
+        # A stream can stay connected and produce nothing: bytes trickling in (the read timeout
+        # is per read, so it never fires) or one part that never ends. Whatever arrives, a
+        # complete part must come every stall_after seconds.
+        progress = time.monotonic()
+        bytes_since = 0
         try:
             for chunk in resp.iter_raw():
                 now = time.time()
                 counters["bytes"] += len(chunk)
-                for part in splitter.feed(chunk):
+                bytes_since += len(chunk)
+                parts = splitter.feed(chunk)
+                if parts:
+                    progress, bytes_since = time.monotonic(), 0
+                elif time.monotonic() - progress > self.stall_after:
+                    counters["stalls"] += 1
+                    raise StreamError(
+                        f"stalled: {bytes_since} bytes in {time.monotonic() - progress:.0f} s and no complete frame "
+                        f"(ENCODERS_STALL_AFTER={self.stall_after:g})"
+                    )
+                for part in parts:
                     try:
                         width, height = jpeg_size(part)
                     except CorruptJpeg as exc:
@@ -225,10 +250,9 @@ class HttpMjpegSource:
             counters["oversized"] = base["oversized"] + splitter.oversized
 
     def _corrupt(self, exc: CorruptJpeg) -> None:
-        n = self.counters["corrupt"] = self.counters["corrupt"] + 1
+        self.counters["corrupt"] += 1
         self.last_corrupt = str(exc)
-        if n <= 10 or n % 100 == 0:  # say what happened without flooding the log
-            log.warning("skipped a corrupt frame (%d so far): %s", n, exc)
+        self.complain("corrupt", "skipped a corrupt frame: %s", exc)
 
     def _no_frame_in_time(self) -> str:
         reason = f"no valid JPEG within {self.connect_timeout + self.read_timeout:g} s"

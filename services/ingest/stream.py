@@ -26,6 +26,7 @@ import zmq
 
 from encoders.services.ingest.config import IngestConfig
 from encoders.shared import keys
+from encoders.shared.complaints import Complaints
 from encoders.shared.messages import (
     PROTOCOL,
     TEXT_MAX,
@@ -46,6 +47,7 @@ from .http_source import JpegFrame
 from .reader import CameraReader
 
 log = logging.getLogger("encoders.ingest")
+complain = Complaints(log, "the stream's Stats")  # bad input: logged once, then counted
 
 STATS_EVERY = 1.0  # seconds between Stats messages
 LOG_EVERY = 10.0  # seconds between summary log lines
@@ -197,7 +199,11 @@ class Ingest:
                 log.info("the core asks this stream to stop (%s)", self.stop_reason)
             else:
                 self.counts["unexpected_messages"] += 1
-                log.warning("ignored a %s message from the core (an ingest expects credit or stop)", msg.KIND)
+                complain(
+                    "unexpected_messages",
+                    "ignored a %s message from the core (an ingest expects credit or stop)",
+                    msg.KIND,
+                )
 
     def _deliver(self, now: float) -> None:
         frame = self.delivery.next()
@@ -283,6 +289,7 @@ class Ingest:
             "bytes": c["bytes"],
             "connects": c.get("connects", 0),
             "oversized": c.get("oversized", 0),
+            "stalls": c.get("stalls", 0),
             "fps": round(self._rate[2], 2),
             "joined": int(self.session.joined),
             "lives": self.session.lives,

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import zmq
 
 from encoders.shared import zmqio
+from encoders.shared.complaints import Complaints
 from encoders.shared.messages import Capture, CaptureEnded, Credit, Frame, Hello, Message, Stats, Stop
 
 from .broker import LOSSLESS_MAX, Broker
 from .numbering import Numbering
-from .report import Complaints, stats_counters
+from .report import stats_counters
 from .streams import DROPPED, Streams
 
 log = logging.getLogger("encoders.metrics")

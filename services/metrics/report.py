@@ -1,9 +1,6 @@
-"""What the core says about itself: warnings about bad input (rate-limited), Stats every second
-(per stream, on the metrics publisher), a log line per stream every ten seconds.
-
-A peer gone wrong can send thousands of bad messages a second: each kind of complaint is
-logged the first time and counted after (the counts go out in every Stats), so the log stays
-readable and nothing is hidden.
+"""What the core says about itself: Stats every second (per stream, on the metrics publisher),
+a log line per stream every ten seconds. Its warnings about bad input are bounded
+(shared/complaints.py), and their counts go out in every Stats.
 """
 
 from __future__ import annotations
@@ -21,20 +18,6 @@ if TYPE_CHECKING:
 STATS_EVERY = 1.0  # seconds between Stats messages
 LOG_EVERY = 10.0  # seconds between each stream's log line
 ROLES = ("ingest", "worker", "recorder", "viewer", "control")
-
-
-class Complaints:
-    """Warnings about bad input: the first of each kind logged, then only counted."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, kind: str, fmt: str, *args: Any) -> None:
-        n = self.counts.get(kind, 0) + 1
-        self.counts[kind] = n
-        if n == 1:
-            self.log.warning(fmt + " (from now on counted as %r in the core's Stats, not logged)", *args, kind)
 
 
 def stats_counters(*parts: Mapping[str, Any]) -> dict[str, int | float | None]:

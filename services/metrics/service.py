@@ -21,6 +21,7 @@ from threading import Event
 import zmq
 
 from encoders.shared import messages, zmqio
+from encoders.shared.complaints import Complaints
 from encoders.shared.messages import (
     Ack,
     Bye,
@@ -50,7 +51,7 @@ from .ingests import Ingests
 from .numbering import Numbering
 from .recorders import Recorders
 from .reorder import LOST
-from .report import Complaints, Reporter
+from .report import Reporter
 from .scenes import SceneRule
 from .stopping import Drain
 from .streams import Streams
@@ -88,7 +89,7 @@ class Core:
         # batch that max_wait allows for, and past a worker's silence.
         self.broker = Broker(hold_timeout=max(2 * cfg.max_wait, self.sessions.timeout_s))
         self.recorders = Recorders(delivery, numbering)
-        self.complain = Complaints(log)
+        self.complain = Complaints(log, "the core's Stats")
         self.ingests = Ingests(
             self.streams,
             self.broker,

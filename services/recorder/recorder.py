@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from encoders.shared.complaints import Complaints
 from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
 from encoders.shared.settings import mask_url
 from encoders.shared.storage.frames import FrameRow, StoredRow
@@ -45,6 +46,7 @@ from .summary import COUNT_KEYS
 from .thumbnails import wanted
 
 log = logging.getLogger(__name__)
+complain = Complaints(log, "the recorder's counters")  # bad input: logged once, then counted
 
 # A second stream's folder sits beside the first stream's own folders; never in them.
 RESERVED_FOLDERS = {EMBEDDINGS_DIR, SNAPSHOTS_DIR, ".", ".."}
@@ -280,7 +282,7 @@ class Recorder:
         norm_sq = float(np.dot(rec.vector, rec.vector))  # any NaN or inf makes it so; one pass
         if not math.isfinite(norm_sq):
             self.counters["bad_vectors"] += 1
-            log.warning("%s seq %d: dropped a record whose embedding is not finite", rec.stream, rec.seq)
+            complain("bad_vectors", "%s seq %d: dropped a record whose embedding is not finite", rec.stream, rec.seq)
             return None
         return norm_sq
 

@@ -128,7 +128,9 @@ def test_a_message_that_does_not_decode_is_counted_and_the_worker_goes_on(servic
     (msg,) = outcomes(core, 1).values()
     assert isinstance(msg, Embedding) and msg.seq == 0
     assert worker.stop() == 0
-    assert worker.output().count("does not decode") == 2
+    out = worker.output()
+    # Logged once, then counted: a peer sending garbage cannot flood the log.
+    assert out.count("does not decode") == 1 and "bad messages 2" in out
 
 
 @pytest.mark.timeout(180)

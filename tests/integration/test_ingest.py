@@ -125,10 +125,16 @@ def pisim():
 
 class RawServer:
     """A camera server we control byte for byte: every connection gets ``response`` (sent in
-    small pieces), then the connection is closed, or held open with nothing more (``stall``)."""
+    small pieces), then the connection is closed, or held open with nothing more (``stall``),
+    or with one more byte every ``trickle`` seconds, or with endless bytes as fast as the
+    client reads them (``flood``)."""
 
-    def __init__(self, response: bytes, *, stall: bool = False, piece: int = 97) -> None:
+    def __init__(
+        self, response: bytes, *, stall: bool = False, trickle: float = 0.0, flood: bool = False, piece: int = 97
+    ) -> None:
         self.response, self.stall, self.piece = response, stall, piece
+        self.trickle, self.flood = trickle, flood
+        self.sent_after = 0  # bytes sent after the response, over all connections
         self.server = socket.create_server(("127.0.0.1", 0))
         self.server.settimeout(0.1)
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/stream.mjpg"
@@ -164,6 +170,13 @@ class RawServer:
                         time.sleep(0.001)  # paces the pieces, so that some arrive as separate reads
                 if self.stall:
                     self.closed.wait()
+                while self.trickle and not self.closed.wait(self.trickle):
+                    conn.sendall(b"x")
+                    self.sent_after += 1
+                junk = b"\x00" * 65536
+                while self.flood and not self.closed.is_set():
+                    conn.sendall(junk)
+                    self.sent_after += len(junk)
             except OSError:
                 pass
 
@@ -369,6 +382,48 @@ def test_a_stalled_stream_times_out_and_is_reconnected(h, raw_server):
     assert server.connections == 2
     log = h.log()
     assert "no data for 0.5 s (read timeout: the stream stalled)" in log and "reconnecting to" in log
+
+
+def test_thousands_of_corrupt_parts_are_counted_and_logged_once(h, raw_server):
+    junk = [b"<html>error %d</html>" % i for i in range(3000)]
+    body = _multipart([*junk, JPEGS[0]], delimiter=b"--FRAME") + b"--FRAME--\r\n"
+    server = raw_server(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n" + body)
+    h.core.credit = 10
+    proc = h.start(server.url, "--lossless", "--no-reconnect")
+    captures, ended, _ = h.until_bye()
+    assert proc.wait(10) == 0
+    assert [c.jpeg for c in captures] == [JPEGS[0]] and ended.counts["corrupt"] == 3000
+    assert h.log().count("corrupt frame") == 1, "one line for the first, then only the count"
+
+
+# A part that starts, then never ends: what a stuck camera or a hostile server sends.
+ENDLESS_PART = b"--FRAME\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8"
+
+
+@pytest.mark.parametrize("how", ["trickle", "flood"])
+def test_a_stream_that_sends_bytes_but_no_frame_is_noticed_and_reopened(h, raw_server, how):
+    """Issue #13: bytes keep arriving (one a second, or as fast as they are read: a part that
+    never ends), so the read timeout never fires; no complete frame for --stall-after seconds
+    is a stall: said, counted, and the connection reopened."""
+    import psutil
+
+    part = _multipart([JPEGS[1]], delimiter=b"--FRAME", length_header=b"Content-Length")
+    head = b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n"
+    server = raw_server(head + part + ENDLESS_PART, **({"trickle": 0.2} if how == "trickle" else {"flood": True}))
+    proc = h.start(server.url, "--stall-after", "1.5", "--read-timeout", "5", "--reconnect-max", "0.2")
+    wait_for(lambda: server.connections >= 3, 20, "two stalls and a third connection")
+    assert proc.poll() is None
+    rss = psutil.Process(proc.pid).memory_info().rss
+    proc.send_signal(signal.SIGTERM)
+    captures, ended, stats = h.until_bye()
+    assert proc.wait(10) == 0
+    assert len(captures) >= 3 and {c.jpeg for c in captures} == {JPEGS[1]}  # one per connection
+    assert stats.counters["stalls"] >= 2 and ended.counts["reconnects"] >= 2
+    log = h.log()
+    assert "stalled: " in log and "no complete frame (ENCODERS_STALL_AFTER=1.5)" in log
+    assert server.sent_after > (4 if how == "trickle" else 10_000_000)  # bytes did keep coming
+    # The part that never ends is held up to its cap (32 MB), not without bound.
+    assert rss < 400 * 2**20, f"{rss / 2**20:.0f} MB resident"
 
 
 # -- stopping -------------------------------------------------------------------------------------
