@@ -146,9 +146,17 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
+def on_network(endpoint: str) -> bool:
+    """Whether an endpoint is a network transport with a port (or ``*``). Any other (ipc, a
+    scheme or address that does not parse) is not checked here: the bind refuses it, saying why."""
+    scheme, _, rest = endpoint.partition("://")
+    port = rest.rpartition(":")[2]
+    return scheme in ("tcp", "ws", "wss", "udp", "pgm", "epgm") and (port == "*" or port.isdigit())
+
+
 def check_binds(endpoints: list[str], keys: str, insecure: bool) -> None:
     """StartupError for a bind beyond loopback without keys, unless ``insecure``; a warning if so."""
-    exposed = [ep for setting in endpoints for ep in split_addrs(setting) if not is_loopback(ep)]
+    exposed = [ep for setting in endpoints for ep in split_addrs(setting) if on_network(ep) and not is_loopback(ep)]
     if not exposed or keys:
         return
     if not insecure:

@@ -29,6 +29,18 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
         "listens beyond localhost",
         secret="value",
     )
+    web_cert: str = setting(
+        "", "TLS certificate (PEM) for the web viewer: https:// instead of http://, so the token is not sent in clear"
+    )
+    web_key: str = setting("", "The TLS certificate's private key (PEM), with --web-cert")
+    web_max_connections: int = setting(
+        64, "Connections the web viewer holds at once; more are closed at once (counted 'refused')", minimum=1
+    )
+    web_header_timeout: float = setting(
+        10.0,
+        "Seconds a web client may take to send a request's headers (or the TLS handshake) before it is cut off",
+        minimum=0.1,
+    )
     with_window: bool = setting(False, "With --web: open the video window too")
     search_ef_text: int = setting(
         SEARCH_EF_TEXT,
@@ -39,6 +51,8 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if bool(self.web_cert) != bool(self.web_key):
+            raise SettingsError("--web-cert and --web-key (ENCODERS_WEB_CERT, ENCODERS_WEB_KEY) go together")
         if not self.web:
             return
         host, _ = self.web_address()

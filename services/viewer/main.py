@@ -21,13 +21,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import ssl
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from encoders.services.viewer.config import ViewerConfig
+from encoders.services.viewer.config import ViewerConfig, is_loopback
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.settings import SettingsError
 
@@ -80,6 +81,13 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
             log.info("viewer stopped: %s", {**viewer.all_counters(), **web_counters})
 
 
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The web viewer's TLS: the certificate and key given, the library's defaults for the rest."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
     """The web server, listening, and the feed the main loop hands it everything through;
     StartupError if it cannot listen."""
@@ -87,6 +95,7 @@ def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
     from .latest import Latest
     from .search import TextSearch
     from .web import WebApp, WebServer
+    from .web.guard import Door
 
     board = Latest()
     search = (
@@ -96,15 +105,24 @@ def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
     )
     try:
         host, port = cfg.web_address()
-        webapp = WebApp(board, token=cfg.web_token, cookie=f"encoders_token_{port}", search=search)
-        server = WebServer(webapp, host, port)
+        tls = tls_context(cfg.web_cert, cfg.web_key) if cfg.web_cert else None
+        door = Door(max_connections=cfg.web_max_connections, header_timeout=cfg.web_header_timeout)
+        webapp = WebApp(
+            board, token=cfg.web_token, cookie=f"encoders_token_{port}", search=search, secure=bool(tls), door=door
+        )
+        server = WebServer(webapp, host, port, tls=tls)
         server.start()
-    except (OSError, SettingsError) as exc:
+    except (OSError, ssl.SSLError, SettingsError) as exc:
         raise StartupError(f"cannot serve the web viewer on {cfg.web}: {exc}") from None
     for address in server.addresses:
         h, p = address[:2]
-        url = f"http://{f'[{h}]' if ':' in h else h}:{p}/"
+        url = f"{'https' if tls else 'http'}://{f'[{h}]' if ':' in h else h}:{p}/"
         log.info("web viewer on %s%s", url, "?token=... (the token you set)" if cfg.web_token else "")
+    if not tls and not is_loopback(host):
+        log.warning(
+            "the web viewer is plain HTTP beyond this machine: its token and pictures travel in clear. "
+            "For anything but a trusted LAN set ENCODERS_WEB_CERT and ENCODERS_WEB_KEY (https)"
+        )
     log.info(
         "web search %s", f"on, over {search.model} embeddings in the database" if search else "off (no --database-url)"
     )

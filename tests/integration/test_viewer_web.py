@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -321,6 +323,103 @@ def test_listening_beyond_localhost_without_a_token_is_refused(service, publishe
     assert "set a token too" in viewer.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl as a user would."""
+    if shutil.which("openssl") is None:
+        pytest.fail("this test makes a certificate with openssl (apt-get install openssl)")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_over_tls_the_page_and_its_token_travel_encrypted(service, publishers, tmp_path):
+    """Issue #13: ENCODERS_WEB_CERT / ENCODERS_WEB_KEY serve https (the token then never in clear);
+    plain http to that port gets nothing, and the token's cookie is https-only."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    viewer, _ = start_web_viewer(
+        service, publishers, "--web-token", "s3cret", "--web-cert", str(cert), "--web-key", str(key), port=port
+    )
+    assert f"web viewer on https://127.0.0.1:{port}/" in viewer.output()
+    https = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ssl.create_default_context(cafile=cert))
+    assert https.get("/api/state?token=s3cret").status_code == 200
+    assert https.get("/api/state").status_code == 401
+    page = https.get("/?token=s3cret")
+    assert page.status_code == 200 and "Secure" in page.headers["set-cookie"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/api/state?token=s3cret", timeout=5)
+    assert viewer.stop() == 0
+    # A key that is not the certificate's: said at start, in one line.
+    (tmp_path / "other").mkdir()
+    other_cert, _ = self_signed(tmp_path / "other")
+    bad = service("view", "--web", f"127.0.0.1:{free_port()}", "--web-cert", str(other_cert), "--web-key", str(key))
+    assert bad.wait(20) == 2
+    assert len(error_lines(bad.output())) == 1 and "cannot serve the web viewer" in bad.output()
+
+
+def test_connections_beyond_the_cap_are_closed_and_slow_headers_cut_off(service, publishers):
+    """Issue #13: 1,100 half-sent requests stayed open. Now the viewer holds at most
+    ENCODERS_WEB_MAX_CONNECTIONS and gives a request's headers ENCODERS_WEB_HEADER_TIMEOUT
+    seconds, counting both; a video being watched is not a request in progress: never cut."""
+    port = free_port()
+    env_cap = {"ENCODERS_WEB_MAX_CONNECTIONS": "8", "ENCODERS_WEB_HEADER_TIMEOUT": "1"}
+    frames, metrics = publishers
+    viewer = service(
+        "view", "--frames", endpoint(frames), "--metrics", endpoint(metrics), "--web", f"127.0.0.1:{port}",
+        env={"DISPLAY": "", **env_cap},
+    )  # fmt: skip
+    wait_for(lambda: "web viewer on" in viewer.output(), 20, "the web server")
+    video, _ = open_mjpeg(port, "/video.mjpg")
+    slow = []
+    for _ in range(7):  # with the video: the cap
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /api/state HTTP/1.1\r\nHo")
+        slow.append(sock)
+    trickling = threading.Event()
+
+    def trickle() -> None:  # one of them keeps sending a byte now and then: still cut off
+        while not trickling.wait(0.2):
+            try:
+                slow[0].sendall(b"x")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    time.sleep(0.3)
+    extra = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    for sock in extra:  # closed at once, before a byte is read
+        sock.settimeout(2)
+        assert closed(sock), "a connection beyond the cap was kept"
+    time.sleep(1.5)
+    trickling.set()
+    for sock in slow:
+        sock.settimeout(0.5)
+        assert closed(sock), "a request whose headers took over a second was kept"
+    video.settimeout(0.5)
+    assert not closed(video), "the video being watched was cut off"
+    web = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=5).json()["web"]
+    assert web["refused"] == 5 and web["header_timeouts"] == 7
+    for sock in [video, *slow, *extra]:
+        sock.close()
+    assert viewer.stop() == 0
+    # Logged once each, then counted.
+    assert viewer.output().count("refused a web connection") == 1
+    assert viewer.output().count("no complete request within 1 s") == 1
+
+
+def closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
 
 
 def test_a_port_in_use_is_a_clear_error(service, publishers):

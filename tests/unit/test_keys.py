@@ -95,4 +95,5 @@ def test_binding_beyond_loopback_needs_keys_or_an_insecure_word(caplog):
     with caplog.at_level(logging.WARNING):
         keys.check_binds(exposed, "/keys", insecure=False)
         keys.check_binds(["tcp://127.0.0.1:1", "ipc:///tmp/y"], "", insecure=False)
+        keys.check_binds(["tcp://nonsense", "nonsense://x"], "", insecure=False)  # the bind says what is wrong
     assert caplog.text == ""

@@ -39,7 +39,12 @@ def token_middleware(token: str, cookie: str):
     return check_token
 
 
-def remember_token(response: web.StreamResponse, request: web.Request, token: str, cookie: str) -> None:
-    """On the page's response: the token of its URL as a cookie, for the requests the page makes."""
+def remember_token(
+    response: web.StreamResponse, request: web.Request, token: str, cookie: str, *, secure: bool = False
+) -> None:
+    """On the page's response: the token of its URL as a cookie, for the requests the page makes
+    (``secure``: over https, a cookie the browser never sends over plain http)."""
     if token and request.query.get("token"):
-        response.set_cookie(cookie, request.query["token"], httponly=True, samesite="Strict", path="/")
+        response.set_cookie(
+            cookie, request.query["token"], httponly=True, samesite="Strict", path="/", secure=secure or None
+        )

@@ -62,8 +62,9 @@ class Client:
 class Clients:
     """The open clients, and the totals of every client so far."""
 
-    def __init__(self, board: Latest) -> None:
+    def __init__(self, board: Latest, door: dict[str, int] | None = None) -> None:
         self.board = board
+        self.door = door if door is not None else {}  # the connections' counts (guard.py): refused, timed out
         self._ids = itertools.count(1)
         self.open: dict[int, Client] = {}
         self.closed = {"served": 0, "frames_sent": 0, "frames_skipped": 0, "events_sent": 0, "events_skipped": 0}
@@ -100,7 +101,7 @@ class Clients:
 
     def counters(self) -> dict[str, Any]:
         """Clients open now, and what every client so far was sent and skipped."""
-        out = {"clients_now": len(self.open), **self.closed}
+        out = {"clients_now": len(self.open), **self.closed, **self.door}
         for c in self.open.values():
             out[f"{c.unit}_sent"] += c.sent
             out[f"{c.unit}_skipped"] += c.skipped_now(self.board)

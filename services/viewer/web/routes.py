@@ -39,6 +39,7 @@ from ..snapshot import drift_since, scene_view
 from .auth import remember_token, token_middleware
 from .clients import Clients
 from .formats import MJPEG_CONTENT_TYPE, MJPEG_START, json_dumps, mjpeg_part, sse_event
+from .guard import Door
 from .thumbnails import Thumbnails
 
 log = logging.getLogger("encoders.viewer.web")
@@ -57,13 +58,22 @@ VIDEO_SNDBUF = 256 << 10
 
 class WebApp:
     def __init__(
-        self, board: Latest, *, token: str = "", cookie: str = "encoders_token", search: TextSearch | None = None
+        self,
+        board: Latest,
+        *,
+        token: str = "",
+        cookie: str = "encoders_token",
+        search: TextSearch | None = None,
+        secure: bool = False,
+        door: Door | None = None,
     ) -> None:
         self.board = board
         self.token = token
+        self.secure = secure  # served over TLS
         self.cookie = cookie
         self.search = search
-        self.clients = Clients(board)
+        self.door = door or Door(max_connections=64, header_timeout=10.0)  # served by server.py
+        self.clients = Clients(board, self.door.counts)
         self.thumbnails = Thumbnails()
         # Searches and thumbnails read disks and databases: never on the loop, and two at most.
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="web-work")
@@ -92,7 +102,7 @@ class WebApp:
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         resp = web.FileResponse(STATIC / "index.html", headers=NO_CACHE)
-        remember_token(resp, request, self.token, self.cookie)
+        remember_token(resp, request, self.token, self.cookie, secure=self.secure)
         return resp
 
     # -- streams -------------------------------------------------------------------------------

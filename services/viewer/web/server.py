@@ -9,20 +9,28 @@ mid-write, so a browser can never hold up the viewer's exit.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 
 from aiohttp import web
 
+from .guard import guarded
 from .routes import WebApp
 
 SHUTDOWN_S = 1.0  # how long a client stuck mid-write may hold up the viewer's exit
 
 
 class WebServer:
-    def __init__(self, webapp: WebApp, host: str, port: int) -> None:
+    """``tls``: an SSL context (ENCODERS_WEB_CERT/KEY) or None for plain HTTP. Every connection
+    goes through the app's door (its cap and header timeout: guard.py)."""
+
+    def __init__(self, webapp: WebApp, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
         self.webapp = webapp
         self.host, self.port = host, port
+        self.door = webapp.door
+        self.tls = tls
         self.addresses: list = []  # where it listens, once started (port 0 resolved)
+        self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -41,6 +49,8 @@ class WebServer:
         self._thread.join(SHUTDOWN_S + 5)
 
     def _stop_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._server is not None:
+            self._server.close()  # no new connections
         self.webapp.board.close()  # readers waiting for a value return
         self.webapp.clients.cut_off()  # writers waiting on a full socket fail
         loop.stop()
@@ -65,8 +75,18 @@ class WebServer:
             loop.close()
 
     async def _listen(self, runner: web.AppRunner) -> None:
-        self.webapp.board.attach(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.webapp.board.attach(loop)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        self.addresses = runner.addresses
+        # As aiohttp's TCPSite, with each connection behind the door (guard.py). The TLS
+        # handshake gets the header timeout too: a client that stalls in it is also dropped.
+        assert runner.server is not None
+        self._server = await loop.create_server(
+            guarded(runner.server, self.door, loop),
+            self.host or None,
+            self.port,
+            ssl=self.tls,
+            ssl_handshake_timeout=self.door.header_timeout if self.tls else None,
+            reuse_address=True,
+        )
+        self.addresses = [sock.getsockname() for sock in self._server.sockets]
