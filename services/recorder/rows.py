@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -52,34 +53,70 @@ _REQUIRED = set(FrameRow._fields) - set(FrameRow._field_defaults)
 
 
 def from_spool(d: Any) -> FrameRow:
-    """Inverse of to_spool; ValueError for anything that is not such a map."""
+    """Inverse of to_spool; ValueError for anything that is not such a map.
+
+    A spool is a file on disk: every value is checked for its type and range as a message's
+    would be (a NaN time, an infinite seq or a text where a number goes is refused here, not
+    by the database or a reader of the run's files later).
+    """
     if not isinstance(d, dict) or not set(d) >= _REQUIRED or not set(d) <= set(FrameRow._fields):
         raise ValueError(f"not a spooled frame row: {str(d)[:80]}")
     emb = d["embedding"]
-    if not isinstance(emb, bytes) or len(emb) % 4:
+    if not isinstance(emb, bytes) or not emb or len(emb) % 4:
         raise ValueError("spooled embedding is not float32 bytes")
-    thumb = d.get("thumbnail")
-    if thumb is not None and not isinstance(thumb, bytes):
-        raise ValueError("spooled thumbnail is not bytes")
-    key_seq = d.get("keyframe_seq")
+    vector = np.frombuffer(emb, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise ValueError("spooled embedding is not finite")
     return FrameRow(
-        int(d["run_id"]),
-        str(d["stream"]),
-        int(d["seq"]),
-        float(d["t_capture"]),
-        _opt_float(d["similarity"]),
-        _opt_float(d["drift"]),
-        np.frombuffer(emb, dtype=np.float32),
-        d["snapshot_path"],
-        str(d["worker"]),
-        bool(d.get("keyframe", True)),
-        None if key_seq is None else int(key_seq),
-        thumb,
-        bool(d.get("scene_change", False)),
-        _opt_float(d.get("window_mean")),
-        _opt_float(d.get("window_std")),
-        d.get("scene_snapshot_path"),
+        _whole(d, "run_id"),
+        _of(d, "stream", str),
+        _whole(d, "seq"),
+        _finite(d, "t_capture"),
+        _finite(d, "similarity", optional=True),
+        _finite(d, "drift", optional=True),
+        vector,
+        _of(d, "snapshot_path", str, optional=True),
+        _of(d, "worker", str),
+        _of(d, "keyframe", bool, default=True),
+        _whole(d, "keyframe_seq", optional=True),
+        _of(d, "thumbnail", bytes, optional=True),
+        _of(d, "scene_change", bool, default=False),
+        _finite(d, "window_mean", optional=True),
+        _finite(d, "window_std", optional=True),
+        _of(d, "scene_snapshot_path", str, optional=True),
     )
+
+
+_BIGINT = 2**63 - 1  # the database's integers
+
+
+def _of(d: dict, key: str, kind: type, *, optional: bool = False, default: Any = None) -> Any:
+    """``d[key]`` if it is exactly a ``kind`` (None if ``optional``); ``default`` if a spool written
+    before the field existed has none."""
+    if key not in d and default is not None:
+        return default
+    value = d.get(key)
+    if (value is None and optional) or type(value) is kind:
+        return value
+    raise ValueError(f"spooled {key} is not a {kind.__name__}: {str(value)[:40]}")
+
+
+def _whole(d: dict, key: str, *, optional: bool = False) -> Any:
+    value = d.get(key)
+    if value is None and optional:
+        return None
+    if type(value) is not int or not 0 <= value <= _BIGINT:
+        raise ValueError(f"spooled {key} is not a whole number in range: {str(value)[:40]}")
+    return value
+
+
+def _finite(d: dict, key: str, *, optional: bool = False) -> Any:
+    value = d.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"spooled {key} is not a finite number: {str(value)[:40]}")
+    return float(value)
 
 
 def _opt_float(x: Any) -> float | None:

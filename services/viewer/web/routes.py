@@ -82,18 +82,29 @@ class WebApp:
         """The aiohttp application: the routes of this module's docstring."""
         app = web.Application(middlewares=[token_middleware(self.token, self.cookie)])
         app.router.add_get("/", self.index)
-        app.router.add_static("/static/", STATIC)
+        # The page's few files by name, not a folder served: no path from a client ever reaches
+        # the filesystem (aiohttp's static folder answered a 5,000-character name with a 500).
+        for path in sorted(STATIC.iterdir()):
+            app.router.add_get(f"/static/{path.name}", self._static_file(path))
         app.router.add_get("/video.mjpg", self.video)
         app.router.add_get("/frame.jpg", self.frame)
         app.router.add_get("/events", self.events)
         app.router.add_get("/api/state", self.state)
         app.router.add_get("/api/drift", self.drift)
         app.router.add_get("/api/scenes", self.scenes)
-        app.router.add_get(r"/api/scenes/{stream}/{seq:\d+}.jpg", self.scene_thumbnail)
+        # A seq is at most 19 digits (it is an int64): a longer one is no route, not int() raising.
+        app.router.add_get(r"/api/scenes/{stream}/{seq:\d{1,19}}.jpg", self.scene_thumbnail)
         app.router.add_get("/api/search", self.search_text)
         app.router.add_get(r"/api/thumbnail/{id:\d+}.jpg", self.search_thumbnail)
         app.on_cleanup.append(self._cleanup)
         return app
+
+    @staticmethod
+    def _static_file(path: Path):
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(path)
+
+        return serve
 
     async def _cleanup(self, _app) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
