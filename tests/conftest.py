@@ -276,6 +276,20 @@ def receive(sock: zmq.Socket, timeout: float = 5.0, *, topic: bool = False) -> M
     return msg
 
 
+def spoil(msg: Message, **changes: Any) -> list[bytes]:
+    """A message's wire parts with header fields changed as a hostile peer would (a text where a
+    number goes, a NaN, a seq of 10**18): what ``encode`` would never produce."""
+    import msgpack
+
+    from encoders.shared import messages
+
+    parts = [bytes(p) for p in messages.encode(msg)]
+    header = msgpack.unpackb(parts[0], raw=False)
+    header.update(changes)
+    parts[0] = msgpack.packb(header, use_bin_type=True)
+    return parts
+
+
 @pytest.fixture
 def publishers(sockets: Sockets) -> tuple[zmq.Socket, zmq.Socket]:
     """The PUB sockets ingest and metrics would bind: (frames socket, metrics socket)."""

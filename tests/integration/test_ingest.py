@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.main import serve_in_thread
 from encoders.shared.messages import Bye, Capture, CaptureEnded, Credit, Heartbeat, Hello, Stats, Stop
 
-from ..conftest import Sockets, free_port, wait_for
+from ..conftest import Sockets, free_port, spoil, wait_for
 from ..ingest_worker_core import FakeCore
 
 STREAM_ID = "cam-test"
@@ -256,6 +257,21 @@ def test_lossless_sends_only_against_credit_and_holds_the_camera_back(h, pisim):
     # Backpressure: the camera sent what ingest took plus what the TCP buffers hold
     # (a few MB), not the several hundred frames it could have sent in that time.
     assert server.health()["frames_served"] < 20 + 200
+
+
+def test_credit_that_is_not_a_count_is_dropped_and_counted_and_the_stream_goes_on(h, pisim):
+    """Issue #13: ingest died on a Credit whose n was "abc", NaN, inf or None."""
+    _, url = pisim()
+    h.core.credit = 0
+    proc = h.start(url, "--lossless", "--max-frames", "5")
+    h.core.wait(Hello)
+    for n in ("abc", math.nan, math.inf, None, -1, 2**63):
+        h.core.send(spoil(Credit(1), n=n))
+    h.core.send(Credit(5))
+    captures, _, stats = h.until_bye()
+    assert proc.wait(10) == 0
+    assert len(captures) == 5 and stats.counters["bad_messages"] == 6
+    assert h.log().count("does not decode") == 1
 
 
 def test_a_dropped_stream_is_reconnected_and_captures_go_on(h, pisim):

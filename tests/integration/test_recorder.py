@@ -8,8 +8,10 @@ test_recorder_restarts.py.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import shutil
 import signal
 import time
@@ -30,7 +32,7 @@ from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.frames import FrameRow
 
-from ..conftest import wait_for
+from ..conftest import spoil, wait_for
 from .fake_core import FakeCore
 from .recorder_helpers import (
     DIM,
@@ -105,9 +107,12 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, core, start):
     sent = send_stream(core, "cam0", range(10))
     core.resend(sent[5])  # a record sent twice is recorded once
     core.send_raw([b"not a message"])  # counted and dropped
+    for bad in ({"t_capture": "x"}, {"t_capture": math.nan}, {"seq": "7"}, {"stream": "../../etc"}):
+        core.send_raw(spoil(dataclasses.replace(sent[0], seq=50), **bad))  # issue #13: the recorder died on these
     final: FrameCounts = {"published": 13, "embedded": 10, "dropped": 2, "skipped": 1, "lost": 0, "late": 0}
     end_and_stop(core, rec, "cam0", 12, final)
     assert core.seen.byes == 1 and core.acked["cam0"] == (12, True)
+    assert rec.log().count("does not decode") == 1  # the first said, the other four counted
     (ready,) = core.seen.readies
     run = rec.run_dir()
     assert ready.run == run.name and ready.stored == {}
@@ -193,7 +198,7 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, core, start):
     assert summary["duration_s"] == pytest.approx(2.25)
     assert summary["effective_fps"] == pytest.approx(4.0)
     assert run_summary["messages"]["repeated_records"] == 1
-    assert run_summary["messages"]["bad_messages"] == 1
+    assert run_summary["messages"]["bad_messages"] == 5  # the line that is not a message, and the spoiled four
     assert run_summary["ended_at"] is not None
     assert sorted(p.name for p in run.iterdir()) == [
         "config.json",

@@ -1,0 +1,95 @@
+"""The core fed what a hostile host sent it in issue #13, while a real camera and worker run
+through it: it stays up, keeps making records, keeps its memory, counts what it refused and
+says each kind once. (Keys keep such a host out altogether: test_keys.py; this is what the
+core does with whatever reaches it anyway, e.g. on a network run with ENCODERS_INSECURE.)"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+from encoders.shared import zmqio
+from encoders.shared.messages import PROTOCOL, Embedding, Hello, MetricsRecord, Refused, Stats, Welcome
+
+from ..conftest import Sockets, spoil
+from .pipeline import Pipeline, collect, subscribe
+
+
+def join(sockets: Sockets, core: str, hello: Hello) -> zmq.Socket:
+    sock = sockets.connect(zmq.DEALER, core)
+    zmqio.send(sock, hello)
+    assert sock.poll(5000), "no answer to Hello"
+    assert isinstance(zmqio.receive(sock)[0], Welcome)
+    return sock
+
+
+def embedding(seq: int, vector: np.ndarray, stream: str = "cam0") -> Embedding:
+    return Embedding(stream, seq, time.time(), "evil", "m", vector=vector)
+
+
+@pytest.mark.timeout(180)
+def test_the_core_outlives_a_hostile_peer_and_keeps_making_records(service, tiny_model, tmp_path, sockets):
+    # max_wait 2 s: the frame the hostile worker is handed and never answers is given up in 4 s.
+    pipeline = Pipeline(service, tiny_model, tmp_path, "", max_wait=2.0, env={"ENCODERS_MAX_STREAMS": "2"})
+    core = pipeline.start_core("--no-recorder")
+    records = subscribe(sockets, pipeline.metrics_pub)
+    stats = sockets.connect(zmq.SUB, pipeline.metrics_pub, subscribe=[b"stats/cam0"])
+    pipeline.start_worker("w0")
+    pipeline.start_ingest(0, pipeline.start_camera(0, fps=15))
+    collect(records, records=5)
+    rss_before = psutil.Process(core.proc.pid).memory_info().rss
+
+    # A "worker" that never gives back the frame it is handed, and sends what it likes.
+    evil = join(sockets, pipeline.core, Hello("worker", "evil", PROTOCOL, capacity=1, model="m"))
+    for _ in range(20_000):
+        evil.send_multipart([b"\x93garbage"])  # 20k undecodable messages
+    ok = np.ones(4, np.float32) / 2
+    evil.send_multipart(spoil(embedding(7, ok), seq="7"))  # a text seq (metrics died in ordering)
+    evil.send_multipart(spoil(embedding(7, ok), seq=10**18))  # far past the stream (memory ran away)
+    evil.send_multipart(spoil(embedding(7, ok), dim=3))  # the vector's length says otherwise
+    zmqio.send(evil, embedding(8, np.full(4, math.nan, np.float32)))  # a NaN vector (poisoned summaries)
+    zmqio.send(evil, embedding(9, np.ones(4096, np.float32)))  # a result for a frame it was never given
+    # A worker claiming 2**62 frames of room (took every third frame, then records stalled).
+    greedy = sockets.connect(zmq.DEALER, pipeline.core)
+    greedy.send_multipart(spoil(Hello("worker", "greedy", PROTOCOL, capacity=1, model="m"), capacity=2**62))
+    # Fifty made-up cameras: one more fits under ENCODERS_MAX_STREAMS=2, the others are refused.
+    answers = []
+    for i in range(50):
+        cam = sockets.connect(zmq.DEALER, pipeline.core)
+        zmqio.send(cam, Hello("ingest", f"fake{i}", PROTOCOL, stream=f"fake{i}"))
+        assert cam.poll(5000)
+        answers.append(zmqio.receive(cam)[0])
+
+    # Still up, still making records of the real camera, as before.
+    after = time.time()
+    fresh = [m for m in collect(records, records=90) if isinstance(m, MetricsRecord) and m.t_capture > after]
+    assert len(fresh) >= 10 and {r.worker for r in fresh} == {"w0"} and core.proc.poll() is None
+    assert sum(isinstance(a, Welcome) for a in answers) == 1
+    assert sum(isinstance(a, Refused) and a.retry for a in answers) == 49
+    assert not greedy.poll(1000), "a Hello that does not decode got an answer"
+    counters = latest_stats(stats).counters
+    assert (counters["bad_messages"] or 0) >= 20_000 + 4  # the garbage, the three spoiled, the greedy Hello
+    assert (counters["unexpected_results"] or 0) >= 1 and counters["streams_refused"] == 49
+    assert counters["workers"] == 1  # w0: the greedy one never joined, evil went silent and expired
+    growth = psutil.Process(core.proc.pid).memory_info().rss - rss_before
+    assert growth < 100 * 2**20, f"the core grew by {growth / 2**20:.0f} MB"
+    # Each kind said once, then counted: 20k bad messages are one line, not 20k.
+    log = core.output()
+    assert log.count("does not decode") <= 2 and log.count("refused ingest") <= 2, log[-3000:]
+
+
+def latest_stats(sub: zmq.Socket) -> Stats:
+    """A Stats the core published after this was called (they come every second)."""
+    asked = time.time()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if sub.poll(1000):
+            msg, _ = zmqio.receive(sub, topic=True)
+            if isinstance(msg, Stats) and msg.t > asked:
+                return msg
+    raise AssertionError("no Stats from the core in 5 s")
