@@ -19,7 +19,7 @@ import httpx
 from encoders.shared.complaints import Complaints
 
 from .jpeg import CorruptJpeg, jpeg_size
-from .mjpeg import MjpegSplitter, boundary_from_content_type
+from .mjpeg import MAX_PART_BYTES, MjpegSplitter, boundary_from_content_type
 
 log = logging.getLogger("encoders.ingest")
 
@@ -92,6 +92,7 @@ class HttpMjpegSource:
         connect_timeout: float,
         read_timeout: float,
         stall_after: float = 10.0,
+        max_frame_bytes: int = MAX_PART_BYTES,
         reconnect: bool = True,
         reconnect_max: float = 10.0,
         stop: threading.Event | None = None,
@@ -102,6 +103,7 @@ class HttpMjpegSource:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stall_after = stall_after
+        self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.reconnect_max = reconnect_max
         self.stop = stop if stop is not None else threading.Event()
@@ -122,6 +124,7 @@ class HttpMjpegSource:
             connect_timeout=cfg.connect_timeout,
             read_timeout=cfg.read_timeout,
             stall_after=cfg.stall_after,
+            max_frame_bytes=cfg.max_frame_bytes,
             reconnect=cfg.reconnect,
             reconnect_max=cfg.reconnect_max,
             stop=stop,
@@ -206,7 +209,7 @@ class HttpMjpegSource:
             log.info("reconnected to %s (attempt %d, %s)", self.url, attempt, ctype or "no Content-Type")
         else:
             log.info("connected to %s (%s)", self.url, ctype or "no Content-Type")
-        splitter = MjpegSplitter(boundary_from_content_type(ctype))
+        splitter = MjpegSplitter(boundary_from_content_type(ctype), max_part_bytes=self.max_frame_bytes)
         base = {k: counters[k] for k in ("parts", "truncated", "oversized")}
         # A stream can stay connected and produce nothing: bytes trickling in (the read timeout
         # is per read, so it never fires) or one part that never ends. Whatever arrives, a

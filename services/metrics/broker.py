@@ -4,7 +4,11 @@ Pure logic: the core offers numbered frames, ``assign(now)`` says which frames g
 worker now, and results, departures and time say when a worker's hands are free again.
 
 - A worker holds at most ``capacity`` frames (its Hello's: a batch being encoded and one
-  being gathered). A frame goes to the worker with the most room; ties go to the one given a
+  being gathered), and at first fewer: its room starts at START_WINDOW frames and grows by one
+  with each result it returns, up to its capacity (TCP's slow start). A worker that only
+  takes frames, claiming a large capacity and answering nothing, so holds a few at a time,
+  not every frame there is, until they are given up; an honest one is at full capacity after
+  a few batches. A frame goes to the worker with the most room; ties go to the one given a
   frame longest ago.
 - Streams with a frame waiting are served in turn (round robin), so every camera gets the
   same share of the workers whatever the others send.
@@ -31,6 +35,7 @@ Key = tuple[str, int]  # (stream, seq)
 # A lossless stream may have this many frames queued or granted (between the two: the workers'
 # total capacity): enough to keep every worker busy, few enough to hold the camera back soon.
 LOSSLESS_MIN, LOSSLESS_MAX = 4, 64
+START_WINDOW = 4  # frames a worker may hold before it has returned any result
 
 
 @dataclass
@@ -41,10 +46,11 @@ class Worker:
     held: dict[Key, float] = field(default_factory=dict)  # -> when handed to it
     paused: bool = False  # a send to it failed: given nothing until heard from again
     given: int = 0  # when it was last given a frame (a count of frames handed out)
+    window: int = START_WINDOW  # frames it may hold now: grows with the results it returns
 
     @property
     def room(self) -> int:
-        return 0 if self.paused else self.capacity - len(self.held)
+        return 0 if self.paused else min(self.capacity, self.window) - len(self.held)
 
 
 class Broker:
@@ -100,7 +106,10 @@ class Broker:
     def result(self, identity: bytes, stream: str, seq: int) -> bool:
         """A worker's result for (stream, seq): True if that worker held it (and now no longer does)."""
         worker = self.workers.get(identity)
-        return worker is not None and worker.held.pop((stream, seq), None) is not None
+        if worker is None or worker.held.pop((stream, seq), None) is None:
+            return False
+        worker.window = min(worker.capacity, worker.window + 1)
+        return True
 
     def overdue(self, now: float) -> list[tuple[bytes, Key]]:
         """Frames held longer than ``hold_timeout``, taken from their workers: to be given up as lost."""
@@ -110,6 +119,8 @@ class Broker:
             for key in late:
                 del worker.held[key]
                 out.append((worker.identity, key))
+            if late:  # it took frames and did not answer: back to a few at a time
+                worker.window = START_WINDOW
         return out
 
     def drop_waiting(self) -> list[Frame]:

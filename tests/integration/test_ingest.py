@@ -412,6 +412,18 @@ def test_thousands_of_corrupt_parts_are_counted_and_logged_once(h, raw_server):
     assert h.log().count("corrupt frame") == 1, "one line for the first, then only the count"
 
 
+def test_a_part_larger_than_max_frame_bytes_is_dropped_and_counted(h, raw_server):
+    big = make_jpeg(640, 480, 9)
+    assert len(big) > 4096 > max(len(j) for j in JPEGS)
+    body = _multipart([JPEGS[0], big, JPEGS[1]], delimiter=b"--FRAME") + b"--FRAME--\r\n"
+    server = raw_server(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=FRAME\r\n\r\n" + body)
+    h.core.credit = 10
+    proc = h.start(server.url, "--lossless", "--no-reconnect", "--max-frame-bytes", "4096")
+    captures, _, stats = h.until_bye()
+    assert proc.wait(10) == 0
+    assert [c.jpeg for c in captures] == [JPEGS[0], JPEGS[1]] and stats.counters["oversized"] == 1
+
+
 # A part that starts, then never ends: what a stuck camera or a hostile server sends.
 ENDLESS_PART = b"--FRAME\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from encoders.services.metrics.broker import LOSSLESS_MAX, LOSSLESS_MIN, Broker
+from encoders.services.metrics.broker import LOSSLESS_MAX, LOSSLESS_MIN, START_WINDOW, Broker
 from encoders.shared.messages import Frame
 
 
@@ -25,6 +25,25 @@ def test_a_worker_never_holds_more_than_its_capacity():
     assert b.assign(now=0) == [] and b.in_use == 2 and b.queued("cam0") == 3
     assert b.result(b"w", "cam0", 0)
     assert [(w, f.seq) for w, f in b.assign(now=0)] == [(b"w", 2)]  # freed capacity lets the next one out
+
+
+def test_a_worker_is_trusted_with_more_frames_as_it_returns_results():
+    """Issue #13: a worker claiming a huge capacity and answering nothing took most frames. Room
+    starts at START_WINDOW and grows by one per result; frames given up shrink it again."""
+    b = Broker(hold_timeout=10)
+    b.add_worker(b"greedy", "greedy", capacity=4096)
+    b.add_worker(b"honest", "honest", capacity=16)
+    for seq in range(200):
+        b.offer(frame("cam0", seq), lossless=True)
+    for t in range(50):  # the honest worker answers everything it holds; the greedy one nothing
+        b.assign(now=t * 0.1)
+        for stream, seq in list(held(b, b"honest")):
+            assert b.result(b"honest", stream, seq)
+    assert len(held(b, b"greedy")) == START_WINDOW
+    assert b.workers[b"honest"].window == 16  # at its full capacity after a few rounds
+    assert b.handed - START_WINDOW > 150  # nearly every frame went to the worker that answers
+    given_up = b.overdue(now=20.0)
+    assert len(given_up) == START_WINDOW and b.workers[b"greedy"].window == START_WINDOW
 
 
 def test_real_time_keeps_only_the_newest_frame_waiting():
