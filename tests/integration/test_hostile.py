@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Embedding, Hello, MetricsRecord, Refused, Stats, Welcome
+from encoders.shared.messages import PROTOCOL, Capture, Embedding, Frame, Hello, MetricsRecord, Refused, Stats, Welcome
 
 from ..conftest import Sockets, spoil
 from .pipeline import Pipeline, collect, subscribe
@@ -93,3 +93,31 @@ def latest_stats(sub: zmq.Socket) -> Stats:
             if isinstance(msg, Stats) and msg.t > asked:
                 return msg
     raise AssertionError("no Stats from the core in 5 s")
+
+
+@pytest.mark.timeout(120)
+def test_records_held_for_a_recorder_that_never_comes_go_to_disk_not_memory(service, tmp_path, sockets):
+    """Issue #13: behind a stopped recorder the core held every record (1.4 GB for 300k). It
+    holds ENCODERS_HOLD_RECORDS in memory and spools the rest, for the recorder to come."""
+    pipeline = Pipeline(service, {}, tmp_path, "", env={"ENCODERS_HOLD_RECORDS": "500"})
+    core = pipeline.start_core()  # records wait for a recorder's acknowledgement; none joins
+    stats = sockets.connect(zmq.SUB, pipeline.metrics_pub, subscribe=[b"stats/cam0"])
+    ingest = join(sockets, pipeline.core, Hello("ingest", "cam", PROTOCOL, stream="cam0"))
+    worker = join(sockets, pipeline.core, Hello("worker", "w", PROTOCOL, capacity=64, model="m"))
+    rss_before = psutil.Process(core.proc.pid).memory_info().rss
+    jpeg = b"\xff\xd8" + bytes(500) + b"\xff\xd9"
+    vector = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    embedded = 0
+    while embedded < 20_000:  # about 2 KB each: 40 MB of records
+        zmqio.send(ingest, Capture(time.time(), 2, 2, jpeg))
+        while worker.poll(0 if embedded % 64 else 50):
+            msg, _ = zmqio.receive(worker)
+            if isinstance(msg, Frame):
+                zmqio.send(worker, Embedding(msg.stream, msg.seq, msg.t_capture, "w", "m", vector=vector))
+                embedded += 1
+    counters = latest_stats(stats).counters
+    assert 0 < (counters["records_held"] or 0) <= 500 and (counters["spool_bytes"] or 0) > 20 * 2**20, counters
+    growth = psutil.Process(core.proc.pid).memory_info().rss - rss_before
+    assert growth < 25 * 2**20, f"the core grew by {growth / 2**20:.0f} MB holding 40 MB of records"
+    assert core.proc.poll() is None
