@@ -251,8 +251,47 @@ KEYS_HELP = (
 )
 
 
+# Each service's own port, far from the pipeline's (5555-5558) and from common exporters'.
+PORTS = {"metrics": 9556, "recorder": 9557, "viewer": 9558, "ingest": 9560, "encoder": 9580}
+NONE = "none"  # ENCODERS_PROMETHEUS_PORT: no metrics served
+
+
 @dataclass
-class CoreConnection(Settings):
+class Exported(Settings):
+    """Where a service serves its Prometheus metrics."""
+
+    prometheus_port: str = setting(
+        "auto",
+        "Port of this service's Prometheus metrics (/metrics): auto = the service's own (metrics 9556, recorder "
+        "9557, viewer 9558, ingest 9560, encoder 9580), a number (0: any free one), or none",
+    )
+    prometheus_host: str = setting(
+        "127.0.0.1", "Interface the Prometheus metrics listen on (0.0.0.0: for a Prometheus on another machine)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        port = self.prometheus_port
+        if port not in ("auto", NONE) and not (port.isdigit() and int(port) <= 65535):
+            raise SettingsError(f"--prometheus-port / ENCODERS_PROMETHEUS_PORT must be auto, none or a port: {port!r}")
+
+    def prometheus_port_for(self, service: str, index: int = 0) -> int | None:
+        """The port to listen on (None: off). ``index`` numbers the processes of one machine that
+        one setting starts (the all-in-one's ingests and workers, a worker per GPU): each the
+        next port (0 stays 0: any free one)."""
+        if self.prometheus_port == NONE:
+            return None
+        port = PORTS[service] if self.prometheus_port == "auto" else int(self.prometheus_port)
+        return port + index if port else 0
+
+    def prometheus_port_setting(self, service: str, index: int) -> str:
+        """ENCODERS_PROMETHEUS_PORT for the ``index``-th such process of one machine."""
+        port = self.prometheus_port_for(service, index)
+        return NONE if port is None else str(port)
+
+
+@dataclass
+class CoreConnection(Exported):
     """How a service reaches the core (the metrics service) and keeps its session (docs/PROTOCOL.md)."""
 
     core: str = setting(

@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Property-based tests (the wire format and its consumers): a few seconds in `make test`;
 # `make fuzz` (HYPOTHESIS_PROFILE=fuzz) hunts far longer. No deadline: a busy machine is no bug.
+# Services started by tests serve their Prometheus metrics on any free port: several of one kind
+# run at once here, and a user's pipeline may hold the usual ports.
+os.environ.setdefault("ENCODERS_PROMETHEUS_PORT", "0")
 settings.register_profile("quick", max_examples=200, deadline=None)
 settings.register_profile("fuzz", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))

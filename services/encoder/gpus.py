@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from encoders.shared.settings import Exported
+
 log = logging.getLogger(__name__)
 
 
@@ -28,16 +30,18 @@ def parse_gpus(spec: str, visible: int) -> list[int]:
     return ids
 
 
-def run_per_gpu(ids: list[int], worker_id: str, stop) -> int:
-    """Start `encoders encode` once per GPU (same settings, device cuda:N) and wait for them."""
+def run_per_gpu(ids: list[int], worker_id: str, stop, prometheus: Exported | None = None) -> int:
+    """Start `encoders encode` once per GPU (same settings, device cuda:N) and wait for them.
+    Each serves its metrics on a port of its own: the worker's, plus its place in the list."""
     base = worker_id or f"{os.uname().nodename}-{os.getpid()}"
     procs = []
-    for i in ids:
+    for n, i in enumerate(ids):
         env = {
             **os.environ,
             "ENCODERS_GPUS": "",
             "ENCODERS_DEVICE": f"cuda:{i}",
             "ENCODERS_WORKER_ID": f"{base}-gpu{i}",
+            **({"ENCODERS_PROMETHEUS_PORT": prometheus.prometheus_port_setting("encoder", n)} if prometheus else {}),
         }
         procs.append(subprocess.Popen([sys.executable, "-m", "encoders", "encode", *_passed_args()], env=env))
     log.info("started %d workers, on GPUs %s", len(procs), ", ".join(map(str, ids)))
@@ -57,10 +61,10 @@ def _passed_args() -> list[str]:
         if skip:
             skip = False
             continue
-        if a in ("--gpus", "--device", "--worker-id"):
+        if a in ("--gpus", "--device", "--worker-id", "--prometheus-port"):
             skip = True
             continue
-        if a.startswith(("--gpus=", "--device=", "--worker-id=")):
+        if a.startswith(("--gpus=", "--device=", "--worker-id=", "--prometheus-port=")):
             continue
         args.append(a)
     return args

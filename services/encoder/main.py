@@ -10,6 +10,7 @@ core refused this worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ import torch
 import zmq
 
 from encoders.services.encoder.config import EncoderConfig
+from encoders.shared.exporter import BATCH_BUCKETS, LATENCY_BUCKETS, Exporter, Families
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import SessionRefused, process_name
 
@@ -40,7 +42,7 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
         except ValueError as exc:
             log.error("%s", exc)
             return 2
-        return run_per_gpu(ids, cfg.worker_id, stop)
+        return run_per_gpu(ids, cfg.worker_id, stop, cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
@@ -63,6 +65,14 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
     decode_threads = cfg.decode_threads or (min(8, os.cpu_count() or 1) if cuda else 1)
     name = cfg.worker_id or process_name()
 
+    exporter = Exporter("encoder")
+    batch_sizes = exporter.histogram("encoders_batch_size", "Frames per batch the model encoded", buckets=BATCH_BUCKETS)
+    encode_s = exporter.histogram("encoders_encode_seconds", "Time the model took per batch", buckets=LATENCY_BUCKETS)
+
+    def observe_batch(n: int, seconds: float) -> None:
+        batch_sizes.observe(n)
+        encode_s.observe(seconds)
+
     ctx = zmq.Context()
     try:
         worker = Worker(
@@ -75,10 +85,13 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
             decode_threads=decode_threads,
             thumbnail_size=cfg.thumbnail_size,
             thumbnail_quality=cfg.thumbnail_quality,
+            observe_batch=observe_batch,
         )
     except StartupError:  # the core's address does not parse
         ctx.destroy(linger=0)
         raise
+    exporter.collect(functools.partial(worker_families, worker))
+    exporter.start(cfg)
     if cfg.ready_file:
         Path(cfg.ready_file).touch()
     log.info("worker %s: frames from the core at %s, batches of up to %d", name, cfg.core, batch_size)
@@ -92,5 +105,18 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
         code = 2
     finally:
         worker.close()
+        exporter.stop()
         ctx.term()
     return code
+
+
+def worker_families(worker: Worker, f: Families) -> None:
+    """The worker's counts at a scrape (shared/exporter.py)."""
+    c, labels = worker.counters, {"worker": worker.name}
+    f.counter("encoders_worker_frames_received", "Frames the core handed this worker", c["received"], **labels)
+    f.counter("encoders_worker_frames_embedded", "Frames this worker embedded", c["embedded"], **labels)
+    f.counter("encoders_worker_frames_skipped", "Frames this worker could not embed", c["skipped"], **labels)
+    f.counter("encoders_worker_batches", "Batches this worker ran", c["batches"], **labels)
+    f.counter("encoders_decode_errors", "Messages that did not decode", c["bad_messages"], service="encoder")
+    f.gauge("encoders_worker_frames_held", "Frames this worker holds now", worker.intake.held, **labels)
+    f.gauge("encoders_worker_capacity", "Frames this worker can hold", worker.intake.capacity, **labels)

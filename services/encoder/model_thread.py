@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -23,8 +24,9 @@ Result = tuple[list[Held], np.ndarray | None, Exception | None]
 class ModelThread:
     """Runs the model on one batch at a time; at most one more batch waits its turn."""
 
-    def __init__(self, encoder: ClipImageEncoder):
+    def __init__(self, encoder: ClipImageEncoder, observe: Callable[[int, float], None] | None = None):
         self.encoder = encoder
+        self.observe = observe or (lambda n, seconds: None)  # each batch's size and encode time (metrics)
         self.todo: queue.Queue = queue.Queue(maxsize=1)
         self.done: queue.Queue[Result] = queue.Queue()
         self.busy = 0  # batches submitted and not yet collected
@@ -38,7 +40,10 @@ class ModelThread:
                 return
             items, arrays = job
             try:
-                self.done.put((items, self.encoder.embed_arrays(arrays), None))
+                started = time.perf_counter()
+                vectors = self.encoder.embed_arrays(arrays)
+                self.observe(len(arrays), time.perf_counter() - started)
+                self.done.put((items, vectors, None))
             except Exception as exc:  # a failed batch is reported, never silently lost
                 self.done.put((items, None, exc))
 

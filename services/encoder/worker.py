@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from threading import Event
 
@@ -76,6 +77,7 @@ class Worker:
         decode_threads: int,
         thumbnail_size: int = 0,
         thumbnail_quality: int = 70,
+        observe_batch: Callable[[int, float], None] | None = None,
     ):
         self.name = name
         self.encoder = encoder
@@ -95,7 +97,7 @@ class Worker:
             sndhwm=max(1000, 4 * self.intake.capacity),  # results in flight never exceed the capacity
             keys=keys.client(core.keys, "worker"),
         )
-        self.model = ModelThread(encoder)
+        self.model = ModelThread(encoder, observe_batch)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
         self.thumbnails = Thumbnails(thumbnail_size, thumbnail_quality, self.pool)
         self.stop_asked = ""  # the core's Stop, with its reason

@@ -25,6 +25,7 @@ from contextlib import ExitStack
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
+from encoders.shared.exporter import Exporter, Families
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.settings import mask_url
 
@@ -54,6 +55,10 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
         reader = on_exit.enter_context(CameraReader(ctx, source, stop))
         ingest = Ingest(cfg, ctx, reader, camera=source.counters)  # StartupError: the core's address
         on_exit.callback(ingest.close)
+        exporter = Exporter("ingest")
+        exporter.collect(lambda f: ingest_families(ingest, f))
+        exporter.start(cfg)
+        on_exit.callback(exporter.stop)
         log.info("stream %r from %s: captures to the core at %s", cfg.stream_id, mask_url(cfg.stream), cfg.core)
         outcome = "crashed"
         try:
@@ -64,6 +69,28 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
             ingest.finish(outcome)  # even after an error: the core must hear where the stream ended
     log.info("ingest stopped: %s", ingest.summary())
     return {"refused": 2, "failed": 1}.get(outcome, 0)
+
+
+# The ingest's counts as Prometheus counters (name, Stats key, help); shared/exporter.py.
+INGEST_COUNTERS = (
+    ("encoders_frames_read", "read", "JPEG frames read from the camera"),
+    ("encoders_frames_sent", "published", "Frames sent to the core"),
+    ("encoders_frames_undelivered", "undelivered", "Frames read while the core was away (counted dropped)"),
+    ("encoders_frames_corrupt", "corrupt", "Parts from the camera that were not a JPEG"),
+    ("encoders_frames_oversized", "oversized", "Parts larger than ENCODERS_MAX_FRAME_BYTES"),
+    ("encoders_reconnects", "reconnects", "Connections to the camera made again"),
+    ("encoders_stream_stalls", "stalls", "Connections reopened: no byte, or no complete frame, for too long"),
+    ("encoders_camera_bytes", "bytes", "Bytes read from the camera"),
+)
+
+
+def ingest_families(ingest: Ingest, f: Families) -> None:
+    c, stream = ingest.counters(), ingest.stream
+    for name, key, doc in INGEST_COUNTERS:
+        f.counter(name, doc, c.get(key, 0), stream=stream)
+    f.counter("encoders_decode_errors", "Messages that did not decode", c.get("bad_messages", 0), service="ingest")
+    f.gauge("encoders_ingest_fps", "Frames read per second, now", c.get("fps"), stream=stream)
+    f.gauge("encoders_credits", "Captures a lossless ingest may send now", c.get("credit"), stream=stream)
 
 
 def check(cfg: IngestConfig) -> int:

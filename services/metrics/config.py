@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, bind_loopback
-from encoders.shared.settings import KEYS_HELP, Settings, setting
+from encoders.shared.settings import KEYS_HELP, Exported, setting
 
 
 def default_state_dir() -> str:
@@ -17,7 +17,7 @@ def default_state_dir() -> str:
 
 
 @dataclass
-class MetricsConfig(Settings):
+class MetricsConfig(Exported):
     core_bind: str = setting(
         bind_loopback(CORE_PORT),
         "ROUTER endpoint every service connects to (ENCODERS_CORE on the others): ingests, workers, the "

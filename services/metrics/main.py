@@ -17,6 +17,7 @@ from encoders.shared.settings import split_addrs
 from encoders.shared.spool import SpoolLocked
 
 from .delivery import Delivery
+from .exported import core_exporter
 from .numbering import Numbering, StateDir
 from .service import MAX_MESSAGE_BYTES, Core
 
@@ -77,9 +78,12 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
         cfg.metrics_bind,
         f"held for a recorder (state in {state.path})" if cfg.recorder else "only published (--no-recorder)",
     )
+    exporter = core_exporter(core)
+    exporter.start(cfg)
     try:
         core.run(stop)
     finally:
+        exporter.stop()
         core.close()
         if curve is not None:
             curve.stop()

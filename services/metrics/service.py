@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from threading import Event
 
 import zmq
@@ -33,6 +34,7 @@ from encoders.shared.messages import (
     Heartbeat,
     Hello,
     Message,
+    MetricsRecord,
     Ready,
     Refused,
     Skipped,
@@ -76,11 +78,13 @@ class Core:
         *,
         publishers: tuple[str, str] = ("", ""),
         life: str | None = None,
+        on_record: Callable[[MetricsRecord], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.router, self.frames_pub, self.metrics_pub = router, frames_pub, metrics_pub
         self.numbering, self.delivery = numbering, delivery
         self.publishers = publishers  # (frames, metrics) as bound: what a viewer's Welcome names
+        self.on_record = on_record or (lambda rec: None)  # each record as it goes out (metrics' latency)
         self.life = life or uuid.uuid4().hex  # this life of the core (Welcome.core, records' core)
         self.sessions = Sessions(cfg.heartbeat_s, cfg.heartbeat_misses)
         scenes = SceneRule.from_config(cfg)
@@ -316,6 +320,7 @@ class Core:
                 log.info("stream %s starts at %d", msg.stream, msg.first_seq)
             else:
                 self.counters["records"] += 1
+                self.on_record(msg)
 
     def begin_drain(
         self, now: float, reason: str, *, requester: bytes | None = None, limit_s: float | None = None

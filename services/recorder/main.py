@@ -24,6 +24,7 @@ from pathlib import Path
 import zmq
 
 from encoders.shared import keys, zmqio
+from encoders.shared.exporter import LATENCY_BUCKETS, Exporter, Families
 from encoders.shared.messages import PROTOCOL, Hello
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import CoreSession, SessionRefused, process_name
@@ -91,8 +92,14 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             )
         closer: list[threading.Thread] = []
 
+        exporter = Exporter("recorder")
+        db_write_s = exporter.histogram(
+            "encoders_db_write_seconds", "Time one batch of rows took to write to PostgreSQL", buckets=LATENCY_BUCKETS
+        )
+
         def opener(named: str, keep_alive) -> Recording:
             recording = open_recording(cfg, db, url, named, keep_alive)
+            recording.writer.observe_write = lambda rows, seconds: db_write_s.observe(seconds)
             closer.append(close_left_runs(url, cfg.runs_dir, recording.run.name))
             return recording
 
@@ -104,6 +111,9 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             takeover=cfg.takeover,
             on_ready=lambda recording: announce(cfg.ready_file, recording) if cfg.ready_file else None,
         )
+        exporter.collect(lambda f: recorder_families(receiver, f))
+        exporter.start(cfg)
+        resources.callback(exporter.stop)
         log.info("saying Hello to the core at %s", cfg.core)
         session.start(time.monotonic())
         exit_code = receive(receiver, stop)
@@ -113,6 +123,22 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         for thread in closer:
             thread.join(timeout=60)
         return exit_code
+
+
+def recorder_families(receiver: Receiver, f: Families) -> None:
+    """The recorder's counts at a scrape (shared/exporter.py)."""
+    f.counter("encoders_decode_errors", "Messages that did not decode", receiver.counters.get("bad_messages", 0),
+              service="recorder")  # fmt: skip
+    recording = receiver.recording
+    if recording is None:
+        return
+    writer = recording.writer
+    for stream, rows in list(writer.written.items()):
+        f.counter("encoders_rows_recorded", "Rows written to PostgreSQL", rows, stream=stream)
+    f.gauge("encoders_rows_spooled", "Rows in the recorder's spool, waiting for the database", writer.spooled)
+    f.counter("encoders_rows_quarantined", "Rows the database refused for good", writer.quarantined)
+    f.counter("encoders_db_outages", "Times the database became unreachable", writer.outages)
+    f.counter("encoders_db_commits", "Batches committed to PostgreSQL", writer.commits)
 
 
 def receive(receiver: Receiver, stop: threading.Event) -> int:

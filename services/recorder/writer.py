@@ -106,6 +106,7 @@ class FrameWriter:
         self.outages = 0
         self.commits = 0  # batches written (spool replays included)
         self.fatal: DatabaseRefused | None = None
+        self.observe_write: Callable[[int, float], None] = lambda rows, seconds: None  # each batch (metrics)
 
     @property
     def quarantined(self) -> int:
@@ -219,7 +220,10 @@ class FrameWriter:
         if not rows:
             return Counter()
         try:
-            return self.db.write_rows(rows)
+            started = time.perf_counter()
+            written = self.db.write_rows(rows)
+            self.observe_write(len(rows), time.perf_counter() - started)
+            return written
         except (DatabaseRefused, *ENCODING_ERRORS) as exc:
             if row_refusal(exc):
                 raise RowsRefused(str(exc)) from exc

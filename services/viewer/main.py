@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from encoders.services.viewer.config import ViewerConfig, is_loopback
+from encoders.shared.exporter import Exporter, Families
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.settings import SettingsError
 
@@ -52,6 +53,7 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
     if show_window and (problem := display_problem(os.environ, sys.platform)):
         raise StartupError(f"{NO_DISPLAY} ({problem})")
 
+    exporter = Exporter("viewer")
     ctx = zmq.Context()
     feed: WebFeed | None = None
     server: WebServer | None = None
@@ -66,10 +68,13 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
             window.open()
             log.info("window %r open", cfg.window)
         viewer = Viewer(subscriptions, history=cfg.history, window=window, feed=feed)
+        exporter.collect(functools.partial(viewer_families, viewer, server))
+        exporter.start(cfg)
         log.info("%s", subscriptions.describe())
         viewer.run(stop)
         return 0
     finally:
+        exporter.stop()
         web_counters: dict[str, Any] = {}
         if server is not None:
             server.stop()
@@ -79,6 +84,18 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
             window.close()
         if viewer is not None:
             log.info("viewer stopped: %s", {**viewer.all_counters(), **web_counters})
+
+
+def viewer_families(viewer: Viewer, server: WebServer | None, f: Families) -> None:
+    """The viewer's counts at a scrape (shared/exporter.py): what it received and showed, its web clients."""
+    for key, value in list(viewer.all_counters().items()):
+        if isinstance(value, int) and not isinstance(value, bool):
+            f.counter(f"encoders_viewer_{key}", f"The viewer's {key.replace('_', ' ')}", value)
+    if server is not None:
+        web = server.webapp.clients.counters()
+        f.gauge("encoders_web_clients", "Web viewer clients connected now (video and events)", web["clients_now"])
+        for key in ("refused", "header_timeouts"):
+            f.counter(f"encoders_web_{key}", f"Web viewer connections closed: {key.replace('_', ' ')}", web.get(key))
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:

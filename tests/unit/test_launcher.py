@@ -150,3 +150,21 @@ def test_a_child_at_its_natural_end_is_left_alone():
     settle(children)
     assert children.supervise(0.0, ended_on_purpose=lambda c: c.name.startswith("ingest")) is None
     assert child.done and child.restart_at is None and children.starts == 1
+
+
+def test_each_local_camera_and_worker_gets_a_prometheus_port_of_its_own(tmp_path):
+    cfg = RunConfig(stream=("http://a/s.mjpg", "http://b/s.mjpg"), workers=2)
+    s = wire(cfg, {}, tmp_path)
+    assert [i.prometheus_port for i in s.ingests] == ["9560", "9561"]
+    assert [s.encoder.prometheus_port_setting("encoder", i) for i in range(2)] == ["9580", "9581"]
+    assert (
+        s.core.prometheus_port_for("metrics") == 9556
+        and s.recorder
+        and s.recorder.prometheus_port_for("recorder") == 9557
+    )
+    off = wire(cfg, {"ENCODERS_PROMETHEUS_PORT": "none"}, tmp_path)
+    assert [i.prometheus_port for i in off.ingests] == ["none", "none"] and off.core.prometheus_port_for(
+        "metrics"
+    ) is None
+    anywhere = wire(cfg, {"ENCODERS_PROMETHEUS_PORT": "0"}, tmp_path)
+    assert [i.prometheus_port for i in anywhere.ingests] == ["0", "0"]  # any free port, each

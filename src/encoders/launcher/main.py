@@ -129,7 +129,12 @@ def start(
         run_dir = Path(json.loads(ready.read_text())["dir"])
     workers = [ep.folder / f"worker{i}.ready" for i in range(cfg.workers)]
     for i, ready_file in enumerate(workers):
-        settings = dataclasses.replace(wiring.encoder, ready_file=str(ready_file), worker_id=f"worker{i}")
+        settings = dataclasses.replace(
+            wiring.encoder,
+            ready_file=str(ready_file),
+            worker_id=f"worker{i}",
+            prometheus_port=wiring.encoder.prometheus_port_setting("encoder", i),  # each its own
+        )
         children.spawn(f"encoder{i}", "encode", settings)
     code = wait_until(lambda: all(f.exists() for f in workers), children, stop, MODEL_LOAD_TIMEOUT_S, "model loading")
     if code or stop.is_set():

@@ -146,6 +146,10 @@ def services(
         )
         for i, url in enumerate(cfg.stream)
     ]
+    # One machine, one Prometheus port per process: the i-th camera's ingest on ingest's port + i.
+    ingests = [
+        dataclasses.replace(c, prometheus_port=c.prometheus_port_setting("ingest", i)) for i, c in enumerate(ingests)
+    ]
     viewer = None
     if cfg.display or cfg.web:
         viewer = ViewerConfig.from_env(

@@ -1,0 +1,122 @@
+"""Each service's Prometheus metrics on ``/metrics`` (prometheus_client, its text format).
+
+A service keeps its counts as it always has (the same ones its Stats and summaries carry);
+at each scrape its ``collect`` function turns them into metric families, so nothing is
+counted twice and a scrape never waits for the service's loop. Durations and sizes that need
+a distribution (latency, batch sizes, encode and database times) are prometheus_client
+Histograms the service observes as it goes.
+
+Ports: ``ENCODERS_PROMETHEUS_PORT`` is ``auto`` (each service its own, below, so that one
+machine runs them all), a number (0: any free port), or ``none``. The all-in-one command
+numbers its ingests and workers from their service's port. The HTTP server listens on
+``ENCODERS_PROMETHEUS_HOST`` (127.0.0.1; compose: every interface, for Prometheus elsewhere).
+A port in use turns the metrics off with a warning: a camera is not stopped for its metrics.
+
+Every name starts with ``encoders_``; README.md lists them, and docs/grafana-dashboard.json
+uses exactly these.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .settings import Exported
+
+log = logging.getLogger(__name__)
+
+
+class Families:
+    """Metric families built at a scrape: ``counter``/``gauge`` add one sample each."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Any] = {}  # name -> CounterMetricFamily or GaugeMetricFamily
+
+    def counter(self, name: str, doc: str, value: float | None, **labels: str) -> None:
+        self._add(CounterMetricFamily, name, doc, value, labels)
+
+    def gauge(self, name: str, doc: str, value: float | None, **labels: str) -> None:
+        self._add(GaugeMetricFamily, name, doc, value, labels)
+
+    def _add(self, kind: type, name: str, doc: str, value: float | None, labels: Mapping[str, str]) -> None:
+        if value is None:
+            return
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = kind(name, doc, labels=list(labels))
+        family.add_metric(list(labels.values()), float(value))
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+
+class _Collect(Collector):
+    def __init__(self, build: Callable[[Families], None]) -> None:
+        self.build = build
+
+    def collect(self) -> Iterable[Metric]:
+        # The service's loop changes its counts while a scrape reads them: a dict that grew
+        # under the scrape (a new stream) is read again, not reported half-way.
+        for _ in range(5):
+            families = Families()
+            try:
+                self.build(families)
+            except RuntimeError:  # dictionary changed size during iteration
+                continue
+            return list(families)
+        return []
+
+
+class Exporter:
+    """One service's registry: what it collects at a scrape, its histograms, its HTTP server."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.port: int | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def collect(self, build: Callable[[Families], None]) -> None:
+        """``build(families)`` runs at every scrape and adds the service's counts."""
+        self.registry.register(_Collect(build))
+
+    def histogram(self, name: str, doc: str, labels: Iterable[str] = (), buckets: Iterable[float] = ()) -> Histogram:
+        kw: dict[str, Any] = {"buckets": tuple(buckets)} if buckets else {}
+        return Histogram(name, doc, list(labels), registry=self.registry, **kw)
+
+    def start(self, cfg: Exported, index: int = 0) -> int | None:
+        """Listen; the port (None: off, or the port was in use, which is said)."""
+        port = cfg.prometheus_port_for(self.service, index)
+        if port is None:
+            return None
+        try:
+            self._server, self._thread = start_http_server(port, addr=cfg.prometheus_host, registry=self.registry)
+        except OSError as exc:
+            log.warning(
+                "Prometheus metrics off: cannot listen on %s:%d (%s); choose another with ENCODERS_PROMETHEUS_PORT",
+                cfg.prometheus_host,
+                port,
+                exc.strerror or exc,
+            )
+            return None
+        self.port = self._server.server_port
+        log.info("Prometheus metrics on http://%s:%d/metrics", cfg.prometheus_host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+# Latency buckets from a fast GPU's tens of milliseconds to a saturated CPU's seconds.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
