@@ -9,17 +9,44 @@ A body that returns on its own returns 0 or 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .settings import Settings
 
 # Variables every service reads besides its settings.
-RUNTIME_VARIABLES = {"ENCODERS_LOG_LEVEL"}
+RUNTIME_VARIABLES = {"ENCODERS_LOG_LEVEL", "ENCODERS_LOG_FORMAT"}
+
+
+class JsonLines(logging.Formatter):
+    """ENCODERS_LOG_FORMAT=json: one JSON object a line (time, service, level, message, stream
+    where known, the exception if any), for log shippers. Written here rather than taken from
+    a library: it is these few fields, and every service would carry the dependency."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "service": self.service,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        stream = getattr(record, "stream", None)
+        if stream:
+            out["stream"] = stream
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
 
 
 def setup_logging(service: str) -> logging.Logger:
@@ -31,12 +58,29 @@ def setup_logging(service: str) -> logging.Logger:
         datefmt="%H:%M:%S",
         force=True,
     )
+    fmt = os.environ.get("ENCODERS_LOG_FORMAT", "text").lower()
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLines(service))
+    elif fmt != "text":
+        logging.getLogger("encoders").warning("ENCODERS_LOG_FORMAT=%s: not text or json; logging text", fmt)
     # pgserver narrates every postgres command at INFO; its warnings are what matter here.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     # open_clip narrates model creation at INFO on the root logger: keep its warnings only.
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda r: r.levelno >= logging.WARNING or "open_clip" not in r.pathname)
     return logging.getLogger(f"encoders.{service}")
+
+
+def tag_stream(stream: str) -> None:
+    """Every log record of this process is about one stream (an ingest): say which, in JSON logs."""
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.stream = getattr(record, "stream", None) or stream
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
 
 
 def log_settings(log: logging.Logger, service: str, cfg: Settings) -> None:
@@ -60,9 +104,12 @@ class StartupError(RuntimeError):
     """A service cannot start; the message says which setting or endpoint, in one line."""
 
 
-def service_main(service: str, cfg: Settings, body: Callable[[threading.Event], int]) -> int:
-    """Logging, the settings banner and the stop event around ``body(stop)``; StartupError exits 2."""
+def service_main(service: str, cfg: Settings, body: Callable[[threading.Event], int], *, stream: str = "") -> int:
+    """Logging, the settings banner and the stop event around ``body(stop)``; StartupError exits 2.
+    ``stream``: the one stream this process serves (an ingest), named in every JSON log line."""
     log = setup_logging(service)
+    if stream:
+        tag_stream(stream)
     log_settings(log, service, cfg)
     stop = stop_on_signals()
     try:

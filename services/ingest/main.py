@@ -37,7 +37,7 @@ log = logging.getLogger("encoders.ingest")
 
 
 def run(cfg: IngestConfig) -> int:
-    return service_main("ingest", cfg, lambda stop: serve(cfg, stop))
+    return service_main("ingest", cfg, lambda stop: serve(cfg, stop), stream=cfg.stream_id)
 
 
 def serve(cfg: IngestConfig, stop: threading.Event) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
 import os
 import re
@@ -272,6 +273,17 @@ def test_credit_that_is_not_a_count_is_dropped_and_counted_and_the_stream_goes_o
     assert proc.wait(10) == 0
     assert len(captures) == 5 and stats.counters["bad_messages"] == 6
     assert h.log().count("does not decode") == 1
+
+
+def test_json_logs_are_one_object_a_line_with_the_stream(h, pisim):
+    """Issue #15: ENCODERS_LOG_FORMAT=json, for log shippers."""
+    _, url = pisim()
+    proc = h.start(url, "--max-frames", "5", env={"ENCODERS_LOG_FORMAT": "json"})
+    h.until_bye()
+    assert proc.wait(10) == 0
+    lines = [json.loads(line) for line in h.log().splitlines()]  # every line parses
+    assert {line["service"] for line in lines} == {"ingest"} and {line["stream"] for line in lines} == {STREAM_ID}
+    assert {"time", "level", "message"} <= set(lines[0]) and any("max_frames" in x["message"] for x in lines)
 
 
 def test_a_dropped_stream_is_reconnected_and_captures_go_on(h, pisim):
