@@ -7,13 +7,33 @@ from dataclasses import dataclass
 from encoders.shared.settings import CoreConnection, setting
 from encoders.shared.storage.config import DatabaseConfig
 
+from .retention import Policy
+
 # The database writer: rows that gather while a batch is being written go out with the next
 # one, up to this many --db-batch's worth; then the receive loop waits.
 DB_MAX_WAITING_BATCHES = 8
 
 
 @dataclass
-class RecorderConfig(DatabaseConfig, CoreConnection):
+class RetentionConfig(DatabaseConfig):
+    """How long runs are kept (retention.py): the recorder applies it as it goes, `encoders prune` on demand."""
+
+    retention_days: float = setting(
+        0.0, "Delete whole runs that ended more than this many days ago (0: keep them)", minimum=0.0
+    )
+    retention_gb: float = setting(
+        0.0,
+        "Keep the runs (folders and rows) under this many GB: oldest finished runs first, then non-keyframe "
+        "thumbnails (0: no limit)",
+        minimum=0.0,
+    )
+
+    def policy(self) -> Policy:
+        return Policy(days=self.retention_days, gb=self.retention_gb)
+
+
+@dataclass
+class RecorderConfig(RetentionConfig, CoreConnection):
     frames: str = setting(
         "", "The frames publisher to take snapshots from (empty: the one the core names; 'none': no snapshots)"
     )
@@ -34,6 +54,9 @@ class RecorderConfig(DatabaseConfig, CoreConnection):
     pipeline_config: str = setting("", "JSON of the whole pipeline's settings, stored in config.json and the run row")
     ready_file: str = setting(
         "", "Once the run is claimed and the sockets are open, write the run's id, name and folder here (JSON)"
+    )
+    prune_every: float = setting(
+        3600.0, "Seconds between applying the retention policy (and checking the disk's free space)", minimum=1.0
     )
     db_connect_timeout: float = setting(
         10.0, "Seconds the database may take to answer at start before the recorder gives up", minimum=0.1

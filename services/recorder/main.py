@@ -38,6 +38,7 @@ from .receiver import Receiver
 from .recording import Recording, open_recording
 from .repair import close_open_runs
 from .replay import replay_left_spools
+from .retention import Pruner
 from .run import RunNameTaken
 
 log = logging.getLogger("encoders.recorder")
@@ -75,6 +76,9 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             replay_left_spools(db, cfg.runs_dir, batch_rows=cfg.db_batch)
         except CANNOT_START as exc:
             raise StartupError(str(exc)) from None
+        pruner = Pruner(url, cfg.runs_dir, cfg.policy(), cfg.prune_every)
+        pruner.start()
+        resources.callback(pruner.close)
         # Its callbacks (what each Hello says, what a Welcome does) are the Receiver's.
         curve = keys.client(cfg.keys, "recorder")
         session = CoreSession(

@@ -7,6 +7,7 @@ import logging
 import secrets
 import sys
 
+from encoders.services.recorder.config import RetentionConfig
 from encoders.shared.runtime import setup_logging, stop_on_signals
 from encoders.shared.storage import embedded, schema
 from encoders.shared.storage.config import DatabaseConfig, ServeConfig
@@ -105,4 +106,38 @@ def repair(cfg: DatabaseConfig, *, run: str | None = None) -> int:
         print(f"{name}: {what}")
     if not report:
         print("no run is left open")
+    return 0
+
+
+def prune(cfg: RetentionConfig, *, dry_run: bool) -> int:
+    """`encoders prune`: the retention policy applied now (services/recorder/retention.py); a line per action.
+
+    0 when done (or nothing to do), 2 when the database cannot be reached or no policy is set.
+    """
+    from datetime import UTC, datetime
+
+    from encoders.services.recorder import retention
+
+    setup_logging("prune")
+    policy = cfg.policy()
+    if not policy.active:
+        print("encoders prune: no policy: set --retention-days or --retention-gb", file=sys.stderr)
+        return 2
+    try:
+        with embedded.database(cfg.database_url, cfg.runs_dir, create=False) as url:
+            db = Database(url)
+            try:
+                db.migrate()
+                lines = retention.prune(db, cfg.runs_dir, policy, datetime.now(UTC), dry_run=dry_run)
+            finally:
+                db.close()
+    except (embedded.NoDatabase, DatabaseUnavailable, DatabaseRefused, OSError) as exc:
+        print(f"encoders prune: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"nothing to prune ({retention.describe(policy)})")
+    if warning := retention.low_disk(cfg.runs_dir):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

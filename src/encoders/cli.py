@@ -16,7 +16,7 @@ from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
 from encoders.services.pisim.config import PisimConfig
-from encoders.services.recorder.config import RecorderConfig
+from encoders.services.recorder.config import RecorderConfig, RetentionConfig
 from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.endpoints import CORE_PORT, this_machine
@@ -309,6 +309,19 @@ def runs_repair(run, **kwargs) -> None:
     from encoders.services.search import database
 
     sys.exit(database.repair(from_click(DatabaseConfig, kwargs), run=run))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, delete nothing")
+@click_options(RetentionConfig)
+def prune(dry_run: bool, **kwargs) -> None:
+    """Apply the retention policy now: runs that ended over --retention-days ago deleted whole (rows
+    and folder); over --retention-gb, the oldest finished runs, then non-keyframe thumbnails. A run
+    being recorded is never touched. The recorder applies the same policy every --prune-every seconds.
+    """
+    from encoders.services.search import database
+
+    sys.exit(database.prune(from_click(RetentionConfig, kwargs), dry_run=dry_run))
 
 
 @cli.group(context_settings=CONTEXT)
