@@ -81,6 +81,7 @@ class TextSearch:
                     return [], "the database holds no frames yet"
                 filters, _ = store.restrict_to_model(label, Filters())
                 result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters, ef_search=self.ef_search)
+                store.load_thumbnails(result.hits)  # each hit's own picture, not the nearest snapshot
         except StoreError as exc:
             return [], str(exc)
         except DatabaseUnavailable as exc:

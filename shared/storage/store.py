@@ -65,6 +65,9 @@ class Hit:
     snapshot: str | None = None  # path of the frame's snapshot, or of the last one of its stream before it
     snapshot_seq: int | None = None
     thumbnail: str | None = None  # path of the exported thumbnail
+    # The hit's stored thumbnail itself (its own, or its keyframe's), when a reader asked for it
+    # (the web viewer serves it): bytes, so never in the JSON.
+    thumbnail_jpeg: bytes | None = field(default=None, repr=False)
 
     # A hit as JSON, the same for `encoders search --format json` and the web viewer's /api/search.
     JSON_FIELDS = (
@@ -324,12 +327,10 @@ class Store:
             hit = hits[int(i) - 1]
             hit.snapshot, hit.snapshot_seq = str(hit.run_dir / path), int(seq)
 
-    def export_thumbnails(self, hits: list[Hit], folder: str | Path) -> int:
-        """Write each hit's thumbnail (its own, or its keyframe's) as a JPEG in ``folder``; returns how many."""
+    def load_thumbnails(self, hits: list[Hit]) -> int:
+        """Each hit's stored thumbnail (its own, or its keyframe's) into ``hit.thumbnail_jpeg``; how many had one."""
         if not hits:
             return 0
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
         rows = self.conn.execute(
             sql.THUMBNAILS,
             {
@@ -339,13 +340,24 @@ class Store:
                 "keyframe_seqs": [h.keyframe_seq for h in hits],
             },
         ).fetchall()
-        written = 0
+        found = 0
         for i, jpeg in rows:
-            if jpeg is None:
+            if jpeg is not None:
+                hits[int(i) - 1].thumbnail_jpeg = bytes(jpeg)
+                found += 1
+        return found
+
+    def export_thumbnails(self, hits: list[Hit], folder: str | Path) -> int:
+        """Write each hit's thumbnail (its own, or its keyframe's) as a JPEG in ``folder``; returns how many."""
+        self.load_thumbnails(hits)
+        out = Path(folder)
+        written = 0
+        for hit in hits:
+            if hit.thumbnail_jpeg is None:
                 continue
-            hit = hits[int(i) - 1]
+            out.mkdir(parents=True, exist_ok=True)
             path = out / f"{hit.rank:03d}_{hit.run}_{hit.stream}_{hit.seq:06d}.jpg"
-            path.write_bytes(bytes(jpeg))
+            path.write_bytes(hit.thumbnail_jpeg)
             hit.thumbnail = str(path)
             written += 1
         return written

@@ -126,7 +126,9 @@ def database(tiny_model):
                     drift=0.1,
                     vector=vector / np.linalg.norm(vector),
                 )
-                rows.append(build_row(run_id, rec, snapshot))
+                # Frame 7 has its own stored thumbnail (green), as a worker makes one.
+                thumbnail = colour_jpeg((0, 255, 0)) if seq == 7 else None
+                rows.append(build_row(run_id, rec, snapshot, thumbnail=thumbnail))
             assert sum(db.write_rows(rows).values()) == 30
             db.close()
             yield url, runs
@@ -268,7 +270,8 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     )
 
     # Search: text in, matching frames with thumbnails out; frame 7 matches exactly and is shown
-    # by its stream's last snapshot before it, frame 5's (red).
+    # by its own stored thumbnail (green), not its stream's last snapshot before it (frame 5's,
+    # red); frames without one are shown by that snapshot, and say so.
     panel = browser.find_element(By.ID, "search-panel")
     wait_for(panel.is_displayed, 5, "the search box (the viewer has a database)")
     browser.find_element(By.ID, "search-text").send_keys(QUERY)
@@ -282,10 +285,11 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     )
     results = browser.find_elements(By.CSS_SELECTOR, "#search-results figure")
     assert len(results) == 12
-    assert results[0].text.startswith("run-a cam0 #7") and "(snapshot of #5)" in results[0].text
+    assert results[0].text.startswith("run-a cam0 #7") and "snapshot of" not in results[0].text
     assert "similarity 1.000" in results[0].text
-    red = element_image(results[0].find_element(By.TAG_NAME, "img")).mean(axis=(0, 1))
-    assert red[0] > 180 and red[1] < 60 and red[2] < 60, red
+    green = element_image(results[0].find_element(By.TAG_NAME, "img")).mean(axis=(0, 1))
+    assert green[1] > 180 and green[0] < 60 and green[2] < 60, green
+    assert any("(snapshot of #" in r.text for r in results[1:])
     assert "12 frame(s)" in text(browser, "search-note")
     # The API gives a hit in the one shape `encoders search --format json` does, pictures as URLs.
     url, _viewer = live_viewer
@@ -294,6 +298,9 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     assert [tuple(h) for h in hits] == [Hit.JSON_FIELDS] * 3
     assert (hits[0]["run"], hits[0]["seq"], hits[0]["snapshot_seq"], hits[0]["rank"]) == ("run-a", 7, 5, 1)
     assert hits[0]["snapshot"].startswith("api/thumbnail/") and datetime.fromisoformat(hits[0]["time"])
+    assert hits[0]["thumbnail"].startswith("api/thumbnail/") and hits[0]["thumbnail"] != hits[0]["snapshot"]
+    with urllib.request.urlopen(f"{url}{hits[0]['thumbnail']}", timeout=10) as answer:
+        assert answer.read() == colour_jpeg((0, 255, 0))  # the stored thumbnail, byte for byte
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors

@@ -219,7 +219,8 @@
       }
       $("search-results").replaceChildren(
         ...body.results.map((hit) => {
-          const shows = hit.snapshot_seq !== null && hit.snapshot_seq !== hit.seq
+          // Its own stored thumbnail when it has one; else the last snapshot of its stream before it.
+          const shows = !hit.thumbnail && hit.snapshot_seq !== null && hit.snapshot_seq !== hit.seq
             ? ` (snapshot of #${hit.snapshot_seq})` : "";
           const when = hit.time ? new Date(hit.time).toLocaleString() : "";
           return thumb(hit.thumbnail || hit.snapshot, `${hit.run} ${hit.stream} #${hit.seq}`,

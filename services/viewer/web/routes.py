@@ -244,7 +244,12 @@ class WebApp:
         results = []
         for h in hits:
             snapshot = f"api/thumbnail/{self.thumbnails.add(Path(h.snapshot))}.jpg" if h.snapshot else None
-            results.append({**h.to_json(), "snapshot": snapshot, "thumbnail": None})
+            thumbnail = None
+            if h.thumbnail_jpeg:  # the hit's own stored picture (or its keyframe's), not a snapshot seconds away
+                thumbnail = (
+                    f"api/thumbnail/{self.thumbnails.add_stored((h.run_id, h.stream, h.seq), h.thumbnail_jpeg)}.jpg"
+                )
+            results.append({**h.to_json(), "snapshot": snapshot, "thumbnail": thumbnail})
         return web.json_response({"text": text, "results": results, "note": note}, dumps=json_dumps)
 
     async def search_thumbnail(self, request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,13 +41,13 @@ def make_thumbnail(jpeg: bytes, width: int = THUMB_WIDTH) -> bytes | None:
 
 @dataclass
 class Thumbnail:
-    path: Path  # the snapshot it is made of
+    path: Path | None  # the snapshot it is made of (None: a stored thumbnail, ``jpeg`` from the start)
     jpeg: bytes | None = None  # made at the first request that finds the file decodable
 
     def make(self) -> bytes | None:
         """The thumbnail, made now if not yet; None if the file is gone or does not decode.
         Reads the disk: call it off the event loop."""
-        if self.jpeg is None and self.path.is_file():
+        if self.jpeg is None and self.path is not None and self.path.is_file():
             self.jpeg = make_thumbnail(self.path.read_bytes())
         return self.jpeg
 
@@ -56,18 +57,27 @@ class Thumbnails:
         self.keep = keep
         self._by_id: OrderedDict[str, Thumbnail] = OrderedDict()
         self._ids = itertools.count(1)
-        self._id_of: dict[Path, str] = {}
+        self._id_of: dict[Any, str] = {}  # a snapshot's path, or a stored thumbnail's (run, stream, seq)
+        self._key_of: dict[str, Any] = {}
 
     def add(self, path: Path) -> str:
         """The id of ``path``'s thumbnail (the same one while it is kept); now the newest."""
-        tid = self._id_of.get(path)
+        return self._add(path, Thumbnail(path))
+
+    def add_stored(self, key: tuple, jpeg: bytes) -> str:
+        """The id of a thumbnail the database stored (``key``: its run, stream and seq)."""
+        return self._add(key, Thumbnail(None, jpeg))
+
+    def _add(self, key: Any, thumbnail: Thumbnail) -> str:
+        tid = self._id_of.get(key)
         if tid is None or tid not in self._by_id:
             tid = f"{next(self._ids)}"
-            self._by_id[tid] = Thumbnail(path)
-            self._id_of[path] = tid
+            self._by_id[tid] = thumbnail
+            self._id_of[key] = tid
+            self._key_of[tid] = key
             while len(self._by_id) > self.keep:
-                _old_id, old = self._by_id.popitem(last=False)
-                self._id_of.pop(old.path, None)
+                old_id, _old = self._by_id.popitem(last=False)
+                self._id_of.pop(self._key_of.pop(old_id), None)
         self._by_id.move_to_end(tid)
         return tid
 
