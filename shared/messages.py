@@ -64,6 +64,11 @@ TIME_MAX = 253402300799.0
 Time = Annotated[float, Range(0, TIME_MAX)]
 Similarity = Annotated[float, Range(-1, 1)]  # a cosine
 Drift = Annotated[float, Range(0, 2)]  # 1 - a cosine; also what statistics of drifts are
+Level = Annotated[float, Range(0, 255)]  # a picture's brightness or contrast, in 8-bit levels
+# What a record's frame set off (metrics/events.py): kind -> the value measured, e.g.
+# {"frozen": 61.0} (seconds without change) or {"blackout": 2.1} (the picture's contrast).
+EventKind = Annotated[str, MaxLen(64)]
+Events = Annotated[dict[EventKind, float | None], MaxItems(16)]
 
 
 class FrameCounts(TypedDict, total=False):
@@ -282,6 +287,8 @@ class Embedding(Message):
     t_encoded: Time = field(default_factory=time.time)
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     thumbnail: bytes = b""  # empty: none made
+    brightness: Level | None = None  # the picture's mean luma (None: not measured)
+    contrast: Level | None = None  # the largest standard deviation of its colour channels: ~0 when uniform
 
 
 @dataclass
@@ -324,6 +331,9 @@ class MetricsRecord(Message):
     core: Name = ""
     vector: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     thumbnail: bytes = b""
+    brightness: Level | None = None  # as the worker measured the picture
+    contrast: Level | None = None
+    events: Events = field(default_factory=dict)  # what this frame set off (metrics/events.py)
 
 
 @dataclass

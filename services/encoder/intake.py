@@ -25,6 +25,7 @@ class Held:
     frame: Frame
     life: int  # the life of the session the frame came in
     thumbnail: Future[bytes] | None = None  # started once the frame decoded
+    levels: tuple[float, float] | None = None  # (brightness, contrast) of the decoded picture
 
 
 class Intake:

@@ -37,7 +37,7 @@ from encoders.shared.settings import CoreConnection
 from .intake import Intake
 from .model import ClipImageEncoder
 from .model_thread import ModelThread
-from .preprocess import load_batch
+from .preprocess import load_batch, picture_levels
 from .thumbnails import Thumbnails
 
 log = logging.getLogger("encoders.encoder")
@@ -179,6 +179,8 @@ class Worker:
         self.intake.finish([items[pos] for pos, _ in bad])
         if arrays:
             batch = [items[i] for i in ok]
+            for h, array in zip(batch, arrays, strict=True):
+                h.levels = picture_levels(array)  # for the core's blackout alert
             self.model.submit(batch, arrays)
             self.counters["batches"] += 1
             for h in batch:  # while the model runs
@@ -205,7 +207,13 @@ class Worker:
                     continue
                 f = h.frame
                 thumbnail = self.thumbnails.result(h.thumbnail, f"{f.stream} #{f.seq}")
-                self._send(Embedding(f.stream, f.seq, f.t_capture, self.name, self.encoder.name, now, vec, thumbnail))
+                brightness, contrast = h.levels or (None, None)
+                self._send(
+                    Embedding(
+                        f.stream, f.seq, f.t_capture, self.name, self.encoder.name, now, vec, thumbnail, brightness,
+                        contrast,
+                    )
+                )  # fmt: skip
             self.counters["embedded"] += len(mine)
 
     # -- running, stopping ------------------------------------------------------------------------

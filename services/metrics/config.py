@@ -70,6 +70,20 @@ class MetricsConfig(Exported):
         "slow CPU takes seconds: keep this above one batch's time)",
         minimum=0.0,
     )
+    frozen_after: float = setting(
+        60.0,
+        "Alert 'frozen' when frames keep coming but the picture has not changed (drift <= --frozen-drift) for this "
+        "many seconds: a stuck camera, a replayed image (0 = off)",
+        minimum=0.0,
+    )
+    frozen_drift: float = setting(0.0005, "Drift at most this counts as no change, for the frozen alert", minimum=0.0)
+    blackout_contrast: float = setting(
+        6.0,
+        "Alert 'blackout' when a picture is nearly uniform, its contrast (largest channel standard deviation, 0-255) "
+        "under this: dark, white or one colour, a covered lens (0 = off)",
+        minimum=0.0,
+        maximum=255.0,
+    )
     scene_threshold: float = setting(
         0.25, "A frame whose drift is at least this is a scene change (0 = off)", minimum=0.0
     )

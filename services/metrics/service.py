@@ -46,6 +46,7 @@ from encoders.shared.messages import (
 )
 from encoders.shared.session import Peer, Sessions, hello_problem
 
+from .alerts import AlertRules
 from .broker import Broker
 from .config import MetricsConfig
 from .delivery import Delivery
@@ -88,7 +89,14 @@ class Core:
         self.life = life or uuid.uuid4().hex  # this life of the core (Welcome.core, records' core)
         self.sessions = Sessions(cfg.heartbeat_s, cfg.heartbeat_misses)
         scenes = SceneRule.from_config(cfg)
-        self.streams = Streams(cfg.rolling_window, cfg.max_wait, scenes, max_pending=cfg.max_pending, core=self.life)
+        self.streams = Streams(
+            cfg.rolling_window,
+            cfg.max_wait,
+            scenes,
+            max_pending=cfg.max_pending,
+            core=self.life,
+            alerts=AlertRules.from_config(cfg),
+        )
         # A frame held this long is given up (its capacity would otherwise leak): past any
         # batch that max_wait allows for, and past a worker's silence.
         self.broker = Broker(hold_timeout=max(2 * cfg.max_wait, self.sessions.timeout_s))

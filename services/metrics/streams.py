@@ -29,6 +29,7 @@ from typing import Literal, cast
 
 from encoders.shared.messages import Embedding, EndOfStream, FrameCounts, MetricsRecord, Skipped, StreamStart
 
+from .alerts import AlertRules, Alerts
 from .drift import DriftTracker
 from .reorder import Lost, StreamOrder, Unused
 from .scenes import SceneRule
@@ -66,6 +67,7 @@ class StreamState:
     drift: DriftTracker
     next_number: int  # the seq the next numbered frame should have (a jump past it: Unused)
     counts: FrameCounts = field(default_factory=zero_counts)
+    alerts: Alerts = field(default_factory=lambda: Alerts(AlertRules()))  # reset with drift at each epoch
     events: deque[Epoch] = field(default_factory=deque)
     open: Epoch | None = None  # the epoch started and not yet ended
 
@@ -81,9 +83,11 @@ class Streams:
         *,
         max_pending: int = 10_000,
         core: str = "",
+        alerts: AlertRules | None = None,
     ) -> None:
         self.rolling_window, self.max_wait, self.max_pending = rolling_window, max_wait, max_pending
         self.scenes = scenes or SceneRule()  # default: both rules off
+        self.alert_rules = alerts or AlertRules()  # default: off
         self.core = core  # this life of the core, carried by every record
         self.streams: dict[str, StreamState] = {}
 
@@ -107,7 +111,8 @@ class Streams:
         session was with, if another, and the captures it sent there (for the recorder)."""
         state = self.streams.get(stream)
         if state is None:
-            state = StreamState(StreamOrder(first_seq, self.max_wait, self.max_pending), self._tracker(), first_seq)
+            order = StreamOrder(first_seq, self.max_wait, self.max_pending)
+            state = StreamState(order, self._tracker(), first_seq, alerts=Alerts(self.alert_rules))
             self.streams[stream] = state
         elif state.open is not None:
             self.end_epoch(stream)
@@ -207,6 +212,7 @@ class Streams:
             state.events.popleft()
             if event.kind == "start":
                 state.drift = self._tracker()  # drift is never computed across an epoch's start
+                state.alerts = Alerts(self.alert_rules)
                 core, sent = event.previous
                 out.append(StreamStart(name, event.seq, event.url, previous_core=core, previous_sent=sent))
             else:
@@ -215,6 +221,7 @@ class Streams:
     def _record(self, state: StreamState, emb: Embedding) -> MetricsRecord:
         before = state.drift.rolling()  # the window the frame's drift is judged against excludes it
         similarity, drift = state.drift.update(emb.vector, emb.t_capture)
+        events = state.alerts.on_record(emb.t_capture, drift, emb.contrast)
         return MetricsRecord(
             stream=emb.stream,
             seq=emb.seq,
@@ -232,4 +239,7 @@ class Streams:
             core=self.core,
             vector=emb.vector,
             thumbnail=emb.thumbnail,
+            brightness=emb.brightness,
+            contrast=emb.contrast,
+            events=events,
         )

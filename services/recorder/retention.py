@@ -183,6 +183,7 @@ def _delete_rows(conn: psycopg.Connection, run_id: int) -> None:
         if conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
             conn.execute("DELETE FROM frames WHERE run_id = %s", (run_id,))
         conn.execute("DELETE FROM scene_changes WHERE run_id = %s", (run_id,))
+        conn.execute("DELETE FROM events WHERE run_id = %s", (run_id,))
         conn.execute("DELETE FROM runs WHERE id = %s", (run_id,))
 
 

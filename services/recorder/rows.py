@@ -39,6 +39,7 @@ def build_row(
         _opt_float(rolling.get("mean")),
         _opt_float(rolling.get("std")),
         scene_snapshot_path,
+        dict(rec.events) or None,
     )
 
 
@@ -84,6 +85,7 @@ def from_spool(d: Any) -> FrameRow:
         _finite(d, "window_mean", optional=True),
         _finite(d, "window_std", optional=True),
         _of(d, "scene_snapshot_path", str, optional=True),
+        _events(d),
     )
 
 
@@ -108,6 +110,17 @@ def _whole(d: dict, key: str, *, optional: bool = False) -> Any:
     if type(value) is not int or not 0 <= value <= _BIGINT:
         raise ValueError(f"spooled {key} is not a whole number in range: {str(value)[:40]}")
     return value
+
+
+def _events(d: dict) -> dict[str, float | None] | None:
+    events = d.get("events")
+    if events is None:
+        return None
+    if not isinstance(events, dict) or len(events) > 16:
+        raise ValueError(f"spooled events are not a map of at most 16: {str(events)[:40]}")
+    if not all(isinstance(k, str) and 0 < len(k) <= 64 for k in events):
+        raise ValueError(f"spooled events have a kind that is not a short text: {str(events)[:40]}")
+    return {k: _finite(events, k, optional=True) for k in events}
 
 
 def _finite(d: dict, key: str, *, optional: bool = False) -> Any:

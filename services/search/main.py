@@ -29,8 +29,20 @@ SEARCH_COLUMNS = {
     "full": Hit.JSON_FIELDS,
 }
 EVENT_COLUMNS = {
-    "table": ("run", "stream", "seq", "time", "drift", "snapshot"),
-    "full": ("run_id", "run", "stream", "seq", "time", "drift", "window_mean", "window_std", "snapshot"),
+    "table": ("run", "stream", "seq", "time", "kind", "value", "snapshot"),
+    "full": (
+        "run_id",
+        "run",
+        "stream",
+        "seq",
+        "time",
+        "kind",
+        "value",
+        "drift",
+        "window_mean",
+        "window_std",
+        "snapshot",
+    ),
 }
 RUN_COLUMNS = {
     "table": ("id", "name", "started", "ended", "model", "streams", "frames", "scene_changes", "drift_mean"),
@@ -162,7 +174,7 @@ def events(
     limit: int = 100,
     fmt: str = "table",
 ) -> int:
-    """Scene changes, oldest first."""
+    """Scene changes and alerts, oldest first."""
 
     def ask() -> None:
         with open_store(cfg) as store:

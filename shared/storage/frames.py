@@ -64,6 +64,10 @@ _COLS = ", ".join(COLUMNS)
 COPY_FRAMES = f"COPY frames ({_COLS}) FROM STDIN WITH (FORMAT BINARY)"
 COPY_STAGING = f"COPY frames_staging ({_COLS}) FROM STDIN WITH (FORMAT BINARY)"
 MOVE_STAGED = f"INSERT INTO frames ({_COLS}) SELECT {_COLS} FROM frames_staging ON CONFLICT DO NOTHING RETURNING stream"
+INSERT_EVENT = (
+    "INSERT INTO events (run_id, stream, seq, captured_at, kind, value) VALUES (%s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT DO NOTHING"
+)
 INSERT_SCENE_CHANGE = (
     f"INSERT INTO scene_changes ({', '.join(SCENE_CHANGE_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(SCENE_CHANGE_COLUMNS))}) ON CONFLICT DO NOTHING"
@@ -88,6 +92,7 @@ class FrameRow(NamedTuple):
     window_mean: float | None = None  # metrics' rolling drift statistics at this frame
     window_std: float | None = None
     scene_snapshot_path: str | None = None  # the scene change's snapshot, relative to the run folder
+    events: dict[str, float | None] | None = None  # alerts this frame set off: also rows of events
 
 
 def copy_values(row: FrameRow) -> tuple:
@@ -122,6 +127,15 @@ def scene_change_values(row: FrameRow) -> tuple:
     )
 
 
+def event_values(rows: list[FrameRow]) -> list[tuple]:
+    """The events rows of these frames' alerts."""
+    return [
+        (row.run_id, row.stream, row.seq, datetime.fromtimestamp(row.t_capture, tz=UTC), kind, value)
+        for row in rows
+        for kind, value in (row.events or {}).items()
+    ]
+
+
 def write_frames(conn: psycopg.Connection, rows: list[FrameRow], *, lock_timeout_s: float) -> Counter:
     """Copy ``rows`` in one transaction; returns the rows actually inserted, per stream.
 
@@ -129,6 +143,7 @@ def write_frames(conn: psycopg.Connection, rows: list[FrameRow], *, lock_timeout
     FULL, a REINDEX without CONCURRENTLY) before the server gives up on it.
     """
     events = [scene_change_values(row) for row in rows if row.scene_change]
+    alerts = event_values(rows)
     lock_timeout = f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}"
 
     def copy_rows(cur: psycopg.Cursor, statement: str) -> None:
@@ -145,6 +160,8 @@ def write_frames(conn: psycopg.Connection, rows: list[FrameRow], *, lock_timeout
             copy_rows(cur, COPY_FRAMES)
             if events:
                 cur.executemany(INSERT_SCENE_CHANGE, events)
+            if alerts:
+                cur.executemany(INSERT_EVENT, alerts)
             return Counter(row.stream for row in rows)
     except psycopg.errors.UniqueViolation:
         pass  # some rows are stored already (a replay after an outage): keep only the others
@@ -155,6 +172,8 @@ def write_frames(conn: psycopg.Connection, rows: list[FrameRow], *, lock_timeout
         inserted = Counter(stream for (stream,) in cur.fetchall())
         if events:
             cur.executemany(INSERT_SCENE_CHANGE, events)
+        if alerts:
+            cur.executemany(INSERT_EVENT, alerts)
         return inserted
 
 

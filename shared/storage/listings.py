@@ -16,10 +16,10 @@ RunFolder = Callable[[str, str | None], Path]
 
 
 def events(conn: psycopg.Connection, filters: Filters, limit: int, folder: RunFolder) -> list[dict[str, Any]]:
-    """Scene changes, oldest first."""
+    """Scene changes and alerts (frozen, blackout), oldest first."""
     query, params = sql.events_sql(filters, limit)
     out = []
-    for run_id, run, stream, seq, t, drift, mean, std, snap, recorded in conn.execute(query, params):
+    for run_id, run, stream, seq, t, kind, value, drift, mean, std, snap, recorded in conn.execute(query, params):
         out.append(
             {
                 "run_id": run_id,
@@ -27,6 +27,8 @@ def events(conn: psycopg.Connection, filters: Filters, limit: int, folder: RunFo
                 "stream": stream,
                 "seq": int(seq),
                 "time": t,
+                "kind": kind,
+                "value": value,
                 "drift": drift,
                 "window_mean": mean,
                 "window_std": std,

@@ -179,6 +179,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                WHERE jsonb_typeof(summary) = 'object' AND NOT summary ? 'streams'""",
         ),
     ),
+    # Alerts the core computes from the records (services/metrics/alerts.py): one row per frame
+    # and kind, with the value measured (the seconds a feed was frozen, a blackout's contrast).
+    Migration(
+        5,
+        "events: alerts of a frozen feed or a blackout",
+        (
+            """CREATE TABLE IF NOT EXISTS events (
+               run_id bigint NOT NULL REFERENCES runs (id),
+               stream text NOT NULL,
+               seq bigint NOT NULL,
+               captured_at timestamptz NOT NULL,
+               kind text NOT NULL,
+               value double precision,
+               PRIMARY KEY (run_id, stream, seq, kind))""",
+            "CREATE INDEX IF NOT EXISTS events_time ON events (captured_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -180,12 +180,17 @@ SEGMENT_SPAN = "SELECT coalesce(max((config->'recorder'->>'keyframe_max_s')::flo
 
 def events_sql(filters: Filters, limit: int) -> tuple[str, dict[str, Any]]:
     conds, params = where(filters, "e")
+    # Scene changes and alerts (the events table) in one timeline; a scene change's value is its drift.
     sql = f"""
-SELECT e.run_id, r.name AS run, e.stream, e.seq, e.captured_at, e.drift, e.window_mean, e.window_std,
-       e.snapshot_path, r.config->'run'->>'dir' AS run_dir
-FROM scene_changes e JOIN runs r ON r.id = e.run_id
+SELECT e.run_id, r.name AS run, e.stream, e.seq, e.captured_at, e.kind, e.value, e.drift, e.window_mean,
+       e.window_std, e.snapshot_path, r.config->'run'->>'dir' AS run_dir
+FROM (SELECT run_id, stream, seq, captured_at, 'scene_change' AS kind, drift::double precision AS value, drift,
+             window_mean, window_std, snapshot_path FROM scene_changes
+      UNION ALL
+      SELECT run_id, stream, seq, captured_at, kind, value, NULL, NULL, NULL, NULL FROM events) e
+JOIN runs r ON r.id = e.run_id
 {"WHERE " + " AND ".join(conds) if conds else ""}
-ORDER BY e.captured_at, e.run_id, e.stream, e.seq
+ORDER BY e.captured_at, e.run_id, e.stream, e.seq, e.kind
 LIMIT %(limit)s"""
     return sql, {**params, "limit": limit}
 

@@ -263,7 +263,7 @@ def search(text, image, frame, run, stream, since, until, k, fmt, thumbnails, **
 @FORMAT
 @click_options(DatabaseConfig)
 def events(run, stream, since, until, limit, fmt, **kwargs) -> None:
-    """Scene changes (frames whose drift stood out), oldest first, with their snapshots."""
+    """Scene changes (frames whose drift stood out) and alerts (a frozen feed, a blackout), oldest first."""
     from encoders.services.search import main
 
     sys.exit(

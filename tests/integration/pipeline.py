@@ -124,7 +124,13 @@ class Pipeline:
         return worker
 
     def start_camera(
-        self, index: int, *, fps: float = 40, host: Host | None = None, size: tuple[int, int] = (320, 240)
+        self,
+        index: int,
+        *,
+        fps: float = 40,
+        host: Host | None = None,
+        size: tuple[int, int] = (320, 240),
+        source: str = "synthetic",
     ) -> str:
         """A Pi stand-in; its URL as a process on the same host reaches it."""
         port = free_port()
@@ -142,6 +148,8 @@ class Pipeline:
             str(index),
             "--scene-every",
             "1",
+            "--source",
+            source,
             host=self.netns(host),
         )
         return f"http://127.0.0.1:{port}/stream.mjpg"

@@ -626,9 +626,9 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
     try:
         first = encoders("db", "migrate", "--runs-dir", str(home))
         assert first.returncode == 0, first.stderr
-        assert all(f"applied migration {v}:" in first.stdout for v in (1, 2, 3, 4)), first.stdout
+        assert all(f"applied migration {v}:" in first.stdout for v in (1, 2, 3, 4, 5)), first.stdout
         second = encoders("db", "migrate", "--runs-dir", str(home))
-        assert second.returncode == 0 and second.stdout.strip() == "the schema is up to date (version 4)"
+        assert second.returncode == 0 and second.stdout.strip() == "the schema is up to date (version 5)"
 
         # A database as the first recorder left it: schema version 1, frames with a full HNSW index.
         resources = ExitStack()
@@ -689,7 +689,7 @@ def test_db_migrate_twice_and_an_old_database_is_brought_up_to_date(tmp_path):
             ]
             indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'frames'")}
             assert "frames_keyframe_hnsw" in indexes and "frames_embedding_hnsw" not in indexes
-            assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4]
+            assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2, 3, 4, 5]
             # Keyframes inserted from now on are linked as a new database's are.
             index = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'frames_keyframe_hnsw'").fetchone()
             assert index is not None

@@ -1,0 +1,79 @@
+"""Alerts from the embeddings themselves (issue #15), through the real pipeline: a camera that
+sends one picture over and over is a frozen feed; a black one is a blackout too; each said
+once, carried by the record of the frame that set it off, and stored in the events table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+
+from encoders.shared.messages import MetricsRecord
+
+from .pipeline import Pipeline, collect, subscribe
+
+FRAMES = 40  # 4 s at 10 frames a second: frozen after 2 s
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    from encoders.shared.storage.embedded import database
+
+    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
+        yield url
+
+
+def picture_folder(folder, pixels: np.ndarray):
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "only.jpg", quality=90)
+    return str(folder)
+
+
+@pytest.mark.timeout(240)
+def test_a_repeated_picture_is_frozen_and_a_black_one_a_blackout(service, tiny_model, tmp_path, database, sockets):
+    env = {"ENCODERS_FROZEN_AFTER": "2", "ENCODERS_BLACKOUT_CONTRAST": "6"}
+    pipeline = Pipeline(service, tiny_model, tmp_path, database, env=env)
+    pipeline.start_core()
+    pipeline.start_recorder()
+    records = subscribe(sockets, pipeline.metrics_pub)
+    pipeline.start_worker("w0")
+    black = picture_folder(tmp_path / "black", np.zeros((240, 320, 3), np.uint8))
+    squares = ((np.indices((240, 320)) // 40).sum(axis=0) % 2 * 255).astype(np.uint8)  # a checkerboard
+    scene = picture_folder(tmp_path / "scene", np.stack([squares] * 3, axis=-1))
+    for i, folder in enumerate((black, scene)):
+        camera = pipeline.start_camera(i, fps=10, source=folder)
+        pipeline.start_ingest(i, camera, "--max-frames", str(FRAMES), "--lossless")
+    got = [m for m in collect(records, until_eos=2) if isinstance(m, MetricsRecord)]
+    said = {(r.stream, kind): (r.seq, value or 0.0) for r in got for kind, value in r.events.items()}
+    assert sorted(said) == [("cam0", "blackout"), ("cam0", "frozen"), ("cam1", "frozen")]
+    assert said[("cam0", "blackout")][0] == 0 and said[("cam0", "blackout")][1] < 6  # its first frame
+    first = {s: min(r.t_capture for r in got if r.stream == s) for s in ("cam0", "cam1")}
+    for stream in ("cam0", "cam1"):
+        seq, still = said[(stream, "frozen")]
+        frame = next(r for r in got if r.stream == stream and r.seq == seq)
+        assert still >= 2.0 and frame.t_capture - first[stream] == pytest.approx(still, abs=0.01)
+    assert all(r.contrast is not None and r.contrast > 30 for r in got if r.stream == "cam1")
+    done = pipeline.stop()
+    assert done.returncode == 0, done.stderr
+    assert pipeline.run_dir is not None
+    with psycopg.connect(database) as conn:
+        stored = conn.execute(
+            "SELECT e.stream, e.kind, e.seq, e.value FROM events e JOIN runs r ON r.id = e.run_id WHERE r.name = %s "
+            "ORDER BY 1, 2",
+            (pipeline.run_dir.name,),
+        ).fetchall()
+    assert [(s, k, q) for s, k, q, _ in stored] == [(s, k, said[(s, k)][0]) for s, k in sorted(said)]
+    # `encoders events` lists them on the run's timeline, beside its scene changes.
+    listed = subprocess.run(
+        [sys.executable, "-m", "encoders", "events", "--run", pipeline.run_dir.name, "--format", "json"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "ENCODERS_DATABASE_URL": database},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    kinds = {(e["stream"], e["kind"]) for e in json.loads(listed.stdout)}
+    assert set(said) <= kinds
