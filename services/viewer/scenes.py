@@ -1,4 +1,4 @@
-"""Recent scene changes, with the thumbnails their records carry.
+"""Recent scene changes and alerts (a frozen feed, a blackout), with the thumbnails their records carry.
 
 The core flags a frame as a scene change (``MetricsRecord.scene_change``) seconds after it
 was captured; the record carries the small JPEG the worker made of that frame from the
@@ -27,6 +27,7 @@ class SceneChange:
     t_capture: float
     drift: float | None
     thumbnail: bytes | None  # JPEG; None when the record carried none (or one that does not decode)
+    kinds: tuple[str, ...] = ("scene_change",)  # what the frame set off: a scene change, alerts
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -42,17 +43,19 @@ class SceneChanges:
 
     def __init__(self, keep: int = SCENES_KEPT) -> None:
         self._scenes: deque[SceneChange] = deque(maxlen=keep)
-        self.counters = {"scene_changes": 0, "scene_thumbnails_missing": 0}
+        self.counters = {"scene_changes": 0, "alerts": 0, "scene_thumbnails_missing": 0}
 
     def on_record(self, rec: MetricsRecord) -> SceneChange | None:
-        """The new scene change, if this record is one."""
-        if not rec.scene_change:
+        """The new entry, if this record is a scene change or set off an alert."""
+        kinds = (("scene_change",) if rec.scene_change else ()) + tuple(rec.events)
+        if not kinds:
             return None
         thumbnail = rec.thumbnail if rec.thumbnail and is_jpeg(rec.thumbnail) else None
         if thumbnail is None:
             self.counters["scene_thumbnails_missing"] += 1
-        self.counters["scene_changes"] += 1
-        scene = SceneChange(rec.stream, rec.seq, rec.t_capture, rec.drift, thumbnail)
+        self.counters["scene_changes"] += int(rec.scene_change)
+        self.counters["alerts"] += len(rec.events)
+        scene = SceneChange(rec.stream, rec.seq, rec.t_capture, rec.drift, thumbnail, kinds)
         self._scenes.appendleft(scene)
         return scene
 

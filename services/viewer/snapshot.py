@@ -147,4 +147,5 @@ def scene_view(scene: SceneChange, url: str) -> dict[str, Any]:
         "t_capture": finite(scene.t_capture),
         "drift": finite(scene.drift),
         "thumbnail": url if scene.thumbnail is not None else None,
+        "kinds": list(scene.kinds),
     }

@@ -176,7 +176,13 @@ def test_a_scene_change_shows_the_thumbnail_its_record_carries():
     for seq, thumbnail in ((8, b""), (9, b"<script>not a jpeg</script>"), (10, b"\xff\xd8 not really")):
         missing = scenes.on_record(record(seq, scene=True, thumbnail=thumbnail))
         assert missing is not None and missing.thumbnail is None
-    assert scenes.counters == {"scene_changes": 6, "scene_thumbnails_missing": 3}
+    assert scenes.counters == {"scene_changes": 6, "alerts": 0, "scene_thumbnails_missing": 3}
+    # An alert (issue #15) is listed the same way, with what it was.
+    frozen = record(11, thumbnail=thumbs[1] or b"")
+    frozen.events = {"frozen": 61.0}
+    alert = scenes.on_record(frozen)
+    assert alert is not None and alert.kinds == ("frozen",) and scenes.counters["alerts"] == 1
+    assert scenes.recent()[0].kinds == ("frozen",) and scenes.recent()[1].kinds == ("scene_change",)
 
 
 def test_a_thumbnail_of_something_that_is_not_a_jpeg_is_none():

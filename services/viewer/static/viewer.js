@@ -194,7 +194,8 @@
       return;
     }
     box.replaceChildren(
-      ...list.map((s) => thumb(s.thumbnail, `${s.stream} #${s.seq}`, `drift ${fmt(s.drift, 3)}, ${clock(s.t_capture)}`))
+      ...list.map((s) => thumb(s.thumbnail, `${s.stream} #${s.seq} ${s.kinds.join(", ").replaceAll("_", " ")}`,
+                               `drift ${fmt(s.drift, 3)}, ${clock(s.t_capture)}`))
     );
   }
 
