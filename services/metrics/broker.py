@@ -8,8 +8,9 @@ worker now, and results, departures and time say when a worker's hands are free 
   with each result it returns, up to its capacity (TCP's slow start). A worker that only
   takes frames, claiming a large capacity and answering nothing, so holds a few at a time,
   not every frame there is, until they are given up; an honest one is at full capacity after
-  a few batches. A frame goes to the worker with the most room; ties go to the one given a
-  frame longest ago.
+  a few batches. A frame goes, among the workers with room in their window, to the one with
+  the most of its capacity free (so equal workers share the frames); ties go to the one given
+  a frame longest ago.
 - Streams with a frame waiting are served in turn (round robin), so every camera gets the
   same share of the workers whatever the others send.
 - Real time: at most ONE frame waits per stream, the newest; a newer capture displaces it,
@@ -50,7 +51,14 @@ class Worker:
 
     @property
     def room(self) -> int:
+        """Frames it may be given now: within its capacity and the window it has earned."""
         return 0 if self.paused else min(self.capacity, self.window) - len(self.held)
+
+    @property
+    def free(self) -> int:
+        """Of its capacity, what it does not hold: the workers with most of it go first, so that
+        equal workers share the frames whatever windows they have earned so far."""
+        return self.capacity - len(self.held)
 
 
 class Broker:
@@ -181,7 +189,9 @@ class Broker:
     def _roomiest(self) -> Worker | None:
         best: Worker | None = None
         for worker in self.workers.values():  # a handful of workers: a look at each per frame is cheap
-            room = worker.room
-            if room > 0 and (best is None or room > best.room or (room == best.room and worker.given < best.given)):
+            if worker.room <= 0:
+                continue
+            free = worker.free
+            if best is None or free > best.free or (free == best.free and worker.given < best.given):
                 best = worker
         return best

@@ -46,6 +46,20 @@ def test_a_worker_is_trusted_with_more_frames_as_it_returns_results():
     assert len(given_up) == START_WINDOW and b.workers[b"greedy"].window == START_WINDOW
 
 
+def test_equal_workers_share_a_light_load_whatever_windows_they_earned():
+    b = Broker(hold_timeout=10)
+    b.add_worker(b"old", "old", capacity=16)
+    b.workers[b"old"].window = 16  # it has returned many results already
+    b.add_worker(b"new", "new", capacity=16)  # just joined: window START_WINDOW
+    given = []
+    for seq in range(10):  # one frame at a time, answered at once
+        b.offer(frame("cam0", seq), lossless=True)
+        ((identity, f),) = b.assign(now=seq)
+        given.append(identity)
+        assert b.result(identity, "cam0", f.seq)
+    assert given.count(b"old") == given.count(b"new") == 5
+
+
 def test_real_time_keeps_only_the_newest_frame_waiting():
     b = Broker(hold_timeout=10)
     assert b.offer(frame("cam0", 0), lossless=False) is None
