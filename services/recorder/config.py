@@ -55,6 +55,17 @@ class RecorderConfig(RetentionConfig, CoreConnection):
     ready_file: str = setting(
         "", "Once the run is claimed and the sockets are open, write the run's id, name and folder here (JSON)"
     )
+    mqtt_url: str = setting(
+        "",
+        "MQTT broker for alerts and scene changes, mqtt://[user:password@]host[:port] (Home Assistant's discovery "
+        "included; empty = none)",
+        secret="url",
+    )
+    mqtt_prefix: str = setting("encoders", "Topic prefix of the alerts on MQTT: PREFIX/<stream>/<kind>")
+    mqtt_discovery: str = setting("homeassistant", "Home Assistant's MQTT discovery prefix")
+    webhook_url: str = setting(
+        "", "URL that gets an HTTP POST (JSON) of every alert and scene change, retried (empty = none)", secret="url"
+    )
     prune_every: float = setting(
         3600.0, "Seconds between applying the retention policy (and checking the disk's free space)", minimum=1.0
     )

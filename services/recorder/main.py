@@ -34,6 +34,7 @@ from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 
 from .config import RecorderConfig
+from .notify import Notifier
 from .receiver import Receiver
 from .recording import Recording, open_recording
 from .repair import close_open_runs
@@ -101,8 +102,15 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             "encoders_db_write_seconds", "Time one batch of rows took to write to PostgreSQL", buckets=LATENCY_BUCKETS
         )
 
+        try:
+            notifier = Notifier.from_config(cfg)
+        except ValueError as exc:  # an MQTT URL that does not parse
+            raise StartupError(str(exc)) from None
+        resources.callback(notifier.close)
+
         def opener(named: str, keep_alive) -> Recording:
             recording = open_recording(cfg, db, url, named, keep_alive)
+            recording.recorder.notify = notifier
             recording.writer.observe_write = lambda rows, seconds: db_write_s.observe(seconds)
             closer.append(close_left_runs(url, cfg.runs_dir, recording.run.name))
             return recording

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from encoders.shared.storage.runs import StoredStream
 from .acks import AckTracker
 from .config import RecorderConfig
 from .keyframes import Segmenter
+from .notify import Notice, NoticeSink
 from .rows import build_row
 from .run import RecordedRun
 from .runfiles import EMBEDDINGS_DIR, SNAPSHOTS_DIR
@@ -84,6 +86,7 @@ class Recorder:
         self.counters: Counter = Counter()
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
+        self.notify: NoticeSink = lambda notice: None  # alerts to MQTT and webhooks (notify.py), when set
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -104,6 +107,7 @@ class Recorder:
             return
         files = self.streams.get(start.stream) or self._open_stream(start.stream)
         files.summary.start(start.first_seq, self.core, start.previous_core, start.previous_sent)
+        self.notify(Notice("online", start.stream, time.time(), start.first_seq, run=self.run.name))
         log.info(
             "stream %s starts at seq %d (%s)%s",
             start.stream,
@@ -169,6 +173,9 @@ class Recorder:
         # First: the writer may settle the row before add returns.
         self.acks.expect(rec.stream, rec.seq, files.summary.lives_snapshot())
         self.rows.add(row)
+        alerts = {"scene_change": rec.drift} if rec.scene_change else {}
+        for kind, value in {**alerts, **rec.events}.items():
+            self.notify(Notice(kind, rec.stream, rec.t_capture, rec.seq, value, self.run.name))
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)
@@ -179,6 +186,7 @@ class Recorder:
             files = self._open_stream(eos.stream)  # a stream that ended before any frame was embedded
         files.summary.end(dict(eos.counts), self.core, eos.last_seq)
         self.ended.add(eos.stream)
+        self.notify(Notice("offline", eos.stream, time.time(), eos.last_seq, run=self.run.name))
         self.acks.ended(eos.stream, eos.last_seq, files.summary.lives_snapshot())
         log.info(
             "stream %s ended at seq %d: %s",

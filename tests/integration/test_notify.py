@@ -1,0 +1,160 @@
+"""Alerts to MQTT and webhooks (issue #15), against a real Mosquitto broker (started here) and a
+real HTTP receiver: the recorder, fed records by a stand-in core, publishes each alert on its
+stream's topics with Home Assistant's discovery and retained state, and POSTs it to a webhook
+that was down when the alert happened, once it is up; the database has every alert regardless."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from encoders.shared.messages import EndOfStream, StreamStart
+
+from ..conftest import free_port, wait_for
+from .fake_core import FakeCore
+from .recorder_helpers import Postgres, RecorderProcess, make_record, pg_home
+
+
+@pytest.fixture(scope="module")
+def pg():
+    server = Postgres(pg_home())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """Mosquitto on a free port of the loopback; its port."""
+    if shutil.which("mosquitto") is None:
+        pytest.fail("this test needs a real MQTT broker: apt-get install mosquitto")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _listening(port), 10, "mosquitto to listen")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Receiver:
+    """An HTTP server that keeps every JSON body POSTed to it; started when the test says."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.bodies: list[dict] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server: ThreadingHTTPServer | None = None
+        self.handler = Handler
+
+    def start(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+class Subscriber:
+    """A paho client on everything the recorder publishes: (topic, payload, retained) as they come."""
+
+    def __init__(self, port: int) -> None:
+        self.seen: list[tuple[str, str, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda c, u, m: self.seen.append((m.topic, m.payload.decode(), bool(m.retain)))
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe([("encoders/#", 1), ("homeassistant/#", 1)])
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def payloads(self, topic: str) -> list[str]:
+        return [p for t, p, _ in self.seen if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(120)
+def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp_path, broker):
+    url = pg.new_database()
+    core, hook, sub = FakeCore(), Receiver(free_port()), Subscriber(broker)
+    try:
+        rec = RecorderProcess(
+            tmp_path, core, url,
+            "--mqtt-url", f"mqtt://127.0.0.1:{broker}", "--webhook-url", f"http://127.0.0.1:{hook.port}/hook",
+        )  # fmt: skip
+        core.wait_subscribed()
+        core.resend(StreamStart("cam0", 0, "http://camera"))
+        records = [make_record("cam0", seq) for seq in range(6)]
+        records[3] = dataclasses.replace(records[3], events={"frozen": 12.5})
+        records[4] = dataclasses.replace(records[4], scene_change=True)
+        for r in records:
+            core.record(r)
+        core.wait_acked("cam0", 5)
+
+        wait_for(lambda: sub.payloads("encoders/cam0/frozen") and sub.payloads("encoders/cam0/scene_change"), 20,
+                 "the alerts on MQTT")  # fmt: skip
+        frozen = json.loads(sub.payloads("encoders/cam0/frozen")[0])
+        assert (frozen["seq"], frozen["value"], frozen["stream"]) == (3, 12.5, "cam0") and frozen["run"]
+        assert [json.loads(p)["event_type"] for p in sub.payloads("encoders/cam0/event")] == ["frozen", "scene_change"]
+        assert sub.payloads("encoders/cam0/state") == ["online"] and sub.payloads("encoders/status") == ["online"]
+        # What Home Assistant (or anyone) connecting later finds: the retained discovery and state.
+        late = Subscriber(broker)
+        wait_for(lambda: len([m for m in late.seen if m[2]]) >= 4, 10, "the retained messages")
+        late.close()
+        assert ("encoders/cam0/state", "online", True) in late.seen and ("encoders/status", "online", True) in late.seen
+        discovery = {t: json.loads(p) for t, p, retained in late.seen if t.startswith("homeassistant/") and retained}
+        sensor = discovery["homeassistant/binary_sensor/encoders_cam0/config"]
+        event = discovery["homeassistant/event/encoders_cam0/config"]
+        assert sensor["state_topic"] == "encoders/cam0/state" and sensor["device_class"] == "connectivity"
+        assert event["state_topic"] == "encoders/cam0/event" and "frozen" in event["event_types"]
+        assert sensor["device"] == event["device"]  # one device per camera
+
+        # The webhook was down all along: now up, the same alerts arrive, in order (retried).
+        assert not hook.bodies
+        hook.start()
+        wait_for(lambda: {"frozen", "scene_change"} <= {b["kind"] for b in hook.bodies}, 40, "the webhook's POSTs")
+        kinds = [b["kind"] for b in hook.bodies]
+        assert kinds.index("online") < kinds.index("frozen") < kinds.index("scene_change")
+
+        core.end(EndOfStream("cam0", 5, {"published": 6, "embedded": 6, "dropped": 0, "skipped": 0, "lost": 0}))
+        core.wait_acked("cam0", 5, ended=True)
+        wait_for(lambda: "offline" in sub.payloads("encoders/cam0/state"), 20, "the stream's offline state")
+        core.stop()
+        assert rec.wait() == 0, rec.log()
+        with pg.connect(url) as conn:
+            stored = conn.execute("SELECT kind, seq, value FROM events").fetchall()
+        assert stored == [("frozen", 3, 12.5)]
+        wait_for(lambda: "offline" in sub.payloads("encoders/status"), 10, "the recorder to say it went")
+    finally:
+        sub.close()
+        hook.close()
+        core.close()
