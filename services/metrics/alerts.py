@@ -6,6 +6,7 @@ and epoch (an epoch's start resets them, as it resets drift):
 - frozen: frames keep coming but the picture has not changed, drift at most ``frozen_drift``
   for ``frozen_after`` seconds of capture time (a stuck camera, a replayed image). Said once,
   with the seconds it has been still; said again only after the picture has moved.
+- trigger:NAME: a saved sentence the frame came near (triggers.py), once per visit.
 - blackout: the picture has become nearly uniform, its contrast (the largest standard
   deviation of its colour channels, measured by the worker) under ``blackout_contrast``
   levels: dark, white or one colour (a covered lens, a feed gone black). Said once, with the
@@ -17,8 +18,13 @@ it live, the recorder stores it in the events table. A scene change stays its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from .triggers import Trigger, TriggerWatch
+from .triggers import load as load_triggers
 
 
 @dataclass(frozen=True)
@@ -26,10 +32,14 @@ class AlertRules:
     frozen_after: float = 0.0  # seconds; 0 = off
     frozen_drift: float = 0.0005
     blackout_contrast: float = 0.0  # levels; 0 = off
+    triggers: tuple[Trigger, ...] = ()  # saved sentences (triggers.py)
+    trigger_holdoff: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> AlertRules:
-        return cls(cfg.frozen_after, cfg.frozen_drift, cfg.blackout_contrast)
+        """The core's rules; StartupError when ENCODERS_TRIGGERS names a file that does not read."""
+        triggers = tuple(load_triggers(cfg.triggers)) if cfg.triggers else ()
+        return cls(cfg.frozen_after, cfg.frozen_drift, cfg.blackout_contrast, triggers, cfg.trigger_holdoff)
 
 
 @dataclass
@@ -40,10 +50,26 @@ class Alerts:
     still_since: float | None = None  # capture time of the first frame of the still run
     frozen: bool = False
     dark: bool = False
+    watches: list[TriggerWatch] = field(default_factory=list)
 
-    def on_record(self, t_capture: float, drift: float | None, contrast: float | None) -> dict[str, float | None]:
+    def __post_init__(self) -> None:
+        self.watches = [TriggerWatch(t, self.rules.trigger_holdoff) for t in self.rules.triggers]
+
+    def on_record(
+        self,
+        t_capture: float,
+        drift: float | None,
+        contrast: float | None,
+        vector: np.ndarray | None = None,
+        model: str = "",
+    ) -> dict[str, float | None]:
         """The events this frame sets off: kind -> the value measured."""
         events: dict[str, float | None] = {}
+        if vector is not None:
+            for watch in self.watches:
+                similarity = watch.on_frame(vector, model, t_capture)
+                if similarity is not None:
+                    events[watch.trigger.kind] = similarity
         rules = self.rules
         if rules.frozen_after > 0:
             if drift is None:  # the epoch's first frame: the still run starts here

@@ -84,6 +84,12 @@ class MetricsConfig(Exported):
         minimum=0.0,
         maximum=255.0,
     )
+    triggers: str = setting(
+        "", "File of text triggers made by `encoders trigger add`: an alert when a frame comes near a sentence"
+    )
+    trigger_holdoff: float = setting(
+        60.0, "A trigger fires again only after its similarity stayed below its threshold this many seconds", minimum=0
+    )
     scene_threshold: float = setting(
         0.25, "A frame whose drift is at least this is a scene change (0 = off)", minimum=0.0
     )

@@ -221,7 +221,7 @@ class Streams:
     def _record(self, state: StreamState, emb: Embedding) -> MetricsRecord:
         before = state.drift.rolling()  # the window the frame's drift is judged against excludes it
         similarity, drift = state.drift.update(emb.vector, emb.t_capture)
-        events = state.alerts.on_record(emb.t_capture, drift, emb.contrast)
+        events = state.alerts.on_record(emb.t_capture, drift, emb.contrast, emb.vector, emb.model)
         return MetricsRecord(
             stream=emb.stream,
             seq=emb.seq,

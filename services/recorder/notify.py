@@ -40,7 +40,7 @@ from encoders.shared.settings import mask_url
 log = logging.getLogger(__name__)
 complain = Complaints(log, "the recorder's notifier counters")
 
-ALERT_KINDS = ("scene_change", "frozen", "blackout")
+ALERT_KINDS = ("scene_change", "frozen", "blackout", "trigger")  # a trigger's kind is trigger:NAME
 QUEUE_MAX = 10_000  # notices waiting for one destination; past it the oldest go, counted
 
 
@@ -189,7 +189,7 @@ class Mqtt:
             return
         body = notice.payload()
         self._publish(f"{base}/{notice.kind}", json.dumps(body))
-        self._publish(f"{base}/event", json.dumps({"event_type": notice.kind, **body}))
+        self._publish(f"{base}/event", json.dumps({"event_type": notice.kind.split(":")[0], **body}))
 
     def _announce(self, stream: str) -> None:
         """Home Assistant's MQTT discovery: the camera as a device with two entities (retained)."""

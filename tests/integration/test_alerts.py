@@ -77,3 +77,43 @@ def test_a_repeated_picture_is_frozen_and_a_black_one_a_blackout(service, tiny_m
     assert listed.returncode == 0, listed.stderr
     kinds = {(e["stream"], e["kind"]) for e in json.loads(listed.stdout)}
     assert set(said) <= kinds
+
+
+@pytest.mark.timeout(240)
+def test_a_text_trigger_made_by_the_command_fires_once_per_visit(service, tiny_model, tmp_path, database, sockets):
+    """`encoders trigger add` embeds the sentence with the model; the core, given the file, fires
+    trigger:NAME on the way up. Threshold -1: every frame is near, so one visit, one event."""
+    triggers = tmp_path / "triggers.json"
+    env = {**os.environ, **tiny_model, "ENCODERS_TRIGGERS": str(triggers)}
+    for args in (["add", "door", "a person at the door", "--threshold", "-1"], ["add", "gone", "nothing"]):
+        made = subprocess.run([sys.executable, "-m", "encoders", "trigger", *args], capture_output=True, text=True,
+                              env=env, timeout=120)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    gone = subprocess.run([sys.executable, "-m", "encoders", "trigger", "remove", "gone"], env=env, timeout=60)
+    assert gone.returncode == 0
+    listed = subprocess.run([sys.executable, "-m", "encoders", "trigger", "list"], capture_output=True, text=True,
+                            env=env, timeout=60)  # fmt: skip
+    assert (
+        listed.stdout.startswith("door\t-1\t")
+        and "a person at the door" in listed.stdout
+        and "gone" not in listed.stdout
+    )
+
+    pipeline = Pipeline(service, tiny_model, tmp_path, database, env={"ENCODERS_TRIGGERS": str(triggers)})
+    pipeline.start_core()
+    pipeline.start_recorder()
+    records = subscribe(sockets, pipeline.metrics_pub)
+    pipeline.start_worker("w0")
+    pipeline.start_ingest(0, pipeline.start_camera(0, fps=20), "--max-frames", "20", "--lossless")
+    got = [m for m in collect(records, until_eos=1) if isinstance(m, MetricsRecord)]
+    fired = [(r.seq, kind) for r in got for kind in r.events if kind.startswith("trigger:")]
+    assert fired == [(0, "trigger:door")]
+    assert -1.0 <= got[0].events["trigger:door"] <= 1.0  # type: ignore[operator]
+    assert pipeline.stop().returncode == 0
+    assert pipeline.run_dir is not None
+    with psycopg.connect(database) as conn:
+        stored = conn.execute(
+            "SELECT e.kind, e.seq FROM events e JOIN runs r ON r.id = e.run_id WHERE r.name = %s",
+            (pipeline.run_dir.name,),
+        ).fetchall()
+    assert stored == [("trigger:door", 0)]
