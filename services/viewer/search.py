@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +30,28 @@ log = logging.getLogger(__name__)
 MAX_RESULTS = 50
 
 
+MAX_OFFSET = 450  # paging reaches rank 500 at most: past it, narrow the query (a run, a stream, a time)
+
+
 class SearchError(RuntimeError):
     """The search could not run (database unreachable, model not loadable); the message says why."""
+
+
+class QueryProblem(ValueError):
+    """The query itself is wrong (no such run, a time that does not parse, a picture that is none)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One of a sentence, a picture (its bytes) or a stored frame (RUN[:STREAM]:SEQ), and a scope."""
+
+    text: str = ""
+    image: bytes | None = None
+    frame: str = ""
+    run: str = ""
+    stream: str = ""
+    since: str = ""
+    until: str = ""
 
 
 class TextSearch:
@@ -61,37 +82,73 @@ class TextSearch:
             raise SearchError(str(exc)) from None
 
     def search(self, text: str, k: int = 12) -> tuple[list[Hit], str]:
-        """The ``k`` frames nearest to ``text``, best first, and a note for the person (why none).
-
-        A hit's snapshot is kept only if it is a file on this machine (the page shows it).
-        """
-        text = text.strip()
-        if not text:
+        """The ``k`` frames nearest to ``text``, best first, and a note for the person (why none)."""
+        if not text.strip():
             return [], "type what to look for"
-        vector, label = self.embed(text)
+        return self.find(Query(text=text), k=k)
+
+    def find(
+        self, query: Query, *, k: int = 12, offset: int = 0, min_similarity: float | None = None
+    ) -> tuple[list[Hit], str]:
+        """What `encoders search` finds, for the HTTP API: the frames nearest to a sentence, a
+        picture or a stored frame, within ``query``'s scope; ranks ``offset + 1`` to ``offset + k``,
+        those at least ``min_similarity`` alike. SearchError when it cannot run, QueryError (its
+        message for the person) when the query is wrong."""
         import psycopg
 
+        from encoders.services.search.query import QueryError
         from encoders.shared.storage.errors import DatabaseUnavailable, one_line
-        from encoders.shared.storage.filters import Filters
+        from encoders.shared.storage.filters import FilterError, Filters, parse_frame_ref, parse_time
         from encoders.shared.storage.store import StoreError, reading
 
         try:
+            filters = Filters(
+                stream=query.stream or None,
+                since=parse_time(query.since) if query.since else None,
+                until=parse_time(query.until) if query.until else None,
+            )
             with reading(self.database_url, self.runs_dir) as store:
                 if not store.has_frames():
                     return [], "the database holds no frames yet"
-                filters, _ = store.restrict_to_model(label, Filters())
-                result = store.nearest(vector, max(1, min(k, MAX_RESULTS)), filters, ef_search=self.ef_search)
-                store.load_thumbnails(result.hits)  # each hit's own picture, not the nearest snapshot
-        except StoreError as exc:
-            return [], str(exc)
+                if query.run:
+                    filters = filters.with_runs((store.resolve_run(query.run).id,))
+                if query.frame:
+                    vector, run, _stream = store.frame_vector(parse_frame_ref(query.frame))
+                    if run.model is None:
+                        raise StoreError(f"run {run.name} has no model recorded: its frames cannot be compared")
+                    label = run.model
+                elif query.image is not None:
+                    vector, label = self.embed_image(query.image)
+                else:
+                    vector, label = self.embed(query.text)
+                filters, notes = store.restrict_to_model(label, filters)
+                wanted = max(1, min(k, MAX_RESULTS)) + max(0, offset)
+                result = store.nearest(vector, min(wanted, MAX_RESULTS + MAX_OFFSET), filters, ef_search=self.ef_search)
+                hits = [h for h in result.hits if min_similarity is None or h.similarity >= min_similarity]
+                hits = hits[offset : offset + k]
+                store.load_thumbnails(hits)  # each hit's own picture, not the nearest snapshot
+        except (StoreError, FilterError, QueryError) as exc:
+            raise QueryProblem(str(exc)) from None
         except DatabaseUnavailable as exc:
             raise SearchError(f"database: {exc}") from None
         except psycopg.Error as exc:
             raise SearchError(f"database: {one_line(exc, self.database_url)}") from None
-        for hit in result.hits:
+        for hit in hits:
             if not (hit.snapshot and Path(hit.snapshot).is_file()):
                 hit.snapshot = hit.snapshot_seq = None
-        return result.hits, "" if result.hits else "no match"
+        note = "; ".join(notes + result.notes)
+        return hits, note if hits else (note or "no match")
+
+    def embed_image(self, data: bytes) -> tuple[np.ndarray, str]:
+        """An uploaded picture's embedding, and the model label."""
+        import tempfile
+
+        embedder = self._query_embedder()
+        with tempfile.NamedTemporaryFile(suffix=".jpg") as f:  # the command's own path: decoding as the encoder does
+            f.write(data)
+            f.flush()
+            with self._lock:
+                return embedder.image(f.name), embedder.label
 
     def _query_embedder(self):
         with self._lock:

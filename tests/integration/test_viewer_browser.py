@@ -324,3 +324,54 @@ def test_the_page_opened_with_its_token_works_and_without_it_is_refused(browser,
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
     assert guarded.stop() == 0
+
+
+def test_the_search_api_answers_as_its_openapi_document_says(live_viewer, tiny_model, tmp_path):
+    """Issue #15: /api/search does what `encoders search` does (a sentence, a stored frame, an
+    uploaded picture; a run, a stream, a time range; paging; a minimum similarity), and every
+    answer, good or bad, is what /api/openapi.json describes."""
+    import httpx
+    import jsonschema
+    from openapi_spec_validator import validate
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    url, _viewer = live_viewer
+    api = httpx.Client(base_url=url, timeout=60)
+    doc = api.get("api/openapi.json").json()
+    validate(doc)  # a valid OpenAPI 3.1 document
+    registry = Registry().with_resource("urn:api", Resource.from_contents(doc, default_specification=DRAFT202012))
+    assert tuple(doc["components"]["schemas"]["Hit"]["required"]) == Hit.JSON_FIELDS
+
+    def check(resp: httpx.Response, method: str = "get") -> dict:
+        spec = doc["paths"]["/api/search"][method]["responses"][str(resp.status_code)]
+        schema = spec["content"]["application/json"]["schema"]
+        jsonschema.Draft202012Validator({"$ref": "urn:api" + schema["$ref"]}, registry=registry).validate(resp.json())
+        return resp.json()
+
+    # A sentence: frame 7 first; paging goes on where the first page stopped.
+    first = check(api.get("api/search", params={"text": QUERY, "k": 5}))
+    assert first["results"][0]["seq"] == 7 and len(first["results"]) == 5
+    second = check(api.get("api/search", params={"text": QUERY, "k": 5, "offset": 5}))
+    assert [h["rank"] for h in second["results"]] == [6, 7, 8, 9, 10]
+    assert not {h["seq"] for h in first["results"]} & {h["seq"] for h in second["results"]}
+    # A stored frame: itself first, alike 1.0; a minimum similarity leaves only those that alike.
+    same = check(api.get("api/search", params={"frame": "run-a:7", "k": 3}))
+    assert same["results"][0]["seq"] == 7 and same["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    strict = check(api.get("api/search", params={"frame": "run-a:cam0:7", "min_similarity": 0.99}))
+    assert [h["seq"] for h in strict["results"]] == [7]
+    # A scope: another stream has nothing; a time range before the run has nothing.
+    assert check(api.get("api/search", params={"text": QUERY, "stream": "cam9"}))["results"] == []
+    assert check(api.get("api/search", params={"text": QUERY, "until": "2000-01-01"}))["results"] == []
+    # An uploaded picture: a red square, as the query describes; answers in the same shape.
+    picture = colour_jpeg((0, 0, 255))
+    uploaded = check(api.post("api/search", params={"k": 4}, files={"image": ("q.jpg", picture, "image/jpeg")}), "post")
+    assert len(uploaded["results"]) == 4
+    # What is wrong is said, with 400, in the shape the document gives errors.
+    for bad in ({}, {"text": "x", "frame": "run-a:1"}, {"text": "x", "k": "0"}, {"text": "x", "min_similarity": "2"},
+                {"frame": "nope:1"}, {"text": "x", "since": "yesterday-ish"}):  # fmt: skip
+        answer = api.get("api/search", params=bad)
+        assert answer.status_code == 400, (bad, answer.text)
+        assert check(answer)["error"]
+    not_a_picture = api.post("api/search", files={"image": ("q.jpg", b"not a picture", "image/jpeg")})
+    assert not_a_picture.status_code == 400 and check(not_a_picture, "post")["error"]

@@ -12,7 +12,9 @@ Routes (all GET; with a token set, each needs it, see auth.py):
     /api/drift              each stream's rolling drift window: [[t_capture, drift], ...] (null: a restart)
     /api/scenes             recent scene changes, newest first, with thumbnail URLs
     /api/scenes/S/N.jpg     a scene change's thumbnail (the one its record carried)
-    /api/search?text=&k=    the frames nearest to a text (with --database-url)
+    /api/search             the frames nearest to a text, a stored frame (GET) or a picture (POST), with
+                            filters and paging (with --database-url): openapi.py
+    /api/openapi.json       the API, as an OpenAPI 3.1 document
     /api/thumbnail/ID.jpg   a search result's thumbnail
 
 Every handler runs on the web server's loop (server.py). Each video or event client takes the
@@ -23,6 +25,7 @@ browser skips frames here, alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -34,12 +37,13 @@ from aiohttp import web
 
 from ..feed import SCENES, STATE, VIDEO, raw_key
 from ..latest import Latest
-from ..search import SearchError, TextSearch
+from ..search import QueryProblem, SearchError, TextSearch
 from ..snapshot import drift_since, scene_view
 from .auth import remember_token, token_middleware
 from .clients import Clients
 from .formats import MJPEG_CONTENT_TYPE, MJPEG_START, json_dumps, mjpeg_part, sse_event
 from .guard import Door
+from .openapi import MAX_UPLOAD, OPENAPI, parse_search
 from .thumbnails import Thumbnails
 
 log = logging.getLogger("encoders.viewer.web")
@@ -80,7 +84,7 @@ class WebApp:
 
     def build(self) -> web.Application:
         """The aiohttp application: the routes of this module's docstring."""
-        app = web.Application(middlewares=[token_middleware(self.token, self.cookie)])
+        app = web.Application(middlewares=[token_middleware(self.token, self.cookie)], client_max_size=MAX_UPLOAD)
         app.router.add_get("/", self.index)
         # The page's few files by name, not a folder served: no path from a client ever reaches
         # the filesystem (aiohttp's static folder answered a 5,000-character name with a 500).
@@ -95,6 +99,8 @@ class WebApp:
         # A seq is at most 19 digits (it is an int64): a longer one is no route, not int() raising.
         app.router.add_get(r"/api/scenes/{stream}/{seq:\d{1,19}}.jpg", self.scene_thumbnail)
         app.router.add_get("/api/search", self.search_text)
+        app.router.add_post("/api/search", self.search_text)
+        app.router.add_get("/api/openapi.json", self.openapi)
         app.router.add_get(r"/api/thumbnail/{id:\d+}.jpg", self.search_thumbnail)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -222,23 +228,34 @@ class WebApp:
         )
 
     async def search_text(self, request: web.Request) -> web.Response:
+        """GET (a sentence or a stored frame) or POST (an uploaded picture): the API of openapi.py."""
         if self.search is None:
             return web.json_response(
                 {"error": "search is off: start the viewer with --database-url (or ENCODERS_DATABASE_URL)"}, status=404
             )
-        text = request.query.get("text", "")
+        image = None
+        if request.method == "POST":
+            form = await request.post()
+            upload = form.get("image")
+            if not isinstance(upload, web.FileField):
+                return web.json_response({"error": "POST a picture as the form field 'image'"}, status=400)
+            image = upload.file.read()
         try:
-            k = int(request.query.get("k", "12"))
-        except ValueError:
-            return web.json_response({"error": "k must be a whole number"}, status=400)
+            query, k, offset, min_similarity = parse_search(request.query, image)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        what = query.text or query.frame or f"a picture of {len(image or b'')} bytes"
+        find = functools.partial(self.search.find, query, k=k, offset=offset, min_similarity=min_similarity)
         try:
-            hits, note = await loop.run_in_executor(self.executor, self.search.search, text, k)
+            hits, note = await loop.run_in_executor(self.executor, find)
+        except QueryProblem as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         except SearchError as exc:
-            log.warning("search for %r failed: %s", text, exc)
+            log.warning("search for %r failed: %s", what, exc)
             return web.json_response({"error": str(exc)}, status=503)
-        log.info("search for %r: %d result(s) in %.2f s", text, len(hits), time.monotonic() - started)
+        log.info("search for %r: %d result(s) in %.2f s", what, len(hits), time.monotonic() - started)
         # The one JSON shape of a hit (as `encoders search --format json`), with URLs for its pictures:
         # a path on this machine means nothing to a browser elsewhere, nor should it see one.
         results = []
@@ -250,7 +267,11 @@ class WebApp:
                     f"api/thumbnail/{self.thumbnails.add_stored((h.run_id, h.stream, h.seq), h.thumbnail_jpeg)}.jpg"
                 )
             results.append({**h.to_json(), "snapshot": snapshot, "thumbnail": thumbnail})
-        return web.json_response({"text": text, "results": results, "note": note}, dumps=json_dumps)
+        body = {"text": query.text, "results": results, "note": note, "k": k, "offset": offset}
+        return web.json_response(body, dumps=json_dumps)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
 
     async def search_thumbnail(self, request: web.Request) -> web.Response:
         thumbnail = self.thumbnails.get(request.match_info["id"])
