@@ -139,6 +139,48 @@ class TextSearch:
         note = "; ".join(notes + result.notes)
         return hits, note if hits else (note or "no match")
 
+    def timeline(self, scope: Query, points: int = 600) -> dict:
+        """Drift over the scope's period, with its scene changes and alerts (the page's timeline)."""
+        import psycopg
+
+        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
+        from encoders.shared.storage.filters import FilterError, Filters, parse_time
+        from encoders.shared.storage.store import StoreError, reading
+
+        try:
+            filters = Filters(
+                stream=scope.stream or None,
+                since=parse_time(scope.since) if scope.since else None,
+                until=parse_time(scope.until) if scope.until else None,
+            )
+            with reading(self.database_url, self.runs_dir) as store:
+                if not store.has_frames():
+                    return {"since": None, "until": None, "step_s": None, "streams": {}, "events": []}
+                if scope.run:
+                    filters = filters.with_runs((store.resolve_run(scope.run).id,))
+                return store.timeline(filters, points)
+        except (StoreError, FilterError) as exc:
+            raise QueryProblem(str(exc)) from None
+        except DatabaseUnavailable as exc:
+            raise SearchError(f"database: {exc}") from None
+        except psycopg.Error as exc:
+            raise SearchError(f"database: {one_line(exc, self.database_url)}") from None
+
+    def frame_thumbnail(self, run: str, stream: str, seq: int) -> bytes | None:
+        """A stored frame's picture (its thumbnail, or its keyframe's); None if none."""
+        import psycopg
+
+        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
+        from encoders.shared.storage.store import reading
+
+        try:
+            with reading(self.database_url, self.runs_dir) as store:
+                return store.frame_thumbnail(run, stream, seq) if store.has_frames() else None
+        except DatabaseUnavailable as exc:
+            raise SearchError(f"database: {exc}") from None
+        except psycopg.Error as exc:
+            raise SearchError(f"database: {one_line(exc, self.database_url)}") from None
+
     def embed_image(self, data: bytes) -> tuple[np.ndarray, str]:
         """An uploaded picture's embedding, and the model label."""
         import tempfile

@@ -1,4 +1,5 @@
-"""What `encoders events` and `encoders runs` list: scene changes and runs, as rows for a table, JSON or CSV."""
+"""What `encoders events` and `encoders runs` list (scene changes and alerts, runs: rows for a table, JSON or
+CSV), and the web page's timeline."""
 
 from __future__ import annotations
 
@@ -77,3 +78,36 @@ def drift_mean(summary: dict) -> float | None:
     parts = [d for d in parts if d.get("count") and d.get("mean") is not None]
     total = sum(d["count"] for d in parts)
     return sum(d["mean"] * d["count"] for d in parts) / total if total else None
+
+
+def timeline(
+    conn: psycopg.Connection, filters: Filters, points: int, folder: RunFolder, *, events_limit: int = 1000
+) -> dict[str, Any]:
+    """Drift over a period, at most ``points`` buckets a stream, with the scene changes and
+    alerts in it: what the web page's timeline draws. The period is the filters' since and
+    until, or the frames' own first and last."""
+    query, params = sql.timeline_range_sql(filters)
+    first, last = conn.execute(query, params).fetchone() or (None, None)
+    start, end = filters.since or first, filters.until or last
+    if start is None or end is None:
+        return {"since": None, "until": None, "step_s": None, "streams": {}, "events": []}
+    step = max((end - start).total_seconds() / max(1, points), 0.001)
+    query, params = sql.timeline_sql(filters)
+    streams: dict[str, list[list[Any]]] = {}
+    for stream, _bucket, t, mean, peak, run, seq in conn.execute(query, {**params, "start": start, "step": step}):
+        streams.setdefault(stream, []).append([t.isoformat(), mean, peak, run, int(seq)])
+    return {
+        "since": start.isoformat(),
+        "until": end.isoformat(),
+        "step_s": step,
+        "streams": streams,
+        "events": [
+            {**e, "time": e["time"].isoformat(), "snapshot": None} for e in events(conn, filters, events_limit, folder)
+        ],
+    }
+
+
+def frame_thumbnail(conn: psycopg.Connection, run: str, stream: str, seq: int) -> bytes | None:
+    """A stored frame's thumbnail (or its keyframe's), None if it has none or is not there."""
+    row = conn.execute(sql.FRAME_THUMBNAIL, {"run": run, "stream": stream, "seq": seq}).fetchone()
+    return bytes(row[0]) if row and row[0] is not None else None

@@ -209,3 +209,36 @@ FROM runs r
 ORDER BY r.started_at NULLS FIRST, r.id
 LIMIT %(limit)s"""
     return sql, {"run_ids": list(run_ids or ()), "limit": limit}
+
+
+def timeline_range_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """The first and last capture time of the frames in scope."""
+    conds, params = where(filters, "f")
+    return f"SELECT min(f.captured_at), max(f.captured_at) FROM frames f {_where(conds)}", params
+
+
+def timeline_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """Each stream's drift in time buckets of %(step)s seconds from %(start)s: the bucket's first
+    capture time, mean and largest drift, and its first frame (run, seq) for a picture of it."""
+    conds, params = where(filters, "f")
+    sql = f"""
+SELECT f.stream, floor(extract(epoch FROM f.captured_at - %(start)s) / %(step)s) AS bucket,
+       min(f.captured_at), avg(f.drift), max(f.drift),
+       (array_agg(r.name ORDER BY f.captured_at))[1], (array_agg(f.seq ORDER BY f.captured_at))[1]
+FROM frames f JOIN runs r ON r.id = f.run_id
+{_where(conds)}
+GROUP BY f.stream, bucket
+ORDER BY f.stream, bucket"""
+    return sql, params
+
+
+def _where(conds: list[str]) -> str:
+    return "WHERE " + " AND ".join(conds) if conds else ""
+
+
+# One frame's stored thumbnail, or its keyframe's: what the timeline shows when a moment is clicked.
+FRAME_THUMBNAIL = """
+SELECT coalesce(f.thumbnail, kf.thumbnail)
+FROM frames f JOIN runs r ON r.id = f.run_id
+LEFT JOIN frames kf ON kf.run_id = f.run_id AND kf.stream = f.stream AND kf.seq = f.keyframe_seq
+WHERE (r.name = %(run)s OR r.id::text = %(run)s) AND f.stream = %(stream)s AND f.seq = %(seq)s"""

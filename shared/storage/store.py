@@ -367,6 +367,13 @@ class Store:
         """Scene changes, oldest first (listings.py)."""
         return listings.events(self.conn, filters, limit, self._run_dir)
 
+    def timeline(self, filters: Filters, points: int) -> dict[str, Any]:
+        """Drift over a period with its scene changes and alerts (listings.py)."""
+        return listings.timeline(self.conn, filters, points, self._run_dir)
+
+    def frame_thumbnail(self, run: str, stream: str, seq: int) -> bytes | None:
+        return listings.frame_thumbnail(self.conn, run, stream, seq)
+
     def runs(self, limit: int, run_ids: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
         """Runs, oldest first, with their counts and summaries (listings.py)."""
         return listings.runs(self.conn, limit, run_ids, self._run_dir, frames_table=self.has_frames())

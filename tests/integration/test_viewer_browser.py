@@ -8,6 +8,7 @@ nothing. Install: apt-get install -y chromium chromium-driver (and pip install s
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -126,8 +127,13 @@ def database(tiny_model):
                     drift=0.1,
                     vector=vector / np.linalg.norm(vector),
                 )
-                # Frame 7 has its own stored thumbnail (green), as a worker makes one.
-                thumbnail = colour_jpeg((0, 255, 0)) if seq == 7 else None
+                # Frame 7 has its own stored thumbnail (green), as a worker makes one; frame 20 is a
+                # scene change (blue) and frame 25 set off a frozen-feed alert, for the timeline.
+                thumbnail = {7: colour_jpeg((0, 255, 0)), 20: colour_jpeg((255, 0, 0))}.get(seq)
+                if seq == 20:
+                    rec = dataclasses.replace(rec, scene_change=True, drift=0.6)
+                if seq == 25:
+                    rec = dataclasses.replace(rec, events={"frozen": 12.0})
                 rows.append(build_row(run_id, rec, snapshot, thumbnail=thumbnail))
             assert sum(db.write_rows(rows).values()) == 30
             db.close()
@@ -375,3 +381,34 @@ def test_the_search_api_answers_as_its_openapi_document_says(live_viewer, tiny_m
         assert check(answer)["error"]
     not_a_picture = api.post("api/search", files={"image": ("q.jpg", b"not a picture", "image/jpeg")})
     assert not_a_picture.status_code == 400 and check(not_a_picture, "post")["error"]
+
+
+def test_the_timeline_draws_drift_with_its_scene_changes_and_alerts_and_opens_a_frame(browser, live_viewer):
+    """Issue #15: drift over a chosen period (not only the live window), scene changes and alerts
+    on it, and a click opens that moment's frame."""
+    from selenium.webdriver.common.by import By
+
+    page, _viewer = live_viewer
+    browser.get(page)
+    panel = browser.find_element(By.ID, "timeline-panel")
+    wait_for(panel.is_displayed, 10, "the timeline (the viewer has a database)")
+    browser.find_element(By.ID, "timeline-run").send_keys("run-a")
+    browser.find_element(By.CSS_SELECTOR, "#timeline-form button").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline-chart polyline"), 20, "the drift line")
+    line = browser.find_element(By.CSS_SELECTOR, "#timeline-chart polyline")
+    assert len(line.get_attribute("points").split()) == 30  # a point a frame: the period is 30 frames long
+    marks = browser.find_elements(By.CSS_SELECTOR, "#timeline-chart .mark")
+    assert sorted(m.get_attribute("data-kind") for m in marks) == ["frozen", "scene_change"]
+    assert "2 scene change(s) and alert(s)" in text(browser, "timeline-note")
+    # A click on the scene change opens its frame's own picture (blue), said by its caption.
+    next(m for m in marks if m.get_attribute("data-kind") == "scene_change").click()
+    frame = browser.find_element(By.ID, "timeline-frame")
+    wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", frame),
+             10, "the moment's frame")  # fmt: skip
+    assert text(browser, "timeline-caption") == "run-a cam0 #20 scene change"
+    blue = element_image(frame).mean(axis=(0, 1))
+    assert blue[2] > 180 and blue[0] < 60 and blue[1] < 60, blue
+    # A period with nothing in it says so.
+    browser.find_element(By.ID, "timeline-until").send_keys("2000-01-01")
+    browser.find_element(By.CSS_SELECTOR, "#timeline-form button").click()
+    wait_for(lambda: "nothing recorded" in text(browser, "timeline-note"), 10, "the empty period")

@@ -78,6 +78,7 @@
       });
     }
     $("search-panel").hidden = !s.search;
+    $("timeline-panel").hidden = !s.search; // both read the database
     if (s.waiting) {
       setStatus(`live: ${s.waiting}`, "live"); // the page is live; the viewer waits for the core
     } else {
@@ -231,6 +232,99 @@
       note(body.note || `${body.results.length} frame(s) for "${body.text}"`);
     } catch (err) {
       note(String(err), true);
+    }
+  });
+
+  // -- timeline: drift over a chosen period from the database, scene changes and alerts on it;
+  //    a click opens that moment's stored frame ---------------------------------------------------
+  const SVG = "http://www.w3.org/2000/svg";
+  const MARK_COLOURS = { scene_change: "#ffffff", frozen: "#4fc3f7", blackout: "#e57373" };
+
+  function showMoment(run, stream, seq, what) {
+    const img = $("timeline-frame");
+    img.src = withToken(`api/frame.jpg?run=${encodeURIComponent(run)}&stream=${encodeURIComponent(stream)}&seq=${seq}`);
+    $("timeline-caption").textContent = `${run} ${stream} #${seq}${what ? " " + what : ""}`;
+    $("timeline-moment").hidden = false;
+  }
+
+  function drawTimeline(body) {
+    const svg = $("timeline-chart");
+    svg.replaceChildren();
+    const t0 = Date.parse(body.since), t1 = Date.parse(body.until);
+    const span = Math.max(1, t1 - t0);
+    const x = (iso) => ((Date.parse(iso) - t0) / span) * 1000;
+    let top = 0.05;
+    for (const points of Object.values(body.streams)) for (const p of points) top = Math.max(top, p[2] ?? 0);
+    const y = (d) => 230 - (d / top) * 220;
+    Object.entries(body.streams).forEach(([stream, points], i) => {
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", points.filter((p) => p[1] !== null).map((p) => `${x(p[0])},${y(p[1])}`).join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", COLOURS[i % COLOURS.length]);
+      line.setAttribute("vector-effect", "non-scaling-stroke");
+      line.dataset.stream = stream;
+      svg.append(line);
+    });
+    for (const e of body.events) {
+      const mark = document.createElementNS(SVG, "rect");
+      mark.setAttribute("x", x(e.time) - 3);
+      mark.setAttribute("y", 0);
+      mark.setAttribute("width", 6);
+      mark.setAttribute("height", 240);
+      mark.setAttribute("fill", MARK_COLOURS[e.kind.split(":")[0]] || "#fff176");
+      mark.setAttribute("fill-opacity", "0.6");
+      mark.setAttribute("class", "mark");
+      mark.dataset.kind = e.kind;
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = `${e.kind.replaceAll("_", " ")}: ${e.stream} #${e.seq}, ${new Date(e.time).toLocaleString()}`;
+      mark.append(title);
+      mark.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        showMoment(e.run, e.stream, e.seq, e.kind.replaceAll("_", " "));
+      });
+      svg.append(mark);
+    }
+    // A click elsewhere: the first frame of the nearest moment drawn, of any stream.
+    svg.onclick = (ev) => {
+      const box = svg.getBoundingClientRect();
+      const at = t0 + ((ev.clientX - box.left) / box.width) * span;
+      let best = null;
+      for (const [stream, points] of Object.entries(body.streams)) {
+        for (const p of points) {
+          const d = Math.abs(Date.parse(p[0]) - at);
+          if (!best || d < best.d) best = { d, run: p[3], stream, seq: p[4] };
+        }
+      }
+      if (best) showMoment(best.run, best.stream, best.seq, "");
+    };
+  }
+
+  $("timeline-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    for (const name of ["run", "stream", "since", "until"]) {
+      const value = $("timeline-" + name).value.trim();
+      if (value) params.set(name, value);
+    }
+    const n = $("timeline-note");
+    try {
+      const r = await fetch(withToken("api/timeline?" + params));
+      const body = await r.json();
+      if (!r.ok) {
+        n.textContent = body.error || r.statusText;
+        n.className = "note error";
+        return;
+      }
+      const frames = Object.values(body.streams).reduce((a, p) => a + p.length, 0);
+      n.textContent = body.since
+        ? `${new Date(body.since).toLocaleString()} to ${new Date(body.until).toLocaleString()}: ` +
+          `${frames} moment(s), ${body.events.length} scene change(s) and alert(s); click for the frame`
+        : "nothing recorded in that period";
+      n.className = "note";
+      if (body.since) drawTimeline(body);
+    } catch (err) {
+      n.textContent = String(err);
+      n.className = "note error";
     }
   });
 

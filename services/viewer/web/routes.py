@@ -15,6 +15,8 @@ Routes (all GET; with a token set, each needs it, see auth.py):
     /api/search             the frames nearest to a text, a stored frame (GET) or a picture (POST), with
                             filters and paging (with --database-url): openapi.py
     /api/openapi.json       the API, as an OpenAPI 3.1 document
+    /api/timeline?run=&stream=&since=&until=   drift over that period, with its scene changes and alerts
+    /api/frame.jpg?run=&stream=&seq=           a stored frame's picture (a click on the timeline)
     /api/thumbnail/ID.jpg   a search result's thumbnail
 
 Every handler runs on the web server's loop (server.py). Each video or event client takes the
@@ -37,7 +39,7 @@ from aiohttp import web
 
 from ..feed import SCENES, STATE, VIDEO, raw_key
 from ..latest import Latest
-from ..search import QueryProblem, SearchError, TextSearch
+from ..search import Query, QueryProblem, SearchError, TextSearch
 from ..snapshot import drift_since, scene_view
 from .auth import remember_token, token_middleware
 from .clients import Clients
@@ -101,6 +103,8 @@ class WebApp:
         app.router.add_get("/api/search", self.search_text)
         app.router.add_post("/api/search", self.search_text)
         app.router.add_get("/api/openapi.json", self.openapi)
+        app.router.add_get("/api/timeline", self.timeline)
+        app.router.add_get("/api/frame.jpg", self.stored_frame)
         app.router.add_get(r"/api/thumbnail/{id:\d+}.jpg", self.search_thumbnail)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -269,6 +273,46 @@ class WebApp:
             results.append({**h.to_json(), "snapshot": snapshot, "thumbnail": thumbnail})
         body = {"text": query.text, "results": results, "note": note, "k": k, "offset": offset}
         return web.json_response(body, dumps=json_dumps)
+
+    async def timeline(self, request: web.Request) -> web.Response:
+        """Drift over a chosen period (run, stream, since, until), with its scene changes and alerts."""
+        if self.search is None:
+            return web.json_response({"error": "the timeline needs the database: --database-url"}, status=404)
+        scope = Query(
+            run=request.query.get("run", "").strip()[:256],
+            stream=request.query.get("stream", "").strip()[:64],
+            since=request.query.get("since", "").strip()[:64],
+            until=request.query.get("until", "").strip()[:64],
+        )
+        points = request.query.get("points", "600")
+        if not points.isdigit() or not 10 <= int(points) <= 5000:
+            return web.json_response({"error": "points must be a whole number in [10, 5000]"}, status=400)
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.search.timeline, scope, int(points)
+            )
+        except QueryProblem as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except SearchError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response(body, dumps=json_dumps)
+
+    async def stored_frame(self, request: web.Request) -> web.Response:
+        """A stored frame's picture (its thumbnail, or its keyframe's): what a click on the timeline opens."""
+        if self.search is None:
+            return web.json_response({"error": "stored frames need the database: --database-url"}, status=404)
+        run, stream, seq = (request.query.get(k, "") for k in ("run", "stream", "seq"))
+        if not run or not stream or not seq.isdigit() or len(seq) > 19:
+            return web.json_response({"error": "give run, stream and seq (a whole number)"}, status=400)
+        try:
+            jpeg = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.search.frame_thumbnail, run[:256], stream[:64], int(seq)
+            )
+        except SearchError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        if jpeg is None:
+            return web.json_response({"error": f"no stored picture of {stream} #{seq} in run {run}"}, status=404)
+        return web.Response(body=jpeg, content_type="image/jpeg", headers={"X-Content-Type-Options": "nosniff"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
