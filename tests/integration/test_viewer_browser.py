@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -408,6 +409,17 @@ def test_the_timeline_draws_drift_with_its_scene_changes_and_alerts_and_opens_a_
     assert text(browser, "timeline-caption") == "run-a cam0 #20 scene change"
     blue = element_image(frame).mean(axis=(0, 1))
     assert blue[2] > 180 and blue[0] < 60 and blue[1] < 60, blue
+    if shot := os.environ.get("ENCODERS_SCREENSHOT"):  # the README's picture: the page with every view in use
+        browser.find_element(By.ID, "search-text").send_keys(QUERY)
+        browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#search-results img"), 60, "search results")
+        time.sleep(2)
+        height = browser.execute_script("return document.body.scrollHeight")
+        browser.set_window_size(1400, height + 40)
+        browser.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.5)
+        browser.save_screenshot(shot)
+        browser.set_window_size(1400, 1000)
     # A period with nothing in it says so.
     browser.find_element(By.ID, "timeline-until").send_keys("2000-01-01")
     browser.find_element(By.CSS_SELECTOR, "#timeline-form button").click()
