@@ -84,6 +84,12 @@ class MetricsConfig(Exported):
         minimum=0.0,
         maximum=255.0,
     )
+    stall_after: float = setting(
+        10.0,
+        "Alert 'stream_back' on the first frame after none for this many seconds (as ingest's ENCODERS_STALL_AFTER; "
+        "0 = off)",
+        minimum=0.0,
+    )
     triggers: str = setting(
         "", "File of text triggers made by `encoders trigger add`: an alert when a frame comes near a sentence"
     )

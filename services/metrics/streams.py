@@ -29,7 +29,7 @@ from typing import Literal, cast
 
 from encoders.shared.messages import Embedding, EndOfStream, FrameCounts, MetricsRecord, Skipped, StreamStart
 
-from .alerts import AlertRules, Alerts
+from .alerts import AlertRules, Alerts, stream_back
 from .drift import DriftTracker
 from .reorder import Lost, StreamOrder, Unused
 from .scenes import SceneRule
@@ -68,6 +68,7 @@ class StreamState:
     next_number: int  # the seq the next numbered frame should have (a jump past it: Unused)
     counts: FrameCounts = field(default_factory=zero_counts)
     alerts: Alerts = field(default_factory=lambda: Alerts(AlertRules()))  # reset with drift at each epoch
+    last_capture: float | None = None  # the last record's capture time, across epochs (stream_back)
     events: deque[Epoch] = field(default_factory=deque)
     open: Epoch | None = None  # the epoch started and not yet ended
 
@@ -222,6 +223,8 @@ class Streams:
         before = state.drift.rolling()  # the window the frame's drift is judged against excludes it
         similarity, drift = state.drift.update(emb.vector, emb.t_capture)
         events = state.alerts.on_record(emb.t_capture, drift, emb.contrast, emb.vector, emb.model)
+        events.update(stream_back(self.alert_rules, state.last_capture, emb.t_capture))
+        state.last_capture = max(emb.t_capture, state.last_capture or 0.0)
         return MetricsRecord(
             stream=emb.stream,
             seq=emb.seq,

@@ -66,6 +66,12 @@ class RecorderConfig(RetentionConfig, CoreConnection):
     webhook_url: str = setting(
         "", "URL that gets an HTTP POST (JSON) of every alert and scene change, retried (empty = none)", secret="url"
     )
+    stall_after: float = setting(
+        10.0,
+        "Tell MQTT and the webhook 'stream_down' when a stream has sent no record this many seconds (as ingest's "
+        "ENCODERS_STALL_AFTER; 0 = off)",
+        minimum=0.0,
+    )
     prune_every: float = setting(
         3600.0, "Seconds between applying the retention policy (and checking the disk's free space)", minimum=1.0
     )

@@ -40,7 +40,8 @@ from encoders.shared.settings import mask_url
 log = logging.getLogger(__name__)
 complain = Complaints(log, "the recorder's notifier counters")
 
-ALERT_KINDS = ("scene_change", "frozen", "blackout", "trigger")  # a trigger's kind is trigger:NAME
+# What Home Assistant's event entity may see; a trigger's kind is trigger:NAME.
+ALERT_KINDS = ("scene_change", "frozen", "blackout", "trigger", "stream_down", "stream_back")
 QUEUE_MAX = 10_000  # notices waiting for one destination; past it the oldest go, counted
 
 

@@ -205,6 +205,7 @@ class Receiver:
 
     def _periodic(self, recording: Recording) -> None:
         now = time.monotonic()
+        recording.recorder.check_streams(now)
         if now >= self._next_flush:
             recording.recorder.flush_files()
             self._next_flush = now + FILE_FLUSH_S

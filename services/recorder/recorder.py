@@ -87,6 +87,8 @@ class Recorder:
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
         self.notify: NoticeSink = lambda notice: None  # alerts to MQTT and webhooks (notify.py), when set
+        self._heard: dict[str, tuple[float, int]] = {}  # stream -> (when its last record came, its seq)
+        self.down: set[str] = set()  # streams told down: no record for stall_after seconds
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -173,9 +175,22 @@ class Recorder:
         # First: the writer may settle the row before add returns.
         self.acks.expect(rec.stream, rec.seq, files.summary.lives_snapshot())
         self.rows.add(row)
+        self._heard[rec.stream] = (time.monotonic(), rec.seq)
+        self.down.discard(rec.stream)
         alerts = {"scene_change": rec.drift} if rec.scene_change else {}
         for kind, value in {**alerts, **rec.events}.items():
             self.notify(Notice(kind, rec.stream, rec.t_capture, rec.seq, value, self.run.name))
+
+    def check_streams(self, now: float) -> None:
+        """Tell each stream that has sent no record for stall_after seconds, and has not ended, down (once)."""
+        after = self.settings.stall_after
+        if after <= 0:
+            return
+        for stream, (heard, seq) in list(self._heard.items()):
+            if stream not in self.ended and stream not in self.down and now - heard >= after:
+                self.down.add(stream)
+                log.warning("stream %s: no record for %.0f s: down", stream, now - heard)
+                self.notify(Notice("stream_down", stream, time.time(), seq, round(now - heard, 3), self.run.name))
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)

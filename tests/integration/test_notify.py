@@ -110,6 +110,7 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         rec = RecorderProcess(
             tmp_path, core, url,
             "--mqtt-url", f"mqtt://127.0.0.1:{broker}", "--webhook-url", f"http://127.0.0.1:{hook.port}/hook",
+            "--stall-after", "1.5",
         )  # fmt: skip
         core.wait_subscribed()
         core.resend(StreamStart("cam0", 0, "http://camera"))
@@ -137,6 +138,11 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         assert sensor["state_topic"] == "encoders/cam0/state" and sensor["device_class"] == "connectivity"
         assert event["state_topic"] == "encoders/cam0/event" and "frozen" in event["event_types"]
         assert sensor["device"] == event["device"]  # one device per camera
+
+        # No record for 1.5 s: the stream is said down, live (its records stopped: a camera stalled).
+        wait_for(lambda: sub.payloads("encoders/cam0/stream_down"), 10, "stream_down")
+        down = json.loads(sub.payloads("encoders/cam0/stream_down")[0])
+        assert down["seq"] == 5 and down["value"] >= 1.5
 
         # The webhook was down all along: now up, the same alerts arrive, in order (retried).
         assert not hook.bodies

@@ -60,3 +60,13 @@ def test_picture_levels_see_dark_white_one_colour_and_a_scene():
         assert picture_levels(uniform)[1] < 3.0
     assert picture_levels(black)[0] < 5 and picture_levels(white)[0] > 250
     assert picture_levels(scene)[1] > 30
+
+
+def test_a_frame_after_a_gap_of_stall_after_seconds_says_the_stream_is_back():
+    from encoders.services.metrics.alerts import stream_back
+
+    rules = AlertRules(stall_after=10.0)
+    assert stream_back(rules, None, 100.0) == {}  # the stream's first frame
+    assert stream_back(rules, 100.0, 105.0) == {}
+    assert stream_back(rules, 100.0, 112.5) == {"stream_back": 12.5}
+    assert stream_back(AlertRules(), 100.0, 1000.0) == {}  # off
