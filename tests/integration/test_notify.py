@@ -164,3 +164,44 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         sub.close()
         hook.close()
         core.close()
+
+
+@pytest.mark.timeout(240)
+def test_the_whole_pipeline_tells_mqtt_of_scene_cuts_and_of_a_camera_that_stops_and_comes_back(
+    service, tiny_model, tmp_path, broker, pg
+):
+    """pisim's scene cuts are scene changes on MQTT; stopping pisim is stream_down (live, from the
+    recorder), restarting it stream_back (the core's, on the first frame after the gap), stored too."""
+    from .pipeline import Pipeline
+
+    url = pg.new_database()
+    pipeline = Pipeline(service, tiny_model, tmp_path, url, env={"ENCODERS_STALL_AFTER": "2"})
+    sub = Subscriber(broker)
+    try:
+        pipeline.start_core()
+        pipeline.start_recorder("--mqtt-url", f"mqtt://127.0.0.1:{broker}")
+        pipeline.start_worker("w0")
+        port = free_port()
+        camera = ["pisim", "--port", str(port), "--fps", "10", "--width", "320", "--height", "240",
+                  "--scene-every", "1"]  # fmt: skip
+        pisim = service(*camera)
+        pipeline.start_ingest(0, f"http://127.0.0.1:{port}/stream.mjpg", "--reconnect-max", "0.5")
+        wait_for(lambda: len(sub.payloads("encoders/cam0/scene_change")) >= 2, 60, "scene changes on MQTT")
+        assert pisim.stop() == 0  # the camera goes away
+        wait_for(lambda: sub.payloads("encoders/cam0/stream_down"), 30, "stream_down on MQTT")
+        assert not sub.payloads("encoders/cam0/stream_back")
+        service(*camera)  # and comes back on the same address
+        wait_for(lambda: sub.payloads("encoders/cam0/stream_back"), 60, "stream_back on MQTT")
+        back = json.loads(sub.payloads("encoders/cam0/stream_back")[0])
+        assert back["value"] >= 2.0
+        done = pipeline.stop()
+        assert done.returncode == 0, done.stderr
+        assert pipeline.run_dir is not None
+        with pg.connect(url) as conn:
+            kinds = {k for (k,) in conn.execute(
+                "SELECT e.kind FROM events e JOIN runs r ON r.id = e.run_id WHERE r.name = %s", (pipeline.run_dir.name,)
+            )}  # fmt: skip
+            scenes = conn.execute("SELECT count(*) FROM scene_changes").fetchone()
+        assert "stream_back" in kinds and scenes is not None and scenes[0] >= 2
+    finally:
+        sub.close()
