@@ -67,7 +67,8 @@ Drift = Annotated[float, Range(0, 2)]  # 1 - a cosine; also what statistics of d
 Level = Annotated[float, Range(0, 255)]  # a picture's brightness or contrast, in 8-bit levels
 # What a record's frame set off (metrics/events.py): kind -> the value measured, e.g.
 # {"frozen": 61.0} (seconds without change) or {"blackout": 2.1} (the picture's contrast).
-EventKind = Annotated[str, MaxLen(64)]
+EVENT_KIND = re.compile(r"[a-z][a-z_]{0,14}(:[A-Za-z0-9_.-]{1,48})?")  # frozen, trigger:door
+EventKind = Annotated[str, Matches(EVENT_KIND, "an event kind (frozen, blackout, trigger:NAME, ...)")]
 Events = Annotated[dict[EventKind, float | None], MaxItems(16)]
 
 

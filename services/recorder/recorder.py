@@ -57,6 +57,8 @@ RESERVED_FOLDERS = {EMBEDDINGS_DIR, SNAPSHOTS_DIR, ".", ".."}
 class RowSink(Protocol):
     def add(self, row: FrameRow) -> None: ...
 
+    def add_event(self, stream: str, seq: int, t: float, kind: str, value: float | None) -> None: ...
+
     def set_model(self, model: str, dim: int) -> None: ...
 
 
@@ -191,6 +193,7 @@ class Recorder:
                 self.down.add(stream)
                 log.warning("stream %s: no record for %.0f s: down", stream, now - heard)
                 self.notify(Notice("stream_down", stream, time.time(), seq, round(now - heard, 3), self.run.name))
+                self.rows.add_event(stream, seq, time.time(), "stream_down", round(now - heard, 3))
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)

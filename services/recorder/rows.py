@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from encoders.shared.messages import MetricsRecord
+from encoders.shared.messages import EVENT_KIND, MetricsRecord
 from encoders.shared.storage.frames import FrameRow
 
 
@@ -118,7 +118,7 @@ def _events(d: dict) -> dict[str, float | None] | None:
         return None
     if not isinstance(events, dict) or len(events) > 16:
         raise ValueError(f"spooled events are not a map of at most 16: {str(events)[:40]}")
-    if not all(isinstance(k, str) and 0 < len(k) <= 64 for k in events):
+    if not all(isinstance(k, str) and EVENT_KIND.fullmatch(k) for k in events):
         raise ValueError(f"spooled events have a kind that is not a short text: {str(events)[:40]}")
     return {k: _finite(events, k, optional=True) for k in events}
 

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,9 @@ class FrameWriter:
         self.commits = 0  # batches written (spool replays included)
         self.fatal: DatabaseRefused | None = None
         self.observe_write: Callable[[int, float], None] = lambda rows, seconds: None  # each batch (metrics)
+        # Events of no frame (a stream that went down): written between batches, kept until they are.
+        self.pending_events: list[tuple] = []
+        self._events_inflight: tuple[Future, list[tuple]] | None = None
 
     @property
     def quarantined(self) -> int:
@@ -129,8 +133,27 @@ class FrameWriter:
         if len(self.pending) >= self.batch_rows and (self._writer_free() or len(self.pending) >= self.max_pending):
             self.flush()
 
+    def add_event(self, stream: str, seq: int, t: float, kind: str, value: float | None) -> None:
+        """An events row of no frame row, written at the next tick the database takes it."""
+        self.pending_events.append((self.run_id, stream, seq, datetime.fromtimestamp(t, UTC), kind, value))
+
+    def _events(self, *, block: bool = False) -> None:
+        """Settle the events being written (back to pending if they failed); send the next ones."""
+        if self._events_inflight is not None and (block or self._events_inflight[0].done()):
+            future, events = self._events_inflight
+            self._events_inflight = None
+            try:
+                future.result()
+            except (DatabaseUnavailable, DatabaseRefused) as exc:
+                self.pending_events[:0] = events  # tried again once the database is back
+                log.warning("could not write %d event(s) yet: %s", len(events), exc)
+        if self.pending_events and self._events_inflight is None and not self.spool.pending and self.fatal is None:
+            events, self.pending_events = self.pending_events, []
+            self._events_inflight = (self._executor.submit(self.db.write_events, events), events)
+
     def tick(self) -> None:
         self._collect(block=False)
+        self._events()
         now = self.clock()
         if (
             self.pending
@@ -195,6 +218,8 @@ class FrameWriter:
         deadline = self.clock() + wait_s
         self.flush(retry_now=True)
         self._collect(block=True)
+        self._events()
+        self._events(block=True)
         while self.spool.pending and self.fatal is None and self.clock() < deadline:
             time.sleep(min(0.5, max(0.0, deadline - self.clock())))
             self.flush(retry_now=True)

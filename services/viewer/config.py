@@ -41,6 +41,12 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
         "Seconds a web client may take to send a request's headers (or the TLS handshake) before it is cut off",
         minimum=0.1,
     )
+    stall_after: float = setting(
+        10.0,
+        "The web page lists a stream 'down' when no record of it came for this many seconds (as ingest's "
+        "ENCODERS_STALL_AFTER; 0 = off)",
+        minimum=0.0,
+    )
     with_window: bool = setting(False, "With --web: open the video window too")
     search_ef_text: int = setting(
         SEARCH_EF_TEXT,

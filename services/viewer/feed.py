@@ -13,12 +13,13 @@ client watches it and only when something it shows has changed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import cv2
 import numpy as np
 
-from encoders.shared.messages import Frame, Message, MetricsRecord
+from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord
 
 from .latest import Latest
 from .scenes import SceneChanges
@@ -37,9 +38,13 @@ def raw_key(stream: str) -> tuple[str, str]:
 
 
 class WebFeed:
-    def __init__(self, board: Latest, scenes: SceneChanges | None = None) -> None:
+    def __init__(self, board: Latest, scenes: SceneChanges | None = None, *, stall_after: float = 0.0) -> None:
         self.board = board
         self.scenes = scenes or SceneChanges()
+        # A stream with no record for stall_after seconds (monotonic) is listed down, once until it is back.
+        self.stall_after = stall_after
+        self._heard: dict[str, tuple[float, int]] = {}  # stream -> (when its last record came, its seq)
+        self._down: set[str] = set()
         self._changed = True  # something the overlay video shows has changed since it was last made
         self._next_state = 0.0
 
@@ -47,9 +52,23 @@ class WebFeed:
         """Every message the main loop drains, as it drains it."""
         if isinstance(msg, Frame):
             self.board.put(raw_key(msg.stream), msg.jpeg)
-        elif isinstance(msg, MetricsRecord) and self.scenes.on_record(msg) is not None:
-            self.board.put(SCENES, self.scenes.recent())
+        elif isinstance(msg, MetricsRecord):
+            self._heard[msg.stream] = (time.monotonic(), msg.seq)
+            self._down.discard(msg.stream)
+            if self.scenes.on_record(msg) is not None:
+                self.board.put(SCENES, self.scenes.recent())
+        elif isinstance(msg, EndOfStream):
+            self._heard.pop(msg.stream, None)  # ended: not down
         self._changed = True
+
+    def _check_down(self, now: float) -> None:
+        if self.stall_after <= 0:
+            return
+        for stream, (heard, seq) in list(self._heard.items()):
+            if stream not in self._down and now - heard >= self.stall_after:
+                self._down.add(stream)
+                self.scenes.on_down(stream, seq, time.time(), now - heard)
+                self.board.put(SCENES, self.scenes.recent())
 
     def wants_video(self) -> bool:
         """Whether the overlay video should be rendered now: someone watches, and it would differ."""
@@ -72,6 +91,7 @@ class WebFeed:
     ) -> bool:
         """A new snapshot, at most every STATE_EVERY_S seconds (or now, with ``force``); ``waiting``:
         whom the viewer waits for before it can subscribe, for the page to say."""
+        self._check_down(time.monotonic())
         if not force and now < self._next_state:
             return False
         self._next_state = now + STATE_EVERY_S

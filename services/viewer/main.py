@@ -143,4 +143,4 @@ def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
     log.info(
         "web search %s", f"on, over {search.model} embeddings in the database" if search else "off (no --database-url)"
     )
-    return WebFeed(board), server
+    return WebFeed(board, stall_after=cfg.stall_after), server

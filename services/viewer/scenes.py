@@ -59,5 +59,12 @@ class SceneChanges:
         self._scenes.appendleft(scene)
         return scene
 
+    def on_down(self, stream: str, last_seq: int, now: float, silent_s: float) -> SceneChange:
+        """A stream that has sent no record for a while: listed as stream_down, without a picture."""
+        self.counters["alerts"] += 1
+        down = SceneChange(stream, last_seq, now, None, None, ("stream_down",))
+        self._scenes.appendleft(down)
+        return down
+
     def recent(self) -> tuple[SceneChange, ...]:
         return tuple(self._scenes)

@@ -129,6 +129,10 @@ class Database:
         """A stream's rows in seq order, a batch at a time, handed to ``take``; how many."""
         return self.run(lambda conn: frames.each_stored_row(conn, run_id, stream, take))
 
+    def write_events(self, events: list[tuple]) -> None:
+        """Rows of the events table that belong to no frame row (a stream that went down)."""
+        self.run(lambda conn: conn.cursor().executemany(frames.INSERT_EVENT, events))
+
     def write_rows(self, rows: list[frames.FrameRow]) -> Counter:
         """Copy rows in one transaction; returns the rows actually inserted, per stream."""
         if self.dim is None:

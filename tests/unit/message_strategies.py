@@ -49,10 +49,10 @@ def values(hint: Any) -> st.SearchStrategy[Any]:
     if origin is dict:
         key, value = typing.get_args(base)
         limit = marks[MaxItems].n if MaxItems in marks else 20
-        # Mostly small maps; now and then a full one (its keys simple, so that they are quick to make).
-        full = st.lists(values(value), min_size=limit, max_size=limit).map(
-            lambda items: {f"c{i}": v for i, v in enumerate(items)}
-        )
+        # Mostly small maps; now and then a full one (its keys as the key's annotation allows).
+        full = st.lists(
+            st.tuples(values(key), values(value)), min_size=limit, max_size=limit, unique_by=lambda kv: kv[0]
+        ).map(dict)
         return st.dictionaries(values(key), values(value), max_size=min(limit, 10)) | full
     if origin is typing.Literal:
         return st.sampled_from(typing.get_args(base))

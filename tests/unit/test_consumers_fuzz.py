@@ -132,6 +132,9 @@ class Rows(list):
     def set_model(self, model, dim):
         pass
 
+    def add_event(self, stream, seq, t, kind, value):
+        pass
+
 
 def small_jpeg(seed: int) -> bytes:
     out = io.BytesIO()

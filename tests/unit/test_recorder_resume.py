@@ -31,12 +31,16 @@ class Rows:
 
     def __init__(self):
         self.rows, self.model = [], None
+        self.events: list[tuple] = []
 
     def add(self, row):
         self.rows.append(row)
 
     def set_model(self, model, dim):
         self.model = (model, dim)
+
+    def add_event(self, stream, seq, t, kind, value):
+        self.events.append((stream, seq, kind, value))
 
     def keep(self, **last_seq):
         """What the database holds: each stream's rows up to a seq."""

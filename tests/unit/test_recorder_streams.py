@@ -22,12 +22,16 @@ class Rows:
 
     def __init__(self):
         self.rows, self.model = [], None
+        self.events: list[tuple] = []
 
     def add(self, row):
         self.rows.append(row)
 
     def set_model(self, model, dim):
         self.model = (model, dim)
+
+    def add_event(self, stream, seq, t, kind, value):
+        self.events.append((stream, seq, kind, value))
 
 
 def vec(seed, dim=8):
@@ -248,3 +252,26 @@ def test_snapshots_missed_are_counted(tmp_path):
         rec.on_message(record("cam0", seq, float(seq)))
     finish(rec)
     assert rec.counters["snapshots_missed"] == 3
+
+
+def test_a_stream_without_records_for_stall_after_is_told_down_once_and_stored(tmp_path):
+    """Issue #15: stream_down, told live (MQTT, webhook) and kept in the events table."""
+    import time
+
+    rec, rows = make(tmp_path, stall_after=5.0)
+    told: list = []
+    rec.notify = told.append
+    rec.on_message(record("cam0", 0, 100.0))
+    rec.on_message(record("cam1", 0, 100.0))
+    rec.on_message(EndOfStream("cam1", 0, {"published": 1, "embedded": 1}))
+    now = time.monotonic()
+    rec.check_streams(now + 1)
+    assert rows.events == []
+    rec.check_streams(now + 6)
+    rec.check_streams(now + 7)  # once
+    assert [(n.kind, n.stream, n.seq) for n in told if n.kind == "stream_down"] == [("stream_down", "cam0", 0)]
+    assert [(s, q, k) for s, q, k, _ in rows.events] == [("cam0", 0, "stream_down")]  # cam1 ended: not down
+    rec.on_message(record("cam0", 1, 120.0))  # back: it may go down again
+    rec.check_streams(time.monotonic() + 6)
+    assert len(rows.events) == 2
+    finish(rec)

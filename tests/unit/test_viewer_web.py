@@ -23,7 +23,7 @@ from encoders.services.viewer.state import ViewerState
 from encoders.services.viewer.web.clients import Clients
 from encoders.services.viewer.web.formats import MJPEG_START, json_dumps, mjpeg_part, sse_event
 from encoders.services.viewer.web.thumbnails import Thumbnails, make_thumbnail
-from encoders.shared.messages import Frame, FrameCounts, MetricsRecord, Stats
+from encoders.shared.messages import EndOfStream, Frame, FrameCounts, MetricsRecord, Stats
 from encoders.shared.settings import SettingsError
 
 
@@ -395,3 +395,26 @@ def test_search_thumbnails_have_opaque_ids_and_only_the_newest_are_kept(tmp_path
     assert thumb_c is not None and thumb_c.make() is None  # no such file
     assert thumbnails.get(id_a) is thumb_a
     assert thumbnails.add(b) not in (id_a, id_b, id_c)  # back again: a new id
+
+
+def test_a_stream_without_records_for_stall_after_is_listed_down_once_until_it_is_back():
+    """Issue #15: the page lists a stream down (the recorder tells MQTT, the core marks its return)."""
+    board = Latest()
+    feed = WebFeed(board, stall_after=0.2)
+    state = ViewerState()
+    feed.on_message(record(4))
+    feed.put_state(state, now=1.0, counters={}, force=True)
+    assert not board.get(SCENES)[1]  # heard from just now
+    time.sleep(0.3)
+    feed.put_state(state, now=2.0, counters={}, force=True)
+    feed.put_state(state, now=3.0, counters={}, force=True)
+    (down,) = board.get(SCENES)[1]
+    assert (down.stream, down.seq, down.kinds, down.thumbnail) == ("cam0", 4, ("stream_down",), None)
+    feed.on_message(record(5))  # back: it may be listed down again later
+    time.sleep(0.3)
+    feed.put_state(state, now=4.0, counters={}, force=True)
+    assert [s.kinds for s in board.get(SCENES)[1]] == [("stream_down",), ("stream_down",)]
+    feed.on_message(EndOfStream("cam0", 5, {}))  # ended: not down
+    time.sleep(0.3)
+    feed.put_state(state, now=5.0, counters={}, force=True)
+    assert len(board.get(SCENES)[1]) == 2
