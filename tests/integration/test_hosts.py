@@ -183,8 +183,12 @@ def test_eight_cameras_on_two_saturated_workers_stay_real_time_and_fair(pipeline
     totals = stop_and_check(pipeline, ingests)
     # Saturated: the workers could not take every frame, so the core dropped the older ones.
     assert sum(t[2] for t in totals.values()) > 0, totals
-    latency = np.array([r.t_encoded - r.t_capture for r in records])
-    assert np.percentile(latency, 99) < 2.0, f"p99 capture-to-embedding {np.percentile(latency, 99):.2f} s"
+    # Real time: latency bounded (a few batches of the heavy model on a busy 2-core machine), and
+    # not growing: no queue builds up however long the overload lasts.
+    latency = np.array([r.t_encoded - r.t_capture for r in sorted(records, key=lambda r: r.t_capture)])
+    assert np.percentile(latency, 99) < 3.0, f"p99 capture-to-embedding {np.percentile(latency, 99):.2f} s"
+    thirds = np.array_split(latency, 3)
+    assert np.median(thirds[2]) < np.median(thirds[0]) + 0.5, [round(float(np.median(t)), 2) for t in thirds]
     share = np.array([sum(r.stream == s for r in records) for s in ingests])
     assert (abs(share - share.mean()) <= 0.2 * share.mean()).all(), f"unfair shares: {share.tolist()}"
 
