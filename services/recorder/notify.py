@@ -13,23 +13,26 @@ MQTT (paho-mqtt), under ``ENCODERS_MQTT_PREFIX`` (``encoders``):
     encoders/status                  online / offline (retained; offline is the will)
     encoders/<stream>/state          online / offline (retained): the stream started, ended
     encoders/<stream>/<kind>         each event, JSON: stream, kind, time, seq, value, run
+    encoders/<stream>/<kind>/thumbnail   its frame's small JPEG (raw bytes), just before it
     encoders/<stream>/event          the same with "event_type": what Home Assistant's event entity reads
 
 and Home Assistant's MQTT discovery (retained, under ``homeassistant/``): per camera a
 connectivity binary_sensor on its state topic and an event entity on its event topic, one
 device per camera, so that Home Assistant shows each camera's sensors by itself.
 
-Webhooks: each notice an HTTP POST of the same JSON to ``ENCODERS_WEBHOOK_URL``.
+Webhooks: each notice an HTTP POST of the same JSON to ``ENCODERS_WEBHOOK_URL``, with the
+frame's JPEG as ``thumbnail_jpeg_base64`` when it has one.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -55,13 +58,16 @@ class Notice:
     seq: int | None = None
     value: float | None = None  # the event's measure: drift, seconds frozen, contrast
     run: str = ""
+    thumbnail: bytes | None = field(default=None, repr=False)  # the frame's small JPEG, when it has one
 
     @property
     def is_state(self) -> bool:
         return self.kind in ("online", "offline")
 
     def payload(self) -> dict[str, Any]:
+        """The JSON of MQTT's event topics (the thumbnail goes on a topic of its own there)."""
         out = asdict(self)
+        del out["thumbnail"]
         out["time"] = datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds")
         return out
 
@@ -138,7 +144,10 @@ class Webhook:
         self.client = httpx.Client(timeout=timeout_s)
 
     def send(self, notice: Notice) -> None:
-        self.client.post(self.url, json=notice.payload()).raise_for_status()
+        body = notice.payload()
+        if notice.thumbnail:
+            body["thumbnail_jpeg_base64"] = base64.b64encode(notice.thumbnail).decode()
+        self.client.post(self.url, json=body).raise_for_status()
 
     def close(self) -> None:
         self.client.close()
@@ -189,6 +198,8 @@ class Mqtt:
             self._publish(f"{base}/state", notice.kind, retain=True)
             return
         body = notice.payload()
+        if notice.thumbnail:  # first: whoever reacts to the event finds its picture there already
+            self._publish(f"{base}/{notice.kind}/thumbnail", notice.thumbnail)
         self._publish(f"{base}/{notice.kind}", json.dumps(body))
         self._publish(f"{base}/event", json.dumps({"event_type": notice.kind.split(":")[0], **body}))
 
@@ -217,7 +228,7 @@ class Mqtt:
         self._publish(f"{self.discovery}/event/{uid}/config", json.dumps(alert), retain=True)
         self.announced.add(stream)
 
-    def _publish(self, topic: str, payload: str, *, retain: bool = False) -> None:
+    def _publish(self, topic: str, payload: str | bytes, *, retain: bool = False) -> None:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(5.0)
         if not info.is_published():

@@ -159,7 +159,8 @@ class Recorder:
         if rec.scene_change:
             self.counters["scene_changes"] += 1
         thumbnail = None
-        if wanted(self.settings.thumbnails, keyframe):
+        # A frame that set off an alert keeps its picture, keyframe or not: the alert shows it.
+        if wanted(self.settings.thumbnails, keyframe) or (rec.events and self.settings.thumbnails != "none"):
             if rec.thumbnail:
                 thumbnail = rec.thumbnail
                 self.counters["thumbnails"] += 1
@@ -181,7 +182,7 @@ class Recorder:
         self.down.discard(rec.stream)
         alerts = {"scene_change": rec.drift} if rec.scene_change else {}
         for kind, value in {**alerts, **rec.events}.items():
-            self.notify(Notice(kind, rec.stream, rec.t_capture, rec.seq, value, self.run.name))
+            self.notify(Notice(kind, rec.stream, rec.t_capture, rec.seq, value, self.run.name, rec.thumbnail or None))
 
     def check_streams(self, now: float) -> None:
         """Tell each stream that has sent no record for stall_after seconds, and has not ended, down (once)."""

@@ -5,6 +5,7 @@ that was down when the alert happened, once it is up; the database has every ale
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import shutil
@@ -20,6 +21,8 @@ from encoders.shared.messages import EndOfStream, StreamStart
 from ..conftest import free_port, wait_for
 from .fake_core import FakeCore
 from .recorder_helpers import Postgres, RecorderProcess, make_record, pg_home
+
+PICTURE = b"\xff\xd8" + bytes(300) + b"\xff\xd9"  # the frame's thumbnail, as a worker makes one
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +91,19 @@ class Subscriber:
 
     def __init__(self, port: int) -> None:
         self.seen: list[tuple[str, str, bool]] = []
+        self.bytes: list[tuple[str, bytes]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = lambda c, u, m: self.seen.append((m.topic, m.payload.decode(), bool(m.retain)))
+        self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe([("encoders/#", 1), ("homeassistant/#", 1)])
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+
+    def _on_message(self, client, userdata, m) -> None:
+        self.bytes.append((m.topic, m.payload))
+        self.seen.append((m.topic, m.payload.decode(errors="replace"), bool(m.retain)))
+
+    def raw(self, topic: str) -> list[bytes]:
+        return [p for t, p in self.bytes if t == topic]
 
     def payloads(self, topic: str) -> list[str]:
         return [p for t, p, _ in self.seen if t == topic]
@@ -115,7 +126,7 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         core.wait_subscribed()
         core.resend(StreamStart("cam0", 0, "http://camera"))
         records = [make_record("cam0", seq) for seq in range(6)]
-        records[3] = dataclasses.replace(records[3], events={"frozen": 12.5})
+        records[3] = dataclasses.replace(records[3], events={"frozen": 12.5}, thumbnail=PICTURE)
         records[4] = dataclasses.replace(records[4], scene_change=True)
         for r in records:
             core.record(r)
@@ -126,6 +137,7 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         frozen = json.loads(sub.payloads("encoders/cam0/frozen")[0])
         assert (frozen["seq"], frozen["value"], frozen["stream"]) == (3, 12.5, "cam0") and frozen["run"]
         assert [json.loads(p)["event_type"] for p in sub.payloads("encoders/cam0/event")] == ["frozen", "scene_change"]
+        assert sub.raw("encoders/cam0/frozen/thumbnail") == [PICTURE]  # the frame's picture, as the worker made it
         assert sub.payloads("encoders/cam0/state") == ["online"] and sub.payloads("encoders/status") == ["online"]
         # What Home Assistant (or anyone) connecting later finds: the retained discovery and state.
         late = Subscriber(broker)
@@ -149,6 +161,8 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         hook.start()
         wait_for(lambda: {"frozen", "scene_change"} <= {b["kind"] for b in hook.bodies}, 40, "the webhook's POSTs")
         kinds = [b["kind"] for b in hook.bodies]
+        sent = next(b for b in hook.bodies if b["kind"] == "frozen")
+        assert base64.b64decode(sent["thumbnail_jpeg_base64"]) == PICTURE
         assert kinds.index("online") < kinds.index("frozen") < kinds.index("scene_change")
 
         core.end(EndOfStream("cam0", 5, {"published": 6, "embedded": 6, "dropped": 0, "skipped": 0, "lost": 0}))

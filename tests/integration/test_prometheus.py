@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..conftest import Service, wait_for
+from ..conftest import Service, free_port, wait_for
 from .pipeline import Pipeline, collect, subscribe
 
 FRAMES = 40
@@ -55,8 +55,11 @@ def test_every_service_serves_metrics_that_agree_with_the_runs_summary(
     recorder = pipeline.start_recorder()
     records = subscribe(sockets, pipeline.metrics_pub)
     worker = pipeline.start_worker("w0")
+    viewer = service("view", "--core", pipeline.core, "--web", f"127.0.0.1:{free_port()}", env={"DISPLAY": ""})
+    wait_for(lambda: "Prometheus metrics on" in viewer.output(), 30, "the viewer")
     ingest = pipeline.start_ingest(0, pipeline.start_camera(0, fps=15), "--max-frames", str(FRAMES), "--lossless")
-    urls = {name: metrics_url(s) for name, s in {"core": core, "recorder": recorder, "worker": worker}.items()}
+    services = {"core": core, "recorder": recorder, "worker": worker, "viewer": viewer}
+    urls = {name: metrics_url(s) for name, s in services.items()}
     ingest_url = metrics_url(ingest)  # scraped while it reads the camera (it exits at --max-frames)
     wait_for(lambda: scrape(ingest_url)['encoders_frames_read_total{stream="cam0"}'] >= 1, 20, "frames read")
     seen_ingest = scrape(ingest_url)
@@ -67,7 +70,10 @@ def test_every_service_serves_metrics_that_agree_with_the_runs_summary(
         30,
         "the recorder to write every row",
     )
+    viewer_records = "encoders_viewer_metrics_received_total"
+    wait_for(lambda: scrape(urls["viewer"]).get(viewer_records, 0) >= 1, 20, "the viewer's records")
     seen = {name: scrape(url) for name, url in urls.items()}
+    assert seen["viewer"]["encoders_viewer_frames_received_total"] >= 1 and "encoders_web_clients" in seen["viewer"]
     done = pipeline.stop()
     assert done.returncode == 0, done.stderr
     assert pipeline.run_dir is not None
