@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 
 # The property-based tests of the wire format and of every consumer, 100 times longer.
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -ra tests/unit/test_messages_fuzz.py tests/unit/test_consumers_fuzz.py tests/unit/test_input_fuzz.py tests/integration/test_viewer_web_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -ra --timeout 0 tests/unit/test_messages_fuzz.py tests/unit/test_consumers_fuzz.py tests/unit/test_input_fuzz.py tests/integration/test_viewer_web_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
