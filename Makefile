@@ -34,7 +34,7 @@ lint: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m 'not slow' tests/unit
 
-# The property-based tests of the wire format and of every consumer, 100 times longer.
+# The property-based tests (the wire format, every consumer, what comes from cameras, disks and browsers), 100 times longer.
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -ra --timeout 0 tests/unit/test_messages_fuzz.py tests/unit/test_consumers_fuzz.py tests/unit/test_input_fuzz.py tests/integration/test_viewer_web_fuzz.py
 
