@@ -8,6 +8,7 @@ ENCODERS_INSECURE (shared/keys.py); compose binds every interface, with keys.
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 FRAMES_PORT = 5555  # core PUB: every frame as the core numbered it (viewers; the recorder's snapshots)
@@ -46,3 +47,14 @@ def as_seen_from(bound: str, core: str) -> str:
         else:
             host = "127.0.0.1"
     return f"tcp://{host}:{port}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host is this machine only: localhost or a loopback address. Anything else ('*',
+    0.0.0.0, an interface, a host name that may resolve to anything) reaches beyond it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -25,7 +25,6 @@ says that the network is trusted, which it says again at every start.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .endpoints import is_loopback_host
 from .runtime import StartupError
 from .settings import split_addrs
 
@@ -137,13 +137,7 @@ def is_loopback(endpoint: str) -> bool:
     scheme, _, rest = endpoint.partition("://")
     if scheme in ("ipc", "inproc"):
         return True
-    host = urlsplit(f"//{rest}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # '*', an interface name, a host name: beyond this machine
-        return False
+    return is_loopback_host(urlsplit(f"//{rest}").hostname or "")
 
 
 def on_network(endpoint: str) -> bool:

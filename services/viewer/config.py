@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
+from encoders.shared.endpoints import is_loopback_host
 from encoders.shared.settings import CoreConnection, ModelSettings, SettingsError, setting
 from encoders.shared.storage.config import EF_SEARCH_MAX, SEARCH_EF_TEXT, DatabaseConfig
 
@@ -62,7 +62,7 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
         if not self.web:
             return
         host, _ = self.web_address()
-        if not self.web_token and not is_loopback(host):
+        if not self.web_token and not is_loopback_host(host):
             raise SettingsError(
                 f"--web {self.web} listens beyond this machine: set a token too (--web-token or ENCODERS_WEB_TOKEN), "
                 "which every browser then needs (?token=...)"
@@ -82,12 +82,3 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
         if not port.isdigit() or not 0 <= int(port) <= 65535 or (":" in host and not self.web.startswith("[")):
             raise SettingsError(f"--web / ENCODERS_WEB must be HOST:PORT, PORT or [IPv6]:PORT, got {self.web!r}")
         return host or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost may resolve to anything
-        return False

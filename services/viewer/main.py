@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from encoders.services.viewer.config import ViewerConfig, is_loopback
+from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.endpoints import is_loopback_host
 from encoders.shared.exporter import Exporter, Families
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.settings import SettingsError
@@ -135,7 +136,7 @@ def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
         h, p = address[:2]
         url = f"{'https' if tls else 'http'}://{f'[{h}]' if ':' in h else h}:{p}/"
         log.info("web viewer on %s%s", url, "?token=... (the token you set)" if cfg.web_token else "")
-    if not tls and not is_loopback(host):
+    if not tls and not is_loopback_host(host):
         log.warning(
             "the web viewer is plain HTTP beyond this machine: its token and pictures travel in clear. "
             "For anything but a trusted LAN set ENCODERS_WEB_CERT and ENCODERS_WEB_KEY (https)"

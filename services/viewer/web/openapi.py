@@ -54,6 +54,8 @@ _NULLABLE_TEXT = {"type": ["string", "null"]}
 
 HIT = {
     "type": "object",
+    # Hit.JSON_FIELDS, written out: importing storage here would make the web viewer need psycopg
+    # without a database (the browser test checks the two are the same).
     "required": [
         "rank",
         "run_id",

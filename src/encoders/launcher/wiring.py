@@ -26,8 +26,8 @@ from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
 from encoders.services.recorder.config import RecorderConfig
-from encoders.services.viewer.config import ViewerConfig, is_loopback
-from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT
+from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, is_loopback_host
 
 from .config import RunConfig
 
@@ -70,7 +70,7 @@ class Endpoints:
 
     @classmethod
     def for_run(cls, folder: Path, cfg: RunConfig) -> Endpoints:
-        return cls(folder, None if is_loopback(cfg.bind_host) else cfg.bind_host)
+        return cls(folder, None if is_loopback_host(cfg.bind_host) else cfg.bind_host)
 
 
 @dataclass(frozen=True)
