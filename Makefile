@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DURATION ?= 30
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint test-fast fuzz bench up down venv clean
+.PHONY: demo test lint test-fast fuzz bench up down logs compose-command venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +41,36 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-up:
-	docker compose up --build
+# The pipeline in Docker (docker-compose.yml): built, started in the background, healthy.
+# Compose v2 (`docker compose`) where it is installed, else v1 (`docker-compose`).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# The encoder on the GPU when this machine has an NVIDIA one (GPU=0 or GPU=1 to choose).
+GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
+COMPOSE_FILES ?= -f docker-compose.yml $(if $(filter 1,$(GPU)),-f docker-compose.gpu.yml)
+export COMPOSE_PROJECT_NAME ?= encoders
+UP_WAIT ?= 900
 
-down:
-	docker compose down
+# The web viewer's token, made once, kept in .env (compose reads it from there).
+.env:
+	umask 077 && printf 'ENCODERS_WEB_TOKEN=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')" > .env
+
+up: .env
+	$(COMPOSE) $(COMPOSE_FILES) up --build --detach
+	@$(PYTHON) docker/wait_healthy.py --timeout $(UP_WAIT) -- $(COMPOSE) $(COMPOSE_FILES)
+	@. ./.env && echo "web viewer: http://localhost:$${ENCODERS_WEB_PORT:-8080}/?token=$$ENCODERS_WEB_TOKEN"
+	@echo "logs: make logs; stop: make down"
+
+# The compose command `make up` runs (for scripts and tests that ask compose more).
+compose-command:
+	@echo $(COMPOSE) $(COMPOSE_FILES)
+
+logs: .env
+	$(COMPOSE) $(COMPOSE_FILES) logs --follow --tail 20
+
+# Stops every service; the recorder first writes what it holds and closes its run
+# (summary.json). The volumes (database, runs, keys) stay; `$(COMPOSE) down -v` removes them.
+down: .env
+	$(COMPOSE) $(COMPOSE_FILES) down
 
 clean:
 	rm -rf $(VENV) build *.egg-info

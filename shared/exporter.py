@@ -14,17 +14,26 @@ A port in use turns the metrics off with a warning: a camera is not stopped for 
 
 Every name starts with ``encoders_``; README.md lists them, and docs/grafana-dashboard.json
 uses exactly these.
+
+The same server answers ``/healthz`` (``encoders health SERVICE`` asks it; compose's health
+checks use that): 200 once the service has started (the exporter starts after a service's
+set-up: the core's sockets bound, the model loaded, the database reached), 503 with the
+problem when the service's own check names one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from .settings import Exported
@@ -82,6 +91,21 @@ class Exporter:
         self.port: int | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._check: Callable[[], str | None] = lambda: None
+
+    def health(self, check: Callable[[], str | None]) -> None:
+        """``check()`` runs at each /healthz: None when healthy, else the problem, in words."""
+        self._check = check
+
+    def healthz(self) -> tuple[int, dict[str, str]]:
+        """The HTTP status and body of /healthz."""
+        try:
+            problem = self._check()
+        except Exception as exc:  # a check that fails is a problem to report, not a crash of the server
+            problem = f"health check failed: {exc}"
+        if problem:
+            return 503, {"service": self.service, "status": "unhealthy", "problem": problem}
+        return 200, {"service": self.service, "status": "ok"}
 
     def collect(self, build: Callable[[Families], None]) -> None:
         """``build(families)`` runs at every scrape and adds the service's counts."""
@@ -97,7 +121,7 @@ class Exporter:
         if port is None:
             return None
         try:
-            self._server, self._thread = start_http_server(port, addr=cfg.prometheus_host, registry=self.registry)
+            self._server = _listen(cfg.prometheus_host, port, self._app())
         except OSError as exc:
             log.warning(
                 "Prometheus metrics off: cannot listen on %s:%d (%s); choose another with ENCODERS_PROMETHEUS_PORT",
@@ -106,15 +130,45 @@ class Exporter:
                 exc.strerror or exc,
             )
             return None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="exporter", daemon=True)
+        self._thread.start()
         self.port = self._server.server_port
-        log.info("Prometheus metrics on http://%s:%d/metrics", cfg.prometheus_host, self.port)
+        log.info("Prometheus metrics on http://%s:%d/metrics (health: /healthz)", cfg.prometheus_host, self.port)
         return self.port
+
+    def _app(self) -> Callable:
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") == "/healthz":
+                status, body = self.healthz()
+                reason = "OK" if status == 200 else "Service Unavailable"
+                start_response(f"{status} {reason}", [("Content-Type", "application/json")])
+                return [json.dumps(body).encode()]
+            return metrics(environ, start_response)
+
+        return app
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and health checks every few seconds are not news for the service's log."""
+
+
+def _listen(host: str, port: int, app: Callable) -> ThreadingWSGIServer:
+    """A threaded HTTP server for ``app`` on ``host`` (IPv4 or IPv6, as the host is written)."""
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return make_server(host, port, app, Server, handler_class=_Quiet)
 
 
 # Latency buckets from a fast GPU's tens of milliseconds to a saturated CPU's seconds.

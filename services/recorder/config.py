@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from encoders.shared.settings import CoreConnection, setting
 from encoders.shared.storage.config import DatabaseConfig
 
-from .retention import Policy
+from .policy import Policy
 
 # The database writer: rows that gather while a batch is being written go out with the next
 # one, up to this many --db-batch's worth; then the receive loop waits.

@@ -26,15 +26,20 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.runs import RunRow, open_runs
 
+from .policy import Policy
 from .run import folder_of
 from .runlock import RunLock
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["Policy", "Pruner", "describe", "low_disk", "plan", "prune"]
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +74,6 @@ class Action:
     def describe(self) -> str:
         what = "delete run" if self.kind == "delete" else "drop the non-keyframe thumbnails of run"
         return f"{what} {self.run.name} ({self.frees / 1e6:.1f} MB): {self.why}"
-
-
-@dataclass(frozen=True)
-class Policy:
-    days: float = 0.0  # 0: no limit
-    gb: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.days > 0 or self.gb > 0
 
 
 def plan(runs: list[StoredRun], policy: Policy, now: datetime) -> list[Action]:

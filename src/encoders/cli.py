@@ -21,10 +21,11 @@ from encoders.services.search.config import SearchConfig
 from encoders.services.search.triggers import TriggerConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.endpoints import CORE_PORT, this_machine
-from encoders.shared.settings import click_options, from_click, unknown_variables
+from encoders.shared.settings import PORTS, Exported, click_options, from_click, unknown_variables
 from encoders.shared.storage.config import DatabaseConfig, ServeConfig
 from encoders.variables import KNOWN_VARIABLES
 
+HEALTH_SERVICES = (*PORTS, "pisim")  # shared/health.py
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -183,6 +184,30 @@ def keys_init(folder: str, if_missing: bool) -> None:
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{len(made)} files in {folder}; set ENCODERS_KEYS={folder} for every service")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("service", type=click.Choice(HEALTH_SERVICES))
+@click.option("--timeout", type=click.FloatRange(0.1), default=3.0, show_default=True, help="Seconds to wait")
+@click_options(Exported)
+@click.option("--host", "stream_host", default="127.0.0.1", envvar="ENCODERS_HOST", help="pisim's interface")
+@click.option("--port", "stream_port", type=int, default=8000, envvar="ENCODERS_PORT", help="pisim's port")
+def health(service: str, timeout: float, stream_host: str, stream_port: int, **kwargs) -> None:
+    """Ask SERVICE, running on this machine, whether it is healthy: exit status 0 if so, 1 if not.
+
+    It reads the same ENCODERS_* variables as the service, so in the service's container (compose's
+    health checks) it finds the service's port by itself: /healthz beside the Prometheus metrics
+    (metrics 9556, recorder 9557, viewer 9558, ingest 9560, encoder 9580), pisim's /health.
+    """
+    from encoders.shared import health as check
+
+    try:
+        url = check.health_url(service, from_click(Exported, kwargs), stream_host=stream_host, stream_port=stream_port)
+    except check.NoHealthPort as exc:
+        raise click.ClickException(str(exc)) from None
+    healthy, said = check.ask(url, timeout)
+    click.echo(f"{service}: {'healthy' if healthy else 'unhealthy'}: {said}", err=not healthy)
+    sys.exit(0 if healthy else 1)
 
 
 @cli.command(context_settings=CONTEXT)

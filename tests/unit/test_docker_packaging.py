@@ -1,15 +1,15 @@
-"""docker-compose.yml and the Dockerfiles agree with the code they package.
+"""docker-compose.yml and services/Dockerfile agree with the code they package.
 
-No Docker engine runs in CI, so these read the files: every ENCODERS_* variable set in
-compose is a setting of that service, every address a service connects to is one another
-service binds, every image runs an existing command and installs extras that exist, and
-only the encoder image carries torch.
+These read the files (tests/integration/test_compose.py builds and runs them in a real
+Docker engine): every ENCODERS_* variable set in compose is a setting of that service, every
+address a service connects to is one another service binds, every image runs an existing
+command and installs extras that exist, only the images that need torch carry it, and every
+service has a health check that asks it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import tomllib
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encoders.cli import cli
+from encoders.cli import HEALTH_SERVICES, cli
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
@@ -34,8 +34,11 @@ SERVICES = {  # compose service -> (settings class, CLI command)
     "metrics": (MetricsConfig, "metrics"),
     "recorder": (RecorderConfig, "record"),
     "viewer": (ViewerConfig, "view"),
+    "web": (ViewerConfig, "view"),
     "pisim": (PisimConfig, "pisim"),
 }
+HEALTH = {"web": "viewer"}  # the service `encoders health` asks, where its name is not the compose service's
+WITH_TORCH = {"encoder", "viewer", "web"}  # the encoder, and the viewer's search by text
 # Read by shared/runtime.py, not settings fields.
 COMMON_VARS = RUNTIME_VARIABLES
 
@@ -57,8 +60,13 @@ def env_of(service: dict) -> dict[str, str]:
     return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
 
 
-def dockerfile(service: str) -> str:
-    return (ROOT / "services" / service / "Dockerfile").read_text()
+def dockerfile() -> str:
+    return (ROOT / "services" / "Dockerfile").read_text()
+
+
+def build_args(service: dict) -> dict[str, str]:
+    args = service["build"].get("args") or {}
+    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in args.items()}
 
 
 def extras() -> dict[str, list[str]]:
@@ -79,29 +87,48 @@ def requirements(extra_names: list[str]) -> set[str]:
     return out
 
 
-def image_extras(service: str) -> list[str]:
-    match = re.search(r"^ARG EXTRAS=(\S+)$", dockerfile(service), re.M)
-    assert match, f"services/{service}/Dockerfile has no ARG EXTRAS=..."
-    return match.group(1).split(",")
-
-
-def test_every_service_has_its_image(compose):
+def test_every_service_is_built_from_the_one_skeleton_and_runs_its_command(compose):
+    text = dockerfile()
+    assert re.search(r"^ARG BASE_IMAGE=python:3.11-slim-bookworm$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    # Builds with the classic builder too (Compose v1; no registry for a frontend image).
+    assert not re.search(r"^# syntax=|^RUN --mount", text, re.M)
+    assert "python3 -m venv /opt/venv" in text and "PATH=/opt/venv/bin:$PATH" in text
     for name, (_, command) in SERVICES.items():
-        assert compose["services"][name]["build"]["dockerfile"] == f"services/{name}/Dockerfile"
-        text = dockerfile(name)
-        assert re.search(r"^FROM python:3.11-slim", text, re.M)
-        cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
-        assert cmd and json.loads(cmd.group(1)) == ["encoders", command]
+        service = compose["services"][name]
+        assert service["build"]["dockerfile"] == "services/Dockerfile", name
+        assert service["command"] == ["encoders", command], name
         assert command in cli.commands
+        assert build_args(service)["BASE_IMAGE"] == "python:3.11-slim-bookworm", name
+    assert compose["services"]["postgres"]["image"] == "${POSTGRES_IMAGE:-pgvector/pgvector:pg16}"
 
 
-def test_images_install_only_their_extra_and_only_the_encoder_has_torch():
+def test_images_install_only_their_extras_and_only_those_that_need_torch_carry_it(compose):
+    assert 'pip install ".[${EXTRAS}]"' in dockerfile()
+    assert 'if [ -n "$TORCH" ]; then pip install $TORCH' in dockerfile()
     for name in SERVICES:
-        wanted = image_extras(name)
+        args = build_args(compose["services"][name])
+        wanted = args["EXTRAS"].split(",")
         assert set(wanted) <= set(extras()), f"{name}: unknown extra in {wanted}"
-        assert 'pip install ".[${EXTRAS}]"' in dockerfile(name)
-        has_torch = "torch" in requirements(wanted) or re.search(r"pip install torch\b", dockerfile(name))
-        assert bool(has_torch) == (name == "encoder"), name
+        assert ("torch" in requirements(wanted)) == (name in WITH_TORCH), name
+        assert bool(args.get("TORCH")) == (name in WITH_TORCH), name
+    images: dict[str, dict] = {}  # one tag, one build: services that share an image build it the same way
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert images.setdefault(service["image"], service["build"]) == service["build"], name
+
+
+def test_every_service_has_a_health_check_that_asks_it_and_waits_for_what_it_joins(compose):
+    services = compose["services"]
+    for name in SERVICES:
+        check = services[name]["healthcheck"]["test"]
+        assert check == ["CMD", "encoders", "health", HEALTH.get(name, name)], name
+        assert HEALTH.get(name, name) in HEALTH_SERVICES
+        joins = services[name].get("depends_on", {})
+        if name not in ("metrics", "pisim"):
+            assert joins["metrics"]["condition"] == "service_healthy", name
+    for name in ("recorder", "web"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
 
 
 def test_compose_sets_only_real_settings(compose):
@@ -118,7 +145,7 @@ def test_every_service_joins_the_core_at_one_address(compose):
     core = env_of(services["metrics"])
     assert core["ENCODERS_CORE_BIND"] == "tcp://*:5556"
     assert core["ENCODERS_FRAMES_BIND"] == "tcp://*:5555" and core["ENCODERS_METRICS_BIND"] == "tcp://*:5558"
-    for name in ("ingest", "encoder", "recorder", "viewer"):
+    for name in ("ingest", "encoder", "recorder", "viewer", "web"):
         env = env_of(services[name])
         assert env["ENCODERS_CORE"] == "tcp://metrics:5556", name
         others = [v for k, v in env.items() if k != "ENCODERS_CORE" and "tcp://" in v]
@@ -135,7 +162,7 @@ def test_every_link_to_the_core_is_keyed_with_keys_made_once(compose):
     assert "encoders keys init /keys --if-missing" in " ".join(maker["command"])
     assert "keys:/keys" in maker["volumes"]
     gpus = load("docker-compose.gpus.yml")["services"]
-    keyed = {name: services[name] for name in ("ingest", "encoder", "metrics", "recorder", "viewer")}
+    keyed = {name: services[name] for name in ("ingest", "encoder", "metrics", "recorder", "viewer", "web")}
     keyed |= {name: svc for name, svc in gpus.items() if name.startswith("encoder-gpu")}
     for name, svc in keyed.items():
         assert env_of(svc)["ENCODERS_KEYS"] == "/keys", name
@@ -152,14 +179,20 @@ def test_compose_wiring_the_brief_asks_for(compose):
     assert "profiles" not in s["pisim"] and s["viewer"]["profiles"] == ["viewer"]
     published = {p.split(":")[0] for svc in s.values() for p in svc.get("ports", [])}
     assert {"5555", "5556", "5558"} <= published
-    device = s["encoder"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert "deploy" not in s["encoder"]  # the GPU is docker-compose.gpu.yml's (make up adds it when there is one)
+    gpu = load("docker-compose.gpu.yml")["services"]["encoder"]
+    device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
     assert any(v.endswith(":/home/encoders/.cache") for v in s["encoder"]["volumes"])
-    assert s["postgres"]["image"].startswith("pgvector/pgvector:pg16")
     assert "pg_isready" in " ".join(s["postgres"]["healthcheck"]["test"])
     assert s["recorder"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "@postgres:5432/" in env_of(s["recorder"])["ENCODERS_DATABASE_URL"]
     assert "/tmp/.X11-unix:/tmp/.X11-unix:ro" in s["viewer"]["volumes"] and "DISPLAY" in s["viewer"]["environment"]
+    web = env_of(s["web"])
+    assert web["ENCODERS_WEB"] == "0.0.0.0:8080"
+    assert s["web"]["environment"]["ENCODERS_WEB_TOKEN"].startswith("${ENCODERS_WEB_TOKEN:?")  # make up makes one
+    assert "@postgres:5432/" in web["ENCODERS_DATABASE_URL"] and "runs:/runs:ro" in s["web"]["volumes"]
+    assert "${ENCODERS_WEB_PORT:-8080}:8080" in s["web"]["ports"] and "profiles" not in s["web"]
     named = {v.split(":")[0] for svc in s.values() for v in svc.get("volumes", []) if not v.startswith("/")}
     assert named <= set(compose["volumes"])
 
@@ -167,6 +200,9 @@ def test_compose_wiring_the_brief_asks_for(compose):
 def test_gpu_override_pins_one_encoder_per_device():
     gpus = load("docker-compose.gpus.yml")["services"]
     assert gpus["encoder"]["deploy"]["replicas"] == 0
+    for name, svc in gpus.items():
+        if name.startswith("encoder-gpu"):
+            assert svc["command"] == ["encoders", "encode"] and svc["image"] == "encoders/encoder"
     pinned = sorted(
         svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0]
         for name, svc in gpus.items()
