@@ -37,6 +37,8 @@ LOCAL_BASES = {
     "POSTGRES_IMAGE": "encoders-local/postgres:16",
 }
 LOCAL_INDEXES = Path("/opt")  # this machine's package indexes (pip config list): pypi/ and pypi-more/
+INDEX_PORT = 38765
+IMAGE_LABEL = "org.opencontainers.image.title=encoders"  # services/Dockerfile's
 TORCH = "torch==2.14.1 torchvision==0.29.1"  # what lies in them (Makefile's TORCH_PIN)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -94,13 +96,20 @@ def package_index(docker_engine) -> Iterator[dict[str, str]]:
     if not (LOCAL_INDEXES / "pypi-more" / "simple" / "torch").is_dir():
         yield {}  # another machine: the builds take everything from PyPI
         return
-    gateway = run("docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}").strip()
+    # The default bridge's address on this machine, which builds reach (docker0's; 20.10's
+    # `network inspect` leaves the gateway out).
+    bridge = run("docker", "network", "inspect", "bridge", "-f", '{{index .Options "com.docker.network.bridge.name"}}')
+    gateway = run("ip", "-4", "-o", "addr", "show", bridge.strip()).split()[3].split("/")[0]
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, format, *args):
             pass
 
-    server = ThreadingHTTPServer((gateway, 0), functools.partial(Quiet, directory=str(LOCAL_INDEXES)))
+    handler = functools.partial(Quiet, directory=str(LOCAL_INDEXES))
+    try:  # the same port each run: the index's address is a build argument, and a new one rebuilds every image
+        server = ThreadingHTTPServer((gateway, INDEX_PORT), handler)
+    except OSError:
+        server = ThreadingHTTPServer((gateway, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     index = f"http://{gateway}:{server.server_port}"
     try:
@@ -162,6 +171,8 @@ def stack(local_bases, package_index, tmp_path_factory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.down_with_volumes()
+        # The builds that the tags have moved past (gigabytes each time the code changes).
+        run("docker", "image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}", check=False)
 
 
 def web_address(root: Path) -> tuple[str, str]:
@@ -185,9 +196,7 @@ def test_make_up_runs_the_pipeline_survives_a_crash_and_make_down_closes_the_run
     wait_for(lambda: stack.rows() >= 20, 240, "20 frames in PostgreSQL", interval=2)
     run_dir = "/runs/$(ls /runs | grep -v '^\\.' | head -n 1)"
     wait_for(
-        lambda: stack.shell(
-            "recorder", f"ls {run_dir}/snapshots/*.jpg 2>/dev/null || true"
-        ).strip(),
+        lambda: stack.shell("recorder", f"ls {run_dir}/snapshots/*.jpg 2>/dev/null || true").strip(),
         120,
         "drift.csv and a snapshot in the runs volume",
         interval=2,
@@ -201,8 +210,8 @@ def test_make_up_runs_the_pipeline_survives_a_crash_and_make_down_closes_the_run
     page = httpx.get(f"{address}/", params={"token": token}, timeout=10)
     assert page.status_code == 200 and "<html" in page.text.lower()
     assert httpx.get(f"{address}/", timeout=10).status_code == 401
-    run_name = stack.sql("SELECT name FROM runs ORDER BY id DESC LIMIT 1").strip()
-    found = httpx.get(f"{address}/api/search", params={"token": token, "frame": f"{run_name}:1", "k": 3}, timeout=30)
+    stored = stack.sql("SELECT r.name || ':' || f.seq FROM frames f JOIN runs r ON r.id = f.run_id LIMIT 1").strip()
+    found = httpx.get(f"{address}/api/search", params={"token": token, "frame": stored, "k": 3}, timeout=30)
     assert found.status_code == 200, found.text
     assert len(found.json()["results"]) == 3
 
