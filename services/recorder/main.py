@@ -124,6 +124,7 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             on_ready=lambda recording: announce(cfg.ready_file, recording) if cfg.ready_file else None,
         )
         exporter.collect(lambda f: recorder_families(receiver, f))
+        exporter.health(lambda: recorder_health(receiver))
         exporter.start(cfg)
         resources.callback(exporter.stop)
         log.info("saying Hello to the core at %s", cfg.core)
@@ -151,6 +152,19 @@ def recorder_families(receiver: Receiver, f: Families) -> None:
     f.counter("encoders_rows_quarantined", "Rows the database refused for good", writer.quarantined)
     f.counter("encoders_db_outages", "Times the database became unreachable", writer.outages)
     f.counter("encoders_db_commits", "Batches committed to PostgreSQL", writer.commits)
+
+
+def recorder_health(receiver: Receiver) -> str | None:
+    """/healthz: what keeps rows from the database, if anything (the rows wait in the spool meanwhile)."""
+    recording = receiver.recording
+    if recording is None:
+        return None
+    writer = recording.writer
+    if writer.fatal is not None:
+        return f"the database refuses the rows: {writer.fatal}"
+    if writer.backoff:
+        return f"the database is unavailable; {writer.spooled} rows wait in the spool until it is back"
+    return None
 
 
 def receive(receiver: Receiver, stop: threading.Event) -> int:

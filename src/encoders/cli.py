@@ -206,7 +206,7 @@ def health(service: str, timeout: float, stream_host: str, stream_port: int, **k
     except check.NoHealthPort as exc:
         raise click.ClickException(str(exc)) from None
     healthy, said = check.ask(url, timeout)
-    click.echo(f"{service}: {'healthy' if healthy else 'unhealthy'}: {said}", err=not healthy)
+    click.echo(f"{service}: healthy" if healthy else f"{service}: unhealthy: {said}", err=not healthy)
     sys.exit(0 if healthy else 1)
 
 

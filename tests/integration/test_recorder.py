@@ -14,6 +14,8 @@ import json
 import math
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -32,7 +34,7 @@ from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.frames import FrameRow
 
-from ..conftest import spoil, wait_for
+from ..conftest import free_port, spoil, wait_for
 from .fake_core import FakeCore
 from .recorder_helpers import (
     DIM,
@@ -87,6 +89,18 @@ def start(tmp_path):
     yield start_recorder
     for p in started:
         p.kill()
+
+
+def health(service: str, port: str) -> tuple[int, str]:
+    """`encoders health SERVICE`: its exit status and what it said."""
+    done = subprocess.run(
+        [sys.executable, "-m", "encoders", "health", service, "--prometheus-port", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, (done.stdout + done.stderr).strip()
 
 
 def end_and_stop(core: FakeCore, rec: RecorderProcess, stream: str, last_seq: int, counts: FrameCounts) -> None:
@@ -378,8 +392,21 @@ def test_database_outage_mid_run_loses_nothing_and_acks_follow_the_spool(core, s
     home = pg_home()
     pg = Postgres(home, embedded=False)
     try:
-        rec = start(core, pg.url, "--db-retry-max", "0.5", "--db-final-wait", "15", "--frames", "none")
+        port = str(free_port())
+        rec = start(
+            core,
+            pg.url,
+            "--db-retry-max",
+            "0.5",
+            "--db-final-wait",
+            "15",
+            "--frames",
+            "none",
+            "--prometheus-port",
+            port,
+        )
         wait_for(core.joined, 20, "the recorder's Ready")
+        assert health("recorder", port) == (0, "recorder: healthy")
         send_stream(core, "cam0", range(5), frames=False)
         core.wait_acked("cam0", 4)
         pg.stop()
@@ -390,8 +417,12 @@ def test_database_outage_mid_run_loses_nothing_and_acks_follow_the_spool(core, s
         with spool.open("rb") as f:
             spooled = [r["seq"] for r in msgpack.Unpacker(f, raw=False)]
         assert set(range(5, 12)) <= set(spooled)
+        # Its health check says so (compose shows the recorder unhealthy), and why.
+        code, said = health("recorder", port)
+        assert code == 1 and "the database is unavailable; " in said and "rows wait in the spool" in said, said
         time.sleep(2.0)  # simulates: the database stays away for seconds (failed retries, with backoff)
         pg.start()
+        wait_for(lambda: health("recorder", port)[0] == 0, 30, "the recorder to be healthy again", interval=0.5)
         send_stream(core, "cam0", range(12, 15), frames=False)
         end_and_stop(core, rec, "cam0", 14, {"embedded": 15})
         run_id = run_id_of(rec.run_dir())
