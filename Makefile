@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DURATION ?= 30
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint test-fast fuzz bench up down logs compose-command venv clean
+.PHONY: demo test lint test-fast fuzz bench up down logs compose-command web-token venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,11 +50,13 @@ COMPOSE_FILES ?= -f docker-compose.yml $(if $(filter 1,$(GPU)),-f docker-compose
 export COMPOSE_PROJECT_NAME ?= encoders
 UP_WAIT ?= 900
 
-# The web viewer's token, made once, kept in .env (compose reads it from there).
-.env:
-	umask 077 && printf 'ENCODERS_WEB_TOKEN=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')" > .env
+# The web viewer's token, made once, kept in .env (compose reads it from there), beside
+# whatever else is set there.
+web-token:
+	@grep -qs '^ENCODERS_WEB_TOKEN=.' .env || { umask 077 && printf 'ENCODERS_WEB_TOKEN=%s\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(18))')" >> .env; }
 
-up: .env
+up: web-token
 	$(COMPOSE) $(COMPOSE_FILES) up --build --detach
 	@$(PYTHON) docker/wait_healthy.py --timeout $(UP_WAIT) -- $(COMPOSE) $(COMPOSE_FILES)
 	@. ./.env && echo "web viewer: http://localhost:$${ENCODERS_WEB_PORT:-8080}/?token=$$ENCODERS_WEB_TOKEN"
@@ -64,12 +66,17 @@ up: .env
 compose-command:
 	@echo $(COMPOSE) $(COMPOSE_FILES)
 
-logs: .env
+logs: web-token
 	$(COMPOSE) $(COMPOSE_FILES) logs --follow --tail 20
 
-# Stops every service; the recorder first writes what it holds and closes its run
-# (summary.json). The volumes (database, runs, keys) stay; `$(COMPOSE) down -v` removes them.
-down: .env
+# Stops the pipeline as `encoders stop` does (the cameras end, every frame in flight gets its
+# outcome, the recorder stores every record and closes the run: summary.json), then removes
+# the containers. Their restart policy is lifted first, so that services leaving after the
+# stop are not started again. The volumes (database, runs, keys) stay; `$(COMPOSE) down -v`
+# removes them too.
+down: web-token
+	@ids="$$($(COMPOSE) $(COMPOSE_FILES) ps -q)"; [ -z "$$ids" ] || docker update --restart=no $$ids >/dev/null
+	-$(COMPOSE) $(COMPOSE_FILES) exec -T metrics encoders stop --timeout 120 --reason "make down"
 	$(COMPOSE) $(COMPOSE_FILES) down
 
 clean:

@@ -232,7 +232,9 @@ def test_make_up_runs_the_pipeline_survives_a_crash_and_make_down_closes_the_run
 
     # make down: the recorder writes what it holds and closes the run; its summary agrees
     # with the rows, and every frame the camera gave is accounted for.
-    stack.make("down", timeout=300)
+    stopped = stack.make("down", timeout=300)
+    cam0_line = next((line.split() for line in stopped.splitlines() if line.startswith("cam0 ")), None)
+    assert cam0_line, f"make down printed no totals of cam0 (encoders stop):\n{stopped}"
     run(*stack.compose, "up", "-d", "postgres", env=stack.env, timeout=120)
     ready = [*stack.compose, "exec", "-T", "postgres", "pg_isready"]
     wait_for(lambda: "accepting" in run(*ready, env=stack.env, check=False), 60, "postgres", interval=1)
@@ -254,5 +256,7 @@ def test_make_up_runs_the_pipeline_survives_a_crash_and_make_down_closes_the_run
     frames = cam0["frames"]
     assert summary["run"]["ended_at"] is not None
     assert summary["totals"]["db_rows"] == cam0["db_rows"] == rows == frames["embedded"], json.dumps(summary)[:3000]
-    assert frames["published"] == frames["embedded"] + frames["dropped"] + frames["skipped"] + frames["lost"], frames
+    accounted = frames["embedded"] + frames["dropped"] + frames["skipped"] + frames["lost"]
+    assert frames["published"] == accounted, json.dumps(summary)[:4000]
+    assert cam0_line[1:3] == [str(frames["published"]), str(frames["embedded"])], cam0_line  # what the stop said
     print(f"compose: built and healthy in {built_and_healthy_s:.0f} s; {rows} frames stored, {frames}")
