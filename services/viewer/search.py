@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,14 +96,10 @@ class TextSearch:
         picture or a stored frame, within ``query``'s scope; ranks ``offset + 1`` to ``offset + k``,
         those at least ``min_similarity`` alike. SearchError when it cannot run, QueryError (its
         message for the person) when the query is wrong."""
-        import psycopg
-
-        from encoders.services.search.query import QueryError
-        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
-        from encoders.shared.storage.filters import FilterError, Filters, parse_frame_ref, parse_time
+        from encoders.shared.storage.filters import Filters, parse_frame_ref, parse_time
         from encoders.shared.storage.store import StoreError, reading
 
-        try:
+        with self._answering():
             filters = Filters(
                 stream=query.stream or None,
                 since=parse_time(query.since) if query.since else None,
@@ -127,12 +125,6 @@ class TextSearch:
                 hits = [h for h in result.hits if min_similarity is None or h.similarity >= min_similarity]
                 hits = hits[offset : offset + k]
                 store.load_thumbnails(hits)  # each hit's own picture, not the nearest snapshot
-        except (StoreError, FilterError, QueryError) as exc:
-            raise QueryProblem(str(exc)) from None
-        except DatabaseUnavailable as exc:
-            raise SearchError(f"database: {exc}") from None
-        except psycopg.Error as exc:
-            raise SearchError(f"database: {one_line(exc, self.database_url)}") from None
         for hit in hits:
             if not (hit.snapshot and Path(hit.snapshot).is_file()):
                 hit.snapshot = hit.snapshot_seq = None
@@ -141,13 +133,10 @@ class TextSearch:
 
     def timeline(self, scope: Query, points: int = 600) -> dict:
         """Drift over the scope's period, with its scene changes and alerts (the page's timeline)."""
-        import psycopg
+        from encoders.shared.storage.filters import Filters, parse_time
+        from encoders.shared.storage.store import reading
 
-        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
-        from encoders.shared.storage.filters import FilterError, Filters, parse_time
-        from encoders.shared.storage.store import StoreError, reading
-
-        try:
+        with self._answering():
             filters = Filters(
                 stream=scope.stream or None,
                 since=parse_time(scope.since) if scope.since else None,
@@ -159,23 +148,29 @@ class TextSearch:
                 if scope.run:
                     filters = filters.with_runs((store.resolve_run(scope.run).id,))
                 return store.timeline(filters, points)
-        except (StoreError, FilterError) as exc:
-            raise QueryProblem(str(exc)) from None
-        except DatabaseUnavailable as exc:
-            raise SearchError(f"database: {exc}") from None
-        except psycopg.Error as exc:
-            raise SearchError(f"database: {one_line(exc, self.database_url)}") from None
 
     def frame_thumbnail(self, run: str, stream: str, seq: int) -> bytes | None:
         """A stored frame's picture (its thumbnail, or its keyframe's); None if none."""
-        import psycopg
-
-        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
         from encoders.shared.storage.store import reading
 
+        with self._answering(), reading(self.database_url, self.runs_dir) as store:
+            return store.frame_thumbnail(run, stream, seq) if store.has_frames() else None
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Errors in the page's terms: the query's own (no such run, a time that does not
+        parse, a picture that is none) QueryProblem, the database's SearchError."""
+        import psycopg
+
+        from encoders.services.search.query import QueryError
+        from encoders.shared.storage.errors import DatabaseUnavailable, one_line
+        from encoders.shared.storage.filters import FilterError
+        from encoders.shared.storage.store import StoreError
+
         try:
-            with reading(self.database_url, self.runs_dir) as store:
-                return store.frame_thumbnail(run, stream, seq) if store.has_frames() else None
+            yield
+        except (StoreError, FilterError, QueryError) as exc:
+            raise QueryProblem(str(exc)) from None
         except DatabaseUnavailable as exc:
             raise SearchError(f"database: {exc}") from None
         except psycopg.Error as exc:
