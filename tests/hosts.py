@@ -45,6 +45,12 @@ class Hosts:
         ip("link", "add", "name", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.net}.1/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
+        # Bridged packets pass the firewall's FORWARD chain where br_netfilter is on, and a
+        # Docker engine (the compose test's, or one on a developer's machine) sets its policy
+        # to DROP: let this bridge's own traffic through, as Docker does for docker0.
+        self.forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        if shutil.which("iptables"):
+            subprocess.run(["iptables", "-I", *self.forward_rule], capture_output=True, timeout=10)
 
     def add(self, name: str) -> Host:
         n = len(self.hosts) + 2
@@ -73,6 +79,8 @@ class Hosts:
             subprocess.run(["ip", "link", "del", host.link], capture_output=True, timeout=10)
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=10)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=10)
+        if shutil.which("iptables"):
+            subprocess.run(["iptables", "-D", *self.forward_rule], capture_output=True, timeout=10)
 
 
 @pytest.fixture

@@ -21,14 +21,6 @@ from .pipeline import Pipeline, collect, subscribe
 FRAMES = 40  # 4 s at 10 frames a second: frozen after 2 s
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    from encoders.shared.storage.embedded import database
-
-    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
-        yield url
-
-
 def picture_folder(folder, pixels: np.ndarray):
     folder.mkdir()
     Image.fromarray(pixels).save(folder / "only.jpg", quality=90)

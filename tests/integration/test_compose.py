@@ -67,6 +67,7 @@ def docker_engine(tmp_path_factory) -> Iterator[None]:
     if shutil.which("dockerd") is None or os.geteuid() != 0:
         pytest.fail("no Docker engine runs, and dockerd cannot be started here (it needs root and docker.io)")
     log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    network = NetworkState.now()  # what dockerd changes and leaves changed when it stops
     with open(log, "wb") as out:
         daemon = subprocess.Popen(["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -80,6 +81,39 @@ def docker_engine(tmp_path_factory) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+        network.restore()
+
+
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+class NetworkState:
+    """The firewall rules, bridged traffic's filtering and the bridges as they were before dockerd:
+    it sets the FORWARD policy to DROP, turns br_netfilter on and leaves docker0, all of which
+    outlive it and would cut other tests' bridges (tests/hosts.py) off."""
+
+    def __init__(self, rules: str | None, bridge_nf: str | None, links: set[str]) -> None:
+        self.rules, self.bridge_nf, self.links = rules, bridge_nf, links
+
+    @classmethod
+    def now(cls) -> NetworkState:
+        rules = run("iptables-save") if shutil.which("iptables-save") else None
+        bridge_nf = BRIDGE_NF.read_text().strip() if BRIDGE_NF.exists() else None
+        return cls(rules, bridge_nf, links())
+
+    def restore(self) -> None:
+        if self.rules is not None:
+            subprocess.run(["iptables-restore"], input=self.rules, text=True, capture_output=True, check=False)
+        if BRIDGE_NF.exists():
+            BRIDGE_NF.write_text(self.bridge_nf or "0")
+        for link in links() - self.links:
+            if link == "docker0" or link.startswith("br-"):  # the engine's bridges (compose's: br-<id>)
+                subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+
+
+def links() -> set[str]:
+    """This machine's network interfaces, by name."""
+    return {line.split(":")[1].strip().split("@")[0] for line in run("ip", "-o", "link").splitlines()}
 
 
 @pytest.fixture(scope="module")

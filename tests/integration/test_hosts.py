@@ -25,15 +25,6 @@ from .pipeline import Pipeline, subscribe
 HEARTBEAT_TIMEOUT_S = 3.0  # ENCODERS_HEARTBEAT_S x ENCODERS_HEARTBEAT_MISSES, the defaults
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    """The embedded PostgreSQL, on a Unix socket every namespace reaches (they share the filesystem)."""
-    from encoders.shared.storage.embedded import database
-
-    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
-        yield url
-
-
 @pytest.fixture
 def pipeline(service, tiny_model, tmp_path, database, hosts: Hosts) -> Pipeline:  # noqa: F811
     """The core binds every interface of its host: with keys, as a user must (shared/keys.py)."""

@@ -20,16 +20,9 @@ from encoders.shared.messages import EndOfStream, StreamStart
 
 from ..conftest import free_port, wait_for
 from .fake_core import FakeCore
-from .recorder_helpers import Postgres, RecorderProcess, make_record, pg_home
+from .recorder_helpers import RecorderProcess, make_record
 
 PICTURE = b"\xff\xd8" + bytes(300) + b"\xff\xd9"  # the frame's thumbnail, as a worker makes one
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = Postgres(pg_home())
-    yield server
-    server.close()
 
 
 @pytest.fixture

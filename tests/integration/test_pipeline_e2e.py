@@ -23,15 +23,6 @@ from .pipeline import Pipeline, collect, subscribe
 FRAMES = 120
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    """A real PostgreSQL 16 with pgvector (the embedded server the all-in-one command uses)."""
-    from encoders.shared.storage.embedded import database
-
-    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
-        yield url
-
-
 @pytest.fixture
 def pipeline(service, tiny_model, tmp_path, database) -> Pipeline:
     return Pipeline(service, tiny_model, tmp_path, database)

@@ -19,14 +19,6 @@ FRAMES = 40
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    from encoders.shared.storage.embedded import database
-
-    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
-        yield url
-
-
 def metrics_url(service: Service) -> str:
     """The address the service said its metrics are on (any free port in the tests)."""
     wait_for(lambda: "Prometheus metrics on" in service.output(), 30, "the metrics server")

@@ -52,43 +52,7 @@ from .recorder_helpers import (
     stored_seqs,
 )
 
-# --------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def pg():
-    home = pg_home()
-    server = Postgres(home)
-    yield server
-    server.close()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def db_url(pg):
-    return pg.new_database()
-
-
-@pytest.fixture
-def core():
-    fake = FakeCore()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def start(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start_recorder(core, url, *args, **kw):
-        p = RecorderProcess(tmp_path, core, url, *args, **kw)
-        started.append(p)
-        return p
-
-    yield start_recorder
-    for p in started:
-        p.kill()
+# Fixtures: pg, db_url, core and start (tests/integration/conftest.py).
 
 
 def health(service: str, port: str) -> tuple[int, str]:

@@ -10,13 +10,11 @@ is refused unless it takes over.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
 
 import numpy as np
-import pytest
 
 from encoders.logging_utils import load_run_embeddings
 from encoders.services.recorder.rows import to_spool
@@ -30,51 +28,13 @@ from .fake_core import FakeCore
 from .recorder_helpers import (
     DIM,
     T0,
-    Postgres,
-    RecorderProcess,
     csv_seqs,
     make_record,
-    pg_home,
     run_id_of,
     send_stream,
     stored_seqs,
     vector,
 )
-
-
-@pytest.fixture(scope="module")
-def pg():
-    home = pg_home()
-    server = Postgres(home)
-    yield server
-    server.close()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def db_url(pg):
-    return pg.new_database()
-
-
-@pytest.fixture
-def core():
-    fake = FakeCore()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def start(tmp_path):
-    started: list[RecorderProcess] = []
-
-    def start_recorder(core, url, *args, **kw):
-        p = RecorderProcess(tmp_path, core, url, *args, **kw)
-        started.append(p)
-        return p
-
-    yield start_recorder
-    for p in started:
-        p.kill()
 
 
 def run_row(pg, url: str, run_id: int):

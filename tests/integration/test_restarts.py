@@ -24,14 +24,6 @@ from .pipeline import Pipeline, collect, subscribe
 RESTART_AFTER_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    from encoders.shared.storage.embedded import database
-
-    with database("", str(tmp_path_factory.mktemp("pg"))) as url:
-        yield url
-
-
 @pytest.fixture
 def pipeline(service, tiny_model, tmp_path, database) -> Pipeline:
     return Pipeline(service, tiny_model, tmp_path, database)

@@ -14,24 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from encoders.services.recorder.retention import Policy, Pruner, prune
 from encoders.services.recorder.runlock import RunLock
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.frames import FrameRow
 
-from .recorder_helpers import Postgres, pg_home
-
 NOW = datetime.now(UTC)
 THUMB = b"\xff\xd8" + bytes(20_000) + b"\xff\xd9"  # 20 KB a thumbnail
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = Postgres(pg_home())
-    yield server
-    server.close()
 
 
 def make_run(db: Database, runs: Path, name: str, ended_days_ago: float | None, frames: int = 20) -> Path:
