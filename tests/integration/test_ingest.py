@@ -452,6 +452,7 @@ def test_a_stream_that_sends_bytes_but_no_frame_is_noticed_and_reopened(h, raw_s
     server = raw_server(head + part + ENDLESS_PART, **({"trickle": 0.2} if how == "trickle" else {"flood": True}))
     proc = h.start(server.url, "--stall-after", "1.5", "--read-timeout", "5", "--reconnect-max", "0.2")
     wait_for(lambda: server.connections >= 3, 20, "two stalls and a third connection")
+    h.core.wait(Capture, 3, timeout=20)  # the third connection's frame read too (a flood delays it)
     assert proc.poll() is None
     rss = psutil.Process(proc.pid).memory_info().rss
     proc.send_signal(signal.SIGTERM)
