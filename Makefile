@@ -47,7 +47,6 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 # The encoder on the GPU when this machine has an NVIDIA one (GPU=0 or GPU=1 to choose).
 GPU ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
 COMPOSE_FILES ?= -f docker-compose.yml $(if $(filter 1,$(GPU)),-f docker-compose.gpu.yml)
-export COMPOSE_PROJECT_NAME ?= encoders
 UP_WAIT ?= 900
 
 # The web viewer's token, made once, kept in .env (compose reads it from there), beside
