@@ -162,7 +162,10 @@ class _Quiet(WSGIRequestHandler):
 
 
 def _listen(host: str, port: int, app: Callable) -> ThreadingWSGIServer:
-    """A threaded HTTP server for ``app`` on ``host`` (IPv4 or IPv6, as the host is written)."""
+    """A threaded HTTP server for ``app`` on ``host`` (IPv4 or IPv6, as the host is written).
+
+    What prometheus_client's start_http_server does, by hand because it serves only its own
+    registry's app: /healthz needs a route beside /metrics on the same port."""
     family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
 
     class Server(ThreadingWSGIServer):

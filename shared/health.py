@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import urllib.error
-import urllib.request
 
 from .settings import PORTS, Exported
 
@@ -50,6 +48,9 @@ def health_url(service: str, exported: Exported, *, stream_host: str = "", strea
 
 def ask(url: str, timeout: float) -> tuple[bool, str]:
     """(healthy, what it said): healthy is an HTTP 200 within ``timeout`` seconds."""
+    import urllib.error  # here: the command line imports this module for every command
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200, _said(response.read())

@@ -32,6 +32,7 @@ import numpy as np
 from encoders.shared.complaints import Complaints
 from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
 from encoders.shared.settings import mask_url
+from encoders.shared.silence import SilentStreams
 from encoders.shared.storage.frames import FrameRow, StoredRow
 from encoders.shared.storage.runs import StoredStream
 
@@ -82,15 +83,14 @@ class Recorder:
         self.settings = settings or RecorderConfig()
         self.acks = acks if acks is not None else AckTracker()
         self.streams: dict[str, StreamFiles] = {}
-        self.ended: set[str] = set()
+        self.ended: set[str] = set()  # streams whose end came
         self.model: tuple[str, int] | None = None
         self.core = ""  # the life of the core the session is in: for records and ends that do not say
         self.counters: Counter = Counter()
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
         self.notify: NoticeSink = lambda notice: None  # alerts to MQTT and webhooks (notify.py), when set
-        self._heard: dict[str, tuple[float, int]] = {}  # stream -> (when its last record came, its seq)
-        self.down: set[str] = set()  # streams told down: no record for stall_after seconds
+        self.silent = SilentStreams(self.settings.stall_after)  # streams to tell down (check_streams)
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -178,23 +178,17 @@ class Recorder:
         # First: the writer may settle the row before add returns.
         self.acks.expect(rec.stream, rec.seq, files.summary.lives_snapshot())
         self.rows.add(row)
-        self._heard[rec.stream] = (time.monotonic(), rec.seq)
-        self.down.discard(rec.stream)
+        self.silent.heard(rec.stream, rec.seq, time.monotonic())
         alerts = {"scene_change": rec.drift} if rec.scene_change else {}
         for kind, value in {**alerts, **rec.events}.items():
             self.notify(Notice(kind, rec.stream, rec.t_capture, rec.seq, value, self.run.name, rec.thumbnail or None))
 
     def check_streams(self, now: float) -> None:
         """Tell each stream that has sent no record for stall_after seconds, and has not ended, down (once)."""
-        after = self.settings.stall_after
-        if after <= 0:
-            return
-        for stream, (heard, seq) in list(self._heard.items()):
-            if stream not in self.ended and stream not in self.down and now - heard >= after:
-                self.down.add(stream)
-                log.warning("stream %s: no record for %.0f s: down", stream, now - heard)
-                self.notify(Notice("stream_down", stream, time.time(), seq, round(now - heard, 3), self.run.name))
-                self.rows.add_event(stream, seq, time.time(), "stream_down", round(now - heard, 3))
+        for stream, seq, silent_s in self.silent.newly_down(now):
+            log.warning("stream %s: no record for %.0f s: down", stream, silent_s)
+            self.notify(Notice("stream_down", stream, time.time(), seq, round(silent_s, 3), self.run.name))
+            self.rows.add_event(stream, seq, time.time(), "stream_down", round(silent_s, 3))
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)
@@ -205,6 +199,7 @@ class Recorder:
             files = self._open_stream(eos.stream)  # a stream that ended before any frame was embedded
         files.summary.end(dict(eos.counts), self.core, eos.last_seq)
         self.ended.add(eos.stream)
+        self.silent.ended(eos.stream)
         self.notify(Notice("offline", eos.stream, time.time(), eos.last_seq, run=self.run.name))
         self.acks.ended(eos.stream, eos.last_seq, files.summary.lives_snapshot())
         log.info(

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from encoders.shared.messages import EndOfStream, Frame, Message, MetricsRecord
+from encoders.shared.silence import SilentStreams
 
 from .latest import Latest
 from .scenes import SceneChanges
@@ -41,10 +42,7 @@ class WebFeed:
     def __init__(self, board: Latest, scenes: SceneChanges | None = None, *, stall_after: float = 0.0) -> None:
         self.board = board
         self.scenes = scenes or SceneChanges()
-        # A stream with no record for stall_after seconds (monotonic) is listed down, once until it is back.
-        self.stall_after = stall_after
-        self._heard: dict[str, tuple[float, int]] = {}  # stream -> (when its last record came, its seq)
-        self._down: set[str] = set()
+        self.silent = SilentStreams(stall_after)  # listed down, once until it is back
         self._changed = True  # something the overlay video shows has changed since it was last made
         self._next_state = 0.0
 
@@ -53,22 +51,17 @@ class WebFeed:
         if isinstance(msg, Frame):
             self.board.put(raw_key(msg.stream), msg.jpeg)
         elif isinstance(msg, MetricsRecord):
-            self._heard[msg.stream] = (time.monotonic(), msg.seq)
-            self._down.discard(msg.stream)
+            self.silent.heard(msg.stream, msg.seq, time.monotonic())
             if self.scenes.on_record(msg) is not None:
                 self.board.put(SCENES, self.scenes.recent())
         elif isinstance(msg, EndOfStream):
-            self._heard.pop(msg.stream, None)  # ended: not down
+            self.silent.ended(msg.stream)
         self._changed = True
 
     def _check_down(self, now: float) -> None:
-        if self.stall_after <= 0:
-            return
-        for stream, (heard, seq) in list(self._heard.items()):
-            if stream not in self._down and now - heard >= self.stall_after:
-                self._down.add(stream)
-                self.scenes.on_down(stream, seq, time.time(), now - heard)
-                self.board.put(SCENES, self.scenes.recent())
+        for stream, seq, silent_s in self.silent.newly_down(now):
+            self.scenes.on_down(stream, seq, time.time(), silent_s)
+            self.board.put(SCENES, self.scenes.recent())
 
     def wants_video(self) -> bool:
         """Whether the overlay video should be rendered now: someone watches, and it would differ."""
@@ -91,9 +84,9 @@ class WebFeed:
     ) -> bool:
         """A new snapshot, at most every STATE_EVERY_S seconds (or now, with ``force``); ``waiting``:
         whom the viewer waits for before it can subscribe, for the page to say."""
-        self._check_down(time.monotonic())
         if not force and now < self._next_state:
             return False
+        self._check_down(time.monotonic())  # the records' clock (on_message has no ``now``)
         self._next_state = now + STATE_EVERY_S
         self.board.put(STATE, snapshot(state, now, {**counters, **self.scenes.counters}, waiting))
         return True

@@ -21,11 +21,12 @@ from encoders.services.search.config import SearchConfig
 from encoders.services.search.triggers import TriggerConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.endpoints import CORE_PORT, this_machine
-from encoders.shared.settings import PORTS, Exported, click_options, from_click, unknown_variables
+from encoders.shared.health import SERVICES as HEALTH_SERVICES
+from encoders.shared.health import NoHealthPort, ask, health_url
+from encoders.shared.settings import Exported, click_options, from_click, unknown_variables
 from encoders.shared.storage.config import DatabaseConfig, ServeConfig
 from encoders.variables import KNOWN_VARIABLES
 
-HEALTH_SERVICES = (*PORTS, "pisim")  # shared/health.py
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -199,13 +200,11 @@ def health(service: str, timeout: float, stream_host: str, stream_port: int, **k
     health checks) it finds the service's port by itself: /healthz beside the Prometheus metrics
     (metrics 9556, recorder 9557, viewer 9558, ingest 9560, encoder 9580), pisim's /health.
     """
-    from encoders.shared import health as check
-
     try:
-        url = check.health_url(service, from_click(Exported, kwargs), stream_host=stream_host, stream_port=stream_port)
-    except check.NoHealthPort as exc:
+        url = health_url(service, from_click(Exported, kwargs), stream_host=stream_host, stream_port=stream_port)
+    except NoHealthPort as exc:
         raise click.ClickException(str(exc)) from None
-    healthy, said = check.ask(url, timeout)
+    healthy, said = ask(url, timeout)
     click.echo(f"{service}: healthy" if healthy else f"{service}: unhealthy: {said}", err=not healthy)
     sys.exit(0 if healthy else 1)
 
