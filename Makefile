@@ -72,10 +72,12 @@ logs: web-token
 # outcome, the recorder stores every record and closes the run: summary.json), then removes
 # the containers. Their restart policy is lifted first, so that services leaving after the
 # stop are not started again. The volumes (database, runs, keys) stay; `$(COMPOSE) down -v`
-# removes them too.
+# removes them too. The stop's totals print as a table; `make down STOP_FORMAT=json` prints
+# them as one JSON line, for scripts (`encoders stop --format json`).
+STOP_FORMAT ?= table
 down: web-token
 	@ids="$$($(COMPOSE) $(COMPOSE_FILES) ps -q)"; [ -z "$$ids" ] || docker update --restart=no $$ids >/dev/null
-	-$(COMPOSE) $(COMPOSE_FILES) exec -T metrics encoders stop --timeout 120 --reason "make down"
+	-$(COMPOSE) $(COMPOSE_FILES) exec -T metrics encoders stop --timeout 120 --reason "make down" --format $(STOP_FORMAT)
 	$(COMPOSE) $(COMPOSE_FILES) down
 
 clean:

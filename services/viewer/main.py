@@ -11,7 +11,8 @@ it does not answer, the viewer waits, and says for whom.
 - The web viewer (``--web HOST:PORT``): a page for a browser on any machine; see web/.
   No display is needed unless ``--with-window`` asks for the window too.
 
-SIGTERM and SIGINT end it cleanly too; all of these exit 0. A setting it cannot use (no
+SIGTERM and SIGINT end it cleanly too, as does the pipeline's stop (``encoders stop``: the core
+publishes it when it has drained; viewer.py); all of these exit 0. A setting it cannot use (no
 display, an endpoint that does not parse, a port in use, a core that refuses viewers) exits 2
 with one line saying why.
 """
@@ -95,7 +96,7 @@ def viewer_families(viewer: Viewer, server: WebServer | None, f: Families) -> No
     if server is not None:
         web = server.webapp.clients.counters()
         f.gauge("encoders_web_clients", "Web viewer clients connected now (video and events)", web["clients_now"])
-        for key in ("refused", "header_timeouts"):
+        for key in ("refused", "evicted", "token_timeouts", "header_timeouts", "body_timeouts"):
             f.counter(f"encoders_web_{key}", f"Web viewer connections closed: {key.replace('_', ' ')}", web.get(key))
 
 
@@ -124,7 +125,13 @@ def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
     try:
         host, port = cfg.web_address()
         tls = tls_context(cfg.web_cert, cfg.web_key) if cfg.web_cert else None
-        door = Door(max_connections=cfg.web_max_connections, header_timeout=cfg.web_header_timeout)
+        door = Door(
+            max_connections=cfg.web_max_connections,
+            header_timeout=cfg.web_header_timeout,
+            max_per_client=cfg.web_max_per_client,
+            token_timeout=cfg.web_token_timeout,
+            body_timeout=cfg.web_body_timeout,
+        )
         webapp = WebApp(
             board, token=cfg.web_token, cookie=f"encoders_token_{port}", search=search, secure=bool(tls), door=door
         )

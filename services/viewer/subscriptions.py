@@ -4,7 +4,8 @@ Given both --frames and --metrics, the viewer subscribes at once and never speak
 core. Otherwise it asks the core at --core (docs/PROTOCOL.md, Viewers): a session says Hello
 as a viewer, takes the Welcome's publishers as the core bound them (a wildcard host becomes
 the host this viewer reached the core at), says Bye and subscribes. It holds no session
-after that, so a slow or paused viewer only skips frames in its own queues and slows nobody.
+after that, so a slow or paused viewer only skips frames in its own queues and slows nobody;
+the pipeline's stop reaches it on the metrics publisher (``Stopped``, topic ``stopped/``).
 
 Until the core answers, the viewer keeps waiting: its window and web page say for whom
 (``waiting_lines``, ``status``), and the session's log says so now and then
@@ -21,30 +22,46 @@ import zmq
 from encoders.shared import keys, zmqio
 from encoders.shared.endpoints import as_seen_from
 from encoders.shared.keys import CurveKeys
-from encoders.shared.messages import PROTOCOL, Hello
+from encoders.shared.messages import PROTOCOL, Hello, largest_part
 from encoders.shared.runtime import StartupError
 from encoders.shared.session import CoreSession, SessionRefused, process_name
-from encoders.shared.settings import CoreConnection, split_addrs
+from encoders.shared.settings import MAX_FRAME_BYTES, CoreConnection, split_addrs
 
 # A few frames of slack: the loop drains every tick, so more would only hold stale frames.
 FRAMES_RCVHWM = 8
 # Metrics records are small and every one is a point of the plot: keep plenty.
 METRICS_RCVHWM = 10_000
 # The frames publisher carries frames and the ingests' Stats (the core passes them on); the
-# metrics publisher its records, each stream's ends and (re)starts, and its own Stats.
+# metrics publisher its records, each stream's ends and (re)starts, its own Stats, and the
+# pipeline's stop (Stopped: the viewer exits; viewer.py).
 FRAME_TOPICS = (b"frame/", b"stats/")
-METRICS_TOPICS = (b"metrics/", b"eos/", b"stats/", b"start/")
+METRICS_TOPICS = (b"metrics/", b"eos/", b"stats/", b"start/", b"stopped/")
 CORE_SETTING = "--core / ENCODERS_CORE"
 
 log = logging.getLogger("encoders.viewer")
 
 
 def open_sockets(
-    ctx: zmq.Context, frame_addrs: list[str], metrics_addr: str, curve: CurveKeys | None = None
+    ctx: zmq.Context,
+    frame_addrs: list[str],
+    metrics_addr: str,
+    curve: CurveKeys | None = None,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> tuple[zmq.Socket, zmq.Socket]:
-    """The frames and metrics subscriptions; StartupError for an endpoint that does not parse."""
+    """The frames and metrics subscriptions; StartupError for an endpoint that does not parse.
+    Neither takes a message part larger than a frame's JPEG (a record's thumbnail is a picture of
+    one) or a header: a publisher that sends one is disconnected."""
+    largest = largest_part(max_frame_bytes)
     frames = zmqio.open_socket(
-        ctx, zmq.SUB, frame_addrs, bind=False, rcvhwm=FRAMES_RCVHWM, subscribe=FRAME_TOPICS, linger=0, curve=curve
+        ctx,
+        zmq.SUB,
+        frame_addrs,
+        bind=False,
+        rcvhwm=FRAMES_RCVHWM,
+        subscribe=FRAME_TOPICS,
+        linger=0,
+        max_message_bytes=largest,
+        curve=curve,
     )
     try:
         metrics = zmqio.open_socket(
@@ -55,6 +72,7 @@ def open_sockets(
             rcvhwm=METRICS_RCVHWM,
             subscribe=METRICS_TOPICS,
             linger=0,
+            max_message_bytes=largest,
             curve=curve,
         )
     except StartupError:
@@ -102,8 +120,10 @@ class Subscriptions:
         *,
         session: CoreSession | None = None,
         curve: CurveKeys | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self.ctx, self.curve = ctx, curve
+        self.max_frame_bytes = max_frame_bytes
         self.frames, self.metrics = frames, metrics
         self.session = session
         self.core = session.endpoint if session is not None else ""
@@ -117,9 +137,10 @@ class Subscriptions:
         """At once on the endpoints given; otherwise by asking the core (StartupError: one does not parse)."""
         frame_addrs = split_addrs(frames)
         curve = keys.client(cfg.keys, "viewer")
+        size = cfg.max_frame_bytes
         if frame_addrs and metrics:
-            return cls(ctx, frame_addrs, metrics, curve=curve)
-        return cls(ctx, frame_addrs, metrics, session=viewer_session(ctx, cfg), curve=curve)
+            return cls(ctx, frame_addrs, metrics, curve=curve, max_frame_bytes=size)
+        return cls(ctx, frame_addrs, metrics, session=viewer_session(ctx, cfg), curve=curve, max_frame_bytes=size)
 
     @property
     def subscribed(self) -> bool:
@@ -191,4 +212,4 @@ class Subscriptions:
 
     def _subscribe(self, frames: list[str], metrics: str) -> None:
         self.frames, self.metrics = frames, metrics
-        self.sockets = list(open_sockets(self.ctx, frames, metrics, self.curve))
+        self.sockets = list(open_sockets(self.ctx, frames, metrics, self.curve, self.max_frame_bytes))

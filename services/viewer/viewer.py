@@ -6,6 +6,9 @@ come, so no queue fills up; every tick (TICK_S) it decodes each stream's newest 
 the video grid with its overlays, hands the web board what it shows (feed.py) and shows the
 window. A paused or slow viewer therefore
 only skips frames here (state.py keeps the newest of each stream), and slows nobody upstream.
+
+The pipeline's stop (``encoders stop``) reaches it as ``Stopped`` on the metrics publisher
+(docs/PROTOCOL.md, "Stopping a pipeline from anywhere"): the loop logs it and returns.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import zmq
 
 from encoders.shared import zmqio
+from encoders.shared.messages import Stopped
 
 from . import layout
 from .feed import WebFeed
@@ -57,11 +61,12 @@ class Viewer:
         self.state = ViewerState(history)
         self.images: dict[str, np.ndarray] = {}  # newest decoded frame of each stream
         self.counters: dict[str, int] = {"frames_shown": 0, "bad_jpeg": 0}
+        self.stopped: Stopped | None = None  # the pipeline's stop, once the core has published it
 
     def run(self, stop: threading.Event) -> None:
-        """Tick until ``stop`` is set or the window asks to stop."""
+        """Tick until ``stop`` is set, the window asks to stop or the pipeline has stopped."""
         next_tick = time.monotonic()
-        while not stop.is_set():
+        while not stop.is_set() and self.stopped is None:
             # Between ticks, take messages as they come so no socket queue fills up.
             self._poll(max(0, math.ceil((next_tick - time.monotonic()) * 1000)))
             now = time.monotonic()
@@ -75,9 +80,11 @@ class Viewer:
 
     def tick(self, now: float) -> bool:
         """Ask the core (until it answered), drain, decode, render, feed the web board, show the window;
-        False once the window asks to stop."""
+        False once the window asks to stop or the pipeline has stopped."""
         self.subscriptions.step(now)
         self.drain()
+        if self.stopped is not None:
+            return False
         # With nobody watching, the newest frames stay untaken (and undecoded) for the next
         # one who does: a paused camera's last frame then shows at once.
         web_video = self.feed is not None and self.feed.wants_video()
@@ -102,9 +109,22 @@ class Viewer:
         frames replace older frames."""
         for sock in self.subscriptions.sockets:
             for msg in zmqio.receive_waiting(sock, limit=MAX_DRAIN, topic=True, counters=self.counters):
+                if isinstance(msg, Stopped):
+                    self._pipeline_stopped(msg)
+                    continue
                 self.state.add(msg)
                 if self.feed is not None:
                     self.feed.on_message(msg)
+
+    def _pipeline_stopped(self, msg: Stopped) -> None:
+        """The core published that the pipeline has stopped: say so, with each stream's totals; the loop ends."""
+        if self.stopped is None:
+            said = ", ".join(
+                f"{name} {c.get('embedded', '?')}/{'?' if c.get('published') is None else c.get('published')}"
+                for name, c in sorted(msg.streams.items())
+            )
+            log.info("the pipeline has stopped (frames embedded/published: %s): exiting", said or "no streams")
+        self.stopped = msg
 
     def _poll(self, timeout_ms: int) -> None:
         """Wait for a message on what the subscriptions want watched (the set changes once, when the

@@ -4,7 +4,10 @@ A control session with the core (docs/PROTOCOL.md, "Stopping a pipeline from any
 Hello(role="control"), and once welcomed, Stop. The core stops taking captures, waits until
 every frame has its outcome and every record is acknowledged by the recorder, stops the
 workers and the recorder, answers Stopped with each stream's totals, and exits. This command
-prints those totals as a table on stdout.
+prints those totals on stdout: as a table for people (``--format table``, the default), or as
+one JSON object on one line for programs (``--format json``, ``totals_json``): a script or a
+test that reads the totals reads that form, by the counts' names, never the table's columns
+(which are the ones a stream has, in an order for the eye).
 
 Exit codes, so that scripts can tell the cases apart:
 
@@ -21,6 +24,7 @@ Hello again (shared/session.py) and Stop is sent again: the pipeline was asked t
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -42,6 +46,7 @@ COLUMNS = ("published", "embedded", "dropped", "skipped", "lost")
 POLL_S = 0.05  # a step at least this often: the Hello is said again until a connection takes it
 
 EXIT_STOPPED, EXIT_TIMEOUT, EXIT_NO_CORE = 0, 1, 2
+FORMATS = ("table", "json")
 
 
 def control_session(ctx: zmq.Context, cfg: CoreConnection) -> CoreSession:
@@ -148,6 +153,12 @@ def _count(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def totals_json(streams: Mapping[str, FrameCounts]) -> str:
+    """The totals for programs: one JSON object on one line, ``{"streams": {NAME: {COUNT: N, ...}}}``,
+    each stream's counts as the core reported them (``published`` null when it is not known)."""
+    return json.dumps({"streams": {name: dict(counts) for name, counts in sorted(streams.items())}}, sort_keys=True)
+
+
 def request_stop(
     core: str, *, timeout_s: float, reason: str, asked: Callable[[], None] = lambda: None
 ) -> tuple[Stopped | None, tuple[int, str] | None]:
@@ -177,9 +188,11 @@ def request_stop(
         ctx.term()  # a Bye still queued to a live core goes first (the socket's linger bounds it)
 
 
-def run(core: str, *, timeout_s: float, reason: str = "", out: IO[str] | None = None) -> int:
+def run(core: str, *, timeout_s: float, reason: str = "", fmt: str = "table", out: IO[str] | None = None) -> int:
     """`encoders stop`: ask the core at ``core`` to stop the pipeline and wait for it; the exit code
-    (module docstring)."""
+    (module docstring). ``fmt``: how the totals are printed (FORMATS)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
     out = out or sys.stdout
     # The session's own warnings (a core gone silent) on stderr; its INFO lines are not for a command.
     logging.basicConfig(level=logging.WARNING, format="encoders stop: %(message)s", stream=sys.stderr)
@@ -196,7 +209,7 @@ def run(core: str, *, timeout_s: float, reason: str = "", out: IO[str] | None = 
         return 130
     if stopped is not None:
         say(f"the pipeline at {core} has stopped")
-        print(totals_table(stopped.streams), file=out, flush=True)
+        print(totals_json(stopped.streams) if fmt == "json" else totals_table(stopped.streams), file=out, flush=True)
         return EXIT_STOPPED
     assert failure is not None
     code, why = failure

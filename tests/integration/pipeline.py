@@ -8,6 +8,7 @@ service, and stop it the way an operator does (`encoders stop`).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,12 @@ import zmq
 
 from encoders.shared import zmqio
 from encoders.shared.keys import CurveKeys
-from encoders.shared.messages import EndOfStream, Message, MetricsRecord, StreamStart
+from encoders.shared.messages import EndOfStream, FrameCounts, Message, MetricsRecord, StreamStart
 
 from ..conftest import Service, Services, Sockets, free_port, wait_for
 from ..hosts import Host
+
+JSON = ("--format", "json")  # `encoders stop`'s totals for programs: ``totals`` reads them
 
 
 @dataclass
@@ -169,9 +172,10 @@ class Pipeline:
         )
 
     def stop(self, timeout: float = 120) -> subprocess.CompletedProcess:
-        """`encoders stop --pipeline CORE`, as an operator would: the pipeline drains and every service exits."""
+        """`encoders stop --pipeline CORE`, as an operator would: the pipeline drains and every service exits.
+        Its totals in the form for programs (--format json): ``totals(done)`` reads them."""
         return subprocess.run(
-            [sys.executable, "-m", "encoders", "stop", "--pipeline", self.core, "--timeout", str(timeout)],
+            [sys.executable, "-m", "encoders", "stop", "--pipeline", self.core, "--timeout", str(timeout), *JSON],
             capture_output=True,
             text=True,
             timeout=timeout + 30,
@@ -187,6 +191,12 @@ class Pipeline:
                 "FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s ORDER BY f.stream, f.seq",
                 (self.run_dir.name,),
             ).fetchall()
+
+
+def totals(done: subprocess.CompletedProcess) -> dict[str, FrameCounts]:
+    """Each stream's totals, as `encoders stop --format json` (``Pipeline.stop``) printed them."""
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)["streams"]
 
 
 def subscribe(sockets: Sockets, endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket:

@@ -165,8 +165,8 @@ class Stack:
         self.env = env
         self.compose = run("make", "-s", "--no-print-directory", "compose-command", env=env).split()
 
-    def make(self, target: str, timeout: float) -> str:
-        return run("make", target, env=self.env, timeout=timeout)
+    def make(self, target: str, *variables: str, timeout: float) -> str:
+        return run("make", target, *variables, env=self.env, timeout=timeout)
 
     def sql(self, query: str) -> str:
         return run(*self.compose, "exec", "-T", "postgres", "psql", "-U", "encoders", "-tA", "-c", query, env=self.env)
@@ -266,9 +266,12 @@ def test_make_up_runs_the_pipeline_survives_a_crash_and_make_down_closes_the_run
 
     # make down: the recorder writes what it holds and closes the run; its summary agrees
     # with the rows, and every frame the camera gave is accounted for.
-    stopped = stack.make("down", timeout=300)
-    cam0_line = next((line.split() for line in stopped.splitlines() if line.startswith("cam0 ")), None)
-    assert cam0_line, f"make down printed no totals of cam0 (encoders stop):\n{stopped}"
+    # The stop's totals in the form for programs (encoders stop --format json): one JSON line
+    # among make's echo of its commands.
+    stopped = stack.make("down", "STOP_FORMAT=json", timeout=300)
+    said = [json.loads(line) for line in stopped.splitlines() if line.startswith("{")]
+    assert len(said) == 1 and "cam0" in said[0]["streams"], f"make down printed no totals of cam0:\n{stopped}"
+    cam0_said = said[0]["streams"]["cam0"]
     run(*stack.compose, "up", "-d", "postgres", env=stack.env, timeout=120)
     ready = [*stack.compose, "exec", "-T", "postgres", "pg_isready"]
     wait_for(lambda: "accepting" in run(*ready, env=stack.env, check=False), 60, "postgres", interval=1)
@@ -292,5 +295,6 @@ def test_make_up_runs_the_pipeline_survives_a_crash_and_make_down_closes_the_run
     assert summary["totals"]["db_rows"] == cam0["db_rows"] == rows == frames["embedded"], json.dumps(summary)[:3000]
     accounted = frames["embedded"] + frames["dropped"] + frames["skipped"] + frames["lost"]
     assert frames["published"] == accounted, json.dumps(summary)[:4000]
-    assert cam0_line[1:3] == [str(frames["published"]), str(frames["embedded"])], cam0_line  # what the stop said
+    said_counts = {k: cam0_said[k] for k in ("published", "embedded")}
+    assert said_counts == {k: frames[k] for k in said_counts}, cam0_said  # what the stop said
     print(f"compose: built and healthy in {built_and_healthy_s:.0f} s; {rows} frames stored, {frames}")

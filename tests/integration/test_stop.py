@@ -1,8 +1,10 @@
 """`encoders stop` as a real process against a stand-in core (tests/stand_in_core.py): the totals
-printed once the core reports Stopped, a core that does not report in time, no core at all."""
+printed once the core reports Stopped (a table for people, JSON for programs: every test that
+reads the totals reads the JSON), a core that does not report in time, no core at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,11 +63,28 @@ def test_the_totals_are_printed_once_the_core_reports_it_has_stopped(cores):
     assert isinstance(bye, Bye)
 
 
+def test_format_json_prints_the_totals_as_one_object_for_programs(cores):
+    totals = {
+        "cam0": {"published": 1200, "embedded": 1180, "dropped": 15, "skipped": 5, "lost": 0, "late": 3},
+        "cam1": {"published": None, "embedded": 300, "dropped": 0, "skipped": 0, "lost": 0},
+    }
+    core = cores(stopped=Stopped(totals))  # type: ignore[arg-type]
+    done = stop("--pipeline", core.endpoint, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()  # one line, nothing else on stdout: what it does goes to stderr
+    assert json.loads(line) == {"streams": totals}  # every count by its name, whichever a stream has
+    assert f"the pipeline at {core.endpoint} has stopped" in done.stderr
+    helped = subprocess.run(
+        [sys.executable, "-m", "encoders", "stop", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert "--format [table|json]" in helped.stdout and "JSON object" in helped.stdout
+
+
 def test_the_address_comes_from_encoders_core_too(cores):
     core = cores(stopped=Stopped({}))
-    done = stop(env={"ENCODERS_CORE": core.endpoint})
+    done = stop("--format", "json", env={"ENCODERS_CORE": core.endpoint})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["stream", "published", "embedded", "dropped", "skipped", "lost"]
+    assert json.loads(done.stdout) == {"streams": {}}
     (stop_msg,) = [m for m in core.messages() if isinstance(m, Stop)]
     assert stop_msg.reason.startswith("encoders stop from ")  # who asked, by default
 

@@ -1,14 +1,15 @@
 """`encoders stop`'s request (src/encoders/control.py) against a core the test holds (a ROUTER over
-inproc), one step at a time with the time passed in; and the table of totals it prints."""
+inproc), one step at a time with the time passed in; and the totals it prints (a table, or JSON)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 import zmq
 
-from encoders.control import EXIT_NO_CORE, EXIT_TIMEOUT, StopRequest, control_session, totals_table
+from encoders.control import EXIT_NO_CORE, EXIT_TIMEOUT, StopRequest, control_session, totals_json, totals_table
 from encoders.shared import zmqio
 from encoders.shared.messages import PROTOCOL, Heartbeat, Hello, Message, Refused, Stop, Stopped, Welcome
 from encoders.shared.session import SessionRefused
@@ -144,3 +145,14 @@ def test_the_totals_table():
         ["total", "-", "13", "0", "0", "1", "2"],
     ]
     assert totals_table({}) == "stream  published  embedded  dropped  skipped  lost"
+
+
+def test_the_totals_as_json_for_programs():
+    streams = {
+        "cam1": {"published": None, "embedded": 3, "dropped": 0, "skipped": 0, "lost": 1, "late": 2},
+        "cam0": {"published": 10, "embedded": 10, "dropped": 0, "skipped": 0, "lost": 0},
+    }
+    out = totals_json(streams)  # type: ignore[arg-type]
+    assert "\n" not in out  # one line: one object
+    assert json.loads(out) == {"streams": streams}  # every count by its name, published null when unknown
+    assert json.loads(totals_json({})) == {"streams": {}}

@@ -19,7 +19,7 @@ from encoders.services.viewer.subscriptions import Subscriptions, core_lines, li
 from encoders.services.viewer.viewer import Viewer
 from encoders.services.viewer.window import Window
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Bye, Frame, Hello, Message, MetricsRecord, Refused, Welcome
+from encoders.shared.messages import PROTOCOL, Bye, Frame, Hello, Message, MetricsRecord, Refused, Stopped, Welcome
 from encoders.shared.runtime import StartupError
 from encoders.shared.settings import CoreConnection
 
@@ -108,6 +108,24 @@ def test_with_nobody_watching_frames_wait_undecoded_for_the_first_web_viewer(wir
     with board.follow(VIDEO):
         assert viewer.tick(100.1)
     assert viewer.counters["frames_shown"] == 1 and board.get(VIDEO)[0] == 1
+
+
+def test_the_pipelines_stop_on_the_metrics_publisher_ends_the_loop_saying_so(wired, caplog):
+    frames_pub, metrics_pub, subscriptions = wired
+    window = StandInWindow()
+    viewer = Viewer(subscriptions, window=window, feed=WebFeed(Latest()))
+    publish_until_received(viewer, frames_pub, metrics_pub)
+    assert viewer.tick(100.0)
+    totals = {"cam0": {"published": 4, "embedded": 3, "dropped": 1, "skipped": 0, "lost": 0}}
+    zmqio.send(metrics_pub, Stopped(totals), topic=True)  # type: ignore[arg-type]
+    shown = len(window.shown)
+    with caplog.at_level(logging.INFO, logger="encoders.viewer"):
+        wait_for(lambda: not viewer.tick(100.1), 5, "the viewer to take the stop")
+        stop = threading.Event()
+        viewer.run(stop)  # returns at once: the pipeline has stopped (stop was never set)
+    assert viewer.stopped is not None and viewer.stopped.streams == totals
+    assert len(window.shown) == shown  # nothing drawn after it
+    assert "the pipeline has stopped (frames embedded/published: cam0 3/4): exiting" in caplog.text
 
 
 def test_an_endpoint_that_does_not_parse_is_a_startup_error(sockets):
