@@ -34,11 +34,33 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
     )
     web_key: str = setting("", "The TLS certificate's private key (PEM), with --web-cert")
     web_max_connections: int = setting(
-        64, "Connections the web viewer holds at once; more are closed at once (counted 'refused')", minimum=1
+        64,
+        "Connections the web viewer holds at once; past it a connection that has shown no token yet makes room "
+        "(counted 'evicted'), else the new one is closed at once (counted 'refused')",
+        minimum=1,
+    )
+    web_max_per_client: int = setting(
+        16,
+        "Connections one client (one remote address) holds at once; more are closed at once (counted 'refused'): "
+        "a browser opens 6 at most, and a video or an event stream one each",
+        minimum=1,
+    )
+    web_token_timeout: float = setting(
+        5.0,
+        "Seconds a web connection may stay open before a request on it has passed the token check (any request, "
+        "with no token set); then it is cut off (counted 'token_timeouts'): strangers' connections go quickly",
+        minimum=0.1,
     )
     web_header_timeout: float = setting(
         10.0,
-        "Seconds a web client may take to send a request's headers (or the TLS handshake) before it is cut off",
+        "Seconds a web client may take to send a request's line and headers (or the TLS handshake) before it is "
+        "cut off (counted 'header_timeouts')",
+        minimum=0.1,
+    )
+    web_body_timeout: float = setting(
+        30.0,
+        "Seconds a request's body (an uploaded picture) may stop coming before the connection is cut off "
+        "(counted 'body_timeouts'); a body that keeps coming is never cut",
         minimum=0.1,
     )
     stall_after: float = setting(

@@ -105,13 +105,14 @@ class TextSearch:
                 since=parse_time(query.since) if query.since else None,
                 until=parse_time(query.until) if query.until else None,
             )
+            ref = parse_frame_ref(query.frame) if query.frame else None  # a query that does not parse: no database
             with reading(self.database_url, self.runs_dir) as store:
                 if not store.has_frames():
                     return [], "the database holds no frames yet"
                 if query.run:
                     filters = filters.with_runs((store.resolve_run(query.run).id,))
-                if query.frame:
-                    vector, run, _stream = store.frame_vector(parse_frame_ref(query.frame))
+                if ref is not None:
+                    vector, run, _stream = store.frame_vector(ref)
                     if run.model is None:
                         raise StoreError(f"run {run.name} has no model recorded: its frames cannot be compared")
                     label = run.model

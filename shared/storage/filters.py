@@ -23,13 +23,17 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     if value.lower() == "now":
         return now
     m = _RELATIVE.fullmatch(value)
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if not m:
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            raise FilterError(f"not a time: {text!r} (give e.g. 2026-01-07T14:30, 2026-01-07, 2h or 30m ago)") from None
     try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise FilterError(f"not a time: {text!r} (give e.g. 2026-01-07T14:30, 2026-01-07, 2h or 30m ago)") from None
-    return t if t.tzinfo is not None else t.astimezone()  # naive: local time
+        if m:
+            return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+        return t if t.tzinfo is not None else t.astimezone()  # naive: local time
+    except (OverflowError, ValueError):  # '99999999999w' ago; 0001-01-01 or 9999-12-31 made local
+        raise FilterError(f"a time out of range: {text[:40]!r} (dates go from year 1 to 9999)") from None
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,11 @@ def parse_frame_ref(text: str) -> FrameRef:
     parts = text.strip().split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise FilterError(f"--frame takes RUN:SEQ or RUN:STREAM:SEQ, got {text!r}")
-    try:
-        seq = int(parts[-1])
-    except ValueError:
-        raise FilterError(f"--frame {text!r}: the sequence number {parts[-1]!r} is not a whole number") from None
+    raw = parts[-1].strip()
+    # ASCII digits, within a bigint: int() takes '²' and any length; the database neither.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) >= 2**63:
+        raise FilterError(f"--frame {text[:300]!r}: the sequence number {raw[:40]!r} is not a whole number")
+    seq = int(raw)
     return FrameRef(parts[0], parts[1] if len(parts) == 3 else None, seq)
 
 

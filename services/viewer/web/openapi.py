@@ -20,14 +20,14 @@ MAX_UPLOAD = 16 * 1024 * 1024  # an uploaded picture
 
 def parse_search(params: Mapping[str, str], image: bytes | None) -> tuple[Query, int, int, float | None]:
     """(query, k, offset, min_similarity) from the request; ValueError saying what is wrong."""
-    text, frame = params.get("text", "").strip(), params.get("frame", "").strip()
+    text, frame = text_param(params, "text", 1000), text_param(params, "frame", 300)
     given = [name for name, value in (("text", text), ("frame", frame), ("image", image)) if value]
     if len(given) != 1:
         raise ValueError(
             "give exactly one of text, frame (GET) or an image (POST)" + (f": got {', '.join(given)}" if given else "")
         )
-    k = _whole(params, "k", 12, 1, MAX_RESULTS)
-    offset = _whole(params, "offset", 0, 0, MAX_OFFSET)
+    k = whole_param(params, "k", 12, 1, MAX_RESULTS)
+    offset = whole_param(params, "offset", 0, 0, MAX_OFFSET)
     min_similarity = None
     if params.get("min_similarity"):
         try:
@@ -36,17 +36,28 @@ def parse_search(params: Mapping[str, str], image: bytes | None) -> tuple[Query,
             raise ValueError("min_similarity must be a number in [-1, 1]") from None
         if not math.isfinite(min_similarity) or not -1.0 <= min_similarity <= 1.0:
             raise ValueError("min_similarity must be a number in [-1, 1]")
-    scope = {name: params.get(name, "").strip()[:256] for name in ("run", "stream", "since", "until")}
-    return Query(text=text[:1000], image=image, frame=frame[:300], **scope), k, offset, min_similarity
+    scope = {name: text_param(params, name, 256) for name in ("run", "stream", "since", "until")}
+    return Query(text=text, image=image, frame=frame, **scope), k, offset, min_similarity
 
 
-def _whole(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def whole_param(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int:
+    """A whole-number parameter in [lo, hi] (``default`` when absent; None: it must be given), or
+    ValueError saying so. ASCII digits only: str.isdigit takes '²', which int() does not."""
     raw = params.get(name, "")
-    if not raw:
+    if not raw and default is not None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(hi)) or not lo <= int(raw) <= hi:
         raise ValueError(f"{name} must be a whole number in [{lo}, {hi}]")
     return int(raw)
+
+
+def text_param(params: Mapping[str, str], name: str, limit: int) -> str:
+    """A text parameter, trimmed, of at most ``limit`` characters; ValueError if it holds a NUL
+    character, which no database takes (it would fail the query, not the request)."""
+    value = params.get(name, "").strip()[:limit]
+    if "\x00" in value:
+        raise ValueError(f"{name} holds a NUL character (\\0)")
+    return value
 
 
 _NULLABLE_NUMBER = {"type": ["number", "null"]}

@@ -45,7 +45,7 @@ from .auth import remember_token, token_middleware
 from .clients import Clients
 from .formats import MJPEG_CONTENT_TYPE, MJPEG_START, json_dumps, mjpeg_part, sse_event
 from .guard import Door
-from .openapi import MAX_UPLOAD, OPENAPI, parse_search
+from .openapi import MAX_UPLOAD, OPENAPI, parse_search, text_param, whole_param
 from .thumbnails import Thumbnails
 
 log = logging.getLogger("encoders.viewer.web")
@@ -78,7 +78,7 @@ class WebApp:
         self.secure = secure  # served over TLS
         self.cookie = cookie
         self.search = search
-        self.door = door or Door(max_connections=64, header_timeout=10.0)  # served by server.py
+        self.door = door or Door(max_connections=64, header_timeout=10.0)  # served by server.py (guard.py)
         self.clients = Clients(board, self.door.counts)
         self.thumbnails = Thumbnails()
         # Searches and thumbnails read disks and databases: never on the loop, and two at most.
@@ -86,7 +86,9 @@ class WebApp:
 
     def build(self) -> web.Application:
         """The aiohttp application: the routes of this module's docstring."""
-        app = web.Application(middlewares=[token_middleware(self.token, self.cookie)], client_max_size=MAX_UPLOAD)
+        # The door watches every request (outermost), and learns which carried the token (after its check).
+        middlewares = [self.door.watch, token_middleware(self.token, self.cookie), self.door.vouch]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_UPLOAD)
         app.router.add_get("/", self.index)
         # The page's few files by name, not a folder served: no path from a client ever reaches
         # the filesystem (aiohttp's static folder answered a 5,000-character name with a 500).
@@ -278,19 +280,19 @@ class WebApp:
         """Drift over a chosen period (run, stream, since, until), with its scene changes and alerts."""
         if self.search is None:
             return web.json_response({"error": "the timeline needs the database: --database-url"}, status=404)
-        scope = Query(
-            run=request.query.get("run", "").strip()[:256],
-            stream=request.query.get("stream", "").strip()[:64],
-            since=request.query.get("since", "").strip()[:64],
-            until=request.query.get("until", "").strip()[:64],
-        )
-        points = request.query.get("points", "600")
-        if not points.isdigit() or not 10 <= int(points) <= 5000:
-            return web.json_response({"error": "points must be a whole number in [10, 5000]"}, status=400)
+        params = request.query
         try:
-            body = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.search.timeline, scope, int(points)
+            scope = Query(
+                run=text_param(params, "run", 256),
+                stream=text_param(params, "stream", 64),
+                since=text_param(params, "since", 64),
+                until=text_param(params, "until", 64),
             )
+            points = whole_param(params, "points", 600, 10, 5000)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(self.executor, self.search.timeline, scope, points)
         except QueryProblem as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except SearchError as exc:
@@ -301,12 +303,17 @@ class WebApp:
         """A stored frame's picture (its thumbnail, or its keyframe's): what a click on the timeline opens."""
         if self.search is None:
             return web.json_response({"error": "stored frames need the database: --database-url"}, status=404)
-        run, stream, seq = (request.query.get(k, "") for k in ("run", "stream", "seq"))
-        if not run or not stream or not seq.isdigit() or len(seq) > 19:
+        params = request.query
+        try:
+            run, stream = text_param(params, "run", 256), text_param(params, "stream", 64)
+            seq = whole_param(params, "seq", None, 0, 2**63 - 1)
+        except ValueError as exc:
+            return web.json_response({"error": f"give run, stream and seq (a whole number): {exc}"}, status=400)
+        if not run or not stream:
             return web.json_response({"error": "give run, stream and seq (a whole number)"}, status=400)
         try:
             jpeg = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.search.frame_thumbnail, run[:256], stream[:64], int(seq)
+                self.executor, self.search.frame_thumbnail, run, stream, seq
             )
         except SearchError as exc:
             return web.json_response({"error": str(exc)}, status=503)

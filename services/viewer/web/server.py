@@ -22,7 +22,7 @@ SHUTDOWN_S = 1.0  # how long a client stuck mid-write may hold up the viewer's e
 
 class WebServer:
     """``tls``: an SSL context (ENCODERS_WEB_CERT/KEY) or None for plain HTTP. Every connection
-    goes through the app's door (its cap and header timeout: guard.py)."""
+    goes through the app's door (its caps and deadlines: guard.py)."""
 
     def __init__(self, webapp: WebApp, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
         self.webapp = webapp
