@@ -52,6 +52,14 @@ def core_families(core: Core, f: Families) -> None:
         f.gauge(
             "encoders_outcomes_waiting", "Outcomes waiting behind a missing one", state.order.waiting(), stream=name
         )
+        offset = core.ingests.clocks.offsets.get(name)
+        if offset is not None:
+            f.gauge(
+                "encoders_clock_offset_seconds",
+                "How far the stream's ingest's clock is ahead of the core's (behind: negative), at its latest capture",
+                offset,
+                stream=name,
+            )
         rolling = state.drift.rolling()
         f.gauge("encoders_drift_rolling_mean", "Mean drift over the rolling window", rolling.get("mean"), stream=name)
         f.gauge("encoders_drift_rolling_std", "Drift's standard deviation over it", rolling.get("std"), stream=name)

@@ -19,6 +19,7 @@ from encoders.shared.complaints import Complaints
 from encoders.shared.messages import Capture, CaptureEnded, Credit, Frame, Hello, Message, Stats, Stop
 
 from .broker import LOSSLESS_MAX, Broker
+from .clocks import Clocks
 from .numbering import Numbering
 from .report import stats_counters
 from .streams import DROPPED, Streams
@@ -52,6 +53,7 @@ class Ingests:
         dispatch: Callable[[float], None],
         complain: Complaints,
         max_streams: int,
+        max_clock_skew: float = 0.0,
     ) -> None:
         self.streams, self.broker, self.numbering, self.frames_pub = streams, broker, numbering, frames_pub
         self.send, self.dispatch, self.complain = send, dispatch, complain
@@ -59,6 +61,7 @@ class Ingests:
         self.live: dict[bytes, Ingest] = {}  # identity -> its ingest session
         self.of: dict[str, bytes] = {}  # stream -> the identity of its live session
         self.streams_refused = 0
+        self.clocks = Clocks(complain, max_clock_skew)  # each capture's time against the core's clock
         # Captures each ended session had numbered, by identity: the session's next Hello says how
         # many it sent, and the difference never arrived (bounded: the oldest are forgotten).
         self.gone: dict[bytes, int] = {}
@@ -126,6 +129,7 @@ class Ingests:
             del self.gone[next(iter(self.gone))]
         if self.of.get(ingest.stream) == identity:
             del self.of[ingest.stream]
+            self.clocks.leave(ingest.stream)
         if not ingest.ended:
             self.streams.end_epoch(ingest.stream)
         log.info("ingest %s of stream %s left: %s", ingest.name, ingest.stream, why)
@@ -165,6 +169,7 @@ class Ingests:
             else:
                 self.complain("captures_without_credit", "ingest %s sent a capture without credit", ingest.name)
                 lossless = self.broker.queued(ingest.stream) < 2 * LOSSLESS_MAX  # bounded, whatever it sends
+        self.clocks.capture(ingest.stream, cap.t_capture, now, lossless=ingest.lossless)
         seq = self.numbering.take(ingest.stream)
         ingest.captures += 1
         self.streams.numbered(ingest.stream, seq, now)

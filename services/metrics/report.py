@@ -39,6 +39,10 @@ def log_line(stream: str, totals: Mapping[str, Any], fps: float, waiting: int) -
     return f"{stream}: {counts}{f', {late} late' if late else ''}; {fps:.1f} embedded/s; {waiting} outcomes waiting"
 
 
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
 class Reporter:
     """The core's Stats and log lines, when due."""
 
@@ -76,6 +80,8 @@ class Reporter:
                 "waiting": broker.queued(name),  # frames numbered, waiting for a worker
                 "outcomes_waiting": state.order.waiting(),  # behind a missing one
                 "lost_max_pending": state.order.forced,  # given up: more than max_pending waited
+                # Its ingest's clock against the core's at its latest capture (clocks.py); ahead: > 0
+                "clock_offset_s": _rounded(core.ingests.clocks.offsets.get(name)),
             }
             counters = stats_counters(core.streams.totals(name), mine, shared)
             zmqio.send(core.metrics_pub, Stats("metrics", name, counters), topic=True)

@@ -18,6 +18,13 @@ numbered plus the captures an ingest could not deliver while the core was away (
 ``undelivered``), which count as dropped: published = embedded + dropped + skipped + lost
 once every frame has its outcome; ``late`` counts results that came after their frame was
 given up.
+
+Ended streams are forgotten (``forget_settled``): once a stream's epoch has ended and every
+frame and event of it is released, its order, drift and alerts go, and only its counts, its
+next number and its last capture time stay (``Ended``: a few numbers a name, as numbering.py
+keeps a high-water mark per name). A core that sees many short-lived streams so keeps little
+per stream it ever saw, and a stream that comes back in this life goes on counting from where
+it was (a recorder adds each life's last counts: they must never go back).
 """
 
 from __future__ import annotations
@@ -73,6 +80,16 @@ class StreamState:
     open: Epoch | None = None  # the epoch started and not yet ended
 
 
+@dataclass
+class Ended:
+    """What is kept of a stream forgotten once it ended and settled: what a new epoch of it goes on from."""
+
+    counts: FrameCounts
+    late: int
+    next_number: int
+    last_capture: float | None
+
+
 class Streams:
     """Every stream's order, drift and counts; hands back what to publish, in order."""
 
@@ -91,6 +108,7 @@ class Streams:
         self.alert_rules = alerts or AlertRules()  # default: off
         self.core = core  # this life of the core, carried by every record
         self.streams: dict[str, StreamState] = {}
+        self.ended: dict[str, Ended] = {}  # streams forgotten (forget_settled), by name
 
     # -- what happened --------------------------------------------------------------------------
 
@@ -112,8 +130,13 @@ class Streams:
         session was with, if another, and the captures it sent there (for the recorder)."""
         state = self.streams.get(stream)
         if state is None:
+            kept = self.ended.pop(stream, None)
+            if kept is not None:  # a stream forgotten in this life comes back: it goes on from there
+                first_seq = max(first_seq, kept.next_number)
             order = StreamOrder(first_seq, self.max_wait, self.max_pending)
             state = StreamState(order, self._tracker(), first_seq, alerts=Alerts(self.alert_rules))
+            if kept is not None:
+                state.counts, state.order.late, state.last_capture = kept.counts, kept.late, kept.last_capture
             self.streams[stream] = state
         elif state.open is not None:
             self.end_epoch(stream)
@@ -152,6 +175,9 @@ class Streams:
         """A numbered frame's outcome; False if it came too late (counted late, for results)."""
         state = self.streams.get(stream)
         if state is None:
+            kept = self.ended.get(stream)
+            if kept is not None and isinstance(outcome, Embedding | Skipped):
+                kept.late += 1  # a worker's result for a frame given up before the stream was forgotten
             return False
         if isinstance(outcome, Lost) and seq < state.order.next_seq:
             return False  # the core giving up a frame the order gave up already: no result, not late
@@ -178,20 +204,39 @@ class Streams:
         return out
 
     def totals(self, name: str) -> FrameCounts:
-        state = self.streams[name]
+        state = self.streams.get(name)
+        if state is None:  # forgotten
+            kept = self.ended[name]
+            return {**kept.counts, "late": kept.late}
         return {**state.counts, "late": state.order.late}
+
+    def names(self) -> list[str]:
+        """Every stream of this life of the core: those with state, then those forgotten."""
+        return [*self.streams, *self.ended]
 
     def settled(self, name: str) -> bool:
         """No epoch open, every numbered frame's outcome and every event released."""
-        state = self.streams[name]
+        state = self.streams.get(name)
+        if state is None:
+            return name in self.ended
         return state.open is None and not state.events and state.order.next_seq >= state.next_number
+
+    def forget_settled(self) -> list[str]:
+        """Let go of every stream that has ended and settled (its ingest may still be saying Bye):
+        only what a new epoch of it goes on from is kept (``Ended``). The names forgotten."""
+        gone = [name for name in self.streams if self.settled(name)]
+        for name in gone:
+            state = self.streams.pop(name)
+            self.ended[name] = Ended(state.counts, state.order.late, state.next_number, state.last_capture)
+        return gone
 
     def unsettled(self) -> list[str]:
         return [name for name in self.streams if not self.settled(name)]
 
     def waiting(self, name: str) -> int:
         """Outcomes held back by a missing one."""
-        return self.streams[name].order.waiting()
+        state = self.streams.get(name)
+        return state.order.waiting() if state is not None else 0
 
     # -- internals ------------------------------------------------------------------------------
 

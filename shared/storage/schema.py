@@ -248,6 +248,9 @@ def migrate(conn: psycopg.Connection, target: str = "the database") -> list[int]
     applied = []
     for migration in MIGRATIONS:
         with conn.transaction():
+            # No statement timeout (the connection's, if any): a migration may build an index over
+            # every row stored, and waits for a recorder starting beside it (the advisory lock).
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
             for step in BOOTSTRAP:
                 conn.execute(step)

@@ -23,7 +23,7 @@ from pgvector.psycopg import register_vector
 from . import listings, runs
 from . import search_sql as sql
 from .config import RUNS_DIR, SEARCH_EF
-from .connection import connect
+from .connection import READ_STATEMENT_TIMEOUT_S, connect
 from .filters import FilterError, Filters, FrameRef
 from .runs import Run
 from .schema import HNSW_INDEX, LATEST_VERSION
@@ -36,10 +36,14 @@ class StoreError(RuntimeError):
 
 
 @contextmanager
-def reading(url: str, runs_dir: str | Path = RUNS_DIR) -> Iterator[Store]:
+def reading(
+    url: str, runs_dir: str | Path = RUNS_DIR, *, statement_timeout: float = READ_STATEMENT_TIMEOUT_S
+) -> Iterator[Store]:
     """A Store on its own connection, for as long as the block runs. DatabaseUnavailable when the
-    server cannot be reached, StoreError when it holds no pgvector (nothing was recorded there)."""
-    conn = connect(url, vectors=False)
+    server cannot be reached, StoreError when it holds no pgvector (nothing was recorded there).
+    A statement that runs past ``statement_timeout`` (a table locked, a query gone wrong) is
+    cancelled by the server: psycopg.errors.QueryCanceled."""
+    conn = connect(url, statement_timeout=statement_timeout, vectors=False)
     try:
         try:
             register_vector(conn)

@@ -28,6 +28,7 @@ EVENTS = st.one_of(
     *[st.tuples(st.just("number"), STREAMS, st.just(0))] * 3,
     *[st.tuples(st.just("outcome"), STREAMS, st.integers(0, 12))] * 3,  # which of the numbered frames
     st.tuples(st.just("wait"), st.just(""), st.sampled_from([0, 1, 20])),
+    st.tuples(st.just("forget"), st.just(""), st.just(0)),  # as the core does after each release
 )
 
 
@@ -70,6 +71,8 @@ def test_whatever_happens_the_streams_publish_valid_messages_in_order_and_their_
             s.outcome(stream, seq, an_outcome(stream, seq, arg), now)
         elif kind == "wait":
             now += arg
+        elif kind == "forget":
+            s.forget_settled()
         out += s.release(now)
     for stream, seqs in numbered.items():  # every frame gets an outcome in the end; every epoch ends
         for seq in seqs:
@@ -79,7 +82,9 @@ def test_whatever_happens_the_streams_publish_valid_messages_in_order_and_their_
     out += s.release(now)
     for msg in out:
         assert_conforms(through_the_wire(msg))
-    for stream in s.streams:
+    s.forget_settled()
+    assert not s.streams  # every stream ended and settled: forgotten, its counts kept
+    for stream in s.names():
         mine = [m for m in out if m.stream == stream]  # type: ignore[attr-defined]
         seqs = [m.seq for m in mine if isinstance(m, MetricsRecord)]
         assert seqs == sorted(set(seqs))
