@@ -24,6 +24,8 @@ annotations below, worked out once per class), so no consumer needs to look agai
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import re
 import time
 import typing
@@ -34,7 +36,20 @@ from typing import Annotated, Any, ClassVar, Literal, TypedDict
 import msgpack
 import numpy as np
 
-from .validation import Check, Invalid, Matches, MaxItems, MaxLen, Range, checker, show
+from .validation import (
+    Check,
+    Invalid,
+    Matches,
+    MaxItems,
+    MaxLen,
+    Packed,
+    Range,
+    checker,
+    map_header,
+    packed,
+    packed_str,
+    show,
+)
 
 SCHEMA_VERSION = 2  # 2: sessions with the core (docs/PROTOCOL.md)
 PROTOCOL = 2
@@ -50,10 +65,11 @@ INT64_MAX = 2**63 - 1
 # largest, so that "last seq + 1" (the frames a stream published) is still a count.
 Seq = Annotated[int, Range(0, INT64_MAX - 1)]
 Count = Annotated[int, Range(0, INT64_MAX)]
-StreamName = Annotated[str, Matches(STREAM_NAME, "a stream name (1-64 of A-Z a-z 0-9 _ . -)")]
+StreamName = Annotated[str, MaxLen(64), Matches(STREAM_NAME, "a stream name (1-64 of A-Z a-z 0-9 _ . -)")]
 # Names of things (a worker, a model, a service, a counter) and free text (a reason, a URL):
 # bounded so that one message cannot fill a log line, a page or a database row.
 Name = Annotated[str, MaxLen(1024)]
+MAX_DIM = 65536  # an embedding's length at most (CLIP's are 512 to 1024)
 TEXT_MAX = 4096
 Text = Annotated[str, MaxLen(TEXT_MAX)]
 Pixels = Annotated[int, Range(1, 65535)]  # a JPEG's width or height: the format's own limit
@@ -68,7 +84,7 @@ Level = Annotated[float, Range(0, 255)]  # a picture's brightness or contrast, i
 # What a record's frame set off (metrics/events.py): kind -> the value measured, e.g.
 # {"frozen": 61.0} (seconds without change) or {"blackout": 2.1} (the picture's contrast).
 EVENT_KIND = re.compile(r"[a-z][a-z_]{0,14}(:[A-Za-z0-9_.-]{1,48})?")  # frozen, trigger:door
-EventKind = Annotated[str, Matches(EVENT_KIND, "an event kind (frozen, blackout, trigger:NAME, ...)")]
+EventKind = Annotated[str, MaxLen(64), Matches(EVENT_KIND, "an event kind (frozen, blackout, trigger:NAME, ...)")]
 Events = Annotated[dict[EventKind, float | None], MaxItems(16)]
 
 
@@ -143,6 +159,7 @@ class Hello(Message):
     after: Name = ""  # ingest: that life of the core ("" if none): what did not arrive is counted lost
     capacity: Annotated[int, Range(0, 4096)] = 0  # worker: frames it can hold at once
     model: Name = ""  # worker: what it embeds with, e.g. "ViT-B-32/openai"
+    dim: Annotated[int, Range(0, MAX_DIM)] = 0  # worker: the length of its embeddings (512 for ViT-B-32)
     run: Name = ""  # recorder: the run it records already (after a core restart), if any
     takeover: bool = False  # recorder: replace the recorder the core has, if any
 
@@ -196,7 +213,8 @@ class Stop(Message):
 
 @dataclass
 class Stopped(Message):
-    """core -> control: the pipeline has drained; each stream's totals."""
+    """core -> control: the pipeline has drained; each stream's totals. The same, on the metrics
+    publisher (topic ``stopped/``), tells viewers that the pipeline has stopped: they exit."""
 
     KIND: ClassVar[str] = "stopped"
     streams: Annotated[dict[StreamName, FrameCounts], MaxItems(4096)] = field(default_factory=dict)
@@ -420,6 +438,55 @@ def _layout(cls: type[Message]) -> _Layout:
 
 
 _LAYOUTS: dict[type, _Layout] = {cls: _layout(cls) for cls in MESSAGE_TYPES.values()}
+
+
+def _largest_header(cls: type[Message]) -> Packed:
+    """The most room a header of ``cls`` takes (as ``encode`` makes it): ``v``, ``k``, every
+    header field at its largest, and ``dim`` beside a vector."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    entries = [("v", packed(int)), ("k", packed_str(cls.KIND))]
+    entries += [(f.name, packed(hints[f.name])) for f in dataclasses.fields(cls) if f.name not in cls.BUFFERS]
+    if "vector" in cls.BUFFERS:
+        entries.append(("dim", packed(int)))
+    out = Packed(map_header(len(entries)), 0, len(entries))
+    for name, value in entries:
+        key = packed_str(name)
+        out = Packed(out.size + key.size + value.size, out.longest_str, out.most_entries) | key | value
+    return out
+
+
+# Bounds of a header, applied before it is unpacked (``decode``). A header is unpacked whole
+# before its session is even looked up, so an unbounded one costs memory and time to anyone
+# who reaches the socket: a 60 MB "array of empty arrays" took the core to 4.5 GB and blocked
+# its loop for 46 s (issue #22). Each bound is what the largest legal message needs, worked
+# out from the annotations above (validation.packed), so a new field's bound is the
+# unpacker's too:
+_LARGEST_HEADER = functools.reduce(operator.or_, (_largest_header(cls) for cls in MESSAGE_TYPES.values()))
+# - its bytes: the largest kind's (Stopped: 4096 streams, each name and count at its longest;
+#   about 1.8 MB, where a real one is a fraction of that). Unpacked, a header of n bytes takes
+#   some 20 n of memory at worst (maps of empty maps, each key distinct): tens of MB, once.
+HEADER_MAX_BYTES = _LARGEST_HEADER.size
+_UNPACK_LIMITS: dict[str, Any] = {
+    # - a str: the longest field's (a Text: 4096 characters of up to 4 bytes in UTF-8);
+    "max_str_len": _LARGEST_HEADER.longest_str,
+    # - a map: the largest MaxItems (4096 streams of a Stopped or a Ready);
+    "max_map_len": _LARGEST_HEADER.most_entries,
+    # - a list, binary, an extension type: no header holds any (bytes travel as parts of their
+    #   own, after the header). Only an empty one passes; a list of anything is refused at once.
+    "max_array_len": 0,
+    "max_bin_len": 0,
+    "max_ext_len": 0,
+}
+
+
+def largest_part(jpeg_bytes: int = 0) -> int:
+    """The largest part of any legal message on a socket that carries JPEGs of at most
+    ``jpeg_bytes`` (0: none), for zmq.MAXMSGSIZE, which ZeroMQ applies to each part: a header
+    (HEADER_MAX_BYTES), a JPEG, or another buffer (an embedding's vector, at most 65,536 floats
+    or 256 KB; a worker's thumbnail, a smaller picture of a frame), smaller than either."""
+    return max(HEADER_MAX_BYTES, jpeg_bytes)
+
+
 _ABSENT = object()
 
 
@@ -455,10 +522,13 @@ def decode(parts: Sequence[Any], *, with_topic: bool = False) -> Message:
         parts = parts[1:]
     if not parts:
         raise DecodeError("message has no header")
+    # The header's length before anything of it is copied or unpacked (a zmq.Frame or bytes).
+    if len(parts[0]) > HEADER_MAX_BYTES:
+        raise DecodeError(f"a header of {len(parts[0])} bytes: no message's is over {HEADER_MAX_BYTES}")
     try:
-        header = msgpack.unpackb(bytes(parts[0]), raw=False)
+        header = msgpack.unpackb(bytes(parts[0]), raw=False, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise DecodeError(f"header is not msgpack: {exc}") from None
+        raise DecodeError(f"header is not msgpack, or past the bounds of any header: {exc}") from None
     if not isinstance(header, dict):
         raise DecodeError("header is not a map")
     version, kind = header.get("v"), header.get("k")

@@ -32,7 +32,7 @@ import zmq
 
 from . import zmqio
 from .keys import CurveKeys
-from .messages import PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Welcome
+from .messages import HEADER_MAX_BYTES, PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Welcome
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class CoreSession:
     ``hello()`` makes the Hello to send (called each time: an ingest reports what it could not
     deliver meanwhile). ``on_join(welcome)`` runs when the core welcomes a new life of the
     session, ``on_lost()`` when the core has been silent for the timeout (the peer gives up
-    what the core had handed it). A Refused without ``rejoin`` or ``retry`` raises
+    what the core had handed it). ``largest_part``: the largest message part the core sends this
+    peer (messages.largest_part: a worker's frames, the recorder's records carry pictures); a
+    larger one drops the connection (zmq.MAXMSGSIZE). A Refused without ``rejoin`` or ``retry`` raises
     SessionRefused from ``take``.
     """
 
@@ -78,6 +80,7 @@ class CoreSession:
         sndhwm: int | None = None,
         rcvhwm: int | None = None,
         keys: CurveKeys | None = None,
+        largest_part: int = HEADER_MAX_BYTES,
     ) -> None:
         self.endpoint, self.setting, self.keys = endpoint, setting, keys
         self.hello, self.on_join, self.on_lost = hello, on_join, on_lost
@@ -94,6 +97,7 @@ class CoreSession:
             rcvhwm=rcvhwm,
             heartbeat_s=heartbeat_s,
             immediate=True,
+            max_message_bytes=largest_part,
             curve=keys,
         )
         self.welcome: Welcome | None = None  # of the current life; None while not joined
@@ -255,6 +259,7 @@ class Sessions:
     def __init__(self, heartbeat_s: float = HEARTBEAT_S, misses: int = MISSES) -> None:
         self.heartbeat_s, self.timeout_s = heartbeat_s, heartbeat_s * misses
         self.peers: dict[bytes, Peer] = {}
+        self.listening_since = float("-inf")  # a peer's silence counts from here at the earliest (resumed)
 
     def welcome(self, identity: bytes, hello: Hello, now: float) -> tuple[Peer, Peer | None]:
         """A new life of this identity's session: (the new peer, the life it ended, if any)."""
@@ -276,9 +281,24 @@ class Sessions:
     def remove(self, identity: bytes) -> Peer | None:
         return self.peers.pop(identity, None)
 
+    def resumed(self, now: float) -> None:
+        """The core did not run until now (paused, starved of CPU): what peers sent meanwhile is not
+        read yet, so their silence counts from now, and each is due a heartbeat at once (it heard
+        nothing meanwhile). A peer that really went away is counted gone a timeout from now.
+
+        (Silence counts from a peer's last message at most twice the timeout back, whatever: a core
+        whose every turn stalls would otherwise never count anyone gone.)"""
+        self.listening_since = now
+        for peer in self.peers.values():
+            peer.last_sent = float("-inf")
+
     def expired(self, now: float) -> list[Peer]:
         """Peers silent for the timeout, removed from the table."""
-        gone = [p for p in self.peers.values() if now - p.last_heard > self.timeout_s]
+        gone = [
+            p
+            for p in self.peers.values()
+            if now - max(p.last_heard, self.listening_since) > self.timeout_s or now - p.last_heard > 2 * self.timeout_s
+        ]
         for peer in gone:
             del self.peers[peer.identity]
         return gone
@@ -298,4 +318,6 @@ def hello_problem(hello: Hello) -> str | None:
         return "an ingest's Hello names no stream"
     if hello.role == "worker" and hello.capacity < 1:
         return "a worker's Hello offers no capacity"
+    if hello.role == "worker" and (not hello.model or hello.dim < 1):
+        return "a worker's Hello names no model or no embedding length (dim)"
     return None

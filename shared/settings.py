@@ -290,8 +290,25 @@ class Exported(Settings):
         return NONE if port is None else str(port)
 
 
+MAX_FRAME_BYTES = 32 * 1024 * 1024  # the default of --max-frame-bytes
+
+
 @dataclass
-class CoreConnection(Exported):
+class FrameBytes(Settings):
+    """How large a frame may be, the same on every service that handles frames (issue #22): what
+    ingest takes from its camera is what the core and the others let through their sockets."""
+
+    max_frame_bytes: int = setting(
+        MAX_FRAME_BYTES,
+        "Largest JPEG of a frame (the same on every service): ingest drops a larger part from its camera, counted "
+        "as oversized; the core, workers, the recorder and viewers take no larger message part (zmq.MAXMSGSIZE: "
+        "a peer that sends one is disconnected)",
+        minimum=1024,
+    )
+
+
+@dataclass
+class CoreConnection(FrameBytes, Exported):
     """How a service reaches the core (the metrics service) and keeps its session (docs/PROTOCOL.md)."""
 
     core: str = setting(

@@ -325,3 +325,104 @@ def _typed_dict(td: Any) -> tuple[Check, str]:
         return out
 
     return check, expected
+
+
+# -- how much room a value can take on the wire ------------------------------------------------
+# What bounds the unpacking of a header before anything in it is checked (messages.decode): a
+# header is unpacked whole, so its limits have to be known first, and they are worked out from
+# the same annotations, so that a new field's bound is the unpacker's too.
+
+UTF8_MAX = 4  # bytes a character takes in UTF-8 at most: a str of n characters packs to <= 4n bytes
+NUMBER_BYTES = 9  # an int (int64 or uint64) or a float (float64), packed: a type byte and 8
+
+
+@dataclass(frozen=True)
+class Packed:
+    """The most room a value of one annotation takes once msgpack has packed it."""
+
+    size: int  # bytes, in all
+    longest_str: int  # bytes of its longest str (a map's keys included)
+    most_entries: int  # entries of its largest map
+
+    def __or__(self, other: Packed) -> Packed:
+        """The larger of two, each measure on its own (a union, or the largest of several messages)."""
+        return Packed(
+            max(self.size, other.size),
+            max(self.longest_str, other.longest_str),
+            max(self.most_entries, other.most_entries),
+        )
+
+
+def str_header(n: int) -> int:
+    """Bytes of msgpack's header of a str of ``n`` bytes (fixstr, str8, str16, str32)."""
+    return 1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5
+
+
+def map_header(n: int) -> int:
+    """Bytes of msgpack's header of a map of ``n`` entries (fixmap, map16, map32)."""
+    return 1 if n < 16 else 3 if n < 65536 else 5
+
+
+def packed_str(text: str) -> Packed:
+    """A str known in advance (a field's name, a key of a TypedDict)."""
+    n = len(text.encode())
+    return Packed(str_header(n) + n, n, 0)
+
+
+def packed(hint: Any) -> Packed:
+    """The most room a value of ``hint`` takes packed (the annotation as ``checker`` takes it).
+
+    TypeError for one without a bound (a str without MaxLen, a map without MaxItems): a header
+    field must have one, or the header's own bound could not be known.
+    """
+    return _packed(hint, ())
+
+
+def _packed(hint: Any, marks: tuple[Any, ...]) -> Packed:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *more = typing.get_args(hint)
+        return _packed(base, marks + tuple(more))
+    if origin in (types.UnionType, typing.Union):
+        out = Packed(1, 0, 0)  # None
+        for member in typing.get_args(hint):
+            out = out | _packed(member, ())
+        return out
+    if origin is dict:
+        limit = next((m.n for m in marks if isinstance(m, MaxItems)), None)
+        if limit is None:
+            raise TypeError(f"a map without MaxItems has no packed size: {hint!r}")
+        key, value = (_packed(h, ()) for h in typing.get_args(hint))
+        entry = key.size + value.size
+        return Packed(
+            map_header(limit) + limit * entry,
+            max(key.longest_str, value.longest_str),
+            max(limit, key.most_entries, value.most_entries),
+        )
+    if typing.is_typeddict(hint):
+        fields = typing.get_type_hints(hint, include_extras=True)
+        out = Packed(0, 0, len(fields))
+        size = map_header(len(fields))
+        for name, field_hint in fields.items():
+            key, value = packed_str(name), _packed(field_hint, ())
+            size += key.size + value.size
+            out = out | key | value
+        return Packed(size, out.longest_str, out.most_entries)
+    if origin is typing.Literal:
+        out = Packed(0, 0, 0)
+        for choice in typing.get_args(hint):
+            out = out | (packed_str(choice) if isinstance(choice, str) else Packed(NUMBER_BYTES, 0, 0))
+        return out
+    if hint in (int, float):
+        return Packed(NUMBER_BYTES, 0, 0)
+    if hint in (bool, type(None)):
+        return Packed(1, 0, 0)
+    if hint in (str, bytes):
+        limit = next((m.n for m in marks if isinstance(m, MaxLen)), None)
+        if limit is None:
+            raise TypeError(f"a {hint.__name__} without MaxLen has no packed size: {hint!r} {marks!r}")
+        if hint is bytes:
+            return Packed(5 + limit, 0, 0)  # bin8/16/32: a header of at most 5 bytes
+        n = limit * UTF8_MAX
+        return Packed(str_header(n) + n, n, 0)
+    raise TypeError(f"no packed size for the annotation {hint!r}")

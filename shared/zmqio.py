@@ -22,6 +22,13 @@ complain = Complaints(log, "the service's counters (bad_messages)")  # bad input
 # How long a closing socket may still try to deliver what it holds (ms). Long enough for
 # a final flush to a live peer, short enough that a dead peer never blocks shutdown.
 LINGER_MS = 2000
+# What CurveZMQ adds to each part on the wire (its MESSAGE command: a name, a nonce, a MAC and
+# flags, 33 bytes), which zmq.MAXMSGSIZE counts too: a socket takes its largest legal part and these.
+CURVE_BYTES = 64
+# The largest message a publisher's peers send it: a subscription, a topic prefix (a kind and a
+# stream name: under 80 bytes); CurveZMQ's handshake commands (INITIATE, the largest, about 300
+# bytes with its metadata) pass through the same bound.
+SUBSCRIPTION_MAX_BYTES = 1024
 
 
 def open_socket(
@@ -51,8 +58,10 @@ def open_socket(
     connection that died without a word is dropped and re-established within three of them.
     ``immediate``: queue messages only to a connection that is up (a session's Hello must
     not wait in a queue for a core that is not there, then arrive stale). ``max_message_bytes``:
-    a peer that sends a larger message is disconnected (zmq.MAXMSGSIZE). ``curve``: the
-    socket's CurveZMQ keys (shared/keys.py), a server's or a client's.
+    the largest part of a message a peer may send (zmq.MAXMSGSIZE, which ZeroMQ applies to each
+    part, with CURVE_BYTES more for CurveZMQ's): a peer that sends a larger one is disconnected
+    before it is read (messages.largest_part; for a publisher, SUBSCRIPTION_MAX_BYTES). ``curve``:
+    the socket's CurveZMQ keys (shared/keys.py), a server's or a client's.
     """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger)
@@ -70,7 +79,7 @@ def open_socket(
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if max_message_bytes is not None:
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + CURVE_BYTES)
     if curve is not None:
         curve.apply(sock)
     if kind == zmq.SUB:

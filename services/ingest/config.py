@@ -22,12 +22,8 @@ class IngestConfig(CoreConnection):
         "ends) before it is counted as stalled and reopened",
         minimum=0.1,
     )
-    max_frame_bytes: int = setting(
-        32 * 1024 * 1024,
-        "Largest JPEG taken from the camera; a part larger (a missed boundary, a hostile server) is dropped, "
-        "counted as oversized",
-        minimum=1024,
-    )
+    # max_frame_bytes, shared with every service (settings.FrameBytes): a larger part (a missed boundary, a
+    # hostile server) is dropped, counted as oversized
     reconnect_max: float = setting(10.0, "Longest wait between reconnection attempts, seconds", minimum=0.1)
     reconnect: bool = setting(True, "Reconnect when the stream drops or ends (off: end the stream instead)")
 

@@ -82,3 +82,25 @@ def test_a_message_received_as_bytes_is_the_one_received_without_a_copy(pair):
     for msg in got:
         assert (msg.stream, msg.seq, msg.similarity, msg.drift) == ("cam0", 7, 0.9, 0.1)
         assert np.array_equal(msg.vector, sent.vector) and msg.vector.dtype == np.float32
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_a_part_past_max_message_bytes_drops_the_connection_whatever_the_rest(sockets, curve):
+    """zmq.MAXMSGSIZE bounds each part (issue #22), as it travels: CurveZMQ's bytes around it
+    included, which open_socket allows for. A part of the largest legal size passes, with or
+    without keys; one byte more and the peer is disconnected, the part never read."""
+    from encoders.shared.keys import CurveKeys
+
+    server_keys = client_keys = None
+    if curve:
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        server_keys = CurveKeys(server_public, server_secret, None)
+        client_keys = CurveKeys(client_public, client_secret, server_public)
+    largest = 100_000
+    pull = sockets.bind(zmq.PULL, max_message_bytes=largest, curve=server_keys)
+    push = sockets.connect(zmq.PUSH, endpoint(pull), curve=client_keys)
+    push.send_multipart([b"h", b"x" * largest, b"y"])
+    assert pull.poll(5000) and [len(p) for p in pull.recv_multipart()] == [1, largest, 1]
+    push.send_multipart([b"h", b"x" * (largest + zmqio.CURVE_BYTES + 1)])
+    assert not pull.poll(500), "a part past the bound was read"

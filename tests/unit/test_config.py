@@ -107,6 +107,21 @@ def test_a_default_shared_by_several_services_is_written_once():
         assert (settings.runs_dir, settings.database_url) == ("runs", "")
 
 
+def test_the_largest_frame_is_one_setting_of_every_service_that_handles_frames():
+    """Issue #22: the size ingest takes from a camera is the size the core and the others let
+    through their sockets; one variable sets them all. And the frames publisher's budget."""
+    from encoders.services.metrics.config import FRAMES_HWM_MIN, MetricsConfig, frames_hwm
+    from encoders.variables import KNOWN_VARIABLES
+
+    environ = {"ENCODERS_MAX_FRAME_BYTES": "4096", "ENCODERS_FRAMES_BUFFER_MB": "8"}
+    for cls in (IngestConfig, MetricsConfig, EncoderConfig, RecorderConfig, ViewerConfig):
+        assert cls.from_env(environ).max_frame_bytes == 4096, cls
+    assert {"ENCODERS_MAX_FRAME_BYTES", "ENCODERS_FRAMES_BUFFER_MB", "ENCODERS_WEB_TOKEN_TIMEOUT"} <= KNOWN_VARIABLES
+    assert frames_hwm(MetricsConfig().frames_buffer_mb) == 64  # a 1 MB frame a message
+    assert frames_hwm(MetricsConfig.from_env(environ).frames_buffer_mb) == FRAMES_HWM_MIN == 16
+    assert frames_hwm(1000) == 1000
+
+
 def test_a_secret_token_is_masked_whole():
     cfg = ViewerConfig(web="8080", web_token="s3cret-token")
     assert cfg.describe()["web_token"] == "***"

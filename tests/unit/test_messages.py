@@ -105,7 +105,8 @@ def test_topic_names_kind_and_stream():
     [
         ([], "no header"),
         ([b"\xc1not msgpack"], "not msgpack"),
-        ([msgpack.packb([1, 2])], "not a map"),
+        ([msgpack.packb(7)], "not a map"),
+        ([msgpack.packb([1, 2])], "exceeds max_array_len"),  # no header holds a list
         ([msgpack.packb({"v": 99, "k": "frame"})], "schema version"),
         ([msgpack.packb({"v": V, "k": "nope"})], "unknown message kind"),
         ([msgpack.packb({"v": V, "k": "skipped", "stream": "a", "worker": "w", "reason": "r"})], "missing field 'seq'"),
@@ -160,6 +161,18 @@ def decode_with(msg: M, **fields: object) -> M:
 REMOVE = object()
 
 
+def past_every_header(value: object) -> bool:
+    """Whether ``value`` is past what any header holds (issue #22: bounded as it is unpacked):
+    binary (bytes travel as parts of their own), or a map larger than any field's."""
+    if isinstance(value, bytes):
+        return bool(value)
+    if isinstance(value, dict):
+        return len(value) > messages._UNPACK_LIMITS["max_map_len"] or any(
+            past_every_header(k) or past_every_header(v) for k, v in value.items()
+        )
+    return False
+
+
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.KIND)
 def test_every_field_refuses_what_its_annotation_does_not_allow(msg):
     """Each header field given each near miss of its annotation: a DecodeError naming the kind
@@ -174,6 +187,9 @@ def test_every_field_refuses_what_its_annotation_does_not_allow(msg):
                 back = decode_with(msg, **{name: value})
             except DecodeError as exc:
                 refused += 1
+                if past_every_header(value):  # refused as it is unpacked, before fields are looked at
+                    assert "past the bounds of any header" in str(exc), str(exc)
+                    continue
                 assert str(exc).startswith(f"{msg.KIND}: field {name!r}: "), str(exc)
                 assert "expected" in str(exc)
             else:
@@ -315,3 +331,108 @@ def test_times_and_drifts_are_within_what_a_record_can_hold():
         decode_with(record, similarity=-1.5)
     with pytest.raises(DecodeError, match=r"field 'rolling': \['mean'\]"):
         decode_with(record, rolling={"count": 2, "mean": 3.0})
+
+
+# -- a header's bounds, before it is unpacked (issue #22) -------------------------------------------
+
+FOUR_BYTES = "\U0001d11e"  # a character of 4 bytes in UTF-8: the longest a str can pack to
+
+
+def largest_headers() -> list[Message]:
+    """Messages at the most room their annotations allow: every map full, every name and text at
+    its longest in 4-byte characters, every number of 9 bytes."""
+    names = [f"{i:04d}".ljust(64, "s") for i in range(4096)]  # stream names: 64 characters (ASCII only)
+    counts = {name: -1 if name == "published" else messages.INT64_MAX for name in messages.FrameCounts.__annotations__}
+    counts["published"] = messages.INT64_MAX
+    name, text = FOUR_BYTES * 1024, FOUR_BYTES * messages.TEXT_MAX
+    return [
+        Stopped(streams={s: typing.cast(messages.FrameCounts, dict(counts)) for s in names}),
+        Ready(name, dict.fromkeys(names, messages.INT64_MAX - 1)),
+        Stats(name, names[0], {f"{i:03d}".ljust(64, FOUR_BYTES): messages.INT64_MAX for i in range(256)}),
+        Hello("ingest", name, 1000, names[0], text, after=name, model=name, run=name),
+        Welcome(name, 1.0, 3, run=name, frames=text, metrics=text),
+    ]
+
+
+@pytest.mark.parametrize("msg", largest_headers(), ids=lambda m: m.KIND)
+def test_the_largest_legal_headers_are_within_the_bounds_and_decode(msg):
+    """The bounds are not too tight: a header at the most its annotations allow still decodes."""
+    parts = [bytes(p) for p in messages.encode(msg)]
+    assert len(parts[0]) <= messages.HEADER_MAX_BYTES
+    assert messages._largest_header(type(msg)).size >= len(parts[0])
+    back = messages.decode(parts)
+    assert back == msg
+
+
+def test_a_header_past_the_largest_legal_one_is_refused_before_it_is_unpacked():
+    """Issue #22: a 60 MB "array of empty arrays" took the core to 4.5 GB and 46 s. Refused on
+    its length: no copy, no unpacking."""
+    import tracemalloc
+
+    bomb = b"\xdd" + (60 * 2**20).to_bytes(4, "big") + b"\x90" * (60 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match=rf"^a header of {len(bomb)} bytes: no message.s is over"):
+            messages.decode([bomb])
+        assert tracemalloc.get_traced_memory()[1] < 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def nested_maps(width: int, depth: int) -> bytes:
+    """A map of ``width`` maps of ``width`` maps ... ``depth`` deep, distinct keys, empty at the bottom."""
+    inner: dict = {}
+    for _ in range(depth):
+        inner = {f"{i:x}": inner for i in range(width)}
+    return msgpack.packb(inner)
+
+
+@pytest.mark.parametrize(
+    "bomb, why",
+    [
+        # An array claiming 2**32 - 1 entries (msgpack would make room for them all first).
+        (b"\xdd\xff\xff\xff\xff" + b"\x90" * 1000, "exceeds max_array_len"),
+        # A map of more entries than any header's.
+        (b"\xdf\x00\x01\x00\x00" + b"\xa1a\xc0" * 1000, "exceeds max_map_len"),
+        # A str longer than any field's, a bin and an ext where no header has any.
+        (b"\x81\xa1v\xdb\x00\x01\x00\x00" + b"x" * 65536, "exceeds max_str_len"),
+        (b"\x81\xa1v\xc6\x00\x00\x01\x00" + b"x" * 256, "exceeds max_bin_len"),
+        (b"\x81\xa1v\xc7\x10\x01" + b"x" * 16, "exceeds max_ext_len"),
+        # Maps within maps as deep as they go.
+        (b"\x81\xa1a" * 100_000 + b"\x80", "not msgpack"),
+    ],
+    ids=["array", "map", "str", "bin", "ext", "deep"],
+)
+def test_what_no_header_holds_is_refused_as_it_is_unpacked(bomb, why):
+    with pytest.raises(DecodeError, match=why):
+        messages.decode([bomb])
+
+
+def test_a_map_bomb_within_the_bound_costs_a_bounded_memory():
+    """The costliest header that passes the length bound: maps of empty maps, each key distinct.
+    Unpacked, it takes some 20 times its bytes (tens of MB), once: not the 4.5 GB of issue #22."""
+    import tracemalloc
+
+    bomb = nested_maps(400, 2)  # 400 x 400 empty maps: about 1 MB, within the bound
+    assert len(bomb) <= messages.HEADER_MAX_BYTES
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match="schema version"):
+            messages.decode([bomb])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * messages.HEADER_MAX_BYTES, f"{peak / 2**20:.0f} MB"
+
+
+def test_every_header_field_has_a_packed_size_or_the_module_does_not_import():
+    """A header's bound comes from its fields' annotations: one without a bound has none."""
+    from encoders.shared.validation import MaxItems, packed
+
+    for hint in (str, bytes, dict[typing.Annotated[str, MaxLen(3)], int], list[int]):
+        with pytest.raises(TypeError):
+            packed(hint)
+    bounded = typing.Annotated[dict[typing.Annotated[str, MaxLen(3)], int], MaxItems(2)]
+    assert packed(bounded).size == 1 + 2 * (1 + 12 + 9) and packed(bounded).most_entries == 2
+    assert messages.largest_part(32 * 2**20) == 32 * 2**20
+    assert messages.largest_part() == messages.HEADER_MAX_BYTES
