@@ -41,7 +41,8 @@ class Spool:
 
     # -- writing -------------------------------------------------------------------
     def append(self, records: Iterable[dict[str, Any]]) -> int:
-        """Append records, then flush them to disk; returns how many."""
+        """Append records, then flush them to disk; returns how many. OSError (a full disk) leaves the
+        file as it was: a half-written record would otherwise sit before the next ones."""
         data = bytearray()
         n = 0
         for record in records:
@@ -50,10 +51,17 @@ class Spool:
         if not n:
             return 0
         f = self._open()
-        f.seek(0, os.SEEK_END)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        end = f.seek(0, os.SEEK_END)
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError:
+            try:
+                f.truncate(end)
+            except OSError:
+                pass  # cut off when the file is opened next (a write cut short)
+            raise
         self.appended += n
         return n
 

@@ -28,7 +28,7 @@ from threading import Event
 
 import zmq
 
-from encoders.shared import keys
+from encoders.shared import keys, messages
 from encoders.shared.complaints import Complaints
 from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello, Message, Skipped, Stop, Welcome
 from encoders.shared.session import CoreSession
@@ -96,6 +96,7 @@ class Worker:
             counters=self.counters,
             sndhwm=max(1000, 4 * self.intake.capacity),  # results in flight never exceed the capacity
             keys=keys.client(core.keys, "worker"),
+            largest_part=messages.largest_part(core.max_frame_bytes),  # frames: a JPEG each
         )
         self.model = ModelThread(encoder, observe_batch)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
@@ -106,7 +107,10 @@ class Worker:
     # -- the session ------------------------------------------------------------------------------
 
     def hello(self) -> Hello:
-        return Hello("worker", self.name, PROTOCOL, capacity=self.intake.capacity, model=self.encoder.name[:1024])
+        encoder = self.encoder
+        return Hello(
+            "worker", self.name, PROTOCOL, capacity=self.intake.capacity, model=encoder.name[:1024], dim=encoder.dim
+        )
 
     def _joined(self, welcome: Welcome) -> None:
         self.intake.begin(self.session.lives)

@@ -7,7 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, bind_loopback
-from encoders.shared.settings import KEYS_HELP, Exported, setting
+from encoders.shared.settings import KEYS_HELP, Exported, FrameBytes, setting
+
+# The frames publisher's queue for each subscriber is counted in messages (ZeroMQ's high-water
+# mark, 1,000 unless set: 1.36 GB of 1 MB frames for one viewer that stopped reading, issue #22);
+# its budget is in bytes, turned into messages at one frame per MB. 1 MB is a large frame (a 4K
+# camera's JPEG is 1-2 MB, 1080p's 0.3-0.6 MB, VGA's 30-60 KB): up to that size the budget
+# holds, and with smaller frames the queue is longer in time, not in memory.
+FRAME_BUDGET_BYTES = 1 << 20
+# Whatever the budget, at least this many: a shorter queue would drop frames at every hiccup of
+# a viewer that does keep up (every camera's frames and Stats share it).
+FRAMES_HWM_MIN = 16
+
+
+def frames_hwm(buffer_mb: int) -> int:
+    """The frames publisher's SNDHWM (messages per subscriber) for a budget of ``buffer_mb`` MB."""
+    return max(FRAMES_HWM_MIN, buffer_mb * 2**20 // FRAME_BUDGET_BYTES)
 
 
 def default_state_dir() -> str:
@@ -17,7 +32,7 @@ def default_state_dir() -> str:
 
 
 @dataclass
-class MetricsConfig(Exported):
+class MetricsConfig(FrameBytes, Exported):
     core_bind: str = setting(
         bind_loopback(CORE_PORT),
         "ROUTER endpoint every service connects to (ENCODERS_CORE on the others): ingests, workers, the "
@@ -25,6 +40,13 @@ class MetricsConfig(Exported):
     )
     frames_bind: str = setting(
         bind_loopback(FRAMES_PORT), "PUB endpoint of every frame (viewers, the recorder's snapshots)"
+    )
+    frames_buffer_mb: int = setting(
+        64,
+        "Memory the frames publisher holds at most for one subscriber that does not keep up (a paused viewer), "
+        f"in MB: a queue of that many frames (a frame counted as 1 MB, a large one; at least {FRAMES_HWM_MIN}); "
+        "past it that subscriber misses frames, and nobody else is slowed",
+        minimum=1,
     )
     metrics_bind: str = setting(
         bind_loopback(METRICS_PORT), "PUB endpoint of records, stream starts and ends, stats (viewers)"
@@ -57,6 +79,14 @@ class MetricsConfig(Exported):
         "thumbnail a worker made: a few KB); past it the oldest go to the spool in --state-dir",
         minimum=1,
     )
+    pipeline_model: str = setting(
+        "",
+        "The model every worker must embed with, as workers name it (e.g. ViT-B-32/openai); empty: the first "
+        "worker's. A worker of another is refused: one table cannot hold two kinds of vectors",
+    )
+    pipeline_dim: int = setting(
+        0, "The length of the pipeline's embeddings (512 for ViT-B-32); 0: the first worker's", minimum=0
+    )
     max_streams: int = setting(64, "Streams at once; a camera's Hello beyond it is refused, counted", minimum=1)
     max_pending: int = setting(
         10_000,
@@ -88,6 +118,13 @@ class MetricsConfig(Exported):
         10.0,
         "Alert 'stream_back' on the first frame after none for this many seconds (as ingest's ENCODERS_STALL_AFTER; "
         "0 = off)",
+        minimum=0.0,
+    )
+    max_clock_skew: float = setting(
+        5.0,
+        "Warn (once per stream) when a capture's time, on its ingest's clock, is this many seconds ahead of the "
+        "core's clock, or behind it for every capture for a while: its frames are stored at the wrong time "
+        "(0 = off)",
         minimum=0.0,
     )
     triggers: str = setting(

@@ -34,6 +34,7 @@ from typing import Any
 import msgpack
 
 from encoders.shared import messages
+from encoders.shared.disks import disk_problem
 from encoders.shared.messages import DecodeError, EndOfStream, Message, MetricsRecord, StreamStart
 from encoders.shared.spool import Spool
 
@@ -176,9 +177,11 @@ class Delivery:
     def close(self) -> None:
         """Spool what memory holds (the next life of the core sends it), and release the spool."""
         if self.memory:
+            lost = self.counts["records_lost"]
             n = len(self.memory)
             self._spill(n)
-            log.info("%d records not acknowledged by a recorder kept in %s for the next start", n, self.spool.path)
+            if self.counts["records_lost"] == lost:  # else _spill said they are lost, and why
+                log.info("%d records not acknowledged by a recorder kept in %s for the next start", n, self.spool.path)
         self.spool.close()
 
     # -- internals -----------------------------------------------------------------------------------
@@ -238,12 +241,8 @@ class Delivery:
             self.spool.append(records)
         except OSError as exc:
             self.counts["records_lost"] += len(keep)
-            log.error(
-                "cannot spool %d records the recorder has not acknowledged to %s: %s; they are LOST",
-                len(keep),
-                self.spool.path,
-                exc,
-            )
+            why = disk_problem(exc, self.spool.path)
+            log.error("%d records the recorder has not acknowledged are LOST: %s", len(keep), why)
             for h in keep:
                 if h.sent and not h.acked:
                     h.acked = True  # no longer waited for: it is gone

@@ -10,16 +10,18 @@ import threading
 
 import zmq
 
-from encoders.services.metrics.config import MetricsConfig
+from encoders.services.metrics.config import MetricsConfig, frames_hwm
 from encoders.shared import keys, zmqio
+from encoders.shared.core_state import RECORDS_SPOOL, StateDir
+from encoders.shared.messages import largest_part
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.settings import split_addrs
 from encoders.shared.spool import SpoolLocked
 
 from .delivery import Delivery
 from .exported import core_exporter
-from .numbering import Numbering, StateDir
-from .service import MAX_MESSAGE_BYTES, Core
+from .numbering import Numbering
+from .service import Core
 
 log = logging.getLogger("encoders.metrics")
 
@@ -36,8 +38,11 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
     try:
         if cfg.keys:  # before any socket binds: the ZAP handler must be there for the first handshake
             curve = keys.CoreKeys(ctx, cfg.keys)
-            log.info("keys from %s: serving the keys of %s (allowed/)", cfg.keys, ", ".join(curve.allowed))
-        server = curve.keys if curve else None
+            log.info(
+                "keys from %s: serving the keys of %s (allowed/; each in the role its name begins with)",
+                cfg.keys,
+                ", ".join(curve.allowed.names()),
+            )
         numbering = Numbering(state.path / "numbering.json")
         router = zmqio.open_socket(
             ctx,
@@ -45,15 +50,32 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
             cfg.core_bind,
             bind=True,
             heartbeat_s=cfg.heartbeat_s,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-            curve=server,
+            max_message_bytes=largest_part(cfg.max_frame_bytes),  # a capture's JPEG, or a header
+            curve=curve.door("core") if curve else None,
         )
         # A peer whose TCP connection ZeroMQ re-establishes keeps its session: the new
         # connection takes the identity over at once rather than waiting for the old to time out.
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        frames = zmqio.open_socket(ctx, zmq.PUB, cfg.frames_bind, bind=True, curve=server)
-        metrics = zmqio.open_socket(ctx, zmq.PUB, cfg.metrics_bind, bind=True, curve=server)
-        delivery = Delivery(state.path / "records.spool", cfg.hold_records) if cfg.recorder else None
+        # Publishers' peers send only subscriptions. A subscriber that does not keep up is queued at
+        # most --frames-buffer-mb of frames (ZeroMQ's default, 1,000, was 1.36 GB of 1 MB frames).
+        frames = zmqio.open_socket(
+            ctx,
+            zmq.PUB,
+            cfg.frames_bind,
+            bind=True,
+            sndhwm=frames_hwm(cfg.frames_buffer_mb),
+            max_message_bytes=zmqio.SUBSCRIPTION_MAX_BYTES,
+            curve=curve.door("frames") if curve else None,
+        )
+        metrics = zmqio.open_socket(
+            ctx,
+            zmq.PUB,
+            cfg.metrics_bind,
+            bind=True,
+            max_message_bytes=zmqio.SUBSCRIPTION_MAX_BYTES,
+            curve=curve.door("metrics") if curve else None,
+        )
+        delivery = Delivery(state.path / RECORDS_SPOOL, cfg.hold_records) if cfg.recorder else None
     except (SpoolLocked, StartupError) as exc:  # a spool copied in by hand? (the state folder's lock is held)
         if curve is not None:
             curve.stop()
@@ -69,6 +91,7 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
         numbering,
         delivery,
         publishers=(bound(frames, cfg.frames_bind), bound(metrics, cfg.metrics_bind)),
+        keys=curve.allowed if curve else None,
     )
     log.info(
         "core %s: sessions on %s, frames on %s, metrics on %s; records %s",

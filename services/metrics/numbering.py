@@ -12,18 +12,16 @@ The write is atomic (a temporary file, fsync, rename, fsync of the folder): a cr
 old mark or the new one, never half a file. Measured (ext4 on a virtual disk): about 5 ms a
 write, once per 10,000 frames of a stream.
 
-``StateDir`` holds the folder for one core at a time (an exclusive ``flock`` on ``core.lock``):
-two cores numbering from one folder would hand out the same numbers.
+The folder is held by one core at a time (shared/core_state.py's ``StateDir``): two cores
+numbering from one folder would hand out the same numbers.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 from pathlib import Path
-from typing import IO
 
 from encoders.shared.messages import INT64_MAX
 from encoders.shared.runtime import StartupError
@@ -32,33 +30,6 @@ log = logging.getLogger(__name__)
 
 BLOCK = 10_000  # numbers reserved per write of the high-water mark
 SEQ_MAX = INT64_MAX - 1  # the largest seq a message may carry
-
-
-class StateDir:
-    """The core's state folder, locked for this process (StartupError if it cannot be)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock: IO[bytes] | None = open(self.path / "core.lock", "a+b")  # noqa: SIM115 - held for our life
-        except OSError as exc:
-            raise StartupError(
-                f"cannot use the state folder {self.path} (--state-dir / ENCODERS_STATE_DIR): {exc}"
-            ) from None
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise StartupError(
-                f"the state folder {self.path} (--state-dir / ENCODERS_STATE_DIR) is in use by another core: "
-                "each core needs its own"
-            ) from None
-
-    def close(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # releases the lock
-            self._lock = None
 
 
 class Numbering:
@@ -113,21 +84,27 @@ class Numbering:
 
     def _save(self) -> None:
         """Write the marks atomically; a failure is logged and counted, and numbering goes on."""
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump({"streams": self.reserved}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            folder = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            write_atomically(self.path, {"streams": self.reserved})
             self.writes += 1
         except OSError as exc:
             # Going on is better than stopping every camera: only a restart of the core before
             # the next good write could reuse numbers (and the recorder's floor still guards).
             self.write_errors += 1
             log.error("cannot write the frame numbers' high-water mark to %s: %s", self.path, exc)
+
+
+def write_atomically(path: Path, data: dict) -> None:
+    """``data`` as JSON in ``path``: a temporary file, fsync, rename, fsync of the folder (a crash
+    leaves the old file or the new one, never half a file). OSError if it cannot."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

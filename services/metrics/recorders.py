@@ -3,29 +3,34 @@
 
 What is held for the recorder, and when it is sent, is delivery.py's; this keeps who the
 recorder is: the session from its Hello (one at a time: a second is refused unless it takes
-over), the session records go to once it said Ready, and the run the last recorder of this
-life of the core said it records (the next one's Welcome names it).
+over), the session records go to once it said Ready, and the run the last recorder said it
+records (the next one's Welcome names it; kept in the state folder, so a core started again
+names it too).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
+from encoders.shared.core_state import LAST_RUN, last_run_of
 from encoders.shared.messages import Ack, Hello, Message, Ready
 
 from .delivery import Delivery
-from .numbering import Numbering
+from .numbering import Numbering, write_atomically
 
 log = logging.getLogger("encoders.metrics")
 
 
 class Recorders:
-    def __init__(self, delivery: Delivery | None, numbering: Numbering) -> None:
+    def __init__(self, delivery: Delivery | None, numbering: Numbering, state_dir: Path | None = None) -> None:
         self.delivery, self.numbering = delivery, numbering
         self.joined: bytes | None = None  # the recorder's session, from its Hello
         self.ready: bytes | None = None  # the same, once it said Ready: records go to it
-        self.last_run = ""  # the run the last recorder of this life said it records
+        self.state_dir = state_dir
+        # The run the last recorder said it records, in this life or (kept in the state folder) an earlier one.
+        self.last_run = last_run_of(state_dir) if state_dir is not None else ""
 
     def refusal(
         self,
@@ -71,6 +76,11 @@ class Recorders:
         if isinstance(msg, Ack):
             self.delivery.ack(msg.stream, msg.seq, msg.ended)
             return
+        if msg.run != self.last_run and self.state_dir is not None:
+            try:
+                write_atomically(self.state_dir / LAST_RUN, {"run": msg.run})
+            except OSError as exc:  # the records still go to this recorder; only a restart forgets the run
+                log.error("cannot note the recorder's run in %s: %s", self.state_dir / LAST_RUN, exc)
         self.last_run = msg.run
         for stream, stored in msg.stored.items():
             if self.numbering.raise_floor(stream, stored):

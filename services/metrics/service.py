@@ -14,7 +14,6 @@ moves messages between them.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from threading import Event
@@ -23,6 +22,7 @@ import zmq
 
 from encoders.shared import messages, zmqio
 from encoders.shared.complaints import Complaints
+from encoders.shared.keys import SUBSCRIBERS, Allowed, AllowList, key_of, name_of
 from encoders.shared.messages import (
     Ack,
     Bye,
@@ -48,9 +48,11 @@ from encoders.shared.session import Peer, Sessions, hello_problem
 
 from .alerts import AlertRules
 from .broker import Broker
+from .clocks import CoreClock
 from .config import MetricsConfig
 from .delivery import Delivery
 from .ingests import Ingests
+from .models import PipelineModel
 from .numbering import Numbering
 from .recorders import Recorders
 from .reorder import LOST
@@ -64,7 +66,8 @@ log = logging.getLogger("encoders.metrics")
 POLL_MS = 50  # how long the loop waits for a message before doing what is due anyway
 RECEIVE_BATCH = 1000  # messages taken before releasing and dispatching
 FLUSH_S = 10.0  # a signal's drain: how long the core waits for outcomes and acks before it exits
-MAX_MESSAGE_BYTES = 64 * 2**20  # zmq.MAXMSGSIZE of the ROUTER: a capture is a JPEG of at most 32 MB
+KEYS_CHECK_S = 1.0  # with keys: how often allowed/ is looked at, and revoked keys' sessions ended
+REBIND_WARN_S = 5.0  # a publisher unbound to drop a revoked key's subscribers and not bound again: said
 
 
 class Core:
@@ -80,6 +83,7 @@ class Core:
         publishers: tuple[str, str] = ("", ""),
         life: str | None = None,
         on_record: Callable[[MetricsRecord], None] | None = None,
+        keys: AllowList | None = None,
     ) -> None:
         self.cfg = cfg
         self.router, self.frames_pub, self.metrics_pub = router, frames_pub, metrics_pub
@@ -87,6 +91,12 @@ class Core:
         self.publishers = publishers  # (frames, metrics) as bound: what a viewer's Welcome names
         self.on_record = on_record or (lambda rec: None)  # each record as it goes out (metrics' latency)
         self.life = life or uuid.uuid4().hex  # this life of the core (Welcome.core, records' core)
+        # With keys (shared/keys.py): the allow-list, as last checked (its generation, its keys, when).
+        self.keys = keys
+        self._keys_seen = (keys.generation, keys.keys()) if keys else (0, {})
+        self._keys_checked = 0.0
+        # Publishers' endpoints to bind again: (socket, endpoint, unbound since, whether said still unbound).
+        self._unbound: list[tuple[zmq.Socket, str, float, bool]] = []
         self.sessions = Sessions(cfg.heartbeat_s, cfg.heartbeat_misses)
         scenes = SceneRule.from_config(cfg)
         self.streams = Streams(
@@ -100,7 +110,8 @@ class Core:
         # A frame held this long is given up (its capacity would otherwise leak): past any
         # batch that max_wait allows for, and past a worker's silence.
         self.broker = Broker(hold_timeout=max(2 * cfg.max_wait, self.sessions.timeout_s))
-        self.recorders = Recorders(delivery, numbering)
+        self.recorders = Recorders(delivery, numbering, numbering.path.parent if delivery is not None else None)
+        self.model = PipelineModel(cfg.pipeline_model, cfg.pipeline_dim)
         self.complain = Complaints(log, "the core's Stats")
         self.ingests = Ingests(
             self.streams,
@@ -111,6 +122,7 @@ class Core:
             dispatch=self._dispatch,
             complain=self.complain,
             max_streams=cfg.max_streams,
+            max_clock_skew=cfg.max_clock_skew,
         )
         self.counters: dict[str, int] = {"records": 0, "workers_lost_frames": 0}
         self.drain: Drain | None = None
@@ -123,9 +135,20 @@ class Core:
 
     def run(self, stop: Event) -> None:
         """Until a control session's Stop or a signal (``stop``) has drained the pipeline."""
+        clock = CoreClock(max(self.sessions.heartbeat_s / 2, 2 * POLL_MS / 1000))
         while not self.done:
             self.router.poll(POLL_MS)
-            now = time.monotonic()
+            now = clock()
+            if clock.gap:  # the loop did not run: the silence meanwhile is nobody's (clocks.py)
+                stalled = clock.gap + clock.stall_s
+                if stalled > self.sessions.timeout_s:  # what peers sent meanwhile is read before any expires
+                    self.sessions.resumed(now)
+                self.complain(
+                    "core_stalls",
+                    "the core did not run for %.1f s (paused, or starved of CPU): that time is not counted "
+                    "against any session, frame or outcome",
+                    stalled,
+                )
             if stop.is_set() and (self.drain is None or self.drain.deadline is None):
                 self.begin_drain(now, "a signal", limit_s=FLUSH_S)
             self.step(now)
@@ -143,10 +166,11 @@ class Core:
             except DecodeError as exc:
                 self.complain("bad_messages", "a message from %s does not decode: %s", self._who(identity), exc)
                 continue
-            self._take(identity, msg, now)
+            self._take(identity, msg, now, via=parts[0])
         self._tick(now)
 
     def _tick(self, now: float) -> None:
+        self._check_keys(now)
         for peer in self.sessions.expired(now):
             self._end(peer, f"silent for {self.sessions.timeout_s:g} s", now)
         for identity, (stream, seq) in self.broker.overdue(now):
@@ -167,9 +191,10 @@ class Core:
 
     # -- sessions ------------------------------------------------------------------------------------
 
-    def _take(self, identity: bytes, msg: Message, now: float) -> None:
+    def _take(self, identity: bytes, msg: Message, now: float, via: zmq.Frame | None = None) -> None:
+        """``via``: the frame it came in (with keys, its User-Id names the key: read for a Hello)."""
         if isinstance(msg, Hello):
-            self._hello(identity, msg, now)
+            self._hello(identity, msg, now, via)
             return
         peer = self.sessions.heard(identity, now)
         if peer is None:
@@ -200,8 +225,9 @@ class Core:
         else:
             self.complain("unexpected_messages", "a %s from %s %s: not its role's; dropped", msg.KIND, role, peer.name)
 
-    def _hello(self, identity: bytes, hello: Hello, now: float) -> None:
-        problem = hello_problem(hello) or self._refusal(identity, hello, now)
+    def _hello(self, identity: bytes, hello: Hello, now: float, via: zmq.Frame | None = None) -> None:
+        key, key_problem = self._key_check(hello, via)  # before _refusal, which may make room
+        problem = hello_problem(hello) or key_problem or self._refusal(identity, hello, now)
         if problem is not None:
             reason, retry = problem if isinstance(problem, tuple) else (problem, False)
             if retry:  # said again and again until there is room: counted
@@ -210,15 +236,20 @@ class Core:
                 log.warning("refused %s %s: %s", hello.role, hello.name, reason)
             self._send(identity, Refused(reason, retry=retry), now)
             return
-        _, old = self.sessions.welcome(identity, hello, now)
+        peer, old = self.sessions.welcome(identity, hello, now)
+        if key is not None:
+            peer.state["key"] = key
+            log.info("%s %s joined with the key %s", hello.role, hello.name, key.name)
         if old is not None:
             self._end(old, "said Hello again (a new life of its session)", now)
         welcome = Welcome(self.life, self.cfg.heartbeat_s, self.cfg.heartbeat_misses)
         if hello.role == "ingest":
             welcome.credit = self.ingests.join(identity, hello, now)
         elif hello.role == "worker":
+            self.model.join(hello)
             self.broker.add_worker(identity, hello.name, hello.capacity)
-            log.info("worker %s joined: capacity %d, model %s", hello.name, hello.capacity, hello.model or "?")
+            log.info("worker %s joined: capacity %d, model %s (%d floats)", hello.name, hello.capacity, hello.model,
+                     hello.dim)  # fmt: skip
         elif hello.role == "recorder":
             welcome.run = self.recorders.join(identity, hello)
         if hello.role in ("viewer", "recorder"):
@@ -246,6 +277,8 @@ class Core:
                 )
                 self._send(holder, Refused(f"stream {hello.stream} was taken by another ingest ({hello.name})"), now)
                 self._end(old, f"replaced by {hello.name}", now)
+        elif hello.role == "worker":
+            return self.model.refusal(hello)
         elif hello.role == "recorder":
             said = self.recorders.refusal(
                 identity,
@@ -283,6 +316,104 @@ class Core:
             if not self._send(identity, frame, now):
                 self.broker.undo(identity, frame)
 
+    # -- keys ----------------------------------------------------------------------------------------
+
+    def _key_check(self, hello: Hello, via: zmq.Frame | None) -> tuple[Allowed | None, str | None]:
+        """With keys: the allowed key this Hello came with, and why it may not say it (None if it may)."""
+        if self.keys is None:
+            return None, None
+        try:
+            user_id = str(via.get("User-Id")) if via is not None else ""
+        except zmq.ZMQError:  # no ZAP answered for this connection
+            user_id = ""
+        if not user_id:
+            return None, "this core serves keys only (ENCODERS_KEYS), and this connection came with none"
+        key = self.keys.find(key_of(user_id))
+        if key is None:
+            return None, f"the key {name_of(user_id)} is no longer allowed here"
+        if hello.role not in key.roles:
+            return key, (
+                f"the key {key.name} is bound to {' and '.join(sorted(key.roles))}, not {hello.role}: a {hello.role} "
+                f"needs a key in the core's allowed/ named {hello.role}.key or {hello.role}-<machine>.key"
+            )
+        return key, None
+
+    def _check_keys(self, now: float) -> None:
+        """With keys, once a second: allowed/ read again if it changed; then the sessions of a key it no
+        longer holds in their role are ended (told so for good), and if a viewer's or the recorder's key
+        went, the publishers' subscribers are dropped so that ZAP asks about each again."""
+        if self._unbound:
+            self._bind_again(now)
+        if self.keys is None or now - self._keys_checked < KEYS_CHECK_S:
+            return
+        self._keys_checked = now
+        self.keys.refresh()
+        generation, before = self._keys_seen
+        if self.keys.generation == generation:
+            return
+        held = self.keys.keys()
+        self._keys_seen = (self.keys.generation, held)
+        for peer in list(self.sessions.peers.values()):
+            key: Allowed | None = peer.state.get("key")
+            still = held.get(key.key) if key is not None else None
+            if key is None or (still is not None and peer.role in still.roles):
+                continue
+            log.warning("%s %s: its key %s is revoked: its session is ended", peer.role, peer.name, key.name)
+            self._send(peer.identity, Refused(f"the key {key.name} is no longer allowed here (revoked)"), now)
+            self.sessions.remove(peer.identity)
+            self._end(peer, f"its key {key.name} was revoked", now)
+        subscribers = set(SUBSCRIBERS)
+        lost = [
+            old.name
+            for k, old in before.items()
+            if old.roles & (subscribers - (held[k].roles if k in held else frozenset()))
+        ]
+        if lost:
+            self._drop_subscribers(f"the key {', '.join(lost)} was revoked", now)
+
+    def _drop_subscribers(self, why: str, now: float) -> None:
+        """Each publisher unbound (every subscriber's connection closes with it) and bound again as soon as
+        the port is free (``_bind_again``): each subscriber connects again (ZeroMQ does, by itself) through
+        ZAP, which lets only the keys still allowed through."""
+        for sock, endpoints in zip((self.frames_pub, self.metrics_pub), self.publishers, strict=True):
+            for endpoint in filter(None, endpoints.split(",")):
+                for bound in dict.fromkeys((endpoint, endpoint.replace("://*:", "://0.0.0.0:", 1))):
+                    try:
+                        sock.unbind(bound)
+                    except zmq.ZMQError:
+                        continue
+                    log.warning("%s: the subscribers of %s are dropped; the others connect again", why, endpoint)
+                    self._unbound.append((sock, endpoint, now, False))
+                    break
+                else:
+                    log.warning(
+                        "%s: could not drop the subscribers of %s (not an address it can bind again): they keep "
+                        "their connections until the core restarts",
+                        why,
+                        endpoint,
+                    )
+        self._bind_again(now)
+
+    def _bind_again(self, now: float) -> None:
+        """Bind the publishers' endpoints that ``_drop_subscribers`` unbound (ZeroMQ frees a port in
+        the background: a moment later), said once if one is still not bound after REBIND_WARN_S."""
+        waiting = []
+        for sock, endpoint, since, said in self._unbound:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE:
+                    log.error("could not bind %s again (its subscribers were dropped): %s", endpoint, exc)
+                    continue
+                say = not said and now - since >= REBIND_WARN_S
+                if say:
+                    log.error("%s is still not bound again after %g s: %s; trying on", endpoint, REBIND_WARN_S, exc)
+                waiting.append((sock, endpoint, since, said or say))
+            else:
+                if said:
+                    log.info("%s is bound again", endpoint)
+        self._unbound = waiting
+
     # -- workers --------------------------------------------------------------------
 
     def _result(self, peer: Peer, msg: Embedding | Skipped, now: float) -> None:
@@ -297,6 +428,15 @@ class Core:
             return
         if isinstance(msg, Skipped):
             self.complain("skipped", "worker %s skipped %s/%d: %s", peer.name, msg.stream, msg.seq, msg.reason)
+        elif (problem := self.model.result_problem(peer.hello, msg)) is not None:
+            # Recorded, it would decide the database's vector type or be refused there: the frame is
+            # skipped (counted), and the worker told and let go (what else it holds is lost).
+            log.error("worker %s sent %s/%d %s; it is let go", peer.name, msg.stream, msg.seq, problem)
+            self.streams.outcome(msg.stream, msg.seq, Skipped(msg.stream, msg.seq, peer.name, problem), now)
+            self._send(peer.identity, Refused(f"this core refused your result: {problem}"), now)
+            self.sessions.remove(peer.identity)
+            self._end(peer, "sent an embedding of another model or length", now)
+            return
         self.streams.outcome(msg.stream, msg.seq, msg, now)  # too late: counted by the stream
         self._dispatch(now)  # the capacity it freed lets the next frame out
 
@@ -329,6 +469,7 @@ class Core:
             else:
                 self.counters["records"] += 1
                 self.on_record(msg)
+        self.streams.forget_settled()  # ended and released: only their counts and numbers are kept
 
     def begin_drain(
         self, now: float, reason: str, *, requester: bytes | None = None, limit_s: float | None = None
@@ -341,7 +482,8 @@ class Core:
         self.drain.ask(now, requester, limit_s)
 
     def _finish(self, now: float) -> None:
-        """Drained (or out of time): workers and the recorder told to Stop, each asker told Stopped.
+        """Drained (or out of time): workers and the recorder told to Stop, each asker told Stopped, and
+        when a control session asked, viewers too (Stopped on the metrics publisher, topic ``stopped/``).
 
         The core then waits for their Bye (at most a heartbeat timeout) before it exits: a core
         that closed its connections at once, with their heartbeats unread, would reset them, and
@@ -351,13 +493,17 @@ class Core:
         for peer in self.sessions.peers.values():
             if peer.role in ("worker", "recorder") and self._send(peer.identity, Stop("the pipeline has stopped"), now):
                 told.add(peer.identity)
-        totals = {name: self.streams.totals(name) for name in self.streams.streams}
+        totals = {name: self.streams.totals(name) for name in self.streams.names()}
         assert self.drain is not None  # finishing a drain
         for identity in self.drain.requesters:
             if self._send(identity, Stopped(totals), now):
                 told.add(identity)
             else:
                 log.warning("could not tell %s that the pipeline has stopped: it is gone", self._who(identity))
+        if self.drain.requesters:
+            # Viewers hold no session: they hear it here, and exit (docs/PROTOCOL.md, "Stopping a pipeline").
+            # A signal's drain (a restart, say) says nothing: viewers wait for the core to come back.
+            zmqio.send(self.metrics_pub, Stopped(totals), topic=True)
         log.info("stopped: %d streams, %d records published", len(totals), self.counters["records"])
         self.farewell = (told, now + self.sessions.timeout_s)
 

@@ -11,7 +11,8 @@ A control session's ``Stop`` (``encoders stop``), or a signal to the core, start
 3. with a recorder, every record is acknowledged.
 
 Then the workers and the recorder are told ``Stop``, and each control session that asked gets
-``Stopped`` with every stream's totals. A signal's drain has a time limit (``deadline``): at
+``Stopped`` with every stream's totals; when one asked, viewers get it on the metrics publisher
+(they hold no session), and exit. A signal's drain has a time limit (``deadline``): at
 it, whatever is still open is ended, waiting frames dropped, held ones given up as lost, and
 the core exits all the same (records not acknowledged are spooled for its next life).
 """

@@ -59,9 +59,9 @@ class AckTracker:
         self._queue.setdefault(stream, deque()).append(entry)
         self._rows[(stream, seq)] = entry
 
-    def refused(self, stream: str, seq: int) -> None:
+    def refused(self, stream: str, seq: int, lives: Lives | None = None) -> None:
         """A record refused as invalid (counted): nothing to wait for, acknowledged in its turn."""
-        self._queue.setdefault(stream, deque()).append(_Entry(seq, durable=True))
+        self._queue.setdefault(stream, deque()).append(_Entry(seq, durable=True, lives=lives))
         self._due.add(stream)
 
     def repeated(self, stream: str, seq: int) -> None:

@@ -78,6 +78,17 @@ class RecorderConfig(RetentionConfig, CoreConnection):
     db_connect_timeout: float = setting(
         10.0, "Seconds the database may take to answer at start before the recorder gives up", minimum=0.1
     )
+    db_statement_timeout: float = setting(
+        30.0,
+        "Seconds one statement may run on the database (a batch of rows, a lookup) before the server cancels it: a "
+        "locked table or a stuck query is then an outage (rows spooled, retried), not a wait without end; a batch "
+        "still unfinished 10 s later has its connection cut (a server that does not answer at all). 0 = no limit "
+        "(needed behind a pooler that refuses connection options, as PgBouncer does)",
+        minimum=0.0,
+    )
+    db_write_warn: float = setting(
+        10.0, "Say in the log when a batch of rows has been writing this many seconds and has not finished", minimum=0.1
+    )
     db_retry_max: float = setting(
         10.0, "Longest wait between attempts to reach a database that went away, seconds", minimum=0.1
     )

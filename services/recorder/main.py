@@ -24,8 +24,9 @@ from pathlib import Path
 import zmq
 
 from encoders.shared import keys, zmqio
+from encoders.shared.disks import disk_problem, full_disk
 from encoders.shared.exporter import LATENCY_BUCKETS, Exporter, Families
-from encoders.shared.messages import PROTOCOL, Hello
+from encoders.shared.messages import PROTOCOL, Hello, largest_part
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import CoreSession, SessionRefused, process_name
 from encoders.shared.settings import split_addrs
@@ -72,11 +73,11 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         zmqio.check_connect_endpoints(ctx, [cfg.core, *split_addrs(frames_given)])
         try:
             url = resources.enter_context(embedded.database(cfg.database_url, cfg.runs_dir))
-            db = Database.open(url, wait_s=cfg.db_connect_timeout)
+            db = Database.open(url, wait_s=cfg.db_connect_timeout, statement_timeout=cfg.db_statement_timeout)
             resources.callback(db.close)
             replay_left_spools(db, cfg.runs_dir, batch_rows=cfg.db_batch)
         except CANNOT_START as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(why(exc, cfg.runs_dir)) from None
         pruner = Pruner(url, cfg.runs_dir, cfg.policy(), cfg.prune_every)
         pruner.start()
         resources.callback(pruner.close)
@@ -89,11 +90,20 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             heartbeat_s=cfg.heartbeat_s,
             misses=cfg.heartbeat_misses,
             keys=curve,
+            largest_part=largest_part(cfg.max_frame_bytes),  # records carry a thumbnail, a picture of a frame
         )
         frames = None
         if cfg.frames != NO_FRAMES:
             frames = zmqio.open_socket(
-                ctx, zmq.SUB, [], bind=False, linger=0, rcvhwm=FRAMES_RCVHWM, subscribe=[b"frame/"], curve=curve
+                ctx,
+                zmq.SUB,
+                [],
+                bind=False,
+                linger=0,
+                rcvhwm=FRAMES_RCVHWM,
+                subscribe=[b"frame/"],
+                max_message_bytes=largest_part(cfg.max_frame_bytes),
+                curve=curve,
             )
         closer: list[threading.Thread] = []
 
@@ -129,7 +139,7 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         resources.callback(exporter.stop)
         log.info("saying Hello to the core at %s", cfg.core)
         session.start(time.monotonic())
-        exit_code = receive(receiver, stop)
+        exit_code = receive(receiver, stop, cfg.runs_dir)
         if receiver.recording is not None:
             exit_code = max(exit_code, finish(cfg, receiver))
         session.close(time.monotonic(), "the recorder stops")
@@ -160,6 +170,8 @@ def recorder_health(receiver: Receiver) -> str | None:
     if recording is None:
         return None
     writer = recording.writer
+    if writer.disk_error is not None:
+        return f"rows wait, not acknowledged: {writer.disk_error}"
     if writer.fatal is not None:
         return f"the database refuses the rows: {writer.fatal}"
     if writer.backoff:
@@ -167,7 +179,15 @@ def recorder_health(receiver: Receiver) -> str | None:
     return None
 
 
-def receive(receiver: Receiver, stop: threading.Event) -> int:
+def why(exc: BaseException, runs_dir: str) -> str:
+    """What stopped the recorder, in one line; a full disk named as such (its errors seldom say so)."""
+    if isinstance(exc, OSError) and not isinstance(exc, subprocess.SubprocessError):
+        return disk_problem(exc, runs_dir)
+    full = full_disk(runs_dir)
+    return f"{exc}; {full}" if full else str(exc)
+
+
+def receive(receiver: Receiver, stop: threading.Event, runs_dir: str = ".") -> int:
     """Until stopped (a signal, the core's Stop, another recorder taking over). 1 if the database refused the
     rows or a bug struck; StartupError when the core refuses this recorder, or no run can be opened."""
     try:
@@ -180,8 +200,8 @@ def receive(receiver: Receiver, stop: threading.Event) -> int:
         log.warning("%s: another recorder took over; finishing the run", exc)
     except CANNOT_START as exc:
         if receiver.recording is None:
-            raise StartupError(str(exc)) from None
-        log.error("stopping: %s", exc)
+            raise StartupError(why(exc, runs_dir)) from None
+        log.error("stopping: %s", why(exc, runs_dir))
         return 1
     except Exception as exc:
         log.exception("recorder failed: %s", exc)

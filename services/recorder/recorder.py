@@ -145,7 +145,10 @@ class Recorder:
         if norm_sq is None:
             if STREAM_NAME.fullmatch(rec.stream):
                 self._last_seq[rec.stream] = rec.seq
-                self.acks.refused(rec.stream, rec.seq)  # counted: nothing to wait for
+                # Counted in summary.json as not stored, never as embedded.
+                files = self.streams.get(rec.stream) or self._open_stream(rec.stream)
+                files.summary.not_stored(rec, self.core)
+                self.acks.refused(rec.stream, rec.seq, files.summary.lives_snapshot())
             return
         self._last_seq[rec.stream] = rec.seq
         self.counters["records"] += 1

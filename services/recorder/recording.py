@@ -32,7 +32,7 @@ from .config import RecorderConfig
 from .recorder import Recorder
 from .run import RecordedRun, folder_of, pipeline_settings
 from .runlock import RunLock
-from .writer import SPOOL_NAME, FrameWriter, writer_thread
+from .writer import SPOOL_NAME, FrameWriter, give_up_after, writer_thread
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,14 @@ class Recording:
                 self.writer.quarantined,
                 self.writer.quarantine.path,
             )
-        if not all_written:
+        if self.writer.unsaved:
+            log.error(
+                "%d rows are neither in the database nor on disk (%s): they were not acknowledged, so the core "
+                "still holds their records",
+                len(self.writer.unsaved),
+                self.writer.disk_error,
+            )
+        if self.writer.spooled:
             log.error(
                 "%d rows could not be written to the database; they are kept in %s, and a recorder started later "
                 "with --runs-dir %s writes them",
@@ -94,8 +101,7 @@ class Recording:
                 self.run.dir / SPOOL_NAME,
                 self.run.dir.parent,
             )
-            return 1
-        return 0
+        return 0 if all_written else 1
 
 
 def open_recording(
@@ -153,6 +159,8 @@ def assemble(cfg: RecorderConfig, db: Database, run: RecordedRun, executor: Exec
         retry_max=cfg.db_retry_max,
         executor=executor,
         on_durable=durable,
+        warn_after=cfg.db_write_warn,
+        give_up_after=give_up_after(cfg.db_statement_timeout),
     )
     return Recording(run, Recorder(run, writer, cfg, acks), writer, acks)
 

@@ -34,7 +34,7 @@ from .run import LIVES_JSON, RecordedRun, folder_of, read_json, summarise
 from .runfiles import CONFIG_JSON, SUMMARY_JSON
 from .runlock import RunLock
 from .stream_files import StreamFiles
-from .summary import StreamSummary
+from .summary import StreamSummary, settle_embedded
 from .writer import SPOOL_NAME
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def close_run(db: Database, row: RunRow, folder: Path | None) -> dict[str, Any]:
         lives = durable.get(name) or prev.get("lives") or {"": prev.get("frames") or {}}
         restored.restore_counts(lives, bool(prev.get("ended")))
         streams[name] = restored.to_dict(npz_batches=batches, db_rows=rows)
-        streams[name]["frames"]["embedded"] = rows  # what was recorded, whatever the core counted
+        settle_embedded(streams[name])  # what was recorded, whatever the core counted (the rest: not stored)
     prev_run = previous.get("run") or {}
     info = {key: prev_run[key] for key in RUN_KEYS_KEPT if key in prev_run}
     info.update(

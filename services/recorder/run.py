@@ -31,13 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from encoders.shared.disks import disk_problem
 from encoders.shared.settings import mask_url
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.runs import RunRow
 
 from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, write_json
 from .runlock import RunLock
-from .summary import COUNT_KEYS
+from .summary import COUNT_KEYS, NOT_STORED, settle_embedded
 
 LIVES_JSON = ".lives.json"  # the counts of what was acknowledged, while the run is open
 
@@ -107,6 +108,7 @@ class RecordedRun:
         self.lock = lock
         self.previous_summary: dict[str, Any] | None = None  # a resumed run's last summary.json
         self.durable_lives: dict[str, Any] | None = None  # a resumed run's counts of what was acknowledged
+        self.summary_failed = False  # the last summary.json could not be written
         self._stream_folders: dict[str, Path] = {
             name: folder / rel if rel not in ("", ".") else folder for name, rel in config.get("streams", {}).items()
         }
@@ -213,10 +215,15 @@ class RecordedRun:
         }
         per_stream = {name: {**s, "folder": self.config["streams"].get(name, ".")} for name, s in streams.items()}
         summary = summarise(run, per_stream)
-        write_json(self.dir / SUMMARY_JSON, summary)
-        for name, folder in self._stream_folders.items():
-            if folder != self.dir and name in per_stream:
-                write_json(folder / SUMMARY_JSON, summarise(run, {name: per_stream[name]}))
+        self.summary_failed = True
+        try:
+            write_json(self.dir / SUMMARY_JSON, summary)
+            for name, folder in self._stream_folders.items():
+                if folder != self.dir and name in per_stream:
+                    write_json(folder / SUMMARY_JSON, summarise(run, {name: per_stream[name]}))
+            self.summary_failed = False
+        except OSError as exc:  # the run's row still gets the summary; `encoders runs repair` writes the files
+            log.error("%s", disk_problem(exc, self.dir / SUMMARY_JSON))
         return summary
 
     def write_lives(self, lives: Mapping[str, Any]) -> None:
@@ -230,13 +237,18 @@ class RecordedRun:
     ) -> dict[str, Any]:
         """Write every summary.json, end the run's row and let go of its folder; returns the run folder's summary."""
         ended = ended or datetime.now(UTC)
+        if run_info.get("db_rows_spooled") == 0:  # every row is in the database: embedded is what it holds
+            streams = {name: dict(s, frames=dict(s["frames"])) for name, s in streams.items()}
+            for stream in streams.values():
+                settle_embedded(stream)
         summary = self.write_summary(run_info, streams, ended)
         try:
             self.db.update_run(self.id, ended_at=ended, summary=summary)
         except (DatabaseUnavailable, DatabaseRefused) as exc:
             # summary.json has it; the next recorder (or `encoders runs repair`) ends the row from the rows.
             log.warning("could not mark the run ended in the database: %s", exc)
-        (self.dir / LIVES_JSON).unlink(missing_ok=True)  # summary.json has the final counts
+        if not self.summary_failed:
+            (self.dir / LIVES_JSON).unlink(missing_ok=True)  # summary.json has the final counts
         self.release()
         return summary
 
@@ -261,7 +273,7 @@ def summarise(run: Mapping[str, Any], streams: Mapping[str, dict[str, Any]]) -> 
     """summary.json's one shape: the run, each stream, and their totals."""
     summaries = list(streams.values())
     frames: dict[str, int | None] = {}
-    for key in COUNT_KEYS:
+    for key in (*COUNT_KEYS, NOT_STORED):
         values = [s["frames"][key] for s in summaries if s["frames"].get(key) is not None]
         # Unknown stays None (no stream ended: nobody said how many were published); with no
         # stream at all, nothing was embedded.

@@ -26,6 +26,10 @@ from encoders.shared.messages import MetricsRecord
 
 # The frame counts of summary.json, as metrics reports them (published comes from ingest).
 COUNT_KEYS = ("published", "embedded", "dropped", "skipped", "lost", "late")
+# Records the recorder could not store (an embedding of another length than the run's, or not
+# finite): the core counted them embedded; summary.json counts them here instead, so that
+# published = embedded + dropped + skipped + lost + not_stored, and embedded is what was stored.
+NOT_STORED = "not_stored"
 
 
 class RunningStats:
@@ -74,6 +78,20 @@ def settled(life: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
+def settle_embedded(stream: dict[str, Any]) -> None:
+    """A finished stream's summary: embedded is the rows stored; what the core counted embedded
+    beyond them never reached the database (records lost on their way: a core that could not
+    keep them, a recorder that could not store them) and is counted not stored, so the counts
+    still add up and say why."""
+    frames, rows = stream["frames"], stream.get("db_rows")
+    counted = frames.get("embedded")
+    if not isinstance(rows, int) or not isinstance(counted, int):
+        return
+    if counted > rows:
+        frames[NOT_STORED] = (frames.get(NOT_STORED) or 0) + counted - rows
+    frames["embedded"] = rows
+
+
 def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC).isoformat()
 
@@ -86,6 +104,10 @@ class StreamSummary:
         self.dim: int | None = None
         self.first_t: float | None = None
         self.last_t: float | None = None
+        # The earliest and the latest capture time: not the first and last frame's when an ingest's
+        # clock was off and then set right (its captures then go back in time).
+        self.min_t: float | None = None
+        self.max_t: float | None = None
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.drift = RunningStats()
@@ -103,6 +125,14 @@ class StreamSummary:
         life.update(rec.counts)
         life["released"] = max(life.get("released", -1), rec.seq)
         self.ended = False
+
+    def not_stored(self, rec: MetricsRecord, core: str = "") -> None:
+        """A record that could not be stored: its counts, and one more not stored in its life
+        (kept with the counts, so a resumed run goes on from them)."""
+        life = self.lives.setdefault(rec.core or core, {})
+        life.update(rec.counts)
+        life["released"] = max(life.get("released", -1), rec.seq)
+        life[NOT_STORED] = life.get(NOT_STORED, 0) + 1
 
     def lives_snapshot(self) -> dict[str, dict[str, Any]]:
         """A copy of the counts per life, as they stand now (kept with an acknowledgement: acks.py)."""
@@ -134,6 +164,8 @@ class StreamSummary:
         if self.first_t is None:
             self.first_t, self.first_seq = t_capture, seq
         self.last_t, self.last_seq = t_capture, seq
+        self.min_t = t_capture if self.min_t is None else min(self.min_t, t_capture)
+        self.max_t = t_capture if self.max_t is None else max(self.max_t, t_capture)
         if drift is not None:
             self.drift.add(float(drift))
         if similarity is not None:
@@ -167,15 +199,25 @@ class StreamSummary:
         for key in COUNT_KEYS:
             values = [life.get(key) for life in lives]
             out[key] = sum(values) if values and all(isinstance(v, int) for v in values) else None
+        not_stored = sum(life.get(NOT_STORED) or 0 for life in self.lives.values())
         if out["embedded"] is None:
-            out["embedded"] = self.records
+            out["embedded"] = self.records  # the records stored
+        else:
+            out["embedded"] = max(0, out["embedded"] - not_stored)
+        out[NOT_STORED] = not_stored
         return out
 
     def duration(self) -> float:
-        """Capture time from the first to the last embedded frame."""
-        if self.first_t is None or self.last_t is None:
+        """Capture time from the earliest to the latest embedded frame: never negative.
+
+        Capture times are the ingest's clock. One that was an hour ahead and then set right (a
+        restarted ingest, NTP catching up) makes the later frames older than the first; the core
+        warns about such a clock (its ``clock_skew``). From the first to the last frame the
+        duration would be negative, so it is from the earliest capture to the latest.
+        """
+        if self.min_t is None or self.max_t is None:
             return 0.0
-        return self.last_t - self.first_t
+        return self.max_t - self.min_t
 
     def effective_fps(self) -> float | None:
         """Embedded frames per second of capture time: (N - 1) intervals over the duration."""
@@ -197,8 +239,8 @@ class StreamSummary:
             "similarity": {"mean": sim["mean"], "min": sim["min"]},
             "duration_s": self.duration(),
             "effective_fps": self.effective_fps(),
-            "start_time": iso(self.first_t),
-            "end_time": iso(self.last_t),
+            "start_time": iso(self.min_t),
+            "end_time": iso(self.max_t),
             "snapshots": self.snapshots,
             "npz_batches": npz_batches,
             "db_rows": db_rows,

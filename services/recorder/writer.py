@@ -3,6 +3,12 @@
 It tells its owner which rows became durable (``on_durable``, in the order the rows were
 added): committed to the database, or appended to the run's spool and synced. The
 recorder acknowledges records to the core from that (acks.py, docs/PROTOCOL.md).
+
+A database that hangs (a table locked, a server stopped or frozen) is bounded three ways: the
+server cancels a statement past its statement timeout (connection.py), a batch still being
+written after ``warn_after`` is said in the log once, and one still unfinished after
+``give_up_after`` (the server did not even cancel it: it is not answering) has its connection
+cut: it fails, its rows go to the spool, and are written again once the database answers.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from encoders.shared.disks import disk_problem
 from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
@@ -29,6 +36,14 @@ log = logging.getLogger(__name__)
 
 # A run's spool: the rows the database has not taken yet, in its folder.
 SPOOL_NAME = "db_spool.msgpack"
+WRITE_WARN_S = 10.0  # a batch still being written after this long is said in the log
+GIVE_UP_GRACE_S = 10.0  # past the statement timeout by this much, a batch's connection is cut
+
+
+def give_up_after(statement_timeout: float) -> float | None:
+    """When a batch is given up (its connection cut): the server had its statement timeout to
+    cancel it, and this grace to say so. None (never) without a statement timeout."""
+    return statement_timeout + GIVE_UP_GRACE_S if statement_timeout > 0 else None
 
 
 def writer_thread() -> ThreadPoolExecutor:
@@ -88,6 +103,8 @@ class FrameWriter:
         clock: Callable[[], float] = time.monotonic,
         max_waiting_batches: int = DB_MAX_WAITING_BATCHES,
         on_durable: Callable[[list[FrameRow]], None] = lambda rows: None,
+        warn_after: float = WRITE_WARN_S,
+        give_up_after: float | None = None,
     ):
         self.db, self.spool, self.run_id = db, spool, run_id
         self.on_durable = on_durable
@@ -95,6 +112,12 @@ class FrameWriter:
         self.max_pending = batch_rows * max_waiting_batches
         self._executor = executor
         self._inflight: tuple[Future, list[FrameRow]] | None = None
+        # A batch that takes too long: said after warn_after, its connection cut after give_up_after.
+        self.warn_after, self.give_up_after = warn_after, give_up_after
+        self._inflight_since = 0.0
+        self._said_slow = self._cut = False
+        self.slow_writes = 0  # batches said to be slow
+        self.writes_cut = 0  # batches given up on (their connection cut)
         self.batch_rows, self.flush_s, self.retry_max = batch_rows, flush_s, retry_max
         self.clock = clock
         self.pending: list[FrameRow] = []
@@ -107,6 +130,8 @@ class FrameWriter:
         self.outages = 0
         self.commits = 0  # batches written (spool replays included)
         self.fatal: DatabaseRefused | None = None
+        self.unsaved: list[FrameRow] = []  # rows neither the database nor the spool took (a full disk)
+        self.disk_error: str | None = None  # why the spool cannot be written, while it cannot
         self.observe_write: Callable[[int, float], None] = lambda rows, seconds: None  # each batch (metrics)
         # Events of no frame (a stream that went down): written between batches, kept until they are.
         self.pending_events: list[tuple] = []
@@ -155,6 +180,9 @@ class FrameWriter:
         self._collect(block=False)
         self._events()
         now = self.clock()
+        if self.unsaved and now >= self.retry_at:  # rows a full disk kept from the spool: in front, again
+            self.pending[:0], self.unsaved = self.unsaved, []
+            self._oldest = self._oldest or now
         if (
             self.pending
             and self._inflight is None
@@ -178,15 +206,61 @@ class FrameWriter:
         if not rows:
             return
         self._inflight = (self._executor.submit(self._write, rows), rows)
+        self._inflight_since, self._said_slow, self._cut = self.clock(), False, False
         self._collect(block=False)  # settled at once if it is done already (Inline)
 
     def _collect(self, *, block: bool) -> None:
-        """Take the outcome of the batch being written (waiting for it if ``block``)."""
-        if self._inflight is None or not (block or self._inflight[0].done()):
+        """Take the outcome of the batch being written (waiting for it if ``block``, as long as
+        ``give_up_after`` allows); one that takes too long is said, then cut (``_watch``)."""
+        if self._inflight is None:
             return
         future, rows = self._inflight
+        while block and not future.done():
+            wait([future], timeout=self._next_watch())
+            self._watch()
+        if not future.done():
+            self._watch()
+            return
         self._inflight = None
         self._settle(rows, future.result)
+
+    def _next_watch(self) -> float | None:
+        """Seconds until the batch being written is due to be said or cut; None: nothing more is due."""
+        due = [] if self._said_slow else [self.warn_after]
+        if self.give_up_after is not None and not self._cut:
+            due.append(self.give_up_after)
+        if not due:
+            return None
+        return max(0.0, min(due) - (self.clock() - self._inflight_since)) + 0.01
+
+    def _watch(self) -> None:
+        """The batch being written has taken long: said once (warn_after), then cut (give_up_after)."""
+        if self._inflight is None:
+            return
+        running, rows = self.clock() - self._inflight_since, len(self._inflight[1])
+        if running >= self.warn_after and not self._said_slow:
+            self._said_slow = True
+            self.slow_writes += 1
+            log.warning(
+                "a batch of %d rows has been writing to the database (%s) for %.0f s and has not finished: a table "
+                "locked, a server hung? Rows wait in memory meanwhile (up to %d)%s",
+                rows,
+                self.db.target,
+                running,
+                self.max_pending,
+                f"; given up at {self.give_up_after:g} s" if self.give_up_after is not None else "",
+            )
+        if self.give_up_after is not None and running >= self.give_up_after and not self._cut:
+            self._cut = True
+            self.writes_cut += 1
+            log.warning(
+                "the batch of %d rows has been writing for %.0f s, past the statement timeout: the database does "
+                "not answer. Its connection is cut; the rows go to %s and are written once it answers",
+                rows,
+                running,
+                self.spool.path,
+            )
+            self.db.abort()
 
     def _settle(self, rows: list[FrameRow], write: Callable[[], Counter]) -> None:
         """Count a batch as written, or keep it in the spool whatever went wrong."""
@@ -223,7 +297,10 @@ class FrameWriter:
         while self.spool.pending and self.fatal is None and self.clock() < deadline:
             time.sleep(min(0.5, max(0.0, deadline - self.clock())))
             self.flush(retry_now=True)
-        done = not self.spool.pending
+        if self.unsaved:  # a last try to keep them on disk; if it fails they stay unacknowledged
+            rows, self.unsaved = self.unsaved, []
+            self._to_spool(rows)
+        done = not self.spool.pending and not self.unsaved
         self.spool.close()
         self._executor.shutdown()
         return done
@@ -255,7 +332,21 @@ class FrameWriter:
             raise
 
     def _to_spool(self, rows: list[FrameRow]) -> None:
-        self.spool.append(to_spool(r) for r in rows)  # synced to disk before it returns
+        try:
+            self.spool.append(to_spool(r) for r in rows)  # synced to disk before it returns
+        except OSError as exc:
+            # Neither in the database nor on disk (a full disk): not durable, so not acknowledged;
+            # the core holds the records, and these rows are tried again after a while.
+            self.unsaved.extend(rows)
+            if self.disk_error is None:
+                self.disk_error = disk_problem(exc, self.spool.path)
+                log.error("cannot keep %d rows: %s; they wait, not acknowledged, until there is room",
+                          len(rows), self.disk_error)  # fmt: skip
+            self.retry_at = self.clock() + max(1.0, self.backoff)
+            return
+        if self.disk_error is not None:
+            log.info("%s takes rows again", self.spool.path)
+            self.disk_error = None
         self.on_durable(rows)
 
     def _replay(self) -> None:

@@ -4,8 +4,11 @@ after it."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from encoders.services.recorder.config import RetentionConfig
 from encoders.shared.runtime import setup_logging, stop_on_signals
@@ -74,12 +77,15 @@ def serve(cfg: ServeConfig) -> int:
     return 0
 
 
-def repair(cfg: DatabaseConfig, *, run: str | None = None) -> int:
-    """Close the runs left open by a recorder that is gone (services/recorder/repair.py); one line per run.
+def repair(cfg: DatabaseConfig, *, run: str | None = None, state_dirs: Sequence[str] = ()) -> int:
+    """Store the records cores left in their state folders (services/recorder/left_records.py), then
+    close the runs left open by a recorder that is gone (services/recorder/repair.py); a line for each.
 
     0 when done (even with nothing to close), 2 when the database cannot be reached or ``run``
     names no open run.
     """
+    from encoders.services.recorder.config import RecorderConfig
+    from encoders.services.recorder.left_records import store_left_records
     from encoders.services.recorder.repair import close_open_runs
 
     setup_logging("repair")
@@ -89,6 +95,11 @@ def repair(cfg: DatabaseConfig, *, run: str | None = None) -> int:
             db = Database(url)
             try:
                 db.migrate()
+                settings = RecorderConfig.from_env(runs_dir=cfg.runs_dir, database_url=url)
+                for folder in state_dirs or core_state_dirs(cfg.runs_dir):
+                    said = store_left_records(settings, db, folder)
+                    if said:
+                        print(said)
                 if run is not None and not any(run in (r.name, str(r.id)) for r in db.open_runs()):
                     ended = db.run_row(run)
                     if ended is not None:
@@ -107,6 +118,16 @@ def repair(cfg: DatabaseConfig, *, run: str | None = None) -> int:
     if not report:
         print("no run is left open")
     return 0
+
+
+def core_state_dirs(runs_dir: str) -> list[str]:
+    """Where cores on this machine keep their state by default: the all-in-one command's, in the
+    runs folder, and a core's own (ENCODERS_STATE_DIR, else its default)."""
+    from encoders.launcher.wiring import CORE_STATE
+    from encoders.services.metrics.config import default_state_dir
+
+    found = [str(Path(runs_dir) / CORE_STATE), os.environ.get("ENCODERS_STATE_DIR") or default_state_dir()]
+    return list(dict.fromkeys(found))
 
 
 def prune(cfg: RetentionConfig, *, dry_run: bool) -> int:

@@ -147,21 +147,37 @@ def view(**kwargs) -> None:
     help="Seconds to wait for the pipeline to drain and report that it has stopped (exit 1 past it)",
 )
 @click.option("--reason", default="", help="Why, for the pipeline's logs (default: this host and process)")
-def stop(pipeline: str, timeout: float, reason: str) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="How the totals are printed on stdout: an aligned table for people, or for programs one JSON object "
+    'on one line, {"streams": {NAME: {"published": N, "embedded": N, "dropped": N, "skipped": N, "lost": N, ...}}} '
+    "(published is null where it is not known)",
+)
+def stop(pipeline: str, timeout: float, reason: str, fmt: str) -> None:
     """Stop a running pipeline from anywhere: its cameras end, every frame in flight gets its
-    outcome and every record is stored, then its services exit. Prints each stream's totals.
+    outcome and every record is stored, then its services exit (viewers too). Prints each
+    stream's totals on stdout (--format json for scripts); what it is doing goes to stderr.
     With keys on, it needs ENCODERS_KEYS (the control role's key).
 
-    Exits 0 once stopped, 1 if it has not within --timeout, 2 if no core answers at --pipeline.
+    Exits 0 once stopped, 1 if it has not within --timeout, 2 if no core answers at --pipeline;
+    stdout is empty unless 0.
     """
     from encoders import control
 
-    sys.exit(control.run(pipeline, timeout_s=timeout, reason=reason))
+    sys.exit(control.run(pipeline, timeout_s=timeout, reason=reason, fmt=fmt))
 
 
 @cli.group(context_settings=CONTEXT)
 def keys() -> None:
-    """CurveZMQ keys: every link to the core encrypted, and only allowed services served."""
+    """CurveZMQ keys: every link to the core encrypted, and each key served in its role only.
+
+    A key's role is its file's name in the core's allowed/: ROLE.key (`init` makes one per role)
+    or ROLE-MACHINE.key (`add`, one machine's). `add` and `revoke` take effect on a running core.
+    """
 
 
 @keys.command("init", context_settings=CONTEXT)
@@ -185,6 +201,78 @@ def keys_init(folder: str, if_missing: bool) -> None:
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{len(made)} files in {folder}; set ENCODERS_KEYS={folder} for every service")
+
+
+KEY_ROLES = ("ingest", "worker", "recorder", "viewer", "control")  # shared/keys.py's CLIENT_ROLES (it imports zmq)
+
+
+@keys.command("add", context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--role", required=True, type=click.Choice(KEY_ROLES), help="What the machine runs: its key is served as that only"
+)
+@click.option("--name", "machine", required=True, help="The machine's name (letters, digits, '.', '_', '-'): gpu1")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Where to put what the machine needs  [default: FOLDER/ROLE-NAME]",
+)
+def keys_add(folder: str, role: str, machine: str, out: str | None) -> None:
+    """A key of its own for one machine: FOLDER/allowed/ROLE-NAME.key, which the core serves as
+    ROLE only, and in --out the machine's part of the keys (core.key, ROLE.key_secret, ROLE.key).
+    Copy that folder to the machine and set ENCODERS_KEYS to it there.
+
+    FOLDER is the core's key folder (what `encoders keys init` made; the core's ENCODERS_KEYS).
+    A running core takes the new key at once, without a restart.
+    """
+    from encoders.shared import keys as curve
+    from encoders.shared.runtime import StartupError
+
+    try:
+        made = curve.add_machine(folder, role, machine, out)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{folder}/allowed/{role}-{machine}.key is served as {role}; copy {made} to that machine and set "
+        f"ENCODERS_KEYS={made} there (it holds the secret key: only that machine may have it)"
+    )
+
+
+@keys.command("revoke", context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.argument("name")
+def keys_revoke(folder: str, name: str) -> None:
+    """Shut the key NAME out: remove FOLDER/allowed/NAME.key (NAME as `encoders keys list` shows it,
+    e.g. worker-gpu1, or viewer for the role's shared key).
+
+    A running core reads allowed/ again within a second: it ends the sessions of that key (its
+    services exit, refused) and drops its publishers' subscribers, who connect again if their key
+    is still served. No restart.
+    """
+    from encoders.shared import keys as curve
+    from encoders.shared.runtime import StartupError
+
+    try:
+        removed = curve.revoke(folder, name)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {removed}: the core no longer serves it")
+
+
+@keys.command("list", context_settings=CONTEXT)
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+def keys_list(folder: str) -> None:
+    """The keys the core serves from FOLDER/allowed/, and the role each is bound to (from its file's
+    name: ROLE.key or ROLE-MACHINE.key); a file it ignores, and why."""
+    from encoders.shared import keys as curve
+
+    rows = curve.listing(folder)
+    if not rows:
+        click.echo(f"no keys in {folder}/allowed/: the core would serve nobody")
+        return
+    width = max(len(name) for name, _ in rows)
+    for name, role in rows:
+        click.echo(f"{name.ljust(width)}  {role}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -322,18 +410,29 @@ def runs(ctx: click.Context, run, limit, fmt, **kwargs) -> None:
     "--run",
     help="Only this run (its id or name); closed from the database alone when its folder is not on this machine",
 )
+@click.option(
+    "--state-dir",
+    "state_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A core's state folder whose records, left unacknowledged, are stored into their run first (default: "
+    "<runs-dir>/.core, the all-in-one command's, and ENCODERS_STATE_DIR or the core's default, where they hold any)",
+)
 @click_options(DatabaseConfig)
-def runs_repair(run, **kwargs) -> None:
-    """Close the runs left open by a recorder that is gone.
+def runs_repair(run, state_dirs, **kwargs) -> None:
+    """Store what was left undelivered, and close the runs left open by a recorder that is gone.
 
-    Each open run whose folder is here and that no live recorder holds has its spool
-    written, its drift.csv and npz batches rewritten from its rows, summary.json written
-    from them (embedded = the rows stored) and its row ended. A recorder does the same
-    for every such run when it starts; a run being recorded is never touched.
+    First the records a core kept in its state folder because no recorder acknowledged them
+    (the recorder hung or its disk filled during the final drain) are stored into the run they
+    are for, as its recorder would have (a core not running on that folder only). Then each
+    open run whose folder is here and that no live recorder holds has its spool written, its
+    drift.csv and npz batches rewritten from its rows, summary.json written from them
+    (embedded = the rows stored) and its row ended. A recorder does the latter for every such
+    run when it starts; a run being recorded is never touched.
     """
     from encoders.services.search import database
 
-    sys.exit(database.repair(from_click(DatabaseConfig, kwargs), run=run))
+    sys.exit(database.repair(from_click(DatabaseConfig, kwargs), run=run, state_dirs=state_dirs))
 
 
 @cli.command(context_settings=CONTEXT)

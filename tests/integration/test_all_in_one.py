@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 
 import psutil
 import psycopg
@@ -263,3 +264,157 @@ def test_a_public_bind_host_needs_keys_and_with_them_every_link_is_encrypted(ser
     out = run.output()
     assert "serving the keys of" in out and "INSECURE" not in out
     assert "'published': 20, 'embedded': 20" in out, out[-3000:]
+
+
+def children_running(launcher: psutil.Process, command: str) -> list[psutil.Process]:
+    """The launcher's children running `python -m encoders COMMAND`."""
+    return [c for c in launcher.children() if c.cmdline()[3:4] == [command]]
+
+
+def adds_up(frames: dict) -> bool:
+    outcomes = ("embedded", "dropped", "skipped", "lost", "not_stored")
+    return frames["published"] == sum(frames[k] for k in outcomes)
+
+
+@pytest.mark.timeout(300)
+def test_a_recorder_that_hangs_through_the_drain_is_started_again_and_stores_everything(
+    service, tiny_model, pisim, tmp_path
+):
+    """Issue #22: a hung recorder at the final drain left records in a folder the command then
+    removed. A child that stops answering its health check is killed and started again, also
+    while the pipeline drains: the new recorder takes the records, and nothing is left over."""
+    runs = tmp_path / "runs"
+    args = ("--stream", pisim, "--no-display", "--runs-dir", str(runs), "--hang-after", "5")
+    run = service(*args, env=tiny_model)
+    wait_for(lambda: drift_lines(runs) > 10, 120, "frames to be recorded")
+    launcher = psutil.Process(run.proc.pid)
+    (recorder,) = children_running(launcher, "record")
+    recorder.suspend()  # SIGSTOP: alive, answering nothing
+    try:
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait(180) == 0, run.output()[-4000:]
+    finally:
+        if recorder.is_running():
+            recorder.resume()
+    out = run.output()
+    assert "recorder has not answered" in out and "hung; killing it" in out, out[-4000:]
+    run_dir = only_run(runs)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run"]["restarts"] == {"recorder": 1}
+    cam0 = summary["streams"]["cam0"]
+    rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
+    assert cam0["frames"]["embedded"] == cam0["db_rows"] == rows and adds_up(cam0["frames"]), cam0["frames"]
+    assert not (runs / ".core" / "records.spool").exists()
+    assert not leftovers(str(runs)), leftovers(str(runs))
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("then", ["next start", "runs repair"])
+def test_records_no_recorder_took_at_the_end_outlive_the_command_and_are_stored_into_their_run(
+    service, tiny_model, pisim, tmp_path, then
+):
+    """Issue #22: when the drain cannot deliver (a recorder that hangs, and is not watched here),
+    the core's records are kept in the runs folder, the message names that path, and the next
+    start (or `encoders runs repair`) stores them into the run they are for, which then agrees
+    with its rows."""
+    runs = tmp_path / "runs"
+    spool = runs / ".core" / "records.spool"
+    args = ("--stream", pisim, "--no-display", "--runs-dir", str(runs), "--hang-after", "0", "--drain-timeout", "3")
+    first = service(*args, env=tiny_model)
+    wait_for(lambda: drift_lines(runs) > 10, 120, "frames to be recorded")
+    launcher = psutil.Process(first.proc.pid)
+    (recorder,) = children_running(launcher, "record")
+    (core,) = children_running(launcher, "metrics")
+    recorder.suspend()
+    try:
+        first.proc.send_signal(signal.SIGINT)
+        core.wait(120)  # the drain failed; the core, stopped by signal, spooled what it held
+    finally:
+        recorder.resume()  # it finishes its run on the launcher's SIGTERM
+    assert first.wait(120) == 1, first.output()[-4000:]
+    out = first.output()
+    assert f"kept in {spool}" in out and "runs repair" in out, out[-4000:]
+    assert spool.stat().st_size > 0
+    run_dir = only_run(runs)
+    rows_before = len((run_dir / "drift.csv").read_text().splitlines()) - 1
+    ended = json.loads((run_dir / "summary.json").read_text())["run"]["ended_at"]
+
+    if then == "next start":
+        second = service(*args[:5], "--max-frames", "3", env=tiny_model)
+        assert second.wait(180) == 0, second.output()[-4000:]
+        said = second.output()
+    else:
+        repair = service("runs", "repair", "--runs-dir", str(runs))
+        assert repair.wait(120) == 0, repair.output()
+        said = repair.output()
+    assert f"stored into run {run_dir.name}" in said, said[-3000:]
+    assert not spool.exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cam0 = summary["streams"]["cam0"]
+    rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
+    assert rows > rows_before, (rows, rows_before)
+    assert cam0["frames"]["embedded"] == cam0["db_rows"] == rows and adds_up(cam0["frames"]), cam0["frames"]
+    assert summary["run"]["ended_at"] == ended  # closed as it had ended
+    from encoders.shared.storage.embedded import database
+
+    with database("", str(runs)) as url, psycopg.connect(url) as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM frames f JOIN runs r ON r.id = f.run_id WHERE r.name = %s", (run_dir.name,)
+        ).fetchone()
+    assert stored == (rows,)
+    assert not leftovers(str(runs)), leftovers(str(runs))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A disk of its own for the runs folder (a tmpfs of 256 MB), to fill up; unmounted at the end."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.fail(f"this test fills a disk of its own: mounting a tmpfs needs root ({done.stderr.decode()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder) -> None:
+    """Write into ``folder`` until its disk is full."""
+    block = bytes(1 << 20)
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.timeout(420)
+def test_a_runs_disk_that_fills_up_mid_run_says_so_in_one_line_and_loses_nothing(
+    service, tiny_model, pisim, small_disk
+):
+    """Issue #22: a full runs disk lost 77 records and printed tracebacks. While it is full the
+    rows wait unacknowledged (the core holds their records) and every message names the cause
+    and the path; once there is room again they are stored, and the run agrees with its rows."""
+    runs = small_disk / "runs"
+    run = service("--stream", pisim, "--no-display", "--runs-dir", str(runs), env=tiny_model)
+    wait_for(lambda: drift_lines(runs) > 10, 120, "frames to be recorded")
+    fill(small_disk)
+    wait_for(lambda: "No space left on device" in run.output(), 120, "the recorder to find the disk full")
+    (small_disk / "filler").unlink()
+    seen = drift_lines(runs)
+    wait_for(lambda: drift_lines(runs) > seen + 10, 120, "frames recorded once there is room again")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(180) == 0, run.output()[-4000:]
+    out = run.output()
+    assert "Traceback" not in out, out[out.index("Traceback") - 2000 :][:6000]
+    said = [line for line in out.splitlines() if "No space left on device" in line]
+    assert said and all(str(small_disk) in line for line in said), "\n".join(said)
+    run_dir = only_run(runs)
+    cam0 = json.loads((run_dir / "summary.json").read_text())["streams"]["cam0"]
+    rows = len((run_dir / "drift.csv").read_text().splitlines()) - 1
+    assert cam0["frames"]["embedded"] == cam0["db_rows"] == rows and adds_up(cam0["frames"]), cam0["frames"]
+    assert cam0["frames"]["not_stored"] == 0 and cam0["frames"]["lost"] == 0, cam0["frames"]
+    assert not (runs / ".core" / "records.spool").exists()

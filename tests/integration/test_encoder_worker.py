@@ -67,7 +67,7 @@ def test_the_worker_says_hello_embeds_frames_with_thumbnails_and_skips_corrupt_o
     got = outcomes(core, 3)
     assert isinstance(got[0], Embedding) and isinstance(got[2], Embedding)
     assert got[0].t_capture == 1.0 and got[0].worker == "wx" and got[0].model == "tiny-clip/tiny-clip.pt"
-    assert got[0].vector.shape == (64,) and np.linalg.norm(got[0].vector) == pytest.approx(1, abs=1e-5)
+    assert got[0].vector.shape == (hello.dim,) == (64,) and np.linalg.norm(got[0].vector) == pytest.approx(1, abs=1e-5)
     assert Image.open(io.BytesIO(got[0].thumbnail)).size == (160, 120)  # the default thumbnail size
     assert Image.open(io.BytesIO(got[2].thumbnail)).size == (80, 60)  # never enlarged
     assert isinstance(got[1], Skipped) and "corrupt JPEG" in got[1].reason

@@ -41,11 +41,13 @@ def test_the_core_outlives_a_hostile_peer_and_keeps_making_records(service, tiny
     stats = sockets.connect(zmq.SUB, pipeline.metrics_pub, subscribe=[b"stats/cam0"])
     pipeline.start_worker("w0")
     pipeline.start_ingest(0, pipeline.start_camera(0, fps=15))
-    collect(records, records=5)
+    first = next(m for m in collect(records, records=5) if isinstance(m, MetricsRecord))
     rss_before = psutil.Process(core.proc.pid).memory_info().rss
 
-    # A "worker" that never gives back the frame it is handed, and sends what it likes.
-    evil = join(sockets, pipeline.core, Hello("worker", "evil", PROTOCOL, capacity=1, model="m"))
+    # A "worker" that never gives back the frame it is handed, and sends what it likes. Its Hello
+    # names the pipeline's model (one of another is refused: test_worker_of_another_model_...).
+    model, dim = first.model, int(first.vector.size)
+    evil = join(sockets, pipeline.core, Hello("worker", "evil", PROTOCOL, capacity=1, model=model, dim=dim))
     for _ in range(20_000):
         evil.send_multipart([b"\x93garbage"])  # 20k undecodable messages
     ok = np.ones(4, np.float32) / 2
@@ -56,7 +58,7 @@ def test_the_core_outlives_a_hostile_peer_and_keeps_making_records(service, tiny
     zmqio.send(evil, embedding(9, np.ones(4096, np.float32)))  # a result for a frame it was never given
     # A worker claiming 2**62 frames of room (took every third frame, then records stalled).
     greedy = sockets.connect(zmq.DEALER, pipeline.core)
-    greedy.send_multipart(spoil(Hello("worker", "greedy", PROTOCOL, capacity=1, model="m"), capacity=2**62))
+    greedy.send_multipart(spoil(Hello("worker", "greedy", PROTOCOL, capacity=1, model=model, dim=dim), capacity=2**62))
     # Fifty made-up cameras: one more fits under ENCODERS_MAX_STREAMS=2, the others are refused.
     answers = []
     for i in range(50):
@@ -103,7 +105,7 @@ def test_records_held_for_a_recorder_that_never_comes_go_to_disk_not_memory(serv
     core = pipeline.start_core()  # records wait for a recorder's acknowledgement; none joins
     stats = sockets.connect(zmq.SUB, pipeline.metrics_pub, subscribe=[b"stats/cam0"])
     ingest = join(sockets, pipeline.core, Hello("ingest", "cam", PROTOCOL, stream="cam0"))
-    worker = join(sockets, pipeline.core, Hello("worker", "w", PROTOCOL, capacity=64, model="m"))
+    worker = join(sockets, pipeline.core, Hello("worker", "w", PROTOCOL, capacity=64, model="m", dim=512))
     rss_before = psutil.Process(core.proc.pid).memory_info().rss
     jpeg = b"\xff\xd8" + bytes(500) + b"\xff\xd9"
     vector = np.random.default_rng(0).standard_normal(512).astype(np.float32)

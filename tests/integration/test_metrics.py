@@ -140,8 +140,8 @@ def test_a_pipeline_runs_loses_a_vanished_workers_frames_at_once_and_stops_with_
             s.send(Ack(msg.stream, msg.last_seq, ended=True), now)
 
     ingest = peers.add(Hello("ingest", "cam", PROTOCOL, stream="cam0", url="http://cam"), ingest_on)
-    peers.add(Hello("worker", "a", PROTOCOL, capacity=2, model="m"), worker("a"))
-    b = peers.add(Hello("worker", "b", PROTOCOL, capacity=2, model="m"), worker("b"))
+    peers.add(Hello("worker", "a", PROTOCOL, capacity=2, model="m", dim=2), worker("a"))
+    b = peers.add(Hello("worker", "b", PROTOCOL, capacity=2, model="m", dim=2), worker("b"))
     peers.add(
         Hello("recorder", "rec", PROTOCOL),
         recorder_on,
@@ -209,7 +209,7 @@ def test_a_flapping_connection_never_inflates_a_workers_capacity(service, socket
         return sockets.connect(zmq.DEALER, eps["core"], identity=identity)
 
     sock = connect()
-    zmqio.send(sock, Hello("worker", "flappy", PROTOCOL, capacity=2, model="m"))
+    zmqio.send(sock, Hello("worker", "flappy", PROTOCOL, capacity=2, model="m", dim=2))
     assert isinstance(receive(sock, 20), Welcome)
     for _ in range(5):  # the same session's TCP connection closed and opened again: no Hello
         sock.close(0)

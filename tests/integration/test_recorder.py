@@ -134,7 +134,7 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, core, start):
             "SELECT name, model, dim, ended_at, summary FROM runs WHERE id = %s", (run_id,)
         ).fetchone()
         assert (name, model, dim) == (run.name, "ViT-B-32", DIM)
-        assert ended_at is not None and summary["streams"]["cam0"]["frames"] == final
+        assert ended_at is not None and summary["streams"]["cam0"]["frames"] == {**final, "not_stored": 0}
 
     table = (run / "drift.csv").read_text().splitlines()
     assert table[0] == "timestamp,frame,similarity,drift" and len(table) == 11
@@ -162,9 +162,9 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, core, start):
     assert snaps[1].read_bytes() == jpeg_bytes("cam0", 4)
 
     top = json.loads((run / "summary.json").read_text())
-    assert list(top["streams"]) == ["cam0"] and top["totals"]["frames"] == final
+    assert list(top["streams"]) == ["cam0"] and top["totals"]["frames"] == {**final, "not_stored": 0}
     run_summary, summary = top["run"], top["streams"]["cam0"]
-    assert summary["frames"] == final and summary["counts_from"] == "end_of_stream"
+    assert summary["frames"] == {**final, "not_stored": 0} and summary["counts_from"] == "end_of_stream"
     assert summary["records"] == 10 and summary["db_rows"] == 10 and run_summary["db_rows"] == 10
     assert summary["snapshots"] == 3 and summary["npz_batches"] == 3
     drifts = [m.drift for m in sent[1:] if m.drift is not None]

@@ -146,7 +146,7 @@ def test_a_spool_that_cannot_be_written_counts_the_records_lost_loudly(tmp_path,
     with caplog.at_level(logging.ERROR):
         for seq in range(3):
             d.add(record("cam0", seq))
-    assert d.stats()["records_lost"] == 1 and "they are LOST" in caplog.text
+    assert d.stats()["records_lost"] == 1 and "are LOST" in caplog.text
 
 
 def test_what_a_core_could_not_deliver_is_sent_by_its_next_life(tmp_path):

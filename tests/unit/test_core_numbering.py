@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from encoders.services.metrics.numbering import Numbering, StateDir
+from encoders.services.metrics.numbering import Numbering
+from encoders.shared.core_state import StateDir
 from encoders.shared.runtime import StartupError
 
 

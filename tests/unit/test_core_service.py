@@ -112,7 +112,7 @@ class Rig:
         return self.peer(f"ingest-{stream}", Hello("ingest", f"ingest-{stream}", PROTOCOL, stream=stream, **kw), now)
 
     def worker(self, name: str = "w", capacity: int = 2, now: float = 0.0) -> Peer:
-        return self.peer(name, Hello("worker", name, PROTOCOL, capacity=capacity, model="m"), now)
+        return self.peer(name, Hello("worker", name, PROTOCOL, capacity=capacity, model="m", dim=2), now)
 
     def step(self, now: float) -> None:
         self.core.router.poll(30)
@@ -274,6 +274,47 @@ def test_a_result_from_a_worker_not_holding_the_frame_is_dropped_and_counted(rig
     assert rig.core.streams.totals("cam0")["embedded"] == 1
 
 
+def test_the_first_workers_model_and_length_are_the_pipelines_and_another_is_refused(rig):
+    """Issue #22: one worker's 3-float vector made the database vector(3) and every later record
+    was refused. The pipeline's model and length are fixed before any vector: by the first Hello."""
+    (w,) = rig.worker("first").got()
+    assert isinstance(w, Welcome)
+    for name, model, dim in [("other-model", "ViT-L-14/openai", 2), ("other-length", "m", 3)]:
+        (refused,) = rig.peer(name, Hello("worker", name, PROTOCOL, capacity=2, model=model, dim=dim)).got()
+        assert isinstance(refused, Refused) and not (refused.retry or refused.rejoin)
+        assert "m (2 floats)" in refused.reason and f"({dim} floats)" in refused.reason
+    (silent,) = rig.peer("unsaid", Hello("worker", "unsaid", PROTOCOL, capacity=2, model="m")).got()
+    assert isinstance(silent, Refused) and "no embedding length" in silent.reason
+
+
+def test_the_settings_fix_the_model_before_any_worker(sockets, tmp_path):
+    rig = Rig(sockets, tmp_path, pipeline_model="ViT-B-32/openai", pipeline_dim=512)
+    (refused,) = rig.worker("w").got()  # model "m", 2 floats
+    assert isinstance(refused, Refused) and "ENCODERS_PIPELINE_MODEL" in refused.reason
+    ok = Hello("worker", "w2", PROTOCOL, capacity=2, model="ViT-B-32/openai", dim=512)
+    assert isinstance(rig.peer("w2", ok).got()[0], Welcome)
+
+
+def test_a_result_of_another_length_is_skipped_counted_and_its_worker_let_go(rig):
+    ingest = rig.ingest(lossless=True)
+    worker = rig.worker("liar", capacity=2)
+    ingest.send(capture(0.0), capture(1.0))
+    rig.step(0.1)
+    frames = [m for m in worker.got() if isinstance(m, Frame)]
+    assert len(frames) == 2
+    worker.send(Embedding("cam0", frames[0].seq, 0.0, "liar", "m", vector=unit(1, 0, 0)))  # said 2 floats
+    rig.step(0.2)
+    (told,) = [m for m in worker.got() if isinstance(m, Refused)]
+    assert "3 floats" in told.reason and not told.rejoin
+    assert rig.core.model.refused_results == {"liar": 1}
+    ingest.send(CaptureEnded("camera closed"), Bye())
+    rig.step(0.3)
+    eos = rig.records()[-1]
+    assert isinstance(eos, EndOfStream)
+    counts = {k: eos.counts[k] for k in ("published", "embedded", "skipped", "lost")}
+    assert counts == {"published": 2, "embedded": 0, "skipped": 1, "lost": 1}  # the other frame went with it
+
+
 def test_a_worker_that_leaves_or_goes_silent_loses_its_frames_at_once(rig):
     ingest = rig.ingest(lossless=True)
     a, b = rig.worker("a", capacity=2), rig.worker("b", capacity=2)
@@ -402,6 +443,9 @@ def test_a_control_stop_drains_then_answers_stopped_with_totals_that_add_up(rig)
     assert isinstance(stopped, Stopped)
     c = stopped.streams["cam0"]
     assert c["published"] == 3 and c["embedded"] + c["dropped"] + c["skipped"] + c["lost"] == 3
+    # Viewers hold no session: the same totals reach them on the metrics publisher (topic stopped/).
+    (published,) = [m for m in rig.published() if isinstance(m, Stopped)]
+    assert published.streams == stopped.streams
     # It exits once those it told have said Bye (their connections read to the end).
     for p in (worker, rec):
         p.send(Bye())
@@ -424,6 +468,7 @@ def test_a_signals_drain_ends_at_its_time_limit(rig):
     totals = rig.core.streams.totals("cam0")
     assert (totals["published"], totals["lost"]) == (1, 1)
     assert [type(m) for m in worker.got()][-1] is Stop
+    assert not [m for m in rig.published() if isinstance(m, Stopped)]  # a signal (a restart?): viewers wait
     rig.step(2.4)
     assert not rig.core.done  # the worker it told to Stop may still say Bye
     rig.step(5.4)

@@ -16,7 +16,7 @@ import pytest
 from encoders.launcher import main as launcher
 from encoders.launcher.children import Children, child_environment
 from encoders.launcher.config import RunConfig
-from encoders.launcher.wiring import Endpoints, services
+from encoders.launcher.wiring import Endpoints, core_state_dir, services
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.pisim.config import PisimConfig
 
@@ -28,6 +28,7 @@ def wire(cfg: RunConfig, environ, folder: Path, **kw):
         environ,
         database_url="postgresql://db/x",
         recorder_ready=folder / "recorder.json",
+        state_dir=core_state_dir(cfg, folder),
         **kw,
     )
 
@@ -41,7 +42,8 @@ def test_every_service_is_given_the_cores_one_address_in_a_folder_only_this_user
     core = f"ipc://{folder}/core"
     assert s.core.core_bind == core  # no port chosen, then bound later
     assert s.core.frames_bind.startswith(f"ipc://{folder}/") and s.core.metrics_bind.startswith(f"ipc://{folder}/")
-    assert s.core.state_dir.startswith(str(folder)) and s.core.recorder
+    # Records the recorder has not acknowledged outlive the command (issue #22): in the runs folder.
+    assert s.core.state_dir == str(Path(cfg.runs_dir) / ".core") and s.core.recorder
     assert s.recorder is not None and s.viewer is not None
     assert {i.core for i in s.ingests} == {s.encoder.core} == {s.recorder.core} == {s.viewer.core} == {core}
     assert s.viewer.frames == s.viewer.metrics == ""  # the viewer asks the core
@@ -67,6 +69,7 @@ def test_the_environment_and_the_settings_given_are_read_never_written(tmp_path)
     assert s.encoder.batch_size == 4  # the user's variable
     assert s.viewer is not None and s.encoder.pretrained == s.viewer.pretrained == "none"  # for this run only
     assert s.recorder is None and not s.core.recorder
+    assert s.core.state_dir.startswith(str(tmp_path))  # nothing to keep without a recorder
     assert s.encoder.threads >= 1
 
 

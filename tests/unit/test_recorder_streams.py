@@ -185,6 +185,24 @@ def test_bad_records_are_counted_and_written_nowhere(tmp_path):
     assert [r[1] for r in csv.reader((tmp_path / "drift.csv").open())][1:] == ["0", "4"]
 
 
+def test_records_that_cannot_be_stored_are_counted_not_stored_never_embedded(tmp_path):
+    """Issue #22: summary.json said 158 embedded where 1 row was stored. What the core counted
+    embedded but the recorder could not store is counted apart, and the counts still add up."""
+    rec, rows = make(tmp_path)
+    rec.on_message(record("cam0", 0, 1.0))
+    rec.on_message(record("cam0", 1, 2.0, dim=16))  # another model's size
+    nan = record("cam0", 2, 3.0)
+    nan.vector = np.full(8, np.nan, np.float32)
+    rec.on_message(nan)
+    rec.on_message(record("cam0", 3, 4.0))
+    rec.on_message(EndOfStream("cam0", 3, {"published": 4, "embedded": 4, "dropped": 0, "skipped": 0, "lost": 0}))
+    top = finish(rec)
+    frames = top["streams"]["cam0"]["frames"]
+    assert len(rows.rows) == frames["embedded"] == 2 and frames["not_stored"] == 2
+    assert frames["published"] == sum(frames[k] for k in ("embedded", "dropped", "skipped", "lost", "not_stored"))
+    assert top["totals"]["frames"]["not_stored"] == 2
+
+
 def test_a_run_with_no_records_still_leaves_the_layout(tmp_path):
     rec, _ = make(tmp_path)
     top = finish(rec)

@@ -70,7 +70,15 @@ def test_stream_summary_by_hand():
     assert d["model"] == "ViT-B-32" and d["dim"] == 4
     # No end of stream yet: the latest record's running counts (published unknown).
     assert d["counts_from"] == "last_record" and not d["ended"]
-    assert d["frames"] == {"published": None, "embedded": 5, "dropped": 4, "skipped": 0, "lost": 0, "late": None}
+    assert d["frames"] == {
+        "published": None,
+        "embedded": 5,
+        "dropped": 4,
+        "skipped": 0,
+        "lost": 0,
+        "late": None,
+        "not_stored": 0,
+    }
 
 
 def test_end_of_stream_counts_win():
@@ -79,7 +87,7 @@ def test_end_of_stream_counts_win():
     final = {"published": 12, "embedded": 9, "dropped": 2, "skipped": 1, "lost": 0, "late": 3}
     s.end(final)
     d = s.to_dict()
-    assert d["frames"] == final
+    assert d["frames"] == {**final, "not_stored": 0}
     assert d["counts_from"] == "end_of_stream" and d["ended"]
     assert d["effective_fps"] is None  # a single frame has no rate
     assert d["similarity"] == {"mean": None, "min": None}
@@ -132,3 +140,16 @@ def test_what_a_life_accounted_for_is_never_counted_twice():
     restored = StreamSummary("cam0")  # a resumed run: summary.json's lives carry the claim
     restored.restore_counts(s.to_dict()["lives"])
     assert restored.frames() == s.frames()
+
+
+def test_a_clock_set_back_during_the_stream_never_makes_a_negative_duration():
+    """Issue #22: an ingest an hour ahead, restarted with the right time: its later frames are
+    older than its first. The duration runs from the earliest capture to the latest."""
+    s = StreamSummary("cam0")
+    for seq, t in enumerate([5000.0, 5001.0, 1400.0, 1401.0, 1402.0]):  # seq 2 on: the clock set right
+        s.add(record(seq, t, None if seq == 0 else 0.9))
+    d = s.to_dict()
+    assert d["duration_s"] == pytest.approx(3601.0)  # 1400 .. 5001
+    assert d["effective_fps"] == pytest.approx(4 / 3601.0)
+    assert d["start_time"] == "1970-01-01T00:23:20+00:00" and d["end_time"] == "1970-01-01T01:23:21+00:00"
+    assert (d["first_seq"], d["last_seq"]) == (0, 4)

@@ -19,7 +19,7 @@ CORE = "inproc://core"
 
 
 def worker_hello() -> Hello:
-    return Hello("worker", "w1", PROTOCOL, capacity=16)
+    return Hello("worker", "w1", PROTOCOL, capacity=16, model="m", dim=4)
 
 
 class Core:
@@ -180,3 +180,4 @@ def test_hellos_the_core_cannot_take_whatever_its_state():
     assert "protocol 1" in (hello_problem(Hello("worker", "w", 1, capacity=4)) or "")
     assert hello_problem(Hello("ingest", "x", PROTOCOL)) == "an ingest's Hello names no stream"
     assert hello_problem(Hello("worker", "w", PROTOCOL)) == "a worker's Hello offers no capacity"
+    assert "no embedding length" in (hello_problem(Hello("worker", "w", PROTOCOL, capacity=4, model="m")) or "")

@@ -11,20 +11,32 @@ again after a backoff (1 s, doubling up to 30 s; back to 1 s once it has run a m
 and counted: the protocol makes a restarted service rejoin and lose nothing
 (docs/PROTOCOL.md). A child that keeps failing, FAIL_LIMIT times in a row within
 FAIL_WITHIN_S of its start each time, stops the run.
+
+A child that hangs fails too (issue #22: a recorder that stopped answering through the
+final drain left its records undelivered). ``Liveness`` asks each child's ``/healthz`` (beside
+its Prometheus metrics: shared/exporter.py) every HEALTH_EVERY_S on a thread of its own; a
+child that answered once and then gives no answer at all for ``hang_after`` seconds (stopped, or
+wedged in a way that takes its whole process) is killed, and so started again. Any answer
+counts, "unhealthy" included: a recorder whose database is away is working as it should.
+A child whose metrics are off (ENCODERS_PROMETHEUS_PORT=none or 0) is not watched.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from encoders.shared.settings import ENV_PREFIX, Settings
+from encoders.shared.health import NoHealthPort, ask, health_url
+from encoders.shared.settings import ENV_PREFIX, Exported, Settings
 
 log = logging.getLogger("encoders.run")
 
@@ -34,6 +46,9 @@ HEALTHY_AFTER_S = 60.0  # a child that ran this long is healthy again: its backo
 FAIL_LIMIT = 5
 FAIL_WITHIN_S = 30.0
 STOP_WAIT_S = 60.0  # at the end, how long children may take to finish before SIGTERM, then SIGKILL
+HEALTH_EVERY_S = 2.0  # how often each child's /healthz is asked
+HEALTH_TIMEOUT_S = 2.0
+SERVICE_OF = {"metrics": "metrics", "record": "recorder", "encode": "encoder", "ingest": "ingest", "view": "viewer"}
 
 
 def _die_with_parent() -> None:
@@ -63,6 +78,8 @@ class Child:
     failures_in_row: int = 0
     restart_at: float | None = None  # when a child that died is to be started again
     done: bool = False  # it finished on purpose (its stream ended, the pipeline stopped): left alone
+    health: str | None = None  # its /healthz, if it serves one
+    answered: float | None = None  # when /healthz last answered, in this process's life (Liveness)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -82,10 +99,15 @@ class Child:
 class Children:
     environ: Mapping[str, str]
     known: set[str]
+    hang_after: float = 20.0  # seconds without any answer to /healthz after a first one: hung (0: never)
     all: list[Child] = field(default_factory=list)
 
     def spawn(self, name: str, command: str, settings: Settings) -> Child:
+        if isinstance(settings, Exported) and settings.prometheus_port == "0":
+            # Any free port: chosen here, so that its /healthz is known and watched.
+            settings = dataclasses.replace(settings, prometheus_port=str(free_port(settings.prometheus_host)))
         child = Child(name, command, settings, self._start(command, settings), started=time.monotonic())
+        child.health = health_of(command, settings)
         self.all.append(child)
         return child
 
@@ -99,6 +121,11 @@ class Children:
         """Restart what died unasked, when its backoff is over. ``ended_on_purpose(child)`` says
         whether an exit was the child's natural end. Returns why the run must stop, or None."""
         for child in self.all:
+            if self._hung(child, now):
+                silent = now - (child.answered or now)
+                log.error("%s has not answered for %.0f s (%s): hung; killing it", child.name, silent, child.health)
+                child.proc.kill()
+                child.proc.wait()
             if child.done or child.alive():
                 continue
             code = child.proc.returncode
@@ -115,10 +142,14 @@ class Children:
                 log.error("%s exited unexpectedly (code %s): starting it again in %.0f s", child.name, code, delay)
             elif now >= child.restart_at:
                 child.proc = self._start(child.command, child.settings)
-                child.started, child.restart_at = now, None
+                child.started, child.restart_at, child.answered = now, None, None
                 child.restarts += 1
                 log.info("%s started again (restart %d)", child.name, child.restarts)
         return None
+
+    def _hung(self, child: Child, now: float) -> bool:
+        answered = child.answered
+        return bool(self.hang_after) and child.alive() and answered is not None and now - answered > self.hang_after
 
     def restarts(self) -> dict[str, int]:
         return {c.name: c.restarts for c in self.all if c.restarts}
@@ -152,3 +183,47 @@ class Children:
             # prctl only, no Python code that could need a lock another thread holds.
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def health_of(command: str, settings: Settings) -> str | None:
+    """A child's /healthz, where its settings serve one."""
+    service = SERVICE_OF.get(command)
+    if service is None or not isinstance(settings, Exported):
+        return None
+    try:
+        return health_url(service, settings)
+    except NoHealthPort:
+        return None
+
+
+class Liveness:
+    """Asks every running child's /healthz in turn, on a thread of its own; notes when each answered."""
+
+    def __init__(self, children: Children) -> None:
+        self.children = children
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="liveness", daemon=True)
+
+    def __enter__(self) -> Liveness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(HEALTH_TIMEOUT_S + 1)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEALTH_EVERY_S):
+            for child in list(self.children.all):
+                if child.health is None or not child.alive():
+                    continue
+                proc = child.proc
+                answered, said = ask(child.health, HEALTH_TIMEOUT_S)
+                if (answered or not said.startswith("no answer")) and child.proc is proc:
+                    child.answered = time.monotonic()  # any answer: it is alive, unhealthy or not

@@ -29,3 +29,15 @@ class RunConfig(DatabaseConfig):
         "Serve the web viewer for this run on HOST:PORT (PORT alone: localhost; beyond localhost it needs "
         "ENCODERS_WEB_TOKEN)",
     )
+    drain_timeout: float = setting(
+        120.0,
+        "Seconds the pipeline may take at the end to give every frame its outcome and store every record; past "
+        "it the services are stopped by signal, and records not stored wait in <runs-dir>/.core for the next start",
+        minimum=1.0,
+    )
+    hang_after: float = setting(
+        20.0,
+        "A service that answered its health check once and then gives no answer for this many seconds is hung: "
+        "killed and started again (0 = never; services whose Prometheus port is none are not watched)",
+        minimum=0.0,
+    )

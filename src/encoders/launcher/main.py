@@ -8,6 +8,11 @@ The stop is the pipeline's own (docs/PROTOCOL.md, "Stopping"): the launcher asks
 to stop, the core ends every camera's stream, waits until every frame has its outcome and
 every record is acknowledged by the recorder, then stops the workers and the recorder and
 exits; only the viewer is stopped by the launcher. Nothing embedded is left unrecorded.
+Children are watched through the drain as before it (a hung or dead recorder is started
+again, and takes the records). Should records still be left (a recorder that cannot store
+them), the core keeps them in its state folder in the runs folder (wiring.core_state_dir),
+and the next start stores them into their run before anything else
+(services/recorder/left_records.py), as `encoders runs repair` does.
 
 The launcher changes neither its environment nor the settings it is given: each child gets
 its own settings as variables (wiring.py), and the demo's stand-in camera and random
@@ -20,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,22 +38,23 @@ from typing import Any
 from encoders.control import request_stop
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.core_state import RECORDS_SPOOL, StateDir
+from encoders.shared.disks import disk_problem, full_disk
 from encoders.shared.keys import check_binds
 from encoders.shared.runtime import StartupError, log_settings, setup_logging, stop_on_signals
 from encoders.shared.storage import embedded
 from encoders.shared.storage.errors import DatabaseUnavailable
 from encoders.variables import KNOWN_VARIABLES
 
-from .children import Child, Children
+from .children import Child, Children, Liveness
 from .config import RunConfig
-from .wiring import Endpoints, Services, services
+from .wiring import Endpoints, Services, core_state_dir, services
 
 log = logging.getLogger("encoders.run")
 
 CORE_START_TIMEOUT_S = 30.0
 RECORDER_START_TIMEOUT_S = 60.0
 MODEL_LOAD_TIMEOUT_S = 300.0
-DRAIN_TIMEOUT_S = 120.0  # how long the core may take to drain the pipeline at the end
 POLL_S = 0.2  # how often the launcher looks at its children
 
 
@@ -76,12 +83,21 @@ def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
             try:
                 # The recorder, search and the web viewer share one embedded server for the run.
                 database_url = resources.enter_context(embedded.database(cfg.database_url, cfg.runs_dir))
-            except (embedded.NoDatabase, DatabaseUnavailable, OSError) as exc:
-                log.error("cannot start: %s", exc)
+            except (embedded.NoDatabase, DatabaseUnavailable, OSError, subprocess.SubprocessError) as exc:
+                log.error("cannot start: %s", cannot_start(exc, cfg.runs_dir))
                 return 2
+        state_dir = core_state_dir(cfg, folder)
+        if cfg.save and (code := take_up_state(cfg, environ, database_url, state_dir)):
+            return code
         ep = Endpoints.for_run(folder, cfg)
         wiring = services(
-            cfg, ep, environ, database_url=database_url, recorder_ready=folder / "recorder.json", model=model
+            cfg,
+            ep,
+            environ,
+            database_url=database_url,
+            recorder_ready=folder / "recorder.json",
+            state_dir=state_dir,
+            model=model,
         )
         try:  # --bind-host beyond loopback: keys, or the word that the network is trusted
             check_binds(
@@ -92,22 +108,23 @@ def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
         except StartupError as exc:
             log.error("cannot start: %s", exc)
             return 2
-        children = Children(environ, KNOWN_VARIABLES)
+        children = Children(environ, KNOWN_VARIABLES, hang_after=cfg.hang_after)
         code, run_dir = 0, None
-        try:
-            code, run_dir = start(cfg, wiring, ep, children, stop)
-            if code == 0 and not stop.is_set():
-                log.info(
-                    "pipeline running: %d stream(s), %d worker(s)%s. Ctrl+C stops it.",
-                    len(wiring.ingests),
-                    cfg.workers,
-                    f", run folder {run_dir}" if run_dir else "",
-                )
-                code = supervise(cfg, children, stop)
-        finally:
-            code = finish(ep, children) or code
+        with Liveness(children):
+            try:
+                code, run_dir = start(cfg, wiring, ep, children, stop)
+                if code == 0 and not stop.is_set():
+                    log.info(
+                        "pipeline running: %d stream(s), %d worker(s)%s. Ctrl+C stops it.",
+                        len(wiring.ingests),
+                        cfg.workers,
+                        f", run folder {run_dir}" if run_dir else "",
+                    )
+                    code = supervise(cfg, children, stop)
+            finally:
+                code = finish(ep, children, cfg.drain_timeout) or code
         report(run_dir, children.restarts())
-        return code
+        return left_behind(cfg, state_dir) or code
 
 
 def start(
@@ -189,13 +206,26 @@ def supervise(cfg: RunConfig, children: Children, stop: threading.Event) -> int:
     return 0
 
 
-def finish(ep: Endpoints, children: Children) -> int:
-    """The pipeline drains itself at the core's word; whatever is left is stopped. 1 if anything failed."""
+def finish(ep: Endpoints, children: Children, drain_timeout: float) -> int:
+    """The pipeline drains itself at the core's word, its children watched meanwhile (one that dies
+    or hangs is started again); whatever is left is stopped. 1 if anything failed."""
     core = children.of("metrics")
     if core and core[0].alive():
-        _stopped, failure = request_stop(
-            ep.core, timeout_s=DRAIN_TIMEOUT_S, reason="the all-in-one command is stopping"
+        asked: list = []
+        asking = threading.Thread(
+            target=lambda: asked.append(
+                request_stop(ep.core, timeout_s=drain_timeout, reason="the all-in-one command is stopping")
+            ),
+            name="stop",
+            daemon=True,
         )
+        asking.start()
+        while asking.is_alive():
+            # A child leaving well now follows the core's Stop; one that crashed or hung is started
+            # again, so that the records reach a recorder.
+            children.supervise(time.monotonic(), ended_on_purpose=lambda child: child.proc.returncode == 0)
+            asking.join(POLL_S)
+        failure = asked[0][1] if asked else (1, "the stop request failed")
         if failure is not None:
             log.error("%s: stopping every service by signal", failure[1])
     # Whatever still runs (the viewer; everything, if the core could not drain): dataflow order.
@@ -205,6 +235,67 @@ def finish(ep: Endpoints, children: Children) -> int:
         for child in children.of(prefix):
             child.wait(10 if prefix != "recorder" else 60)
     return 1 if children.wait_all() else 0
+
+
+def take_up_state(cfg: RunConfig, environ: Mapping[str, str], database_url: str, state_dir: Path) -> int:
+    """The core's state folder for this command (2 if another command's core holds it), with the
+    records a command before left in it stored into their run first."""
+    try:
+        StateDir(state_dir).close()
+    except StartupError as exc:
+        log.error("cannot start: %s: is another encoders command recording into %s? Give this one its own --runs-dir",
+                  exc, cfg.runs_dir)  # fmt: skip
+        return 2
+    if not (state_dir / RECORDS_SPOOL).exists():
+        return 0
+    from encoders.services.recorder.config import RecorderConfig
+    from encoders.services.recorder.left_records import store_left_records
+    from encoders.shared.storage.connection import Database
+    from encoders.shared.storage.errors import DatabaseRefused
+
+    settings = RecorderConfig.from_env(environ, runs_dir=cfg.runs_dir, database_url=database_url)
+    try:
+        db = Database.open(database_url, wait_s=settings.db_connect_timeout)
+        try:
+            said = store_left_records(settings, db, state_dir)
+        finally:
+            db.close()
+    except (DatabaseUnavailable, DatabaseRefused, OSError) as exc:
+        log.warning("the records a command before left in %s wait for the next start (or `encoders runs repair`): %s",
+                    state_dir / RECORDS_SPOOL, exc)  # fmt: skip
+        return 0
+    if said:
+        log.info("%s", said)
+    return 0
+
+
+def cannot_start(exc: BaseException, runs_dir: str) -> str:
+    """Why the embedded database (or the runs folder) cannot be had, in one line naming the cause."""
+    if isinstance(exc, subprocess.CalledProcessError):  # pgserver's initdb or pg_ctl
+        tool = Path(str(exc.cmd[0] if isinstance(exc.cmd, list | tuple) else exc.cmd)).name
+        pgdata = Path(runs_dir) / ".pgdata"
+        said = f"the embedded database in {pgdata} could not be set up ({tool}: exit {exc.returncode})"
+    elif isinstance(exc, OSError):
+        return disk_problem(exc, runs_dir)
+    else:
+        said = str(exc)
+    full = full_disk(runs_dir)
+    return f"{said}; {full}" if full else said
+
+
+def left_behind(cfg: RunConfig, state_dir: Path) -> int:
+    """1, said where and what stores them, if records were left undelivered in the core's spool."""
+    spool = state_dir / RECORDS_SPOOL
+    if not cfg.save or not spool.exists():
+        return 0
+    log.error(
+        "records the recorder did not acknowledge are kept in %s: the next start with --runs-dir %s stores them "
+        "into their run, or `encoders runs repair --runs-dir %s` does now",
+        spool,
+        cfg.runs_dir,
+        cfg.runs_dir,
+    )
+    return 1
 
 
 def report(run_dir: Path | None, restarts: Mapping[str, int]) -> None:
@@ -224,8 +315,11 @@ def report(run_dir: Path | None, restarts: Mapping[str, int]) -> None:
         # The recorder wrote the run's summary; only the launcher knows what it had to restart.
         summary["run"]["restarts"] = dict(restarts)
         partial = run_dir / "summary.json.partial"
-        partial.write_text(json.dumps(summary, indent=2))
-        partial.replace(run_dir / "summary.json")
+        try:
+            partial.write_text(json.dumps(summary, indent=2))
+            partial.replace(run_dir / "summary.json")
+        except OSError as exc:
+            log.warning("summary.json does not say what was restarted: %s", disk_problem(exc, partial))
     log.info("run folder: %s", run_dir)
 
 

@@ -63,14 +63,23 @@ class Endpoints:
     def metrics_bind(self) -> str:
         return self._bind("metrics", METRICS_PORT)
 
-    @property
-    def state_dir(self) -> Path:
-        """The core's numbering and spool: outlives a restart of the core within the run."""
-        return self.folder / "core-state"
-
     @classmethod
     def for_run(cls, folder: Path, cfg: RunConfig) -> Endpoints:
         return cls(folder, None if is_loopback_host(cfg.bind_host) else cfg.bind_host)
+
+
+CORE_STATE = ".core"  # in the runs folder, beside the embedded database's .pgdata
+
+
+def core_state_dir(cfg: RunConfig, folder: Path) -> Path:
+    """Where the core keeps its frame numbers and the records its recorder has not acknowledged.
+
+    With a recorder, in the runs folder: the records must outlive the command when the final
+    drain cannot deliver them (a recorder hung, a disk full), and the next start stores them
+    into their run (services/recorder/left_records.py); the numbers go on across commands too.
+    Without one (--no-save) nothing is kept: the run's private ``folder``.
+    """
+    return Path(cfg.runs_dir) / CORE_STATE if cfg.save else folder / "core-state"
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,12 @@ def services(
     *,
     database_url: str,
     recorder_ready: Path,
+    state_dir: Path,
     model: Mapping[str, Any] | None = None,
 ) -> Services:
     """Each service's settings: the environment's ENCODERS_* values, then this run's wiring.
+
+    ``state_dir``: the core's (core_state_dir).
 
     ``model``: settings of the model to use instead of the environment's (the demo's random
     weights when none are named).
@@ -117,7 +129,7 @@ def services(
         core_bind=ep.core_bind,
         frames_bind=ep.frames_bind,
         metrics_bind=ep.metrics_bind,
-        state_dir=str(ep.state_dir),
+        state_dir=str(state_dir),
         recorder=cfg.save,
     )
     recorder = None
