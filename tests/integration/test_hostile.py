@@ -5,19 +5,32 @@ core does with whatever reaches it anyway, e.g. on a network run with ENCODERS_I
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
 import numpy as np
 import psutil
+import psycopg
 import pytest
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Capture, Embedding, Frame, Hello, MetricsRecord, Refused, Stats, Welcome
+from encoders.shared.messages import (
+    PROTOCOL,
+    Capture,
+    CaptureEnded,
+    Embedding,
+    Frame,
+    Hello,
+    MetricsRecord,
+    Refused,
+    Stats,
+    Welcome,
+)
 
-from ..conftest import Sockets, spoil
-from .pipeline import Pipeline, collect, subscribe
+from ..conftest import Sockets, spoil, wait_for
+from .pipeline import Pipeline, collect, subscribe, totals
 
 
 def join(sockets: Sockets, core: str, hello: Hello) -> zmq.Socket:
@@ -123,3 +136,62 @@ def test_records_held_for_a_recorder_that_never_comes_go_to_disk_not_memory(serv
     growth = psutil.Process(core.proc.pid).memory_info().rss - rss_before
     assert growth < 25 * 2**20, f"the core grew by {growth / 2**20:.0f} MB holding 40 MB of records"
     assert core.proc.poll() is None
+
+
+@pytest.mark.timeout(180)
+def test_one_bad_vector_or_a_second_model_no_longer_decides_the_databases_vector_type(
+    service, tmp_path, sockets, db_url
+):
+    """Issue #22: one worker's 3-float answer made the frames table vector(3), and the 157 honest
+    records after it were dropped while summary.json said they were embedded. The core fixes the
+    model and length at the first worker's Hello: a worker of another model is refused, a result
+    of another length is skipped and its worker let go; the recorder stores every honest record."""
+    pipeline = Pipeline(service, {}, tmp_path, db_url)
+    pipeline.start_core()
+    recorder = pipeline.start_recorder()
+    wait_for(lambda: "ready: run" in " ".join(s.output() for s in service.started), 60, "the recorder to be ready")
+    honest = join(sockets, pipeline.core, Hello("worker", "honest", PROTOCOL, capacity=1, model="m", dim=8))
+    other = sockets.connect(zmq.DEALER, pipeline.core)
+    zmqio.send(other, Hello("worker", "other", PROTOCOL, capacity=8, model="ViT-L-14/openai", dim=768))
+    assert other.poll(5000)
+    (refused, _) = zmqio.receive(other)
+    assert isinstance(refused, Refused) and "m (8 floats)" in refused.reason and not refused.retry
+    ingest = join(sockets, pipeline.core, Hello("ingest", "cam", PROTOCOL, stream="cam0", lossless=True))
+    vector = np.ones(8, np.float32) / math.sqrt(8)
+    jpeg = b"\xff\xd8" + bytes(100) + b"\xff\xd9"
+    liar = None
+    answered, told = 0, False
+    while answered < 40:
+        zmqio.send(ingest, Capture(time.time(), 2, 2, jpeg))
+        if answered == 10 and liar is None:  # a second worker, honest at Hello, then 3 floats
+            liar = join(sockets, pipeline.core, Hello("worker", "liar", PROTOCOL, capacity=4, model="m", dim=8))
+        for sock, name in ((honest, "honest"), (liar, "liar")):
+            while sock is not None and sock.poll(20):
+                msg, _ = zmqio.receive(sock)
+                if isinstance(msg, Frame):
+                    short = name == "liar"
+                    v = np.ones(3, np.float32) / math.sqrt(3) if short else vector
+                    zmqio.send(sock, Embedding(msg.stream, msg.seq, msg.t_capture, name, "m", vector=v))
+                    answered += not short
+                elif isinstance(msg, Refused):
+                    assert name == "liar" and "3 floats" in msg.reason
+                    liar, told = None, True
+    assert told, "the worker that sent 3 floats was never told"
+    zmqio.send(ingest, CaptureEnded("done"))
+    done = pipeline.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    cam0 = totals(done)["cam0"]
+    assert cam0["skipped"] >= 1 and cam0["embedded"] >= 40
+    assert cam0["published"] == cam0["embedded"] + cam0["dropped"] + cam0["skipped"] + cam0["lost"]
+    assert recorder.wait(60) == 0
+    rows = pipeline.rows()
+    assert len(rows) == cam0["embedded"] and all(r[6] == "honest" for r in rows)
+    assert pipeline.run_dir is not None
+    summary = json.loads((pipeline.run_dir / "summary.json").read_text())["streams"]["cam0"]["frames"]
+    assert summary["embedded"] == len(rows) and summary["not_stored"] == 0
+    with psycopg.connect(db_url) as conn:
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'frames'::regclass "
+            "AND attname = 'embedding'"
+        ).fetchone()
+    assert kind == ("vector(8)",)
