@@ -72,6 +72,9 @@ def core_families(core: Core, f: Families) -> None:
     for kind, n in {"bad_messages": 0, **core.complain.counts}.items():  # a family from the start
         f.counter("encoders_refused_messages", "Messages refused or dropped, by kind", n, kind=kind)
     f.counter("encoders_streams_refused", "Cameras refused past ENCODERS_MAX_STREAMS", core.ingests.streams_refused)
+    for worker, n in list(core.model.refused_results.items()):
+        f.counter("encoders_results_refused", "Embeddings of another model or length than the pipeline's, by worker",
+                  n, worker=worker)  # fmt: skip
     for role in ("ingest", "worker", "recorder", "viewer", "control"):
         f.gauge("encoders_sessions", "Sessions with the core, by role", len(core.sessions.of_role(role)), role=role)
     if core.delivery is not None:

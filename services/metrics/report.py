@@ -70,6 +70,8 @@ class Reporter:
             **core.complain.counts,
             **(core.delivery.stats() if core.delivery is not None else {}),
             "workers": len(broker.workers),
+            # Results of another model or length than the pipeline's, refused (models.py); by worker in Prometheus
+            "refused_results": sum(core.model.refused_results.values()),
             "capacity": broker.capacity,
             "in_use": broker.in_use,
             **{f"sessions_{role}": len(core.sessions.of_role(role)) for role in ROLES},
