@@ -43,10 +43,13 @@ def core_exporter(core: Core) -> Exporter:
 
 def core_families(core: Core, f: Families) -> None:
     broker = core.broker
-    for name, state in list(core.streams.streams.items()):
+    # Counters of every stream this core has numbered, ended ones included (their last counts:
+    # a counter that vanished would take the stream's final totals with it); gauges of live ones.
+    for name in core.streams.names():
         totals: dict[str, Any] = dict(core.streams.totals(name))
         for outcome, doc in OUTCOMES.items():
             f.counter(f"encoders_frames_{outcome}", doc, totals.get(outcome) or 0, stream=name)
+    for name, state in list(core.streams.streams.items()):
         f.gauge("encoders_stream_fps", "Frames embedded per second, now", state.drift.fps(), stream=name)
         f.gauge("encoders_frames_waiting", "Frames numbered and waiting for a worker", broker.queued(name), stream=name)
         f.gauge(
