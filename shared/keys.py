@@ -1,4 +1,5 @@
 """CurveZMQ keys: every link to the core encrypted, and each key served as the roles it was given.
+(One concept, the key folder, from making it to serving it: longer than 350 lines for that.)
 
 `encoders keys init DIR` makes a key pair per role with ``zmq.auth.create_certificates``:
 

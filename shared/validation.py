@@ -1,4 +1,5 @@
 """Checking values that arrive from outside against the type annotations they are declared with.
+(One concept, the checks messages.py's annotations stand for: longer than 350 lines for that.)
 
 ``messages.py`` declares every field of every message with its type, and its bounds as
 ``Annotated`` markers (``Range``, ``MaxLen``, ``Matches``, ``MaxItems``). ``checker(hint)``

@@ -1,5 +1,6 @@
 """The core: every session on one ROUTER, frames numbered and dispatched, outcomes in order, records
-delivered (docs/PROTOCOL.md).
+delivered (docs/PROTOCOL.md). Longer than 350 lines until protocol 3 builds the core by role (a
+class per role and a dispatch table: docs/PROTOCOL.md, "The core, built by role").
 
 ``Core`` is given its sockets (the ROUTER every peer's session talks to, the frames and the
 metrics publishers) and its state (numbering, the recorder's delivery); ``step(now)`` takes
@@ -22,7 +23,7 @@ import zmq
 
 from encoders.shared import messages, zmqio
 from encoders.shared.complaints import Complaints
-from encoders.shared.keys import SUBSCRIBERS, Allowed, AllowList, key_of, name_of
+from encoders.shared.keys import AllowList
 from encoders.shared.messages import (
     Ack,
     Bye,
@@ -51,6 +52,7 @@ from .broker import Broker
 from .clocks import CoreClock
 from .config import MetricsConfig
 from .delivery import Delivery
+from .doors import Doors
 from .ingests import Ingests
 from .models import PipelineModel
 from .numbering import Numbering
@@ -66,8 +68,6 @@ log = logging.getLogger("encoders.metrics")
 POLL_MS = 50  # how long the loop waits for a message before doing what is due anyway
 RECEIVE_BATCH = 1000  # messages taken before releasing and dispatching
 FLUSH_S = 10.0  # a signal's drain: how long the core waits for outcomes and acks before it exits
-KEYS_CHECK_S = 1.0  # with keys: how often allowed/ is looked at, and revoked keys' sessions ended
-REBIND_WARN_S = 5.0  # a publisher unbound to drop a revoked key's subscribers and not bound again: said
 
 
 class Core:
@@ -91,12 +91,7 @@ class Core:
         self.publishers = publishers  # (frames, metrics) as bound: what a viewer's Welcome names
         self.on_record = on_record or (lambda rec: None)  # each record as it goes out (metrics' latency)
         self.life = life or uuid.uuid4().hex  # this life of the core (Welcome.core, records' core)
-        # With keys (shared/keys.py): the allow-list, as last checked (its generation, its keys, when).
-        self.keys = keys
-        self._keys_seen = (keys.generation, keys.keys()) if keys else (0, {})
-        self._keys_checked = 0.0
-        # Publishers' endpoints to bind again: (socket, endpoint, unbound since, whether said still unbound).
-        self._unbound: list[tuple[zmq.Socket, str, float, bool]] = []
+        self.doors = Doors(keys, [(frames_pub, publishers[0]), (metrics_pub, publishers[1])])
         self.sessions = Sessions(cfg.heartbeat_s, cfg.heartbeat_misses)
         scenes = SceneRule.from_config(cfg)
         self.streams = Streams(
@@ -226,7 +221,7 @@ class Core:
             self.complain("unexpected_messages", "a %s from %s %s: not its role's; dropped", msg.KIND, role, peer.name)
 
     def _hello(self, identity: bytes, hello: Hello, now: float, via: zmq.Frame | None = None) -> None:
-        key, key_problem = self._key_check(hello, via)  # before _refusal, which may make room
+        key, key_problem = self.doors.check(hello, via)  # before _refusal, which may make room
         problem = hello_problem(hello) or key_problem or self._refusal(identity, hello, now)
         if problem is not None:
             reason, retry = problem if isinstance(problem, tuple) else (problem, False)
@@ -318,101 +313,13 @@ class Core:
 
     # -- keys ----------------------------------------------------------------------------------------
 
-    def _key_check(self, hello: Hello, via: zmq.Frame | None) -> tuple[Allowed | None, str | None]:
-        """With keys: the allowed key this Hello came with, and why it may not say it (None if it may)."""
-        if self.keys is None:
-            return None, None
-        try:
-            user_id = str(via.get("User-Id")) if via is not None else ""
-        except zmq.ZMQError:  # no ZAP answered for this connection
-            user_id = ""
-        if not user_id:
-            return None, "this core serves keys only (ENCODERS_KEYS), and this connection came with none"
-        key = self.keys.find(key_of(user_id))
-        if key is None:
-            return None, f"the key {name_of(user_id)} is no longer allowed here"
-        if hello.role not in key.roles:
-            return key, (
-                f"the key {key.name} is bound to {' and '.join(sorted(key.roles))}, not {hello.role}: a {hello.role} "
-                f"needs a key in the core's allowed/ named {hello.role}.key or {hello.role}-<machine>.key"
-            )
-        return key, None
-
     def _check_keys(self, now: float) -> None:
-        """With keys, once a second: allowed/ read again if it changed; then the sessions of a key it no
-        longer holds in their role are ended (told so for good), and if a viewer's or the recorder's key
-        went, the publishers' subscribers are dropped so that ZAP asks about each again."""
-        if self._unbound:
-            self._bind_again(now)
-        if self.keys is None or now - self._keys_checked < KEYS_CHECK_S:
-            return
-        self._keys_checked = now
-        self.keys.refresh()
-        generation, before = self._keys_seen
-        if self.keys.generation == generation:
-            return
-        held = self.keys.keys()
-        self._keys_seen = (self.keys.generation, held)
-        for peer in list(self.sessions.peers.values()):
-            key: Allowed | None = peer.state.get("key")
-            still = held.get(key.key) if key is not None else None
-            if key is None or (still is not None and peer.role in still.roles):
-                continue
+        """With keys: the sessions of a key allowed/ no longer holds in their role are ended (doors.py)."""
+        for peer, key in self.doors.revoked(now, list(self.sessions.peers.values())):
             log.warning("%s %s: its key %s is revoked: its session is ended", peer.role, peer.name, key.name)
             self._send(peer.identity, Refused(f"the key {key.name} is no longer allowed here (revoked)"), now)
             self.sessions.remove(peer.identity)
             self._end(peer, f"its key {key.name} was revoked", now)
-        subscribers = set(SUBSCRIBERS)
-        lost = [
-            old.name
-            for k, old in before.items()
-            if old.roles & (subscribers - (held[k].roles if k in held else frozenset()))
-        ]
-        if lost:
-            self._drop_subscribers(f"the key {', '.join(lost)} was revoked", now)
-
-    def _drop_subscribers(self, why: str, now: float) -> None:
-        """Each publisher unbound (every subscriber's connection closes with it) and bound again as soon as
-        the port is free (``_bind_again``): each subscriber connects again (ZeroMQ does, by itself) through
-        ZAP, which lets only the keys still allowed through."""
-        for sock, endpoints in zip((self.frames_pub, self.metrics_pub), self.publishers, strict=True):
-            for endpoint in filter(None, endpoints.split(",")):
-                for bound in dict.fromkeys((endpoint, endpoint.replace("://*:", "://0.0.0.0:", 1))):
-                    try:
-                        sock.unbind(bound)
-                    except zmq.ZMQError:
-                        continue
-                    log.warning("%s: the subscribers of %s are dropped; the others connect again", why, endpoint)
-                    self._unbound.append((sock, endpoint, now, False))
-                    break
-                else:
-                    log.warning(
-                        "%s: could not drop the subscribers of %s (not an address it can bind again): they keep "
-                        "their connections until the core restarts",
-                        why,
-                        endpoint,
-                    )
-        self._bind_again(now)
-
-    def _bind_again(self, now: float) -> None:
-        """Bind the publishers' endpoints that ``_drop_subscribers`` unbound (ZeroMQ frees a port in
-        the background: a moment later), said once if one is still not bound after REBIND_WARN_S."""
-        waiting = []
-        for sock, endpoint, since, said in self._unbound:
-            try:
-                sock.bind(endpoint)
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EADDRINUSE:
-                    log.error("could not bind %s again (its subscribers were dropped): %s", endpoint, exc)
-                    continue
-                say = not said and now - since >= REBIND_WARN_S
-                if say:
-                    log.error("%s is still not bound again after %g s: %s; trying on", endpoint, REBIND_WARN_S, exc)
-                waiting.append((sock, endpoint, since, said or say))
-            else:
-                if said:
-                    log.info("%s is bound again", endpoint)
-        self._unbound = waiting
 
     # -- workers --------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 """The recorder's database writer: rows in, batches out, nothing lost while the database is away.
+(One state machine, batches, spool, replay and the watchdog on a write: longer than 350 lines for it.)
 
 It tells its owner which rows became durable (``on_durable``, in the order the rows were
 added): committed to the database, or appended to the run's spool and synced. The
