@@ -39,10 +39,10 @@ def raw_key(stream: str) -> tuple[str, str]:
 
 
 class WebFeed:
-    def __init__(self, board: Latest, scenes: SceneChanges | None = None, *, stall_after: float = 0.0) -> None:
+    def __init__(self, board: Latest, scenes: SceneChanges | None = None, *, down_after: float = 0.0) -> None:
         self.board = board
         self.scenes = scenes or SceneChanges()
-        self.silent = SilentStreams(stall_after)  # listed down, once until it is back
+        self.silent = SilentStreams(down_after)  # listed down, once until it is back
         self._changed = True  # something the overlay video shows has changed since it was last made
         self._next_state = 0.0
 

@@ -184,7 +184,7 @@ def test_the_whole_pipeline_tells_mqtt_of_scene_cuts_and_of_a_camera_that_stops_
     from .pipeline import Pipeline
 
     url = pg.new_database()
-    pipeline = Pipeline(service, tiny_model, tmp_path, url, env={"ENCODERS_STALL_AFTER": "2"})
+    pipeline = Pipeline(service, tiny_model, tmp_path, url, env={"ENCODERS_STREAM_DOWN_AFTER": "2"})
     sub = Subscriber(broker)
     try:
         pipeline.start_core()

@@ -397,10 +397,10 @@ def test_search_thumbnails_have_opaque_ids_and_only_the_newest_are_kept(tmp_path
     assert thumbnails.add(b) not in (id_a, id_b, id_c)  # back again: a new id
 
 
-def test_a_stream_without_records_for_stall_after_is_listed_down_once_until_it_is_back():
+def test_a_stream_without_records_for_stream_down_after_is_listed_down_once_until_it_is_back():
     """Issue #15: the page lists a stream down (the recorder tells MQTT, the core marks its return)."""
     board = Latest()
-    feed = WebFeed(board, stall_after=0.2)
+    feed = WebFeed(board, down_after=0.2)
     state = ViewerState()
     feed.on_message(record(4))
     feed.put_state(state, now=1.0, counters={}, force=True)
