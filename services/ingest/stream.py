@@ -25,7 +25,6 @@ from collections.abc import Mapping
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
-from encoders.shared import keys
 from encoders.shared.complaints import Complaints
 from encoders.shared.messages import (
     PROTOCOL,
@@ -75,17 +74,15 @@ class Ingest:
         self.reader, self.camera = reader, camera
         self.delivery = Delivery(cfg.lossless)
         self.counts = dict.fromkeys(("bad_messages", "unexpected_messages", "stats_unsent"), 0)
-        self.session = CoreSession(
+        self.session = CoreSession.from_settings(
             ctx,
-            cfg.core,
+            cfg,
+            "ingest",
             self.hello,
-            heartbeat_s=cfg.heartbeat_s,
-            misses=cfg.heartbeat_misses,
             on_join=self._joined,
             on_lost=self.delivery.lose,
             counters=self.counts,
             sndhwm=SNDHWM,
-            keys=keys.client(cfg.keys, "ingest"),
         )
         self.poller = zmq.Poller()
         self.poller.register(self.session.sock, zmq.POLLIN)
