@@ -170,7 +170,7 @@ def recorder_health(receiver: Receiver) -> str | None:
         return f"rows wait, not acknowledged: {writer.disk_error}"
     if writer.fatal is not None:
         return f"the database refuses the rows: {writer.fatal}"
-    if writer.backoff:
+    if writer.backoff.failing:
         return f"the database is unavailable; {writer.spooled} rows wait in the spool until it is back"
     return None
 

@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from types import MappingProxyType
 
-import pytest
-
 from encoders.launcher import main as launcher
 from encoders.launcher.children import Children, child_environment
 from encoders.launcher.config import RunConfig
@@ -122,13 +120,14 @@ def test_a_child_that_dies_unasked_is_started_again_with_a_growing_backoff():
     child = children.spawn("encoder0", "encode", IngestConfig())
     settle(children)
     assert children.supervise(0.0, ended_on_purpose=lambda c: False) is None
-    assert child.restart_at == 1.0 and children.starts == 1  # first backoff: 1 s
+    assert child.restart_at is not None and 0.75 <= child.restart_at <= 1.0  # first backoff: 1 s, less jitter
+    assert children.starts == 1
     assert children.supervise(0.5, ended_on_purpose=lambda c: False) is None and children.starts == 1
     children.supervise(1.0, ended_on_purpose=lambda c: False)
     assert children.starts == 2 and child.restarts == 1
     settle(children)
     children.supervise(1.1, ended_on_purpose=lambda c: False)
-    assert child.restart_at == pytest.approx(3.1)  # failed again at once: 2 s
+    assert 1.1 + 1.5 <= child.restart_at <= 1.1 + 2.0  # failed again at once: 2 s, less jitter
     assert children.restarts() == {"encoder0": 1}
 
 
