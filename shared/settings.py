@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Literal, Self, TypeVar
 import click
 
 from .endpoints import CORE_PORT, this_machine
+from .masking import mask
 
 ENV_PREFIX = "ENCODERS_"
 Secret = Literal["url", "value"]
@@ -119,10 +119,8 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             secret = f.metadata.get("secret")
-            if secret == "url" and isinstance(value, str):
-                value = mask_url(value)
-            elif secret == "value" and value:
-                value = "***"
+            if secret and isinstance(value, str):
+                value = mask(value, whole=secret == "value")
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -160,13 +158,6 @@ def _parse(tp: Any, raw: str, name: str) -> Any:
         return raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {getattr(tp, '__name__', tp)}") from None
-
-
-def mask_url(url: str) -> str:
-    """A database URL fit for logs: the password of a URI (user:secret@host) or of a key=value
-    conninfo (password=secret, also ?password= in a URI's query) becomes ***."""
-    url = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)", "password=***", url)
 
 
 def split_addrs(value: str) -> list[str]:

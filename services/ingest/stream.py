@@ -26,6 +26,7 @@ import zmq
 
 from encoders.services.ingest.config import IngestConfig
 from encoders.shared.complaints import Complaints
+from encoders.shared.masking import mask
 from encoders.shared.messages import (
     PROTOCOL,
     TEXT_MAX,
@@ -39,7 +40,6 @@ from encoders.shared.messages import (
     Welcome,
 )
 from encoders.shared.session import CoreSession, SessionRefused, process_name
-from encoders.shared.settings import mask_url
 
 from .delivery import Delivery
 from .http_source import JpegFrame
@@ -105,7 +105,7 @@ class Ingest:
             process_name(),
             PROTOCOL,
             stream=self.stream,
-            url=mask_url(self.cfg.stream)[:TEXT_MAX],
+            url=mask(self.cfg.stream)[:TEXT_MAX],
             lossless=self.cfg.lossless,
             undelivered=self.delivery.hello(),
             sent=self.delivery.session_sent,

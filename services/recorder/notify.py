@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from encoders.shared.backoff import Backoff
 from encoders.shared.complaints import Complaints
-from encoders.shared.settings import mask_url
+from encoders.shared.masking import mask
 
 log = logging.getLogger(__name__)
 complain = Complaints(log, "the recorder's notifier counters")
@@ -161,7 +161,7 @@ class Mqtt:
 
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"ENCODERS_MQTT_URL must be mqtt://[user:password@]host[:port]: {mask_url(url)!r}")
+            raise ValueError(f"ENCODERS_MQTT_URL must be mqtt://[user:password@]host[:port]: {mask(url)!r}")
         self.name = "mqtt"
         self.prefix, self.discovery = prefix.strip("/"), discovery.strip("/")
         self.status = f"{self.prefix}/status"
@@ -252,10 +252,10 @@ class Notifier:
         sinks: list[Sink] = []
         if cfg.mqtt_url:
             sinks.append(Mqtt(cfg.mqtt_url, cfg.mqtt_prefix, cfg.mqtt_discovery))
-            log.info("alerts to MQTT at %s under %s/", mask_url(cfg.mqtt_url), cfg.mqtt_prefix)
+            log.info("alerts to MQTT at %s under %s/", mask(cfg.mqtt_url), cfg.mqtt_prefix)
         if cfg.webhook_url:
             sinks.append(Webhook(cfg.webhook_url))
-            log.info("alerts to the webhook %s", mask_url(cfg.webhook_url))
+            log.info("alerts to the webhook %s", mask(cfg.webhook_url))
         return cls([Outbox(sink, **outbox) for sink in sinks])
 
     def __call__(self, notice: Notice) -> None:

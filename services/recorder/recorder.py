@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from encoders.shared.complaints import Complaints
+from encoders.shared.masking import mask
 from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
-from encoders.shared.settings import mask_url
 from encoders.shared.silence import SilentStreams
 from encoders.shared.storage.frames import FrameRow, StoredRow
 from encoders.shared.storage.runs import StoredStream
@@ -116,7 +116,7 @@ class Recorder:
             "stream %s starts at seq %d (%s)%s",
             start.stream,
             start.first_seq,
-            mask_url(start.url),
+            mask(start.url),
             f"; its ingest had sent {start.previous_sent} captures to the core's life {start.previous_core}"
             if start.previous_core
             else "",

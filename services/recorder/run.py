@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from encoders.shared.disks import disk_problem
-from encoders.shared.settings import mask_url
+from encoders.shared.masking import mask_secrets
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.runs import RunRow
 
@@ -344,15 +344,3 @@ def pipeline_settings(text: str) -> Any:
         log.warning("--pipeline-config is not JSON; stored as text")
         value = text
     return mask_secrets(value)
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str):
-        if value and any(word in key.lower() for word in ("password", "secret", "token")):
-            return "***"
-        return mask_url(value)
-    return value

@@ -11,12 +11,12 @@ from encoders.services.pisim.config import PisimConfig
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.masking import mask
 from encoders.shared.settings import (
     ModelSettings,
     SettingsError,
     click_options,
     from_click,
-    mask_url,
     unknown_variables,
 )
 
@@ -94,7 +94,7 @@ def test_passwords_never_reach_the_description():
     cfg = RecorderConfig(database_url="postgresql://me:s3cret@db.example:5432/encoders")
     assert "s3cret" not in str(cfg.describe()) and "s3cret" not in "\n".join(cfg.log_lines())
     assert cfg.describe()["database_url"] == "postgresql://me:***@db.example:5432/encoders"
-    assert mask_url("host=db password=s3cret") == "host=db password=***"
+    assert mask("host=db password=s3cret") == "host=db password=***"
 
 
 def test_a_default_shared_by_several_services_is_written_once():
