@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from encoders.launcher.config import RunConfig
+from encoders.launcher.config import AllInOneConfig
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
@@ -31,7 +31,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
-@click_options(RunConfig)
+@click_options(AllInOneConfig)
 @click.pass_context
 def cli(ctx: click.Context, **kwargs) -> None:
     """Camera stream -> CLIP embeddings -> drift, as ZeroMQ services.
@@ -47,7 +47,7 @@ def cli(ctx: click.Context, **kwargs) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    cfg = from_click(RunConfig, kwargs)
+    cfg = from_click(AllInOneConfig, kwargs)
     if not cfg.stream:
         raise click.UsageError("--stream URL is required (the Pi's MJPEG stream, e.g. http://<PI_IP>:8000/stream.mjpg)")
     from encoders.launcher import main as launcher
@@ -56,11 +56,11 @@ def cli(ctx: click.Context, **kwargs) -> None:
 
 
 @cli.command("run", context_settings=CONTEXT)
-@click_options(RunConfig)
+@click_options(AllInOneConfig)
 @click.pass_context
 def run_cmd(ctx: click.Context, **kwargs) -> None:
     """The whole pipeline on this machine (same as `encoders` with no command)."""
-    cfg = from_click(RunConfig, kwargs)
+    cfg = from_click(AllInOneConfig, kwargs)
     if not cfg.stream:
         raise click.UsageError("--stream URL is required")
     from encoders.launcher import main as launcher
@@ -69,7 +69,7 @@ def run_cmd(ctx: click.Context, **kwargs) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click_options(RunConfig, exclude=("stream", "test"))
+@click_options(AllInOneConfig, exclude=("stream", "test"))
 @click_options(PisimConfig, exclude=("max_frames",))
 def demo(**kwargs) -> None:
     """The built-in Pi stand-in plus the whole pipeline: try everything with no camera.
@@ -78,7 +78,7 @@ def demo(**kwargs) -> None:
     """
     from encoders.launcher import main as launcher
 
-    sys.exit(launcher.demo(from_click(RunConfig, kwargs), from_click(PisimConfig, kwargs)))
+    sys.exit(launcher.demo(from_click(AllInOneConfig, kwargs), from_click(PisimConfig, kwargs)))
 
 
 @cli.command(context_settings=CONTEXT)

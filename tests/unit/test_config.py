@@ -4,7 +4,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from encoders.launcher.config import RunConfig
+from encoders.launcher.config import AllInOneConfig
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.pisim.config import PisimConfig
@@ -62,7 +62,7 @@ def test_settings_survive_the_trip_to_a_child_process_environment():
 
 
 def test_several_streams_in_one_variable():
-    cmd, seen = command_for(RunConfig)
+    cmd, seen = command_for(AllInOneConfig)
     assert CliRunner().invoke(cmd, [], env={"ENCODERS_STREAM": "http://a/s.mjpg http://b/s.mjpg"}).exit_code == 0
     assert seen["cfg"].stream == ("http://a/s.mjpg", "http://b/s.mjpg")
 
@@ -103,7 +103,7 @@ def test_a_default_shared_by_several_services_is_written_once():
         assert issubclass(cls, ModelSettings)
         cfg = cls()
         assert (cfg.model, cfg.pretrained) == (ModelSettings().model, ModelSettings().pretrained)
-    for settings in (RecorderConfig(), SearchConfig(), ViewerConfig(), RunConfig()):
+    for settings in (RecorderConfig(), SearchConfig(), ViewerConfig(), AllInOneConfig()):
         assert (settings.runs_dir, settings.database_url) == ("runs", "")
 
 
