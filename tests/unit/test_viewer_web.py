@@ -236,12 +236,12 @@ def test_before_ingest_stats_frames_in_counts_what_reached_the_viewer_and_nan_is
 def test_what_only_the_core_counts_comes_from_its_stats_when_the_ingests_do_not_carry_it():
     state = ViewerState()
     state.add(frame(0))
-    state.add(Stats("metrics", "cam0", {"embedded": 1, "workers": 2, "credits": 5, "published": 9}))
+    state.add(Stats("metrics", "cam0", {"embedded": 1, "workers": 2, "workers_free": 5, "published": 9}))
     cam0 = snapshot(state, 0.0, {})["streams"][0]
-    assert (cam0["workers"], cam0["credits"], cam0["frames_in"]) == (2, 5, 9)
+    assert (cam0["workers"], cam0["workers_free"], cam0["frames_in"]) == (2, 5, 9)
     state.add(Stats("ingest", "cam0", {"published": 12, "workers": 3, "fps": 15.0}))
     cam0 = snapshot(state, 0.0, {})["streams"][0]
-    assert (cam0["workers"], cam0["credits"], cam0["frames_in"], cam0["fps_in"]) == (3, 5, 12, 15.0)
+    assert (cam0["workers"], cam0["workers_free"], cam0["frames_in"], cam0["fps_in"]) == (3, 5, 12, 15.0)
 
 
 def test_the_snapshot_says_whom_the_viewer_waits_for():
