@@ -8,7 +8,7 @@ folder given with --run-dir is used under its own name or not at all.
 config.json says how the run was made (the recorder's and the pipeline's settings, the
 model once known, where each stream's files are); summary.json what it recorded. Both are
 rewritten whole, through a temporary file. summary.json has one shape whether the run had
-one camera or several::
+one camera or several (summary.summarise)::
 
     {"run": {...}, "streams": {"cam0": {...}, ...}, "totals": {...}}
 
@@ -36,9 +36,9 @@ from encoders.shared.masking import mask_secrets
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.runs import RunRow
 
-from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, write_json
+from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, read_json, write_json
 from .runlock import RunLock
-from .summary import COUNT_KEYS, NOT_STORED, settle_embedded
+from .summary import settle_embedded, summarise
 
 LIVES_JSON = ".lives.json"  # the counts of what was acknowledged, while the run is open
 
@@ -65,15 +65,6 @@ def run_dir_candidates(runs_dir: str | os.PathLike, now: datetime | None = None)
     while True:
         yield Path(runs_dir) / f"{base}_{n}"
         n += 1
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a file, or None when it is missing or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def folder_of(row: RunRow, runs_dir: str | os.PathLike) -> Path | None:
@@ -267,25 +258,6 @@ class RecordedRun:
         for name, folder in self._stream_folders.items():
             if folder != self.dir:
                 write_json(folder / CONFIG_JSON, {**self.config, "streams": {name: "."}, "stream": name})
-
-
-def summarise(run: Mapping[str, Any], streams: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """summary.json's one shape: the run, each stream, and their totals."""
-    summaries = list(streams.values())
-    frames: dict[str, int | None] = {}
-    for key in (*COUNT_KEYS, NOT_STORED):
-        values = [s["frames"][key] for s in summaries if s["frames"].get(key) is not None]
-        # Unknown stays None (no stream ended: nobody said how many were published); with no
-        # stream at all, nothing was embedded.
-        frames[key] = sum(values) if values else (0 if key == "embedded" and not summaries else None)
-    totals = {
-        "frames": frames,
-        "records": sum(s["records"] for s in summaries),
-        "snapshots": sum(s["snapshots"] for s in summaries),
-        "npz_batches": sum(s["npz_batches"] for s in summaries),
-        "db_rows": sum(s["db_rows"] for s in summaries),
-    }
-    return {"run": dict(run), "streams": dict(streams), "totals": totals}
 
 
 def _claim_given(db: RunsTable, folder: Path, started: datetime) -> tuple[Path, int, RunLock]:
