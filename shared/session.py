@@ -34,7 +34,7 @@ import zmq
 from . import keys as curve
 from . import zmqio
 from .keys import CurveKeys
-from .messages import HEADER_MAX_BYTES, PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Welcome
+from .messages import HEADER_MAX_BYTES, PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Role, Welcome
 
 if TYPE_CHECKING:
     from .settings import CoreConnection
@@ -118,7 +118,7 @@ class CoreSession:
         cls,
         ctx: zmq.Context,
         cfg: CoreConnection,
-        role: str,
+        role: Role,
         hello: Callable[[], Hello] | None = None,
         **options: Any,
     ) -> CoreSession:
