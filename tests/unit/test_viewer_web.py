@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from typing import cast
@@ -418,3 +420,17 @@ def test_a_stream_without_records_for_stream_down_after_is_listed_down_once_unti
     time.sleep(0.3)
     feed.put_state(state, now=5.0, counters={}, force=True)
     assert len(board.get(SCENES)[1]) == 2
+
+
+def test_the_search_apis_document_takes_the_hits_fields_without_psycopg():
+    """A web viewer without a database has no psycopg: the OpenAPI document's Hit comes from
+    storage/hits.py, which needs none, and is the same as `encoders search --format json`'s."""
+    program = (
+        "import sys\n"
+        "sys.modules['psycopg'] = sys.modules['pgvector'] = None  # as where they are not installed\n"
+        "from encoders.services.viewer.web.openapi import HIT\n"
+        "from encoders.shared.storage.hits import Hit\n"
+        "assert tuple(HIT['required']) == Hit.JSON_FIELDS == tuple(HIT['properties'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
