@@ -122,11 +122,9 @@ class CoreSession:
         hello: Callable[[], Hello] | None = None,
         **options: Any,
     ) -> CoreSession:
-        """A service's session in ``role`` with the core its settings name: ``cfg.core``, the heartbeats
-        (``cfg.heartbeat_s``, ``cfg.heartbeat_misses``) and the role's keys from ``cfg.keys``. ``hello``:
-        the Hello to say (default: the role's own, naming this process); ``options``: the constructor's
-        others (``on_join``, ``counters``, ``largest_part``...). StartupError when the address does not
-        parse or the keys cannot be read: before anything is started."""
+        """A service's session in ``role`` as its settings say (the core, heartbeats, the role's keys);
+        ``hello``: default, the role's own; ``options``: the constructor's. StartupError when the
+        address does not parse or the keys cannot be read: before anything is started."""
         return cls(
             ctx,
             cfg.core,
