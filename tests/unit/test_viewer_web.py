@@ -286,7 +286,7 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
     jpeg = jpeg_of(99)
     for msg in (frame(0, jpeg=jpeg), record(0, scene=True, thumbnail=make_thumbnail(jpeg) or b"")):
         state.add(msg)
-        feed.on_message(msg)
+        feed.on_message(msg, 4.0)
     assert board.get(raw_key("cam0")) == (1, jpeg)
     assert [(s.seq, s.thumbnail is not None) for s in board.get(SCENES)[1]] == [(0, True)]
     assert not feed.wants_video()  # nobody watches
@@ -295,7 +295,7 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
         feed.put_video(np.zeros((48, 64, 3), np.uint8))
         assert board.get(VIDEO)[0] == 1
         assert not feed.wants_video()  # nothing changed since
-        feed.on_message(frame(1))
+        feed.on_message(frame(1), 4.5)
         assert feed.wants_video()
     assert feed.put_state(state, now=5.0, counters={})
     assert not feed.put_state(state, now=5.1, counters={})  # a few a second, not every tick
@@ -404,20 +404,19 @@ def test_a_stream_without_records_for_stream_down_after_is_listed_down_once_unti
     board = Latest()
     feed = WebFeed(board, down_after=0.2)
     state = ViewerState()
-    feed.on_message(record(4))
-    feed.put_state(state, now=1.0, counters={}, force=True)
+    feed.on_message(record(4), 1.0)
+    feed.put_state(state, now=1.1, counters={}, force=True)
     assert not board.get(SCENES)[1]  # heard from just now
-    time.sleep(0.3)
     feed.put_state(state, now=2.0, counters={}, force=True)
     feed.put_state(state, now=3.0, counters={}, force=True)
     (down,) = board.get(SCENES)[1]
     assert (down.stream, down.seq, down.kinds, down.thumbnail) == ("cam0", 4, ("stream_down",), None)
-    feed.on_message(record(5))  # back: it may be listed down again later
-    time.sleep(0.3)
+    feed.on_message(record(5), 3.5)  # back: it may be listed down again later
+    feed.put_state(state, now=3.6, counters={}, force=True)
+    assert len(board.get(SCENES)[1]) == 1
     feed.put_state(state, now=4.0, counters={}, force=True)
     assert [s.kinds for s in board.get(SCENES)[1]] == [("stream_down",), ("stream_down",)]
-    feed.on_message(EndOfStream("cam0", 5, {}))  # ended: not down
-    time.sleep(0.3)
+    feed.on_message(EndOfStream("cam0", 5, {}), 4.5)  # ended: not down
     feed.put_state(state, now=5.0, counters={}, force=True)
     assert len(board.get(SCENES)[1]) == 2
 
