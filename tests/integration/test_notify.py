@@ -114,7 +114,7 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         rec = RecorderProcess(
             tmp_path, core, url,
             "--mqtt-url", f"mqtt://127.0.0.1:{broker}", "--webhook-url", f"http://127.0.0.1:{hook.port}/hook",
-            "--stall-after", "1.5",
+            "--stream-down-after", "1.5",
         )  # fmt: skip
         core.wait_subscribed()
         core.resend(StreamStart("cam0", 0, "http://camera"))
