@@ -81,7 +81,7 @@ Time = Annotated[float, Range(0, TIME_MAX)]
 Similarity = Annotated[float, Range(-1, 1)]  # a cosine
 Drift = Annotated[float, Range(0, 2)]  # 1 - a cosine; also what statistics of drifts are
 Level = Annotated[float, Range(0, 255)]  # a picture's brightness or contrast, in 8-bit levels
-# What a record's frame set off (metrics/events.py): kind -> the value measured, e.g.
+# What a record's frame set off (metrics/alerts.py): kind -> the value measured, e.g.
 # {"frozen": 61.0} (seconds without change) or {"blackout": 2.1} (the picture's contrast).
 EVENT_KIND = re.compile(r"[a-z][a-z_]{0,14}(:[A-Za-z0-9_.-]{1,48})?")  # frozen, trigger:door
 EventKind = Annotated[str, MaxLen(64), Matches(EVENT_KIND, "an event kind (frozen, blackout, trigger:NAME, ...)")]
@@ -352,7 +352,7 @@ class MetricsRecord(Message):
     thumbnail: bytes = b""
     brightness: Level | None = None  # as the worker measured the picture
     contrast: Level | None = None
-    events: Events = field(default_factory=dict)  # what this frame set off (metrics/events.py)
+    events: Events = field(default_factory=dict)  # what this frame set off (metrics/alerts.py)
 
 
 @dataclass

@@ -27,12 +27,17 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from . import keys as curve
 from . import zmqio
 from .keys import CurveKeys
-from .messages import HEADER_MAX_BYTES, PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Welcome
+from .messages import HEADER_MAX_BYTES, PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Role, Welcome
+
+if TYPE_CHECKING:
+    from .settings import CoreConnection
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ class CoreSession:
     what the core had handed it). ``largest_part``: the largest message part the core sends this
     peer (messages.largest_part: a worker's frames, the recorder's records carry pictures); a
     larger one drops the connection (zmq.MAXMSGSIZE). A Refused without ``rejoin`` or ``retry`` raises
-    SessionRefused from ``take``.
+    SessionRefused from ``take``. A service opens its session with ``from_settings``.
     """
 
     def __init__(
@@ -107,6 +112,28 @@ class CoreSession:
         self._waiting_since = 0.0  # when the core last went unanswering (start, or a life lost)
         self._next_warning = 0.0
         self._retry_at: float | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        ctx: zmq.Context,
+        cfg: CoreConnection,
+        role: Role,
+        hello: Callable[[], Hello] | None = None,
+        **options: Any,
+    ) -> CoreSession:
+        """A service's session in ``role`` as its settings say (the core, heartbeats, the role's keys);
+        ``hello``: default, the role's own; ``options``: the constructor's. StartupError when the
+        address does not parse or the keys cannot be read: before anything is started."""
+        return cls(
+            ctx,
+            cfg.core,
+            hello or (lambda: Hello(role, process_name(), PROTOCOL)),
+            heartbeat_s=cfg.heartbeat_s,
+            misses=cfg.heartbeat_misses,
+            keys=curve.client(cfg.keys, role),
+            **options,
+        )
 
     @property
     def joined(self) -> bool:

@@ -14,8 +14,9 @@ becomes, without further code:
 
 Fields that mean the same thing in several services (an address, the model) have the same
 name and so the same variable: in docker-compose one variable configures both ends. Such a
-field is declared once, in a group several services derive from (``ModelSettings`` here,
-``StorageSettings`` in shared/storage), so its default is written once.
+field is declared once, in a group several services derive from (``SessionSettings``,
+``CoreConnection``, ``StreamDown``, ``ModelSettings`` here, ``DatabaseConfig`` in
+shared/storage/config.py), so its default is written once.
 
 An ``ENCODERS_*`` variable that no service reads is almost always a typo, which would
 otherwise be silently ignored: ``unknown_variables`` names the closest known one.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from typing import Any, Literal, Self, TypeVar
 import click
 
 from .endpoints import CORE_PORT, this_machine
+from .masking import mask
 
 ENV_PREFIX = "ENCODERS_"
 Secret = Literal["url", "value"]
@@ -118,10 +119,8 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             secret = f.metadata.get("secret")
-            if secret == "url" and isinstance(value, str):
-                value = mask_url(value)
-            elif secret == "value" and value:
-                value = "***"
+            if secret and isinstance(value, str):
+                value = mask(value, whole=secret == "value")
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -159,13 +158,6 @@ def _parse(tp: Any, raw: str, name: str) -> Any:
         return raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {getattr(tp, '__name__', tp)}") from None
-
-
-def mask_url(url: str) -> str:
-    """A database URL fit for logs: the password of a URI (user:secret@host) or of a key=value
-    conninfo (password=secret, also ?password= in a URI's query) becomes ***."""
-    url = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)", "password=***", url)
 
 
 def split_addrs(value: str) -> list[str]:
@@ -308,14 +300,10 @@ class FrameBytes(Settings):
 
 
 @dataclass
-class CoreConnection(FrameBytes, Exported):
-    """How a service reaches the core (the metrics service) and keeps its session (docs/PROTOCOL.md)."""
+class SessionSettings(Settings):
+    """How sessions with the core are kept and locked, the same on both ends: the core's and every
+    peer's (docs/PROTOCOL.md)."""
 
-    core: str = setting(
-        this_machine(CORE_PORT),
-        "The core's address (the metrics service's session socket, port 5556): the one address every service "
-        "is given. On several machines, the core's host as this machine reaches it, not 127.0.0.1",
-    )
     heartbeat_s: float = setting(
         1.0, "Seconds between heartbeats when nothing else is sent (the same on every service)", minimum=0.05
     )
@@ -323,6 +311,32 @@ class CoreConnection(FrameBytes, Exported):
         3, "Heartbeats missed in a row before the other side counts as gone (the same on every service)", minimum=2
     )
     keys: str = setting("", KEYS_HELP)
+
+
+@dataclass
+class CoreConnection(SessionSettings, FrameBytes, Exported):
+    """How a service reaches the core (the metrics service) and keeps its session (docs/PROTOCOL.md)."""
+
+    core: str = setting(
+        this_machine(CORE_PORT),
+        "The core's address (the metrics service's session socket, port 5556): the one address every service "
+        "is given. On several machines, the core's host as this machine reaches it, not 127.0.0.1",
+    )
+
+
+@dataclass
+class StreamDown(Settings):
+    """When a stream that has not ended counts as down: one meaning, wherever it is watched (the
+    core's stream_back, the recorder's stream_down, the web page's list). Not the ingest's
+    ENCODERS_STALL_AFTER, which reconnects a camera that sends no complete frame."""
+
+    stream_down_after: float = setting(
+        10.0,
+        "Seconds without a frame of a stream that has not ended before it counts as down: the recorder tells "
+        "'stream_down' (MQTT, the webhook, the events table), the web page lists it down, and the core says "
+        "'stream_back' on its next frame (0 = off)",
+        minimum=0.0,
+    )
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 
 class SilentStreams:
-    def __init__(self, stall_after: float) -> None:
-        self.stall_after = stall_after  # seconds without a record (0: never down)
+    def __init__(self, down_after: float) -> None:
+        self.down_after = down_after  # seconds without a record (0: never down): ENCODERS_STREAM_DOWN_AFTER
         self._heard: dict[str, tuple[float, int]] = {}  # stream -> (when its last record came, its seq)
         self._down: set[str] = set()
 
@@ -24,13 +24,13 @@ class SilentStreams:
         self._down.discard(stream)
 
     def newly_down(self, now: float) -> list[tuple[str, int, float]]:
-        """The streams silent for stall_after seconds at ``now`` and not yet reported: each one's
+        """The streams silent for down_after seconds at ``now`` and not yet reported: each one's
         name, the seq of its last record and how long it has been silent."""
-        if self.stall_after <= 0:
+        if self.down_after <= 0:
             return []
         down = []
         for stream, (heard, seq) in self._heard.items():
-            if stream not in self._down and now - heard >= self.stall_after:
+            if stream not in self._down and now - heard >= self.down_after:
                 self._down.add(stream)
                 down.append((stream, seq, now - heard))
         return down

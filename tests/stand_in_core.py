@@ -1,7 +1,8 @@
 """A stand-in for the core (the metrics service's session socket), on a thread of the test.
 
 For the viewer's and `encoders stop`'s tests, whose peers run as real processes, in real time
-(tests/fake_core.py is the ingest's, with what its tests need):
+(tests/ingest_worker_core.py is the ingest's and the worker's, tests/integration/fake_core.py the
+recorder's, each with what its tests need):
 it answers a Hello with a Welcome (naming the publishers given, as a core names the ones it
 bound), heartbeats every welcomed peer, answers Stop with the Stopped given (or never, when
 none is), and keeps every message it received, in order, for assertions. Not the real core:

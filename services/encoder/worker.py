@@ -28,7 +28,7 @@ from threading import Event
 
 import zmq
 
-from encoders.shared import keys, messages
+from encoders.shared import messages
 from encoders.shared.complaints import Complaints
 from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello, Message, Skipped, Stop, Welcome
 from encoders.shared.session import CoreSession
@@ -85,17 +85,15 @@ class Worker:
         self.batch_wait_ms = batch_wait_ms
         self.intake = Intake(capacity=min(2 * batch_size, MAX_CAPACITY))
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self.session = CoreSession(  # first: an address that does not parse is StartupError, nothing started
+        self.session = CoreSession.from_settings(  # first: an address that does not parse is StartupError
             ctx,
-            core.core,
+            core,
+            "worker",
             self.hello,
-            heartbeat_s=core.heartbeat_s,
-            misses=core.heartbeat_misses,
             on_join=self._joined,
             on_lost=self._lost,
             counters=self.counters,
             sndhwm=max(1000, 4 * self.intake.capacity),  # results in flight never exceed the capacity
-            keys=keys.client(core.keys, "worker"),
             largest_part=messages.largest_part(core.max_frame_bytes),  # frames: a JPEG each
         )
         self.model = ModelThread(encoder, observe_batch)

@@ -19,7 +19,7 @@ class IngestConfig(CoreConnection):
     stall_after: float = setting(
         10.0,
         "Seconds a connected stream may go without one complete frame (bytes trickling in, a part that never "
-        "ends) before it is counted as stalled and reopened",
+        "ends) before it is counted as stalled and reopened (the alerts' stream_down is ENCODERS_STREAM_DOWN_AFTER)",
         minimum=0.1,
     )
     # max_frame_bytes, shared with every service (settings.FrameBytes): a larger part (a missed boundary, a

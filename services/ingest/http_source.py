@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from encoders.shared.backoff import Backoff
 from encoders.shared.complaints import Complaints
 
 from .jpeg import CorruptJpeg, jpeg_size
@@ -23,7 +24,7 @@ from .mjpeg import MAX_PART_BYTES, MjpegSplitter, boundary_from_content_type
 
 log = logging.getLogger("encoders.ingest")
 
-BACKOFF_START = 0.5  # seconds before the first reconnection attempt; doubles up to reconnect_max
+BACKOFF_START = 0.5  # seconds before the first reconnection attempt; doubles up to reconnect_max (with jitter)
 # Bytes of body without a multipart boundary after which the URL is not an MJPEG stream.
 NOT_MJPEG_AFTER = 512 * 1024
 REQUEST_HEADERS = {
@@ -134,21 +135,21 @@ class HttpMjpegSource:
         timeout = httpx.Timeout(
             connect=self.connect_timeout, read=self.read_timeout, write=self.connect_timeout, pool=self.connect_timeout
         )
-        first_delay = min(BACKOFF_START, self.reconnect_max)
-        delay = first_delay
+        backoff = Backoff(BACKOFF_START, self.reconnect_max)
         attempt = 0  # reconnection attempts since the last connection that delivered frames
         with httpx.Client(timeout=timeout, follow_redirects=True, headers=REQUEST_HEADERS) as client:
             while not self.stop.is_set():
                 if attempt:
+                    delay = backoff.next()
                     log.info("reconnecting to %s in %.1f s (attempt %d)", self.url, delay, attempt)
                     if self.stop.wait(delay):
                         break
-                    delay = min(delay * 2, self.reconnect_max)
                 delivered = False
                 try:
                     for frame in self._connection(client, attempt):
                         if not delivered:
-                            delivered, delay, attempt = True, first_delay, 0
+                            delivered, attempt = True, 0
+                            backoff.reset()
                         yield frame
                     reason = "the server ended the stream"
                 except StreamError as exc:

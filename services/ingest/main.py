@@ -26,8 +26,8 @@ import zmq
 
 from encoders.services.ingest.config import IngestConfig
 from encoders.shared.exporter import Exporter, Families
+from encoders.shared.masking import mask
 from encoders.shared.runtime import StartupError, service_main
-from encoders.shared.settings import mask_url
 
 from .http_source import HttpMjpegSource, StreamError, check_url, read_first_frame
 from .reader import CameraReader
@@ -59,7 +59,7 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
         exporter.collect(lambda f: ingest_families(ingest, f))
         exporter.start(cfg)
         on_exit.callback(exporter.stop)
-        log.info("stream %r from %s: captures to the core at %s", cfg.stream_id, mask_url(cfg.stream), cfg.core)
+        log.info("stream %r from %s: captures to the core at %s", cfg.stream_id, mask(cfg.stream), cfg.core)
         outcome = "crashed"
         try:
             ingest.start()

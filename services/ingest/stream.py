@@ -25,8 +25,8 @@ from collections.abc import Mapping
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
-from encoders.shared import keys
 from encoders.shared.complaints import Complaints
+from encoders.shared.masking import mask
 from encoders.shared.messages import (
     PROTOCOL,
     TEXT_MAX,
@@ -40,7 +40,6 @@ from encoders.shared.messages import (
     Welcome,
 )
 from encoders.shared.session import CoreSession, SessionRefused, process_name
-from encoders.shared.settings import mask_url
 
 from .delivery import Delivery
 from .http_source import JpegFrame
@@ -75,17 +74,15 @@ class Ingest:
         self.reader, self.camera = reader, camera
         self.delivery = Delivery(cfg.lossless)
         self.counts = dict.fromkeys(("bad_messages", "unexpected_messages", "stats_unsent"), 0)
-        self.session = CoreSession(
+        self.session = CoreSession.from_settings(
             ctx,
-            cfg.core,
+            cfg,
+            "ingest",
             self.hello,
-            heartbeat_s=cfg.heartbeat_s,
-            misses=cfg.heartbeat_misses,
             on_join=self._joined,
             on_lost=self.delivery.lose,
             counters=self.counts,
             sndhwm=SNDHWM,
-            keys=keys.client(cfg.keys, "ingest"),
         )
         self.poller = zmq.Poller()
         self.poller.register(self.session.sock, zmq.POLLIN)
@@ -108,7 +105,7 @@ class Ingest:
             process_name(),
             PROTOCOL,
             stream=self.stream,
-            url=mask_url(self.cfg.stream)[:TEXT_MAX],
+            url=mask(self.cfg.stream)[:TEXT_MAX],
             lossless=self.cfg.lossless,
             undelivered=self.delivery.hello(),
             sent=self.delivery.session_sent,

@@ -7,7 +7,7 @@ and epoch (an epoch's start resets them, as it resets drift):
   for ``frozen_after`` seconds of capture time (a stuck camera, a replayed image). Said once,
   with the seconds it has been still; said again only after the picture has moved.
 - trigger:NAME: a saved sentence the frame came near (triggers.py), once per visit.
-- stream_back: the first frame after no frame for ``stall_after`` seconds of capture time (the
+- stream_back: the first frame after no frame for ``stream_down_after`` seconds of capture time (the
   camera stalled, or its ingest was cut off and came back): its value, the seconds without.
   Kept across epochs; the recorder says "stream_down" live, when the records stop (notify.py).
 - blackout: the picture has become nearly uniform, its contrast (the largest standard
@@ -37,14 +37,19 @@ class AlertRules:
     blackout_contrast: float = 0.0  # levels; 0 = off
     triggers: tuple[Trigger, ...] = ()  # saved sentences (triggers.py)
     trigger_holdoff: float = 60.0
-    stall_after: float = 0.0  # a gap in capture times this long is a stream that was down; 0 = off
+    stream_down_after: float = 0.0  # a gap in capture times this long is a stream that was down; 0 = off
 
     @classmethod
     def from_config(cls, cfg: Any) -> AlertRules:
         """The core's rules; StartupError when ENCODERS_TRIGGERS names a file that does not read."""
         triggers = tuple(load_triggers(cfg.triggers)) if cfg.triggers else ()
         return cls(
-            cfg.frozen_after, cfg.frozen_drift, cfg.blackout_contrast, triggers, cfg.trigger_holdoff, cfg.stall_after
+            cfg.frozen_after,
+            cfg.frozen_drift,
+            cfg.blackout_contrast,
+            triggers,
+            cfg.trigger_holdoff,
+            cfg.stream_down_after,
         )
 
 
@@ -101,6 +106,6 @@ class Alerts:
 
 def stream_back(rules: AlertRules, previous: float | None, t_capture: float) -> dict[str, float | None]:
     """The stream_back event of a frame captured ``t_capture - previous`` seconds after the one before."""
-    if rules.stall_after > 0 and previous is not None and t_capture - previous >= rules.stall_after:
+    if rules.stream_down_after > 0 and previous is not None and t_capture - previous >= rules.stream_down_after:
         return {"stream_back": round(t_capture - previous, 3)}
     return {}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, bind_loopback
-from encoders.shared.settings import KEYS_HELP, Exported, FrameBytes, setting
+from encoders.shared.settings import Exported, FrameBytes, SessionSettings, StreamDown, setting
 
 # The frames publisher's queue for each subscriber is counted in messages (ZeroMQ's high-water
 # mark, 1,000 unless set: 1.36 GB of 1 MB frames for one viewer that stopped reading, issue #22);
@@ -32,7 +32,7 @@ def default_state_dir() -> str:
 
 
 @dataclass
-class MetricsConfig(FrameBytes, Exported):
+class MetricsConfig(StreamDown, SessionSettings, FrameBytes, Exported):
     core_bind: str = setting(
         bind_loopback(CORE_PORT),
         "ROUTER endpoint every service connects to (ENCODERS_CORE on the others): ingests, workers, the "
@@ -51,17 +51,11 @@ class MetricsConfig(FrameBytes, Exported):
     metrics_bind: str = setting(
         bind_loopback(METRICS_PORT), "PUB endpoint of records, stream starts and ends, stats (viewers)"
     )
-    keys: str = setting("", KEYS_HELP)
+    # keys, heartbeat_s, heartbeat_misses: the same on both ends of a session (settings.SessionSettings)
     insecure: bool = setting(
         False,
         "Bind beyond loopback without keys: anyone who reaches these ports can read the frames and pose as any "
         "service (a network you trust only; said at every start)",
-    )
-    heartbeat_s: float = setting(
-        1.0, "Seconds between heartbeats when nothing else is sent (the same on every service)", minimum=0.05
-    )
-    heartbeat_misses: int = setting(
-        3, "Heartbeats missed in a row before the other side counts as gone (the same on every service)", minimum=2
     )
     state_dir: str = setting(
         default_state_dir(),
@@ -114,12 +108,7 @@ class MetricsConfig(FrameBytes, Exported):
         minimum=0.0,
         maximum=255.0,
     )
-    stall_after: float = setting(
-        10.0,
-        "Alert 'stream_back' on the first frame after none for this many seconds (as ingest's ENCODERS_STALL_AFTER; "
-        "0 = off)",
-        minimum=0.0,
-    )
+    # stream_down_after: 'stream_back' on the first frame after none for that long (settings.StreamDown)
     max_clock_skew: float = setting(
         5.0,
         "Warn (once per stream) when a capture's time, on its ingest's clock, is this many seconds ahead of the "

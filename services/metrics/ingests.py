@@ -187,7 +187,7 @@ class Ingests:
         # Republished as ingests once published them (viewers read them), with what only the core knows now.
         core_view = {
             "workers": len(self.broker.workers),
-            "credits": self.broker.capacity - self.broker.in_use,
+            "workers_free": self.broker.capacity - self.broker.in_use,  # frames the workers could take now
             "pending": self.broker.queued(ingest.stream),
         }
         counters = stats_counters(core_view, msg.counters, core_view)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from encoders.shared.settings import CoreConnection, setting
+from encoders.shared.settings import CoreConnection, StreamDown, setting
 from encoders.shared.storage.config import DatabaseConfig
 
 from .policy import Policy
@@ -33,7 +33,7 @@ class RetentionConfig(DatabaseConfig):
 
 
 @dataclass
-class RecorderConfig(RetentionConfig, CoreConnection):
+class RecorderConfig(StreamDown, RetentionConfig, CoreConnection):
     frames: str = setting(
         "", "The frames publisher to take snapshots from (empty: the one the core names; 'none': no snapshots)"
     )
@@ -66,12 +66,7 @@ class RecorderConfig(RetentionConfig, CoreConnection):
     webhook_url: str = setting(
         "", "URL that gets an HTTP POST (JSON) of every alert and scene change, retried (empty = none)", secret="url"
     )
-    stall_after: float = setting(
-        10.0,
-        "Tell MQTT and the webhook 'stream_down' when a stream has sent no record this many seconds (as ingest's "
-        "ENCODERS_STALL_AFTER; 0 = off)",
-        minimum=0.0,
-    )
+    # stream_down_after: 'stream_down' told to MQTT and the webhook, and stored (settings.StreamDown)
     prune_every: float = setting(
         3600.0, "Seconds between applying the retention policy (and checking the disk's free space)", minimum=1.0
     )

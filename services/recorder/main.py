@@ -23,12 +23,12 @@ from pathlib import Path
 
 import zmq
 
-from encoders.shared import keys, zmqio
+from encoders.shared import zmqio
 from encoders.shared.disks import disk_problem, full_disk
 from encoders.shared.exporter import LATENCY_BUCKETS, Exporter, Families
-from encoders.shared.messages import PROTOCOL, Hello, largest_part
+from encoders.shared.messages import largest_part
 from encoders.shared.runtime import StartupError, service_main
-from encoders.shared.session import CoreSession, SessionRefused, process_name
+from encoders.shared.session import CoreSession, SessionRefused
 from encoders.shared.settings import split_addrs
 from encoders.shared.storage import embedded
 from encoders.shared.storage.connection import Database
@@ -82,14 +82,10 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         pruner.start()
         resources.callback(pruner.close)
         # Its callbacks (what each Hello says, what a Welcome does) are the Receiver's.
-        curve = keys.client(cfg.keys, "recorder")
-        session = CoreSession(
+        session = CoreSession.from_settings(
             ctx,
-            cfg.core,
-            lambda: Hello("recorder", process_name(), PROTOCOL),
-            heartbeat_s=cfg.heartbeat_s,
-            misses=cfg.heartbeat_misses,
-            keys=curve,
+            cfg,
+            "recorder",
             largest_part=largest_part(cfg.max_frame_bytes),  # records carry a thumbnail, a picture of a frame
         )
         frames = None
@@ -103,7 +99,7 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
                 rcvhwm=FRAMES_RCVHWM,
                 subscribe=[b"frame/"],
                 max_message_bytes=largest_part(cfg.max_frame_bytes),
-                curve=curve,
+                curve=session.keys,
             )
         closer: list[threading.Thread] = []
 
@@ -174,7 +170,7 @@ def recorder_health(receiver: Receiver) -> str | None:
         return f"rows wait, not acknowledged: {writer.disk_error}"
     if writer.fatal is not None:
         return f"the database refuses the rows: {writer.fatal}"
-    if writer.backoff:
+    if writer.backoff.failing:
         return f"the database is unavailable; {writer.spooled} rows wait in the spool until it is back"
     return None
 

@@ -4,7 +4,7 @@ The recorder sees every record in order, once, and stores its events; as it does
 each event (a scene change, a frozen feed, a blackout) and each stream's start and end to
 the notifier. Every destination has an ``Outbox``: a thread of its own with a bounded queue,
 so the pipeline never waits for a broker or a web server. A send that fails is retried with
-backoff (doubling up to ``retry_max``) until it goes or the recorder stops; a queue that
+backoff (doubling up to ``retry_max``, with jitter) until it goes or the recorder stops; a queue that
 fills while a destination is down drops its oldest notices, counted. The database holds
 every event whatever happens here (`encoders events` lists them).
 
@@ -37,8 +37,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from encoders.shared.backoff import Backoff
 from encoders.shared.complaints import Complaints
-from encoders.shared.settings import mask_url
+from encoders.shared.masking import mask
 
 log = logging.getLogger(__name__)
 complain = Complaints(log, "the recorder's notifier counters")
@@ -119,7 +120,7 @@ class Outbox:
             notice = self.queue.get()
             if not notice.kind:
                 return
-            delay = self.retry_start
+            backoff = Backoff(self.retry_start, self.retry_max)
             while not self._stop.is_set():
                 try:
                     self.sink.send(notice)
@@ -128,9 +129,8 @@ class Outbox:
                 except Exception as exc:  # whatever a destination raises, the recorder goes on
                     self.counters["failures"] += 1
                     complain(f"{self.sink.name}_failures", "%s: could not send (%s); retrying", self.sink.name, exc)
-                    if self._stop.wait(delay):
+                    if self._stop.wait(backoff.next()):
                         return
-                    delay = min(delay * 2, self.retry_max)
 
 
 class Webhook:
@@ -161,7 +161,7 @@ class Mqtt:
 
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"ENCODERS_MQTT_URL must be mqtt://[user:password@]host[:port]: {mask_url(url)!r}")
+            raise ValueError(f"ENCODERS_MQTT_URL must be mqtt://[user:password@]host[:port]: {mask(url)!r}")
         self.name = "mqtt"
         self.prefix, self.discovery = prefix.strip("/"), discovery.strip("/")
         self.status = f"{self.prefix}/status"
@@ -252,10 +252,10 @@ class Notifier:
         sinks: list[Sink] = []
         if cfg.mqtt_url:
             sinks.append(Mqtt(cfg.mqtt_url, cfg.mqtt_prefix, cfg.mqtt_discovery))
-            log.info("alerts to MQTT at %s under %s/", mask_url(cfg.mqtt_url), cfg.mqtt_prefix)
+            log.info("alerts to MQTT at %s under %s/", mask(cfg.mqtt_url), cfg.mqtt_prefix)
         if cfg.webhook_url:
             sinks.append(Webhook(cfg.webhook_url))
-            log.info("alerts to the webhook %s", mask_url(cfg.webhook_url))
+            log.info("alerts to the webhook %s", mask(cfg.webhook_url))
         return cls([Outbox(sink, **outbox) for sink in sinks])
 
     def __call__(self, notice: Notice) -> None:

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from encoders.shared.complaints import Complaints
+from encoders.shared.masking import mask
 from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
-from encoders.shared.settings import mask_url
 from encoders.shared.silence import SilentStreams
 from encoders.shared.storage.frames import FrameRow, StoredRow
 from encoders.shared.storage.runs import StoredStream
@@ -90,7 +90,7 @@ class Recorder:
         self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
         self._last_seq: dict[str, int] = {}
         self.notify: NoticeSink = lambda notice: None  # alerts to MQTT and webhooks (notify.py), when set
-        self.silent = SilentStreams(self.settings.stall_after)  # streams to tell down (check_streams)
+        self.silent = SilentStreams(self.settings.stream_down_after)  # streams to tell down (check_streams)
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
@@ -116,7 +116,7 @@ class Recorder:
             "stream %s starts at seq %d (%s)%s",
             start.stream,
             start.first_seq,
-            mask_url(start.url),
+            mask(start.url),
             f"; its ingest had sent {start.previous_sent} captures to the core's life {start.previous_core}"
             if start.previous_core
             else "",
@@ -187,7 +187,7 @@ class Recorder:
             self.notify(Notice(kind, rec.stream, rec.t_capture, rec.seq, value, self.run.name, rec.thumbnail or None))
 
     def check_streams(self, now: float) -> None:
-        """Tell each stream that has sent no record for stall_after seconds, and has not ended, down (once)."""
+        """Tell each stream that has sent no record for stream_down_after seconds, and has not ended, down (once)."""
         for stream, seq, silent_s in self.silent.newly_down(now):
             log.warning("stream %s: no record for %.0f s: down", stream, silent_s)
             self.notify(Notice("stream_down", stream, time.time(), seq, round(silent_s, 3), self.run.name))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from encoders.shared.settings import mask_url
+from encoders.shared.masking import mask
 from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.frames import FrameRow
@@ -127,7 +127,7 @@ def open_recording(
             run_dir=cfg.run_dir,
             settings=cfg.describe(),
             pipeline=pipeline_settings(cfg.pipeline_config),
-            database=mask_url(url),
+            database=mask(url),
         )
         log.info("run %s (id %d) in %s", run.name, run.id, run.dir)
     try:

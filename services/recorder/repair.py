@@ -30,11 +30,11 @@ from encoders.shared.storage.frames import StoredRow
 from encoders.shared.storage.runs import RunRow, StoredStream
 
 from .replay import replay_spool
-from .run import LIVES_JSON, RecordedRun, folder_of, read_json, summarise
-from .runfiles import CONFIG_JSON, SUMMARY_JSON
+from .run import LIVES_JSON, RecordedRun, folder_of
+from .runfiles import CONFIG_JSON, SUMMARY_JSON, read_json
 from .runlock import RunLock
 from .stream_files import StreamFiles
-from .summary import StreamSummary, settle_embedded
+from .summary import StreamSummary, settle_embedded, summarise
 from .writer import SPOOL_NAME
 
 log = logging.getLogger(__name__)

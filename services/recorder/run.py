@@ -8,7 +8,7 @@ folder given with --run-dir is used under its own name or not at all.
 config.json says how the run was made (the recorder's and the pipeline's settings, the
 model once known, where each stream's files are); summary.json what it recorded. Both are
 rewritten whole, through a temporary file. summary.json has one shape whether the run had
-one camera or several::
+one camera or several (summary.summarise)::
 
     {"run": {...}, "streams": {"cam0": {...}, ...}, "totals": {...}}
 
@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from encoders.shared.disks import disk_problem
-from encoders.shared.settings import mask_url
+from encoders.shared.masking import mask_secrets
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.runs import RunRow
 
-from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, write_json
+from .runfiles import CONFIG_JSON, DRIFT_CSV, EMBEDDINGS_DIR, SUMMARY_JSON, read_json, write_json
 from .runlock import RunLock
-from .summary import COUNT_KEYS, NOT_STORED, settle_embedded
+from .summary import settle_embedded, summarise
 
 LIVES_JSON = ".lives.json"  # the counts of what was acknowledged, while the run is open
 
@@ -65,15 +65,6 @@ def run_dir_candidates(runs_dir: str | os.PathLike, now: datetime | None = None)
     while True:
         yield Path(runs_dir) / f"{base}_{n}"
         n += 1
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a file, or None when it is missing or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def folder_of(row: RunRow, runs_dir: str | os.PathLike) -> Path | None:
@@ -269,25 +260,6 @@ class RecordedRun:
                 write_json(folder / CONFIG_JSON, {**self.config, "streams": {name: "."}, "stream": name})
 
 
-def summarise(run: Mapping[str, Any], streams: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """summary.json's one shape: the run, each stream, and their totals."""
-    summaries = list(streams.values())
-    frames: dict[str, int | None] = {}
-    for key in (*COUNT_KEYS, NOT_STORED):
-        values = [s["frames"][key] for s in summaries if s["frames"].get(key) is not None]
-        # Unknown stays None (no stream ended: nobody said how many were published); with no
-        # stream at all, nothing was embedded.
-        frames[key] = sum(values) if values else (0 if key == "embedded" and not summaries else None)
-    totals = {
-        "frames": frames,
-        "records": sum(s["records"] for s in summaries),
-        "snapshots": sum(s["snapshots"] for s in summaries),
-        "npz_batches": sum(s["npz_batches"] for s in summaries),
-        "db_rows": sum(s["db_rows"] for s in summaries),
-    }
-    return {"run": dict(run), "streams": dict(streams), "totals": totals}
-
-
 def _claim_given(db: RunsTable, folder: Path, started: datetime) -> tuple[Path, int, RunLock]:
     if (folder / DRIFT_CSV).exists() or (folder / EMBEDDINGS_DIR).exists():
         raise RunNameTaken(f"{folder} already holds a run; give another --run-dir")
@@ -344,15 +316,3 @@ def pipeline_settings(text: str) -> Any:
         log.warning("--pipeline-config is not JSON; stored as text")
         value = text
     return mask_secrets(value)
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str):
-        if value and any(word in key.lower() for word in ("password", "secret", "token")):
-            return "***"
-        return mask_url(value)
-    return value

@@ -1,4 +1,5 @@
-"""The run folder on disk, in the seed's layout, and the function that reads it back.
+"""The run folder on disk, in the seed's layout: its JSON files written and read whole (``write_json``,
+``read_json``), drift.csv and the npz batches, and the function that reads a run back.
 
     runs/YYYYMMDD_HHMMSS/
         config.json  drift.csv  summary.json
@@ -34,6 +35,15 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class DriftCsv:

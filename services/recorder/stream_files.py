@@ -4,7 +4,7 @@ Made fresh, a stream's files start empty (drift.csv with its header, no npz batc
 that is resumed or closed from the database has them rewritten from its rows: ``clear``
 the old batches, make the files fresh, then ``restore`` each stored row in seq order, which
 writes its line and its vector and brings the summary, the snapshot interval and the
-keyframe segment to where the recorder was (recorder/rebuild.py).
+keyframe segment to where the recorder was (``Recorder.resume`` in recorder.py, repair.py).
 """
 
 from __future__ import annotations

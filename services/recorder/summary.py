@@ -1,4 +1,4 @@
-"""A stream's summary.json, accumulated record by record in constant memory.
+"""summary.json: each stream's, accumulated record by record in constant memory, and the run's one shape.
 
 Frame counts come from the core: every record carries its stream's running counts in one
 life of the core (``core``), and an end of stream the final ones of its life. A core that
@@ -19,6 +19,7 @@ counted lost. (Exact unless the core died within moments of the epoch's start, b
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -247,3 +248,22 @@ class StreamSummary:
             "ended": self.ended,
             "lives": {core: dict(counts) for core, counts in self.lives.items()},
         }
+
+
+def summarise(run: Mapping[str, Any], streams: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's one shape: the run, each stream, and their totals."""
+    summaries = list(streams.values())
+    frames: dict[str, int | None] = {}
+    for key in (*COUNT_KEYS, NOT_STORED):
+        values = [s["frames"][key] for s in summaries if s["frames"].get(key) is not None]
+        # Unknown stays None (no stream ended: nobody said how many were published); with no
+        # stream at all, nothing was embedded.
+        frames[key] = sum(values) if values else (0 if key == "embedded" and not summaries else None)
+    totals = {
+        "frames": frames,
+        "records": sum(s["records"] for s in summaries),
+        "snapshots": sum(s["snapshots"] for s in summaries),
+        "npz_batches": sum(s["npz_batches"] for s in summaries),
+        "db_rows": sum(s["db_rows"] for s in summaries),
+    }
+    return {"run": dict(run), "streams": dict(streams), "totals": totals}

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from encoders.shared.backoff import Backoff
 from encoders.shared.disks import disk_problem
 from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
@@ -126,7 +127,7 @@ class FrameWriter:
         self.written: Counter = Counter()  # rows inserted, per stream
         self.model: tuple[str, int] | None = None
         self._model_stored = False
-        self.backoff = 0.0
+        self.backoff = Backoff(0.5, retry_max)  # failing: the database is away
         self.retry_at = 0.0
         self.outages = 0
         self.commits = 0  # batches written (spool replays included)
@@ -343,7 +344,7 @@ class FrameWriter:
                 self.disk_error = disk_problem(exc, self.spool.path)
                 log.error("cannot keep %d rows: %s; they wait, not acknowledged, until there is room",
                           len(rows), self.disk_error)  # fmt: skip
-            self.retry_at = self.clock() + max(1.0, self.backoff)
+            self.retry_at = self.clock() + max(1.0, self.backoff.last)
             return
         if self.disk_error is not None:
             log.info("%s takes rows again", self.spool.path)
@@ -370,21 +371,21 @@ class FrameWriter:
             self._fail(exc)
             return
         self.retry_at = self.clock()  # more may follow on the next tick, without waiting
-        if self.backoff and not self.spool.pending:
+        if self.backoff.failing and not self.spool.pending:
             log.info("database is back: replayed the spooled rows, spool deleted")
-            self.backoff = 0.0
+            self.backoff.reset()
         elif replayed:
             log.info("database is back: replayed %d spooled rows, %d to go", replayed, self.spooled)
 
     def _outage(self, exc: DatabaseUnavailable) -> None:
-        first = self.backoff == 0.0
-        self.backoff = min(self.retry_max, max(0.5, self.backoff * 2))
-        self.retry_at = self.clock() + self.backoff
+        first = not self.backoff.failing
+        delay = self.backoff.next()
+        self.retry_at = self.clock() + delay
         if first:
             self.outages += 1
             log.warning("database unavailable (%s); keeping rows in %s, retrying with backoff", exc, self.spool.path)
         else:
-            log.info("database still unavailable; next try in %.1f s (%d rows spooled)", self.backoff, self.spooled)
+            log.info("database still unavailable; next try in %.1f s (%d rows spooled)", delay, self.spooled)
 
     def _fail(self, exc: DatabaseRefused) -> None:
         if self.fatal is None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from encoders.services.recorder.config import RetentionConfig
+from encoders.shared.masking import mask
 from encoders.shared.runtime import setup_logging, stop_on_signals
 from encoders.shared.storage import embedded, schema
 from encoders.shared.storage.config import DatabaseConfig, ServeConfig
@@ -59,7 +60,7 @@ def serve(cfg: ServeConfig) -> int:
                 return 2
             password = cfg.db_password or secrets.token_urlsafe(18)
             with embedded.served(cfg.runs_dir, host or "0.0.0.0", int(port), password) as url:
-                shown = url if not cfg.db_password else url.replace(password, "***")  # a given one is not echoed
+                shown = mask(url, password=cfg.db_password)  # a given one is not echoed; a new one is shown
                 print(
                     f"embedded PostgreSQL for {cfg.runs_dir}, also on TCP {cfg.db_listen} (password needed):\n"
                     f'  psql "{shown}"\n'

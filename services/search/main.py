@@ -18,7 +18,8 @@ from encoders.shared.storage import embedded
 from encoders.shared.storage.config import DatabaseConfig
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable, one_line
 from encoders.shared.storage.filters import FilterError, Filters, parse_frame_ref, parse_time
-from encoders.shared.storage.store import Hit, Store, StoreError, reading
+from encoders.shared.storage.hits import Hit
+from encoders.shared.storage.store import Store, StoreError, reading
 
 from .config import SearchConfig
 from .output import render

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from encoders.shared.endpoints import is_loopback_host
-from encoders.shared.settings import CoreConnection, ModelSettings, SettingsError, setting
+from encoders.shared.settings import CoreConnection, ModelSettings, SettingsError, StreamDown, setting
 from encoders.shared.storage.config import EF_SEARCH_MAX, SEARCH_EF_TEXT, DatabaseConfig
 
 
 @dataclass
-class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
+class ViewerConfig(StreamDown, DatabaseConfig, ModelSettings, CoreConnection):
     """With --database-url the web page gets a search box: sentences are embedded with the model the frames
     were (ENCODERS_MODEL, ENCODERS_PRETRAINED), and search results show snapshots from --runs-dir."""
 
@@ -63,12 +63,7 @@ class ViewerConfig(DatabaseConfig, ModelSettings, CoreConnection):
         "(counted 'body_timeouts'); a body that keeps coming is never cut",
         minimum=0.1,
     )
-    stall_after: float = setting(
-        10.0,
-        "The web page lists a stream 'down' when no record of it came for this many seconds (as ingest's "
-        "ENCODERS_STALL_AFTER; 0 = off)",
-        minimum=0.0,
-    )
+    # stream_down_after: the web page lists a stream down (settings.StreamDown)
     with_window: bool = setting(False, "With --web: open the video window too")
     search_ef_text: int = setting(
         SEARCH_EF_TEXT,

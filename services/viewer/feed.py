@@ -39,19 +39,19 @@ def raw_key(stream: str) -> tuple[str, str]:
 
 
 class WebFeed:
-    def __init__(self, board: Latest, scenes: SceneChanges | None = None, *, stall_after: float = 0.0) -> None:
+    def __init__(self, board: Latest, scenes: SceneChanges | None = None, *, down_after: float = 0.0) -> None:
         self.board = board
         self.scenes = scenes or SceneChanges()
-        self.silent = SilentStreams(stall_after)  # listed down, once until it is back
+        self.silent = SilentStreams(down_after)  # listed down, once until it is back
         self._changed = True  # something the overlay video shows has changed since it was last made
         self._next_state = 0.0
 
-    def on_message(self, msg: Message) -> None:
-        """Every message the main loop drains, as it drains it."""
+    def on_message(self, msg: Message, now: float) -> None:
+        """Every message the main loop drains, as it drains it, at ``now`` (time.monotonic())."""
         if isinstance(msg, Frame):
             self.board.put(raw_key(msg.stream), msg.jpeg)
         elif isinstance(msg, MetricsRecord):
-            self.silent.heard(msg.stream, msg.seq, time.monotonic())
+            self.silent.heard(msg.stream, msg.seq, now)
             if self.scenes.on_record(msg) is not None:
                 self.board.put(SCENES, self.scenes.recent())
         elif isinstance(msg, EndOfStream):
@@ -86,7 +86,7 @@ class WebFeed:
         whom the viewer waits for before it can subscribe, for the page to say."""
         if not force and now < self._next_state:
             return False
-        self._check_down(time.monotonic())  # the records' clock (on_message has no ``now``)
+        self._check_down(now)
         self._next_state = now + STATE_EVERY_S
         self.board.put(STATE, snapshot(state, now, {**counters, **self.scenes.counters}, waiting))
         return True

@@ -151,4 +151,4 @@ def start_web(cfg: ViewerConfig) -> tuple[WebFeed, WebServer]:
     log.info(
         "web search %s", f"on, over {search.model} embeddings in the database" if search else "off (no --database-url)"
     )
-    return WebFeed(board, stall_after=cfg.stall_after), server
+    return WebFeed(board, down_after=cfg.stream_down_after), server

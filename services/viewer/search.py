@@ -25,7 +25,7 @@ from encoders.shared.storage.config import SEARCH_EF_TEXT
 
 if TYPE_CHECKING:  # psycopg and torch are imported by the first search
     from encoders.services.search.query import QueryEmbedder
-    from encoders.shared.storage.store import Hit
+    from encoders.shared.storage.hits import Hit
 
 log = logging.getLogger(__name__)
 

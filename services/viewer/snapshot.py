@@ -72,7 +72,7 @@ def stream_view(st: StreamState, stats: Mapping[tuple[str, str], Stats], now: fl
         "skipped": counts.get("skipped"),
         "lost": counts.get("lost"),
         "workers": either("workers"),
-        "credits": either("credits"),
+        "workers_free": either("workers_free"),
     }
 
 

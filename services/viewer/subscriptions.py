@@ -22,9 +22,9 @@ import zmq
 from encoders.shared import keys, zmqio
 from encoders.shared.endpoints import as_seen_from
 from encoders.shared.keys import CurveKeys
-from encoders.shared.messages import PROTOCOL, Hello, largest_part
+from encoders.shared.messages import largest_part
 from encoders.shared.runtime import StartupError
-from encoders.shared.session import CoreSession, SessionRefused, process_name
+from encoders.shared.session import CoreSession, SessionRefused
 from encoders.shared.settings import MAX_FRAME_BYTES, CoreConnection, split_addrs
 
 # A few frames of slack: the loop drains every tick, so more would only hold stale frames.
@@ -91,18 +91,6 @@ def core_lines(core: str) -> list[str]:
     return ["waiting for the core at", f"  {core}", f"  ({CORE_SETTING})", "to name its publishers"]
 
 
-def viewer_session(ctx: zmq.Context, cfg: CoreConnection) -> CoreSession:
-    """A viewer's session with the core at ``cfg.core``; StartupError if that address does not parse."""
-    return CoreSession(
-        ctx,
-        cfg.core,
-        lambda: Hello("viewer", process_name(), PROTOCOL),
-        heartbeat_s=cfg.heartbeat_s,
-        misses=cfg.heartbeat_misses,
-        keys=keys.client(cfg.keys, "viewer"),
-    )
-
-
 class Subscriptions:
     """The viewer's frames and metrics SUB sockets (``sockets``: empty until subscribed).
 
@@ -140,7 +128,8 @@ class Subscriptions:
         size = cfg.max_frame_bytes
         if frame_addrs and metrics:
             return cls(ctx, frame_addrs, metrics, curve=curve, max_frame_bytes=size)
-        return cls(ctx, frame_addrs, metrics, session=viewer_session(ctx, cfg), curve=curve, max_frame_bytes=size)
+        session = CoreSession.from_settings(ctx, cfg, "viewer")
+        return cls(ctx, frame_addrs, metrics, session=session, curve=curve, max_frame_bytes=size)
 
     @property
     def subscribed(self) -> bool:

@@ -72,7 +72,7 @@ class Viewer:
             now = time.monotonic()
             if now < next_tick:
                 self.subscriptions.step(now)
-                self.drain()
+                self.drain(now)
                 continue
             next_tick = now + TICK_S
             if not self.tick(now):
@@ -82,7 +82,7 @@ class Viewer:
         """Ask the core (until it answered), drain, decode, render, feed the web board, show the window;
         False once the window asks to stop or the pipeline has stopped."""
         self.subscriptions.step(now)
-        self.drain()
+        self.drain(now)
         if self.stopped is not None:
             return False
         # With nobody watching, the newest frames stay untaken (and undecoded) for the next
@@ -104,7 +104,7 @@ class Viewer:
                 return False
         return True
 
-    def drain(self) -> None:
+    def drain(self, now: float) -> None:
         """Take every message waiting (up to MAX_DRAIN a socket) into the state and the web feed;
         frames replace older frames."""
         for sock in self.subscriptions.sockets:
@@ -114,7 +114,7 @@ class Viewer:
                     continue
                 self.state.add(msg)
                 if self.feed is not None:
-                    self.feed.on_message(msg)
+                    self.feed.on_message(msg, now)
 
     def _pipeline_stopped(self, msg: Stopped) -> None:
         """The core published that the pipeline has stopped: say so, with each stream's totals; the loop ends."""

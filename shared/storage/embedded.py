@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from encoders.shared.settings import mask_url
+from encoders.shared.masking import mask
 
 from .errors import DatabaseUnavailable, one_line
 
@@ -39,7 +39,7 @@ def database(url: str, runs_dir: str, *, create: bool = True) -> Iterator[str]:
     database where nothing was recorded.
     """
     if url:
-        log.info("database: %s", mask_url(url))
+        log.info("database: %s", mask(url))
         yield url
         return
     server = _embedded_server(runs_dir, create=create)
@@ -75,7 +75,7 @@ def _embedded_server(runs_dir: str, *, create: bool):
     except psycopg.Error as exc:
         server.cleanup()
         raise DatabaseUnavailable(f"the embedded database in {pgdata}: {one_line(exc, uri)}") from None
-    log.info("database: embedded PostgreSQL in %s (%s)", pgdata, mask_url(uri))
+    log.info("database: embedded PostgreSQL in %s (%s)", pgdata, mask(uri))
     return server
 
 

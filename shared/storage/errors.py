@@ -5,6 +5,8 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from encoders.shared.masking import mask
+
 
 class DatabaseUnavailable(RuntimeError):
     """The server cannot be reached now; worth trying again later."""
@@ -37,8 +39,7 @@ def one_line(exc: BaseException, url: str = "") -> str:
     line = text.splitlines()[0] if text else type(exc).__name__
     if url and url in line:  # libpq quotes a URL it cannot parse, whole
         line = line.replace(url, "(the database URL)")
-    password = _password(url)
-    return line.replace(password, "***") if password else line
+    return mask(line, password=_password(url))
 
 
 def _password(url: str) -> str:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from .config import EF_SEARCH_MAX
 from .filters import Filters
+from .hits import Hit
 from .schema import HNSW_INDEX
 
 
@@ -134,6 +136,36 @@ JOIN runs r ON r.id = f.run_id
 ORDER BY distance, f.run_id, f.stream, f.seq
 LIMIT %(k)s"""
     return sql, {**kparams, **fparams, "candidates": plan.candidates}
+
+
+@dataclass
+class Nearest:
+    """A row of ``nearest_sql``'s query, by its columns' names (psycopg's class_row makes it)."""
+
+    run_id: int
+    run: str
+    stream: str
+    seq: int
+    captured_at: datetime | None
+    distance: float  # cosine distance to the query
+    drift: float | None
+    snapshot_path: str | None
+    keyframe_seq: int
+    run_dir: str | None  # where its recorder wrote the run
+
+    def hit(self, rank: int, run_dir: Path) -> Hit:
+        return Hit(
+            rank,
+            self.run_id,
+            self.run,
+            self.stream,
+            int(self.seq),
+            self.captured_at,
+            1.0 - float(self.distance),
+            None if self.drift is None else float(self.drift),
+            int(self.keyframe_seq),
+            run_dir,
+        )
 
 
 def plan_settings(plan: Plan) -> list[str]:

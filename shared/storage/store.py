@@ -2,8 +2,7 @@
 
 ``Store`` wraps one psycopg connection (autocommit; a search's SET LOCALs live in its own
 transaction). The SQL is in search_sql.py, the listings in listings.py; this runs the
-search, picks its plan, and turns rows into hits with paths a person can open. (A little
-over 350 lines: the two-stage search, its plan and what a hit shows belong together.)
+search, picks its plan, and turns rows into hits (hits.py) with paths a person can open.
 """
 
 from __future__ import annotations
@@ -12,19 +11,20 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.rows import class_row
 
 from . import listings, runs
 from . import search_sql as sql
 from .config import RUNS_DIR, SEARCH_EF
 from .connection import READ_STATEMENT_TIMEOUT_S, connect
 from .filters import FilterError, Filters, FrameRef
+from .hits import Hit
 from .runs import Run
 from .schema import HNSW_INDEX, LATEST_VERSION
 
@@ -52,65 +52,6 @@ def reading(
         yield Store(conn, runs_dir)
     finally:
         conn.close()
-
-
-@dataclass
-class Hit:
-    rank: int
-    run_id: int
-    run: str
-    stream: str
-    seq: int
-    captured_at: datetime | None
-    similarity: float
-    drift: float | None
-    keyframe_seq: int
-    run_dir: Path
-    snapshot: str | None = None  # path of the frame's snapshot, or of the last one of its stream before it
-    snapshot_seq: int | None = None
-    thumbnail: str | None = None  # path of the exported thumbnail
-    # The hit's stored thumbnail itself (its own, or its keyframe's), when a reader asked for it
-    # (the web viewer serves it): bytes, so never in the JSON.
-    thumbnail_jpeg: bytes | None = field(default=None, repr=False)
-
-    # A hit as JSON, the same for `encoders search --format json` and the web viewer's /api/search.
-    JSON_FIELDS = (
-        "rank",
-        "run_id",
-        "run",
-        "stream",
-        "seq",
-        "time",
-        "similarity",
-        "drift",
-        "snapshot",
-        "snapshot_seq",
-        "thumbnail",
-    )
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON_FIELDS, the time in ISO 8601; ``snapshot`` and ``thumbnail`` are paths on this machine
-        (the web viewer gives URLs of its own in their place)."""
-        out = {k: v for k, v in self.as_dict().items() if k in self.JSON_FIELDS}
-        out["time"] = self.captured_at.isoformat() if self.captured_at else None
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON_FIELDS and ``picture`` (the thumbnail if exported, else the snapshot), for tables and CSV."""
-        return {
-            "rank": self.rank,
-            "run_id": self.run_id,
-            "run": self.run,
-            "stream": self.stream,
-            "seq": self.seq,
-            "time": self.captured_at,
-            "similarity": self.similarity,
-            "drift": self.drift,
-            "snapshot": self.snapshot,
-            "snapshot_seq": self.snapshot_seq,
-            "thumbnail": self.thumbnail,
-            "picture": self.thumbnail or self.snapshot,
-        }
 
 
 @dataclass
@@ -286,30 +227,17 @@ class Store:
             notes.append(
                 "the index found too few frames that pass the filters; ranked the filtered keyframes exactly instead"
             )
-        hits = [
-            Hit(
-                rank,
-                r[0],
-                r[1],
-                r[2],
-                int(r[3]),
-                r[4],
-                1.0 - float(r[5]),
-                None if r[6] is None else float(r[6]),
-                int(r[8]),
-                self._run_dir(r[1], r[9]),
-            )
-            for rank, r in enumerate(rows, 1)
-        ]
+        hits = [r.hit(rank, self._run_dir(r.run, r.run_dir)) for rank, r in enumerate(rows, 1)]
         self._add_snapshots(hits)
         return SearchResult(hits, plan, notes)
 
-    def _nearest_rows(self, q: np.ndarray, k: int, filters: Filters, plan: sql.Plan, span: float) -> list[tuple]:
+    def _nearest_rows(self, q: np.ndarray, k: int, filters: Filters, plan: sql.Plan, span: float) -> list[sql.Nearest]:
         query, params = sql.nearest_sql(filters, plan, segment_span_s=span)
         with self.conn.transaction():
             for statement in sql.plan_settings(plan):
                 self.conn.execute(statement)
-            return self.conn.execute(query, {**params, "q": q, "k": k}).fetchall()
+            rows = self.conn.cursor(row_factory=class_row(sql.Nearest))
+            return rows.execute(query, {**params, "q": q, "k": k}).fetchall()
 
     def explain(self, q: np.ndarray, k: int, filters: Filters, plan: sql.Plan) -> str:
         """EXPLAIN of the search as it would run (tests check which indexes serve it)."""
@@ -390,4 +318,4 @@ class Store:
         return local if local.is_dir() or not recorded else Path(recorded)
 
 
-__all__ = ["FilterError", "Hit", "Run", "SearchResult", "Store", "StoreError"]
+__all__ = ["FilterError", "Run", "SearchResult", "Store", "StoreError"]

@@ -34,8 +34,7 @@ from typing import IO
 
 import zmq
 
-from encoders.shared import keys
-from encoders.shared.messages import PROTOCOL, FrameCounts, Hello, Stop, Stopped
+from encoders.shared.messages import FrameCounts, Stop, Stopped
 from encoders.shared.runtime import StartupError
 from encoders.shared.session import CoreSession, SessionRefused, process_name
 from encoders.shared.settings import CoreConnection
@@ -47,19 +46,6 @@ POLL_S = 0.05  # a step at least this often: the Hello is said again until a con
 
 EXIT_STOPPED, EXIT_TIMEOUT, EXIT_NO_CORE = 0, 1, 2
 FORMATS = ("table", "json")
-
-
-def control_session(ctx: zmq.Context, cfg: CoreConnection) -> CoreSession:
-    """A control session with the core at ``cfg.core``; StartupError if the address does not parse."""
-    return CoreSession(
-        ctx,
-        cfg.core,
-        lambda: Hello("control", process_name(), PROTOCOL),
-        setting=SETTING,
-        heartbeat_s=cfg.heartbeat_s,
-        misses=cfg.heartbeat_misses,
-        keys=keys.client(cfg.keys, "control"),
-    )
 
 
 class StopRequest:
@@ -168,7 +154,7 @@ def request_stop(
     ctx = zmq.Context()
     request: StopRequest | None = None
     try:
-        request = StopRequest(control_session(ctx, cfg), reason, timeout_s)
+        request = StopRequest(CoreSession.from_settings(ctx, cfg, "control", setting=SETTING), reason, timeout_s)
         while True:
             now = time.monotonic()
             was_asked = request.asked

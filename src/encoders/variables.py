@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from encoders.launcher.config import RunConfig
+from encoders.launcher.config import AllInOneConfig
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
@@ -15,7 +15,7 @@ from encoders.shared.settings import Settings, variables_of
 from encoders.shared.storage.config import DatabaseConfig, ServeConfig
 
 ALL_SETTINGS: tuple[type[Settings], ...] = (
-    RunConfig,
+    AllInOneConfig,
     IngestConfig,
     EncoderConfig,
     MetricsConfig,

@@ -114,7 +114,7 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         rec = RecorderProcess(
             tmp_path, core, url,
             "--mqtt-url", f"mqtt://127.0.0.1:{broker}", "--webhook-url", f"http://127.0.0.1:{hook.port}/hook",
-            "--stall-after", "1.5",
+            "--stream-down-after", "1.5",
         )  # fmt: skip
         core.wait_subscribed()
         core.resend(StreamStart("cam0", 0, "http://camera"))
@@ -184,7 +184,7 @@ def test_the_whole_pipeline_tells_mqtt_of_scene_cuts_and_of_a_camera_that_stops_
     from .pipeline import Pipeline
 
     url = pg.new_database()
-    pipeline = Pipeline(service, tiny_model, tmp_path, url, env={"ENCODERS_STALL_AFTER": "2"})
+    pipeline = Pipeline(service, tiny_model, tmp_path, url, env={"ENCODERS_STREAM_DOWN_AFTER": "2"})
     sub = Subscriber(broker)
     try:
         pipeline.start_core()

@@ -29,7 +29,7 @@ from PIL import Image
 from encoders.services.viewer.web.thumbnails import make_thumbnail
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord, Stats, StreamStart
-from encoders.shared.storage.store import Hit
+from encoders.shared.storage.hits import Hit
 
 from ..conftest import endpoint, free_port, wait_for
 

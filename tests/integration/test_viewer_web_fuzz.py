@@ -25,7 +25,7 @@ from ..conftest import free_port
 @pytest.fixture(scope="module")
 def web():
     board = Latest()
-    WebFeed(board).on_message(Frame("cam0", 0, 1.0, 2, 2, b"\xff\xd8\xff\xd9"))
+    WebFeed(board).on_message(Frame("cam0", 0, 1.0, 2, 2, b"\xff\xd8\xff\xd9"), 0.0)
     server = WebServer(WebApp(board, token=""), "127.0.0.1", free_port())
     server.start()
     with httpx.Client(base_url=f"http://127.0.0.1:{server.addresses[0][1]}", timeout=10) as client:

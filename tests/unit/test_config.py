@@ -4,19 +4,19 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from encoders.launcher.config import RunConfig
+from encoders.launcher.config import AllInOneConfig
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.search.config import SearchConfig
 from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.masking import mask
 from encoders.shared.settings import (
     ModelSettings,
     SettingsError,
     click_options,
     from_click,
-    mask_url,
     unknown_variables,
 )
 
@@ -62,7 +62,7 @@ def test_settings_survive_the_trip_to_a_child_process_environment():
 
 
 def test_several_streams_in_one_variable():
-    cmd, seen = command_for(RunConfig)
+    cmd, seen = command_for(AllInOneConfig)
     assert CliRunner().invoke(cmd, [], env={"ENCODERS_STREAM": "http://a/s.mjpg http://b/s.mjpg"}).exit_code == 0
     assert seen["cfg"].stream == ("http://a/s.mjpg", "http://b/s.mjpg")
 
@@ -94,7 +94,7 @@ def test_passwords_never_reach_the_description():
     cfg = RecorderConfig(database_url="postgresql://me:s3cret@db.example:5432/encoders")
     assert "s3cret" not in str(cfg.describe()) and "s3cret" not in "\n".join(cfg.log_lines())
     assert cfg.describe()["database_url"] == "postgresql://me:***@db.example:5432/encoders"
-    assert mask_url("host=db password=s3cret") == "host=db password=***"
+    assert mask("host=db password=s3cret") == "host=db password=***"
 
 
 def test_a_default_shared_by_several_services_is_written_once():
@@ -103,7 +103,7 @@ def test_a_default_shared_by_several_services_is_written_once():
         assert issubclass(cls, ModelSettings)
         cfg = cls()
         assert (cfg.model, cfg.pretrained) == (ModelSettings().model, ModelSettings().pretrained)
-    for settings in (RecorderConfig(), SearchConfig(), ViewerConfig(), RunConfig()):
+    for settings in (RecorderConfig(), SearchConfig(), ViewerConfig(), AllInOneConfig()):
         assert (settings.runs_dir, settings.database_url) == ("runs", "")
 
 

@@ -375,7 +375,7 @@ def test_ingest_stats_are_republished_with_the_cores_view(rig):
     rig.step(0.1)
     (stats,) = [m for m in drain(rig.frames, topic=True) if isinstance(m, Stats)]
     assert stats.service == "ingest" and stats.counters["fps"] == 4.0 and stats.counters["published"] == 10
-    assert (stats.counters["workers"], stats.counters["credits"]) == (1, 3)
+    assert (stats.counters["workers"], stats.counters["workers_free"]) == (1, 3)
 
 
 def test_the_cores_stats_every_second_per_stream(rig):

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encoders.cli import HEALTH_SERVICES, cli
+from encoders.cli import cli
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.metrics.config import MetricsConfig
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.viewer.config import ViewerConfig
+from encoders.shared.health import SERVICES as HEALTH_SERVICES
 from encoders.shared.runtime import RUNTIME_VARIABLES
 from encoders.shared.settings import env_name
 

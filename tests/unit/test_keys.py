@@ -293,9 +293,9 @@ def test_the_core_refuses_to_start_when_every_file_is_ignored(tmp_path):
 
 
 def test_the_commands_roles_are_the_keys_roles():
-    from encoders import cli
+    from encoders.commands import keys as key_commands
 
-    assert cli.KEY_ROLES == keys.CLIENT_ROLES
+    assert key_commands.KEY_ROLES == keys.CLIENT_ROLES
 
 
 def test_keys_commands_add_list_revoke(tmp_path):

@@ -11,17 +11,15 @@ import tempfile
 from pathlib import Path
 from types import MappingProxyType
 
-import pytest
-
 from encoders.launcher import main as launcher
 from encoders.launcher.children import Children, child_environment
-from encoders.launcher.config import RunConfig
+from encoders.launcher.config import AllInOneConfig
 from encoders.launcher.wiring import Endpoints, core_state_dir, services
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.pisim.config import PisimConfig
 
 
-def wire(cfg: RunConfig, environ, folder: Path, **kw):
+def wire(cfg: AllInOneConfig, environ, folder: Path, **kw):
     return services(
         cfg,
         Endpoints.for_run(folder, cfg),
@@ -37,7 +35,7 @@ def test_every_service_is_given_the_cores_one_address_in_a_folder_only_this_user
     with tempfile.TemporaryDirectory(prefix="encoders-run-") as name:
         folder = Path(name)
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # what the launcher makes its folder with
-        cfg = RunConfig(stream=("http://a/s.mjpg", "http://b/s.mjpg"), workers=2)
+        cfg = AllInOneConfig(stream=("http://a/s.mjpg", "http://b/s.mjpg"), workers=2)
         s = wire(cfg, {}, folder)
     core = f"ipc://{folder}/core"
     assert s.core.core_bind == core  # no port chosen, then bound later
@@ -52,7 +50,7 @@ def test_every_service_is_given_the_cores_one_address_in_a_folder_only_this_user
 
 
 def test_with_a_public_bind_host_the_core_also_listens_on_its_well_known_ports(tmp_path):
-    cfg = RunConfig(stream=("http://a/s.mjpg",), bind_host="0.0.0.0")
+    cfg = AllInOneConfig(stream=("http://a/s.mjpg",), bind_host="0.0.0.0")
     s = wire(cfg, {}, tmp_path)
     assert s.core.core_bind == f"ipc://{tmp_path}/core,tcp://*:5556"
     assert s.core.frames_bind == f"ipc://{tmp_path}/frames,tcp://*:5555"
@@ -62,7 +60,7 @@ def test_with_a_public_bind_host_the_core_also_listens_on_its_well_known_ports(t
 
 def test_the_environment_and_the_settings_given_are_read_never_written(tmp_path):
     environ = MappingProxyType({"ENCODERS_BATCH_SIZE": "4", "ENCODERS_PRETRAINED": "openai", "PATH": "/bin"})
-    cfg = RunConfig(stream=("http://a/s.mjpg",), workers=3, save=False)
+    cfg = AllInOneConfig(stream=("http://a/s.mjpg",), workers=3, save=False)
     before = copy.deepcopy(cfg)
     s = wire(cfg, environ, tmp_path, model={"pretrained": "none"})
     assert cfg == before
@@ -92,7 +90,7 @@ def test_the_demo_gives_random_weights_as_a_setting_not_through_the_environment(
 
     monkeypatch.setattr(launcher, "run", run)
     monkeypatch.setattr(launcher, "setup_logging", lambda service: None)  # the test run's logging stays as it is
-    cfg = RunConfig(display=False)
+    cfg = AllInOneConfig(display=False)
     assert launcher.demo(cfg, PisimConfig(port=0)) == 0
     assert seen["model"] == {"pretrained": "none"}
     assert seen["cfg"].stream[0].endswith("/stream.mjpg") and cfg.stream == ()  # a new object; the given one as it was
@@ -122,13 +120,14 @@ def test_a_child_that_dies_unasked_is_started_again_with_a_growing_backoff():
     child = children.spawn("encoder0", "encode", IngestConfig())
     settle(children)
     assert children.supervise(0.0, ended_on_purpose=lambda c: False) is None
-    assert child.restart_at == 1.0 and children.starts == 1  # first backoff: 1 s
+    assert child.restart_at is not None and 0.75 <= child.restart_at <= 1.0  # first backoff: 1 s, less jitter
+    assert children.starts == 1
     assert children.supervise(0.5, ended_on_purpose=lambda c: False) is None and children.starts == 1
     children.supervise(1.0, ended_on_purpose=lambda c: False)
     assert children.starts == 2 and child.restarts == 1
     settle(children)
     children.supervise(1.1, ended_on_purpose=lambda c: False)
-    assert child.restart_at == pytest.approx(3.1)  # failed again at once: 2 s
+    assert 1.1 + 1.5 <= child.restart_at <= 1.1 + 2.0  # failed again at once: 2 s, less jitter
     assert children.restarts() == {"encoder0": 1}
 
 
@@ -156,7 +155,7 @@ def test_a_child_at_its_natural_end_is_left_alone():
 
 
 def test_each_local_camera_and_worker_gets_a_prometheus_port_of_its_own(tmp_path):
-    cfg = RunConfig(stream=("http://a/s.mjpg", "http://b/s.mjpg"), workers=2)
+    cfg = AllInOneConfig(stream=("http://a/s.mjpg", "http://b/s.mjpg"), workers=2)
     s = wire(cfg, {}, tmp_path)
     assert [i.prometheus_port for i in s.ingests] == ["9560", "9561"]
     assert [s.encoder.prometheus_port_setting("encoder", i) for i in range(2)] == ["9580", "9581"]

@@ -277,7 +277,7 @@ def test_what_every_producer_sends_decodes():
         "truncated": 0,
         "pending": 0,
         "workers": 2,
-        "credits": 64,
+        "workers_free": 64,
         "workers_gone": 0,
         "notices_lost": 0,
         "bad_messages": 0,

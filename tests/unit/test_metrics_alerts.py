@@ -62,10 +62,10 @@ def test_picture_levels_see_dark_white_one_colour_and_a_scene():
     assert picture_levels(scene)[1] > 30
 
 
-def test_a_frame_after_a_gap_of_stall_after_seconds_says_the_stream_is_back():
+def test_a_frame_after_a_gap_of_stream_down_after_seconds_says_the_stream_is_back():
     from encoders.services.metrics.alerts import stream_back
 
-    rules = AlertRules(stall_after=10.0)
+    rules = AlertRules(stream_down_after=10.0)
     assert stream_back(rules, None, 100.0) == {}  # the stream's first frame
     assert stream_back(rules, 100.0, 105.0) == {}
     assert stream_back(rules, 100.0, 112.5) == {"stream_back": 12.5}

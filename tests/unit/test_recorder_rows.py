@@ -7,8 +7,8 @@ import pytest
 
 from encoders.services.recorder.rows import build_row
 from encoders.services.recorder.run import pipeline_settings
+from encoders.shared.masking import mask
 from encoders.shared.messages import MetricsRecord
-from encoders.shared.settings import mask_url
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, describe_target, one_line
 from encoders.shared.storage.frames import COLUMNS, COPY_TYPES, copy_values
@@ -71,9 +71,15 @@ def test_an_error_is_one_line_without_the_password():
 
 
 def test_masked_urls_in_both_forms():
-    assert mask_url("postgresql://alice:s3cret@db/x") == "postgresql://alice:***@db/x"
-    assert mask_url("host=db password=s3cret dbname=x") == "host=db password=*** dbname=x"
-    assert mask_url("host=db password = 'se cr\\'et' dbname=x") == "host=db password=*** dbname=x"
+    assert mask("postgresql://alice:s3cret@db/x") == "postgresql://alice:***@db/x"
+    assert mask("host=db password=s3cret dbname=x") == "host=db password=*** dbname=x"
+    assert mask("host=db password = 'se cr\\'et' dbname=x") == "host=db password=*** dbname=x"
+
+
+def test_a_known_password_is_masked_wherever_it_appears_and_a_token_whole():
+    assert mask("psql postgresql://postgres:p@ss/w@h/d", password="p@ss/w") == "psql postgresql://postgres:***@h/d"
+    assert mask("postgresql://postgres:new@h/d", password="") == "postgresql://postgres:new@h/d"  # shown on purpose
+    assert (mask("s3cret-token", whole=True), mask("", whole=True)) == ("***", "")
 
 
 def test_an_unparsable_url_is_refused_without_quoting_it():
@@ -84,7 +90,7 @@ def test_an_unparsable_url_is_refused_without_quoting_it():
     assert "s3cret" not in str(info.value) and info.value.__cause__ is None
 
 
-def test_pipeline_settings_are_stored_with_secrets_mask_url():
+def test_pipeline_settings_are_stored_with_secrets_mask():
     text = (
         '{"database_url": "postgresql://u:s3cret@db/x", "recorder": {"api_token": "abc", "fps": 15},'
         ' "streams": ["http://cam:pw@pi:8000/stream.mjpg"]}'

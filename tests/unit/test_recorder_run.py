@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from encoders.services.recorder.run import RecordedRun, RunNameTaken, run_dir_candidates, summarise
+from encoders.services.recorder.run import RecordedRun, RunNameTaken, run_dir_candidates
+from encoders.services.recorder.summary import summarise
 from encoders.shared.storage.connection import Database
 
 

@@ -272,11 +272,11 @@ def test_snapshots_missed_are_counted(tmp_path):
     assert rec.counters["snapshots_missed"] == 3
 
 
-def test_a_stream_without_records_for_stall_after_is_told_down_once_and_stored(tmp_path):
+def test_a_stream_without_records_for_stream_down_after_is_told_down_once_and_stored(tmp_path):
     """Issue #15: stream_down, told live (MQTT, webhook) and kept in the events table."""
     import time
 
-    rec, rows = make(tmp_path, stall_after=5.0)
+    rec, rows = make(tmp_path, stream_down_after=5.0)
     told: list = []
     rec.notify = told.append
     rec.on_message(record("cam0", 0, 100.0))

@@ -4,7 +4,7 @@ from encoders.shared.silence import SilentStreams
 
 
 def test_a_silent_stream_is_down_once_per_silence_and_an_ended_one_is_not():
-    silent = SilentStreams(stall_after=5.0)
+    silent = SilentStreams(down_after=5.0)
     silent.heard("cam0", 3, now=100.0)
     silent.heard("cam1", 7, now=100.0)
     silent.ended("cam1")
@@ -17,7 +17,7 @@ def test_a_silent_stream_is_down_once_per_silence_and_an_ended_one_is_not():
     assert silent.newly_down(305.0) == [("cam1", 0, 5.0)]
 
 
-def test_stall_after_0_turns_it_off():
-    silent = SilentStreams(stall_after=0)
+def test_down_after_0_turns_it_off():
+    silent = SilentStreams(down_after=0)
     silent.heard("cam0", 0, now=0.0)
     assert silent.newly_down(1e9) == []

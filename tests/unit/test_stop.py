@@ -9,10 +9,10 @@ import uuid
 import pytest
 import zmq
 
-from encoders.control import EXIT_NO_CORE, EXIT_TIMEOUT, StopRequest, control_session, totals_json, totals_table
+from encoders.control import EXIT_NO_CORE, EXIT_TIMEOUT, SETTING, StopRequest, totals_json, totals_table
 from encoders.shared import zmqio
 from encoders.shared.messages import PROTOCOL, Heartbeat, Hello, Message, Refused, Stop, Stopped, Welcome
-from encoders.shared.session import SessionRefused
+from encoders.shared.session import CoreSession, SessionRefused
 from encoders.shared.settings import CoreConnection
 
 
@@ -39,7 +39,7 @@ def at() -> str:
 
 
 def request(sockets, at: str, timeout_s: float = 120.0) -> StopRequest:
-    session = control_session(sockets.ctx, CoreConnection(core=at))
+    session = CoreSession.from_settings(sockets.ctx, CoreConnection(core=at), "control", setting=SETTING)
     sockets.adopt(session.sock)
     return StopRequest(session, "maintenance", timeout_s)
 

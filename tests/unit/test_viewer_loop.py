@@ -65,7 +65,7 @@ def publish_until_received(viewer: Viewer, frames: zmq.Socket, metrics: zmq.Sock
     def received() -> bool:
         zmqio.send(frames, Frame("cam0", 3, 1000.0, 160, 120, jpeg(value)), topic=True)
         zmqio.send(metrics, MetricsRecord("cam0", 3, 1000.0, 0.0, "w", "m", similarity=0.9, drift=0.1), topic=True)
-        viewer.drain()
+        viewer.drain(99.0)  # before the ticks at 100.0
         counters = viewer.state.counters
         return counters["frames_received"] > 0 and counters["metrics_received"] > 0
 

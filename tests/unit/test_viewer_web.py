@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from typing import cast
@@ -236,12 +238,12 @@ def test_before_ingest_stats_frames_in_counts_what_reached_the_viewer_and_nan_is
 def test_what_only_the_core_counts_comes_from_its_stats_when_the_ingests_do_not_carry_it():
     state = ViewerState()
     state.add(frame(0))
-    state.add(Stats("metrics", "cam0", {"embedded": 1, "workers": 2, "credits": 5, "published": 9}))
+    state.add(Stats("metrics", "cam0", {"embedded": 1, "workers": 2, "workers_free": 5, "published": 9}))
     cam0 = snapshot(state, 0.0, {})["streams"][0]
-    assert (cam0["workers"], cam0["credits"], cam0["frames_in"]) == (2, 5, 9)
+    assert (cam0["workers"], cam0["workers_free"], cam0["frames_in"]) == (2, 5, 9)
     state.add(Stats("ingest", "cam0", {"published": 12, "workers": 3, "fps": 15.0}))
     cam0 = snapshot(state, 0.0, {})["streams"][0]
-    assert (cam0["workers"], cam0["credits"], cam0["frames_in"], cam0["fps_in"]) == (3, 5, 12, 15.0)
+    assert (cam0["workers"], cam0["workers_free"], cam0["frames_in"], cam0["fps_in"]) == (3, 5, 12, 15.0)
 
 
 def test_the_snapshot_says_whom_the_viewer_waits_for():
@@ -284,7 +286,7 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
     jpeg = jpeg_of(99)
     for msg in (frame(0, jpeg=jpeg), record(0, scene=True, thumbnail=make_thumbnail(jpeg) or b"")):
         state.add(msg)
-        feed.on_message(msg)
+        feed.on_message(msg, 4.0)
     assert board.get(raw_key("cam0")) == (1, jpeg)
     assert [(s.seq, s.thumbnail is not None) for s in board.get(SCENES)[1]] == [(0, True)]
     assert not feed.wants_video()  # nobody watches
@@ -293,7 +295,7 @@ def test_the_feed_puts_raw_frames_scenes_and_state_and_renders_video_only_when_w
         feed.put_video(np.zeros((48, 64, 3), np.uint8))
         assert board.get(VIDEO)[0] == 1
         assert not feed.wants_video()  # nothing changed since
-        feed.on_message(frame(1))
+        feed.on_message(frame(1), 4.5)
         assert feed.wants_video()
     assert feed.put_state(state, now=5.0, counters={})
     assert not feed.put_state(state, now=5.1, counters={})  # a few a second, not every tick
@@ -397,24 +399,37 @@ def test_search_thumbnails_have_opaque_ids_and_only_the_newest_are_kept(tmp_path
     assert thumbnails.add(b) not in (id_a, id_b, id_c)  # back again: a new id
 
 
-def test_a_stream_without_records_for_stall_after_is_listed_down_once_until_it_is_back():
+def test_a_stream_without_records_for_stream_down_after_is_listed_down_once_until_it_is_back():
     """Issue #15: the page lists a stream down (the recorder tells MQTT, the core marks its return)."""
     board = Latest()
-    feed = WebFeed(board, stall_after=0.2)
+    feed = WebFeed(board, down_after=0.2)
     state = ViewerState()
-    feed.on_message(record(4))
-    feed.put_state(state, now=1.0, counters={}, force=True)
+    feed.on_message(record(4), 1.0)
+    feed.put_state(state, now=1.1, counters={}, force=True)
     assert not board.get(SCENES)[1]  # heard from just now
-    time.sleep(0.3)
     feed.put_state(state, now=2.0, counters={}, force=True)
     feed.put_state(state, now=3.0, counters={}, force=True)
     (down,) = board.get(SCENES)[1]
     assert (down.stream, down.seq, down.kinds, down.thumbnail) == ("cam0", 4, ("stream_down",), None)
-    feed.on_message(record(5))  # back: it may be listed down again later
-    time.sleep(0.3)
+    feed.on_message(record(5), 3.5)  # back: it may be listed down again later
+    feed.put_state(state, now=3.6, counters={}, force=True)
+    assert len(board.get(SCENES)[1]) == 1
     feed.put_state(state, now=4.0, counters={}, force=True)
     assert [s.kinds for s in board.get(SCENES)[1]] == [("stream_down",), ("stream_down",)]
-    feed.on_message(EndOfStream("cam0", 5, {}))  # ended: not down
-    time.sleep(0.3)
+    feed.on_message(EndOfStream("cam0", 5, {}), 4.5)  # ended: not down
     feed.put_state(state, now=5.0, counters={}, force=True)
     assert len(board.get(SCENES)[1]) == 2
+
+
+def test_the_search_apis_document_takes_the_hits_fields_without_psycopg():
+    """A web viewer without a database has no psycopg: the OpenAPI document's Hit comes from
+    storage/hits.py, which needs none, and is the same as `encoders search --format json`'s."""
+    program = (
+        "import sys\n"
+        "sys.modules['psycopg'] = sys.modules['pgvector'] = None  # as where they are not installed\n"
+        "from encoders.services.viewer.web.openapi import HIT\n"
+        "from encoders.shared.storage.hits import Hit\n"
+        "assert tuple(HIT['required']) == Hit.JSON_FIELDS == tuple(HIT['properties'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -12,7 +12,8 @@ about twice as fast (benchmarks/RESULTS.md). The text tower (search) stays in Py
 - ``onnx_runtime.py``, ``openvino_runtime.py``: each runtime's build (fp32 or int8) and
   its ``embed``.
 - ``select.py``: ENCODERS_RUNTIME (auto picks) and ENCODERS_PRECISION for each runtime;
-  ``attach`` puts a runtime under a loaded ``ClipImageEncoder``.
+  ``load`` builds the runtime for a loaded ``ClipImageEncoder`` (from the cache, or exported
+  and checked now), which ``model.load_encoder`` puts under it.
 
 The worker sees no difference: ``ClipImageEncoder.embed_arrays`` hands the decoded frames
 to the runtime, and ``name`` stays the model's label, since embeddings of one model compare

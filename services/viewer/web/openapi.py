@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from encoders.shared.storage.hits import Hit
+
 from ..search import MAX_OFFSET, MAX_RESULTS, Query
 
 MAX_UPLOAD = 16 * 1024 * 1024  # an uploaded picture
@@ -65,21 +67,7 @@ _NULLABLE_TEXT = {"type": ["string", "null"]}
 
 HIT = {
     "type": "object",
-    # Hit.JSON_FIELDS, written out: importing storage here would make the web viewer need psycopg
-    # without a database (the browser test checks the two are the same).
-    "required": [
-        "rank",
-        "run_id",
-        "run",
-        "stream",
-        "seq",
-        "time",
-        "similarity",
-        "drift",
-        "snapshot",
-        "snapshot_seq",
-        "thumbnail",
-    ],
+    "required": list(Hit.JSON_FIELDS),
     "additionalProperties": False,
     "properties": {
         "rank": {"type": "integer", "minimum": 1},

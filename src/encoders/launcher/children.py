@@ -7,7 +7,7 @@ reaches the launcher alone, which orders the stop; on Linux each also gets SIGTE
 the launcher die, so no process is ever left behind.
 
 A child that exits when nobody asked it to (a crash, a kill, an error exit) is started
-again after a backoff (1 s, doubling up to 30 s; back to 1 s once it has run a minute),
+again after a backoff (1 s, doubling up to 30 s, with jitter; back to 1 s once it has run a minute),
 and counted: the protocol makes a restarted service rejoin and lose nothing
 (docs/PROTOCOL.md). A child that keeps failing, FAIL_LIMIT times in a row within
 FAIL_WITHIN_S of its start each time, stops the run.
@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from encoders.shared.backoff import Backoff
 from encoders.shared.health import NoHealthPort, ask, health_url
 from encoders.shared.settings import ENV_PREFIX, Exported, Settings
 
@@ -76,6 +77,7 @@ class Child:
     started: float
     restarts: int = 0
     failures_in_row: int = 0
+    backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_START_S, BACKOFF_MAX_S))
     restart_at: float | None = None  # when a child that died is to be started again
     done: bool = False  # it finished on purpose (its stream ended, the pipeline stopped): left alone
     health: str | None = None  # its /healthz, if it serves one
@@ -134,10 +136,14 @@ class Children:
                     child.done = True
                     continue
                 ran = now - child.started
-                child.failures_in_row = 0 if ran >= HEALTHY_AFTER_S else child.failures_in_row + 1
+                if ran >= HEALTHY_AFTER_S:
+                    child.failures_in_row = 0
+                    child.backoff.reset()
+                else:
+                    child.failures_in_row += 1
                 if child.failures_in_row >= FAIL_LIMIT and ran < FAIL_WITHIN_S:
                     return f"{child.name} keeps failing (exit code {code}, {child.failures_in_row} times in a row)"
-                delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** max(0, child.failures_in_row - 1))
+                delay = child.backoff.next()
                 child.restart_at = now + delay
                 log.error("%s exited unexpectedly (code %s): starting it again in %.0f s", child.name, code, delay)
             elif now >= child.restart_at:

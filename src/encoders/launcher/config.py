@@ -1,4 +1,7 @@
-"""The all-in-one command's settings (`encoders --stream URL ...`)."""
+"""The all-in-one command's settings (`encoders --stream URL ...`, `encoders run`, `encoders demo`).
+
+Not a recorded run (services/recorder/run.py's RecordedRun, storage's RunRow): the settings
+of the command that starts every service on this machine."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from encoders.shared.storage.config import DatabaseConfig
 
 
 @dataclass
-class RunConfig(DatabaseConfig):
+class AllInOneConfig(DatabaseConfig):
     stream: tuple[str, ...] = setting((), "MJPEG stream URL; give it once per camera (required)")
     display: bool = setting(True, "Show the live video window (--no-display: headless)")
     plot: bool = setting(True, "Show the matplotlib drift plot")

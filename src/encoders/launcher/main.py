@@ -47,7 +47,7 @@ from encoders.shared.storage.errors import DatabaseUnavailable
 from encoders.variables import KNOWN_VARIABLES
 
 from .children import Child, Children, Liveness
-from .config import RunConfig
+from .config import AllInOneConfig
 from .wiring import Endpoints, Services, core_state_dir, services
 
 log = logging.getLogger("encoders.run")
@@ -62,7 +62,7 @@ def has_display(environ: Mapping[str, str]) -> bool:
     return sys.platform != "linux" or bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
 
 
-def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
+def run(cfg: AllInOneConfig, *, model: Mapping[str, Any] | None = None) -> int:
     """The whole pipeline until it is stopped; ``model`` overrides the environment's model settings."""
     setup_logging("run")
     if cfg.test:
@@ -128,7 +128,7 @@ def run(cfg: RunConfig, *, model: Mapping[str, Any] | None = None) -> int:
 
 
 def start(
-    cfg: RunConfig, wiring: Services, ep: Endpoints, children: Children, stop: threading.Event
+    cfg: AllInOneConfig, wiring: Services, ep: Endpoints, children: Children, stop: threading.Event
 ) -> tuple[int, Path | None]:
     """Start every service in order; (0, the run folder) once the streams are being read."""
     children.spawn("metrics", "metrics", wiring.core)
@@ -184,7 +184,7 @@ def ended_on_purpose(child: Child) -> bool:
     return child.proc.returncode == 0 and child.name.startswith(("ingest", "viewer"))
 
 
-def supervise(cfg: RunConfig, children: Children, stop: threading.Event) -> int:
+def supervise(cfg: AllInOneConfig, children: Children, stop: threading.Event) -> int:
     """Until asked to stop, the duration is over, the viewer closes or the streams end; restarting
     what dies unasked meanwhile. 1 if a child keeps failing."""
     started = time.monotonic()
@@ -237,7 +237,7 @@ def finish(ep: Endpoints, children: Children, drain_timeout: float) -> int:
     return 1 if children.wait_all() else 0
 
 
-def take_up_state(cfg: RunConfig, environ: Mapping[str, str], database_url: str, state_dir: Path) -> int:
+def take_up_state(cfg: AllInOneConfig, environ: Mapping[str, str], database_url: str, state_dir: Path) -> int:
     """The core's state folder for this command (2 if another command's core holds it), with the
     records a command before left in it stored into their run first."""
     try:
@@ -283,7 +283,7 @@ def cannot_start(exc: BaseException, runs_dir: str) -> str:
     return f"{said}; {full}" if full else said
 
 
-def left_behind(cfg: RunConfig, state_dir: Path) -> int:
+def left_behind(cfg: AllInOneConfig, state_dir: Path) -> int:
     """1, said where and what stores them, if records were left undelivered in the core's spool."""
     spool = state_dir / RECORDS_SPOOL
     if not cfg.save or not spool.exists():
@@ -323,7 +323,7 @@ def report(run_dir: Path | None, restarts: Mapping[str, int]) -> None:
     log.info("run folder: %s", run_dir)
 
 
-def check_streams(cfg: RunConfig) -> int:
+def check_streams(cfg: AllInOneConfig) -> int:
     """--test: each stream's connection, one after the other; 1 if any failed."""
     from encoders.services.ingest import main as ingest
     from encoders.services.ingest.config import IngestConfig
@@ -332,7 +332,7 @@ def check_streams(cfg: RunConfig) -> int:
     return 1 if failed else 0
 
 
-def demo(cfg: RunConfig, sim: PisimConfig) -> int:
+def demo(cfg: AllInOneConfig, sim: PisimConfig) -> int:
     """pisim in this process, then the pipeline against it."""
     setup_logging("demo")
     from encoders.services.pisim.server import serve_in_thread

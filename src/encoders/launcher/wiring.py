@@ -29,7 +29,7 @@ from encoders.services.recorder.config import RecorderConfig
 from encoders.services.viewer.config import ViewerConfig
 from encoders.shared.endpoints import CORE_PORT, FRAMES_PORT, METRICS_PORT, is_loopback_host
 
-from .config import RunConfig
+from .config import AllInOneConfig
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,14 @@ class Endpoints:
         return self._bind("metrics", METRICS_PORT)
 
     @classmethod
-    def for_run(cls, folder: Path, cfg: RunConfig) -> Endpoints:
+    def for_run(cls, folder: Path, cfg: AllInOneConfig) -> Endpoints:
         return cls(folder, None if is_loopback_host(cfg.bind_host) else cfg.bind_host)
 
 
 CORE_STATE = ".core"  # in the runs folder, beside the embedded database's .pgdata
 
 
-def core_state_dir(cfg: RunConfig, folder: Path) -> Path:
+def core_state_dir(cfg: AllInOneConfig, folder: Path) -> Path:
     """Where the core keeps its frame numbers and the records its recorder has not acknowledged.
 
     With a recorder, in the runs folder: the records must outlive the command when the final
@@ -92,11 +92,12 @@ class Services:
     ingests: list[IngestConfig]
     viewer: ViewerConfig | None
 
-    def described(self, run: RunConfig) -> str:
-        """The whole pipeline's settings as JSON, for the run's config.json."""
+    def described(self, all_in_one: AllInOneConfig) -> str:
+        """The whole pipeline's settings as JSON, for the run's config.json (the all-in-one command's
+        own under "run", its command's name)."""
         return json.dumps(
             {
-                "run": run.describe(),
+                "run": all_in_one.describe(),
                 "metrics": self.core.describe(),
                 "encoder": self.encoder.describe(),
                 "ingest": [i.describe() for i in self.ingests],
@@ -107,7 +108,7 @@ class Services:
 
 
 def services(
-    cfg: RunConfig,
+    cfg: AllInOneConfig,
     ep: Endpoints,
     environ: Mapping[str, str],
     *,
