@@ -120,6 +120,8 @@ class Settings:
             secret = f.metadata.get("secret")
             if secret == "url" and isinstance(value, str):
                 value = mask_url(value)
+            elif secret == "url" and isinstance(value, tuple):
+                value = tuple(mask_url(v) for v in value)
             elif secret == "value" and value:
                 value = "***"
             out[f.name] = list(value) if isinstance(value, tuple) else value
