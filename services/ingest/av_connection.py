@@ -59,6 +59,7 @@ class Playback:
     clock: CaptureClock
     pacer: Pacer | None
     sampler: Sampler
+    read_timeout: float  # for what a read that timed out says
 
 
 class Connection:
@@ -116,7 +117,7 @@ class Connection:
         except StreamError as exc:
             ending = Ended(exc)
         except (av.error.FFmpegError, OSError) as exc:
-            ending = Ended(describe(exc, connect_timeout=0, read_timeout=0, opening=False))
+            ending = Ended(describe(exc, connect_timeout=0, read_timeout=self.playback.read_timeout, opening=False))
         except Exception as exc:
             log.exception("the camera connection crashed")
             ending = Ended(StreamError(f"the decoder crashed: {type(exc).__name__}"))

@@ -71,7 +71,8 @@ class ContainerInput:
             _resolve(url)
             options = {
                 "rtsp_transport": transport,
-                "timeout": str(int(read_timeout * 1e6)),  # FFmpeg's own socket timeout, microseconds
+                # FFmpeg's own socket timeout (microseconds), a backstop behind PyAV's open and read timeouts
+                "timeout": str(int((connect_timeout + read_timeout + 1) * 1e6)),
                 "allowed_media_types": "video",
             }
         name = file_path(url) if kind == "file" else url
@@ -79,7 +80,12 @@ class ContainerInput:
             # The open timeout covers the connection and the first packets (find_stream_info).
             self.container = av.open(name, options=options, timeout=(connect_timeout + read_timeout, read_timeout))
         except (av.error.FFmpegError, OSError) as exc:
-            raise describe(exc, connect_timeout=connect_timeout, read_timeout=read_timeout, opening=True) from None
+            raise describe(
+                exc,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                opening=True if kind == "file" else "network",
+            ) from None
         try:
             if not self.container.streams.video:
                 raise UnusableStream("no video in the stream")
@@ -121,7 +127,7 @@ class RawH264Input:
         try:
             self.sock = socket.create_connection((parts.hostname, parts.port), timeout=connect_timeout)
         except OSError as exc:
-            raise describe(exc, connect_timeout=connect_timeout, read_timeout=read_timeout, opening=True) from None
+            raise describe(exc, connect_timeout=connect_timeout, read_timeout=read_timeout, opening="network") from None
         self.sock.settimeout(read_timeout)
         self.decoder = av.CodecContext.create("h264", "r")
         self.decoder.thread_type = "AUTO"
@@ -162,8 +168,10 @@ def _resolve(url: str) -> None:
         raise StreamError(f"unknown host {host!r} ({exc.strerror})") from None
 
 
-def describe(exc: BaseException, *, connect_timeout: float, read_timeout: float, opening: bool) -> StreamError:
-    """An FFmpeg or socket error as one line a person understands (no URL in it: it may hold a password)."""
+def describe(exc: BaseException, *, connect_timeout: float, read_timeout: float, opening: bool | str) -> StreamError:
+    """An FFmpeg or socket error as one line a person understands (no URL in it: it may hold a password).
+
+    ``opening``: False (reading), True (opening a file) or "network" (connecting to a camera)."""
     text = getattr(exc, "strerror", None) or type(exc).__name__
     if isinstance(exc, av.error.HTTPUnauthorizedError):
         return UnusableStream("the camera refused the credentials (401 Unauthorized): check the user and password")
@@ -182,6 +190,8 @@ def describe(exc: BaseException, *, connect_timeout: float, read_timeout: float,
     if isinstance(exc, FileNotFoundError):
         return UnusableStream("no such file")
     if isinstance(exc, av.error.InvalidDataError):
+        if opening == "network":  # also what FFmpeg says when its own socket timeout fires
+            return StreamError("no usable answer from the camera (invalid data, or none in time)")
         if opening:
             return UnusableStream("not a video stream FFmpeg can read (invalid data)")
         return StreamError("invalid data in the stream")

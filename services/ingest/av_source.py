@@ -88,6 +88,7 @@ class AvSource:
             clock=self.clock,
             pacer=Pacer(self.stop.wait) if paced else None,
             sampler=self.sampler,
+            read_timeout=cfg.read_timeout,
         )
         self._current: Connection | None = None
         self._stuck: list[Connection] = []
