@@ -25,6 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from encoders.services.pisim.config import PisimConfig
+from encoders.services.pisim.h264 import H264Server
+from encoders.services.pisim.sources import open_source
 from encoders.shared.messages import Capture, Hello
 
 from ..conftest import REPO, free_port, wait_for
@@ -275,6 +278,20 @@ def test_raw_h264_over_tcp(h, h264_tcp):
     assert len(captures) == 20 and all(decoded_size(c.jpeg) == (W, H) for c in captures)
     assert ended.reason == "max_frames (20) read"
     assert stats.counters["bytes"] > 0 and "connected to tcp://" in h.log()
+
+
+def test_pisim_serves_raw_h264_as_a_pi_would_and_the_ingest_reads_it(h):
+    cfg = PisimConfig(port=0, width=W, height=H, fps=30, h264_port=free_port(), max_frames=40)
+    source = open_source(cfg)
+    server = H264Server(cfg, source)
+    try:
+        proc = h.start(server.start(), "--max-frames", "25")
+        captures, ended, _ = h.until_bye(timeout=60)
+        assert proc.wait(10) == 0
+    finally:
+        server.close()
+    assert len(captures) == 25 and all(decoded_size(c.jpeg) == (W, H) for c in captures)
+    assert ended.reason == "max_frames (25) read" and server.clients_served == 1
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
