@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import select
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import zmq
 from PIL import Image
 
 from encoders.services.pisim.config import PisimConfig
@@ -31,6 +33,7 @@ from encoders.services.pisim.sources import open_source
 from encoders.shared.messages import Capture, Hello
 
 from ..conftest import REPO, free_port, wait_for
+from .pipeline import Pipeline, totals
 from .test_ingest import Harness, RawServer
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # with Debian's python3-gi and GStreamer's rtsp-server
@@ -376,3 +379,31 @@ def test_a_camera_that_never_answers_is_given_up_on_and_sigterm_does_not_wait_fo
     assert stats.counters["read"] == 0
     # Said by PyAV's open timeout (FFmpeg then calls the cut-off answer invalid) or by the watchdog.
     assert "no usable answer from the camera" in h.log() or "no answer within 2 s (connect timeout)" in h.log()
+
+
+def test_through_a_real_core_the_frames_sampling_left_out_count_as_dropped_and_the_totals_add_up(
+    service, tmp_path, sockets, rtsp
+):
+    """The core (`encoders metrics`, no worker: every frame it numbers is dropped or lost) hears of
+    the frames the ingest left out, from its CaptureEnded: a 30 fps camera sampled to 5 publishes
+    six frames for each one the core numbered, and published = embedded + dropped + skipped + lost."""
+    camera = rtsp(fps=30)
+    pipeline = Pipeline(service, {}, tmp_path, "", max_wait=1.0)
+    pipeline.start_core("--no-recorder")
+    frames = sockets.connect(zmq.SUB, f"tcp://127.0.0.1:{pipeline.frames_port}", subscribe=[b"frame/cam0"])
+    ingest = pipeline.start_ingest(0, camera.url, "--sample-fps", "5")
+    numbered = 0
+    deadline = time.monotonic() + 60
+    while numbered < 15 and time.monotonic() < deadline:
+        if frames.poll(100):
+            frames.recv_multipart()
+            numbered += 1
+    assert numbered == 15, ingest.output()[-3000:]
+    said = totals(pipeline.stop(timeout=60))["cam0"]
+    assert ingest.wait(30) == 0
+    assert said["published"] == said["embedded"] + said["dropped"] + said["skipped"] + said["lost"]
+    # What the core numbered, and five times as many left out at the ingest (fewer only by the
+    # burst of the connection's first second, dated as it came).
+    assert said["published"] >= 15 + 4 * 15, said
+    summary = re.search(r"(\d+) frames read .*?(\d+) sampled out", ingest.output())
+    assert summary is not None, ingest.output()[-3000:]
