@@ -333,6 +333,8 @@ def test_the_connection_test_of_video_cameras(rtsp, h264_tcp, tmp_path):
     assert ok.returncode == 0, ok.stderr
     shown = camera.url.replace("hunter22", "***")
     assert ok.stdout.startswith(f"OK: {shown} sent a {W}x{H} hevc picture as JPEG (")
+    udp = run_test(camera.url, "--rtsp-transport", "udp")  # the video over RTP/UDP beside the RTSP connection
+    assert udp.returncode == 0 and udp.stdout.startswith(f"OK: {shown} "), udp.stderr
     file = tmp_path / "clip.mkv"
     write_video(file, 5, fps=10)
     assert run_test(str(file)).returncode == 0
