@@ -121,6 +121,8 @@ class Settings:
             secret = f.metadata.get("secret")
             if secret and isinstance(value, str):
                 value = mask(value, whole=secret == "value")
+            elif secret and isinstance(value, tuple):  # a setting given several times: each masked
+                value = tuple(mask(v, whole=secret == "value") if isinstance(v, str) else v for v in value)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

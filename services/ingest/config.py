@@ -7,10 +7,19 @@ from dataclasses import dataclass
 from encoders.shared.messages import STREAM_NAME
 from encoders.shared.settings import CoreConnection, SettingsError, setting
 
+# Decoders the ingest runs by default: what cameras send. Each FFmpeg decoder is code that reads
+# bytes from the camera's side, so the others are refused unless named (ENCODERS_CODECS).
+DEFAULT_CODECS = "h264,hevc,mjpeg"
+
 
 @dataclass
 class IngestConfig(CoreConnection):
-    stream: str = setting("", "MJPEG stream URL, e.g. http://<PI_IP>:8000/stream.mjpg (required)")
+    stream: str = setting(
+        "",
+        "The camera (required): an MJPEG URL (http://<PI_IP>:8000/stream.mjpg), rtsp:// or rtsps:// (H.264, H.265), "
+        "tcp://HOST:PORT (raw H.264, as rpicam-vid --listen serves it), or a video file (mp4, mkv)",
+        secret="url",
+    )
     stream_id: str = setting("cam0", "Name of this camera's stream; one ingest per camera, each with its own id")
     lossless: bool = setting(False, "Wait for a free encoder instead of dropping frames (video files, benchmarks)")
     max_frames: int = setting(0, "Stop after publishing this many frames (0 = never)", minimum=0)
@@ -26,8 +35,44 @@ class IngestConfig(CoreConnection):
     # hostile server) is dropped, counted as oversized
     reconnect_max: float = setting(10.0, "Longest wait between reconnection attempts, seconds", minimum=0.1)
     reconnect: bool = setting(True, "Reconnect when the stream drops or ends (off: end the stream instead)")
+    # Video (RTSP, raw H.264, files), decoded here and sent on as JPEG: services/ingest/av_source.py.
+    sample_fps: float = setting(
+        0.0,
+        "Video: pictures a second to send on (0 = every frame); the frames left out are counted dropped",
+        minimum=0.0,
+    )
+    keyframes_only: bool = setting(
+        False,
+        "Video: decode keyframes only (the others are not decoded at all; counted dropped); with --sample-fps, "
+        "at most that many of them a second",
+    )
+    rtsp_transport: str = setting(
+        "tcp", "RTSP: carry the video over the RTSP connection (tcp) or udp", choices=("tcp", "udp")
+    )
+    file_rate: str = setting(
+        "native",
+        "Video file: play it at its own frame rate (native) or as fast as the pipeline takes it (fast)",
+        choices=("native", "fast"),
+    )
+    loop: bool = setting(False, "Video file: play it again from the start when it ends")
+    jpeg_quality: int = setting(
+        85, "Video: quality of the JPEG each decoded picture is sent as", minimum=1, maximum=100
+    )
+    codecs: str = setting(
+        DEFAULT_CODECS, "Video: the codecs the ingest decodes (FFmpeg's names, comma-separated); others are refused"
+    )
+    max_clock_drift: float = setting(
+        2.0,
+        "Video: seconds the stream's own timestamps may fall behind this machine's clock before capture times are "
+        "anchored to it again (counted clock_resets)",
+        minimum=0.1,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not STREAM_NAME.fullmatch(self.stream_id):
             raise SettingsError(f"--stream-id must be 1-64 letters, digits, '_', '.', '-': got {self.stream_id!r}")
+
+    @property
+    def codec_names(self) -> frozenset[str]:
+        return frozenset(c.strip().lower() for c in self.codecs.split(",") if c.strip())

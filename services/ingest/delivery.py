@@ -22,6 +22,11 @@ that was away do not lose the count (each one carries it all), and the Welcome t
 one takes what it carried off the count; frames given up between that Hello and its Welcome
 wait for the next Hello.
 
+Frames a video source leaves out on purpose (its sampling: ENCODERS_SAMPLE_FPS, keyframes only)
+are given up the same way (``left_out``): the core counts them dropped, from the next Hello or
+from ``CaptureEnded``, whose ``dropped`` carries what no Hello has told (``unreported``), so that
+published = embedded + dropped + skipped + lost covers every frame the camera sent.
+
 Pure logic, no sockets and no clock: ``stream.py`` sends what ``next()`` gives it.
 """
 
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .http_source import JpegFrame
+from .pictures import JpegFrame
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Delivery:
     session_sent: int = 0  # of those, in the session's present (or last) life
     core: str = ""  # the life of the core that welcomed that session
     undelivered: int = 0  # frames given up, over the whole run
+    left_out: int = 0  # frames the source's sampling left out, over the whole run (reported as dropped)
     _unreported: int = 0  # frames given up that no welcomed Hello has told the core of
     _in_hello: int = 0  # what the last Hello said
 
@@ -87,6 +93,17 @@ class Delivery:
             self.pending = None
             self.undelivered += 1
             self._unreported += 1
+
+    def source_left_out(self, total: int) -> None:
+        """The source has left out ``total`` frames so far (sampling): the new ones are to be reported dropped."""
+        if total > self.left_out:
+            self._unreported += total - self.left_out
+            self.left_out = total
+
+    @property
+    def unreported(self) -> int:
+        """Frames given up or left out that no welcomed Hello has told the core of (CaptureEnded's ``dropped``)."""
+        return self._unreported - self._in_hello
 
     # -- the session ---------------------------------------------------------------------------
 

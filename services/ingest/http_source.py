@@ -12,15 +12,17 @@ import socket
 import threading
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 
 import httpx
 
 from encoders.shared.backoff import Backoff
 from encoders.shared.complaints import Complaints
+from encoders.shared.masking import mask
 
+from .errors import StreamError, UnusableStream
 from .jpeg import CorruptJpeg, jpeg_size
 from .mjpeg import MAX_PART_BYTES, MjpegSplitter, boundary_from_content_type
+from .pictures import JpegFrame
 
 log = logging.getLogger("encoders.ingest")
 
@@ -35,25 +37,16 @@ REQUEST_HEADERS = {
 }
 
 
-class StreamError(Exception):
-    """Why the stream could not be read, in words for a log line or the --test output."""
-
-
-@dataclass(frozen=True)
-class JpegFrame:
-    jpeg: bytes
-    width: int
-    height: int
-    t_arrival: float  # time.time() when the chunk completing it arrived
+__all__ = ["HttpMjpegSource", "JpegFrame", "StreamError", "check_url", "read_first_frame"]
 
 
 def check_url(url: str) -> None:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise StreamError(f"invalid stream URL {url!r}: {exc}") from None
+        raise UnusableStream(f"invalid stream URL {mask(url)!r}: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise StreamError(f"invalid stream URL {url!r}: expected http://host:port/path")
+        raise UnusableStream(f"invalid stream URL {mask(url)!r}: expected http://host:port/path")
 
 
 def describe_error(exc: Exception, connect_timeout: float, read_timeout: float) -> str:
@@ -101,6 +94,7 @@ class HttpMjpegSource:
     ) -> None:
         check_url(url)
         self.url = url
+        self.shown = mask(url)  # for logs: the password masked
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stall_after = stall_after
@@ -114,6 +108,7 @@ class HttpMjpegSource:
         )
         self.complain = Complaints(log, "the stream's counters")
         self.end_reason = ""
+        self.end_unusable = False  # the last reason was an UnusableStream
         self.last_corrupt = ""
         self.ever_connected = False
         self._response: httpx.Response | None = None
@@ -141,7 +136,7 @@ class HttpMjpegSource:
             while not self.stop.is_set():
                 if attempt:
                     delay = backoff.next()
-                    log.info("reconnecting to %s in %.1f s (attempt %d)", self.url, delay, attempt)
+                    log.info("reconnecting to %s in %.1f s (attempt %d)", self.shown, delay, attempt)
                     if self.stop.wait(delay):
                         break
                 delivered = False
@@ -154,11 +149,12 @@ class HttpMjpegSource:
                     reason = "the server ended the stream"
                 except StreamError as exc:
                     reason = str(exc)
+                    self.end_unusable = isinstance(exc, UnusableStream)
                 if self.stop.is_set():
                     reason = "stopped"
                     break
                 self.end_reason = reason
-                log.warning("stream %s: %s", self.url, reason)
+                log.warning("stream %s: %s", self.shown, reason)
                 if not self.reconnect:
                     log.info("not reconnecting (reconnect is off): the stream has ended")
                     return
@@ -199,7 +195,8 @@ class HttpMjpegSource:
 
     def _read_body(self, resp: httpx.Response, attempt: int) -> Iterator[JpegFrame]:
         if resp.status_code != 200:
-            raise StreamError(f"HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
+            error = UnusableStream if resp.status_code in (401, 403, 404, 410) else StreamError
+            raise error(f"HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
         ctype = resp.headers.get("content-type", "")
         counters = self.counters
         counters["connects"] += 1
@@ -207,9 +204,9 @@ class HttpMjpegSource:
             counters["reconnects"] += 1
         self.ever_connected = True
         if attempt:
-            log.info("reconnected to %s (attempt %d, %s)", self.url, attempt, ctype or "no Content-Type")
+            log.info("reconnected to %s (attempt %d, %s)", self.shown, attempt, ctype or "no Content-Type")
         else:
-            log.info("connected to %s (%s)", self.url, ctype or "no Content-Type")
+            log.info("connected to %s (%s)", self.shown, ctype or "no Content-Type")
         splitter = MjpegSplitter(boundary_from_content_type(ctype), max_part_bytes=self.max_frame_bytes)
         base = {k: counters[k] for k in ("parts", "truncated", "oversized")}
         # A stream can stay connected and produce nothing: bytes trickling in (the read timeout
@@ -242,12 +239,12 @@ class HttpMjpegSource:
                 if self.stop.is_set() or splitter.ended:
                     return
                 if not splitter.synced and splitter.bytes_in > NOT_MJPEG_AFTER:
-                    raise StreamError(_not_mjpeg(ctype, splitter))
+                    raise UnusableStream(_not_mjpeg(ctype, splitter))
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise StreamError(self._no_frame_in_time())
             splitter.finish()
             if not splitter.synced:
-                raise StreamError(_not_mjpeg(ctype, splitter))
+                raise UnusableStream(_not_mjpeg(ctype, splitter))
         finally:
             counters["parts"] = base["parts"] + splitter.parts
             counters["truncated"] = base["truncated"] + splitter.truncated
@@ -292,4 +289,4 @@ def read_first_frame(url: str, *, connect_timeout: float, read_timeout: float) -
         reason += f" ({source.counters['corrupt']} corrupt part(s), last: {source.last_corrupt})"
     elif source.ever_connected and reason == "the server ended the stream":
         reason = "the server ended the stream before a complete JPEG arrived"
-    raise StreamError(reason)
+    raise (UnusableStream if source.end_unusable else StreamError)(reason)

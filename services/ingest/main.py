@@ -1,6 +1,11 @@
-"""ingest: one camera's MJPEG stream -> Capture messages on its session with the core.
+"""ingest: one camera's stream -> Capture messages on its session with the core.
 
-    camera --HTTP--> reader thread --inproc PAIR--> main thread --session (DEALER)--> the core
+    camera --HTTP MJPEG--> reader thread --inproc PAIR--> main thread --session (DEALER)--> the core
+    camera --RTSP, raw H.264, a file--> decoding thread --> reader thread (JPEG) --> ...
+
+An MJPEG camera's JPEGs go on as they came (http_source.py); H.264 and H.265 are decoded with
+PyAV in a thread of each connection, watched (av_source.py), and each picture sent on is a
+JPEG compressed in the reader thread (pictures.py), so that nothing after the ingest changes.
 
 The ingest binds nothing: it connects to the core (ENCODERS_CORE), which numbers the
 frames, hands them to workers and publishes them (docs/PROTOCOL.md). Sockets are not
@@ -21,6 +26,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -29,9 +35,15 @@ from encoders.shared.exporter import Exporter, Families
 from encoders.shared.masking import mask
 from encoders.shared.runtime import StartupError, service_main
 
-from .http_source import HttpMjpegSource, StreamError, check_url, read_first_frame
+from .errors import StreamError, UnusableStream
+from .http_source import HttpMjpegSource, read_first_frame
+from .pictures import JpegEncoder, JpegFrame
 from .reader import CameraReader
 from .stream import Ingest
+from .urls import kind_of
+
+if TYPE_CHECKING:
+    from .av_source import AvSource
 
 log = logging.getLogger("encoders.ingest")
 
@@ -44,15 +56,16 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
     """The reader, the session, the loop, then the end. 0: stopped or done; 1: the camera failed; 2: refused."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # we log connections ourselves, with the reason
     try:
-        source = HttpMjpegSource.from_config(cfg, stop)
+        source = open_source(cfg, stop)
     except StreamError as exc:
         raise StartupError(str(exc)) from None
+    to_jpeg = JpegEncoder(cfg.jpeg_quality, cfg.max_frame_bytes, source.counters)
     ctx = zmq.Context()
     # Unwinds in reverse: the session (its socket lingers: the end of the stream still goes
     # out), the reader thread and its PAIR, then the context, which delivers what lingers.
     with ExitStack() as on_exit:
         on_exit.callback(ctx.term)
-        reader = on_exit.enter_context(CameraReader(ctx, source, stop))
+        reader = on_exit.enter_context(CameraReader(ctx, source, stop, to_jpeg))
         ingest = Ingest(cfg, ctx, reader, camera=source.counters)  # StartupError: the core's address
         on_exit.callback(ingest.close)
         exporter = Exporter("ingest")
@@ -71,6 +84,19 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
     return {"refused": 2, "failed": 1}.get(outcome, 0)
 
 
+def open_source(cfg: IngestConfig, stop: threading.Event | None = None) -> HttpMjpegSource | AvSource:
+    """The camera's source for its URL's kind (urls.py); UnusableStream if the URL names none."""
+    if kind_of(cfg.stream) == "mjpeg":
+        return HttpMjpegSource.from_config(cfg, stop)
+    try:
+        from .av_source import AvSource
+    except ImportError:
+        raise UnusableStream(
+            "decoding video needs PyAV: pip install 'encoders[ingest]' (av), or give an MJPEG URL"
+        ) from None
+    return AvSource.from_config(cfg, stop)
+
+
 # The ingest's counts as Prometheus counters (name, Stats key, help); shared/exporter.py.
 INGEST_COUNTERS = (
     ("encoders_frames_read", "read", "JPEG frames read from the camera"),
@@ -81,6 +107,9 @@ INGEST_COUNTERS = (
     ("encoders_reconnects", "reconnects", "Connections to the camera made again"),
     ("encoders_stream_stalls", "stalls", "Connections reopened: no byte, or no complete frame, for too long"),
     ("encoders_camera_bytes", "bytes", "Bytes read from the camera"),
+    ("encoders_frames_decoded", "decoded", "Video: pictures decoded"),
+    ("encoders_frames_sampled_out", "sampled_out", "Video: frames the sampling left out (counted dropped)"),
+    ("encoders_capture_clock_resets", "clock_resets", "Video: capture times anchored again (drift, a break)"),
 )
 
 
@@ -94,15 +123,46 @@ def ingest_families(ingest: Ingest, f: Families) -> None:
 
 
 def check(cfg: IngestConfig) -> int:
-    """--test: read one JPEG and say how it went; no reconnection."""
+    """--test: read one picture and say how it went, in one line; no reconnection.
+
+    0: it came; 1: the camera did not answer or sent nothing usable in time (it may be away);
+    2: the URL cannot work as given (not a URL, wrong credentials, a codec not decoded here).
+    """
     logging.basicConfig(level=logging.ERROR, format="%(message)s", stream=sys.stderr)  # the verdict says it all
     start = time.monotonic()
+    shown = mask(cfg.stream)
     try:
-        check_url(cfg.stream)
-        frame = read_first_frame(cfg.stream, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
+        if kind_of(cfg.stream) == "mjpeg":
+            frame = read_first_frame(cfg.stream, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
+            what = ""
+        else:
+            frame, what = read_first_picture(cfg)
     except StreamError as exc:
-        print(f"FAILED: {cfg.stream}: {exc}", file=sys.stderr)
-        return 1
+        print(f"FAILED: {shown}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UnusableStream) else 1
     ms = (time.monotonic() - start) * 1000
-    print(f"OK: {cfg.stream} sent a {frame.width}x{frame.height} JPEG ({len(frame.jpeg) / 1024:.0f} KB) in {ms:.0f} ms")
+    print(
+        f"OK: {shown} sent a {frame.width}x{frame.height} {what}JPEG ({len(frame.jpeg) / 1024:.0f} KB) in {ms:.0f} ms"
+    )
     return 0
+
+
+def read_first_picture(cfg: IngestConfig) -> tuple[JpegFrame, str]:
+    """A video camera's first picture as the pipeline would get it (JPEG), and its codec ("h264 picture as ")."""
+    import dataclasses
+
+    from .av_source import AvSource
+
+    once = dataclasses.replace(cfg, reconnect=False, loop=False)
+    source = AvSource(cfg.stream, once, deadline=time.monotonic() + cfg.connect_timeout + cfg.read_timeout)
+    frames = source.frames()
+    try:
+        for picture in frames:
+            codec = source.codec
+            frame = JpegEncoder(cfg.jpeg_quality, cfg.max_frame_bytes, source.counters)(picture)
+            if frame is not None:
+                return frame, f"{codec} picture as "
+    finally:
+        frames.close()
+        source.interrupt()
+    raise (UnusableStream if source.end_unusable else StreamError)(source.end_reason or "no picture came")

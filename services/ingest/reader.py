@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast, get_args
 
@@ -30,7 +30,7 @@ import zmq
 
 from encoders.shared import zmqio
 
-from .http_source import JpegFrame
+from .pictures import JpegFrame, SourceItem
 
 log = logging.getLogger("encoders.ingest")
 
@@ -81,12 +81,13 @@ def decode(parts: Sequence[Any]) -> ReaderEvent:
 
 
 class Camera(Protocol):
-    """What the reader needs of its source (HttpMjpegSource; a stand-in in tests)."""
+    """What the reader needs of its source (HttpMjpegSource, AvSource; a stand-in in tests). A source
+    gives JPEGs, or decoded pictures the reader compresses (pictures.py)."""
 
     end_reason: str
     ever_connected: bool
 
-    def frames(self) -> Iterator[JpegFrame]: ...
+    def frames(self) -> Iterator[SourceItem]: ...
 
     def interrupt(self) -> None: ...
 
@@ -124,12 +125,15 @@ class ReaderOutbox:
                 self._sock = None
 
 
-def read_camera(outbox: ReaderOutbox, source: Camera, stop: threading.Event) -> None:
+def read_camera(
+    outbox: ReaderOutbox, source: Camera, stop: threading.Event, to_jpeg: Callable[[SourceItem], JpegFrame | None]
+) -> None:
     """Thread: frames from the camera to the main thread, then a ReaderEnded saying why it ended."""
     outcome: Outcome = "stopped"
     try:
-        for frame in source.frames():
-            if not outbox.send(frame, stop):
+        for item in source.frames():
+            frame = to_jpeg(item)
+            if frame is not None and not outbox.send(frame, stop):
                 break
         if not stop.is_set():
             outcome = "ended" if source.ever_connected else "failed"
@@ -147,7 +151,13 @@ class CameraReader:
     Opening raises StartupError if the PAIR cannot be made (from ``zmqio.open_socket``).
     """
 
-    def __init__(self, ctx: zmq.Context, source: Camera, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        source: Camera,
+        stop: threading.Event,
+        to_jpeg: Callable[[SourceItem], JpegFrame | None] = lambda item: item if isinstance(item, JpegFrame) else None,
+    ) -> None:
         self.source = source
         self.stop = stop
         address = f"inproc://ingest-reader-{id(self)}"
@@ -158,7 +168,7 @@ class CameraReader:
             self.inbox.close(0)
             raise
         self._thread = threading.Thread(
-            target=read_camera, args=(self._outbox, source, stop), name="camera-reader", daemon=True
+            target=read_camera, args=(self._outbox, source, stop, to_jpeg), name="camera-reader", daemon=True
         )
 
     def start(self) -> None:

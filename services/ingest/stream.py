@@ -42,7 +42,7 @@ from encoders.shared.messages import (
 from encoders.shared.session import CoreSession, SessionRefused, process_name
 
 from .delivery import Delivery
-from .http_source import JpegFrame
+from .pictures import JpegFrame
 from .reader import CameraReader
 
 log = logging.getLogger("encoders.ingest")
@@ -55,6 +55,9 @@ POLL_MS = 100
 # 640x480, a few seconds of a camera; a core that far behind gets the newest frames.
 SNDHWM = 100
 END_WAIT = 2.0  # how long the end of the stream may wait for room on the socket
+
+# A video source's own counts (av_source.py), in Stats when the source keeps them.
+VIDEO_COUNTS = ("decoded", "sampled_out", "clock_resets", "abandoned")
 
 # Why the loop ended: a signal, a Stop from the core, max_frames, the camera's stream ended
 # (reconnect off), the camera never answered, the core refused the session, a crash.
@@ -100,6 +103,7 @@ class Ingest:
     # -- the session ---------------------------------------------------------------------------
 
     def hello(self) -> Hello:
+        self.delivery.source_left_out(self.camera.get("sampled_out", 0))
         return Hello(
             "ingest",
             process_name(),
@@ -243,9 +247,13 @@ class Ingest:
         reason = self.end_reason(outcome)
         now = time.monotonic()
         self._measure_rate(now)
+        self.delivery.source_left_out(self.camera.get("sampled_out", 0))
         if outcome != "refused" and self.session.joined:
             self._send_stats(now)
-            ended = CaptureEnded(reason, self.end_counts())
+            counts = self.end_counts()
+            if self.delivery.unreported:  # given up or left out since the last Hello: the core counts them dropped
+                counts["dropped"] = self.delivery.unreported
+            ended = CaptureEnded(reason, counts)
             if self.session.sock.poll(int(END_WAIT * 1000), zmq.POLLOUT):
                 self.session.send(ended, now, flags=zmq.NOBLOCK)
             else:
@@ -287,6 +295,7 @@ class Ingest:
             "connects": c.get("connects", 0),
             "oversized": c.get("oversized", 0),
             "stalls": c.get("stalls", 0),
+            **{k: c[k] for k in VIDEO_COUNTS if k in c},
             "fps": round(self._rate[2], 2),
             "joined": int(self.session.joined),
             "lives": self.session.lives,
@@ -298,6 +307,8 @@ class Ingest:
         elapsed = max(1e-6, time.monotonic() - self.started)
         return (
             f"{d.read} frames read ({self._rate[2]:.1f}/s now, {d.read / elapsed:.1f}/s overall), {d.sent} sent to "
-            f"the core, {d.undelivered} undelivered, {c['corrupt']} corrupt, {c['reconnects']} reconnects; "
+            f"the core, {d.undelivered} undelivered, "
+            + (f"{c['sampled_out']} sampled out, " if c.get("sampled_out") else "")
+            + f"{c['corrupt']} corrupt, {c['reconnects']} reconnects; "
             + ("joined" if self.session.joined else "not joined")
         )

@@ -15,7 +15,8 @@ after ``first_seq`` has no similarity.
 Counts are per stream for this life of the core, across its epochs (records carry them with
 the core's life, and a recorder adds each life's last ones). ``published`` is every frame
 numbered plus the captures an ingest could not deliver while the core was away (its Hello's
-``undelivered``), which count as dropped: published = embedded + dropped + skipped + lost
+``undelivered``, and its CaptureEnded's ``dropped``: what it gave up or its sampling left out
+since), which count as dropped: published = embedded + dropped + skipped + lost
 once every frame has its outcome; ``late`` counts results that came after their frame was
 given up.
 
@@ -163,6 +164,11 @@ class Streams:
         for key in CAMERA_COUNTS:  # the ingest's own counts of its camera, as it last said them
             if key in said:
                 counts[key] = said[key]
+        # Frames the ingest gave up or left out (sampling) since its last Hello: dropped, as a Hello's
+        # undelivered are (docs/PROTOCOL.md, "Counts").
+        dropped = said.get("dropped") or 0
+        counts["published"] = (counts["published"] or 0) + dropped
+        counts["dropped"] += dropped
 
     def numbered(self, stream: str, seq: int, now: float) -> None:
         """A frame of ``stream`` got ``seq`` (from the core's numbering, never lower than before)."""

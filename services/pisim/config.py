@@ -19,3 +19,9 @@ class PisimConfig(Settings):
     max_frames: int = setting(0, "End each client's stream after this many frames (0 = never)", minimum=0)
     scene_every: float = setting(4.0, "Synthetic scene: seconds between cuts to another scene", minimum=0.1)
     seed: int = setting(0, "Synthetic scene random seed")
+    h264_port: int = setting(
+        0,
+        "Also serve the pictures as raw H.264 over TCP on this port, as rpicam-vid --listen does (0 = off)",
+        minimum=0,
+        maximum=65535,
+    )

@@ -3,6 +3,7 @@
     encoders pisim --port 8000                      # synthetic moving scene
     encoders pisim --source clip.mp4 --fps 30        # a video file, looping
     encoders pisim --source photos/ --fps 2          # a folder of images, looping
+    encoders pisim --h264-port 8888                  # also raw H.264 at tcp://HOST:8888 (h264.py)
 
 In-process (tests, the all-in-one demo): ``server, url = serve_in_thread(cfg)`` and
 ``server.close()``.
@@ -16,6 +17,7 @@ import threading
 from encoders.services.pisim.config import PisimConfig
 from encoders.shared.runtime import StartupError, service_main
 
+from .h264 import H264Server
 from .server import PisimServer, make_server, serve_in_thread
 from .sources import SourceError
 
@@ -45,7 +47,20 @@ def serve(cfg: PisimConfig, stop: threading.Event) -> int:
             server.port,
             url,
         )
-        stop.wait()
+        h264 = None
+        if cfg.h264_port:
+            try:
+                h264 = H264Server(cfg, server.source)
+            except SourceError as exc:
+                raise StartupError(str(exc)) from None
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {cfg.host}:{cfg.h264_port}: {exc}") from None
+            log.info("serving raw H.264 at %s (as rpicam-vid --listen does)", h264.start())
+        try:
+            stop.wait()
+        finally:
+            if h264 is not None:
+                h264.close()
     finally:
         server.close()
     h = server.health()

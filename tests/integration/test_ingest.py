@@ -582,14 +582,15 @@ def test_connection_test_says_why_it_failed(pisim, raw_server, capsys):
         + _multipart([b"\xff\xd8 not really", b"nope"], delimiter=b"--FRAME")
         + b"--FRAME--\r\n"
     )
+    # 2: the URL cannot work as given; 1: the camera may be away, or sent nothing usable in time.
     cases = [
-        (base + "/nothing", "HTTP 404"),
-        (base + "/health", "not an MJPEG stream: Content-Type 'application/json'"),
-        (stalled.url, "no data for 0.5 s"),
-        (corrupt_only.url, "2 corrupt part(s)"),
-        ("ftp://camera/stream", "invalid stream URL"),
+        (base + "/nothing", "HTTP 404", 2),
+        (base + "/health", "not an MJPEG stream: Content-Type 'application/json'", 2),
+        (stalled.url, "no data for 0.5 s", 1),
+        (corrupt_only.url, "2 corrupt part(s)", 1),
+        ("ftp://camera/stream", "invalid stream URL", 2),
     ]
-    for stream, reason in cases:
-        assert check(IngestConfig(stream=stream, connect_timeout=1.0, read_timeout=0.5)) == 1
+    for stream, reason, code in cases:
+        assert check(IngestConfig(stream=stream, connect_timeout=1.0, read_timeout=0.5)) == code
         err = capsys.readouterr().err
         assert f"FAILED: {stream}: " in err and reason in err, err

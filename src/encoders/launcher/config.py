@@ -13,7 +13,11 @@ from encoders.shared.storage.config import DatabaseConfig
 
 @dataclass
 class AllInOneConfig(DatabaseConfig):
-    stream: tuple[str, ...] = setting((), "MJPEG stream URL; give it once per camera (required)")
+    stream: tuple[str, ...] = setting(
+        (),
+        "Camera URL (MJPEG over HTTP, rtsp://, tcp://HOST:PORT raw H.264, or a video file); once per camera (required)",
+        secret="url",
+    )
     display: bool = setting(True, "Show the live video window (--no-display: headless)")
     plot: bool = setting(True, "Show the matplotlib drift plot")
     save: bool = setting(True, "Store embeddings, drift and snapshots (--no-save: nothing is written)")
