@@ -110,20 +110,25 @@ def rtsp():
 
 @pytest.fixture
 def h264_tcp():
-    """start(fps) -> tcp://127.0.0.1:PORT: FFmpeg serving raw H.264 to one client, as rpicam-vid --listen does."""
+    """start(fps, file=None) -> tcp://127.0.0.1:PORT: FFmpeg serving raw H.264 to one client, as rpicam-vid
+    --listen does: a test pattern, or ``file`` (an H.264 elementary stream) as it is."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         pytest.fail(f"the raw H.264 test needs ffmpeg: {INSTALL}")
     procs: list[subprocess.Popen] = []
 
-    def start(fps: int = 30) -> str:
+    def start(fps: int = 30, file: Path | None = None) -> str:
         port = free_port()
+        if file is None:  # a test pattern, encoded live
+            source = ["-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate={fps}", "-c:v", "libx264"]
+            source += ["-preset", "ultrafast", "-tune", "zerolatency"]
+        else:  # an H.264 elementary stream, its bytes sent as they are, at fps
+            source = ["-framerate", str(fps), "-f", "h264", "-i", str(file), "-c", "copy"]
         procs.append(
             subprocess.Popen(
                 [
-                    *(ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi"),
-                    *("-i", f"testsrc2=size={W}x{H}:rate={fps}", "-c:v", "libx264", "-preset", "ultrafast"),
-                    *("-tune", "zerolatency", "-f", "h264", f"tcp://127.0.0.1:{port}?listen=1"),
+                    *(ffmpeg, "-hide_banner", "-loglevel", "error", "-re", *source),
+                    *("-f", "h264", f"tcp://127.0.0.1:{port}?listen=1"),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -146,16 +151,22 @@ def h(tmp_path, sockets):
     harness.close()
 
 
-def write_video(path: Path, n: int, fps: int, codec: str = "libx264") -> list[float]:
-    """A video file of ``n`` frames at ``fps`` that PyAV writes (a gradient that moves); its frame times."""
+def picture(i: int) -> np.ndarray:
+    """Frame ``i`` of the videos written here: a gradient that moves (RGB, H x W x 3)."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    return np.stack([(xx + 8 * i) % 256, (yy + 4 * i) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+
+
+def write_video(
+    path: Path, n: int, fps: int, codec: str = "libx264", options: dict[str, str] | None = None
+) -> list[float]:
+    """A video file of ``n`` frames at ``fps`` that PyAV writes (``picture(i)``); its frame times."""
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
+        stream = out.add_stream(codec, rate=fps, options=options)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        yy, xx = np.mgrid[0:H, 0:W]
         for i in range(n):
-            img = np.stack([(xx + 8 * i) % 256, (yy + 4 * i) % 256, (xx + yy) % 256], -1).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i), format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
@@ -281,6 +292,58 @@ def test_raw_h264_over_tcp(h, h264_tcp):
     assert len(captures) == 20 and all(decoded_size(c.jpeg) == (W, H) for c in captures)
     assert ended.reason == "max_frames (20) read"
     assert stats.counters["bytes"] > 0 and "connected to tcp://" in h.log()
+
+
+def write_damaged_h264(path: Path, n: int, fps: int, damaged: tuple[int, ...], seed: int = 24) -> None:
+    """An H.264 elementary stream of ``n`` frames (a keyframe each second, no B-frames, one slice a
+    frame), in which the frames ``damaged`` carry garbage: all of each one's bytes past its start
+    code, NAL header and first slice-header byte are overwritten (never with 0, so that no start
+    code appears: the stream still cuts into ``n`` frames). The first keyframe is left whole."""
+    options = {"g": str(fps), "preset": "ultrafast", "tune": "zerolatency", "threads": "1"}
+    write_video(path, n, fps, options=options)
+    data = bytearray(path.read_bytes())
+    parser = av.CodecContext.create("h264", "r")
+    sizes = [p.size for p in itertools.chain(parser.parse(bytes(data)), parser.parse(None))]
+    assert len(sizes) == n and sum(sizes) == len(data)
+    starts = list(itertools.accumulate(sizes, initial=0))
+    rng = np.random.default_rng(seed)
+    for i in damaged:
+        assert i % fps, "a keyframe"
+        begin, end = starts[i] + 6, starts[i + 1]
+        data[begin:end] = rng.integers(1, 256, end - begin, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_packets_in_raw_h264_are_counted_and_the_pictures_after_them_still_come(h, h264_tcp, tmp_path):
+    """Issue #24: a camera whose stream carries garbage in a few frames. The decoder refuses some
+    of them (counted ``corrupt``, said once in the log) and conceals the rest; the ingest neither
+    stops nor reconnects, every frame sent is decoded or counted corrupt, and the frames after the
+    damage reach the core as whole JPEGs."""
+    n, fps, damaged = 150, 30, (40, 41, 42, 70, 100)
+    path = tmp_path / "damaged.h264"
+    write_damaged_h264(path, n, fps, damaged)
+    url = h264_tcp(fps=fps, file=path)  # FFmpeg serves it once, at 30 fps, then closes
+    proc = h.start(url, "--reconnect-max", "0.5")
+    wait_for(lambda: "the server ended the stream" in h.log(), 60, f"the {n / fps:g} s stream to be served\n{h.log()}")
+    proc.send_signal(signal.SIGTERM)
+    captures, ended, stats = h.until_bye()
+    assert proc.wait(10) == 0
+    c = stats.counters
+    assert c["connects"] == 1 and c["stalls"] == 0, c
+    # Every frame the camera sent: a picture, or corrupt (refused by the decoder, or never given out).
+    assert c["corrupt"] >= 1 and c["decoded"] + c["corrupt"] == n, c
+    assert ended.counts["corrupt"] == c["corrupt"]
+    assert (
+        c["read"] == c["decoded"] and c["read"] == c["published"] + c["undelivered"] == len(captures) + c["undelivered"]
+    )
+    assert h.log().count("a frame did not decode") == 1 and "counted as 'corrupt'" in h.log()
+    # The pictures go on past the damage: more came than the frames before the last damaged one, and
+    # the last is whole, one of the frames after the keyframe that follows it.
+    assert len(captures) > damaged[-1] + 1 and all(decoded_size(x.jpeg) == (W, H) for x in captures)
+    last = np.asarray(Image.open(io.BytesIO(captures[-1].jpeg)).convert("RGB"), dtype=np.int16)
+    after = range((damaged[-1] // fps + 1) * fps, n)
+    error = min(float(np.abs(last - picture(i)).mean()) for i in after)
+    assert error < 8, f"the last picture is not a clean frame of the clip's end (mean error {error:.1f})"
 
 
 def test_pisim_serves_raw_h264_as_a_pi_would_and_the_ingest_reads_it(h):
