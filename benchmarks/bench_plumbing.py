@@ -43,7 +43,8 @@ from encoders.services.pisim.sources import encode_jpeg
 
 from .db_data import embedded_server, server_versions
 from .plumbing_cpu import CORE_THREADS, postmaster
-from .plumbing_run import Budget, Case, Source, Version, clean_env, floor, free_port, pipeline
+from .plumbing_procs import clean_env, free_port
+from .plumbing_run import Budget, Case, Source, Version, floor, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = os.environ.get("BENCH_PLUMBING_BASE", "d031ce1")
