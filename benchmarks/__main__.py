@@ -2,6 +2,7 @@
 
 python -m benchmarks            # all of MODULES (what `make bench` runs)
 python -m benchmarks encoder    # only those whose name contains 'encoder'
+python -m benchmarks plumbing   # the pipeline without a model, this commit against d031ce1 (a few minutes)
 python -m benchmarks hnsw       # an experiment of EXTRA: only when named
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from benchmarks import OUT
 
-MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db"]
+MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db", "benchmarks.bench_plumbing"]
 # Minutes each; run only when asked for by name. bench_ingest: about 3 minutes, most of it writing
 # its H.265 clips.
 EXTRA = ["benchmarks.bench_hnsw", "benchmarks.bench_ingest"]

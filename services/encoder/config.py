@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from encoders.shared.messages import MAX_DIM
 from encoders.shared.settings import CoreConnection, ModelSettings, SettingsError, setting
+
+NONE_DIM = 512  # --none-dim's default: ViT-B-32's length
 
 
 @dataclass
@@ -22,8 +25,17 @@ class EncoderConfig(ModelSettings, CoreConnection):
         "auto",
         "What runs the image tower: torch, onnx (ONNX Runtime), openvino, or auto (on the CPU OpenVINO if "
         "installed, else ONNX Runtime, else torch; torch on CUDA). Both runtimes measured about 2x torch on the CPU "
-        "(ViT-B-32, 2 cores); the tower is exported once into --model-cache",
-        choices=("auto", "torch", "onnx", "openvino"),
+        "(ViT-B-32, 2 cores); the tower is exported once into --model-cache. none: no model at all, for measuring "
+        "and testing the plumbing (no torch needed): frames are decoded and thumbnailed as usual, and each vector "
+        "comes from a hash of its JPEG (meaningless), under the model name none/<--none-dim>",
+        choices=("auto", "torch", "onnx", "openvino", "none"),
+    )
+    none_dim: int = setting(
+        NONE_DIM,
+        "With --runtime none: the length of its vectors (512, as ViT-B-32's; the database's column takes the "
+        "first worker's)",
+        minimum=1,
+        maximum=MAX_DIM,
     )
     precision: str = setting(
         "auto",

@@ -2,7 +2,8 @@
 
 Settings -> the model -> the session with the core (ENCODERS_CORE) -> the worker's loop
 (worker.py) -> drain, Bye and shut down. With --gpus it starts one such worker process per
-GPU instead (gpus.py), each with its own session.
+GPU instead (gpus.py), each with its own session. With --runtime none there is no model
+(embedder.NoModel): torch is never imported.
 
 Exit codes: 0 stopped; 2 cannot start (a setting, the model, the core's address) or the
 core refused this worker.
@@ -15,8 +16,8 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import zmq
 
 from encoders.services.encoder.config import EncoderConfig
@@ -24,9 +25,12 @@ from encoders.shared.exporter import BATCH_BUCKETS, LATENCY_BUCKETS, Exporter, F
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import SessionRefused, process_name
 
+from .embedder import Embedder, NoModel
 from .gpus import parse_gpus, run_per_gpu
-from .model import ModelLoadError, load_encoder
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .model import ClipImageEncoder
 
 log = logging.getLogger("encoders.encoder")
 
@@ -36,30 +40,17 @@ def run(cfg: EncoderConfig) -> int:
 
 
 def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
-    if cfg.gpus:
-        try:
-            ids = parse_gpus(cfg.gpus, torch.cuda.device_count())
-        except ValueError as exc:
-            log.error("%s", exc)
+    if cfg.runtime == "none":
+        if cfg.gpus:
+            log.error("--gpus starts a worker per GPU to run a model; ENCODERS_RUNTIME=none runs none")
             return 2
-        return run_per_gpu(ids, cfg.worker_id, stop, cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        encoder = load_encoder(
-            cfg.model,
-            cfg.pretrained,
-            cfg.device,
-            cfg.precision,
-            cfg.fast_decode,
-            runtime=cfg.runtime,
-            cache_dir=cfg.model_cache,
-            threads=cfg.threads,
-        )
-    except ModelLoadError as exc:
-        log.error("%s", exc)
-        return 2
-    cuda = encoder.device.type == "cuda"
+        encoder: Embedder = NoModel(cfg.none_dim, cfg.fast_decode)
+        cuda = False
+    else:
+        loaded = load_model(cfg, stop)
+        if isinstance(loaded, int):
+            return loaded
+        encoder, cuda = loaded, loaded.device.type == "cuda"
     batch_size = cfg.batch_size or (64 if cuda else 8)
     # On the CPU the cores run the model; a GPU worker needs decoding in parallel to keep up.
     decode_threads = cfg.decode_threads or (min(8, os.cpu_count() or 1) if cuda else 1)
@@ -108,6 +99,38 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
         exporter.stop()
         ctx.term()
     return code
+
+
+def load_model(cfg: EncoderConfig, stop: threading.Event) -> ClipImageEncoder | int:
+    """The model (model.py, torch imported only now), or the exit code: --gpus started a worker
+    per GPU and they have ended, or the model could not be loaded (2)."""
+    import torch
+
+    from .model import ModelLoadError, load_encoder
+
+    if cfg.gpus:
+        try:
+            ids = parse_gpus(cfg.gpus, torch.cuda.device_count())
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        return run_per_gpu(ids, cfg.worker_id, stop, cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return load_encoder(
+            cfg.model,
+            cfg.pretrained,
+            cfg.device,
+            cfg.precision,
+            cfg.fast_decode,
+            runtime=cfg.runtime,
+            cache_dir=cfg.model_cache,
+            threads=cfg.threads,
+        )
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 2
 
 
 def worker_families(worker: Worker, f: Families) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,10 @@ class ClipImageEncoder:
         features = self.model.encode_image(batch.to(self.device, self.dtype, non_blocking=True))
         features = torch.nn.functional.normalize(features.float(), dim=-1)
         return features.cpu().numpy()
+
+    def embed_frames(self, jpegs: Sequence[bytes], arrays: list[np.ndarray]) -> np.ndarray:
+        """The worker's call (embedder.Embedder): the decoded frames embedded (their JPEGs are not needed)."""
+        return self.embed_arrays(arrays)
 
     def embed_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Decoded uint8 frames -> embeddings; a CUDA out-of-memory halves the batch and goes on."""

@@ -1,7 +1,7 @@
 """The thread that runs the model, so that decoding the next batch overlaps with encoding this one.
 
 torch releases the GIL while it computes, so the worker's main thread decodes JPEGs and
-moves messages while this thread encodes. At most one more batch waits its turn: frames
+moves messages while this thread encodes (whatever embeds: embedder.py). At most one more batch waits its turn: frames
 held beyond that would only wait, taking room the core could give another worker.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from .embedder import Embedder
 from .intake import Held
-from .model import ClipImageEncoder
 
 # A batch's frames, their embeddings (None if the batch failed), and the error if it did.
 Result = tuple[list[Held], np.ndarray | None, Exception | None]
@@ -24,7 +24,7 @@ Result = tuple[list[Held], np.ndarray | None, Exception | None]
 class ModelThread:
     """Runs the model on one batch at a time; at most one more batch waits its turn."""
 
-    def __init__(self, encoder: ClipImageEncoder, observe: Callable[[int, float], None] | None = None):
+    def __init__(self, encoder: Embedder, observe: Callable[[int, float], None] | None = None):
         self.encoder = encoder
         self.observe = observe or (lambda n, seconds: None)  # each batch's size and encode time (metrics)
         self.todo: queue.Queue = queue.Queue(maxsize=1)
@@ -41,7 +41,7 @@ class ModelThread:
             items, arrays = job
             try:
                 started = time.perf_counter()
-                vectors = self.encoder.embed_arrays(arrays)
+                vectors = self.encoder.embed_frames([h.frame.jpeg for h in items], arrays)
                 self.observe(len(arrays), time.perf_counter() - started)
                 self.done.put((items, vectors, None))
             except Exception as exc:  # a failed batch is reported, never silently lost

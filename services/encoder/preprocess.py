@@ -19,10 +19,13 @@ import io
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch only where a model runs: a worker with ENCODERS_RUNTIME=none never loads it
+    import torch
 
 INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -87,6 +90,8 @@ class Preprocessor:
 
     def to_tensor(self, arrays: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """uint8 NHWC arrays -> normalised NCHW batch on ``device``, in one vectorised step."""
+        import torch
+
         batch = torch.from_numpy(np.stack(arrays))
         if device.type == "cuda":
             batch = batch.pin_memory().to(device, non_blocking=True)

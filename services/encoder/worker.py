@@ -34,8 +34,8 @@ from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello
 from encoders.shared.session import CoreSession
 from encoders.shared.settings import CoreConnection
 
+from .embedder import Embedder
 from .intake import Intake
-from .model import ClipImageEncoder
 from .model_thread import ModelThread
 from .preprocess import load_batch, picture_levels
 from .thumbnails import Thumbnails
@@ -68,7 +68,7 @@ class Worker:
     def __init__(
         self,
         name: str,
-        encoder: ClipImageEncoder,
+        encoder: Embedder,
         ctx: zmq.Context,
         core: CoreConnection,
         *,

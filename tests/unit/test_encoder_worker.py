@@ -15,7 +15,9 @@ import pytest
 import zmq
 from PIL import Image
 
+from encoders.services.encoder.embedder import Embedder, NoModel, unit_vector
 from encoders.services.encoder.model import load_encoder
+from encoders.services.encoder.preprocess import picture_levels
 from encoders.services.encoder.worker import Worker
 from encoders.shared import zmqio
 from encoders.shared.messages import (
@@ -93,10 +95,10 @@ def core(sockets):
 def make(sockets, encoder):
     made: list[Worker] = []
 
-    def start(*, heartbeat_s: float = 60.0, **kw) -> Worker:
+    def start(*, heartbeat_s: float = 60.0, embedder: Embedder | None = None, **kw) -> Worker:
         link = CoreConnection(core=CORE, heartbeat_s=heartbeat_s, heartbeat_misses=2)
         options = {"batch_size": 2, "batch_wait_ms": 0, "decode_threads": 1, **kw}
-        worker = Worker("w", encoder, sockets.ctx, link, **options)
+        worker = Worker("w", embedder or encoder, sockets.ctx, link, **options)
         sockets.adopt(worker.session.sock)
         made.append(worker)
         worker.start()
@@ -146,6 +148,30 @@ def test_frames_in_embeddings_with_thumbnails_out(core, make, encoder, decode_th
         assert thumb.format == "JPEG" and thumb.size == size
     assert np.asarray(Image.open(io.BytesIO(got[2].thumbnail)).convert("RGB"))[..., 2].min() > 200  # its own picture
     assert worker.intake.held == 0 and worker.counters["embedded"] == 2 and worker.counters["skipped"] == 1
+
+
+def test_without_a_model_frames_are_decoded_and_thumbnailed_and_each_vector_comes_from_its_jpeg(core, make):
+    """ENCODERS_RUNTIME=none: everything a worker does but the model, the same way; a vector of
+    --none-dim floats from a hash of the JPEG, the model named none/<dim>."""
+    no_model = NoModel(dim=48)
+    worker = make(embedder=no_model, thumbnail_size=32)
+    hello = joined(worker, core)
+    assert (hello.model, hello.dim) == ("none/48", 48)
+    blue, red = jpeg("blue", (640, 480)), jpeg((200, 30, 30))
+    corrupt = red[:200] + b"\0" * 300
+    core.send(frame(0, blue), frame(1, corrupt), frame(2, red), frame(3, blue))
+    until(worker, lambda: len(core.outcomes()) == 4)
+    got = {m.seq: m for m in core.outcomes()}
+    assert isinstance(got[1], Skipped) and "corrupt JPEG" in got[1].reason  # as with a model
+    for seq, data in ((0, blue), (2, red), (3, blue)):
+        e = got[seq]
+        assert isinstance(e, Embedding) and e.model == "none/48"
+        assert np.array_equal(e.vector, unit_vector(data, 48)) and np.linalg.norm(e.vector) == pytest.approx(1)
+        assert (e.brightness, e.contrast) == pytest.approx(picture_levels(no_model.pre.load(data)))
+        assert Image.open(io.BytesIO(e.thumbnail)).size == (32, 24)
+    assert np.array_equal(got[0].vector, got[3].vector)  # the same JPEG, the same vector
+    assert abs(float(got[0].vector @ got[2].vector)) < 0.5  # another JPEG, another vector
+    assert worker.counters["embedded"] == 3 and worker.counters["skipped"] == 1
 
 
 def test_no_thumbnail_when_they_are_off(core, make):

@@ -1,0 +1,57 @@
+"""The plumbing benchmark's harness (benchmarks/bench_plumbing.py) on one tiny case, so that it cannot
+rot unseen between runs of `make bench`: every part it measures runs (this commit's pipeline with
+ENCODERS_RUNTIME=none workers, the stand-in worker it gives an older commit, here against this
+commit's core, and the bare forwarder), with keys on, and its report has its shape and its counts
+add up. Nothing here depends on how fast the machine is: a window ends after a number of frames.
+The comparison with d031ce1 itself (a `git worktree add`) is the benchmark's, not this test's."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.bench_plumbing import REPO, keys_for, measure, print_tables, ratios
+from benchmarks.plumbing_cpu import CORE_THREADS
+from benchmarks.plumbing_run import COUNTS, Budget, Case, Version
+
+PIPELINE_GROUPS = {"core", *CORE_THREADS, "recorder", "postgres", "ingest", "workers", "source"}
+FLOOR_GROUPS = {"core", *CORE_THREADS, "recorder", "ingest", "workers"}
+
+
+@pytest.mark.timeout(300)
+def test_one_tiny_case_reports_every_figure_and_every_frame_is_accounted_for(tmp_path, capsys):
+    keys = keys_for("this", REPO / "src", tmp_path)
+    this = Version("this", REPO / "src", keys, none_runtime=True)
+    stand_in = Version("stand-in", REPO / "src", keys, none_runtime=False)  # plumbing_standin.py's workers
+    budget = Budget(warmup_s=0.2, frames=30, seconds=120)  # 30 frames, however long they take
+    results, server = measure([Case(keys=True, size=(640, 480), cameras=1)], [this, stand_in], budget)
+    ratios(results, "this", "stand-in")
+    print_tables(results, "this", "stand-in")
+
+    (case,) = results
+    assert (case["keys"], case["size"], case["cameras"], case["workers"]) == (True, [640, 480], 1, 1)
+    assert case["jpeg_bytes"] > 10_000 and server["postgresql"]
+    assert set(case["variants"]) == {"this", "stand-in", "floor"}
+    for label, got in case["variants"].items():
+        assert got["frames"] >= budget.frames and got["seconds"] > 0 and got["frames_per_s"] > 0, label
+        cpu = got["cpu_ms_per_frame"]
+        assert set(cpu) == (FLOOR_GROUPS if label == "floor" else PIPELINE_GROUPS), label
+        assert all(v >= 0 and math.isfinite(v) for v in cpu.values()), (label, cpu)
+        assert cpu["core"] > 0 and cpu["core_main"] > 0 and cpu["workers"] > 0, (label, cpu)
+        # The core's threads are the core: its main thread, ZeroMQ's I/O threads, the rest.
+        assert sum(cpu[t] for t in CORE_THREADS) == pytest.approx(cpu["core"], rel=0.01, abs=0.01), (label, cpu)
+        # Every frame published has its one outcome, stream by stream and in total.
+        for counts in [*got["streams"].values(), got["totals"]]:
+            assert set(counts) == set(COUNTS)
+            assert counts["published"] == counts["embedded"] + counts["dropped"] + counts["skipped"] + counts["lost"]
+        assert set(got["streams"]) == {"cam0"} and got["totals"]["embedded"] >= got["frames"], label
+        if label != "floor":
+            assert got["exits"] == [], (label, got["exits"])  # every service exited 0 on `encoders stop`
+    # Of each figure measured on both (a group idle in one window, PostgreSQL's maybe, has none).
+    assert {"frames_per_s", "core", "core_main", "workers"} <= set(case["ratio"]) <= {"frames_per_s", *PIPELINE_GROUPS}
+    assert all(v >= 0 and math.isfinite(v) for v in case["ratio"].values()) and case["ratio"]["core"] > 0
+    assert set(case["core_over_floor"]) == {"this", "stand-in"}
+    json.dumps(results)  # the report is JSON as it is
+    assert "Ratios this / stand-in" in capsys.readouterr().out
