@@ -21,6 +21,8 @@ from encoders.shared.messages import EndOfStream, StreamStart
 from ..conftest import free_port, wait_for
 from .recorder_helpers import RecorderProcess, make_record
 
+pytestmark = pytest.mark.mqtt
+
 PICTURE = b"\xff\xd8" + bytes(300) + b"\xff\xd9"  # the frame's thumbnail, as a worker makes one
 
 
