@@ -5,7 +5,7 @@
    and, for scale, the same with every frame a keyframe (each row an HNSW insert), with
    a thumbnail in every row or on keyframes only, and what making a thumbnail costs;
    and the whole recorder process (`encoders record`: records over its session with the core,
-   run files, the database), fed by a stand-in for the core (core_stand_in.py) as fast as it
+   run files, the database), fed by a stand-in for the core (tests/fake_core.py) as fast as it
    acknowledges them.
 2. search: p50/p99 latency of ``Store.nearest`` (what `encoders search` runs, without
    loading a model) and recall@10 against exact numpy search, unfiltered and filtered,
@@ -20,7 +20,7 @@ Settings (environment): BENCH_DB_FRAMES (200000), BENCH_DB_QUERIES (200 per kind
 
 This module runs the measurements in order and prints their figures; each lives beside it:
 db_data.py (the video, its rows, the server), db_writer.py (insert), db_process.py (the
-recorder process, fed by core_stand_in.py), db_thumbnails.py (what thumbnails cost) and
+recorder process, fed by tests/fake_core.py), db_thumbnails.py (what thumbnails cost) and
 db_search.py (search).
 """
 

@@ -1,6 +1,6 @@
 """The recorder process benchmark: `encoders record` as a process, fed metrics records over its
-session with the core (played by core_stand_in.py) as fast as it acknowledges them; embeddings/s
-until every row is committed and acknowledged."""
+session with the core (played by the tests' stand-in, tests/fake_core.py) as fast as it acknowledges
+them; embeddings/s until every row is committed and acknowledged."""
 
 from __future__ import annotations
 
@@ -9,21 +9,51 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import psycopg
+import zmq
 
 from benchmarks import OUT
-from encoders.shared.messages import EndOfStream, MetricsRecord, StreamStart
+from encoders.shared import messages, zmqio
+from encoders.shared.messages import Bye, EndOfStream, Hello, Message, MetricsRecord, StreamStart
+from tests.fake_core import FakeCore
 
-from .core_stand_in import CoreStandIn, prepare
 from .db_data import STREAMS, Video, new_database, scalar
 
 PROCESS_TRIES = 3
 PROCESS_RUNS = 5  # the process benchmark records this many runs' cameras at once: 10 streams
+POLL_S = 0.01  # how often the benchmark looks at the core's progress (the core's thread times it)
+
+
+def prepare(msg: Message) -> tuple[Message, list]:
+    """A StreamStart, MetricsRecord or EndOfStream with its wire form, encoded before the clock starts:
+    what is measured is the recorder, not the sender (on two cores, encoding as it sends would take CPU
+    from the recorder and the server)."""
+    return msg, messages.encode(msg)
+
+
+def until(proc: subprocess.Popen, done: Callable[[], object], timeout_s: float, waiting: str) -> None:
+    """Until ``done()``; RuntimeError if the recorder exits first, or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the recorder exited ({proc.returncode}) while the core waited for {waiting}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {waiting} in time")
+        time.sleep(POLL_S)
+
+
+def kept_its_session(core: FakeCore) -> None:
+    """RuntimeError unless the recorder kept one session throughout: had it counted the core gone, said
+    Hello again and been sent the records again, its figure would mean nothing."""
+    if len(core.messages(Hello)) != 1:
+        raise RuntimeError("the recorder said Hello again: it counted the core gone and lost its session")
+    if core.counts["bad_messages"] or core.counts["unknown_sessions"]:
+        raise RuntimeError(f"the recorder sent messages that do not decode, or from another session: {core.counts}")
 
 
 @contextmanager
@@ -44,10 +74,11 @@ def process_runs_dir() -> Iterator[Path]:
 def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, name: str = "process") -> dict:
     """`encoders record` as a process: the first ``frames`` of the video (the cameras of the first
     PROCESS_RUNS runs, as that many times two streams) delivered as metrics records by a stand-in
-    for the core (core_stand_in.py: the recorder's session, the core's window of records not yet
-    acknowledged); embeddings/s from the first record sent to the acknowledgement that makes the
-    last one durable (its row committed). Then Stop: the recorder finishes the run (its last npz,
-    summary.json), says Bye and exits; how long that took is ``stop_seconds``, not counted."""
+    for the core (tests/fake_core.py: the recorder's session, and the core's own delivery, with its
+    window of records not yet acknowledged); embeddings/s from the first record sent to the
+    acknowledgement that makes the last one durable (its row committed). Then Stop: the recorder
+    finishes the run (its last npz, summary.json), says Bye and exits; how long that took is
+    ``stop_seconds``, not counted."""
     db_url = new_database(url, name)
     # The first frames of each stream, the same number from each, whatever the video's size.
     per_stream = frames // (PROCESS_RUNS * STREAMS)
@@ -55,7 +86,9 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
     # As cameras recording at once: interleaved by time of day (each stream stays in seq order).
     order = chosen[np.argsort(video.t[chosen] - (video.run[chosen] - 1) * 86400, kind="stable")]
     streams = sorted({(int(video.run[i]), int(video.stream[i])) for i in order})
-    core = CoreStandIn()
+    ctx = zmq.Context()
+    router = zmqio.open_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:0", bind=True, linger=0)
+    core = FakeCore(router, roles={"recorder"}, name="bench-core")
     log_path = runs_dir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the process writes to it until it is stopped
     proc = subprocess.Popen(
@@ -77,8 +110,6 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
         stderr=subprocess.STDOUT,
     )
     try:
-        # Encoded before the clock starts: what is measured is the recorder, not this sender
-        # (on two cores, encoding here would take CPU from the recorder and the server).
         prepared = [prepare(StreamStart(f"r{run}cam{stream}", 0)) for run, stream in streams]
         for i in order:
             prepared.append(
@@ -101,10 +132,16 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
         for run, stream in streams:
             last = int(video.seq[order][(video.run[order] == run) & (video.stream[order] == stream)].max())
             prepared.append(prepare(EndOfStream(f"r{run}cam{stream}", last, {"embedded": last + 1})))
-        core.wait_ready(proc)
-        elapsed = core.deliver(proc, prepared)
+        until(proc, core.joined, 120, "the recorder's Ready")
+        core.deliver_all(prepared)
+        until(proc, core.settled, 600, "the recorder's acknowledgements")
+        assert core.first_sent_at is not None and core.last_acked_at is not None
+        elapsed = core.last_acked_at - core.first_sent_at
+        kept_its_session(core)
         stopping = time.perf_counter()
-        code = core.stop(proc)
+        core.stop("the benchmark is over")  # the recorder finishes its run, says Bye and exits
+        until(proc, lambda: core.messages(Bye), 120, "the recorder's Bye")
+        code = proc.wait(timeout=120)
         stop_seconds = time.perf_counter() - stopping
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"{exc}; the recorder's log ends:\n{log_path.read_text()[-3000:]}") from None
@@ -113,6 +150,8 @@ def recorder_process(url: str, runs_dir: Path, video: Video, frames: int, *, nam
             proc.kill()
             proc.wait()
         core.close()
+        router.close(0)
+        ctx.term()
         log.close()
     assert code == 0, log_path.read_text()[-3000:]
     with psycopg.connect(db_url) as conn:

@@ -156,6 +156,37 @@ def wait_for(condition: Callable[[], T | None], timeout: float, what: str, inter
 
 
 # ---------------------------------------------------------------------------------------
+# What some tests need beyond Python and this checkout: root, a system tool or service. Each such
+# test carries a marker (registered in pyproject.toml), so that `pytest -m "not docker"` leaves
+# out what a machine cannot run; `make test` runs them all, and a tool that is missing fails its
+# tests, never skips them. The fixture that brings the thing up names the marker its tests must
+# carry: a test that uses it unmarked is an error at collection, so that no deselection meets it.
+
+NEEDS = {
+    "display": "display",  # conftest.py: Xvfb and xdotool
+    "browser": "browser",  # test_viewer_browser.py: Chromium and its driver
+    "hosts": "netns",  # tests/hosts.py: network namespaces (root, iproute2)
+    "db_host": "netns",  # test_storage_liveness.py: the same
+    "docker_engine": "docker",  # test_compose.py: a Docker engine, started as root if none runs
+    "capture": "tcpdump",  # test_keys.py: the loopback's packets (root, tcpdump)
+    "broker": "mqtt",  # test_notify.py: a Mosquitto broker
+    "small_disk": "tmpfs",  # test_all_in_one.py: a disk of its own to fill (root, to mount it)
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every test is looked at
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        f"{item.nodeid} uses the fixture {fixture} but is not marked @pytest.mark.{mark}"
+        for item in items
+        for fixture, mark in NEEDS.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(mark) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
+# ---------------------------------------------------------------------------------------
 # A real X server for the tests that look at windows as a person would.
 
 INSTALL_HINT = "the display tests need Xvfb and xdotool: apt-get install -y xvfb xdotool"

@@ -1,14 +1,15 @@
 """Fixtures the integration tests share: real PostgreSQL servers, and a recorder in front of a
-fake core. Each starts what it needs and stops it again, also when a test fails."""
+stand-in core. Each starts what it needs and stops it again, also when a test fails."""
 
 from __future__ import annotations
 
 import shutil
 
 import pytest
+import zmq
 
-from .fake_core import FakeCore
-from .recorder_helpers import Postgres, RecorderProcess, pg_home
+from ..fake_core import FakeCore
+from .recorder_helpers import HEARTBEAT_S, Postgres, RecorderProcess, pg_home
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,12 @@ def db_url(pg):
 
 
 @pytest.fixture
-def core():
-    """A fake core for a recorder to join (fake_core.py)."""
-    fake = FakeCore()
+def core(sockets):
+    """A stand-in core for a recorder to join (tests/fake_core.py), with a frames publisher, on the
+    recorder tests' heartbeat (recorder_helpers.HEARTBEAT_S)."""
+    fake = FakeCore(
+        sockets.bind(zmq.ROUTER), roles={"recorder"}, frames=sockets.bind(zmq.XPUB), heartbeat_s=float(HEARTBEAT_S)
+    )
     yield fake
     fake.close()
 

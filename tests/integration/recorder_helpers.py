@@ -1,5 +1,5 @@
 """What the recorder's integration tests share: a PostgreSQL they can stop and start, the recorder as a
-real process, and records and frames as a core would send them (fake_core.py)."""
+real process, and records and frames as a core would send them (to tests/fake_core.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pgvector.psycopg import register_vector
 from encoders.shared.messages import Frame, FrameCounts, MetricsRecord
 from encoders.shared.storage.embedded import database
 
-from .fake_core import FakeCore
+from ..fake_core import FakeCore
 
 DIM = 512
 T0 = 1_767_000_000.0
@@ -102,7 +102,7 @@ def pg_home() -> Path:
 
 
 class RecorderProcess:
-    """`encoders record` as a real process, connected to a fake core (or to ``core``, an address)."""
+    """`encoders record` as a real process, connected to a stand-in core (or to ``core``, an address)."""
 
     def __init__(self, tmp: Path, core: FakeCore | str | None, url: str, *args: str, runs: Path | None = None):
         self.runs = runs or tmp / "runs"
@@ -197,7 +197,7 @@ def send_stream(core: FakeCore, stream: str, seqs, *, frames: bool = True) -> li
     out = []
     for seq in seqs:
         rec = make_record(stream, seq)
-        core.record(rec)
+        core.deliver(rec)
         out.append(rec)
     return out
 

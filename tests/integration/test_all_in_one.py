@@ -391,6 +391,7 @@ def fill(folder) -> None:
             pass
 
 
+@pytest.mark.tmpfs
 @pytest.mark.timeout(420)
 def test_a_runs_disk_that_fills_up_mid_run_says_so_in_one_line_and_loses_nothing(
     service, tiny_model, pisim, small_disk

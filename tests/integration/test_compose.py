@@ -41,7 +41,7 @@ INDEX_PORT = 38765
 IMAGE_LABEL = "org.opencontainers.image.title=encoders"  # services/Dockerfile's
 TORCH = "torch==2.14.1 torchvision==0.29.1"  # what lies in them (Makefile's TORCH_PIN)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 120, check: bool = True) -> str:

@@ -33,6 +33,7 @@ def test_serves_the_embedded_database_until_ctrl_c(service):
         shutil.rmtree(runs, ignore_errors=True)
 
 
+@pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_served_on_tcp_another_host_connects_with_the_password_only(service, hosts):  # noqa: F811
     """--db-listen: a recorder or psql on another machine reaches it over TCP, with the password;

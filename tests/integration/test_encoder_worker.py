@@ -1,5 +1,5 @@
 """An encoder worker process (`python -m encoders encode`, the tiny real CLIP model) against a stand-in
-core (tests/ingest_worker_core.py): its session, frames handed to it, its results."""
+core (tests/fake_core.py): its session, frames handed to it, its results."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from encoders.shared.messages import Bye, Embedding, Frame, Hello, Skipped, Stop
 
-from ..ingest_worker_core import FakeCore
+from ..fake_core import FakeCore
 
 
 def jpeg(color, size=(80, 60)) -> bytes:
@@ -25,7 +25,7 @@ def jpeg(color, size=(80, 60)) -> bytes:
 
 @pytest.fixture
 def core(sockets):
-    fake = FakeCore(sockets.bind(zmq.ROUTER))
+    fake = FakeCore(sockets.bind(zmq.ROUTER), roles={"worker"})
     yield fake
     fake.close()
 
@@ -108,7 +108,7 @@ def test_a_stop_from_the_core_finishes_the_frames_held_then_bye(service, tiny_mo
 def test_a_core_that_restarted_gets_a_new_hello_with_the_full_capacity(service, tiny_model, core):
     worker = start(service, core, tiny_model, "--batch-size", "2", env={"ENCODERS_HEARTBEAT_S": "0.2"})
     identity, _ = hello_of(core)
-    core.forget()  # the worker's next heartbeat is answered "say Hello again"
+    core.restart()  # the worker's next heartbeat is answered "say Hello again"
     hellos = core.wait(Hello, 2, timeout=10)
     assert hellos[-1].capacity == 4 and core.received(Hello)[-1].identity == identity  # the same session
     core.send(Frame("cam0", 0, 0.0, 80, 60, jpeg("red")), to=identity)

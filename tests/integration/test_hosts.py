@@ -24,6 +24,8 @@ from ..conftest import Service, Sockets, wait_for
 from ..hosts import Hosts, hosts  # noqa: F401 - the fixture
 from .pipeline import Pipeline, subscribe, totals
 
+pytestmark = pytest.mark.netns
+
 HEARTBEAT_TIMEOUT_S = 3.0  # ENCODERS_HEARTBEAT_S x ENCODERS_HEARTBEAT_MISSES, the defaults
 
 

@@ -1,6 +1,6 @@
 """ingest as a real process (`python -m encoders ingest`) against real HTTP servers: pisim,
 and raw socket servers sending the byte variants real cameras send. A stand-in core
-(tests/ingest_worker_core.py: a ROUTER in a thread of its own) takes its session, as the core would."""
+(tests/fake_core.py: a ROUTER in a thread of its own) takes its session, as the core would."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from encoders.services.ingest.config import IngestConfig
 from encoders.services.ingest.main import check
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.main import serve_in_thread
-from encoders.shared.messages import Bye, Capture, CaptureEnded, Credit, Heartbeat, Hello, Stats, Stop
+from encoders.shared.messages import Bye, Capture, CaptureEnded, Credit, Heartbeat, Hello, Stats
 
 from ..conftest import Sockets, free_port, spoil, wait_for
-from ..ingest_worker_core import FakeCore
+from ..fake_core import FakeCore
 
 STREAM_ID = "cam-test"
 W, H = 160, 120
@@ -54,7 +54,7 @@ class Harness:
         self.log_path = tmp_path / "ingest.log"
 
     def new_core(self, **kw) -> FakeCore:
-        core = FakeCore(self.sockets.bind(zmq.ROUTER), **kw)
+        core = FakeCore(self.sockets.bind(zmq.ROUTER), roles={"ingest"}, **kw)
         self.cores.append(core)
         return core
 
@@ -300,19 +300,21 @@ def test_a_dropped_stream_is_reconnected_and_captures_go_on(h, pisim):
 
 def test_while_the_core_is_away_frames_are_counted_and_told_then_a_restarted_core_gets_hello(h, pisim):
     _, url = pisim()
-    proc = h.start(url, env={"ENCODERS_HEARTBEAT_S": "0.2"})  # the core counts as gone after 0.6 s
+    # Both sides on one heartbeat, as every service of a pipeline is: each counts the other gone after 0.6 s.
+    h.core = h.new_core(heartbeat_s=0.2)
+    proc = h.start(url, env={"ENCODERS_HEARTBEAT_S": "0.2"})
     h.core.wait(Capture, 5)
-    h.core.silent = True  # a core that hangs: the ingest gives up on it, says Hello again and again
+    h.core.answering = False  # a core that hangs: the ingest gives up on it, says Hello again and again
     h.core.wait(Hello, 3)
     sent = len(h.core.messages(Capture))
-    h.core.silent = False
+    h.core.answering = True
     h.core.wait(Capture, sent + 5)  # captures go on once a Hello is welcomed
     resumed = h.core.received(Capture)[sent].t
     hellos = [r.msg for r in h.core.received(Hello) if r.t < resumed]
     assert all(a.undelivered <= b.undelivered for a, b in itertools.pairwise(hellos))  # each says it all
     welcomed = hellos[-1]
     assert welcomed.undelivered > 0  # what the camera sent meanwhile, for the core to count as dropped
-    h.core.forget()  # a core that restarted: the next capture is answered "say Hello again"
+    h.core.restart()  # a core that restarted: the next capture is answered "say Hello again"
     h.core.wait(Hello, 5)
     h.core.wait(Capture, sent + 10)
     proc.send_signal(signal.SIGTERM)
@@ -489,7 +491,7 @@ def test_a_stop_from_the_core_ends_the_stream(h, pisim):
     _, url = pisim()
     proc = h.start(url)
     h.core.wait(Capture, 3)
-    h.core.send(Stop("the pipeline is stopping"))
+    h.core.stop("the pipeline is stopping")
     captures, ended, stats = h.until_bye()
     assert proc.wait(10) == 0
     assert ended.reason == "stopped by the core (the pipeline is stopping)"

@@ -104,6 +104,7 @@ def stranger_says_hello(sockets: Sockets, core: str, curve: keys.CurveKeys | Non
     return bool(sock.poll(5000)) and isinstance(zmqio.receive(sock)[0], Welcome)
 
 
+@pytest.mark.tcpdump
 @pytest.mark.timeout(180)
 def test_with_keys_only_allowed_services_are_served_and_nothing_travels_in_clear(
     service, tiny_model, tmp_path, sockets, capture
@@ -142,6 +143,7 @@ def test_with_keys_only_allowed_services_are_served_and_nothing_travels_in_clear
         assert clear not in seen, f"{clear!r} travelled in clear"
 
 
+@pytest.mark.tcpdump
 @pytest.mark.timeout(60)
 def test_without_keys_the_same_capture_shows_frames_and_fields(service, tmp_path, sockets, capture):
     """The capture above would see them: here, with plain ZeroMQ, it does."""

@@ -19,8 +19,9 @@ import pytest
 from encoders.shared.messages import EndOfStream, StreamStart
 
 from ..conftest import free_port, wait_for
-from .fake_core import FakeCore
 from .recorder_helpers import RecorderProcess, make_record
+
+pytestmark = pytest.mark.mqtt
 
 PICTURE = b"\xff\xd8" + bytes(300) + b"\xff\xd9"  # the frame's thumbnail, as a worker makes one
 
@@ -107,9 +108,9 @@ class Subscriber:
 
 
 @pytest.mark.timeout(120)
-def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp_path, broker):
+def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp_path, broker, core):
     url = pg.new_database()
-    core, hook, sub = FakeCore(), Receiver(free_port()), Subscriber(broker)
+    hook, sub = Receiver(free_port()), Subscriber(broker)
     try:
         rec = RecorderProcess(
             tmp_path, core, url,
@@ -117,12 +118,12 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
             "--stream-down-after", "1.5",
         )  # fmt: skip
         core.wait_subscribed()
-        core.resend(StreamStart("cam0", 0, "http://camera"))
+        core.deliver(StreamStart("cam0", 0, "http://camera"))
         records = [make_record("cam0", seq) for seq in range(6)]
         records[3] = dataclasses.replace(records[3], events={"frozen": 12.5}, thumbnail=PICTURE)
         records[4] = dataclasses.replace(records[4], scene_change=True)
         for r in records:
-            core.record(r)
+            core.deliver(r)
         core.wait_acked("cam0", 5)
 
         wait_for(lambda: sub.payloads("encoders/cam0/frozen") and sub.payloads("encoders/cam0/scene_change"), 20,
@@ -158,7 +159,7 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
         assert base64.b64decode(sent["thumbnail_jpeg_base64"]) == PICTURE
         assert kinds.index("online") < kinds.index("frozen") < kinds.index("scene_change")
 
-        core.end(EndOfStream("cam0", 5, {"published": 6, "embedded": 6, "dropped": 0, "skipped": 0, "lost": 0}))
+        core.deliver(EndOfStream("cam0", 5, {"published": 6, "embedded": 6, "dropped": 0, "skipped": 0, "lost": 0}))
         core.wait_acked("cam0", 5, ended=True)
         wait_for(lambda: "offline" in sub.payloads("encoders/cam0/state"), 20, "the stream's offline state")
         core.stop()
@@ -172,7 +173,6 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
     finally:
         sub.close()
         hook.close()
-        core.close()
 
 
 @pytest.mark.timeout(240)

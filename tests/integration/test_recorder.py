@@ -28,14 +28,14 @@ from PIL import Image
 from encoders.logging_utils import load_run_embeddings
 from encoders.services.recorder.rows import to_spool
 from encoders.services.recorder.writer import FrameWriter, Inline, writer_thread
-from encoders.shared.messages import EndOfStream, Frame, FrameCounts, MetricsRecord
+from encoders.shared.messages import Bye, EndOfStream, Frame, FrameCounts, Hello, MetricsRecord, Ready
 from encoders.shared.spool import Spool
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
 from encoders.shared.storage.frames import FrameRow
 
 from ..conftest import free_port, spoil, wait_for
-from .fake_core import FakeCore
+from ..fake_core import FakeCore
 from .recorder_helpers import (
     DIM,
     T0,
@@ -69,7 +69,7 @@ def health(service: str, port: str) -> tuple[int, str]:
 
 def end_and_stop(core: FakeCore, rec: RecorderProcess, stream: str, last_seq: int, counts: FrameCounts) -> None:
     """As the core ends a pipeline: the stream's end, acknowledged; then Stop; the recorder exits 0."""
-    core.end(EndOfStream(stream, last_seq, counts))
+    core.deliver(EndOfStream(stream, last_seq, counts))
     core.wait_acked(stream, last_seq, ended=True)
     core.stop()
     assert rec.wait() == 0, rec.log()
@@ -83,15 +83,15 @@ def test_one_stream_rows_files_index_and_summary(pg, db_url, core, start):
     rec = start(core, db_url)
     core.wait_subscribed()
     sent = send_stream(core, "cam0", range(10))
-    core.resend(sent[5])  # a record sent twice is recorded once
-    core.send_raw([b"not a message"])  # counted and dropped
+    core.send(sent[5])  # a record sent twice (not held again) is recorded once
+    core.send([b"not a message"])  # counted and dropped
     for bad in ({"t_capture": "x"}, {"t_capture": math.nan}, {"seq": "7"}, {"stream": "../../etc"}):
-        core.send_raw(spoil(dataclasses.replace(sent[0], seq=50), **bad))  # issue #13: the recorder died on these
+        core.send(spoil(dataclasses.replace(sent[0], seq=50), **bad))  # issue #13: the recorder died on these
     final: FrameCounts = {"published": 13, "embedded": 10, "dropped": 2, "skipped": 1, "lost": 0, "late": 0}
     end_and_stop(core, rec, "cam0", 12, final)
-    assert core.seen.byes == 1 and core.acked["cam0"] == (12, True)
+    assert len(core.messages(Bye)) == 1 and core.acked["cam0"] == (12, True)
     assert rec.log().count("does not decode") == 1  # the first said, the other four counted
-    (ready,) = core.seen.readies
+    (ready,) = core.messages(Ready)
     run = rec.run_dir()
     assert ready.run == run.name and ready.stored == {}
     config = json.loads((run / "config.json").read_text())
@@ -197,11 +197,11 @@ def test_two_streams_keep_their_own_rows_and_files(pg, db_url, core, start):
         core.frame(Frame("cam1", seq, T0 + seq * 0.25, 4, 4, jpeg_bytes("cam1", seq)))
     time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     for seq in range(6):
-        core.record(make_record("cam0", seq))
+        core.deliver(make_record("cam0", seq))
         if seq < 3:
-            core.record(make_record("cam1", seq))
-    core.end(EndOfStream("cam0", 5, {"published": 6, "embedded": 6}))
-    core.end(EndOfStream("cam1", 2, {"published": 3, "embedded": 3}))
+            core.deliver(make_record("cam1", seq))
+    core.deliver(EndOfStream("cam0", 5, {"published": 6, "embedded": 6}))
+    core.deliver(EndOfStream("cam1", 2, {"published": 3, "embedded": 3}))
     core.wait_acked("cam0", 5, ended=True)
     core.wait_acked("cam1", 2, ended=True)
     core.stop()
@@ -228,7 +228,7 @@ def test_stream_dirs_give_each_stream_a_folder(pg, db_url, core, start, tmp_path
     core.wait_subscribed()
     for cam in ("cam0", "cam1"):
         send_stream(core, cam, range(3), frames=False)
-        core.end(EndOfStream(cam, 2, {"embedded": 3}))
+        core.deliver(EndOfStream(cam, 2, {"embedded": 3}))
         core.wait_acked(cam, 2, ended=True)
     core.stop()
     assert rec.wait() == 0, rec.log()
@@ -265,7 +265,7 @@ def test_thumbnails_from_the_records_scene_changes_and_keyframe_segments(pg, db_
     for seq in range(12):
         view = 0 if seq < 6 else 1
         v = views[view] + 0.02 * rng.standard_normal(DIM)
-        core.record(
+        core.deliver(
             MetricsRecord(
                 stream="cam0",
                 seq=seq,
@@ -317,7 +317,7 @@ def test_keyframe_thumbnails_only_and_no_snapshots(pg, db_url, core, start):
     for seq in range(3):
         r = make_record("cam0", seq)
         r.thumbnail = b"\xff\xd8thumb\xff\xd9"
-        core.record(r)
+        core.deliver(r)
     end_and_stop(core, rec, "cam0", 2, {"embedded": 3})
     assert not core.subscribed.is_set()  # --frames none: never subscribed
     with pg.connect(db_url) as conn:
@@ -416,7 +416,7 @@ def test_sigterm_mid_run_flushes_rows_acks_them_and_writes_the_summary(pg, db_ur
         assert stored_seqs(conn, run_id_of(run)) == list(range(6))
         embedded = "SELECT summary->'totals'->'frames'->>'embedded' FROM runs WHERE id = %s"
         assert conn.execute(embedded, (run_id_of(run),)).fetchone() == ("6",)
-    assert core.acked["cam0"] == (5, False) and core.seen.byes == 1  # the last acks, then Bye
+    assert core.acked["cam0"] == (5, False) and len(core.messages(Bye)) == 1  # the last acks, then Bye
     summary = json.loads((run / "summary.json").read_text())["streams"]["cam0"]
     assert summary["records"] == 6 and not summary["ended"] and summary["counts_from"] == "last_record"
     assert list(load_run_embeddings(run)[2]) == list(range(6))  # the partial batch too
@@ -475,7 +475,7 @@ def test_unreachable_database_exits_with_a_clear_error_and_no_password(core, sta
     assert "127.0.0.1" in log and "port=1" in log and "database=x" in log
     assert "s3cret" not in log
     assert not rec.runs.exists() or not any(rec.runs.iterdir())
-    assert not core.seen.hellos  # it said nothing to the core: it could not have recorded anything
+    assert not core.messages(Hello)  # it said nothing to the core: it could not have recorded anything
 
 
 def test_unreachable_database_error_in_this_process_has_no_password():

@@ -22,7 +22,7 @@ from encoders.shared import zmqio
 from encoders.shared.messages import Bye, Embedding, Frame, Hello, MetricsRecord, Skipped, Stop
 
 from ..conftest import REPO
-from ..ingest_worker_core import FakeCore
+from ..fake_core import FakeCore
 from .pipeline import Pipeline, collect, subscribe, totals
 
 BLOCKED = ("torch", "open_clip", "torchvision")
@@ -52,7 +52,7 @@ def jpeg(color, size=(640, 480)) -> bytes:
 
 @pytest.mark.timeout(120)
 def test_a_worker_without_a_model_never_imports_torch_and_does_a_workers_work(sockets, tmp_path):
-    core = FakeCore(sockets.bind(zmq.ROUTER))
+    core = FakeCore(sockets.bind(zmq.ROUTER), roles={"worker"})
     log_path = tmp_path / "encode.log"
     try:
         with open(log_path, "wb") as log:

@@ -1,4 +1,4 @@
-"""`encoders stop` as a real process against a stand-in core (tests/stand_in_core.py): the totals
+"""`encoders stop` as a real process against a stand-in core (tests/fake_core.py): the totals
 printed once the core reports Stopped (a table for people, JSON for programs: every test that
 reads the totals reads the JSON), a core that does not report in time, no core at all."""
 
@@ -16,15 +16,15 @@ import zmq
 from encoders.shared.messages import Bye, Hello, Stop, Stopped
 
 from ..conftest import free_port
-from ..stand_in_core import StandInCore
+from ..fake_core import FakeCore
 
 
 @pytest.fixture
 def cores(sockets):
-    made: list[StandInCore] = []
+    made: list[FakeCore] = []
 
-    def start(**kw) -> StandInCore:
-        made.append(StandInCore(sockets.bind(zmq.ROUTER), **kw).start())
+    def start(stopped: Stopped | None = None) -> FakeCore:
+        made.append(FakeCore(sockets.bind(zmq.ROUTER), roles={"control"}, stopped=stopped))
         return made[-1]
 
     yield start

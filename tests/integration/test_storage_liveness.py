@@ -30,6 +30,8 @@ from encoders.shared.storage.errors import DatabaseUnavailable
 
 from ..conftest import wait_for
 
+pytestmark = pytest.mark.netns
+
 # Accepts TCP connections on HOST:PORT and relays each, both ways, to the Unix socket PATH.
 RELAY = """
 import asyncio, sys

@@ -229,6 +229,7 @@ def text(driver, element_id: str) -> str:
     return driver.find_element("id", element_id).text
 
 
+@pytest.mark.browser
 def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live_viewer):
     from selenium.webdriver.common.by import By
 
@@ -315,6 +316,7 @@ def test_the_page_plays_the_video_updates_its_numbers_and_searches(browser, live
     assert "search for 'a red square on the lawn': 12 result(s)" in viewer.output()
 
 
+@pytest.mark.browser
 def test_the_page_opened_with_its_token_works_and_without_it_is_refused(browser, service):
     port = free_port()
     guarded = service("view", "--web", f"127.0.0.1:{port}", "--web-token", "t0ken", env={"DISPLAY": ""})
@@ -384,6 +386,7 @@ def test_the_search_api_answers_as_its_openapi_document_says(live_viewer, tiny_m
     assert not_a_picture.status_code == 400 and check(not_a_picture, "post")["error"]
 
 
+@pytest.mark.browser
 def test_the_timeline_draws_drift_with_its_scene_changes_and_alerts_and_opens_a_frame(browser, live_viewer):
     """Issue #15: drift over a chosen period (not only the live window), scene changes and alerts
     on it, and a click opens that moment's frame."""

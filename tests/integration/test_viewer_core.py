@@ -1,5 +1,5 @@
 """`encoders view` given only the core's address: a real viewer process asks a stand-in core
-(tests/stand_in_core.py) where its publishers are, and subscribes to the test's own.
+(tests/fake_core.py) where its publishers are, and subscribes to the test's own.
 
 What the viewer does with what it receives is tested in test_viewer_web.py and test_viewer.py;
 here, how it comes to receive it: the Welcome's publishers (a wildcard host replaced), the Bye,
@@ -24,16 +24,16 @@ from encoders.shared import zmqio
 from encoders.shared.messages import Bye, Frame, Hello, MetricsRecord, Stats, StreamStart
 
 from ..conftest import endpoint, free_port, wait_for
-from ..stand_in_core import StandInCore
+from ..fake_core import FakeCore
 
 
 @pytest.fixture
 def cores(sockets):
-    """cores(endpoint, frames=..., metrics=...): stand-in cores, stopped at the end."""
-    made: list[StandInCore] = []
+    """cores(endpoint, frames=..., metrics=...): stand-in cores naming those publishers, stopped at the end."""
+    made: list[FakeCore] = []
 
-    def start(at: str = "tcp://127.0.0.1:0", **kw) -> StandInCore:
-        made.append(StandInCore(sockets.bind(zmq.ROUTER, at), **kw).start())
+    def start(at: str = "tcp://127.0.0.1:0", frames: str = "", metrics: str = "") -> FakeCore:
+        made.append(FakeCore(sockets.bind(zmq.ROUTER, at), roles={"viewer"}, publishers=(frames, metrics)))
         return made[-1]
 
     yield start
