@@ -200,7 +200,11 @@ def each_stored_row(
     conn: psycopg.Connection, run_id: int, stream: str, take: Callable[[list[StoredRow]], None], batch: int = 2000
 ) -> int:
     """Hand ``take`` a stream's rows in seq order, ``batch`` at a time (a server-side cursor: a
-    run's millions of rows are never all in memory). Returns how many."""
+    run's millions of rows are never all in memory). Returns how many: none before the frames
+    table exists (a run whose recorder died before its first rows were written)."""
+    exists = conn.execute("SELECT to_regclass('frames') IS NOT NULL").fetchone()
+    if not (exists and exists[0]):
+        return 0
     n = 0
     with conn.transaction(), conn.cursor(name="stored_rows", binary=True) as cur:
         cur.execute(SELECT_STORED, (run_id, stream))

@@ -284,7 +284,7 @@ def test_a_recorder_that_hangs_through_the_drain_is_started_again_and_stores_eve
     removed. A child that stops answering its health check is killed and started again, also
     while the pipeline drains: the new recorder takes the records, and nothing is left over."""
     runs = tmp_path / "runs"
-    args = ("--stream", pisim, "--no-display", "--runs-dir", str(runs), "--hang-after", "5")
+    args = ("--stream", pisim, "--no-display", "--runs-dir", str(runs), "--hang-after", "10")
     run = service(*args, env=tiny_model)
     wait_for(lambda: drift_lines(runs) > 10, 120, "frames to be recorded")
     launcher = psutil.Process(run.proc.pid)

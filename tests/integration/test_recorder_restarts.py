@@ -334,3 +334,15 @@ def test_a_run_whose_folder_is_elsewhere_is_closed_only_when_named(pg, db_url, t
     _, ended_at, summary = run_row(pg, db_url, run_id)
     assert ended_at == datetime.fromtimestamp(T0 + 2, tz=UTC)
     assert summary["streams"]["cam0"]["frames"]["embedded"] == 3 and summary["streams"]["cam0"]["drift"]["count"] == 3
+
+
+def test_a_run_whose_recorder_died_before_its_first_rows_can_be_taken_up(db_url):
+    """Seen when the all-in-one restarted a recorder hung (and killed) before it had written a row:
+    the frames table did not exist yet, and every new recorder failed to resume the run, reading
+    its rows ('relation "frames" does not exist'). A run with no rows yet has none to read."""
+    db = Database.open(db_url)
+    try:
+        assert db.stored_streams(1) == {}
+        assert db.each_stored_row(1, "cam0", lambda rows: None) == 0
+    finally:
+        db.close()
