@@ -1,6 +1,7 @@
-"""Kill any service mid-run with SIGKILL, start it again 5 s later, run on, stop the pipeline as
-an operator does: every frame the camera's ingest read is stored exactly once or counted
-(issue #12), and summary.json, drift.csv, the npz batches and the database agree.
+"""Kill any service mid-run with SIGKILL, start it again once its peers have counted it gone (the
+heartbeat timeout), run on, stop the pipeline as an operator does: every frame the camera's ingest
+read is stored exactly once or counted (issue #12), and summary.json, drift.csv, the npz batches
+and the database agree.
 
 Separate processes on real sockets (tests/integration/pipeline.py), a real PostgreSQL.
 """
@@ -11,6 +12,7 @@ import json
 import re
 import signal
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -18,10 +20,10 @@ import pytest
 from encoders.logging_utils import load_run_embeddings
 from encoders.shared.messages import MetricsRecord, StreamStart
 
-from ..conftest import Service
+from ..conftest import Service, wait_for
 from .pipeline import Pipeline, collect, subscribe
 
-RESTART_AFTER_S = 5.0
+GONE_S = 60  # how long a killed service's peers may take to count it gone: 3 s of silence, on a busy machine more
 
 
 @pytest.fixture
@@ -47,12 +49,26 @@ def records_after(sub, seq: int, n: int) -> list[MetricsRecord]:
     return got
 
 
-def kill_and_restart(pipeline: Pipeline, sub, victim: Service, restart) -> tuple[int, Service]:
-    """Records before and after: SIGKILL ``victim``, start it again after 5 s; the last seq seen before."""
-    before = [m for m in collect(sub, records=15) if isinstance(m, MetricsRecord)]
+def said_again(services: list[Service], pattern: str) -> Callable[[], bool]:
+    """Whether each of ``services`` has logged ``pattern`` once more than it had when this was called."""
+    before = [len(re.findall(pattern, s.output())) for s in services]
+    return lambda: all(len(re.findall(pattern, s.output())) > n for s, n in zip(services, before, strict=True))
+
+
+def kill(victim: Service, gone: Callable[[], bool]) -> None:
+    """SIGKILL ``victim``, and wait until its peers have counted it gone (``gone``, made before)."""
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait(10)
-    time.sleep(RESTART_AFTER_S)
+    wait_for(gone, GONE_S, f"the killed {victim.args[0]}'s peers to count it gone")
+
+
+def kill_and_restart(
+    pipeline: Pipeline, sub, victim: Service, restart, gone: Callable[[], bool]
+) -> tuple[int, Service]:
+    """Records before and after: SIGKILL ``victim``, start it again once ``gone`` says its peers have
+    counted it gone; the last seq seen before."""
+    before = [m for m in collect(sub, records=15) if isinstance(m, MetricsRecord)]
+    kill(victim, gone)
     again = restart()
     records_after(sub, before[-1].seq, 15)
     return before[-1].seq, again
@@ -98,7 +114,8 @@ def check_run(pipeline: Pipeline) -> dict:
 def test_a_killed_worker_is_replaced_and_its_frames_counted(pipeline, sockets):
     sub = subscribe(sockets, pipeline.metrics_pub)
     services = start(pipeline, workers=2)
-    _, _ = kill_and_restart(pipeline, sub, services["worker1"], lambda: pipeline.start_worker("w1"))
+    gone = said_again([services["core"]], r"worker w1 left \(silent for")
+    _, _ = kill_and_restart(pipeline, sub, services["worker1"], lambda: pipeline.start_worker("w1"), gone)
     stop(pipeline)
     cam0 = check_run(pipeline)
     assert cam0["frames"]["published"] == frames_read(services["ingest"])
@@ -108,7 +125,8 @@ def test_a_killed_worker_is_replaced_and_its_frames_counted(pipeline, sockets):
 def test_a_killed_recorder_resumes_its_run_and_loses_nothing(pipeline, sockets):
     sub = subscribe(sockets, pipeline.metrics_pub)
     services = start(pipeline)
-    _, _ = kill_and_restart(pipeline, sub, services["recorder"], lambda: pipeline.start_recorder(again=True))
+    gone = said_again([services["core"]], r"recorder \S+ left: silent for")
+    _, _ = kill_and_restart(pipeline, sub, services["recorder"], lambda: pipeline.start_recorder(again=True), gone)
     stop(pipeline)
     cam0 = check_run(pipeline)
     assert cam0["frames"]["published"] == frames_read(services["ingest"])
@@ -121,7 +139,8 @@ def test_a_killed_recorder_resumes_its_run_and_loses_nothing(pipeline, sockets):
 def test_a_killed_core_is_rejoined_by_everyone_and_the_counts_tell_the_truth(pipeline, sockets):
     sub = subscribe(sockets, pipeline.metrics_pub)
     services = start(pipeline)
-    last, _ = kill_and_restart(pipeline, sub, services["core"], pipeline.start_core)
+    gone = said_again([services["recorder"], services["worker0"], services["ingest"]], "has been silent")
+    last, _ = kill_and_restart(pipeline, sub, services["core"], pipeline.start_core, gone)
     stop(pipeline)
     cam0 = check_run(pipeline)
     # Frames the dead core had numbered but not released are counted lost, and its numbers are
@@ -139,9 +158,7 @@ def test_a_killed_ingest_starts_a_new_epoch_above_the_stored_numbers(pipeline, s
     camera = f"http://127.0.0.1:{url.args[url.args.index('--port') + 1]}/stream.mjpg"
     starts: list[StreamStart] = []
     before = [m for m in collect(sub, records=15) if isinstance(m, MetricsRecord)]
-    services["ingest"].proc.send_signal(signal.SIGKILL)
-    services["ingest"].proc.wait(10)
-    time.sleep(RESTART_AFTER_S)
+    kill(services["ingest"], said_again([services["core"]], r"ingest \S+ of stream cam0 left: silent for"))
     again = pipeline.start_ingest(0, camera)
     deadline = time.monotonic() + 120
     after: list[MetricsRecord] = []

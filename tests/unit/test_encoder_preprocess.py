@@ -71,20 +71,23 @@ def test_full_size_decode_reproduces_open_clips_tensors(vit_b_32, images):
     torch.testing.assert_close(ours, reference_batch(vit_b_32, images), atol=2e-5, rtol=0)
 
 
-def test_fast_path_embeddings_match_open_clip_on_every_image(vit_b_32, images):
+@pytest.fixture(scope="module")
+def both_paths(vit_b_32, images) -> tuple[np.ndarray, np.ndarray]:
+    """The images embedded through the fast path (the worker's decode) and through open_clip's transform."""
     arrays, _, bad = load_batch(vit_b_32.pre, images)
     assert not bad and all(a.shape == (224, 224, 3) for a in arrays)
-    ours = vit_b_32.embed_arrays(arrays)
-    theirs = vit_b_32.embed(reference_batch(vit_b_32, images))
+    return vit_b_32.embed_arrays(arrays), vit_b_32.embed(reference_batch(vit_b_32, images))
+
+
+def test_fast_path_embeddings_match_open_clip_on_every_image(both_paths):
+    ours, theirs = both_paths
     cos = cosines(ours, theirs)
     assert cos.min() >= 0.99, dict(zip(SIZES, cos.round(4), strict=False))
 
 
-def test_fast_path_tells_images_apart_as_open_clip_does(vit_b_32, images):
+def test_fast_path_tells_images_apart_as_open_clip_does(both_paths, images):
     """The check above could pass if every image mapped to the same vector: make sure it doesn't."""
-    arrays, _, _ = load_batch(vit_b_32.pre, images)
-    ours = vit_b_32.embed_arrays(arrays)
-    theirs = vit_b_32.embed(reference_batch(vit_b_32, images))
+    ours, theirs = both_paths
     # cos(image i, image j) under both paths: the same similarity structure.
     np.testing.assert_allclose(ours @ ours.T, theirs @ theirs.T, atol=0.02)
     assert (theirs @ theirs.T)[np.triu_indices(len(images), 1)].min() < 0.999

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -117,7 +118,34 @@ def vit_b_32_frames(vit_b_32_torch):
     return decoded(vit_b_32_torch, photographs(8, (640, 480)))
 
 
+@pytest.fixture(scope="module")
+def onnx_exports(tmp_path_factory) -> Path:
+    """Where each image tower's ONNX export is kept, in a folder named by its weights' fingerprint."""
+    return tmp_path_factory.mktemp("onnx-exports")
+
+
+@pytest.fixture
+def exported_once(onnx_exports, monkeypatch) -> None:
+    """ViT-B-32's tower exported to ONNX once for the tests below, not once for each: every runtime
+    and precision still builds its own model from that graph (quantised, converted), loads it, has
+    it checked against PyTorch and is compared here. Exporting the same weights again (about 9 s
+    each, ViT-B-32 on 2 cores) proves nothing more: the tiny model's tests above export every time."""
+    from encoders.services.encoder.runtimes import export, onnx_runtime, openvino_runtime
+
+    def export_onnx(tower: export.ImageTower, path: Path) -> None:
+        made = onnx_exports / export.weights_fingerprint(tower) / path.name
+        if not made.parent.exists():
+            made.parent.mkdir()
+            export.export_onnx(tower, made)
+        for file in made.parent.iterdir():  # the graph, and its weights beside it under the name it gives them
+            shutil.copyfile(file, path.with_name(file.name))
+
+    for module in (onnx_runtime, openvino_runtime):
+        monkeypatch.setattr(module, "export_onnx", export_onnx)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("exported_once")
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_vit_b_32_matches_pytorch_in_each_runtime(runtime, vit_b_32_torch, vit_b_32_frames, tmp_path):
     expected = vit_b_32_torch.embed_arrays(vit_b_32_frames)
@@ -129,6 +157,7 @@ def test_vit_b_32_matches_pytorch_in_each_runtime(runtime, vit_b_32_torch, vit_b
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("exported_once")
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_vit_b_32_int8_stays_within_cosine_099_of_fp32(runtime, vit_b_32_torch, vit_b_32_frames, tmp_path):
     """What the README promises for ENCODERS_PRECISION=int8 (random weights: no download here)."""
