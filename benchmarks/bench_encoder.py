@@ -38,7 +38,7 @@ from encoders.services.encoder.model import load_encoder
 from encoders.services.encoder.preprocess import Preprocessor
 from encoders.services.pisim.scene import SyntheticScene
 from encoders.shared import zmqio
-from encoders.shared.messages import EndOfStream, MetricsRecord
+from encoders.shared.messages import EndOfStream, MetricsRecord, rows_of
 
 MODEL = os.environ.get("BENCH_MODEL", "ViT-B-32")
 PRETRAINED = os.environ.get("BENCH_PRETRAINED", "none")  # real weights: for int8's fidelity; speed is the same
@@ -212,11 +212,12 @@ def collect(sub, timeout_s: float = 600) -> tuple[list[tuple[float, MetricsRecor
     while time.monotonic() < deadline:
         if not sub.poll(1000):
             continue
-        msg, _ = zmqio.receive(sub, topic=True)
-        if isinstance(msg, MetricsRecord):
-            records.append((time.time(), msg))
-        elif isinstance(msg, EndOfStream):
-            return records, msg
+        got, _ = zmqio.receive(sub, topic=True)
+        for msg in rows_of(got) if got is not None else ():  # a Records: its records
+            if isinstance(msg, MetricsRecord):
+                records.append((time.time(), msg))
+            elif isinstance(msg, EndOfStream):
+                return records, msg
     raise RuntimeError("the pipeline did not finish in time")
 
 

@@ -19,13 +19,13 @@ this commit / d031ce1, case by case.
 Settings (environment): BENCH_PLUMBING_FRAMES (3000) and BENCH_PLUMBING_SECONDS (5): each
 measurement's window ends at whichever comes first, after BENCH_PLUMBING_WARMUP_S (1.5) of
 records; BENCH_PLUMBING_BASE (d031ce1); BENCH_PLUMBING_CASES, a part of the cases' names to keep
-(e.g. "640x480"); BENCH_PLUMBING_CALIBRATE=1 measures this commit a second time in each case, with
-the stand-in workers d031ce1 gets: the ratio of the two says how faithful the stand-in is.
+(e.g. "640x480"); BENCH_PLUMBING_PROFILE=core,recorder,ingest profiles those services (plumbing_run.py).
+(BENCH_PLUMBING_CALIBRATE, which ran this commit's core with d031ce1's stand-in workers, went with
+protocol 3's data link: the stand-in takes its JPEGs from the core's session, as d031ce1's workers did.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -50,7 +50,6 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = os.environ.get("BENCH_PLUMBING_BASE", "d031ce1")
 SIZES = {(640, 480): 75, (1920, 1080): 70}  # JPEG quality: about 51 KB and 270 KB of the synthetic scene
 CASES = [Case(keys, size, cameras) for keys in (False, True) for size in SIZES for cameras in (1, 8)]
-CALIBRATION = "stand-in"  # BENCH_PLUMBING_CALIBRATE=1: this commit's code with d031ce1's workers
 GROUPS = ("core", *CORE_THREADS, "recorder", "postgres", "ingest", "workers", "source")
 
 
@@ -204,8 +203,7 @@ def ratio(a: dict, b: dict) -> dict[str, float]:
 
 
 def ratios(results: list[dict], this: str, base: str) -> None:
-    """this / base, case by case, and the core's CPU per frame against the floor's; with the
-    calibration, this commit's code with the stand-in workers / with its own."""
+    """this / base, case by case, and the core's CPU per frame against the floor's."""
     for r in results:
         r["ratio"] = ratio(r["variants"][this], r["variants"][base])
         if "floor" in r["variants"]:
@@ -213,8 +211,6 @@ def ratios(results: list[dict], this: str, base: str) -> None:
             r["core_over_floor"] = {
                 label: r["variants"][label]["cpu_ms_per_frame"]["core"] / bare for label in (this, base)
             }
-        if CALIBRATION in r["variants"]:
-            r["calibration"] = ratio(r["variants"][CALIBRATION], r["variants"][this])
 
 
 def print_tables(results: list[dict], this: str, base: str) -> None:
@@ -232,10 +228,6 @@ def print_tables(results: list[dict], this: str, base: str) -> None:
         floor_ratio = r.get("core_over_floor", {})
         tail = f"{floor_ratio[this]:5.1f} /{floor_ratio[base]:5.1f}" if floor_ratio else ""
         print(f"{r['case']:40} " + " ".join(f"{r['ratio'].get(k, float('nan')):9.2f}" for k in keys) + f" {tail:>12}")
-    if any("calibration" in r for r in results):
-        print(f"\nCalibration: {this} with the stand-in workers / with its own (1 where the stand-in is faithful)")
-        for r in results:
-            print(f"{r['case']:40} " + " ".join(f"{r['calibration'].get(k, float('nan')):9.2f}" for k in keys))
 
 
 def main() -> dict:
@@ -254,8 +246,6 @@ def main() -> dict:
             version = Version(label, root / "src", keys_for(label, root / "src", keys_folder), none_runtime)
             check_code(version)
             versions.append(version)
-        if os.environ.get("BENCH_PLUMBING_CALIBRATE") == "1":
-            versions.append(dataclasses.replace(versions[0], label=CALIBRATION, none_runtime=False))
         print(
             f"this commit {head.stdout.strip()}{' (with changes not committed)' if dirty.strip() else ''} against "
             f"{BASE}; {len(cases)} cases; each window {budget.frames} frames or {budget.seconds:g} s after "

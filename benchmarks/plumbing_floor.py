@@ -6,12 +6,14 @@ with nothing else (no decoding, no sessions, no order, no drift, no bookkeeping)
     python benchmarks/plumbing_floor.py worker --core EP
     python benchmarks/plumbing_floor.py sink --core EP --frames EP
 
-The forwarder binds a ROUTER and two PUBs, as the core does, and makes the core's sends per frame:
-the frame on the frames publisher and to a worker, the result on the metrics publisher and to the
-sink (the recorder's place), plus one credit back to the feeder (a lossless ingest's). A feeder
-(an ingest's place) sends its JPEG against credit (16 at a time); a worker answers each frame
-with a prepared result of a real one's size (a 512-float vector, a thumbnail), doing no work; the
-sink takes the results and, as the recorder does, subscribes to the frames. Headers are opaque
+The forwarder binds a ROUTER and two PUBs, as the core does, and makes the core's sends as protocol 3
+makes them: per frame, the frame on the frames publisher and to a worker; per worker batch, its
+results on the metrics publisher (one message per stream in it, as a Records) and to the sink (the
+recorder's place), and one credit per stream back to its feeder (a lossless ingest's). A feeder
+(an ingest's place) sends its JPEG against credit (16 at a time); a worker answers the frames
+waiting for it (up to a batch of 8) with one message of prepared results of a real one's size (a
+512-float vector and a thumbnail a row, as a Results), doing no work; the sink takes the results
+and, as the recorder does, subscribes to the frames. Headers are opaque
 bytes of a real header's size. With ENCODERS_KEYS every link is CurveZMQ with the keys of
 `encoders keys init` (no ZAP: the encryption's cost, not the allow-list's).
 
@@ -39,7 +41,9 @@ import zmq.auth
 CAPACITY = 16  # frames a worker holds, as a worker with batches of 8 offers
 WINDOW = 16  # captures a feeder may have in flight
 FRAME_HEADER = 100  # bytes: about what the core's Frame header takes
-RESULT_HEADER = 200  # an Embedding's
+RESULT_HEADER = 300  # a Results' (its rows' numbers are columns, parts of their own: ROW bytes a row)
+ROW = 40  # a result's columns: stream, seq, times, outcome, levels, thumbnail length
+BATCH = 8  # frames a worker answers at once, at most
 THUMBNAIL = 5000  # a 160 px thumbnail's
 
 
@@ -106,17 +110,25 @@ def forwarder(args: argparse.Namespace) -> int:
             frames.send_multipart([b"frame/" + stream, header, parts[3]], copy=False)
             dispatch(header, parts[3])
         elif kind == b"R":
-            held[who] -= 1
-            header = parts[2].bytes
-            stream = header[8:].rstrip(b" ")
-            embedded[stream] += 1
-            metrics.send_multipart([b"metrics/" + stream, *parts[2:]], copy=False)
+            headers = parts[2].bytes  # the frames' headers end to end: one a row
+            rows = [headers[i : i + FRAME_HEADER] for i in range(0, len(headers), FRAME_HEADER)]
+            held[who] -= len(rows)
+            per_stream: dict[bytes, int] = {}
+            for header in rows:
+                stream = header[8:].rstrip(b" ")
+                per_stream[stream] = per_stream.get(stream, 0) + 1
+            for stream, n in per_stream.items():
+                embedded[stream] += n
+                # A Records' header as the benchmark's subscriber reads it (its kind and rows), of a real one's size.
+                header = msgpack.packb({"k": "records", "n": n, "pad": "r" * RESULT_HEADER})
+                metrics.send_multipart([b"metrics/" + stream, header, *parts[4:]], copy=False)
+                if not stopping:
+                    router.send_multipart([by_stream[stream], b"K", str(n).encode()])
             for sink in sinks:
-                router.send_multipart([sink, b"M", *parts[2:]], copy=False)
-            if not stopping:
-                router.send_multipart([by_stream[stream], b"K", b"1"])
-            if waiting:
-                dispatch(*waiting.popleft())
+                router.send_multipart([sink, b"M", *parts[3:]], copy=False)
+            for _ in range(len(rows)):
+                if waiting:
+                    dispatch(*waiting.popleft())
         elif kind == b"H":
             role = parts[2].bytes
             if role == b"feeder":
@@ -166,9 +178,19 @@ def worker(args: argparse.Namespace) -> int:
     result, thumbnail = b"r" * RESULT_HEADER, b"t" * THUMBNAIL
     sock.send_multipart([b"H", b"worker"])
     while True:
+        headers = []
         parts = sock.recv_multipart(copy=False)
-        if parts[0].bytes == b"F":
-            sock.send_multipart([b"R", parts[1], result, vector, thumbnail], copy=False)
+        while True:
+            if parts[0].bytes == b"F":
+                headers.append(parts[1].bytes)
+            if len(headers) >= BATCH or not sock.poll(0):
+                break
+            parts = sock.recv_multipart(copy=False)
+        if headers:
+            n = len(headers)
+            sock.send_multipart(
+                [b"R", b"".join(headers), result, b"c" * (ROW * n), vector * n, thumbnail * n], copy=False
+            )
 
 
 def sink(args: argparse.Namespace) -> int:

@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def rows(header: bytes) -> int:
+    """Records a message on the metrics publisher carries: a Records' rows (protocol 3, and the
+    floor's), or one (a MetricsRecord of d031ce1's protocol 2)."""
+    try:
+        head = msgpack.unpackb(header, raw=False)
+    except Exception:  # not msgpack: not a batch
+        return 1
+    return head["n"] if isinstance(head, dict) and head.get("k") == "records" else 1
+
+
 class Records(threading.Thread):
     """The benchmark's subscription to the metrics publisher: records counted, each stream's end read."""
 
@@ -52,7 +62,7 @@ class Records(threading.Thread):
             parts = self.sock.recv_multipart(copy=False)
             topic = parts[0].bytes
             if topic.startswith(b"metrics/"):
-                self.count += 1
+                self.count += rows(parts[1].bytes)
                 if topic not in self.streams:
                     self.streams.add(topic)
             elif topic.startswith(b"eos/"):

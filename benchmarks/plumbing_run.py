@@ -15,13 +15,15 @@ up (the recorder's run row in the database, each worker's ready file) and record
 stream, ``warmup_s`` more; then CPU is read (plumbing_cpu.py) and the records counted, and again
 after ``frames`` more records or ``seconds``, whichever first. Then the pipeline is stopped as an
 operator does (`encoders stop`): each stream's end carries its totals, and for every stream
-published = embedded + dropped + skipped + lost. A measurement where not every frame went through,
-or a service did not exit 0, keeps its logs in benchmarks/out/plumbing-logs/.
+published = embedded + dropped + skipped + lost. A measurement where not every frame went through
+(at most one per camera dropped: the frame a lossless ingest holds when stopped), or a service
+did not exit 0, keeps its logs in benchmarks/out/plumbing-logs/.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -98,6 +100,23 @@ def has_run(db_url: str) -> bool:
         return False  # the schema is not there yet
 
 
+def profiled(service: str, version: Version, case: Case, one: str = "") -> list[str]:
+    """``-m cProfile -o FILE`` for a service BENCH_PLUMBING_PROFILE names (core, recorder, ingest; comma
+    separated): its profile, written when it exits after the stop, in benchmarks/out/profiles/ (``one``:
+    which of several, e.g. the camera). Profiled, a process runs slower: its figures are not the benchmark's."""
+    if service not in os.environ.get("BENCH_PLUMBING_PROFILE", "").split(","):
+        return []
+    service += one
+    folder = OUT / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        "-m",
+        "cProfile",
+        "-o",
+        str(folder / (re.sub(r"[^A-Za-z0-9]+", "-", f"{service}-{version.label}-{case.name}") + ".prof")),
+    ]
+
+
 def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | None], budget: Budget) -> dict:
     """This version's pipeline for ``case``: started, measured, stopped; its figures."""
     folder = Path(tempfile.mkdtemp(prefix=f"plumbing-{version.label}-", dir=OUT))
@@ -114,8 +133,31 @@ def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | 
     try:
         # All at once: every service finds the core by itself, whenever it is up.
         binds = [f"--{name}-bind=tcp://127.0.0.1:{port}" for name, port in ports.items()]
-        run.start("core", ["-m", "encoders", "metrics", *binds, "--state-dir", str(folder / "state")])
-        run.start("recorder", ["-m", "encoders", "record", "--core", core, "--database-url", db_url])
+        run.start(
+            "core",
+            [
+                *profiled("core", version, case),
+                "-m",
+                "encoders",
+                "metrics",
+                *binds,
+                "--state-dir",
+                str(folder / "state"),
+            ],
+        )
+        run.start(
+            "recorder",
+            [
+                *profiled("recorder", version, case),
+                "-m",
+                "encoders",
+                "record",
+                "--core",
+                core,
+                "--database-url",
+                db_url,
+            ],
+        )
         ready = [folder / f"w{i}.ready" for i in range(case.workers)]
         for i, path in enumerate(ready):
             if version.none_runtime:
@@ -124,7 +166,8 @@ def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | 
                 args = [str(HERE / "plumbing_standin.py"), "--name", f"w{i}", "--ready"]
             run.start("workers", [*args, str(path), "--core", core])
         for i in range(case.cameras):
-            args = ["-m", "encoders", "ingest", "--core", core, "--stream", source.url, "--stream-id", f"cam{i}"]
+            args = [*profiled("ingest", version, case, f"-cam{i}"), "-m", "encoders", "ingest", "--core", core]
+            args += ["--stream", source.url, "--stream-id", f"cam{i}"]
             run.start("ingest", [*args, "--lossless"])
         groups = {**run.pids(), "source": [source.pid], **({"postgres": [postmaster]} if postmaster else {})}
         up = Every(0.2, lambda: all(p.exists() for p in ready) and has_run(db_url))
@@ -144,7 +187,7 @@ def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | 
         exits = run.end()
         figures["timing"] = {"ready_s": figures.pop("ready_at") - began, "stop_s": time.monotonic() - stopping}
         got = {**figures, **ends(records.ends), "exits": exits}
-        keep_logs(run, f"{version.label} {case.name}", got)
+        keep_logs(run, f"{version.label} {case.name}", got, case.cameras)
         return got
     except BaseException:
         print(run.tails(), file=sys.stderr)
@@ -230,11 +273,16 @@ def measure(
     }
 
 
-def keep_logs(run: Run, name: str, got: dict) -> None:
+def keep_logs(run: Run, name: str, got: dict, cameras: int) -> None:
     """A measurement whose frames did not all go through, or whose services did not exit 0: its logs
-    kept in benchmarks/out/plumbing-logs/ (named in ``got["logs"]``), to see why."""
+    kept in benchmarks/out/plumbing-logs/ (named in ``got["logs"]``), to see why.
+
+    All through: every frame the cameras' ingests sent was embedded. A lossless ingest stopped
+    while a frame it read waits for credit gives that one up (at most one per camera), and since
+    issue #24 tells the core (its end's ``dropped``), where d031ce1 counted it only in its own log."""
     totals = got["totals"]
-    if not got["exits"] and totals["published"] == totals["embedded"]:
+    through = totals["published"] == totals["embedded"] + totals["dropped"] and totals["dropped"] <= cameras
+    if not got["exits"] and through and not (totals["lost"] or totals["skipped"]):
         return
     folder = OUT / "plumbing-logs" / "".join(c if c.isalnum() else "-" for c in name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ and ``keys``), never as part of the benchmarks package:
 It does a worker's work on each frame as this commit's ``--runtime none`` does (embedder.NoModel,
 the worker): decode at ViT-B-32's 224 px (draft mode, bicubic resize, centre crop), the picture's
 levels, a 160 px thumbnail at quality 70, a unit vector seeded by a hash of the JPEG; a JPEG that
-does not decode is Skipped. So the two versions' workers cost the same, and what differs between
+does not decode is Skipped (with this commit's protocol 3, a batch's results go as one Results, as
+its worker sends them). So the two versions' workers cost the same, and what differs between
 the runs is the rest of the pipeline. It also moves messages as the worker does: it gathers
 frames into batches of up to 8 (waiting up to 5 ms for one to fill) and sends a batch's results
 together, so the core and the others see the same bursts (answering each frame at once, as a first
@@ -47,6 +48,9 @@ SIZE, DIM, THUMB, QUALITY = 224, 512, 160, 70
 BATCH, BATCH_WAIT_S = 8, 0.005  # the worker's on the CPU: batches of 8, 5 ms to fill one
 CAPACITY = 2 * BATCH  # frames held: a batch being encoded and one being gathered, as the worker offers
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# Protocol 3 (this commit's code) sends a batch's results as one Results, of Embedding and Skipped
+# rows; d031ce1's sends each as a message of its own.
+BATCHES = hasattr(messages, "Results")
 
 
 def picture(jpeg: bytes) -> np.ndarray:
@@ -87,7 +91,7 @@ def vector(jpeg: bytes) -> np.ndarray:
     return v / np.float32(np.linalg.norm(v))
 
 
-def answer(frame: Frame, name: str, model: str) -> messages.Message:
+def answer(frame: Frame, name: str, model: str) -> Embedding | Skipped:
     try:
         rgb = picture(frame.jpeg)
     except Exception as exc:  # Pillow raises several types for bad data
@@ -165,8 +169,13 @@ class StandIn:
         while len(self.held) < BATCH and (left := deadline - time.monotonic()) > 0:
             self.receive(left)
         frames = [self.held.popleft() for _ in range(min(BATCH, len(self.held)))]
-        for result in [answer(f, self.name, self.model) for f in frames]:
-            self.send(result)
+        results = [answer(f, self.name, self.model) for f in frames]
+        if BATCHES:  # protocol 3: one Results for the batch, as the worker sends it
+            for batch in messages.Results.many(results):
+                self.send(batch)
+        else:
+            for result in results:
+                self.send(result)  # type: ignore[arg-type]
 
     def run(self) -> None:
         self.send(self.hello)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-FRAMES_PORT = 5555  # core PUB: every frame as the core numbered it (viewers; the recorder's snapshots)
+FRAMES_PORT = 5555  # core XPUB: previews of the watched streams (viewers; the recorder asks on its session)
 CORE_PORT = 5556  # core ROUTER: the sessions of ingests, workers, the recorder, viewers, `encoders stop`
 METRICS_PORT = 5558  # core PUB: records, starts, ends and stats (viewers)
 

@@ -18,7 +18,12 @@ uses exactly these.
 The same server answers ``/healthz`` (``encoders health SERVICE`` asks it; compose's health
 checks use that): 200 once the service has started (the exporter starts after a service's
 set-up: the core's sockets bound, the model loaded, the database reached), 503 with the
-problem when the service's own check names one.
+problem when the service's own check names one, or when its main loop has stopped turning.
+
+That last one because the server runs on a thread of its own: a service whose loop is wedged
+(a deadlock, a call that never returns) would otherwise go on answering 200. Each service's
+loop says it turned (``beat``) and, once its loop is over and it is finishing (a recorder's
+last writes), that it ended (``loop_ended``): only a loop that should turn is watched.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -36,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from .health import WEDGED
 from .settings import Exported
 
 log = logging.getLogger(__name__)
@@ -82,16 +89,32 @@ class _Collect(Collector):
         return []
 
 
+# A main loop that has not turned for this long is wedged. Loops turn every 0.1 s or so; the
+# longest they may block by design is a recorder's write, cancelled by its statement timeout
+# (ENCODERS_DB_STATEMENT_TIMEOUT, 30 s) and cut 10 s after: 60 s is past either.
+LOOP_WEDGED_S = 60.0
+
+
 class Exporter:
     """One service's registry: what it collects at a scrape, its histograms, its HTTP server."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, *, wedged_after: float = LOOP_WEDGED_S) -> None:
         self.service = service
+        self.wedged_after = wedged_after
         self.registry = CollectorRegistry()
         self.port: int | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._check: Callable[[], str | None] = lambda: None
+        self._turned: float | None = None  # when the main loop last turned (None: not watched)
+
+    def beat(self) -> None:
+        """The service's main loop turned (once per turn: an assignment, nothing more)."""
+        self._turned = time.monotonic()
+
+    def loop_ended(self) -> None:
+        """The main loop is over (the service is finishing): it is no longer expected to turn."""
+        self._turned = None
 
     def health(self, check: Callable[[], str | None]) -> None:
         """``check()`` runs at each /healthz: None when healthy, else the problem, in words."""
@@ -99,6 +122,10 @@ class Exporter:
 
     def healthz(self) -> tuple[int, dict[str, str]]:
         """The HTTP status and body of /healthz."""
+        turned = self._turned
+        if turned is not None and (idle := time.monotonic() - turned) > self.wedged_after:
+            wedged = f"{WEDGED} its main loop has not turned for {idle:.0f} s"
+            return 503, {"service": self.service, "status": "unhealthy", "problem": wedged}
         try:
             problem = self._check()
         except Exception as exc:  # a check that fails is a problem to report, not a crash of the server

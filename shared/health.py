@@ -15,6 +15,9 @@ from .settings import PORTS, Exported
 
 STREAM_SERVICES = ("pisim",)  # answer on their own HTTP port (pisim's /health), not the exporter's
 SERVICES = tuple(PORTS) + STREAM_SERVICES
+# How /healthz's problem starts when a service's main loop stopped turning (shared/exporter.py):
+# the all-in-one's watch counts that answer as silence, and restarts the service.
+WEDGED = "wedged:"
 
 
 class NoHealthPort(Exception):

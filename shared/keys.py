@@ -238,6 +238,10 @@ class AllowList:
         self._by_key: dict[bytes, Allowed] = {}
         self._looked: tuple | None = None
         self._said: set[str] = set()  # the files warned about (each once)
+        # Keys that lost a role (or went) at any refresh since ``take_changed``, as they were: the ZAP
+        # thread refreshes at each handshake, so a key added and revoked between two of the core's looks
+        # is seen here, where comparing two of its looks would miss it (and keep its subscribers).
+        self._changed: dict[bytes, Allowed] = {}
         self.refresh()
 
     def refresh(self) -> bool:
@@ -250,6 +254,11 @@ class AllowList:
             self._by_key = self._read()
             self._looked = looked
             self.generation += 1
+            for k, old in before.items():
+                now = self._by_key.get(k)
+                if now is None or old.roles - now.roles:
+                    seen = self._changed.get(k)
+                    self._changed[k] = old if seen is None else Allowed(k, old.names, old.roles | seen.roles)
             if self.generation > 1:
                 gone = sorted(e.name for k, e in before.items() if k not in self._by_key)
                 log.info(
@@ -259,6 +268,12 @@ class AllowList:
                     f"; no longer {', '.join(gone)}" if gone else "",
                 )
         return True
+
+    def take_changed(self) -> dict[bytes, Allowed]:
+        """The keys that lost a role or went since the last call, each with the roles it had."""
+        with self._lock:
+            changed, self._changed = self._changed, {}
+        return changed
 
     def find(self, key: bytes) -> Allowed | None:
         """The allowed key ``key`` (z85), or None."""

@@ -25,14 +25,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from . import keys as curve
-from . import zmqio
+from . import messages, zmqio
 from .keys import CurveKeys
 from .messages import HEADER_MAX_BYTES, PROTOCOL, Bye, Heartbeat, Hello, Message, Refused, Role, Welcome
 
@@ -66,8 +66,10 @@ class CoreSession:
     session, ``on_lost()`` when the core has been silent for the timeout (the peer gives up
     what the core had handed it). ``largest_part``: the largest message part the core sends this
     peer (messages.largest_part: a worker's frames, the recorder's records carry pictures); a
-    larger one drops the connection (zmq.MAXMSGSIZE). A Refused without ``rejoin`` or ``retry`` raises
-    SessionRefused from ``take``. A service opens its session with ``from_settings``.
+    larger one drops the connection (zmq.MAXMSGSIZE). ``zmtp_heartbeats``: ZeroMQ's own heartbeats on
+    the socket, which replace a dead TCP link, but also drop the link of a peer that was paused or
+    is behind in reading (False for the recorder: recorder/main.py says why). A Refused without
+    ``rejoin`` or ``retry`` raises SessionRefused from ``take``. A service opens its session with ``from_settings``.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class CoreSession:
         rcvhwm: int | None = None,
         keys: CurveKeys | None = None,
         largest_part: int = HEADER_MAX_BYTES,
+        zmtp_heartbeats: bool = True,
     ) -> None:
         self.endpoint, self.setting, self.keys = endpoint, setting, keys
         self.hello, self.on_join, self.on_lost = hello, on_join, on_lost
@@ -100,7 +103,7 @@ class CoreSession:
             identity=self.identity,
             sndhwm=sndhwm,
             rcvhwm=rcvhwm,
-            heartbeat_s=heartbeat_s,
+            heartbeat_s=heartbeat_s if zmtp_heartbeats else None,
             immediate=True,
             max_message_bytes=largest_part,
             curve=keys,
@@ -165,6 +168,18 @@ class CoreSession:
                     yield msg
                 else:
                     self.counters["messages_before_welcome"] = self.counters.get("messages_before_welcome", 0) + 1
+
+    def behind(self, now: float) -> None:
+        """The caller leaves the messages waiting unread for now (it has no room for them: the recorder
+        while its database catches up). They are the core's signs of life: it sent them, and this side
+        is the one that is slow, so the core is not counted silent while they wait. Its silence counts
+        again from when they are read (at most the records the core sends unacknowledged: its window)."""
+        if self.joined and self.sock.poll(0, zmq.POLLIN):
+            self._last_heard = now
+
+    def alive(self, now: float) -> bool:
+        """Joined, and the core heard from within the heartbeat timeout (tick counts it gone past that)."""
+        return self.joined and now - self._last_heard <= self.timeout_s
 
     def tick(self, now: float) -> None:
         """Heartbeat when due; notice a silent core; say Hello again when it is time."""
@@ -235,6 +250,12 @@ class CoreSession:
         self.on_join(welcome)
 
     def _refused(self, refused: Refused, now: float) -> None:
+        if refused.rejoin and not self.joined and self._hello_queued and now - self._hello_at <= self.timeout_s:
+            # The answer to a message sent before our Hello, which is on its way (the core answers in order:
+            # its Welcome comes after). Saying Hello again would begin a second life after that Welcome, which
+            # ends the first and costs what it was given (a worker's frames).
+            self.counters["rejoins_before_welcome"] = self.counters.get("rejoins_before_welcome", 0) + 1
+            return
         if refused.rejoin:
             log.info(
                 "the core at %s does not know this session (%s): saying Hello again", self.endpoint, refused.reason
@@ -305,6 +326,23 @@ class Sessions:
     def sent(self, peer: Peer, now: float) -> None:
         peer.last_sent = now
 
+    def send(self, router: zmq.Socket, identity: bytes, msg: Message | Sequence[Any], now: float) -> bool:
+        """To one session on the core's ROUTER without waiting, noted as sent (its heartbeat is not due):
+        False if its connection is gone or full. ``msg``: a message, or its parts encoded already."""
+        parts = messages.encode(msg) if isinstance(msg, Message) else list(msg)
+        try:
+            zmqio.send_parts(router, [identity, *parts], zmqio.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+        peer = self.peers.get(identity)
+        if peer is not None:
+            self.sent(peer, now)
+        return True
+
     def remove(self, identity: bytes) -> Peer | None:
         return self.peers.pop(identity, None)
 
@@ -335,6 +373,11 @@ class Sessions:
 
     def of_role(self, role: str) -> list[Peer]:
         return [p for p in self.peers.values() if p.role == role]
+
+    def who(self, identity: bytes) -> str:
+        """How log lines name a session: its role and name, or its identity if it is not (or no longer) welcomed."""
+        peer = self.peers.get(identity)
+        return f"{peer.role} {peer.name}" if peer is not None else f"session {identity.hex()[:8]}"
 
 
 def hello_problem(hello: Hello) -> str | None:

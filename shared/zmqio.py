@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import zmq
 
@@ -106,6 +108,13 @@ def open_socket(
 _BOUND: weakref.WeakKeyDictionary[zmq.Socket, list[str]] = weakref.WeakKeyDictionary()
 
 
+def poll_ms(seconds: float) -> int:
+    """A wait until a deadline ``seconds`` away, as a poll timeout (whole milliseconds): rounded up. Rounded
+    down, the last millisecond before the deadline becomes polls of 0 ms, a loop spinning on the CPU until
+    it (seen in the ingest: about ten turns a frame, waiting to announce its captures)."""
+    return math.ceil(max(0.0, seconds) * 1000)
+
+
 def bound(sock: zmq.Socket) -> str:
     """Every endpoint ``sock`` listens on, comma-separated, with the ports wildcard binds got
     (what a peer is told to connect to: docs/PROTOCOL.md, Welcome)."""
@@ -122,12 +131,29 @@ def check_connect_endpoints(ctx: zmq.Context, endpoints: str | Iterable[str]) ->
     probe.close(0)
 
 
+# pyzmq's flags as plain ints, worked out once: its enums cost an enum.Flag.__or__ (about 2 us)
+# for every part that send_multipart sends ("SNDMORE | flags"), which the core's profile showed.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+
+
 def send(sock: zmq.Socket, msg: Message, *, topic: bool = False, flags: int = 0, prefix: list | None = None) -> None:
-    """Send one message; ``prefix`` carries ROUTER routing frames."""
+    """Send one message; ``prefix`` carries ROUTER routing frames. ``flags``: NOBLOCK or 0."""
     parts = messages.encode(msg, with_topic=topic)
     if prefix:
         parts = list(prefix) + parts
-    sock.send_multipart(parts, flags=flags, copy=False)
+    send_parts(sock, parts, flags)
+
+
+def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0) -> None:
+    """send_multipart's work, with int flags (above), without a copy; a part that is neither
+    bytes nor a buffer cannot occur: encode makes bytes and memoryviews only."""
+    flags = int(flags)
+    more = flags | SNDMORE
+    send_part = sock.send
+    for part in parts[:-1]:
+        send_part(part, more, copy=False)
+    send_part(parts[-1], flags, copy=False)
 
 
 def receive(

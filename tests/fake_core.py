@@ -10,16 +10,26 @@ says what goes out), but every rule between the core and its peers it keeps with
   core's pause (``answering`` off, then on) is its own silence, not the peers' (``Sessions.resumed``);
 - the recorder: services/metrics/recorders.py (one recorder; a second refused, or told to retry while
   the first is silent, unless it takes over; the run its Welcome names) and delivery.py (every
-  ``StreamStart``, ``MetricsRecord`` and ``EndOfStream`` held until an Ack covers it, by
-  ``delivery.covered``; sent again to each Ready; at most the core's window in flight);
+  ``StreamStart``, ``MetricsRecord`` and ``EndOfStream`` held until an ack covers it, by
+  ``delivery.covered``; consecutive records of a stream sent as one ``Records``; sent again to each
+  Ready; at most the core's window in flight; the recorder's ``Acks`` applied per stream);
 - the wire: shared/messages.py, through shared/zmqio.py.
 
 What a test chooses: which roles it serves (a Hello of another is refused, as a core with
 ``--no-recorder`` refuses a recorder), whether it answers (``answering``; ``refuse`` refuses every
 Hello for good), and what it sends: the publishers its Welcome names, an ingest's credit, the
-``Stopped`` a control session's Stop is answered with, records for the recorder (``deliver``), frames
-on its publisher (``frame``), anything to a session (``send``), Stop to every session (``stop``).
+``Stopped`` a control session's Stop is answered with, records for the recorder (``deliver``), the
+pictures of an ingest's ring (``frame``: handed to the recorder when its WantPictures asks for them,
+and published on the frames publisher if there is one), anything to a session (``send``), Stop to
+every session (``stop``).
 Everything it received is kept, in order, for assertions.
+
+Protocol 3's data links, kept as simply as the tests need: an ingest is told one worker (number 1),
+whose data socket the stand-in holds itself (``data``, on loopback), and each capture a ``Captured``
+announces is assigned to it at once (seqs per stream from 0); each picture that reaches that socket is
+kept as the ``Capture`` it stands for (its JPEG with it), as protocol 2's ingest sent it. A ``Frame``
+the test sends to a worker's session goes to that worker's data socket instead (its Hello names it),
+as a ``Pictures`` of one row, as an ingest sends it.
 
 Its sockets (a ROUTER, and an XPUB for frames if the test publishes them) are the test's, served by a
 thread of its own until ``close()``: a service in another process keeps its session while the test
@@ -46,19 +56,30 @@ from encoders.services.metrics.numbering import Numbering
 from encoders.services.metrics.recorders import Recorders
 from encoders.shared import messages, zmqio
 from encoders.shared.messages import (
-    Ack,
+    Acks,
+    Assigned,
+    Assignment,
     Bye,
+    Capture,
+    Captured,
     DecodeError,
+    Draining,
+    Embedding,
     Frame,
     Heartbeat,
     Hello,
     Message,
     MetricsRecord,
+    Pictures,
     Ready,
     Refused,
+    Results,
+    Skipped,
     Stop,
     Stopped,
+    WantPictures,
     Welcome,
+    Workers,
 )
 from encoders.shared.session import HEARTBEAT_S, MISSES, Peer, Sessions, hello_problem
 
@@ -66,14 +87,15 @@ ROLES = ("ingest", "worker", "recorder", "viewer", "control")
 POLL_MS = 10  # the longest its thread waits before doing what the test asked, or what is due
 FULL_MS = 1  # ... while a session's connection is full (the recorder's queue takes a few ms to drain)
 HOLD = 10**9  # records held for the recorder in memory: a test's or a benchmark's, never spooled
+RING = 4096  # pictures kept for the recorder's WantPictures (an ingest keeps ENCODERS_PICTURE_RING)
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound=Message | Embedding | Skipped)  # a worker's Results is kept as its rows
 
 
 @dataclass
 class Received:
     identity: bytes
-    msg: Message
+    msg: Message | Embedding | Skipped  # a worker's Results: one a row
     t: float  # when it arrived, on the core's clock (time.monotonic() less the stand-in's own stalls)
 
 
@@ -94,18 +116,21 @@ class FakeCore:
         credit: int = 0,
         refuse: str = "",
         stopped: Stopped | None = None,
+        draining: str = "",
         window: int = WINDOW,
     ) -> None:
         """``publishers``: what a viewer's and the recorder's Welcome name (frames, metrics); ``frames``: an
         XPUB the test's frames go out on (``frame``), named in the Welcome when ``publishers`` names none.
         ``credit``: a lossless ingest's in its Welcome. ``refuse``: every Hello refused for good, saying
-        this. ``stopped``: what a control session's Stop is answered with (never answered without)."""
+        this. ``stopped``: what a control session's Stop is answered with (never answered without);
+        ``draining``: without it, a Stop is answered with Draining saying this (what a drain waits for)."""
         self.router, self.frames = router, frames
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         if frames is not None and not publishers[0]:
             publishers = (frames.getsockopt_string(zmq.LAST_ENDPOINT), publishers[1])
         self.roles, self.name, self.publishers = frozenset(roles), name, publishers
         self.credit, self.refuse, self.stopped = credit, refuse, stopped
+        self.draining = draining
         self.answering = True  # False: hears everything, answers nothing, no heartbeats (a core that hangs)
         self.ignore_acks = False  # acks are noted (``acked``) but cover nothing: every record is sent again
         self.sessions, self.misses = Sessions(heartbeat_s, misses), misses
@@ -124,6 +149,16 @@ class FakeCore:
         self._wire: dict[int, tuple[Message, list]] = {}  # id(record) -> (it, its parts encoded ahead of time)
         self._last_welcomed = b""
         self._full = False  # a send found a session's connection full: try again soon
+        # The data links (protocol 3): the one worker's data socket an ingest is told of, and a DEALER to each
+        # worker's data socket (its Hello's), for the Frames the test sends it; seqs per stream.
+        self.data = router.context.socket(zmq.ROUTER)
+        self.data.setsockopt(zmq.LINGER, 0)
+        self.data.bind("tcp://127.0.0.1:*")
+        self.data_ep = self.data.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._to_workers: dict[bytes, zmq.Socket] = {}
+        self._seqs: dict[str, int] = {}
+        self._ring: dict[tuple[str, int], Frame] = {}  # the pictures the test gave (``frame``), the newest RING
+        self.pictures_wanted: list[tuple[str, int]] = []  # every (stream, seq) the recorder asked for
         self._commands: queue.Queue[Callable[[float], object]] = queue.Queue()
         self._asked = self._done = 0  # commands the test gave (counted on its thread), and done (on this one)
         self._closing = threading.Event()
@@ -155,10 +190,19 @@ class FakeCore:
         self._do(hold)
 
     def frame(self, frame: Frame) -> None:
-        """On the frames publisher (``frames``), as the core publishes what it numbered."""
-        assert self.frames is not None, "FakeCore(frames=...) publishes frames"
+        """A picture an ingest holds in its ring (protocol 3): handed to the recorder when it asks for it
+        (WantPictures), as the core hands it the ingest's answer; and on the frames publisher
+        (``frames``, if any), as a preview."""
         frames = self.frames
-        self._do(lambda now: zmqio.send(frames, frame, topic=True))
+
+        def keep(now: float) -> None:
+            self._ring[(frame.stream, frame.seq)] = frame
+            while len(self._ring) > RING:
+                self._ring.pop(next(iter(self._ring)))
+            if frames is not None:
+                zmqio.send(frames, frame, topic=True)
+
+        self._do(keep)
 
     def stop(self, reason: str = "the pipeline stops") -> None:
         """Stop to every session, as the core tells its peers once a pipeline has drained."""
@@ -187,8 +231,9 @@ class FakeCore:
 
         self._do(restart)
 
-    def received(self, kind: type[Message] | None = None) -> list[Received]:
-        """Everything it received (of one kind), heartbeats included, in order."""
+    def received(self, kind: type[Any] | None = None) -> list[Received]:
+        """Everything it received (of one kind), heartbeats included, in order; a worker's Results as
+        its rows (Embedding, Skipped), as protocol 2's workers sent them."""
         with self.lock:
             return [r for r in self._received if kind is None or isinstance(r.msg, kind)]
 
@@ -216,6 +261,14 @@ class FakeCore:
         """Everything the test asked is done, and every record delivered has been acknowledged."""
         return self._done == self._asked and self.delivery.settled
 
+    def wait_joined(self, timeout: float = 20.0) -> None:
+        """Until a recorder has said Ready (then ``send`` reaches it)."""
+        deadline = time.monotonic() + timeout
+        while not self.joined():
+            if time.monotonic() > deadline:
+                raise AssertionError("no recorder said Ready")
+            time.sleep(0.02)  # the poll interval
+
     def wait_subscribed(self, timeout: float = 20.0) -> None:
         if not self.subscribed.wait(timeout):
             raise AssertionError("nobody subscribed to the frames")
@@ -236,6 +289,8 @@ class FakeCore:
         """Stop the thread (the sockets are the test's to close)."""
         self._closing.set()
         self._thread.join(5)
+        for sock in [self.data, *self._to_workers.values()]:
+            sock.close(0)
         self.delivery.spool.close()
         shutil.rmtree(self._state, ignore_errors=True)
 
@@ -248,6 +303,7 @@ class FakeCore:
     def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.data, zmq.POLLIN)
         if self.frames is not None:
             poller.register(self.frames, zmq.POLLIN)
         # Its own time as the core keeps it: a turn of this thread that comes late (a busy machine) is
@@ -264,6 +320,8 @@ class FakeCore:
                 self._subscriptions()
             if self.router in ready:
                 self._receive(now)
+            if self.data in ready:
+                self._pictures(now)
             while True:
                 try:
                     command = self._commands.get_nowait()
@@ -298,9 +356,31 @@ class FakeCore:
                     self.counts["bad_messages"] += 1
                 continue
             with self.lock:
-                self._received.append(Received(identity, msg, now))
+                if isinstance(msg, Results):  # a worker's batch: kept as its rows, one a frame, for the tests
+                    self._received += [Received(identity, row, now) for row in msg.rows()]
+                else:
+                    self._received.append(Received(identity, msg, now))
             if self.answering:
                 self._take(identity, msg, now)
+
+    def _pictures(self, now: float) -> None:
+        """Pictures on the stand-in worker's data socket: each kept as the Capture it stands for."""
+        while True:
+            try:
+                parts = self.data.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                msg = messages.decode(parts[1:])
+            except DecodeError:
+                with self.lock:
+                    self.counts["bad_messages"] += 1
+                continue
+            if isinstance(msg, Pictures):
+                with self.lock:
+                    self._received += [
+                        Received(b"", Capture(f.t_capture, f.width, f.height, f.jpeg), now) for f in msg.frames()
+                    ]
 
     def _tick(self, now: float) -> None:
         for peer in self.sessions.expired(now):
@@ -335,10 +415,28 @@ class FakeCore:
         if isinstance(msg, Bye):
             self.sessions.remove(identity)
             self._end(peer, f"said Bye ({msg.reason or 'no reason given'})")
-        elif peer.role == "recorder" and isinstance(msg, Ready | Ack):
+        elif peer.role == "ingest" and isinstance(msg, Captured) and peer.hello.stream is not None:
+            stream = peer.hello.stream
+            rows = []
+            for note in msg.rows():
+                seq = self._seqs.get(stream, 0)
+                self._seqs[stream] = seq + 1
+                rows.append(Assignment(note.id, seq, 1))
+            self._send(identity, Assigned.of(rows), now)
+        elif peer.role == "recorder" and isinstance(msg, Ready | Acks):
             self._recorder(peer, msg)
+        elif peer.role == "recorder" and isinstance(msg, WantPictures):
+            # As the core asks the stream's ingest and hands the recorder its answer: those it has.
+            with self.lock:
+                self.pictures_wanted += [(msg.stream, seq) for seq in msg.seqs()]
+            for seq in msg.seqs():
+                picture = self._ring.get((msg.stream, seq))
+                if picture is not None:
+                    self._send(identity, picture, now)
         elif peer.role == "control" and isinstance(msg, Stop) and self.stopped is not None:
             self._send(identity, self.stopped, now)
+        elif peer.role == "control" and isinstance(msg, Stop) and self.draining:
+            self._send(identity, Draining(self.draining), now)  # a drain that goes on: what it waits for
         # Anything else is the test's to look at (received).
 
     def _hello(self, identity: bytes, hello: Hello, now: float) -> None:
@@ -346,12 +444,7 @@ class FakeCore:
         if problem is None and hello.role not in self.roles:
             problem = f"this core serves no {hello.role} (a test's stand-in for the core)"
         if problem is None and hello.role == "recorder":
-            problem = self.recorders.refusal(
-                identity,
-                hello,
-                lambda i: self.sessions.peers[i].name,
-                lambda i: now - self.sessions.peers[i].last_heard > self.sessions.heartbeat_s,
-            )
+            problem = self.recorders.refusal_among(self.sessions, identity, hello, now)
         if problem is not None:
             reason, retry = problem if isinstance(problem, tuple) else (problem, False)
             self._send(identity, Refused(reason, retry=retry), now)
@@ -371,20 +464,31 @@ class FakeCore:
             welcome.frames, welcome.metrics = self.publishers
         self._last_welcomed = identity
         self._send(identity, welcome, now)
+        if hello.role == "ingest":
+            self._send(identity, Workers({"1": {"address": self.data_ep, "key": ""}}), now)
+        elif hello.role == "worker" and hello.data:
+            old_link = self._to_workers.pop(identity, None)
+            if old_link is not None:
+                old_link.close(0)
+            link = self.router.context.socket(zmq.DEALER)
+            link.setsockopt(zmq.LINGER, 0)
+            link.connect(hello.data)
+            self._to_workers[identity] = link
 
     def _end(self, peer: Peer, why: str) -> None:
         if peer.role == "recorder":
             self.recorders.leave(peer.identity, peer.name, why)
 
-    def _recorder(self, peer: Peer, msg: Ready | Ack) -> None:
+    def _recorder(self, peer: Peer, msg: Ready | Acks) -> None:
         acked = self.delivery.counts["records_acked"]
-        if not (isinstance(msg, Ack) and self.ignore_acks):
+        if not (isinstance(msg, Acks) and self.ignore_acks):
             self.recorders.take(peer.identity, peer.name, msg)
         if self.delivery.counts["records_acked"] > acked:
             self.last_acked_at = time.perf_counter()
-        if isinstance(msg, Ack):  # noted once it has done what it does: a test that waits for it sees that too
+        if isinstance(msg, Acks):  # noted once it has done what it does: a test that waits for it sees that too
             with self.lock:
-                self.acked[msg.stream] = max(self.acked.get(msg.stream, (-2, False)), (msg.seq, msg.ended))
+                for ack in msg.rows():
+                    self.acked[ack.stream] = max(self.acked.get(ack.stream, (-2, False)), (ack.seq, ack.ended))
 
     def _hold(self, msg: Message, parts: list | None) -> None:
         if isinstance(msg, MetricsRecord) and not msg.core:
@@ -394,22 +498,15 @@ class FakeCore:
         self.delivery.add(msg)
 
     def _send(self, identity: bytes, msg: Message | list[bytes], now: float) -> bool:
-        """To one session without waiting, as the core sends: False if its connection is gone or full."""
-        if isinstance(msg, list):
-            parts = msg
-        else:
+        """To one session without waiting, as the core sends (``Sessions.send``): False if its connection is
+        gone or full (then the thread comes back sooner, for a connection that drains)."""
+        if isinstance(msg, Frame) and identity in self._to_workers:
+            zmqio.send(self._to_workers[identity], Pictures.of(msg.stream, [msg]))  # its data socket, as an ingest
+            return True
+        if not isinstance(msg, list):
             wire = self._wire.get(id(msg))
-            parts = wire[1] if wire is not None and wire[0] is msg else messages.encode(msg)
-        try:
-            self.router.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self._full = True
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            return False
-        peer = self.sessions.peers.get(identity)
-        if peer is not None:
-            self.sessions.sent(peer, now)
-        return True
+            msg = wire[1] if wire is not None and wire[0] is msg else msg
+        if self.sessions.send(self.router, identity, msg, now):
+            return True
+        self._full = True
+        return False

@@ -68,6 +68,23 @@ class EncoderConfig(ModelSettings, CoreConnection):
     thumbnail_quality: int = setting(70, "The thumbnail's JPEG quality", minimum=1, maximum=100)
     worker_id: str = setting("", "Name of this worker in logs and records (default: host-pid)")
     gpus: str = setting("", "Start one worker per GPU: 'all' or GPU numbers like 0,1 (each on cuda:N)")
+    data_bind: str = setting(
+        "",
+        "The data socket the ingests send this worker's pictures to (ROUTER; docs/PROTOCOL.md, the data link). "
+        "Default: without keys tcp://127.0.0.1:* (loopback, any free port), with keys tcp://*:5560, or the next "
+        "free port when another worker here has it (every interface, CurveZMQ: only the ingest keys the core names "
+        "get in). Its port is named in the worker's Hello",
+    )
+    data_advertise: str = setting(
+        "",
+        "The address the ingests reach the data socket at, as given (e.g. tcp://gpu1.example:5560, behind NAT or a "
+        "proxy). Default: the data socket's port on the host the core sees this worker's connection come from",
+    )
+    insecure: bool = setting(
+        False,
+        "Bind the data socket beyond loopback without keys: anyone who reaches its port can send it pictures (a "
+        "network you trust only; said at every start)",
+    )
     ready_file: str = setting("", "Create this file once the model is loaded (the all-in-one launcher waits for it)")
 
     def __post_init__(self) -> None:

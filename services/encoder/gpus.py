@@ -42,6 +42,7 @@ def run_per_gpu(ids: list[int], worker_id: str, stop, prometheus: Exported | Non
             "ENCODERS_DEVICE": f"cuda:{i}",
             "ENCODERS_WORKER_ID": f"{base}-gpu{i}",
             **({"ENCODERS_PROMETHEUS_PORT": prometheus.prometheus_port_setting("encoder", n)} if prometheus else {}),
+            **_data_bind(prometheus, n),
         }
         procs.append(subprocess.Popen([sys.executable, "-m", "encoders", "encode", *_passed_args()], env=env))
     log.info("started %d workers, on GPUs %s", len(procs), ", ".join(map(str, ids)))
@@ -68,3 +69,19 @@ def _passed_args() -> list[str]:
             continue
         args.append(a)
     return args
+
+
+def _data_bind(cfg: object, n: int) -> dict[str, str]:
+    """Each GPU's worker its own data socket: a fixed TCP port (with keys, 5560 by default) plus its index."""
+    from .datalink import default_bind
+
+    bind = getattr(cfg, "data_bind", None)
+    if bind is None:
+        return {}
+    bind = bind or default_bind(getattr(cfg, "keys", ""))
+    head, _, port = bind.rpartition(":")
+    if bind.startswith("tcp://") and port.isdigit():
+        return {"ENCODERS_DATA_BIND": f"{head}:{int(port) + n}"}
+    if bind.startswith("ipc://"):
+        return {"ENCODERS_DATA_BIND": f"{bind}-gpu{n}"}
+    return {}

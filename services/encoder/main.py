@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 import zmq
 
 from encoders.services.encoder.config import EncoderConfig
+from encoders.shared import keys
 from encoders.shared.exporter import BATCH_BUCKETS, LATENCY_BUCKETS, Exporter, Families
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import SessionRefused, process_name
 
+from .datalink import default_bind
 from .embedder import Embedder, NoModel
 from .gpus import parse_gpus, run_per_gpu
 from .worker import Worker
@@ -40,6 +42,7 @@ def run(cfg: EncoderConfig) -> int:
 
 
 def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
+    keys.check_binds([cfg.data_bind or default_bind(cfg.keys)], cfg.keys, cfg.insecure)
     if cfg.runtime == "none":
         if cfg.gpus:
             log.error("--gpus starts a worker per GPU to run a model; ENCODERS_RUNTIME=none runs none")
@@ -77,15 +80,24 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
             thumbnail_size=cfg.thumbnail_size,
             thumbnail_quality=cfg.thumbnail_quality,
             observe_batch=observe_batch,
+            data_bind=cfg.data_bind,
+            data_advertise=cfg.data_advertise,
         )
     except StartupError:  # the core's address does not parse
         ctx.destroy(linger=0)
         raise
     exporter.collect(functools.partial(worker_families, worker))
+    worker.on_turn = exporter.beat  # /healthz tells a wedged loop (shared/exporter.py)
     exporter.start(cfg)
     if cfg.ready_file:
         Path(cfg.ready_file).touch()
-    log.info("worker %s: frames from the core at %s, batches of up to %d", name, cfg.core, batch_size)
+    log.info(
+        "worker %s: assignments from the core at %s, pictures on %s, batches of up to %d",
+        name,
+        cfg.core,
+        worker.data.address,
+        batch_size,
+    )
     code = 0
     try:
         worker.start()

@@ -1,12 +1,16 @@
-"""An encoder worker's loop: frames from the core, batches through the model, results back to the core.
+"""An encoder worker's loop: pictures from the ingests, batches through the model, results back to the core.
 
 ``Worker`` opens its one session with the core (shared/session.py) on the context it is
-given: its Hello offers a capacity (two batches: one encoding, one gathering) and names the
-model. The core hands it ``Frame`` messages while it holds fewer than that; the worker
+given, and its data socket (datalink.py): its Hello offers a capacity (two batches: one
+encoding, one gathering), names the model and the data socket. The core assigns it frames
+while it holds fewer than that, and their ingests send the JPEGs straight to the data socket
+(``Pictures``, docs/PROTOCOL.md "Protocol 3"); the worker
 gathers them into batches, decodes a batch while the model thread encodes the one before,
-starts each frame's thumbnail (thumbnails.py), and answers every frame on the same session
-with an ``Embedding`` (and its thumbnail) or a ``Skipped`` (a JPEG that does not decode, a
-batch the model failed). Sending a result is what makes room: no credit is sent.
+starts each frame's thumbnail (thumbnails.py), and answers every frame on the same session:
+an embedding (and its thumbnail) or a skip (a JPEG that does not decode, a batch the model
+failed), as rows of one ``Results`` message per step (protocol 3: the results due in a step,
+those of finished batches and the skips found meanwhile, travel together). Sending a result is
+what makes room: no credit is sent.
 
 A lost session (the core silent for the timeout, or no longer knowing us) gives up what the
 worker holds: the core counts those frames lost, so their results are never sent, even for
@@ -28,12 +32,27 @@ from threading import Event
 
 import zmq
 
-from encoders.shared import messages
+from encoders.shared import messages, zmqio
 from encoders.shared.complaints import Complaints
-from encoders.shared.messages import PROTOCOL, TEXT_MAX, Embedding, Frame, Hello, Message, Skipped, Stop, Welcome
+from encoders.shared.keys import client as client_keys
+from encoders.shared.messages import (
+    PROTOCOL,
+    TEXT_MAX,
+    Admits,
+    Embedding,
+    Frame,
+    Hello,
+    Message,
+    Results,
+    Skipped,
+    Stop,
+    Welcome,
+    Workers,
+)
 from encoders.shared.session import CoreSession
 from encoders.shared.settings import CoreConnection
 
+from .datalink import DataLink
 from .embedder import Embedder
 from .intake import Intake
 from .model_thread import ModelThread
@@ -78,6 +97,8 @@ class Worker:
         thumbnail_size: int = 0,
         thumbnail_quality: int = 70,
         observe_batch: Callable[[int, float], None] | None = None,
+        data_bind: str = "",
+        data_advertise: str = "",
     ):
         self.name = name
         self.encoder = encoder
@@ -94,20 +115,43 @@ class Worker:
             on_lost=self._lost,
             counters=self.counters,
             sndhwm=max(1000, 4 * self.intake.capacity),  # results in flight never exceed the capacity
-            largest_part=messages.largest_part(core.max_frame_bytes),  # frames: a JPEG each
+            largest_part=messages.largest_part(),  # no JPEG on the session: they come on the data socket
         )
+        # The data socket (datalink.py): the pictures the core assigned this worker, from the ingests.
+        self.data = DataLink(
+            ctx,
+            data_bind,  # "": the default (datalink.default_bind), the next port if another worker has it
+            data_advertise,
+            core.max_frame_bytes,
+            client_keys(core.keys, "worker"),
+            self.counters,
+        )
+        self.poller = zmq.Poller()
+        self.poller.register(self.session.sock, zmq.POLLIN)
+        self.poller.register(self.data.sock, zmq.POLLIN)
+        if self.data.monitor is not None:  # handshakes refused before ZAP: counted as they come
+            self.poller.register(self.data.monitor, zmq.POLLIN)
         self.model = ModelThread(encoder, observe_batch)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
         self.thumbnails = Thumbnails(thumbnail_size, thumbnail_quality, self.pool)
+        self.due: list[Embedding | Skipped] = []  # results not sent yet: they go out as one Results (flush)
         self.stop_asked = ""  # the core's Stop, with its reason
         self.draining = False  # stopping: frames handed now are not taken
+        self.on_turn: Callable[[], None] = lambda: None  # each turn of the loop (the exporter's beat)
 
     # -- the session ------------------------------------------------------------------------------
 
     def hello(self) -> Hello:
         encoder = self.encoder
         return Hello(
-            "worker", self.name, PROTOCOL, capacity=self.intake.capacity, model=encoder.name[:1024], dim=encoder.dim
+            "worker",
+            self.name,
+            PROTOCOL,
+            capacity=self.intake.capacity,
+            model=encoder.name[:1024],
+            dim=encoder.dim,
+            data=self.data.address,
+            advertised=self.data.advertised,
         )
 
     def _joined(self, welcome: Welcome) -> None:
@@ -117,31 +161,50 @@ class Worker:
     def _lost(self) -> None:
         n = self.intake.give_up()
         self.counters["given_up"] += n
+        self.counters["discarded"] += len(self.due)  # results of the life that ended: the core counted them lost
+        self.due.clear()
         if n or self.model.busy:
             log.warning("gave up %d frames held and the results of %d batches running", n, self.model.busy)
 
     def receive(self, timeout_ms: int) -> None:
-        """Take what the core sent (waiting up to ``timeout_ms`` for something); heartbeat when due."""
-        if self.session.sock.poll(timeout_ms):
+        """Take what the core sent and the pictures the ingests sent (waiting up to ``timeout_ms`` for
+        something); heartbeat when due."""
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.session.sock in ready:
             for msg in self.session.take(time.monotonic()):
                 self._from_core(msg)
+        if self.data.sock in ready:
+            for frame in self.data.receive():
+                self._picture(frame)
+        elif self.data.monitor is not None and self.data.monitor in ready:
+            self.data.watch()
         self.session.tick(time.monotonic())
 
+    def _picture(self, frame: Frame) -> None:
+        """A picture the core assigned this worker, from its ingest (the data socket)."""
+        self.counters["received"] += 1
+        if self.draining:
+            self.counters["not_taken"] += 1
+        elif not self.intake.add(frame):
+            self.counters["over_capacity"] += 1
+            complain(
+                "over_capacity",
+                "%s #%d: handed beyond the capacity of %d: skipped",
+                frame.stream,
+                frame.seq,
+                self.intake.capacity,
+            )
+            reason = f"over capacity ({self.intake.capacity} held)"
+            self.due.append(Skipped(frame.stream, frame.seq, self.name, reason))
+
     def _from_core(self, msg: Message) -> None:
-        if isinstance(msg, Frame):
-            self.counters["received"] += 1
-            if self.draining:
-                self.counters["not_taken"] += 1
-            elif not self.intake.add(msg):
-                self.counters["over_capacity"] += 1
-                complain(
-                    "over_capacity",
-                    "%s #%d: handed beyond the capacity of %d: skipped",
-                    msg.stream,
-                    msg.seq,
-                    self.intake.capacity,
-                )
-                self._send(Skipped(msg.stream, msg.seq, self.name, f"over capacity ({self.intake.capacity} held)"))
+        if isinstance(msg, Workers):
+            self.data.admit(msg.admit)
+            # Said once its data socket admits them: only then does the core send the ingests here.
+            try:
+                self.session.send(Admits(msg.generation), time.monotonic(), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no connection to the core: a new session is told the keys again, and answers then
         elif isinstance(msg, Stop):
             self.stop_asked = msg.reason or "no reason given"
             self.draining = True  # frames after the Stop are not taken
@@ -149,15 +212,24 @@ class Worker:
         else:
             self.counters["unexpected_messages"] += 1
             complain(
-                "unexpected_messages", "ignored a %s message from the core (a worker expects frames or stop)", msg.KIND
+                "unexpected_messages", "ignored a %s message from the core (a worker expects workers or stop)", msg.KIND
             )
 
-    def _send(self, msg: Message) -> None:
+    def flush(self) -> None:
+        """Send the results due, as one Results (more only past a batch's bounds: messages.Results.many)."""
+        if not self.due:
+            return
+        due, self.due = self.due, []
+        for msg in Results.many(due):
+            self._send(msg, msg.n)
+
+    def _send(self, msg: Message, results: int) -> None:
         try:
             self.session.send(msg, time.monotonic(), flags=zmq.NOBLOCK)
-        except zmq.Again:  # no live connection: the core counts the frame lost, or the session is lost
-            self.counters["unsent"] += 1
-            if self.counters["unsent"] in (1, 10, 100) or self.counters["unsent"] % 1000 == 0:
+        except zmq.Again:  # no live connection: the core counts the frames lost, or the session is lost
+            before = self.counters["unsent"]
+            self.counters["unsent"] += results
+            if before == 0 or before // 1000 != self.counters["unsent"] // 1000:
                 log.warning("the connection to the core is down: %d results not sent so far", self.counters["unsent"])
 
     # -- batches ----------------------------------------------------------------------------------
@@ -168,7 +240,7 @@ class Worker:
         if len(self.intake) < limit and self.batch_wait_ms > 0:
             deadline = time.monotonic() + self.batch_wait_ms / 1000
             while len(self.intake) < limit and (left := deadline - time.monotonic()) > 0:
-                self.receive(int(left * 1000))  # as pyzmq would round it
+                self.receive(zmqio.poll_ms(left))
         items = self.intake.take(limit)
         if not items:
             return  # the session was lost while gathering
@@ -176,7 +248,7 @@ class Worker:
         for pos, reason in bad:
             f = items[pos].frame
             complain("skipped", "%s #%d skipped: %s", f.stream, f.seq, reason)
-            self._send(Skipped(f.stream, f.seq, self.name, reason[:TEXT_MAX]))
+            self.due.append(Skipped(f.stream, f.seq, self.name, reason[:TEXT_MAX]))
         self.counters["skipped"] += len(bad)
         self.intake.finish([items[pos] for pos, _ in bad])
         if arrays:
@@ -193,14 +265,16 @@ class Worker:
 
         Only for frames of this life: the core gave up the others when the session was lost.
         """
+        finished = False
         for items, vectors, error in self.model.results(timeout=block_s):
+            finished = True
             mine = self.intake.finish(items)
             self.counters["discarded"] += len(items) - len(mine)
             if vectors is None:
                 log.error("batch of %d failed in the model: %s", len(items), error)
                 for h in mine:
                     f = h.frame
-                    self._send(Skipped(f.stream, f.seq, self.name, f"model error: {error}"[:TEXT_MAX]))
+                    self.due.append(Skipped(f.stream, f.seq, self.name, f"model error: {error}"[:TEXT_MAX]))
                 self.counters["skipped"] += len(mine)
                 continue
             now = time.time()
@@ -210,13 +284,17 @@ class Worker:
                 f = h.frame
                 thumbnail = self.thumbnails.result(h.thumbnail, f"{f.stream} #{f.seq}")
                 brightness, contrast = h.levels or (None, None)
-                self._send(
+                self.due.append(
                     Embedding(
                         f.stream, f.seq, f.t_capture, self.name, self.encoder.name, now, vec, thumbnail, brightness,
                         contrast,
                     )
                 )  # fmt: skip
             self.counters["embedded"] += len(mine)
+        # Skips found meanwhile (a corrupt JPEG, over capacity) go with the next batch the model
+        # finishes, in its one Results, or at once when the model runs none.
+        if finished or not self.model.busy:
+            self.flush()
 
     # -- running, stopping ------------------------------------------------------------------------
 
@@ -231,6 +309,7 @@ class Worker:
         """
         last_log = time.monotonic()
         while not stop.is_set() and not self.stop_asked:
+            self.on_turn()
             self.step()
             if time.monotonic() - last_log > LOG_EVERY:
                 last_log = time.monotonic()
@@ -250,6 +329,7 @@ class Worker:
         self.draining = True
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
+            self.on_turn()
             self.receive(0 if len(self.intake) or self.model.busy else 200)
             if not (len(self.intake) or self.model.busy):
                 break
@@ -261,10 +341,12 @@ class Worker:
 
     def close(self) -> None:
         """Stop the model and decode threads, say Bye, log the totals, close the session's socket."""
+        self.flush()
         self.model.close()
         if self.pool is not None:
             self.pool.shutdown()
         self.session.close(time.monotonic(), self.stop_asked or "stopping")
+        self.data.close()
         log.info("worker %s done: %s", self.name, self.summary())
 
     def summary(self) -> str:

@@ -22,6 +22,20 @@ class IngestConfig(CoreConnection):
     )
     stream_id: str = setting("cam0", "Name of this camera's stream; one ingest per camera, each with its own id")
     lossless: bool = setting(False, "Wait for a free encoder instead of dropping frames (video files, benchmarks)")
+    outbox: int = setting(
+        64,
+        "Captures held while the core decides who embeds them (real time; lossless holds its credit): past it the "
+        "oldest is given up, counted dropped (docs/PROTOCOL.md, the data link)",
+        minimum=1,
+        maximum=4096,
+    )
+    picture_ring: int = setting(
+        256,
+        "Pictures kept after they were sent to their worker, for previews and the recorder's snapshots (a snapshot "
+        "asked for after its picture left the ring is missed)",
+        minimum=1,
+        maximum=65536,
+    )
     max_frames: int = setting(0, "Stop after publishing this many frames (0 = never)", minimum=0)
     connect_timeout: float = setting(5.0, "Seconds to wait for the camera to answer", minimum=0.1)
     read_timeout: float = setting(10.0, "Seconds without data before the stream is reconnected", minimum=0.1)

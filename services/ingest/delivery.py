@@ -87,6 +87,15 @@ class Delivery:
         if not self.lossless:
             self.give_up()
 
+    def unsent(self, n: int) -> None:
+        """``n`` captures counted delivered could not be announced after all (the session's socket took no
+        Captured, or the outbox gave them up for room): undelivered, as a frame that never left."""
+        if n > 0:
+            self.sent -= n
+            self.session_sent -= n
+            self.undelivered += n
+            self._unreported += n
+
     def give_up(self) -> None:
         """The waiting frame will not be delivered (real time, or the end of the stream)."""
         if self.pending is not None:

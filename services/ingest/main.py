@@ -76,7 +76,8 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
         outcome = "crashed"
         try:
             ingest.start()
-            outcome = ingest.loop(stop)
+            outcome = ingest.loop(stop, on_turn=exporter.beat)
+            exporter.loop_ended()
         finally:
             reader.interrupt()  # the reader lets go of the camera now, not after the end below
             ingest.finish(outcome)  # even after an error: the core must hear where the stream ended

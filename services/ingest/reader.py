@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast, get_args
@@ -160,7 +161,10 @@ class CameraReader:
     ) -> None:
         self.source = source
         self.stop = stop
-        address = f"inproc://ingest-reader-{id(self)}"
+        # A name never used before: ZeroMQ frees an inproc name some time after its socket closes,
+        # and id(self) of a reader made after another was closed can be the same (tests saw
+        # "Address already in use").
+        address = f"inproc://ingest-reader-{uuid.uuid4().hex}"
         self.inbox = zmqio.open_socket(ctx, zmq.PAIR, address, bind=True, rcvhwm=1, linger=0)
         try:
             self._outbox = ReaderOutbox(zmqio.open_socket(ctx, zmq.PAIR, address, bind=False, sndhwm=1, linger=0))

@@ -20,28 +20,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import zmq
 
 from encoders.services.ingest.config import IngestConfig
+from encoders.shared import zmqio
 from encoders.shared.complaints import Complaints
+from encoders.shared.keys import client as client_keys
 from encoders.shared.masking import mask
 from encoders.shared.messages import (
     PROTOCOL,
     TEXT_MAX,
-    Capture,
+    Assigned,
     CaptureEnded,
     Credit,
     FrameCounts,
     Hello,
+    Pictures,
+    Preview,
     Stats,
     Stop,
+    WantPictures,
     Welcome,
+    Workers,
 )
 from encoders.shared.session import CoreSession, SessionRefused, process_name
 
 from .delivery import Delivery
+from .links import Links
+from .outbox import Outbox
 from .pictures import JpegFrame
 from .reader import CameraReader
 
@@ -55,6 +63,10 @@ POLL_MS = 100
 # 640x480, a few seconds of a camera; a core that far behind gets the newest frames.
 SNDHWM = 100
 END_WAIT = 2.0  # how long the end of the stream may wait for room on the socket
+# Lossless, how long the end waits for the core's next decision on the captures it has not assigned yet:
+# a worker that takes none for this long is not coming (the core then drops them, counted).
+LOSSLESS_SETTLE_S = 30.0
+SETTLE_SAY_EVERY = 5.0  # seconds between "captures wait for a worker" lines at the end
 
 # A video source's own counts (av_source.py), in Stats when the source keeps them.
 VIDEO_COUNTS = ("decoded", "sampled_out", "clock_resets", "abandoned")
@@ -76,17 +88,25 @@ class Ingest:
         self.stream = cfg.stream_id
         self.reader, self.camera = reader, camera
         self.delivery = Delivery(cfg.lossless)
-        self.counts = dict.fromkeys(("bad_messages", "unexpected_messages", "stats_unsent"), 0)
+        self.counts = dict.fromkeys(
+            ("bad_messages", "unexpected_messages", "stats_unsent", "previews", "pictures_wanted"), 0
+        )
+        # The JPEGs while the core decides who embeds them, and the ring of those sent (outbox.py);
+        # a data link to each worker the core names (links.py).
+        self.outbox = Outbox(cfg.outbox, cfg.picture_ring, cfg.lossless)
         self.session = CoreSession.from_settings(
             ctx,
             cfg,
             "ingest",
             self.hello,
             on_join=self._joined,
-            on_lost=self.delivery.lose,
+            on_lost=self._lost,
             counters=self.counts,
             sndhwm=SNDHWM,
         )
+        self.links = Links(ctx, client_keys(cfg.keys, "ingest"), self.counts)
+        self.preview_fps = 0.0  # previews a second at most (0: nobody watches the stream)
+        self._tokens, self._tokens_at = 0.0, 0.0
         self.poller = zmq.Poller()
         self.poller.register(self.session.sock, zmq.POLLIN)
         self.poller.register(reader.inbox, 0)
@@ -116,7 +136,13 @@ class Ingest:
             after=self.delivery.core,
         )
 
+    def _lost(self) -> None:
+        self.delivery.lose()
+        self.delivery.unsent(self.outbox.forget())  # what was announced is the core's to count
+        self.preview_fps = 0.0
+
     def _joined(self, welcome: Welcome) -> None:
+        self.delivery.unsent(self.outbox.forget())
         self.delivery.join(welcome.credit, welcome.core)
         if self.cfg.lossless:
             log.info("stream %r: the core takes captures, %d credit to start with", self.stream, welcome.credit)
@@ -132,10 +158,12 @@ class Ingest:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def loop(self, stop: threading.Event) -> str:
-        """Steps (after ``start``) until one ends the stream, or ``stop`` is set. Returns one of OUTCOMES."""
+    def loop(self, stop: threading.Event, on_turn: Callable[[], None] = lambda: None) -> str:
+        """Steps (after ``start``) until one ends the stream, or ``stop`` is set. Returns one of OUTCOMES.
+        ``on_turn``: called each turn (the exporter's beat: /healthz tells a wedged loop)."""
         try:
             while not stop.is_set():
+                on_turn()
                 outcome = self.step(POLL_MS)
                 if outcome is not None:
                     return outcome
@@ -147,6 +175,9 @@ class Ingest:
     def step(self, timeout_ms: int) -> str | None:
         """One turn: the core's messages, the next frame, the heartbeat and the counters. An outcome ends it."""
         self._watch_reader()
+        wait = self.outbox.wait_s(time.monotonic())
+        if wait is not None:
+            timeout_ms = min(timeout_ms, zmqio.poll_ms(wait))
         events = dict(self.poller.poll(timeout_ms))
         now = time.monotonic()
         if self.session.sock in events:
@@ -165,7 +196,9 @@ class Ingest:
             elif event.outcome != "stopped":
                 self.end_detail = event.reason or event.outcome
                 log.info("the camera stream has ended (%s)", self.end_detail)
+                self._announce(now, force=True)  # what it read last: announced now, not in 2 ms
                 return event.outcome
+        self._announce(now)
         if self._max_reached() and self.delivery.pending is None:
             log.info("read %d frames (max_frames): stopping", self.delivery.read)
             return "max_frames"
@@ -193,7 +226,17 @@ class Ingest:
 
     def _from_core(self, now: float) -> None:
         for msg in self.session.take(now):
-            if isinstance(msg, Credit):
+            if isinstance(msg, Assigned):
+                self._assigned(msg, now)
+            elif isinstance(msg, Workers):
+                self.links.update(msg)
+            elif isinstance(msg, Preview):
+                self.preview_fps = msg.fps
+                self._tokens, self._tokens_at = max(1.0, msg.fps), now
+                log.info("stream %r: previews %s", self.stream, f"at most {msg.fps:g}/s" if msg.fps else "off")
+            elif isinstance(msg, WantPictures):
+                self._send_pictures(self.outbox.pictures(msg.seqs()), now, preview=False)
+            elif isinstance(msg, Credit):
                 self.delivery.add_credit(msg.n)
             elif isinstance(msg, Stop):
                 self.stop_reason = msg.reason or "no reason given"
@@ -202,20 +245,57 @@ class Ingest:
                 self.counts["unexpected_messages"] += 1
                 complain(
                     "unexpected_messages",
-                    "ignored a %s message from the core (an ingest expects credit or stop)",
+                    "ignored a %s message from the core (an ingest expects assignments, workers, credit or stop)",
                     msg.KIND,
                 )
 
     def _deliver(self, now: float) -> None:
+        """The next frame into the outbox, to be announced (``_announce``) with the others due."""
         frame = self.delivery.next()
         if frame is None:
             return
+        given_up = self.outbox.add(frame, now)
+        self.delivery.delivered()
+        self.delivery.unsent(given_up)  # real time: the oldest waiting, for room
+        self._announce(now)
+
+    def _announce(self, now: float, force: bool = False) -> None:
+        """The captures due (every 2 ms or 64 of them) to the core as one Captured."""
+        if not (force or self.outbox.due(now)):
+            return
+        notes = self.outbox.notes()
+        if notes is None:
+            return
         try:
-            self.session.send(Capture(frame.t_arrival, frame.width, frame.height, frame.jpeg), now, flags=zmq.NOBLOCK)
+            self.session.send(notes, now, flags=zmq.NOBLOCK)
         except zmq.Again:
-            self.delivery.not_delivered()
-        else:
-            self.delivery.delivered()
+            self.delivery.unsent(self.outbox.unannounce(notes))
+
+    def _assigned(self, msg: Assigned, now: float) -> None:
+        """The core's decisions: each worker's pictures in one Pictures on its data link; a preview when due."""
+        for worker, frames in self.outbox.assign(self.stream, msg).items():
+            self.links.send(worker, Pictures.of(self.stream, frames))
+        sent = self.outbox.decided  # previews of what the core numbered, whether a worker embeds it or not
+        if sent and self.preview_fps:
+            # A token bucket: at most preview_fps a second, a second's worth at once at most.
+            self._tokens = min(max(1.0, self.preview_fps), self._tokens + (now - self._tokens_at) * self.preview_fps)
+            self._tokens_at = now
+            n = min(len(sent), int(self._tokens))
+            if n:
+                self._tokens -= n
+                self._send_pictures(sorted(sent, key=lambda f: f.seq)[-n:], now, preview=True)
+
+    def _send_pictures(self, frames: list, now: float, *, preview: bool) -> None:
+        """Pictures on the session, for the core to publish (previews) or hand the recorder (snapshots)."""
+        if not frames or not self.session.joined:
+            return
+        try:
+            self.session.send(Pictures.of(self.stream, frames, preview), now, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self.counts["previews" if preview else "pictures_wanted"] = self.counts.get(
+            "previews" if preview else "pictures_wanted", 0
+        ) + len(frames)
 
     def _send_stats(self, now: float) -> None:
         if not self.session.joined:
@@ -249,6 +329,7 @@ class Ingest:
         self._measure_rate(now)
         self.delivery.source_left_out(self.camera.get("sampled_out", 0))
         if outcome != "refused" and self.session.joined:
+            self._announce(now, force=True)  # every capture announced, before the end
             self._send_stats(now)
             counts = self.end_counts()
             if self.delivery.unreported:  # given up or left out since the last Hello: the core counts them dropped
@@ -256,6 +337,9 @@ class Ingest:
             ended = CaptureEnded(reason, counts)
             if self.session.sock.poll(int(END_WAIT * 1000), zmq.POLLOUT):
                 self.session.send(ended, now, flags=zmq.NOBLOCK)
+                # Then the captures announced and not decided yet: the core goes on assigning them after the
+                # end (the session is still open), and their pictures go to their workers before Bye.
+                self._settle(time.monotonic())
             else:
                 log.error("the core at %s is not taking messages: it does not hear the stream ended", self.cfg.core)
         elif outcome != "refused":
@@ -263,11 +347,43 @@ class Ingest:
         log.info("end of stream %r: %s; %s", self.stream, reason, self.counters())
         self.close(reason)
 
+    def settle_s(self) -> float:
+        """How long the end waits for the core's next decision on its captures not decided yet.
+
+        Real time, one heartbeat (within END_WAIT): the core decides a capture in the turn it takes it
+        when a worker has room, and says something at least every heartbeat; what it has not decided by
+        then waits for room no worker gave, and the core drops it when this session ends (counted there).
+        Lossless, LOSSLESS_SETTLE_S since the last decision: every capture waits for a worker's room,
+        however long the workers take, as long as they take some (a drain of a full queue takes seconds)."""
+        return LOSSLESS_SETTLE_S if self.cfg.lossless else min(END_WAIT, self.session.heartbeat_s)
+
+    def _settle(self, now: float) -> None:
+        """At the end, after CaptureEnded: while captures announced are not decided yet and the core's
+        session is alive, their decisions waited for (``settle_s`` since the last one) and the pictures
+        of those assigned sent. Nothing pending: no wait at all."""
+        pending, since, said = len(self.outbox.announced), now, now
+        limit = self.settle_s()
+        while self.outbox.announced and self.session.alive(t := time.monotonic()):
+            if len(self.outbox.announced) < pending:
+                pending, since = len(self.outbox.announced), t
+            left = since + limit - t
+            if left <= 0:
+                break
+            if t - said >= SETTLE_SAY_EVERY:
+                said = t
+                log.info("stream %r: %d captures wait for a worker before the end", self.stream, pending)
+            if self.session.sock.poll(int(min(left, SETTLE_SAY_EVERY) * 1000) + 1):
+                self._from_core(time.monotonic())
+        if self.outbox.announced:
+            log.warning("stream %r: %d captures announced and not decided at the end (the core drops them)",
+                        self.stream, len(self.outbox.announced))  # fmt: skip
+
     def close(self, reason: str = "") -> None:
         """Bye (if joined) and close the session's socket, which lingers to deliver what it holds."""
         if not self._closed:
             self._closed = True
             self.session.close(time.monotonic(), reason[:TEXT_MAX])
+            self.links.close()
 
     # -- counters -------------------------------------------------------------------------------
 
@@ -299,6 +415,8 @@ class Ingest:
             "fps": round(self._rate[2], 2),
             "joined": int(self.session.joined),
             "lives": self.session.lives,
+            "outbox": len(self.outbox),
+            **{f"outbox_{k}": v for k, v in self.outbox.counts.items()},
             **self.counts,
         }
 

@@ -28,11 +28,13 @@ frames its worker already holds: bounded by the capacity, whatever the number of
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from encoders.shared.messages import Frame
 
 Key = tuple[str, int]  # (stream, seq)
+May = Callable[[bytes, str], bool]  # whether a worker may take a stream's frames now (links.py)
 # A lossless stream may have this many frames queued or granted (between the two: the workers'
 # total capacity): enough to keep every worker busy, few enough to hold the camera back soon.
 LOSSLESS_MIN, LOSSLESS_MAX = 4, 64
@@ -80,13 +82,19 @@ class Broker:
         queue.append(frame)
         return displaced
 
-    def assign(self, now: float) -> list[tuple[bytes, Frame]]:
-        """(worker identity, frame) for every frame that goes out now: streams in turn, the roomiest worker."""
+    def assign(self, now: float, may: May | None = None) -> list[tuple[bytes, Frame]]:
+        """(worker identity, frame) for every frame that goes out now: streams in turn, the roomiest worker
+        (of those that ``may(worker, stream)`` take the stream's frames, when given: a stream none of the
+        workers with room may take keeps its frames waiting, and its place in line)."""
         out: list[tuple[bytes, Frame]] = []
+        passed: list[str] = []  # streams no worker with room may take now
         while self.turn:
-            worker = self._roomiest()
+            worker = self._roomiest(self.turn[0], may)
             if worker is None:
-                break
+                if may is None or self._roomiest() is None:
+                    break
+                passed.append(self.turn.popleft())
+                continue
             stream = self.turn.popleft()
             queue = self.waiting[stream]
             frame = queue.popleft()
@@ -98,6 +106,7 @@ class Broker:
             self.handed += 1
             worker.given = self.handed
             out.append((worker.identity, frame))
+        self.turn.extendleft(reversed(passed))
         return out
 
     def undo(self, identity: bytes, frame: Frame) -> None:
@@ -119,6 +128,23 @@ class Broker:
         worker.window = min(worker.capacity, worker.window + 1)
         return True
 
+    def forget(self, identity: bytes, key: Key) -> None:
+        """A frame assigned to this worker that will never reach it (its ingest is gone): no longer held."""
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.held.pop(key, None)
+
+    def held_before(self, identity: bytes, stream: str, seq: int) -> list[Key]:
+        """Frames of ``stream`` before ``seq`` this worker holds, taken from it: their pictures never came
+        (outcomes of one stream and worker come in seq order: docs/PROTOCOL.md, "Protocol 3")."""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return []
+        late = [key for key in worker.held if key[0] == stream and key[1] < seq]
+        for key in late:
+            del worker.held[key]
+        return late
+
     def overdue(self, now: float) -> list[tuple[bytes, Key]]:
         """Frames held longer than ``hold_timeout``, taken from their workers: to be given up as lost."""
         out = []
@@ -130,6 +156,21 @@ class Broker:
             if late:  # it took frames and did not answer: back to a few at a time
                 worker.window = START_WINDOW
         return out
+
+    def take_waiting(self, stream: str, seqs: set[int]) -> list[Frame]:
+        """These frames of ``stream``, if still waiting, taken away (their ingest is gone: to be dropped)."""
+        queue = self.waiting.get(stream)
+        if not queue:
+            return []
+        taken = [f for f in queue if f.seq in seqs]
+        if taken:
+            kept = deque(f for f in queue if f.seq not in seqs)
+            if kept:
+                self.waiting[stream] = kept
+            else:
+                del self.waiting[stream]
+                self.turn.remove(stream)
+        return taken
 
     def drop_waiting(self) -> list[Frame]:
         """Every frame waiting, taken away (a drain that cannot wait for workers any longer)."""
@@ -186,10 +227,10 @@ class Broker:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _roomiest(self) -> Worker | None:
+    def _roomiest(self, stream: str = "", may: May | None = None) -> Worker | None:
         best: Worker | None = None
         for worker in self.workers.values():  # a handful of workers: a look at each per frame is cheap
-            if worker.room <= 0:
+            if worker.room <= 0 or (may is not None and not may(worker.identity, stream)):
                 continue
             free = worker.free
             if best is None or free > best.free or (free == best.free and worker.given < best.given):

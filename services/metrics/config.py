@@ -38,9 +38,7 @@ class MetricsConfig(StreamDown, SessionSettings, FrameBytes, Exported):
         "ROUTER endpoint every service connects to (ENCODERS_CORE on the others): ingests, workers, the "
         "recorder, viewers, `encoders stop`. For other machines: tcp://*:5556, with --keys (or --insecure)",
     )
-    frames_bind: str = setting(
-        bind_loopback(FRAMES_PORT), "PUB endpoint of every frame (viewers, the recorder's snapshots)"
-    )
+    frames_bind: str = setting(bind_loopback(FRAMES_PORT), "XPUB endpoint of the previews of the streams viewers watch")
     frames_buffer_mb: int = setting(
         64,
         "Memory the frames publisher holds at most for one subscriber that does not keep up (a paused viewer), "
@@ -50,6 +48,13 @@ class MetricsConfig(StreamDown, SessionSettings, FrameBytes, Exported):
     )
     metrics_bind: str = setting(
         bind_loopback(METRICS_PORT), "PUB endpoint of records, stream starts and ends, stats (viewers)"
+    )
+    preview_fps: float = setting(
+        10.0,
+        "Pictures a second of each stream someone watches (a subscriber of frame/STREAM on the frames publisher), "
+        "asked of its ingest and published; unwatched streams send none (0: no previews at all)",
+        minimum=0,
+        maximum=1000,
     )
     # keys, heartbeat_s, heartbeat_misses: the same on both ends of a session (settings.SessionSettings)
     insecure: bool = setting(

@@ -1,9 +1,15 @@
 """Acknowledged delivery of records to the recorder (docs/PROTOCOL.md, "The recorder: acknowledged delivery").
 
 Every ``StreamStart``, ``MetricsRecord`` and ``EndOfStream`` is held until the recorder's
-``Ack(stream, seq, ended)`` covers it; acks are cumulative per stream. While a recorder
-session is ready (its ``Ready`` came), ``pump(send)`` sends what is not yet acknowledged,
-oldest first, at most ``window`` in flight; a new session sends it all again.
+acknowledgement of its stream (``Acks``: per stream, ``(seq, ended)``) covers it; acks are
+cumulative per stream. While a recorder session is ready (its ``Ready`` came), ``pump(send)``
+sends what is not yet acknowledged, oldest first, at most ``window`` in flight; a new session
+sends it all again. Consecutive records of one stream go as one ``Records`` (at most
+``BATCH`` of them, within the window); starts and ends of streams as themselves. Records
+held with the batch they were published in (``add_run``) go as that very batch while the
+recorder keeps up (the run to send is exactly its rows), instead of being packed again. A batch is
+still held and acknowledged per record: an ack may cover part of one, and only the rest is
+sent again (regrouped) to a new session.
 
 What an Ack covers, per stream (the recorder acks once what it got is durable):
 
@@ -29,19 +35,20 @@ import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
 from encoders.shared import messages
 from encoders.shared.disks import disk_problem
-from encoders.shared.messages import DecodeError, EndOfStream, Message, MetricsRecord, StreamStart
+from encoders.shared.messages import DecodeError, EndOfStream, Message, MetricsRecord, Records, StreamStart
 from encoders.shared.spool import Spool
 
 log = logging.getLogger("encoders.metrics")
 
 WINDOW = 10_000  # records in flight to the recorder (sent, not yet acknowledged)
 READ_BATCH = 1000  # records read from the spool at a time
+BATCH = 256  # consecutive records of a stream sent as one Records at most
 START, RECORD, END = 0, 1, 2
 Ack = tuple[int, bool]  # (seq, ended): the highest a stream's recorder acknowledged
 
@@ -57,6 +64,9 @@ class Held:
     end: int = 0  # in the spool: the byte offset just after it
     sent: bool = False  # sent in this session (or skipped: acknowledged before it went)
     acked: bool = False
+    # The Records it was published in, with the records next to it (``add_run``): sent to the recorder
+    # as it is when a run is exactly that batch, instead of packed again (a batch's cost, twice a record).
+    batch: Records | None = None
 
 
 def held(msg: Message) -> Held:
@@ -101,14 +111,30 @@ class Delivery:
         """A record to hold until acknowledged (sent by the next ``pump``)."""
         self.memory.append(held(msg))
         if len(self.memory) > self.hold:
-            if not self.counts["records_spooled"]:
-                log.warning(
-                    "more than %d records not acknowledged by a recorder: the oldest go to %s",
-                    self.hold,
-                    self.spool.path,
-                )
-            # Spill a tenth more than needed, so that the spool's fsync is paid once per many records.
-            self._spill(len(self.memory) - self.hold + self.hold // 10)
+            self._overflow()
+
+    def add_run(self, msgs: list[MetricsRecord], batch: Records) -> None:
+        """Consecutive records of one stream, published as ``batch`` (their rows, in order): held as ``add``
+        holds each, the batch kept to be sent as it is while a recorder is ready (without one, the batch
+        would only take memory: the records are packed again when one comes); let go once sent."""
+        kept = batch if self.active else None
+        for msg in msgs:
+            h = held(msg)
+            h.batch = kept
+            self.memory.append(h)
+        if len(self.memory) > self.hold:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """Past ``hold`` records in memory: the oldest to the spool."""
+        if not self.counts["records_spooled"]:
+            log.warning(
+                "more than %d records not acknowledged by a recorder: the oldest go to %s",
+                self.hold,
+                self.spool.path,
+            )
+        # Spill a tenth more than needed, so that the spool's fsync is paid once per many records.
+        self._spill(len(self.memory) - self.hold + self.hold // 10)
 
     def ack(self, stream: str, seq: int, ended: bool) -> None:
         ack = max(self.acks.get(stream, (-2, False)), (seq, ended))
@@ -135,16 +161,24 @@ class Delivery:
                     break
             elif self.mem_sent < len(self.memory):
                 h = self.memory[self.mem_sent]
-                if not (h.acked or covered(h, self.acks.get(h.stream))):
-                    assert h.msg is not None  # in memory: the message itself
-                    if not send(h.msg):
-                        break
-                    self._in_flight(h)
-                    n += 1
-                else:
-                    h.acked = True
-                h.sent = True
-                self.mem_sent += 1
+                if h.acked or covered(h, self.acks.get(h.stream)):
+                    h.acked = h.sent = True
+                    self.mem_sent += 1
+                    continue
+                run = [h]
+                if h.kind == RECORD:  # and the records of its stream that follow it
+                    limit = min(BATCH, self.window - self.n_inflight)
+                    i = self.mem_sent + 1
+                    while len(run) < limit and i < len(self.memory) and self._joins(run, self.memory[i]):
+                        run.append(self.memory[i])
+                        i += 1
+                went = self._send_run(send, [(x, x.msg) for x in run])
+                for x in run[:went]:
+                    self._in_flight(x)
+                self.mem_sent += went
+                n += went
+                if went < len(run):
+                    break
             else:
                 break
         self._trim()
@@ -187,15 +221,36 @@ class Delivery:
     # -- internals -----------------------------------------------------------------------------------
 
     def _in_flight(self, h: Held) -> None:
-        h.sent = True
+        h.sent, h.batch = True, None  # sent: a new session regroups it (the batch's memory goes now)
         self.inflight.setdefault(h.stream, deque()).append(h)
         self.n_inflight += 1
         self.counts["records_sent"] += 1
 
+    def _joins(self, run: list[Held], h: Held) -> bool:
+        """Whether ``h`` goes in the same Records as ``run``: the next record of its stream, not acknowledged."""
+        return h.kind == RECORD and h.stream == run[0].stream and not (h.acked or covered(h, self.acks.get(h.stream)))
+
+    def _send_run(self, send: Callable[[Message], bool], run: list[tuple[Held, Message | None]]) -> int:
+        """Send a start, an end, or a run of one stream's records (as Records); how many of ``run`` went."""
+        first = run[0][1]
+        assert first is not None  # in memory, or read from the spool: the message itself
+        if not isinstance(first, MetricsRecord):
+            return 1 if send(first) else 0
+        batch = run[0][0].batch
+        if batch is not None and len(run) == batch.n and all(h.batch is batch for h, _msg in run):
+            return batch.n if send(batch) else 0  # the batch published: these rows, in this order
+        went = 0
+        for batch in Records.many([cast(MetricsRecord, msg) for _h, msg in run]):
+            if not send(batch):
+                break
+            went += batch.n
+        return went
+
     def _pump_spool(self, send: Callable[[Message], bool], limit: int) -> tuple[int, bool]:
         """Send spooled records from the cursor: (how many went, False if ``send`` refused one)."""
-        n = 0
+        items: list[tuple[Held, Message | None]] = []
         for record, end in self._read_spool(limit):
+            msg: Message | None = None
             try:
                 msg = messages.decode(record["parts"])
                 h = held(msg)
@@ -204,15 +259,30 @@ class Delivery:
                 log.error("a record in %s does not decode (%s): lost", self.spool.path, exc)
                 h = Held("", RECORD, 0, None, acked=True)
             h.msg, h.end = None, end  # the spool keeps it; memory keeps where it is
+            items.append((h, msg))
+        n, i = 0, 0
+        while i < len(items):
+            h = items[i][0]
             if h.acked or covered(h, self.acks.get(h.stream)):
                 h.sent = h.acked = True  # acknowledged already: skipped, and committed with the rest
-            else:
-                if not send(msg):
-                    return n, False
-                self._in_flight(h)
-                n += 1
-            self.spooled.append(h)
-            self.cursor = end
+                self.spooled.append(h)
+                self.cursor = h.end
+                i += 1
+                continue
+            j = i + 1
+            if h.kind == RECORD:
+                while j < len(items) and j - i < BATCH and self._joins([h], items[j][0]):
+                    j += 1
+            run = items[i:j]
+            went = self._send_run(send, run)
+            for x, _msg in run[:went]:
+                self._in_flight(x)
+                self.spooled.append(x)
+                self.cursor = x.end
+            n += went
+            if went < len(run):
+                return n, False
+            i = j
         return n, True
 
     def _read_spool(self, limit: int) -> list[tuple[Any, int]]:
@@ -252,7 +322,7 @@ class Delivery:
         end = base
         for h, record in zip(keep, records, strict=True):
             end += len(msgpack.packb(record, use_bin_type=True))
-            h.msg, h.end = None, end
+            h.msg, h.batch, h.end = None, None, end
             if h.sent:
                 # In flight: the spool had nothing unsent (memory is sent only after it), so the
                 # cursor was at its end and moves past this record.

@@ -31,7 +31,7 @@ class Doors:
     def __init__(self, keys: AllowList | None, publishers: list[tuple[zmq.Socket, str]]) -> None:
         self.keys = keys
         self.publishers = publishers  # (socket, its endpoints as bound, comma-separated)
-        self._seen = (keys.generation, keys.keys()) if keys else (0, {})  # the allow-list as last checked
+        self._generation = keys.generation if keys else 0  # of the allow-list, as last checked
         self._checked = 0.0
         # Publishers' endpoints to bind again: (socket, endpoint, unbound since, whether said still unbound).
         self._unbound: list[tuple[zmq.Socket, str, float, bool]] = []
@@ -65,11 +65,10 @@ class Doors:
             return []
         self._checked = now
         self.keys.refresh()
-        generation, before = self._seen
-        if self.keys.generation == generation:
+        if self.keys.generation == self._generation:
             return []
         held = self.keys.keys()
-        self._seen = (self.keys.generation, held)
+        self._generation = self.keys.generation
         gone = []
         for peer in peers:
             key: Allowed | None = peer.state.get("key")
@@ -77,9 +76,11 @@ class Doors:
             if key is not None and (still is None or peer.role not in still.roles):
                 gone.append((peer, key))
         subscribers = set(SUBSCRIBERS)
+        # Every key that lost a subscriber's role since the last look, also one added and revoked in
+        # between (its subscribers let in by ZAP meanwhile): AllowList.take_changed.
         lost = [
             old.name
-            for k, old in before.items()
+            for k, old in self.keys.take_changed().items()
             if old.roles & (subscribers - (held[k].roles if k in held else frozenset()))
         ]
         if lost:

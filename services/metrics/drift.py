@@ -20,18 +20,23 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     In float64: a float32 norm overflows (to a NaN similarity) for values near float32's
     limit, and underflows to 0 for the tiniest, both valid in a message."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    # Squared norms as dot products, the clip in Python: half the time of np.linalg.norm and np.clip
+    # (once a frame per camera). A float32's square and a product of two such sums fit a float64.
+    na, nb = float(a @ a), float(b @ b)
     if na == 0.0 or nb == 0.0:
         return 0.0
-    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+    return min(1.0, max(-1.0, float(a @ b) / math.sqrt(na * nb)))
 
 
 @dataclass
 class DriftTracker:
     """drift = 1 - similarity with the previous embedded frame, plus rolling statistics.
 
-    Mean and std come from running sums rather than a pass over the window: this runs
-    once per frame for every camera.
+    Nothing here passes over the window: this runs once per frame for every camera, and the
+    rolling statistics are read twice per frame (before a frame's drift, for the scene rule,
+    and after). Mean and std come from running sums; min and max from monotonic queues (the
+    sliding-window minimum: each drift enters and leaves each queue once), where ``min()``
+    and ``max()`` over 300 drifts twice a frame were in the core's profile (issue #21).
     """
 
     window: int
@@ -40,11 +45,17 @@ class DriftTracker:
     times: deque = field(init=False)
     _sum: float = 0.0
     _sumsq: float = 0.0
+    _n: int = 0  # drifts ever added: the position of the next one
+    # (position, drift), positions rising: the candidates for the window's min (values rising)
+    # and max (values falling). The front is the answer, once positions out of the window go.
+    _lows: deque = field(init=False)
+    _highs: deque = field(init=False)
     dim_changes: int = 0  # frames whose embedding was not as long as the one before
 
     def __post_init__(self) -> None:
         self.drifts = deque(maxlen=self.window)
         self.times = deque(maxlen=self.window)
+        self._lows, self._highs = deque(), deque()
 
     def update(self, vector: np.ndarray, t_capture: float) -> tuple[float | None, float | None]:
         self.times.append(t_capture)
@@ -72,13 +83,29 @@ class DriftTracker:
         self.drifts.append(drift)
         self._sum += drift
         self._sumsq += drift * drift
+        self._extremes(drift)
         return similarity, drift
+
+    def _extremes(self, drift: float) -> None:
+        position, oldest = self._n, self._n - self.window + 1  # the window: positions oldest..position
+        self._n += 1
+        lows, highs = self._lows, self._highs
+        while lows and lows[-1][1] >= drift:  # never the min again while this drift is in the window
+            lows.pop()
+        lows.append((position, drift))
+        while highs and highs[-1][1] <= drift:
+            highs.pop()
+        highs.append((position, drift))
+        while lows[0][0] < oldest:
+            lows.popleft()
+        while highs[0][0] < oldest:
+            highs.popleft()
 
     def rolling(self) -> Rolling:
         n = len(self.drifts)
         if n == 0:
             return Rolling(count=0, mean=None, std=None, min=None, max=None)
-        lo, hi = min(self.drifts), max(self.drifts)
+        lo, hi = self._lows[0][1], self._highs[0][1]
         # Running sums drift by rounding (a value added, then taken away): the mean is kept
         # between the window's own extremes, where it is, and the spread within what drifts allow.
         mean = min(hi, max(lo, self._sum / n))

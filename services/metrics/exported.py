@@ -37,6 +37,7 @@ def core_exporter(core: Core) -> Exporter:
         latency.labels(rec.stream).observe(max(0.0, rec.t_encoded - rec.t_capture))
 
     core.on_record = observe
+    core.on_turn = exporter.beat  # /healthz tells a wedged loop (shared/exporter.py)
     exporter.collect(lambda f: core_families(core, f))
     return exporter
 

@@ -49,8 +49,13 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
             zmq.ROUTER,
             cfg.core_bind,
             bind=True,
-            heartbeat_s=cfg.heartbeat_s,
-            max_message_bytes=largest_part(cfg.max_frame_bytes),  # a capture's JPEG, or a header
+            # No ZMTP heartbeats (ZeroMQ's own, below the sessions'): their timeout drops the connection of
+            # a peer that is paused or behind in reading (a recorder stopped, or catching up), and libzmq
+            # 4.3 may then abort that peer as it reads the multipart messages still queued ("!_more",
+            # src/fq.cpp:80; zeromq/libzmq#3937, #4767). The sessions' own heartbeats judge silence
+            # (shared/session.py); a peer's socket keeps its ZMTP heartbeats to replace a dead link.
+            # A capture's JPEG, a part of a worker's Results, or a header.
+            max_message_bytes=largest_part(cfg.max_frame_bytes, batches=True),  # Pictures: a JPEG a part
             curve=curve.door("core") if curve else None,
         )
         # A peer whose TCP connection ZeroMQ re-establishes keeps its session: the new
@@ -58,9 +63,11 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # Publishers' peers send only subscriptions. A subscriber that does not keep up is queued at
         # most --frames-buffer-mb of frames (ZeroMQ's default, 1,000, was 1.36 GB of 1 MB frames).
+        # The frames publisher is an XPUB: the core sees which streams are watched, and asks their
+        # ingests for previews (previews.py).
         frames = zmqio.open_socket(
             ctx,
-            zmq.PUB,
+            zmq.XPUB,
             cfg.frames_bind,
             bind=True,
             sndhwm=frames_hwm(cfg.frames_buffer_mb),
@@ -90,6 +97,7 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
         metrics,
         numbering,
         delivery,
+        state_dir=state.path,  # where the run the last recorder recorded is kept
         publishers=(bound(frames, cfg.frames_bind), bound(metrics, cfg.metrics_bind)),
         keys=curve.allowed if curve else None,
     )
@@ -106,6 +114,7 @@ def serve(cfg: MetricsConfig, stop: threading.Event) -> int:
     try:
         core.run(stop)
     finally:
+        exporter.loop_ended()
         exporter.stop()
         core.close()
         if curve is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from encoders.shared.messages import Embedding, Hello
+from encoders.shared.messages import Hello, Results
 
 log = logging.getLogger("encoders.metrics")
 
@@ -45,13 +45,17 @@ class PipelineModel:
         log.info("this pipeline embeds with %s, as worker %s said: workers of another are refused", self.described(),
                  hello.name)  # fmt: skip
 
-    def result_problem(self, hello: Hello, result: Embedding) -> str | None:
-        """Why a worker's embedding cannot be recorded (not the model or length it said), or None."""
-        size = int(result.vector.size)
-        if result.model != hello.model or size != hello.dim:
-            self.refused_results[hello.name] = self.refused_results.get(hello.name, 0) + 1
+    def results_problem(self, hello: Hello, results: Results) -> str | None:
+        """Why a worker's embeddings cannot be recorded (not the model or length it said), or None.
+        Once per Results: its model and its vectors' length are the whole batch's."""
+        embedded = results.vector_rows()
+        if not embedded:
+            return None
+        size = int(results.vectors.shape[1])
+        if results.model != hello.model or size != hello.dim:
+            self.refused_results[hello.name] = self.refused_results.get(hello.name, 0) + embedded
             return (
-                f"an embedding of {result.model} ({size} floats) from a worker that said {hello.model} "
+                f"embeddings of {results.model} ({size} floats) from a worker that said {hello.model} "
                 f"({hello.dim} floats): not recorded"
             )
         return None

@@ -1,19 +1,20 @@
 """What the core says about itself: Stats every second (per stream, on the metrics publisher),
 a log line per stream every ten seconds. Its warnings about bad input are bounded
 (shared/complaints.py), and their counts go out in every Stats.
+
+``Reporter`` reads the core's progress (progress.py) and returns the Stats to publish; the core
+publishes them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from encoders.shared import zmqio
 from encoders.shared.messages import Stats
 
-if TYPE_CHECKING:
-    from .service import Core
+from .progress import Progress
 
 STATS_EVERY = 1.0  # seconds between Stats messages
 LOG_EVERY = 10.0  # seconds between each stream's log line
@@ -50,40 +51,42 @@ class Reporter:
         self.log = log
         self.stats_at = self.log_at = float("-inf")
 
-    def tick(self, core: Core, now: float) -> None:
+    def tick(self, progress: Progress, now: float) -> list[Stats]:
+        """The Stats due now (each stream's, once a second); each stream's log line when due."""
+        out = []
         if now - self.stats_at >= STATS_EVERY:
             self.stats_at = now
-            self._stats(core)
+            out = self._stats(progress)
         if now - self.log_at >= LOG_EVERY:
             self.log_at = now
-            for name, state in core.streams.streams.items():
-                totals = core.streams.totals(name)
-                self.log.info(log_line(name, totals, state.drift.fps(), state.order.waiting()))
+            for stream in progress.streams:
+                self.log.info(log_line(stream.name, stream.totals, stream.fps, stream.outcomes_waiting))
+        return out
 
-    def _stats(self, core: Core) -> None:
+    def _stats(self, progress: Progress) -> list[Stats]:
         """Each stream's Stats: its counts and rates, and the core's (workers, capacity, the recorder's
         records, sessions by role, complaints)."""
-        broker = core.broker
         shared: dict[str, Any] = {
-            **core.counters,
-            "streams_refused": core.ingests.streams_refused,
-            **core.complain.counts,
-            **(core.delivery.stats() if core.delivery is not None else {}),
-            "workers": len(broker.workers),
+            **progress.counters,
+            "streams_refused": progress.streams_refused,
+            **progress.complaints,
+            **(progress.records or {}),
+            "workers": progress.workers,
             # Results of another model or length than the pipeline's, refused (models.py); by worker in Prometheus
-            "refused_results": sum(core.model.refused_results.values()),
-            "capacity": broker.capacity,
-            "in_use": broker.in_use,
-            **{f"sessions_{role}": len(core.sessions.of_role(role)) for role in ROLES},
+            "refused_results": progress.refused_results,
+            "capacity": progress.capacity,
+            "in_use": progress.in_use,
+            **{f"sessions_{role}": progress.sessions.get(role, 0) for role in ROLES},
         }
-        for name, state in core.streams.streams.items():
+        out = []
+        for stream in progress.streams:
             mine = {
-                "fps": round(state.drift.fps(), 2),
-                "waiting": broker.queued(name),  # frames numbered, waiting for a worker
-                "outcomes_waiting": state.order.waiting(),  # behind a missing one
-                "lost_max_pending": state.order.forced,  # given up: more than max_pending waited
+                "fps": round(stream.fps, 2),
+                "waiting": stream.queued,  # frames numbered, waiting for a worker
+                "outcomes_waiting": stream.outcomes_waiting,  # behind a missing one
+                "lost_max_pending": stream.forced,  # given up: more than max_pending waited
                 # Its ingest's clock against the core's at its latest capture (clocks.py); ahead: > 0
-                "clock_offset_s": _rounded(core.ingests.clocks.offsets.get(name)),
+                "clock_offset_s": _rounded(stream.clock_offset),
             }
-            counters = stats_counters(core.streams.totals(name), mine, shared)
-            zmqio.send(core.metrics_pub, Stats("metrics", name, counters), topic=True)
+            out.append(Stats("metrics", stream.name, stats_counters(stream.totals, mine, shared)))
+        return out

@@ -1,15 +1,15 @@
 """The core: every session on one ROUTER, frames numbered and dispatched, outcomes in order, records
-delivered (docs/PROTOCOL.md). Longer than 350 lines until protocol 3 builds the core by role (a
-class per role and a dispatch table: docs/PROTOCOL.md, "The core, built by role").
+delivered (docs/PROTOCOL.md), built by role (docs/PROTOCOL.md, "The core, built by role").
 
 ``Core`` is given its sockets (the ROUTER every peer's session talks to, the frames and the
-metrics publishers) and its state (numbering, the recorder's delivery); ``step(now)`` takes
-what is waiting and does what is due, so tests drive it with sockets they make and a clock of
-their own. What each part decides lives in its own module: sessions in shared/session.py,
-the cameras' sessions and captures in ingests.py, dispatch in broker.py, numbering in
-numbering.py, order and drift in streams.py, the recorder's session in recorders.py and its
-records in delivery.py, the drain in stopping.py, Stats and log lines in report.py. This class
-moves messages between them.
+metrics publishers) and its state (numbering, the recorder's delivery and state folder);
+``step(now)`` takes what is waiting and does what is due, so tests drive it with sockets they
+make and a clock of their own. It keeps the sessions (shared/session.py) and a table of roles,
+one class each, of one shape (roles.py): the ingests (ingests.py), the workers (workers.py), the
+recorder (recorders.py; its records in delivery.py), viewers (viewers.py) and control sessions
+(controls.py). Each Hello, message and departure goes to its session's role; a message of a kind
+its role does not take is counted and dropped. The drain (stopping.py) and the Stats and log lines
+(report.py) read the core's progress (progress.py) and return what they decided; the core does it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from threading import Event
 
 import zmq
@@ -25,49 +26,53 @@ from encoders.shared import messages, zmqio
 from encoders.shared.complaints import Complaints
 from encoders.shared.keys import AllowList
 from encoders.shared.messages import (
-    Ack,
+    TEXT_MAX,
     Bye,
-    Capture,
-    CaptureEnded,
     DecodeError,
-    Embedding,
+    Draining,
     EndOfStream,
+    Frame,
     Heartbeat,
     Hello,
     Message,
     MetricsRecord,
-    Ready,
+    Records,
     Refused,
-    Skipped,
-    Stats,
     Stop,
     Stopped,
     StreamStart,
+    WantPictures,
     Welcome,
 )
 from encoders.shared.session import Peer, Sessions, hello_problem
 
-from .alerts import AlertRules
 from .broker import Broker
 from .clocks import CoreClock
 from .config import MetricsConfig
+from .controls import Controls
+from .core_progress import CoreProgress
 from .delivery import Delivery
 from .doors import Doors
 from .ingests import Ingests
+from .links import DataLinks
 from .models import PipelineModel
 from .numbering import Numbering
-from .recorders import Recorders
-from .reorder import LOST
+from .previews import Watchers
+from .recorders import RecorderRole, Recorders
 from .report import Reporter
-from .scenes import SceneRule
-from .stopping import Drain
+from .roles import Role
+from .stopping import Drain, Finish, GiveUp
 from .streams import Streams
+from .viewers import Viewers
+from .workers import Workers
 
 log = logging.getLogger("encoders.metrics")
 
 POLL_MS = 50  # how long the loop waits for a message before doing what is due anyway
 RECEIVE_BATCH = 1000  # messages taken before releasing and dispatching
 FLUSH_S = 10.0  # a signal's drain: how long the core waits for outcomes and acks before it exits
+# Roles whose tick comes before the release of what is settled; the recorder's after: sent in the same turn.
+BEFORE_RELEASE = ("worker", "ingest", "viewer", "control")
 
 
 class Core:
@@ -80,46 +85,75 @@ class Core:
         numbering: Numbering,
         delivery: Delivery | None,
         *,
+        state_dir: Path | None = None,
         publishers: tuple[str, str] = ("", ""),
         life: str | None = None,
         on_record: Callable[[MetricsRecord], None] | None = None,
         keys: AllowList | None = None,
     ) -> None:
+        """``state_dir``: where the run the last recorder recorded is kept (None: only in memory)."""
         self.cfg = cfg
         self.router, self.frames_pub, self.metrics_pub = router, frames_pub, metrics_pub
         self.numbering, self.delivery = numbering, delivery
         self.publishers = publishers  # (frames, metrics) as bound: what a viewer's Welcome names
         self.on_record = on_record or (lambda rec: None)  # each record as it goes out (metrics' latency)
+        self.on_turn: Callable[[], None] = lambda: None  # each turn of the loop (the exporter's beat)
         self.life = life or uuid.uuid4().hex  # this life of the core (Welcome.core, records' core)
         self.doors = Doors(keys, [(frames_pub, publishers[0]), (metrics_pub, publishers[1])])
         self.sessions = Sessions(cfg.heartbeat_s, cfg.heartbeat_misses)
-        scenes = SceneRule.from_config(cfg)
-        self.streams = Streams(
-            cfg.rolling_window,
-            cfg.max_wait,
-            scenes,
-            max_pending=cfg.max_pending,
-            core=self.life,
-            alerts=AlertRules.from_config(cfg),
-        )
+        self.streams = Streams.from_config(cfg, self.life)
         # A frame held this long is given up (its capacity would otherwise leak): past any
         # batch that max_wait allows for, and past a worker's silence.
         self.broker = Broker(hold_timeout=max(2 * cfg.max_wait, self.sessions.timeout_s))
-        self.recorders = Recorders(delivery, numbering, numbering.path.parent if delivery is not None else None)
+        self.recorders = Recorders(delivery, numbering, state_dir if delivery is not None else None)
         self.model = PipelineModel(cfg.pipeline_model, cfg.pipeline_dim)
         self.complain = Complaints(log, "the core's Stats")
+        self.counters: dict[str, int] = {"records": 0, "workers_lost_frames": 0, "pictures_to_recorder": 0}
+        # The data links (links.py): workers' numbers, addresses and keys, the ingests' keys; and which
+        # streams someone watches on the frames publisher, an XPUB (previews.py).
+        self.links = DataLinks()
+        self.watchers = Watchers(cfg.preview_fps)
+        self.workers = Workers(
+            self.broker,
+            self.model,
+            self.streams,
+            self.sessions,
+            self._send,
+            self._end,
+            self.complain,
+            self.counters,
+            links=self.links,
+            assigned=lambda stream, seq, worker: self.ingests.assigned(stream, seq, worker),  # noqa: PLW0108  # made below
+        )
         self.ingests = Ingests(
             self.streams,
             self.broker,
             numbering,
             frames_pub,
             send=self._send,
-            dispatch=self._dispatch,
+            dispatch=self.workers.dispatch,
+            evict=self._evict,
             complain=self.complain,
             max_streams=cfg.max_streams,
             max_clock_skew=cfg.max_clock_skew,
+            links=self.links,
+            watchers=self.watchers,
+            to_recorder=self._to_recorder,
         )
-        self.counters: dict[str, int] = {"records": 0, "workers_lost_frames": 0}
+        recorder = RecorderRole(
+            self.recorders, self.sessions, send=self._send, evict=self._evict, publishers=publishers
+        )
+        self.roles: dict[str, Role] = {
+            "ingest": self.ingests,
+            "worker": self.workers,
+            "recorder": recorder,
+            "viewer": Viewers(publishers),
+            "control": Controls(lambda now, reason, requester: self.begin_drain(now, reason, requester=requester)),
+        }
+        self.progress = CoreProgress(
+            self.sessions, self.broker, self.streams, self.ingests, self.recorders, self.model, self.complain,
+            self.counters,
+        )  # fmt: skip
         self.drain: Drain | None = None
         # Once drained: the peers told Stop or Stopped, and until when the core waits for their Bye.
         self.farewell: tuple[set[bytes], float] | None = None
@@ -132,6 +166,7 @@ class Core:
         """Until a control session's Stop or a signal (``stop``) has drained the pipeline."""
         clock = CoreClock(max(self.sessions.heartbeat_s / 2, 2 * POLL_MS / 1000))
         while not self.done:
+            self.on_turn()
             self.router.poll(POLL_MS)
             now = clock()
             if clock.gap:  # the loop did not run: the silence meanwhile is nobody's (clocks.py)
@@ -152,37 +187,52 @@ class Core:
         """Take every message waiting (up to a batch), then do what is due."""
         for _ in range(RECEIVE_BATCH):
             try:
-                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = self.router.recv_multipart(zmqio.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             identity = zmqio.part_bytes(parts[0])
             try:
                 msg = messages.decode(parts[1:])
             except DecodeError as exc:
-                self.complain("bad_messages", "a message from %s does not decode: %s", self._who(identity), exc)
+                self.complain("bad_messages", "a message from %s does not decode: %s", self.sessions.who(identity), exc)
                 continue
             self._take(identity, msg, now, via=parts[0])
+        self._subscriptions()
         self._tick(now)
+
+    def _subscriptions(self) -> None:
+        """What subscribers of the frames publisher (an XPUB) started or stopped watching (previews.py)."""
+        if self.frames_pub.socket_type != zmq.XPUB:
+            return
+        for _ in range(RECEIVE_BATCH):
+            try:
+                self.watchers.subscription(self.frames_pub.recv(zmqio.NOBLOCK))
+            except zmq.Again:
+                break
 
     def _tick(self, now: float) -> None:
         self._check_keys(now)
         for peer in self.sessions.expired(now):
             self._end(peer, f"silent for {self.sessions.timeout_s:g} s", now)
-        for identity, (stream, seq) in self.broker.overdue(now):
-            self.complain("frames_overdue", "worker %s held %s/%d too long: given up", self._who(identity), stream, seq)
-            self.streams.outcome(stream, seq, LOST, now)
-        self._dispatch(now)
-        self.ingests.grant_credits(now)
+        for role in BEFORE_RELEASE:
+            self.roles[role].tick(now)
         self.release(now)
-        self.recorders.pump(lambda identity, msg: self._send(identity, msg, now))
+        self.roles["recorder"].tick(now)
         if self.farewell is not None:
             told, until = self.farewell
             self.done = not (told & self.sessions.peers.keys()) or now >= until
-        elif self.drain is not None and self.drain.step(self, now):
-            self._finish(now)
+        elif self.drain is not None:
+            self._give_up(self.drain.give_up(self.progress, now), now)
+            self.release(now)  # what that settled goes out now
+            step = self.drain.step(self.progress, now)
+            if isinstance(step, Finish):
+                self._finish(now)
+            elif step.say:
+                self._say_draining(step.waiting_for, now)
         for peer in self.sessions.heartbeats_due(now):
             self._send(peer.identity, Heartbeat(), now)
-        self.reporter.tick(self, now)
+        for stats in self.reporter.tick(self.progress, now):
+            zmqio.send(self.metrics_pub, stats, topic=True)
 
     # -- sessions ------------------------------------------------------------------------------------
 
@@ -207,22 +257,24 @@ class Core:
             self.sessions.remove(identity)
             self._end(peer, f"said Bye ({msg.reason or 'no reason given'})", now)
             return
-        role = peer.role
-        if role == "ingest" and isinstance(msg, Capture | CaptureEnded | Stats):
-            self.ingests.take(identity, msg, now)
-        elif role == "worker" and isinstance(msg, Embedding | Skipped):
-            self._result(peer, msg, now)
-        elif role == "recorder" and isinstance(msg, Ready | Ack):
-            self.recorders.take(identity, peer.name, msg)
-        elif role == "control" and isinstance(msg, Stop):
-            log.info("control session %s asks the pipeline to stop (%s)", peer.name, msg.reason or "no reason given")
-            self.begin_drain(now, f"asked by {peer.name}", requester=identity)
+        if isinstance(msg, WantPictures) and peer.role == "recorder":
+            # Its snapshots: asked of the stream's ingest, which answers from its ring (_to_recorder).
+            if not self.ingests.want_pictures(msg, now):
+                self.complain("pictures_unavailable", "the recorder wants pictures of %s, whose ingest is gone",
+                              msg.stream)  # fmt: skip
+            return
+        role = self.roles[peer.role]
+        if isinstance(msg, role.takes):
+            role.take(peer, msg, now)
         else:
-            self.complain("unexpected_messages", "a %s from %s %s: not its role's; dropped", msg.KIND, role, peer.name)
+            self.complain(
+                "unexpected_messages", "a %s from %s %s: not its role's; dropped", msg.KIND, peer.role, peer.name
+            )
 
     def _hello(self, identity: bytes, hello: Hello, now: float, via: zmq.Frame | None = None) -> None:
-        key, key_problem = self.doors.check(hello, via)  # before _refusal, which may make room
-        problem = hello_problem(hello) or key_problem or self._refusal(identity, hello, now)
+        key, key_problem = self.doors.check(hello, via)  # before the role's refusal, which may make room
+        role = self.roles[hello.role]
+        problem = hello_problem(hello) or key_problem or role.refusal(identity, hello, now)
         if problem is not None:
             reason, retry = problem if isinstance(problem, tuple) else (problem, False)
             if retry:  # said again and again until there is room: counted
@@ -232,84 +284,29 @@ class Core:
             self._send(identity, Refused(reason, retry=retry), now)
             return
         peer, old = self.sessions.welcome(identity, hello, now)
+        if via is not None:  # the host its connection came from: where a worker's data socket is reached
+            try:
+                peer.state["peer_address"] = str(via.get("Peer-Address") or "")
+            except (zmq.ZMQError, KeyError, UnicodeDecodeError):
+                pass  # not over TCP (ipc, inproc): none
         if key is not None:
             peer.state["key"] = key
             log.info("%s %s joined with the key %s", hello.role, hello.name, key.name)
         if old is not None:
             self._end(old, "said Hello again (a new life of its session)", now)
-        welcome = Welcome(self.life, self.cfg.heartbeat_s, self.cfg.heartbeat_misses)
-        if hello.role == "ingest":
-            welcome.credit = self.ingests.join(identity, hello, now)
-        elif hello.role == "worker":
-            self.model.join(hello)
-            self.broker.add_worker(identity, hello.name, hello.capacity)
-            log.info("worker %s joined: capacity %d, model %s (%d floats)", hello.name, hello.capacity, hello.model,
-                     hello.dim)  # fmt: skip
-        elif hello.role == "recorder":
-            welcome.run = self.recorders.join(identity, hello)
-        if hello.role in ("viewer", "recorder"):
-            welcome.frames, welcome.metrics = self.publishers
-        self._send(identity, welcome, now)
-
-    def _refusal(self, identity: bytes, hello: Hello, now: float) -> str | tuple[str, bool] | None:
-        """Why this role cannot join now (with retry=True when it may later), or None; makes room if it may."""
-        if hello.role == "ingest":
-            if self.drain is not None:
-                return "the core is stopping", True
-            refusal = self.ingests.refusal(identity, hello)
-            if refusal is not None:
-                return refusal, True
-            holder = self.ingests.holder(hello, identity)
-            if holder is not None:
-                # Two ingests claim one camera: the newest works, the other is refused for good.
-                old = self.sessions.peers.pop(holder)
-                log.warning(
-                    "ingest %s claims stream %s, which ingest %s had: the new one replaces it (two ingests of "
-                    "one camera is a mistake to fix)",
-                    hello.name,
-                    hello.stream,
-                    old.name,
-                )
-                self._send(holder, Refused(f"stream {hello.stream} was taken by another ingest ({hello.name})"), now)
-                self._end(old, f"replaced by {hello.name}", now)
-        elif hello.role == "worker":
-            return self.model.refusal(hello)
-        elif hello.role == "recorder":
-            said = self.recorders.refusal(
-                identity,
-                hello,
-                lambda i: self.sessions.peers[i].name,
-                lambda i: now - self.sessions.peers[i].last_heard > self.cfg.heartbeat_s,
-            )
-            if said is not None:
-                return said
-            holder = self.recorders.holder(identity)
-            if holder is not None:  # it takes over: the first stops, writing what it holds
-                log.warning("recorder %s takes over from recorder %s", hello.name, self.sessions.peers[holder].name)
-                self._send(holder, Bye("taken over"), now)
-                self._end(self.sessions.peers.pop(holder), f"taken over by {hello.name}", now)
-        return None
+        fields = role.join(peer, hello, now)
+        self._send(identity, Welcome(self.life, self.cfg.heartbeat_s, self.cfg.heartbeat_misses, **fields), now)
 
     def _end(self, peer: Peer, why: str, now: float) -> None:
-        """A session's life is over (Bye, silence, a new life, replaced): give up what it held."""
-        if peer.role == "ingest":
-            self.ingests.leave(peer.identity, why)
-        elif peer.role == "worker":
-            lost = self.broker.remove_worker(peer.identity)
-            for stream, seq in lost:
-                self.streams.outcome(stream, seq, LOST, now)
-            self.counters["workers_lost_frames"] += len(lost)
-            (log.warning if lost else log.info)(
-                "worker %s left (%s): %d frames it held lost", peer.name, why, len(lost)
-            )
-        elif peer.role == "recorder":
-            self.recorders.leave(peer.identity, peer.name, why)
+        """A session's life is over (Bye, silence, a new life, replaced): its role gives up what it held."""
+        self.roles[peer.role].leave(peer, why, now)
 
-    def _dispatch(self, now: float) -> None:
-        """Frames out to workers with room (streams in turn); a send that fails puts the frame back."""
-        for identity, frame in self.broker.assign(now):
-            if not self._send(identity, frame, now):
-                self.broker.undo(identity, frame)
+    def _evict(self, identity: bytes, farewell: Message, why: str, now: float) -> None:
+        """A session ended by the core (to make room for a Hello, its key revoked): removed, told ``farewell``."""
+        peer = self.sessions.remove(identity)
+        self._send(identity, farewell, now)
+        if peer is not None:
+            self._end(peer, why, now)
 
     # -- keys ----------------------------------------------------------------------------------------
 
@@ -317,76 +314,85 @@ class Core:
         """With keys: the sessions of a key allowed/ no longer holds in their role are ended (doors.py)."""
         for peer, key in self.doors.revoked(now, list(self.sessions.peers.values())):
             log.warning("%s %s: its key %s is revoked: its session is ended", peer.role, peer.name, key.name)
-            self._send(peer.identity, Refused(f"the key {key.name} is no longer allowed here (revoked)"), now)
-            self.sessions.remove(peer.identity)
-            self._end(peer, f"its key {key.name} was revoked", now)
-
-    # -- workers --------------------------------------------------------------------
-
-    def _result(self, peer: Peer, msg: Embedding | Skipped, now: float) -> None:
-        if not self.broker.result(peer.identity, msg.stream, msg.seq):
-            self.complain(
-                "unexpected_results",
-                "a result for %s/%d from worker %s, which does not hold that frame: dropped",
-                msg.stream,
-                msg.seq,
-                peer.name,
-            )
-            return
-        if isinstance(msg, Skipped):
-            self.complain("skipped", "worker %s skipped %s/%d: %s", peer.name, msg.stream, msg.seq, msg.reason)
-        elif (problem := self.model.result_problem(peer.hello, msg)) is not None:
-            # Recorded, it would decide the database's vector type or be refused there: the frame is
-            # skipped (counted), and the worker told and let go (what else it holds is lost).
-            log.error("worker %s sent %s/%d %s; it is let go", peer.name, msg.stream, msg.seq, problem)
-            self.streams.outcome(msg.stream, msg.seq, Skipped(msg.stream, msg.seq, peer.name, problem), now)
-            self._send(peer.identity, Refused(f"this core refused your result: {problem}"), now)
-            self.sessions.remove(peer.identity)
-            self._end(peer, "sent an embedding of another model or length", now)
-            return
-        self.streams.outcome(msg.stream, msg.seq, msg, now)  # too late: counted by the stream
-        self._dispatch(now)  # the capacity it freed lets the next frame out
+            refused = Refused(f"the key {key.name} is no longer allowed here (revoked)")
+            self._evict(peer.identity, refused, f"its key {key.name} was revoked", now)
 
     # -- out -----------------------------------------------------------------------------------------
 
+    def _to_recorder(self, frame: Frame, now: float) -> None:
+        """A picture the recorder asked for (WantPictures), to its session: its snapshot."""
+        for peer in self.sessions.of_role("recorder"):
+            if self._send(peer.identity, frame, now):
+                self.counters["pictures_to_recorder"] += 1
+
     def _send(self, identity: bytes, msg: Message, now: float) -> bool:
         """Send to one session without waiting: False if its connection is gone or full."""
-        try:
-            zmqio.send(self.router, msg, prefix=[identity], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            return False
-        peer = self.sessions.peers.get(identity)
-        if peer is not None:
-            self.sessions.sent(peer, now)
-        return True
+        return self.sessions.send(self.router, identity, msg, now)
 
     def release(self, now: float) -> None:
+        """What the streams release, published and held for the recorder: each stream's run of
+        consecutive records as one Records on the metrics publisher (held per record with the batch
+        it went in, which the recorder gets as it is while it keeps up: delivery.py)."""
+        run: list[MetricsRecord] = []
         for msg in self.streams.release(now):
-            zmqio.send(self.metrics_pub, msg, topic=True)
+            if isinstance(msg, MetricsRecord):
+                if run and run[-1].stream != msg.stream:
+                    self._publish_records(run)
+                run.append(msg)
+                self.counters["records"] += 1
+                self.on_record(msg)
+                continue
+            self._publish_records(run)  # the records before it go (and are held) first
             if self.delivery is not None:
                 self.delivery.add(msg)
+            zmqio.send(self.metrics_pub, msg, topic=True)
             if isinstance(msg, EndOfStream):
                 log.info("stream %s ended at %d: %s", msg.stream, msg.last_seq, msg.counts)
             elif isinstance(msg, StreamStart):
                 log.info("stream %s starts at %d", msg.stream, msg.first_seq)
-            else:
-                self.counters["records"] += 1
-                self.on_record(msg)
+        self._publish_records(run)
         self.streams.forget_settled()  # ended and released: only their counts and numbers are kept
+
+    def _publish_records(self, run: list[MetricsRecord]) -> None:
+        """A stream's run of records: published, and held for the recorder with the batches they went in."""
+        first = 0
+        for batch in Records.many(run):
+            zmqio.send(self.metrics_pub, batch, topic=True)
+            if self.delivery is not None:
+                self.delivery.add_run(run[first : first + batch.n], batch)
+            first += batch.n
+        run.clear()
 
     def begin_drain(
         self, now: float, reason: str, *, requester: bytes | None = None, limit_s: float | None = None
     ) -> None:
         """Stop taking captures and drain (stopping.py); a time limit when a signal asked."""
         if self.drain is None:
-            self.drain = Drain(reason, now)
+            self.drain = Drain(reason, now, self.sessions.timeout_s)
             log.info("stopping (%s): every capture ends, then every frame gets its outcome", reason)
             self.ingests.stop_all(now)
         self.drain.ask(now, requester, limit_s)
+
+    def _give_up(self, decided: GiveUp, now: float) -> None:
+        """What the drain gave up (stopping.py): ingests' epochs ended, frames dropped or lost."""
+        for stream in decided.ingests:
+            self.ingests.end_for(stream)
+        if decided.waiting:
+            self.workers.drop_waiting(now)
+        if decided.held:
+            self.workers.give_up_held(now)
+        if decided.unowned:
+            for stream, seqs in self.streams.give_up_unowned(now).items():
+                self.counters["outcomes_unowned"] = self.counters.get("outcomes_unowned", 0) + len(seqs)
+                log.error("stream %s: %d frames (seq %d .. %d) had no outcome and nothing left to bring one (a fault "
+                          "of the core's): given up as lost", stream, len(seqs), seqs[0], seqs[-1])  # fmt: skip
+
+    def _say_draining(self, waiting_for: list[str], now: float) -> None:
+        """Each control session that asked to stop told what the drain waits for (``encoders stop`` says it)."""
+        assert self.drain is not None
+        said = Draining("; ".join(waiting_for)[:TEXT_MAX])
+        for identity in self.drain.requesters:
+            self._send(identity, said, now)
 
     def _finish(self, now: float) -> None:
         """Drained (or out of time): workers and the recorder told to Stop, each asker told Stopped, and
@@ -406,17 +412,13 @@ class Core:
             if self._send(identity, Stopped(totals), now):
                 told.add(identity)
             else:
-                log.warning("could not tell %s that the pipeline has stopped: it is gone", self._who(identity))
+                log.warning("could not tell %s that the pipeline has stopped: it is gone", self.sessions.who(identity))
         if self.drain.requesters:
             # Viewers hold no session: they hear it here, and exit (docs/PROTOCOL.md, "Stopping a pipeline").
             # A signal's drain (a restart, say) says nothing: viewers wait for the core to come back.
             zmqio.send(self.metrics_pub, Stopped(totals), topic=True)
         log.info("stopped: %d streams, %d records published", len(totals), self.counters["records"])
         self.farewell = (told, now + self.sessions.timeout_s)
-
-    def _who(self, identity: bytes) -> str:
-        peer = self.sessions.peers.get(identity)
-        return f"{peer.role} {peer.name}" if peer is not None else f"session {identity.hex()[:8]}"
 
     def close(self) -> None:
         """Spool records not acknowledged, for the next life; close the sockets (lingering: Stop, Stopped)."""

@@ -33,13 +33,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from encoders.shared.messages import Embedding, EndOfStream, FrameCounts, MetricsRecord, Skipped, StreamStart
 
 from .alerts import AlertRules, Alerts, stream_back
 from .drift import DriftTracker
-from .reorder import Lost, StreamOrder, Unused
+from .reorder import LOST, Lost, StreamOrder, Unused
 from .scenes import SceneRule
 
 
@@ -110,6 +110,18 @@ class Streams:
         self.core = core  # this life of the core, carried by every record
         self.streams: dict[str, StreamState] = {}
         self.ended: dict[str, Ended] = {}  # streams forgotten (forget_settled), by name
+
+    @classmethod
+    def from_config(cls, cfg: Any, core: str) -> Streams:
+        """The core's streams, as its settings say (``core``: this life of the core)."""
+        return cls(
+            cfg.rolling_window,
+            cfg.max_wait,
+            SceneRule.from_config(cfg),
+            max_pending=cfg.max_pending,
+            core=core,
+            alerts=AlertRules.from_config(cfg),
+        )
 
     # -- what happened --------------------------------------------------------------------------
 
@@ -235,6 +247,20 @@ class Streams:
             state = self.streams.pop(name)
             self.ended[name] = Ended(state.counts, state.order.late, state.next_number, state.last_capture)
         return gone
+
+    def give_up_unowned(self, now: float) -> dict[str, list[int]]:
+        """Every ended epoch's numbered frames without an outcome, given up as lost (a drain's last resort,
+        when nothing is left to bring them: stopping.py); the seqs, by stream."""
+        out: dict[str, list[int]] = {}
+        for name, state in self.streams.items():
+            if state.open is not None:
+                continue
+            missing = [s for s in range(state.order.next_seq, state.next_number) if s not in state.order.pending]
+            for seq in missing:
+                state.order.add(seq, LOST, now)
+            if missing:
+                out[name] = missing
+        return out
 
     def unsettled(self) -> list[str]:
         return [name for name in self.streams if not self.settled(name)]

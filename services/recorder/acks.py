@@ -1,6 +1,6 @@
 """Which acknowledgements the recorder owes the core: per stream, the highest seq up to which everything is durable.
 
-docs/PROTOCOL.md: the recorder acknowledges ``Ack(stream, seq)`` once every record of that
+docs/PROTOCOL.md: the recorder acknowledges ``(stream, seq)`` once every record of that
 stream up to ``seq`` is durable (its row committed to the database, or appended and synced
 to the run's spool, or refused as invalid), and an end of stream with ``ended=True`` once
 it is handled and everything before it is. Records of a stream arrive in seq order; rows
@@ -14,8 +14,8 @@ recorder that resumes the run after a crash starts from (``durable_lives``), so 
 summary agrees with the rows stored, whatever was lost with it.
 
 Plain logic, no sockets or time: the receive loop calls ``take()`` after each step and sends
-what it returns; ``floors()`` is what a new life of the session announces (Ready, and an Ack
-per stream, since the core may have missed the last ones).
+what it returns, every stream's in one ``Acks``; ``floors()`` is what a new life of the session
+announces (Ready, and an Acks of every stream, since the core may have missed the last ones).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from encoders.shared.storage.config import DatabaseConfig
 from .policy import Policy
 
 # The database writer: rows that gather while a batch is being written go out with the next
-# one, up to this many --db-batch's worth; then the receive loop waits.
+# one, up to this many --db-batch's worth; then the receive loop takes no more records until one
+# is written (they wait with the core, which holds them until acknowledged).
 DB_MAX_WAITING_BATCHES = 8
 
 
@@ -34,14 +35,17 @@ class RetentionConfig(DatabaseConfig):
 
 @dataclass
 class RecorderConfig(StreamDown, RetentionConfig, CoreConnection):
-    frames: str = setting(
-        "", "The frames publisher to take snapshots from (empty: the one the core names; 'none': no snapshots)"
-    )
     takeover: bool = setting(
         False, "Replace the recorder the core has (it stops, writing what it holds) instead of being refused"
     )
     run_dir: str = setting("", "This run's folder (default: <runs-dir>/YYYYMMDD_HHMMSS)")
     snapshot_interval: float = setting(30.0, "Seconds between snapshots", minimum=0.0)
+    snapshot_wait: float = setting(
+        2.0,
+        "Longest wait for a snapshot's picture, asked of the stream's ingest when its record comes (periodic and "
+        "scene changes), seconds; its row waits as long, then goes without it (counted snapshots_missed)",
+        minimum=0.01,
+    )
     embedding_interval: int = setting(100, "Frames between embedding saves (one .npz per batch)", minimum=1)
     stream_dirs: bool = setting(False, "Give every stream its own folder (the all-in-one does when it has several)")
     db_batch: int = setting(
@@ -97,12 +101,6 @@ class RecorderConfig(StreamDown, RetentionConfig, CoreConnection):
         "Embedded frames whose thumbnail (made by the worker, carried by the record) is stored with their row, "
         "for search results: all, keyframes (one per segment of near-identical frames) or none",
         choices=("all", "keyframes", "none"),
-    )
-    frame_cache: int = setting(
-        600,
-        "JPEGs of recent frames kept per stream until their record arrives (snapshots and thumbnails are made "
-        "from them)",
-        minimum=1,
     )
     keyframe_drift: float = setting(
         0.05,

@@ -119,7 +119,10 @@ def _store(cfg: RecorderConfig, db: Database, state: Path, spool: Spool, progres
                     continue
                 if isinstance(msg, MetricsRecord | StreamStart | EndOfStream):
                     lives.take(msg)
+            # No ingest is there to send a snapshot's picture: its rows go on without (counted missed).
+            recording.recorder.give_up_pictures()
             recording.writer.tick()
+            recording.writer.wait_for_room()  # add never waits for the database: memory bounded here
             progress()
             spool.offset = end  # read on: committed only once the run is closed
         lives.flush()

@@ -18,6 +18,7 @@ import logging
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -29,7 +30,6 @@ from encoders.shared.exporter import LATENCY_BUCKETS, Exporter, Families
 from encoders.shared.messages import largest_part
 from encoders.shared.runtime import StartupError, service_main
 from encoders.shared.session import CoreSession, SessionRefused
-from encoders.shared.settings import split_addrs
 from encoders.shared.storage import embedded
 from encoders.shared.storage.connection import Database
 from encoders.shared.storage.errors import DatabaseRefused, DatabaseUnavailable
@@ -45,8 +45,6 @@ from .run import RunNameTaken
 
 log = logging.getLogger("encoders.recorder")
 
-FRAMES_RCVHWM = 100  # snapshots are best effort: a slow recorder drops frames, never records
-NO_FRAMES = "none"
 # What cannot start a recorder: said in one line, exit code 2.
 CANNOT_START = (
     embedded.NoDatabase,
@@ -69,8 +67,7 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         resources.callback(ctx.destroy, 0)  # every socket closed, then the context; after finish()
         # Addresses that do not parse, then the database: a recorder that cannot receive or store
         # rows says so before it says Hello, so no record is sent to it before it can record it.
-        frames_given = "" if cfg.frames == NO_FRAMES else cfg.frames
-        zmqio.check_connect_endpoints(ctx, [cfg.core, *split_addrs(frames_given)])
+        zmqio.check_connect_endpoints(ctx, [cfg.core])
         try:
             url = resources.enter_context(embedded.database(cfg.database_url, cfg.runs_dir))
             db = Database.open(url, wait_s=cfg.db_connect_timeout, statement_timeout=cfg.db_statement_timeout)
@@ -86,21 +83,13 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
             ctx,
             cfg,
             "recorder",
-            largest_part=largest_part(cfg.max_frame_bytes),  # records carry a thumbnail, a picture of a frame
+            largest_part=largest_part(cfg.max_frame_bytes, batches=True),  # Records: thumbnails, vectors
+            # No ZMTP heartbeats: this socket falls behind by design (records left unread while the database
+            # catches up), and a recorder may be paused; their timeout would drop the link under the queued
+            # records, and libzmq 4.3 may then abort this process as it reads them ("!_more", src/fq.cpp:80).
+            # The session's own heartbeats judge the core's silence (the core's socket has none either).
+            zmtp_heartbeats=False,
         )
-        frames = None
-        if cfg.frames != NO_FRAMES:
-            frames = zmqio.open_socket(
-                ctx,
-                zmq.SUB,
-                [],
-                bind=False,
-                linger=0,
-                rcvhwm=FRAMES_RCVHWM,
-                subscribe=[b"frame/"],
-                max_message_bytes=largest_part(cfg.max_frame_bytes),
-                curve=session.keys,
-            )
         closer: list[threading.Thread] = []
 
         exporter = Exporter("recorder")
@@ -123,9 +112,7 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
 
         receiver = Receiver(
             session,
-            frames,
             opener,
-            frames_endpoint=frames_given,
             takeover=cfg.takeover,
             on_ready=lambda recording: announce(cfg.ready_file, recording) if cfg.ready_file else None,
         )
@@ -135,7 +122,8 @@ def record(cfg: RecorderConfig, stop: threading.Event) -> int:
         resources.callback(exporter.stop)
         log.info("saying Hello to the core at %s", cfg.core)
         session.start(time.monotonic())
-        exit_code = receive(receiver, stop, cfg.runs_dir)
+        exit_code = receive(receiver, stop, cfg.runs_dir, on_turn=exporter.beat)
+        exporter.loop_ended()  # finishing (its last rows, the summary) may take a while: not a wedge
         if receiver.recording is not None:
             exit_code = max(exit_code, finish(cfg, receiver))
         session.close(time.monotonic(), "the recorder stops")
@@ -183,13 +171,18 @@ def why(exc: BaseException, runs_dir: str) -> str:
     return f"{exc}; {full}" if full else str(exc)
 
 
-def receive(receiver: Receiver, stop: threading.Event, runs_dir: str = ".") -> int:
+def receive(
+    receiver: Receiver, stop: threading.Event, runs_dir: str = ".", on_turn: Callable[[], None] = lambda: None
+) -> int:
     """Until stopped (a signal, the core's Stop, another recorder taking over). 1 if the database refused the
     rows or a bug struck; StartupError when the core refuses this recorder, or no run can be opened."""
     try:
         while not stop.is_set() and receiver.stopping is None:
+            on_turn()
             receiver.step()
         receiver.take(limit=100_000)  # records already delivered to this process are recorded, not dropped
+        receiver.ask_pictures()
+        receiver.await_pictures()  # the last records' snapshots, if they come
     except SessionRefused as exc:
         if receiver.recording is None:
             raise StartupError(f"{exc}; {TAKEOVER_HINT}") from None

@@ -1,20 +1,34 @@
-"""The recorder's loop: its session with the core, the frames it takes snapshots from, acknowledgements back.
+"""The recorder's loop: its session with the core, the pictures it asks for (snapshots), acknowledgements back.
 
-The sockets are given to it (tests make their own); it owns none of them. It takes the
+The session is given to it (tests make their own); it owns no socket. It takes the
 session's callbacks (``hello``, ``on_join``, ``on_lost``):
 
 - each Hello names the run it records already, if any (a restarted core learns it), and
   asks for a takeover only until it is first welcomed;
-- the first Welcome opens the run (``opener``: resumed or new, recording.py), connects the
-  frames socket to the publisher the core names, and tells whoever waits that the recorder
-  is ready; every Welcome is answered ``Ready(run, stored)`` and an Ack per stream, so a core
-  that restarted, or lost acknowledgements, learns what is durable;
+- the first Welcome opens the run (``opener``: resumed or new, recording.py) and tells
+  whoever waits that the recorder is ready; every Welcome is answered ``Ready(run, stored)``
+  and an ``Acks`` of every stream, so a core that restarted, or lost acknowledgements, learns what is durable;
 - a silent core is only logged: what is held is kept, the session says Hello again by itself,
   and records sent again are acknowledged without being written twice.
 
-One ``step`` waits up to POLL_MS, takes frames (snapshots: best effort) and session messages
-(records, ends of streams, a Stop), does the periodic work (the writer's batches, drift.csv
-flushed, summary.json, a progress line) and sends the acknowledgements that became due.
+One ``step`` waits up to POLL_MS, takes the session's messages (``Records``, each record handed
+on in order as before; the pictures it asked for, as ``Frame``s; ends of streams; a Stop), asks
+for the snapshots those records are due (one ``WantPictures`` per stream), does the periodic work
+(snapshots not come in time given up, the writer's batches, drift.csv flushed, summary.json, a
+progress line) and sends the acknowledgements that became due, every stream's in one ``Acks``.
+
+A step never waits for the database. It takes messages for TAKE_S at most, and none while the
+writer is ``full`` (its batches' worth of rows waiting for the database: a backlog after an outage,
+a slow server): the records wait, unread, in the session's queue and with the core, which holds
+every record until it is acknowledged and sends at most its window unacknowledged. Meanwhile the
+loop goes on: the session's heartbeats (and the core counted alive while its messages wait,
+``CoreSession.behind``), the writer's batches, the acknowledgements of what they stored. So the
+recorder's memory is bounded (the writer's rows, and the core's window in the queue), and a
+recorder catching up keeps its session.
+
+The recorder subscribes to nothing on the core's frames publisher (protocol 3, step 4): a
+subscription there makes a stream watched, and its ingest send previews; its snapshots are asked
+for by seq instead (recorder.py, "snapshots").
 """
 
 from __future__ import annotations
@@ -26,22 +40,22 @@ from collections.abc import Callable
 
 import zmq
 
-from encoders.shared import zmqio
-from encoders.shared.endpoints import as_seen_from
 from encoders.shared.messages import (
     PROTOCOL,
+    Acks,
     EndOfStream,
+    Frame,
     Heartbeat,
     Hello,
     Message,
     MetricsRecord,
     Ready,
+    Records,
     Stop,
     StreamStart,
     Welcome,
 )
 from encoders.shared.session import CoreSession, process_name
-from encoders.shared.settings import split_addrs
 
 from .recording import Recording
 
@@ -51,6 +65,7 @@ LOG_EVERY_S = 10.0  # a progress line, and summary.json as the run goes
 FILE_FLUSH_S = 1.0
 POLL_MS = 100
 DRAIN_MAX = 500  # messages taken from one socket before looking at the other
+TAKE_S = 0.2  # the longest a step takes messages for: heartbeats, the writer and acks are looked at in between
 
 # (the run the core names, a keep-alive to call while a resumed run's files are rewritten) -> the recording
 Opener = Callable[[str, Callable[[], None]], Recording]
@@ -60,25 +75,20 @@ class Receiver:
     def __init__(
         self,
         session: CoreSession,
-        frames: zmq.Socket | None,
         opener: Opener,
         *,
-        frames_endpoint: str = "",
         takeover: bool = False,
         on_ready: Callable[[Recording], None] = lambda recording: None,
     ):
-        self.session, self.frames = session, frames
+        self.session = session
         self.opener, self.on_ready = opener, on_ready
-        self.frames_endpoint, self.takeover = frames_endpoint, takeover
+        self.takeover = takeover
         session.hello, session.on_join, session.on_lost = self.hello, self.on_join, self.on_lost
         self.recording: Recording | None = None
         self.stopping: str | None = None  # why the loop should end (the core said Stop)
         self.counters: Counter = Counter()  # until a run is open; then the recorder's
-        self._frames_connected: list[str] = []
         self.poller = zmq.Poller()
         self.poller.register(session.sock, zmq.POLLIN)
-        if frames is not None:
-            self.poller.register(frames, zmq.POLLIN)
         now = time.monotonic()
         self._next_log, self._next_flush, self._next_beat = now + LOG_EVERY_S, now + FILE_FLUSH_S, now
         self._summary_due = False
@@ -99,11 +109,12 @@ class Receiver:
         if not first and welcome.run and welcome.run != recording.run.name:
             log.warning("the core names run %s; this recorder goes on with its run %s", welcome.run, recording.run.name)
         recording.recorder.core = welcome.core
-        self._connect_frames(welcome)
         acks = recording.acks
         stored = {stream: seq for stream, seq in acks.floors().items() if seq >= 0}
-        for msg in [Ready(recording.run.name, stored), *acks.announce()]:
-            self._send(msg)
+        self._send(Ready(recording.run.name, stored))
+        announced = acks.announce()
+        if announced:
+            self._send(Acks.of(announced))
         log.info(
             "recording run %s for the core %s (%d streams stored so far)", recording.run.name, welcome.core, len(stored)
         )
@@ -125,13 +136,15 @@ class Receiver:
     def step(self) -> None:
         """Wait a little for messages, take them, do what is due. Raises the writer's DatabaseRefused,
         and SessionRefused when the core refuses this recorder."""
-        ready = dict(self.poller.poll(POLL_MS))
-        if self.frames is not None and self.frames in ready:
-            self._drain_frames()
-        if self.session.sock in ready:
-            self.take(DRAIN_MAX)
         recording = self.recording
+        if recording is not None and recording.writer.full:
+            recording.writer.wait(POLL_MS / 1000)  # for room: the records wait where they are
+            self.session.behind(time.monotonic())
+        elif self.session.sock in dict(self.poller.poll(POLL_MS)):
+            self.take(DRAIN_MAX, until=time.monotonic() + TAKE_S)
+        recording = self.recording  # opened by a Welcome just taken
         if recording is not None:
+            self.ask_pictures()
             recording.writer.tick()
             if recording.writer.fatal is not None:
                 raise recording.writer.fatal
@@ -139,10 +152,40 @@ class Receiver:
             self.send_acks()
         self.session.tick(time.monotonic())
 
-    def take(self, limit: int) -> None:
-        """The session's messages waiting (at most ``limit``), handled."""
+    def take(self, limit: int, until: float | None = None) -> None:
+        """The session's messages waiting (at most ``limit``), handled. With ``until`` (time.monotonic()):
+        only until then, and while the writer has room; without, all of them (the last, at the end)."""
         for msg in self.session.take(time.monotonic(), limit=limit):
             self._handle(msg)
+            if until is not None and (time.monotonic() >= until or self._full()):
+                return
+
+    def ask_pictures(self) -> None:
+        """The snapshots the records taken are due, asked for: one WantPictures per stream. While the core
+        is away the ask is lost, and the snapshot missed once its wait is over."""
+        if self.recording is None:
+            return
+        for want in self.recording.recorder.wanted():
+            if self.session.joined:
+                self._send(want)
+            else:
+                self.counters["pictures_unasked"] += len(want.seqs())
+
+    def await_pictures(self) -> None:
+        """At the end: the pictures asked for and not come yet, waited for (each until its own deadline,
+        ``snapshot_wait`` at most), so that the last records' snapshots are written."""
+        if self.recording is None:
+            return
+        deadline = time.monotonic() + self.recording.recorder.settings.snapshot_wait
+        while self.recording is not None and self.recording.recorder.waiting_pictures():
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if self.poller.poll(min(POLL_MS, int((deadline - now) * 1000) + 1)):
+                self.take(DRAIN_MAX)
+                self.ask_pictures()
+            self.recording.recorder.expire(time.monotonic())
+            self.session.tick(time.monotonic())
 
     def send_acks(self) -> None:
         """The acknowledgements that became due; while the core is away they wait for the next Welcome."""
@@ -155,9 +198,8 @@ class Receiver:
         if self.recording.acks.lives_changed:  # the counts of what is acknowledged, on disk first
             self.recording.run.write_lives(self.recording.acks.durable_lives)
             self.recording.acks.lives_changed = False
-        for ack in acks:
-            if self.session.joined:
-                self._send(ack)
+        if acks and self.session.joined:
+            self._send(Acks.of(acks))
 
     def log_progress(self) -> None:
         if self.recording is None:
@@ -166,7 +208,8 @@ class Receiver:
         recorder, writer = self.recording.recorder, self.recording.writer
         streams = (
             ", ".join(
-                f"{name} {f.summary.records} records {f.summary.snapshots} snapshots {f.batches.written} npz"
+                f"{name} {f.summary.records} records {f.summary.snapshots} snapshots ({f.snapshots_missed} missed) "
+                f"{f.batches.written} npz"
                 for name, f in recorder.streams.items()
             )
             or "no records yet"
@@ -191,20 +234,25 @@ class Receiver:
             log.info("the core says stop (%s): finishing the run", self.stopping)
         elif self.recording is None:
             self.counters["messages_before_run"] += 1
+        elif isinstance(msg, Records):
+            on_message = self.recording.recorder.on_message
+            for record in msg.rows():
+                on_message(record)
+        elif isinstance(msg, Frame):  # a picture it asked for (WantPictures): a snapshot
+            self.recording.recorder.on_message(msg)
         elif isinstance(msg, (MetricsRecord, EndOfStream, StreamStart)):
             self.recording.recorder.on_message(msg)
             self._summary_due |= isinstance(msg, EndOfStream)
         else:
             self.counters["ignored_messages"] += 1
 
-    def _drain_frames(self) -> None:
-        assert self.frames is not None
-        for msg in zmqio.receive_waiting(self.frames, limit=DRAIN_MAX, topic=True, counters=self.counters):
-            if self.recording is not None:
-                self.recording.recorder.on_message(msg)  # JPEGs: taken without a copy
+    def _full(self) -> bool:
+        """The writer has no room for more rows (until it has written a batch)."""
+        return self.recording is not None and self.recording.writer.full
 
     def _periodic(self, recording: Recording) -> None:
         now = time.monotonic()
+        recording.recorder.expire(now)
         recording.recorder.check_streams(now)
         if now >= self._next_flush:
             recording.recorder.flush_files()
@@ -213,33 +261,6 @@ class Receiver:
             self.log_progress()
             recording.write_summary()
             self._next_log = now + LOG_EVERY_S
-
-    def _connect_frames(self, welcome: Welcome) -> None:
-        """The frames socket on the publisher the core names (as this machine reaches it), or the one given."""
-        if self.frames is None:
-            return
-        if self.frames_endpoint:
-            wanted = split_addrs(self.frames_endpoint)
-        else:
-            wanted = [as_seen_from(ep, self.session.endpoint) for ep in split_addrs(welcome.frames)]
-        if wanted == self._frames_connected:
-            return
-        for ep in self._frames_connected:
-            try:
-                self.frames.disconnect(ep)
-            except zmq.ZMQError:
-                pass
-        self._frames_connected = []
-        for ep in wanted:
-            try:
-                self.frames.connect(ep)
-                self._frames_connected.append(ep)
-            except zmq.ZMQError as exc:
-                log.error("cannot take snapshots from %s (named by the core): %s", ep, exc)
-        if self._frames_connected:
-            log.info("snapshots from the frames at %s", ", ".join(self._frames_connected))
-        else:
-            log.warning("no frames publisher to take snapshots from: the run has no snapshots")
 
     def _send(self, msg: Message) -> None:
         try:

@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,15 @@ import numpy as np
 
 from encoders.shared.complaints import Complaints
 from encoders.shared.masking import mask
-from encoders.shared.messages import STREAM_NAME, EndOfStream, Frame, Message, MetricsRecord, StreamStart
+from encoders.shared.messages import (
+    STREAM_NAME,
+    EndOfStream,
+    Frame,
+    Message,
+    MetricsRecord,
+    StreamStart,
+    WantPictures,
+)
 from encoders.shared.silence import SilentStreams
 from encoders.shared.storage.frames import FrameRow, StoredRow
 from encoders.shared.storage.runs import StoredStream
@@ -43,7 +51,7 @@ from .notify import Notice, NoticeSink
 from .rows import build_row
 from .run import RecordedRun
 from .runfiles import EMBEDDINGS_DIR, SNAPSHOTS_DIR
-from .snapshots import FrameCache
+from .snapshots import Want
 from .stream_files import StreamFiles
 from .summary import COUNT_KEYS
 from .thumbnails import wanted
@@ -87,7 +95,9 @@ class Recorder:
         self.model: tuple[str, int] | None = None
         self.core = ""  # the life of the core the session is in: for records and ends that do not say
         self.counters: Counter = Counter()
-        self._early: dict[str, FrameCache] = {}  # frames of streams with no record yet
+        # Per stream, the rows waiting for a snapshot's picture, in seq order: the first waits for its
+        # picture, the others behind it (below, "Snapshots").
+        self._held: dict[str, deque[FrameRow]] = {}
         self._last_seq: dict[str, int] = {}
         self.notify: NoticeSink = lambda notice: None  # alerts to MQTT and webhooks (notify.py), when set
         self.silent = SilentStreams(self.settings.stream_down_after)  # streams to tell down (check_streams)
@@ -123,12 +133,27 @@ class Recorder:
         )
 
     def on_frame(self, frame: Frame) -> None:
+        """A picture this recorder asked for (WantPictures): its snapshot written, its row let go."""
         self.counters["frames"] += 1
         files = self.streams.get(frame.stream)
-        if files is not None:
-            files.on_frame(frame)
-        elif frame.jpeg and STREAM_NAME.fullmatch(frame.stream):
-            self._early.setdefault(frame.stream, FrameCache(self.settings.frame_cache)).put(frame.seq, frame.jpeg)
+        want = files.wants.take(frame.seq) if files is not None else None
+        if files is None or want is None:
+            self.counters["pictures_unwanted"] += 1  # given up already, or never asked for: dropped
+            return
+        try:
+            if not frame.jpeg:
+                raise OSError("its picture came empty")
+            snap, scene_snap = files.write_snapshot(want, frame.jpeg)
+        except OSError as exc:
+            complain("snapshots_unwritten", "%s seq %d: no snapshot written: %s", frame.stream, frame.seq, exc)
+            self._missed(files, want)
+        else:
+            held = self._held.get(frame.stream) or deque()
+            for i, row in enumerate(held):
+                if row.seq == want.seq:
+                    held[i] = row._replace(snapshot_path=snap, scene_snapshot_path=scene_snap)
+                    break
+        self._release(frame.stream)
 
     def on_record(self, rec: MetricsRecord) -> None:
         last = self._last_seq.get(rec.stream)
@@ -154,7 +179,7 @@ class Recorder:
         self.counters["records"] += 1
         files = self.streams.get(rec.stream) or self._open_stream(rec.stream)
         missed = files.snapshots_missed
-        snap, scene_snap = files.on_record(rec, self.core)
+        want = files.on_record(rec, time.monotonic(), self.core)
         self.counters["snapshots_missed"] += files.snapshots_missed - missed
         keyframe, keyframe_seq = files.segmenter.assign(
             rec.seq, rec.t_capture, rec.vector, scene_change=rec.scene_change, norm_sq=norm_sq
@@ -169,18 +194,14 @@ class Recorder:
                 self.counters["thumbnails"] += 1
             else:
                 self.counters["thumbnails_missing"] += 1  # the worker made none (a frame it could not shrink)
-        row = build_row(
-            self.run.id,
-            rec,
-            snap,
-            keyframe=keyframe,
-            keyframe_seq=keyframe_seq,
-            thumbnail=thumbnail,
-            scene_snapshot_path=scene_snap,
-        )
+        row = build_row(self.run.id, rec, keyframe=keyframe, keyframe_seq=keyframe_seq, thumbnail=thumbnail)
         # First: the writer may settle the row before add returns.
         self.acks.expect(rec.stream, rec.seq, files.summary.lives_snapshot())
-        self.rows.add(row)
+        held = self._held.get(rec.stream)
+        if want is not None or held:
+            self._held.setdefault(rec.stream, deque()).append(row)  # its snapshot's picture, or one before it
+        else:
+            self.rows.add(row)
         self.silent.heard(rec.stream, rec.seq, time.monotonic())
         alerts = {"scene_change": rec.drift} if rec.scene_change else {}
         for kind, value in {**alerts, **rec.events}.items():
@@ -192,6 +213,58 @@ class Recorder:
             log.warning("stream %s: no record for %.0f s: down", stream, silent_s)
             self.notify(Notice("stream_down", stream, time.time(), seq, round(silent_s, 3), self.run.name))
             self.rows.add_event(stream, seq, time.time(), "stream_down", round(silent_s, 3))
+
+    # -- snapshots -----------------------------------------------------------------
+    #
+    # A record due a snapshot asks for its picture (``wanted``, sent by the receiver: one WantPictures
+    # per stream per loop turn). Its row waits for it, and the stream's rows after it wait behind it, so
+    # that a row names a snapshot only once its file is written, and rows reach the writer in seq order
+    # (a resumed run goes on from the highest seq stored: a row stored past one that was still waiting
+    # would leave a hole). The wait is bounded: the picture comes within ``snapshot_wait`` or the
+    # snapshot is missed (counted) and the row goes without it. Nothing is acknowledged meanwhile (its
+    # ack entry waits, acks.py), so the core still holds every waiting record: a crash, or a database
+    # outage after, loses nothing. Memory: a stream's wants are at most WANTS_MAX; the rows behind them
+    # are those that arrive within ``snapshot_wait``, which the core's window (records sent and not
+    # acknowledged) bounds.
+
+    def wanted(self) -> list[WantPictures]:
+        """The pictures asked for since the last call: one WantPictures per stream."""
+        out = []
+        for stream, files in self.streams.items():
+            seqs = files.wants.to_send()
+            if seqs:
+                out.append(WantPictures.of(stream, seqs))
+        return out
+
+    def expire(self, now: float) -> None:
+        """The snapshots whose picture has not come in time: missed; their rows go without them."""
+        for stream, files in self.streams.items():
+            gone = files.wants.expired(now)
+            for want in gone:
+                self._missed(files, want)
+            if gone:
+                self._release(stream)
+
+    def waiting_pictures(self) -> int:
+        """Pictures asked for and not yet come."""
+        return sum(len(files.wants) for files in self.streams.values())
+
+    def give_up_pictures(self) -> None:
+        """Every picture still awaited, missed: every row held goes to the writer (the run ends)."""
+        self.expire(math.inf)
+
+    def _missed(self, files: StreamFiles, want: Want) -> None:
+        files.missed(want)
+        self.counters["snapshots_missed"] += 1
+
+    def _release(self, stream: str) -> None:
+        """The stream's rows that wait for no picture any more, to the writer, in order."""
+        held = self._held.get(stream)
+        files = self.streams[stream]
+        while held and not files.wants.waiting(held[0].seq):
+            self.rows.add(held.popleft())
+        if held is not None and not held:
+            del self._held[stream]
 
     def on_end(self, eos: EndOfStream) -> None:
         files = self.streams.get(eos.stream)
@@ -218,6 +291,7 @@ class Recorder:
             files.csv.flush()
 
     def close_files(self) -> None:
+        self.give_up_pictures()
         if not self.streams and not self.settings.stream_dirs:
             # Nothing arrived: still leave the seed's layout, empty, in the run folder.
             StreamFiles(
@@ -324,7 +398,7 @@ class Recorder:
             self.root,
             snapshot_interval=self.settings.snapshot_interval,
             embedding_interval=self.settings.embedding_interval,
-            cache=self._early.pop(stream, None) or FrameCache(self.settings.frame_cache),
+            snapshot_wait=self.settings.snapshot_wait,
             segmenter=Segmenter(self.settings.keyframe_drift, self.settings.keyframe_max_s),
         )
         self.streams[stream] = files

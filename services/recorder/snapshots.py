@@ -1,8 +1,17 @@
-"""Which embedded frames get a JPEG snapshot, and the few recent JPEGs kept to write one."""
+"""Which embedded frames get a JPEG snapshot, and the pictures asked for to write them.
+
+The recorder sees no picture but those it asks for (protocol 3, step 4): when a record
+arrives that is due a snapshot (periodic, ``SnapshotPolicy``) or is a scene change, the
+recorder asks the core for that seq (``WantPictures``, one message per stream per loop turn),
+which asks the stream's ingest; the ingest answers from its ring of recently sent pictures,
+and the core hands the picture to the recorder's session as a ``Frame``. ``Wants`` keeps one
+stream's seqs asked for and not yet come: matched when a picture arrives, given up (a snapshot
+missed) past a deadline, and bounded in number.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass
 
 
 class SnapshotPolicy:
@@ -10,18 +19,25 @@ class SnapshotPolicy:
 
     The first embedded frame is due; after a snapshot at capture time t, the next is the
     first embedded frame captured at or after t + interval (interval 0: every frame). A
-    due frame whose JPEG is not at hand is passed over, and the next one is still due.
+    due frame whose picture does not come is passed over (``missed``), and the next one
+    to arrive after that is due.
     """
 
     def __init__(self, interval: float):
         self.interval = float(interval)
-        self.last: float | None = None  # capture time of the last snapshot written
+        self.last: float | None = None  # capture time of the last snapshot written, or asked for
 
     def due(self, t_capture: float) -> bool:
         return self.last is None or t_capture >= self.last + self.interval
 
     def taken(self, t_capture: float) -> None:
         self.last = t_capture
+
+    def missed(self, t_capture: float, before: float | None) -> None:
+        """The picture of the snapshot taken (asked for) at ``t_capture`` never came: due again from
+        the next frame, unless a later one was taken since."""
+        if self.last == t_capture:
+            self.last = before
 
 
 def snapshot_name(seq: int) -> str:
@@ -33,31 +49,63 @@ def scene_snapshot_name(seq: int) -> str:
     return f"scene_{seq:06d}.jpg"
 
 
-class FrameCache:
-    """The JPEGs of recent frames of one stream, by seq, until their record arrives.
+# A stream's snapshots asked for and not yet come, at most: at the default interval (30 s) a stream
+# has one at a time; scene changes come seconds apart. Past it a due snapshot is missed at once.
+WANTS_MAX = 64
+# How long the recorder waits for a picture it asked for (the round trip is milliseconds; an ingest
+# that has gone or forgotten the seq never answers). The record's row waits as long (recorder.py).
+WAIT_S = 2.0
 
-    Bounded by count: frames normally arrive a little before their record, so only the
-    most recent ones can still be wanted. Every frame is kept: a record may ask for its
-    frame's snapshot (periodic, or a scene change) and its thumbnail.
-    """
 
-    def __init__(self, max_frames: int = 128):
-        self.max_frames = max_frames
-        self._frames: OrderedDict[int, bytes] = OrderedDict()
+@dataclass
+class Want:
+    """A snapshot asked for: the record's seq and capture time, what it is for, until when it may come."""
 
-    def put(self, seq: int, jpeg: bytes) -> None:
-        self._frames[seq] = jpeg
-        self._frames.move_to_end(seq)
-        while len(self._frames) > self.max_frames:
-            self._frames.popitem(last=False)
+    seq: int
+    t_capture: float
+    periodic: bool  # its frame_*.jpg (the policy took it)
+    scene: bool  # its scene change's picture
+    deadline: float
+    before: float | None = None  # the policy's last snapshot before this one (given back if missed)
 
-    def take(self, seq: int) -> bytes | None:
-        """The JPEG of ``seq`` (or None), forgetting it and every older frame: records come in seq order."""
-        jpeg = self._frames.pop(seq, None)
-        # Frames arrive in seq order, so the older ones are at the front.
-        while self._frames and next(iter(self._frames)) < seq:
-            self._frames.popitem(last=False)
-        return jpeg
+
+class Wants:
+    """One stream's seqs asked for: pure logic, the caller's clock (``now``)."""
+
+    def __init__(self, limit: int = WANTS_MAX, wait_s: float = WAIT_S):
+        self.limit, self.wait_s = limit, wait_s
+        self._wants: dict[int, Want] = {}  # seq -> want, in the order asked (seq order: records come so)
+        self._unsent: list[int] = []  # asked since the last ``to_send``
+
+    def add(
+        self, seq: int, t_capture: float, now: float, *, periodic: bool, scene: bool, before: float | None = None
+    ) -> Want | None:
+        """Ask for ``seq``; None (nothing asked) when ``limit`` wants are waiting already."""
+        if len(self._wants) >= self.limit:
+            return None
+        want = Want(seq, t_capture, periodic, scene, now + self.wait_s, before)
+        self._wants[seq] = want
+        self._unsent.append(seq)
+        return want
+
+    def to_send(self) -> list[int]:
+        """The seqs asked since the last call: one WantPictures' worth."""
+        seqs, self._unsent = self._unsent, []
+        return seqs
+
+    def take(self, seq: int) -> Want | None:
+        """The want a picture of ``seq`` answers (forgotten), or None: not asked, or given up already."""
+        return self._wants.pop(seq, None)
+
+    def expired(self, now: float) -> list[Want]:
+        """The wants whose deadline passed (forgotten): their snapshots are missed."""
+        gone = [w for w in self._wants.values() if w.deadline <= now]
+        for want in gone:
+            del self._wants[want.seq]
+        return gone
+
+    def waiting(self, seq: int) -> bool:
+        return seq in self._wants
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._wants)

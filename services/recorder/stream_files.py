@@ -13,15 +13,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from encoders.shared.messages import Frame, MetricsRecord
+from encoders.shared.messages import MetricsRecord
 from encoders.shared.storage.frames import StoredRow
 
 from .keyframes import Segmenter
 from .runfiles import DRIFT_CSV, EMBEDDINGS_DIR, SNAPSHOTS_DIR, DriftCsv, EmbeddingBatches
-from .snapshots import FrameCache, SnapshotPolicy, scene_snapshot_name, snapshot_name
+from .snapshots import WAIT_S, SnapshotPolicy, Want, Wants, scene_snapshot_name, snapshot_name
 from .summary import StreamSummary
 
-FRAME_CACHE_SIZE = 600
 SNAPSHOT_RE = re.compile(r"(?:frame|scene)_(\d+)\.jpg")
 
 
@@ -36,8 +35,8 @@ class StreamFiles:
         *,
         snapshot_interval: float,
         embedding_interval: int,
-        cache: FrameCache | None = None,
         segmenter: Segmenter | None = None,
+        snapshot_wait: float = WAIT_S,
     ):
         self.stream = stream
         self.folder = folder
@@ -47,10 +46,10 @@ class StreamFiles:
         self.csv = DriftCsv(folder / DRIFT_CSV)
         self.batches = EmbeddingBatches(folder / EMBEDDINGS_DIR, embedding_interval)
         self.policy = SnapshotPolicy(snapshot_interval)
-        self.cache = cache if cache is not None else FrameCache(FRAME_CACHE_SIZE)
+        self.wants = Wants(wait_s=snapshot_wait)  # snapshots asked for (WantPictures), not yet come
         self.segmenter = segmenter or Segmenter(0.05, 5.0)
         self.summary = StreamSummary(stream or "")
-        self.snapshots_missed = 0  # due, but the frame's JPEG was not at hand
+        self.snapshots_missed = 0  # due (periodic or a scene change), but its picture never came
         self._snap_prefix = "" if self.rel == "." else self.rel + "/"
 
     @staticmethod
@@ -64,35 +63,48 @@ class StreamFiles:
             if match and int(match.group(1)) > last_stored:
                 path.unlink()
 
-    def on_frame(self, frame: Frame) -> None:
-        # Every frame: whether it gets a snapshot or a thumbnail is known only when its record comes.
-        if frame.jpeg:
-            self.cache.put(frame.seq, frame.jpeg)
+    def on_record(self, rec: MetricsRecord, now: float, core: str = "") -> Want | None:
+        """Write what this record adds: its line, its vector, its figures. Returns the snapshot it
+        wants (its periodic one, its scene change's, or both), asked for by the caller; None if it
+        wants none, or none can be asked (too many wait already: counted missed). ``core``: the life
+        of the core the record belongs to, if it does not say."""
+        periodic = self.policy.due(rec.t_capture)
+        want = None
+        if periodic or rec.scene_change:
+            before = self.policy.last
+            want = self.wants.add(rec.seq, rec.t_capture, now, periodic=periodic, scene=rec.scene_change, before=before)
+            if want is None:
+                self.snapshots_missed += 1
+            elif periodic:
+                self.policy.taken(rec.t_capture)  # tentatively: given back if its picture never comes
+        self.csv.write(rec.t_capture, rec.seq, rec.similarity, rec.drift)
+        self.batches.add(rec.vector, rec.t_capture, rec.seq)
+        self.summary.add(rec, snapshot=False, core=core)  # counted once written (write_snapshot)
+        return want
 
-    def on_record(self, rec: MetricsRecord, core: str = "") -> tuple[str | None, str | None]:
-        """Write what this record adds. Returns the paths (relative to the run) of its periodic
-        snapshot and of its scene-change snapshot, if it got them. ``core``: the life of the
-        core the record belongs to, if it does not say."""
+    def write_snapshot(self, want: Want, jpeg: bytes) -> tuple[str | None, str | None]:
+        """The picture a want asked for came: its files written. Returns the paths (relative to the run)
+        of its periodic snapshot and of its scene-change snapshot, as its row is to name them."""
         snap = scene_snap = None
-        jpeg = self.cache.take(rec.seq)
-        if jpeg is None and self.policy.due(rec.t_capture):
-            self.snapshots_missed += 1  # its frame never came (snapshots are best effort) or came too early
-        if jpeg is not None and self.policy.due(rec.t_capture):
-            name = snapshot_name(rec.seq)
+        if want.periodic:
+            name = snapshot_name(want.seq)
             (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
-            self.policy.taken(rec.t_capture)
             snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
-        if jpeg is not None and rec.scene_change:
+            self.summary.snapshots += 1
+        if want.scene:
             # frame_*.jpg keep the seed's meaning (one per interval); a scene change between two gets its own.
             scene_snap = snap
             if scene_snap is None:
-                name = scene_snapshot_name(rec.seq)
+                name = scene_snapshot_name(want.seq)
                 (self.folder / SNAPSHOTS_DIR / name).write_bytes(jpeg)
                 scene_snap = f"{self._snap_prefix}{SNAPSHOTS_DIR}/{name}"
-        self.csv.write(rec.t_capture, rec.seq, rec.similarity, rec.drift)
-        self.batches.add(rec.vector, rec.t_capture, rec.seq)
-        self.summary.add(rec, snapshot=snap is not None, core=core)
         return snap, scene_snap
+
+    def missed(self, want: Want) -> None:
+        """A want's picture never came (or could not be written): counted; a periodic one is due again."""
+        self.snapshots_missed += 1
+        if want.periodic:
+            self.policy.missed(want.t_capture, want.before)
 
     def restore(self, row: StoredRow) -> None:
         """A stored row, rewritten into the files: its line, its vector, its figures, its snapshot's time,

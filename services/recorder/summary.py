@@ -223,7 +223,10 @@ class StreamSummary:
     def effective_fps(self) -> float | None:
         """Embedded frames per second of capture time: (N - 1) intervals over the duration."""
         d = self.duration()
-        return (self.records - 1) / d if d > 0 else None
+        rate = (self.records - 1) / d if d > 0 else None
+        # Captures a hair apart (a subnormal duration) make an infinite rate: none to tell, and the
+        # summary goes into jsonb, which takes no infinity (the fuzz test found it).
+        return rate if rate is not None and math.isfinite(rate) else None
 
     def to_dict(self, *, npz_batches: int = 0, db_rows: int = 0) -> dict[str, Any]:
         sim = self.similarity.to_dict()

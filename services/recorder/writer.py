@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 SPOOL_NAME = "db_spool.msgpack"
 WRITE_WARN_S = 10.0  # a batch still being written after this long is said in the log
 GIVE_UP_GRACE_S = 10.0  # past the statement timeout by this much, a batch's connection is cut
+# The receive loop looks at the batch being written every turn (a tenth of a second), and a caller that
+# waits for it every WATCH_STEP_S. A longer gap between two looks is a pause of this process (SIGSTOP,
+# a frozen VM, a machine starved of CPU): the batch's clock leaves it out, or a recorder woken from a
+# pause would cut a healthy connection whose batch it had no chance to finish.
+WATCH_STEP_S = 0.5
+PAUSE_S = 2.0
 
 
 def give_up_after(statement_timeout: float) -> float | None:
@@ -82,15 +88,17 @@ class FrameWriter:
 
     While a batch is being written, rows go on gathering, past ``batch_rows``, and go out
     together as the next batch once it is done (group commit): when the server is the
-    slower side the batches grow and the receive loop never waits for it, until
-    ``max_waiting_batches`` batches' worth of rows are held.
+    slower side the batches grow. ``add`` never waits for the database: once
+    ``max_waiting_batches`` batches' worth of rows are held the writer is ``full``, and its
+    owner takes no more records until it is not (the receive loop leaves them with the core,
+    which holds them until acknowledged; a caller with nothing else to do calls ``wait_for_room``).
+    The spool's replay is written on the same thread, a batch at a time, so a database that is
+    back after an outage never holds up the receive loop either.
 
     A batch refused for the data of a row goes to the spool like any other, and its replay
     sets the refused rows aside (quarantine.py); a refusal that is not a row's (the frames
     table of another model, no permission) stops the writer (``fatal``), its rows spooled.
     """
-
-    REPLAY_BATCHES_PER_CALL = 20  # bounds how long one replay holds up the receive loop
 
     def __init__(
         self,
@@ -114,9 +122,12 @@ class FrameWriter:
         self.max_pending = batch_rows * max_waiting_batches
         self._executor = executor
         self._inflight: tuple[Future, list[FrameRow]] | None = None
+        # The batch being written is the spool's, up to this offset (and how many records): committed once written.
+        self._replaying: tuple[int, int] | None = None
+        self._replayed = 0  # rows replayed since the database came back
         # A batch that takes too long: said after warn_after, its connection cut after give_up_after.
         self.warn_after, self.give_up_after = warn_after, give_up_after
-        self._inflight_since = 0.0
+        self._inflight_since = self._watched_at = 0.0
         self._said_slow = self._cut = False
         self.slow_writes = 0  # batches said to be slow
         self.writes_cut = 0  # batches given up on (their connection cut)
@@ -154,11 +165,33 @@ class FrameWriter:
         self.model = (model, dim)
 
     def add(self, row: FrameRow) -> None:
+        """A row to write; never waits for the database (``full`` says when to stop adding)."""
         self.pending.append(row)
         if self._oldest is None:
             self._oldest = self.clock()
-        if len(self.pending) >= self.batch_rows and (self._writer_free() or len(self.pending) >= self.max_pending):
-            self.flush()
+        if len(self.pending) >= self.batch_rows and (
+            self._writer_free() or self.spool.pending or self.fatal is not None
+        ):
+            self._hand_on()
+
+    @property
+    def full(self) -> bool:
+        """As many rows wait as the writer holds (``max_waiting_batches`` batches' worth): add no more
+        until a batch is written, or the rows have gone to the spool."""
+        return len(self.pending) + len(self.unsaved) >= self.max_pending
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the batch being written to finish (at once if none is)."""
+        if self._inflight is not None:
+            wait([self._inflight[0]], timeout=timeout)
+
+    def wait_for_room(self) -> None:
+        """Until the writer is not ``full``: for a caller that has nothing else to do meanwhile."""
+        while self.full and self.fatal is None:
+            self.wait(WATCH_STEP_S)
+            self.tick()
+            if self.full and self._inflight is None:
+                time.sleep(min(WATCH_STEP_S, max(0.0, self.retry_at - self.clock())))  # a full disk: retried
 
     def add_event(self, stream: str, seq: int, t: float, kind: str, value: float | None) -> None:
         """An events row of no frame row, written at the next tick the database takes it."""
@@ -179,36 +212,49 @@ class FrameWriter:
             self._events_inflight = (self._executor.submit(self.db.write_events, events), events)
 
     def tick(self) -> None:
+        """Settle the batch written, if done; hand on what is due: a batch to the database, rows to the
+        spool while it holds rows (behind them: order kept), the spool's next batch when it is time."""
         self._collect(block=False)
         self._events()
         now = self.clock()
         if self.unsaved and now >= self.retry_at:  # rows a full disk kept from the spool: in front, again
             self.pending[:0], self.unsaved = self.unsaved, []
             self._oldest = self._oldest or now
-        if (
-            self.pending
-            and self._inflight is None
-            and (len(self.pending) >= self.batch_rows or now - (self._oldest or now) >= self.flush_s)
-        ) or (self.spool.pending and now >= self.retry_at and self.fatal is None):
-            self.flush()
+        due = self.pending and (len(self.pending) >= self.batch_rows or now - (self._oldest or now) >= self.flush_s)
+        if due and (self._inflight is None or self.spool.pending or self.fatal is not None):
+            self._hand_on()
+        if self._inflight is None and self.spool.pending and now >= self.retry_at and self.fatal is None:
+            self._replay()
 
     def _writer_free(self) -> bool:
         """No batch being written any more (its outcome taken, if it had one)."""
         self._collect(block=False)
         return self._inflight is None
 
-    def flush(self, *, retry_now: bool = False) -> None:
-        rows, self.pending, self._oldest = self.pending, [], None
-        self._collect(block=True)  # the batch before this one first: its rows may belong in the spool
+    def flush(self) -> None:
+        """Every row waiting, handed on now, after the batch being written (waited for): for callers that have
+        nothing else to do."""
+        self._collect(block=True)
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """The rows waiting: to the spool while it holds rows (or the database refuses them all), else as
+        the next batch to the database (the writer is free: the caller made sure)."""
         if self.spool.pending or self.fatal is not None:
+            rows, self.pending, self._oldest = self.pending, [], None
             self._to_spool(rows)
-            if self.fatal is None and (retry_now or self.clock() >= self.retry_at):
-                self._replay()
             return
-        if not rows:
-            return
-        self._inflight = (self._executor.submit(self._write, rows), rows)
-        self._inflight_since, self._said_slow, self._cut = self.clock(), False, False
+        # At most max_pending rows a batch (rows let go at once, behind a snapshot's picture, can be more):
+        # one batch must stay well within the statement timeout. The rest go as the next one.
+        rows, self.pending = self.pending[: self.max_pending], self.pending[self.max_pending :]
+        self._oldest = self.clock() if self.pending else None
+        if rows:
+            self._submit(self._write, rows)
+
+    def _submit(self, write: Callable[[list[FrameRow]], Counter], rows: list[FrameRow]) -> None:
+        self._inflight = (self._executor.submit(write, rows), rows)
+        self._inflight_since = self._watched_at = self.clock()
+        self._said_slow, self._cut = False, False
         self._collect(block=False)  # settled at once if it is done already (Inline)
 
     def _collect(self, *, block: bool) -> None:
@@ -218,28 +264,36 @@ class FrameWriter:
             return
         future, rows = self._inflight
         while block and not future.done():
-            wait([future], timeout=self._next_watch())
+            wait([future], timeout=min(WATCH_STEP_S, self._next_watch()))
             self._watch()
         if not future.done():
             self._watch()
             return
         self._inflight = None
-        self._settle(rows, future.result)
+        replaying, self._replaying = self._replaying, None
+        if replaying is not None:
+            self._settle_replay(*replaying, future.result)
+        else:
+            self._settle(rows, future.result)
 
-    def _next_watch(self) -> float | None:
-        """Seconds until the batch being written is due to be said or cut; None: nothing more is due."""
+    def _next_watch(self) -> float:
+        """Seconds until the batch being written is due to be said or cut; WATCH_STEP_S when nothing more is."""
         due = [] if self._said_slow else [self.warn_after]
         if self.give_up_after is not None and not self._cut:
             due.append(self.give_up_after)
         if not due:
-            return None
+            return WATCH_STEP_S
         return max(0.0, min(due) - (self.clock() - self._inflight_since)) + 0.01
 
     def _watch(self) -> None:
         """The batch being written has taken long: said once (warn_after), then cut (give_up_after)."""
         if self._inflight is None:
             return
-        running, rows = self.clock() - self._inflight_since, len(self._inflight[1])
+        now = self.clock()
+        if now - self._watched_at > PAUSE_S:  # this process was paused: the batch could not go on either
+            self._inflight_since += now - self._watched_at - PAUSE_S
+        self._watched_at = now
+        running, rows = now - self._inflight_since, len(self._inflight[1])
         if running >= self.warn_after and not self._said_slow:
             self._said_slow = True
             self.slow_writes += 1
@@ -292,13 +346,20 @@ class FrameWriter:
         True when every row is in the database; False leaves the rest in the spool file.
         """
         deadline = self.clock() + wait_s
-        self.flush(retry_now=True)
-        self._collect(block=True)
+        tried = False  # the spool: tried once at least, then every half second until the deadline
+        while True:
+            self._collect(block=True)
+            if self.pending:
+                self._hand_on()
+            elif self.spool.pending and self.fatal is None and (not tried or self.clock() < deadline):
+                if tried:  # after a failed try, the next one within half a second whatever the backoff says
+                    time.sleep(max(0.0, min(0.5, self.retry_at - self.clock(), deadline - self.clock())))
+                tried = True
+                self._replay()
+            else:
+                break
         self._events()
         self._events(block=True)
-        while self.spool.pending and self.fatal is None and self.clock() < deadline:
-            time.sleep(min(0.5, max(0.0, deadline - self.clock())))
-            self.flush(retry_now=True)
         if self.unsaved:  # a last try to keep them on disk; if it fails they stay unacknowledged
             rows, self.unsaved = self.unsaved, []
             self._to_spool(rows)
@@ -352,30 +413,38 @@ class FrameWriter:
         self.on_durable(rows)
 
     def _replay(self) -> None:
-        replayed = 0
+        """The spool's next batch to the database, on the writer's thread; committed from the spool once written."""
+        records, end = self.spool.read_batch(self.batch_rows)
+        rows = decode_spooled(records, self.spool.path, self.quarantine)
+        self._replaying = (end, len(records))
+        self._submit(self._write_replayed, rows)
+
+    def _write_replayed(self, rows: list[FrameRow]) -> Counter:
+        """Write a batch read back from the spool; rows the database refuses for their data set aside."""
+        self._prepare(rows)
+        started = time.perf_counter()
+        written = write_isolating(self.db.write_rows, rows, self.quarantine)
+        self.observe_write(len(rows), time.perf_counter() - started)
+        return written
+
+    def _settle_replay(self, end: int, records: int, write: Callable[[], Counter]) -> None:
+        """A batch of the spool written (committed from it), or kept in it for the next try."""
         try:
-            for _ in range(self.REPLAY_BATCHES_PER_CALL):
-                if not self.spool.pending:
-                    break
-                records, end = self.spool.read_batch(self.batch_rows)
-                rows = decode_spooled(records, self.spool.path, self.quarantine)
-                self._prepare(rows)
-                self.written.update(write_isolating(self.db.write_rows, rows, self.quarantine))
-                self.commits += 1
-                self.spool.commit(end, len(records))
-                replayed += len(records)
+            self.written.update(write())
         except DatabaseUnavailable as exc:
             self._outage(exc)
             return
         except DatabaseRefused as exc:
             self._fail(exc)
             return
-        self.retry_at = self.clock()  # more may follow on the next tick, without waiting
-        if self.backoff.failing and not self.spool.pending:
-            log.info("database is back: replayed the spooled rows, spool deleted")
+        self.commits += 1
+        self.spool.commit(end, records)
+        self._replayed += records
+        self.retry_at = self.clock()  # the next batch follows at once
+        if not self.spool.pending:
+            log.info("database is back: replayed %d spooled rows, spool deleted", self._replayed)
+            self._replayed = 0
             self.backoff.reset()
-        elif replayed:
-            log.info("database is back: replayed %d spooled rows, %d to go", replayed, self.spooled)
 
     def _outage(self, exc: DatabaseUnavailable) -> None:
         first = not self.backoff.failing

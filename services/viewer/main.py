@@ -73,7 +73,7 @@ def body(cfg: ViewerConfig, stop: threading.Event) -> int:
         exporter.collect(functools.partial(viewer_families, viewer, server))
         exporter.start(cfg)
         log.info("%s", subscriptions.describe())
-        viewer.run(stop)
+        viewer.run(stop, on_turn=exporter.beat)
         return 0
     finally:
         exporter.stop()

@@ -49,9 +49,9 @@ def open_sockets(
     max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> tuple[zmq.Socket, zmq.Socket]:
     """The frames and metrics subscriptions; StartupError for an endpoint that does not parse.
-    Neither takes a message part larger than a frame's JPEG (a record's thumbnail is a picture of
-    one) or a header: a publisher that sends one is disconnected."""
-    largest = largest_part(max_frame_bytes)
+    Neither takes a message part larger than a frame's JPEG, a batch's part (a Records' vectors or
+    thumbnails) or a header: a publisher that sends one is disconnected."""
+    largest = largest_part(max_frame_bytes, batches=True)
     frames = zmqio.open_socket(
         ctx,
         zmq.SUB,

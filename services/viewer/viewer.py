@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -24,7 +25,7 @@ import numpy as np
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.messages import Stopped
+from encoders.shared.messages import Stopped, rows_of
 
 from . import layout
 from .feed import WebFeed
@@ -63,10 +64,12 @@ class Viewer:
         self.counters: dict[str, int] = {"frames_shown": 0, "bad_jpeg": 0}
         self.stopped: Stopped | None = None  # the pipeline's stop, once the core has published it
 
-    def run(self, stop: threading.Event) -> None:
-        """Tick until ``stop`` is set, the window asks to stop or the pipeline has stopped."""
+    def run(self, stop: threading.Event, on_turn: Callable[[], None] = lambda: None) -> None:
+        """Tick until ``stop`` is set, the window asks to stop or the pipeline has stopped.
+        ``on_turn``: called each turn (the exporter's beat: /healthz tells a wedged loop)."""
         next_tick = time.monotonic()
         while not stop.is_set() and self.stopped is None:
+            on_turn()
             # Between ticks, take messages as they come so no socket queue fills up.
             self._poll(max(0, math.ceil((next_tick - time.monotonic()) * 1000)))
             now = time.monotonic()
@@ -108,13 +111,14 @@ class Viewer:
         """Take every message waiting (up to MAX_DRAIN a socket) into the state and the web feed;
         frames replace older frames."""
         for sock in self.subscriptions.sockets:
-            for msg in zmqio.receive_waiting(sock, limit=MAX_DRAIN, topic=True, counters=self.counters):
-                if isinstance(msg, Stopped):
-                    self._pipeline_stopped(msg)
+            for got in zmqio.receive_waiting(sock, limit=MAX_DRAIN, topic=True, counters=self.counters):
+                if isinstance(got, Stopped):
+                    self._pipeline_stopped(got)
                     continue
-                self.state.add(msg)
-                if self.feed is not None:
-                    self.feed.on_message(msg, now)
+                for msg in rows_of(got):  # a Records: its records, in order, each as one
+                    self.state.add(msg)
+                    if self.feed is not None:
+                        self.feed.on_message(msg, now)
 
     def _pipeline_stopped(self, msg: Stopped) -> None:
         """The core published that the pipeline has stopped: say so, with each stream's totals; the loop ends."""

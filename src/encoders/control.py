@@ -3,7 +3,9 @@
 A control session with the core (docs/PROTOCOL.md, "Stopping a pipeline from anywhere"):
 Hello(role="control"), and once welcomed, Stop. The core stops taking captures, waits until
 every frame has its outcome and every record is acknowledged by the recorder, stops the
-workers and the recorder, answers Stopped with each stream's totals, and exits. This command
+workers and the recorder, answers Stopped with each stream's totals, and exits. While it
+drains it says what it still waits for (Draining, every few seconds), which this command
+prints on stderr. This command
 prints those totals on stdout: as a table for people (``--format table``, the default), or as
 one JSON object on one line for programs (``--format json``, ``totals_json``): a script or a
 test that reads the totals reads that form, by the counts' names, never the table's columns
@@ -13,7 +15,7 @@ Exit codes, so that scripts can tell the cases apart:
 
 - 0: the pipeline has stopped (its totals printed);
 - 1: no Stopped within --timeout: the message says what it was waiting for (a core still
-  draining, or one that went silent);
+  draining, and what the core said its drain waits for, or one that went silent);
 - 2: no core answered within the session's timeout (ENCODERS_HEARTBEAT_S x
   ENCODERS_HEARTBEAT_MISSES, 3 s), or it refused the session: one line, naming the address
   and the setting.
@@ -34,7 +36,7 @@ from typing import IO
 
 import zmq
 
-from encoders.shared.messages import FrameCounts, Stop, Stopped
+from encoders.shared.messages import Draining, FrameCounts, Stop, Stopped
 from encoders.shared.runtime import StartupError
 from encoders.shared.session import CoreSession, SessionRefused, process_name
 from encoders.shared.settings import CoreConnection
@@ -59,6 +61,8 @@ class StopRequest:
         self.started_at: float | None = None
         self.asked_at: float | None = None  # when Stop was first sent
         self._asked_lives = 0  # the session's lives Stop was sent in
+        self.waiting_for = ""  # what the drain waits for, as the core last said it (Draining)
+        self.heard_draining = False  # a Draining came in the last step
 
     @property
     def asked(self) -> bool:
@@ -70,9 +74,12 @@ class StopRequest:
         if self.started_at is None:
             self.started_at = now
             self.session.start(now)
+        self.heard_draining = False
         for msg in self.session.take(now):
             if isinstance(msg, Stopped):
                 return msg
+            if isinstance(msg, Draining):
+                self.waiting_for, self.heard_draining = msg.waiting_for, True
         if self.session.joined and self._asked_lives < self.session.lives:
             try:
                 self.session.send(Stop(self.reason), now, flags=zmq.NOBLOCK)
@@ -100,10 +107,14 @@ class StopRequest:
         if waited < self.timeout_s:
             return None
         if self.session.joined:
+            what = (
+                f"waiting for {self.waiting_for}"
+                if self.waiting_for
+                else "frames awaiting their outcome, records the recorder has not acknowledged"
+            )
             return EXIT_TIMEOUT, (
                 f"the core at {core} has not reported Stopped within {self.timeout_s:g} s of being asked to stop: "
-                "it is still draining (frames awaiting their outcome, records the recorder has not acknowledged) "
-                "and goes on doing so; run `encoders stop` again to wait longer"
+                f"it is still draining ({what}) and goes on doing so; run `encoders stop` again to wait longer"
             )
         return EXIT_TIMEOUT, (
             f"the core at {core} was asked to stop, then went silent without reporting Stopped within "
@@ -146,10 +157,16 @@ def totals_json(streams: Mapping[str, FrameCounts]) -> str:
 
 
 def request_stop(
-    core: str, *, timeout_s: float, reason: str, asked: Callable[[], None] = lambda: None
+    core: str,
+    *,
+    timeout_s: float,
+    reason: str,
+    asked: Callable[[], None] = lambda: None,
+    draining: Callable[[str], None] = lambda waiting_for: None,
 ) -> tuple[Stopped | None, tuple[int, str] | None]:
     """Ask the core at ``core`` to stop the pipeline and wait: (its Stopped, None), or (None, (exit
-    code, why)). ``asked()`` runs once the core has been asked. The launcher uses this too."""
+    code, why)). ``asked()`` runs once the core has been asked; ``draining(what)`` each time the core
+    says what its drain still waits for (every few seconds while it does). The launcher uses this too."""
     cfg = CoreConnection.from_env(core=core)  # the heartbeat settings, as the pipeline's services read them
     ctx = zmq.Context()
     request: StopRequest | None = None
@@ -163,6 +180,8 @@ def request_stop(
                 return stopped, None
             if request.asked and not was_asked:
                 asked()
+            if request.heard_draining:
+                draining(request.waiting_for)
             if failure := request.failure(now):
                 return None, failure
             request.session.sock.poll(int(POLL_S * 1000))
@@ -189,6 +208,7 @@ def run(core: str, *, timeout_s: float, reason: str = "", fmt: str = "table", ou
             timeout_s=timeout_s,
             reason=reason,
             asked=lambda: say(f"asked the core at {core} to stop; waiting for it to drain (at most {timeout_s:g} s)"),
+            draining=lambda waiting_for: say(f"still draining: waiting for {waiting_for}"),
         )
     except KeyboardInterrupt:
         say("interrupted: if the core had been asked to stop, it goes on draining")

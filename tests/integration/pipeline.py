@@ -20,7 +20,7 @@ import zmq
 
 from encoders.shared import zmqio
 from encoders.shared.keys import CurveKeys
-from encoders.shared.messages import EndOfStream, FrameCounts, Message, MetricsRecord, StreamStart
+from encoders.shared.messages import EndOfStream, FrameCounts, Message, MetricsRecord, StreamStart, rows_of
 
 from ..conftest import Service, Services, Sockets, free_port, wait_for
 from ..hosts import Host
@@ -103,7 +103,16 @@ class Pipeline:
             host=self.netns(self.core_host),  # beside the core, as the README has it
         )
 
-    def start_worker(self, name: str, *, wait: bool = True, host: Host | None = None) -> Service:
+    def start_worker(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        host: Host | None = None,
+        batch_size: int = 8,
+        env: dict[str, str] | None = None,
+    ) -> Service:
+        """An encoder worker; it offers the core a capacity of two batches of ``batch_size``."""
         ready = self.folder / f"{name}.ready"
         ready.unlink(missing_ok=True)
         worker = self.service(
@@ -113,12 +122,12 @@ class Pipeline:
             "--threads",
             "1",
             "--batch-size",
-            "8",
+            str(batch_size),
             "--worker-id",
             name,
             "--ready-file",
             str(ready),
-            env={**self.env, **self.tiny_model},
+            env={**self.env, **self.tiny_model, **(env or {})},
             host=self.netns(host),
         )
         if wait:
@@ -212,7 +221,8 @@ def collect(sub: zmq.Socket, *, until_eos: int = 0, records: int = 0, timeout_s:
         or sum(isinstance(m, MetricsRecord) for m in got) < records
     ):
         assert sub.poll(int(timeout_s * 1000)), f"nothing from the core in {timeout_s} s"
-        msg, _ = zmqio.receive(sub, topic=True)
-        if isinstance(msg, MetricsRecord | EndOfStream | StreamStart):
-            got.append(msg)
+        batch, _ = zmqio.receive(sub, topic=True)
+        for msg in rows_of(batch) if batch is not None else ():  # a Records: its records, in order
+            if isinstance(msg, MetricsRecord | EndOfStream | StreamStart):
+                got.append(msg)
     return got

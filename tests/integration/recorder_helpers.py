@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -190,10 +189,9 @@ def make_frame(stream: str, seq: int) -> Frame:
 
 def send_stream(core: FakeCore, stream: str, seqs, *, frames: bool = True) -> list[MetricsRecord]:
     seqs = list(seqs)
-    if frames:
+    if frames:  # the pictures the stream's ingest holds: the recorder asks for those it wants
         for seq in seqs:
             core.frame(make_frame(stream, seq))
-        time.sleep(0.2)  # paces: frames come a little before their records, as from a real pipeline
     out = []
     for seq in seqs:
         rec = make_record(stream, seq)

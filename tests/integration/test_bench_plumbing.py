@@ -1,9 +1,10 @@
 """The plumbing benchmark's harness (benchmarks/bench_plumbing.py) on one tiny case, so that it cannot
-rot unseen between runs of `make bench`: every part it measures runs (this commit's pipeline with
-ENCODERS_RUNTIME=none workers, the stand-in worker it gives an older commit, here against this
-commit's core, and the bare forwarder), with keys on, and its report has its shape and its counts
-add up. Nothing here depends on how fast the machine is: a window ends after a number of frames.
-The comparison with d031ce1 itself (a `git worktree add`) is the benchmark's, not this test's."""
+rot unseen between runs of `make bench`: this commit's pipeline with ENCODERS_RUNTIME=none workers,
+measured twice as two versions (the report compares two), and the bare forwarder, with keys on;
+its report has its shape and its counts add up. Nothing here depends on how fast the machine is: a
+window ends after a number of frames. The comparison with d031ce1 itself (a `git worktree add`,
+whose workers are benchmarks/plumbing_standin.py: it speaks that commit's protocol, where the core
+handed workers their JPEGs, not this one's data link) is the benchmark's, not this test's."""
 
 from __future__ import annotations
 
@@ -24,16 +25,16 @@ FLOOR_GROUPS = {"core", *CORE_THREADS, "recorder", "ingest", "workers"}
 def test_one_tiny_case_reports_every_figure_and_every_frame_is_accounted_for(tmp_path, capsys):
     keys = keys_for("this", REPO / "src", tmp_path)
     this = Version("this", REPO / "src", keys, none_runtime=True)
-    stand_in = Version("stand-in", REPO / "src", keys, none_runtime=False)  # plumbing_standin.py's workers
+    again = Version("again", REPO / "src", keys, none_runtime=True)
     budget = Budget(warmup_s=0.2, frames=30, seconds=120)  # 30 frames, however long they take
-    results, server = measure([Case(keys=True, size=(640, 480), cameras=1)], [this, stand_in], budget)
-    ratios(results, "this", "stand-in")
-    print_tables(results, "this", "stand-in")
+    results, server = measure([Case(keys=True, size=(640, 480), cameras=1)], [this, again], budget)
+    ratios(results, "this", "again")
+    print_tables(results, "this", "again")
 
     (case,) = results
     assert (case["keys"], case["size"], case["cameras"], case["workers"]) == (True, [640, 480], 1, 1)
     assert case["jpeg_bytes"] > 10_000 and server["postgresql"]
-    assert set(case["variants"]) == {"this", "stand-in", "floor"}
+    assert set(case["variants"]) == {"this", "again", "floor"}
     for label, got in case["variants"].items():
         assert got["frames"] >= budget.frames and got["seconds"] > 0 and got["frames_per_s"] > 0, label
         cpu = got["cpu_ms_per_frame"]
@@ -52,6 +53,6 @@ def test_one_tiny_case_reports_every_figure_and_every_frame_is_accounted_for(tmp
     # Of each figure measured on both (a group idle in one window, PostgreSQL's maybe, has none).
     assert {"frames_per_s", "core", "core_main", "workers"} <= set(case["ratio"]) <= {"frames_per_s", *PIPELINE_GROUPS}
     assert all(v >= 0 and math.isfinite(v) for v in case["ratio"].values()) and case["ratio"]["core"] > 0
-    assert set(case["core_over_floor"]) == {"this", "stand-in"}
+    assert set(case["core_over_floor"]) == {"this", "again"}
     json.dumps(results)  # the report is JSON as it is
-    assert "Ratios this / stand-in" in capsys.readouterr().out
+    assert "Ratios this / again" in capsys.readouterr().out

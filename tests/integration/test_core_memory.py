@@ -4,6 +4,7 @@ core process, its memory read from /proc as it runs."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Capture, Frame, Heartbeat, Hello, Refused, Stats, Welcome
+from encoders.shared.messages import PROTOCOL, Frame, Heartbeat, Hello, Pictures, Refused, Stats, Welcome
 
 from ..conftest import Sockets
 from .pipeline import Pipeline
@@ -118,9 +119,13 @@ def test_a_frames_subscriber_that_never_reads_costs_the_core_its_frames_buffer_o
     ingest = join(sockets, pipeline.core, Hello("ingest", "cam", PROTOCOL, stream="cam0"))
     jpeg = os.urandom(MB)  # what a 4K camera sends: nothing in it compresses
 
+    previews = itertools.count()
+
     def send_and_see(timeout_s: float = 10) -> Frame | None:
-        """A capture, then the frame the core numbered of it, as a reader that keeps up sees it."""
-        zmqio.send(ingest, Capture(time.time(), 3840, 2160, jpeg))
+        """A picture (protocol 3: an ingest's preview, which the core publishes), then the frame as a reader
+        that keeps up sees it."""
+        picture = Frame("cam0", next(previews), time.time(), 3840, 2160, jpeg)
+        zmqio.send(ingest, Pictures.of("cam0", [picture], preview=True))
         while reader.poll(int(timeout_s * 1000)):
             msg = zmqio.receive(reader, topic=True)[0]
             if isinstance(msg, Frame):

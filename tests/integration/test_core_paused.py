@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Capture, Hello, Stats
+from encoders.shared.messages import PROTOCOL, Captured, CaptureNote, Hello, Stats
 from encoders.shared.session import CoreSession
 
 from ..conftest import free_port
@@ -64,7 +64,8 @@ def test_a_core_paused_past_the_heartbeat_timeout_loses_no_session_and_no_captur
     def capture() -> None:
         nonlocal sent, undelivered
         try:
-            session.send(Capture(time.time(), 2, 2, b"jpeg"), time.monotonic(), flags=zmq.NOBLOCK)
+            note = CaptureNote(sent + undelivered, time.time(), 4, 2, 2)  # announced, as protocol 3's ingest does
+            session.send(Captured.of([note]), time.monotonic(), flags=zmq.NOBLOCK)
             sent += 1
         except zmq.Again:  # no connection to queue it to (ZeroMQ's heartbeats gave it up): as an ingest counts
             undelivered += 1

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from encoders.shared import keys, zmqio
-from encoders.shared.messages import FrameCounts, Message, MetricsRecord
+from encoders.shared.messages import FrameCounts, Message, MetricsRecord, rows_of
 
 from ..conftest import Service, Sockets, wait_for
 from ..hosts import Hosts, hosts  # noqa: F401 - the fixture
@@ -73,9 +73,10 @@ class Watch:
         while not done():
             assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
             if self.sub.poll(100):
-                msg, _ = zmqio.receive(self.sub, topic=True)
-                if msg is not None:
-                    self.seen.append((time.monotonic(), msg))
+                got, _ = zmqio.receive(self.sub, topic=True)
+                if got is not None:
+                    t = time.monotonic()
+                    self.seen += [(t, msg) for msg in rows_of(got)]  # a Records: its records
 
     def for_s(self, seconds: float) -> None:
         end = time.monotonic() + seconds

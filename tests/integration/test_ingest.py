@@ -33,6 +33,7 @@ from ..conftest import Sockets, free_port, spoil, wait_for
 from ..fake_core import FakeCore
 
 STREAM_ID = "cam-test"
+PICTURES_AFTER_BYE_S = 3.0  # how long until_bye waits for pictures still on their way after the Bye
 W, H = 160, 120
 
 
@@ -93,7 +94,14 @@ class Harness:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log()}") from None
         (ended,) = self.core.messages(CaptureEnded)
-        return self.core.messages(Capture), ended, self.core.messages(Stats)[-1]
+        stats = self.core.messages(Stats)[-1]
+        # The pictures travel on the data link, another connection than the session's Bye: on a busy machine
+        # the last may come just after it. Waited for (a few seconds at most), as many as the ingest sent.
+        sent = stats.counters.get("published", 0) - stats.counters.get("undelivered", 0)
+        deadline = time.monotonic() + PICTURES_AFTER_BYE_S
+        while len(self.core.messages(Capture)) < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.core.messages(Capture), ended, stats
 
     def close(self) -> None:
         for proc in self.procs:
@@ -211,7 +219,9 @@ def decoded_size(jpeg: bytes) -> tuple[int, int]:
 
 
 def non_heartbeats(core: FakeCore) -> list[type]:
-    return [type(r.msg) for r in core.received() if not isinstance(r.msg, Heartbeat)]
+    """The kinds of what came on the session, heartbeats left out, in order. Not the pictures (the fake
+    core's Captures), which come on the data link, another connection: no order holds between the two."""
+    return [type(r.msg) for r in core.received() if not isinstance(r.msg, Heartbeat | Capture)]
 
 
 def test_every_frame_goes_to_the_core_in_order_then_its_end_and_bye(h, pisim):

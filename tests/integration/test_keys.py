@@ -24,8 +24,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from encoders.services.encoder.datalink import DATA_PORT
 from encoders.shared import keys, zmqio
-from encoders.shared.messages import PROTOCOL, Capture, Frame, Hello, Message, MetricsRecord, Refused, Stop, Welcome
+from encoders.shared.messages import PROTOCOL, Frame, Hello, Message, MetricsRecord, Pictures, Refused, Stop, Welcome
 from encoders.shared.session import CoreSession, SessionRefused
 
 from ..conftest import Service, Sockets, free_port, receive, wait_for
@@ -112,7 +113,8 @@ def test_with_keys_only_allowed_services_are_served_and_nothing_travels_in_clear
     folder = key_folder(tmp_path, "keys")
     others = key_folder(tmp_path, "other-keys")  # a stranger's keys: not on the core's allow-list
     pipeline = Pipeline(service, tiny_model, tmp_path, "", env={"ENCODERS_KEYS": folder})
-    capture([pipeline.core_port, pipeline.frames_port, pipeline.metrics_port])
+    # The worker's data socket too (with keys, tcp://*:5560): the pictures go there, from the ingest.
+    capture([pipeline.core_port, pipeline.frames_port, pipeline.metrics_port, DATA_PORT])
     core = pipeline.start_core("--no-recorder")
     viewer = role_keys(folder, "viewer")
     records = subscribe(sockets, pipeline.metrics_pub, viewer)
@@ -153,8 +155,9 @@ def test_without_keys_the_same_capture_shows_frames_and_fields(service, tmp_path
     ingest = sockets.connect(zmq.DEALER, pipeline.core)
     zmqio.send(ingest, Hello("ingest", "cam", PROTOCOL, stream="cam0"))
     assert ingest.poll(5000)
-    zmqio.send(ingest, Capture(time.time(), 2, 2, b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 100))
-    wait_for(lambda: b"JFIF" in (got := capture.seen()) and b"t_capture" in got, 60, "the capture to show them")
+    picture = Frame("cam0", 0, time.time(), 2, 2, b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 100)
+    zmqio.send(ingest, Pictures.of("cam0", [picture], preview=True))  # an ingest's preview, in clear
+    wait_for(lambda: b"JFIF" in (got := capture.seen()) and b"preview" in got, 60, "the capture to show them")
     capture.stop()
 
 
@@ -179,6 +182,7 @@ def test_a_core_bound_beyond_loopback_needs_keys_or_says_it_is_insecure(service,
 # -- each key bound to its role (issue #22) ------------------------------------------------------------
 
 ANSWER_S = 20.0  # the longest a core may take to answer (a busy machine): reached only when it fails
+HANDSHAKE_IVL_S = 30.0  # libzmq's default ZMQ_HANDSHAKE_IVL: a handshake stuck this long is given up, and tried again
 SUCCEEDED, FAILED_AUTH = zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
@@ -220,9 +224,12 @@ def watched(sockets: Sockets, kind: int, endpoint: str, curve: keys.CurveKeys, s
     return sock, monitor
 
 
-def handshake(monitor: zmq.Socket) -> int:
-    """How the socket's next handshake with the core went: SUCCEEDED, or FAILED_AUTH (ZAP said no)."""
-    assert monitor.poll(int(ANSWER_S * 1000)), f"no handshake within {ANSWER_S} s"
+def handshake(monitor: zmq.Socket, within: float = ANSWER_S, core: Service | None = None) -> int:
+    """How the socket's next handshake with the core went: SUCCEEDED, or FAILED_AUTH (ZAP said no);
+    the core's log in the failure, if given."""
+    if not monitor.poll(int(within * 1000)):
+        tail = core.output()[-4000:] if core is not None else ""
+        raise AssertionError(f"no handshake within {within} s" + (f"; the core's log ends:\n{tail}" if tail else ""))
     return recv_monitor_message(monitor)["event"]
 
 
@@ -369,7 +376,9 @@ def test_only_viewer_and_recorder_keys_may_subscribe_to_the_publishers(service, 
     viewer_frames = subs["viewer", "frames"][0]
 
     def a_frame_reaches_the_viewer() -> bool:  # sent until one does: the subscription takes a moment
-        zmqio.send(cam, Capture(time.time(), 2, 2, b"\xff\xd8\xff\xe0" + b"\x00" * 100))
+        # Protocol 3: what the frames publisher sends is the ingests' previews (the core holds no picture).
+        preview = Frame("cam-cam", 0, time.time(), 2, 2, b"\xff\xd8\xff\xe0" + b"\x00" * 100)
+        zmqio.send(cam, Pictures.of("cam-cam", [preview], preview=True))
         return bool(viewer_frames.poll(100))
 
     wait_for(a_frame_reaches_the_viewer, ANSWER_S, "a frame to reach the viewer")
@@ -411,9 +420,11 @@ def test_a_machine_key_added_then_revoked_on_a_running_core(service, tmp_path, s
         answer = receive(worker.session.sock, ANSWER_S)
     assert "the key worker-gpu1 is no longer allowed here" in refused_for_good(answer)
     _, again = watched(sockets, zmq.DEALER, pipeline.core, gpu1)  # a new connection is refused in the handshake
-    assert handshake(again) == FAILED_AUTH
-    assert handshake(tv_handshakes) == FAILED_AUTH  # its subscription was dropped, and not let in again
-    assert handshake(viewer_handshakes) == SUCCEEDED  # the viewer's key is, at once
+    assert handshake(again, core=core) == FAILED_AUTH
+    assert handshake(tv_handshakes, core=core) == FAILED_AUTH  # its subscription was dropped, and not let in again
+    # The viewer's key is let in again. Within a handshake's time limit: once in about 1,000 CI runs no
+    # handshake came within 20 s, which a connection stuck in its handshake until libzmq's limit would explain.
+    assert handshake(viewer_handshakes, HANDSHAKE_IVL_S + ANSWER_S, core) == SUCCEEDED
     out = core.output()
     assert "worker w-gpu1: its key worker-gpu1 is revoked: its session is ended" in out
     assert core.proc.poll() is None and out.count("metrics starting") == 1  # never restarted

@@ -19,7 +19,7 @@ import pytest
 from encoders.shared.messages import EndOfStream, StreamStart
 
 from ..conftest import free_port, wait_for
-from .recorder_helpers import RecorderProcess, make_record
+from .recorder_helpers import RecorderProcess, make_frame, make_record
 
 pytestmark = pytest.mark.mqtt
 
@@ -117,12 +117,13 @@ def test_alerts_go_to_mqtt_with_discovery_and_to_a_webhook_that_was_down(pg, tmp
             "--mqtt-url", f"mqtt://127.0.0.1:{broker}", "--webhook-url", f"http://127.0.0.1:{hook.port}/hook",
             "--stream-down-after", "1.5",
         )  # fmt: skip
-        core.wait_subscribed()
+        core.wait_joined()
         core.deliver(StreamStart("cam0", 0, "http://camera"))
         records = [make_record("cam0", seq) for seq in range(6)]
         records[3] = dataclasses.replace(records[3], events={"frozen": 12.5}, thumbnail=PICTURE)
         records[4] = dataclasses.replace(records[4], scene_change=True)
         for r in records:
+            core.frame(make_frame("cam0", r.seq))  # in the ingest's ring: a snapshot due is answered at once
             core.deliver(r)
         core.wait_acked("cam0", 5)
 

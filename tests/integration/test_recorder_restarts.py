@@ -49,7 +49,7 @@ def readies(core: FakeCore) -> int:
 def killed_mid_run(core: FakeCore, start, url: str, *args: str):
     """A recorder that committed cam0's rows 0-7 (batches of 4), wrote 10 lines of drift.csv, and was killed."""
     rec = start(core, url, "--db-flush-s", "60", "--db-batch", "4", *args)
-    core.wait_subscribed()
+    core.wait_joined()
     send_stream(core, "cam0", range(8))
     core.wait_acked("cam0", 7)
     send_stream(core, "cam0", range(8, 10))  # fewer than a batch: they wait in memory

@@ -112,7 +112,8 @@ FRAMES = 40
 def test_workers_without_a_model_in_a_real_pipeline_every_frame_recorded_with_its_jpegs_vector(
     service, tmp_path, database, sockets
 ):
-    pipeline = Pipeline(service, {"ENCODERS_RUNTIME": "none"}, tmp_path, database)
+    # Every frame previewed (the frames publisher is fed by the ingest's previews, at most this many a second).
+    pipeline = Pipeline(service, {"ENCODERS_RUNTIME": "none"}, tmp_path, database, env={"ENCODERS_PREVIEW_FPS": "1000"})
     pipeline.start_core()
     pipeline.start_recorder()
     for name in ("w0", "w1"):

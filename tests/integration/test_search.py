@@ -116,7 +116,6 @@ def record_run(
         for seq, (vec, colour, scene) in enumerate(frames):
             t = t0 + seq / FPS
             picture = jpeg(COLOURS[colour])
-            rec.on_message(Frame(stream, seq, t, 64, 48, picture))
             sim: float | None = None if prev is None else float(vec @ prev)
             drift: float | None = None if sim is None else 1.0 - sim
             rec.on_message(
@@ -135,6 +134,8 @@ def record_run(
                     thumbnail=make_thumbnail(picture, 160, 70),  # as the worker makes it
                 )
             )
+            for want in rec.wanted():  # its snapshot, asked for: the picture, as the core hands on the ingest's
+                rec.on_message(Frame(want.stream, seq, t, 64, 48, picture))
             data.frames[(name, stream, seq)] = (vec, t, drift, colour, model)
             prev = vec
     rec.close_files()  # hands the last rows to the writer, as the recorder's own shutdown does

@@ -23,8 +23,8 @@ from ..fake_core import FakeCore
 def cores(sockets):
     made: list[FakeCore] = []
 
-    def start(stopped: Stopped | None = None) -> FakeCore:
-        made.append(FakeCore(sockets.bind(zmq.ROUTER), roles={"control"}, stopped=stopped))
+    def start(stopped: Stopped | None = None, draining: str = "") -> FakeCore:
+        made.append(FakeCore(sockets.bind(zmq.ROUTER), roles={"control"}, stopped=stopped, draining=draining))
         return made[-1]
 
     yield start
@@ -90,13 +90,16 @@ def test_the_address_comes_from_encoders_core_too(cores):
 
 
 def test_a_core_that_does_not_report_in_time_is_exit_1_saying_what_it_waited_for(cores):
-    core = cores()  # welcomes, heartbeats, never reports Stopped: still draining
+    # Welcomes, heartbeats, never reports Stopped: still draining, and says what for.
+    core = cores(draining="12 frames in workers' hands")
     start = time.monotonic()
     done = stop("--pipeline", core.endpoint, "--timeout", "2")
     assert done.returncode == 1, done.stderr
     assert 2 <= time.monotonic() - start < 15
     assert "asked the core at" in done.stderr and "waiting for it to drain (at most 2 s)" in done.stderr
-    assert "has not reported Stopped within 2 s" in done.stderr and "still draining" in done.stderr
+    assert "still draining: waiting for 12 frames in workers' hands" in done.stderr  # as the core said it
+    assert "has not reported Stopped within 2 s" in done.stderr
+    assert "still draining (waiting for 12 frames in workers' hands)" in done.stderr  # and in the last word
     assert not done.stdout and "Traceback" not in done.stderr
 
 

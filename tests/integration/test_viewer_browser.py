@@ -416,11 +416,14 @@ def test_the_timeline_draws_drift_with_its_scene_changes_and_alerts_and_opens_a_
         browser.find_element(By.ID, "search-text").send_keys(QUERY)
         browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#search-results img"), 60, "search results")
-        time.sleep(2)
+        every_picture = "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+        wait_for(lambda: browser.execute_script(every_picture), 20, "every picture on the page")
         height = browser.execute_script("return document.body.scrollHeight")
         browser.set_window_size(1400, height + 40)
         browser.execute_script("window.scrollTo(0, 0)")
-        time.sleep(0.5)
+        # The resize is done when set_window_size returns (WebDriver); two animation frames: painted.
+        painted = "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(done))"
+        browser.execute_async_script(painted)
         browser.save_screenshot(shot)
         browser.set_window_size(1400, 1000)
     # A period with nothing in it says so.

@@ -3,6 +3,7 @@ and metrics, real HTTP clients (and raw sockets where the test needs to read slo
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import socket
@@ -397,12 +398,15 @@ def test_connections_beyond_the_cap_are_closed_and_slow_headers_cut_off(service,
                 return
 
     threading.Thread(target=trickle, daemon=True).start()
-    time.sleep(0.3)
+    # Asked from another address (the per-client cap is this one's): until the server took all 8
+    # (each question is a connection too: counted out).
+    asked = itertools.count(1)
+    wait_for(lambda: web_counts(port)["connections"] - next(asked) >= 8, 20, "the server to take the 8 connections")
     extra = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
     for sock in extra:  # closed at once, before a byte is read
         sock.settimeout(2)
         assert closed(sock), "a connection beyond the cap was kept"
-    time.sleep(1.5)
+    wait_for(lambda: web_counts(port)["header_timeouts"] >= 7, 20, "the slow requests to be cut off")
     trickling.set()
     for sock in slow:
         sock.settimeout(0.5)
@@ -417,6 +421,13 @@ def test_connections_beyond_the_cap_are_closed_and_slow_headers_cut_off(service,
     # Logged once each, then counted.
     assert viewer.output().count("refused a web connection") == 1
     assert viewer.output().count("no complete request within 1 s") == 1
+
+
+def web_counts(port: int) -> dict:
+    """The web server's counts, asked from 127.0.0.2: another client than the test's others."""
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=transport, timeout=5) as client:
+        return client.get(f"http://127.0.0.1:{port}/api/state").json()["web"]
 
 
 def closed(sock: socket.socket) -> bool:

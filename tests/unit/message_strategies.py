@@ -152,8 +152,26 @@ def vectors(dims: st.SearchStrategy[int] | None = None) -> st.SearchStrategy[np.
     )
 
 
-def message_of(cls: type[Message], **overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[Message]:
-    """Valid messages of ``cls``; ``overrides`` replace the strategy of the fields they name."""
+def message_of(cls: type[Any], **overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Valid messages of ``cls`` (or rows of a batch: Embedding, Skipped); ``overrides`` replace the
+    strategy of the fields they name (a batch's: of its rows, where they have them)."""
+    if cls is messages.Results:
+        return results(**overrides)
+    if cls is messages.Records:
+        return records(**overrides)
+    if cls is messages.Captured:
+        notes = st.lists(message_of(messages.CaptureNote), max_size=8, unique_by=lambda r: r.id)
+        return notes.map(messages.Captured.of)
+    if cls is messages.Assigned:
+        return st.lists(message_of(messages.Assignment), max_size=8).map(messages.Assigned.of)
+    if cls is messages.WantPictures:
+        return st.builds(
+            messages.WantPictures.of,
+            overrides.get("stream", values(messages.StreamName)),
+            st.lists(overrides.get("seq", values(messages.Seq)), max_size=8),
+        )
+    if cls is messages.Pictures:
+        return pictures(**overrides)
     hints = typing.get_type_hints(cls, include_extras=True)
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for f in dataclasses.fields(cls):
@@ -166,6 +184,86 @@ def message_of(cls: type[Message], **overrides: st.SearchStrategy[Any]) -> st.Se
         else:
             fields[f.name] = values(hints[f.name])
     return st.builds(cls, **fields)
+
+
+# Levels travel as float32 in a batch's columns: values it holds exactly, or None.
+LEVELS = st.none() | st.floats(0, 255, width=32)
+_BATCH_STREAMS = st.sampled_from(["cam0", "cam1"]) | values(messages.StreamName)
+_WORKERS = st.sampled_from(["w1", "w2"]) | values(messages.Name)
+
+
+@st.composite
+def results(draw: st.DrawFn, **overrides: st.SearchStrategy[Any]) -> messages.Results:
+    """A Results of a few rows, embedded and skipped, as a worker makes one (Results.of)."""
+    streams = overrides.get("stream", _BATCH_STREAMS)
+    seqs = overrides.get("seq", values(messages.Seq))
+    dim = draw(st.integers(0, 16))
+    worker, model = draw(values(messages.Name)), draw(values(messages.Name))
+    t_encoded = draw(values(messages.Time))
+    rows: list[messages.Embedding | messages.Skipped] = []
+    for _ in range(draw(st.integers(0, 8))):
+        stream, seq = draw(streams), draw(seqs)
+        if draw(st.booleans()):
+            rows.append(
+                messages.Embedding(
+                    stream, seq, draw(overrides.get("t_capture", values(messages.Time))), worker, model, t_encoded,
+                    draw(vectors(st.just(dim))), draw(st.binary(max_size=50)), draw(LEVELS), draw(LEVELS),
+                )
+            )  # fmt: skip
+        else:
+            rows.append(messages.Skipped(stream, seq, worker, draw(values(messages.Text))))
+    return messages.Results.of(rows)
+
+
+@st.composite
+def pictures(draw: st.DrawFn, **overrides: st.SearchStrategy[Any]) -> messages.Pictures:
+    """A Pictures of a few JPEGs of one stream, as an ingest sends one."""
+    stream = draw(overrides.get("stream", values(messages.StreamName)))
+    seqs = {k: v for k, v in overrides.items() if k == "seq"}
+    frames = draw(st.lists(message_of(messages.Frame, stream=st.just(stream), **seqs), max_size=5))
+    return messages.Pictures.of(stream, frames, draw(st.booleans()))
+
+
+# A Rolling travels whole or not at all (the core's always has every key: drift.py).
+_ROLLING: st.SearchStrategy[messages.Rolling] = st.just(messages.Rolling()) | st.fixed_dictionaries(
+    {"count": values(messages.Count), **{k: values(messages.Drift | None) for k in ("mean", "std", "min", "max")}}
+).map(lambda d: typing.cast(messages.Rolling, d))
+
+
+@st.composite
+def records(draw: st.DrawFn, **overrides: st.SearchStrategy[Any]) -> messages.Records:
+    """A Records of a few consecutive records of one stream, as the core makes one (Records.of)."""
+    stream = draw(overrides.get("stream", values(messages.StreamName)))
+    core, model = draw(values(messages.Name)), draw(values(messages.Name))
+    dim = draw(st.integers(0, 16))
+    n = draw(st.integers(1, 6))
+    seqs = sorted(draw(st.sets(overrides.get("seq", values(messages.Seq)), min_size=n, max_size=n)))
+    hints = typing.get_type_hints(messages.MetricsRecord, include_extras=True)
+    rows = [
+        messages.MetricsRecord(
+            stream=stream,
+            seq=seq,
+            t_capture=draw(values(hints["t_capture"])),
+            t_encoded=draw(values(hints["t_encoded"])),
+            worker=draw(_WORKERS),
+            model=model,
+            similarity=draw(values(hints["similarity"])),
+            drift=draw(values(hints["drift"])),
+            rolling=draw(_ROLLING),
+            fps=draw(values(hints["fps"])),
+            counts=draw(values(hints["counts"])),
+            scene_change=draw(st.booleans()),
+            t_metrics=draw(values(hints["t_metrics"])),
+            core=core,
+            vector=draw(vectors(st.just(dim))),
+            thumbnail=draw(st.binary(max_size=50)),
+            brightness=draw(LEVELS),
+            contrast=draw(LEVELS),
+            events=draw(values(hints["events"])),
+        )
+        for seq in seqs
+    ]
+    return messages.Records.of(rows)
 
 
 def any_message(**overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[Message]:
@@ -201,10 +299,19 @@ def pack(value: Any) -> bytes:
 # -- what a decoded message must be ---------------------------------------------------------
 
 
-def assert_conforms(msg: Message) -> None:
-    """Every field of ``msg`` is what its annotation says; the vector is finite, float32, 1-D."""
+def assert_conforms(msg: Any) -> None:
+    """Every field of ``msg`` is what its annotation says; the vector is finite, float32, 1-D. A
+    batch: its header fields, and every row of it as the row's own class says."""
     hints = typing.get_type_hints(type(msg), include_extras=True)
+    if isinstance(msg, messages.Batch):
+        for name in ("columns", "blobs", "vectors", "jpegs"):
+            hints.pop(name, None)
+        for row in msg.rows():  # type: ignore[attr-defined]
+            assert_conforms(row)
+    kind = getattr(msg, "KIND", type(msg).__name__)
     for f in dataclasses.fields(msg):
+        if f.name not in hints:
+            continue
         value = getattr(msg, f.name)
         if f.name == "vector":
             assert isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 1
@@ -212,7 +319,7 @@ def assert_conforms(msg: Message) -> None:
         elif f.name in ("jpeg", "thumbnail"):
             assert type(value) is bytes
         else:
-            assert _conforms(value, hints[f.name]), f"{msg.KIND}.{f.name} = {value!r} is not {hints[f.name]}"
+            assert _conforms(value, hints[f.name]), f"{kind}.{f.name} = {value!r} is not {hints[f.name]}"
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -250,12 +357,19 @@ def _conforms(value: Any, hint: Any) -> bool:
     return Matches not in marks or marks[Matches].pattern.fullmatch(value) is not None
 
 
-def assert_same(a: Message, b: Message) -> None:
-    """Equal messages, field by field (a vector compares by value)."""
+def assert_same(a: Any, b: Any) -> None:
+    """Equal messages, field by field (a vector compares by value); batches row by row."""
     assert type(a) is type(b)
+    if isinstance(a, messages.Batch):
+        rows_a, rows_b = a.rows(), b.rows()  # type: ignore[attr-defined]
+        assert len(rows_a) == len(rows_b)
+        for x, y in zip(rows_a, rows_b, strict=True):
+            assert_same(x, y)
+        return
+    kind = getattr(a, "KIND", type(a).__name__)
     for f in dataclasses.fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
         if isinstance(x, np.ndarray):
             np.testing.assert_array_equal(x, y)
         else:
-            assert x == y, f"{a.KIND}.{f.name}: {x!r} != {y!r}"
+            assert x == y, f"{kind}.{f.name}: {x!r} != {y!r}"

@@ -187,3 +187,22 @@ def test_a_drain_can_take_every_frame_waiting_or_held():
     b.assign(now=0)
     assert [f.stream for f in b.drop_waiting()] == ["cam1"]
     assert b.give_up_held() == [("cam0", 0)] and b.in_use == 0 and b.frames_waiting == 0
+
+
+def test_a_stream_no_worker_with_room_may_take_waits_in_its_place_and_the_others_go_on():
+    """With keys a worker takes a stream's frames only once it admits that ingest's key (links.py):
+    the stream's frame waits, keeps its place in line, and other streams are not held up."""
+    b = Broker(hold_timeout=10)
+    b.add_worker(b"w", "w", capacity=4)
+    admitted = {"cam0"}
+    may = lambda worker, stream: stream in admitted  # noqa: E731
+    b.offer(frame("cam1", 0), lossless=False)
+    b.offer(frame("cam0", 0), lossless=False)
+    assert [(f.stream, f.seq) for _, f in b.assign(0, may)] == [("cam0", 0)]
+    assert b.queued("cam1") == 1 and list(b.turn) == ["cam1"]
+    displaced = b.offer(frame("cam1", 1), lossless=False)
+    assert displaced is not None and displaced.seq == 0  # real time: the newest waits, as ever
+    b.offer(frame("cam0", 1), lossless=False)
+    admitted.add("cam1")
+    assert [(f.stream, f.seq) for _, f in b.assign(0, may)] == [("cam1", 1), ("cam0", 1)]  # its place kept
+    assert b.assign(0, may) == [] and b.in_use == 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from encoders.services.metrics.delivery import Delivery
-from encoders.shared.messages import EndOfStream, Message, MetricsRecord, StreamStart
+from encoders.shared.messages import EndOfStream, Message, MetricsRecord, Records, StreamStart, rows_of
 
 
 def record(stream: str, seq: int) -> MetricsRecord:
@@ -18,16 +18,19 @@ def record(stream: str, seq: int) -> MetricsRecord:
 
 
 class Recorder:
-    """What a recorder session got: ``send`` as the core's pump calls it; refuses past ``room``."""
+    """What a recorder session got (a Records as its records): ``send`` as the core's pump calls
+    it; refuses messages past ``room``."""
 
     def __init__(self, room: int = 10**9) -> None:
         self.got: list[Message] = []
+        self.messages: list[Message] = []
         self.room = room
 
     def send(self, msg: Message) -> bool:
-        if len(self.got) >= self.room:
+        if len(self.messages) >= self.room:
             return False
-        self.got.append(msg)
+        self.messages.append(msg)
+        self.got.extend(rows_of(msg))
         return True
 
     def order(self) -> list[tuple[str, str, int]]:
@@ -91,10 +94,11 @@ def test_at_most_a_window_in_flight_and_a_full_pipe_resumes_where_it_stopped(tmp
     for seq in range(6):
         d.add(record("cam0", seq))
     d.start_session()
-    rec = Recorder(room=2)
-    assert d.pump(rec.send) == 2  # the connection is full after two
+    rec = Recorder(room=0)
+    assert d.pump(rec.send) == 0  # the connection is full
     rec.room = 100
-    assert d.pump(rec.send) == 1  # the window: three in flight
+    assert d.pump(rec.send) == 3  # the window: three in flight, as one Records
+    assert [type(m) for m in rec.messages] == [Records]
     d.ack("cam0", 1, ended=False)
     assert d.pump(rec.send) == 2
     assert [k[2] for k in rec.order()] == [0, 1, 2, 3, 4]
@@ -188,3 +192,84 @@ def test_what_an_ack_covers(tmp_path, ack, covers):
     d.pump(Recorder().send)
     d.ack("cam0", *ack)
     assert d.stats()["records_held"] == 2 - sum(covers.values())
+
+
+def test_consecutive_records_of_a_stream_go_as_one_records_and_an_ack_cutting_it_resends_only_the_rest(tmp_path):
+    d = Delivery(tmp_path / "records.spool", hold=100)
+    d.add(StreamStart("cam0", 0))
+    for seq in range(5):
+        d.add(record("cam0", seq))
+    d.add(record("cam1", 0))
+    d.add(EndOfStream("cam0", 4))
+    d.start_session()
+    rec = Recorder()
+    assert d.pump(rec.send) == 8
+    assert [(type(m).__name__, len(rows_of(m))) for m in rec.messages] == [
+        ("StreamStart", 1), ("Records", 5), ("Records", 1), ("EndOfStream", 1)]  # fmt: skip
+    d.ack("cam0", 2, ended=False)  # within the batch of five
+    assert d.stats()["records_in_flight"] == 4  # cam0 3 and 4, cam1 0, the end
+    d.end_session()  # the recorder restarted
+    d.start_session()
+    again = Recorder()
+    d.pump(again.send)
+    assert again.order() == [("metrics", "cam0", 3), ("metrics", "cam0", 4), ("metrics", "cam1", 0),
+                            ("eos", "cam0", 4)]  # fmt: skip
+    assert [len(rows_of(m)) for m in again.messages] == [2, 1, 1]  # regrouped: the rest of cam0's in one
+
+
+def test_a_batch_is_regrouped_from_the_spool_too(tmp_path):
+    d = Delivery(tmp_path / "records.spool", hold=100)
+    for seq in range(6):
+        d.add(record("cam0", seq))
+    d.close()  # spooled for the next life
+    d = Delivery(tmp_path / "records.spool", hold=100)
+    d.ack("cam0", 1, ended=False)
+    d.start_session()
+    rec = Recorder()
+    assert d.pump(rec.send) == 4
+    assert [len(rows_of(m)) for m in rec.messages] == [4] and [k[2] for k in rec.order()] == [2, 3, 4, 5]
+    d.ack("cam0", 5, ended=False)
+    assert d.settled
+
+
+def test_a_run_published_as_a_batch_goes_to_the_recorder_as_that_batch_and_regrouped_once_cut(tmp_path):
+    d = Delivery(tmp_path / "records.spool", hold=100)
+    d.start_session()
+    run = [record("cam0", seq) for seq in range(5)]
+    published = Records.of(run)
+    d.add_run(run, published)
+    rec = Recorder()
+    assert d.pump(rec.send) == 5
+    assert rec.messages == [published] and rec.messages[0] is published  # not packed again
+    assert all(h.batch is None for h in d.memory)  # sent: its memory is let go
+    # An ack cuts it: a new session gets the rest, packed anew, the same rows.
+    d.ack("cam0", 1, ended=False)
+    d.end_session()
+    d.start_session()
+    again = Recorder()
+    assert d.pump(again.send) == 3
+    (rest,) = again.messages
+    assert rest is not published and [r.seq for r in rows_of(rest)] == [2, 3, 4]  # type: ignore[attr-defined]
+    # Past the bound, the oldest of a batch go to the spool: they come back from it, the rest from
+    # memory packed anew (no longer the whole batch), every record once and in order.
+    small = Delivery(tmp_path / "small.spool", hold=4)
+    small.start_session()
+    big = [record("cam1", seq) for seq in range(10)]
+    whole = Records.of(big)
+    small.add_run(big, whole)
+    spooled = Recorder()
+    assert small.pump(spooled.send) == 10
+    assert [m.seq for m in spooled.got] == list(range(10))  # type: ignore[attr-defined]
+    assert all(m is not whole for m in spooled.messages)
+
+
+def test_without_a_recorder_ready_a_published_batch_is_not_kept(tmp_path):
+    """Held for a recorder that is not there, a batch would only take memory (the records themselves are
+    kept): they are packed again when one comes."""
+    d = Delivery(tmp_path / "records.spool", hold=100)
+    run = [record("cam0", seq) for seq in range(3)]
+    d.add_run(run, Records.of(run))
+    assert [h.batch for h in d.memory] == [None, None, None]
+    d.start_session()
+    rec = Recorder()
+    assert d.pump(rec.send) == 3 and [m.seq for m in rec.got] == [0, 1, 2]  # type: ignore[attr-defined]

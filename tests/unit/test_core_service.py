@@ -20,10 +20,17 @@ from encoders.shared import zmqio
 from encoders.shared.messages import (
     PROTOCOL,
     Ack,
+    Acks,
+    Admits,
+    Assigned,
+    Assignment,
     Bye,
     Capture,
+    Captured,
     CaptureEnded,
+    CaptureNote,
     Credit,
+    Draining,
     Embedding,
     EndOfStream,
     Frame,
@@ -31,14 +38,21 @@ from encoders.shared.messages import (
     Hello,
     Message,
     MetricsRecord,
+    Pictures,
+    Preview,
     Ready,
+    Records,
     Refused,
+    Results,
     Skipped,
     Stats,
     Stop,
     Stopped,
     StreamStart,
+    WantPictures,
     Welcome,
+    Workers,
+    rows_of,
 )
 
 from ..conftest import Sockets
@@ -52,27 +66,62 @@ def unit(*xs: float) -> np.ndarray:
 
 
 def drain(sock: zmq.Socket, *, topic: bool = False, wait_ms: int = 30) -> list[Message]:
-    out = []
+    """What came, a Records as its records (rows_of)."""
+    out: list[Message] = []
     while sock.poll(wait_ms):
         msg, _ = zmqio.receive(sock, topic=topic)
         assert msg is not None
-        out.append(msg)
+        out.extend(rows_of(msg))
     return out
 
 
+_ids = itertools.count(1)
+CAPTURES: dict[int, Capture] = {}  # what each capture a test sent was, by the id it went under
+
+
+def wire(msg: Message | Embedding | Skipped | Ack) -> Message:
+    """A row as protocol 3 sends it: a worker's result in a Results, an ack in an Acks; a capture (which
+    the tests make as protocol 2's Capture) as an ingest announces it, a Captured of one row."""
+    if isinstance(msg, Embedding | Skipped):
+        return Results.of([msg])
+    if isinstance(msg, Ack):
+        return Acks.of([msg])
+    if isinstance(msg, Capture):
+        i = next(_ids)
+        CAPTURES[i] = msg
+        return Captured.of([CaptureNote(i, msg.t_capture, len(msg.jpeg), msg.width, msg.height)])
+    return msg
+
+
 class Peer:
-    """A session's DEALER, as a service would open it (without shared/session.py's bookkeeping)."""
+    """A session's DEALER, as a service would open it (without shared/session.py's bookkeeping).
 
-    def __init__(self, sockets: Sockets, endpoint: str, name: str) -> None:
-        self.name = name
-        self.sock = sockets.connect(zmq.DEALER, endpoint, identity=f"{name}-{next(_names)}".encode())
+    Protocol 3: the core tells an ingest which worker embeds each capture (``Assigned``), and the
+    ingest sends the picture there; here the rig stands in for those data links. What an ingest
+    peer got is what the core sent it, but its Assigned and Workers, which the rig keeps: a
+    worker peer's ``got`` has, after what the core sent it (but Workers), the frames assigned to
+    it, as the Frames its data socket would have taken."""
 
-    def send(self, *msgs: Message) -> None:
+    def __init__(self, sockets: Sockets, endpoint: str, name: str, rig: Rig | None = None) -> None:
+        self.name, self.rig = name, rig
+        self.identity = f"{name}-{next(_names)}".encode()
+        self.sock = sockets.connect(zmq.DEALER, endpoint, identity=self.identity)
+        self.unread: list[Message] = []  # what the core sent it that the rig read meanwhile
+
+    def send(self, *msgs: Message | Embedding | Skipped | Ack) -> None:
         for msg in msgs:
-            zmqio.send(self.sock, msg)
+            zmqio.send(self.sock, wire(msg))
 
     def got(self, *, heartbeats: bool = False) -> list[Message]:
-        return [m for m in drain(self.sock) if heartbeats or not isinstance(m, Heartbeat)]
+        out, self.unread = [*self.unread, *drain(self.sock)], []
+        out = [m for m in out if heartbeats or not isinstance(m, Heartbeat)]
+        if self.rig is None:
+            return out
+        out = self.rig.data_links(self, out)
+        if self.rig.core.links.number(self.identity):
+            self.rig.take_assigned()
+            out += self.rig.pictures.pop(self.rig.core.links.number(self.identity), [])
+        return out
 
 
 class Rig:
@@ -83,7 +132,7 @@ class Rig:
         defaults = {"heartbeat_s": 1.0, "heartbeat_misses": 3, "max_wait": 5.0, "state_dir": str(tmp_path)}
         self.cfg = MetricsConfig(**{**defaults, **settings})
         router = sockets.bind(zmq.ROUTER, eps["core"])
-        frames = sockets.bind(zmq.PUB, eps["frames"])
+        frames = sockets.bind(zmq.XPUB, eps["frames"])
         metrics = sockets.bind(zmq.PUB, eps["metrics"])
         delivery = Delivery(tmp_path / "records.spool", self.cfg.hold_records) if self.cfg.recorder else None
         numbering = Numbering(tmp_path / "numbering.json")
@@ -100,16 +149,47 @@ class Rig:
         self.frames = sockets.connect(zmq.SUB, eps["frames"], subscribe=[b""])
         self.metrics = sockets.connect(zmq.SUB, eps["metrics"], subscribe=[b""])
         self.sockets = sockets
+        self.ingests: list[Peer] = []
+        self.pictures: dict[int, list[Message]] = {}  # worker number -> the frames assigned to it, not yet read
+        self.assignments: list[tuple[str, Assignment]] = []  # every decision, in order (stream, row)
+        self.previews: dict[str, float] = {}  # stream -> the Preview rate its ingest was last told
+
+    def data_links(self, peer: Peer, got: list[Message]) -> list[Message]:
+        """What a peer got but the rig's share (an ingest's Assigned, Workers and Preview: kept here)."""
+        out = []
+        for m in got:
+            if isinstance(m, Assigned):
+                stream = peer.name.removeprefix("ingest-")
+                for row in m.rows():
+                    self.assignments.append((stream, row))
+                    if row.worker:
+                        c = CAPTURES[row.id]
+                        frame = Frame(stream, row.seq, c.t_capture, c.width, c.height, c.jpeg)
+                        self.pictures.setdefault(row.worker, []).append(frame)
+            elif isinstance(m, Preview):
+                self.previews[peer.name.removeprefix("ingest-")] = m.fps
+            elif not isinstance(m, Workers):
+                out.append(m)
+        return out
+
+    def take_assigned(self) -> None:
+        """Every ingest's Assigned so far read (into ``pictures``), what else they got kept for them."""
+        for ingest in self.ingests:
+            ingest.unread.extend(self.data_links(ingest, drain(ingest.sock, wait_ms=1)))
 
     def peer(self, name: str, hello: Hello | None, now: float = 0.0) -> Peer:
-        p = Peer(self.sockets, self.core_ep, name)
+        p = Peer(self.sockets, self.core_ep, name, self)
         if hello is not None:
             p.send(hello)
             self.step(now)
         return p
 
     def ingest(self, stream: str = "cam0", now: float = 0.0, **kw) -> Peer:
-        return self.peer(f"ingest-{stream}", Hello("ingest", f"ingest-{stream}", PROTOCOL, stream=stream, **kw), now)
+        p = self.peer(f"ingest-{stream}", None)
+        self.ingests.append(p)
+        p.send(Hello("ingest", f"ingest-{stream}", PROTOCOL, stream=stream, **kw))
+        self.step(now)
+        return p
 
     def worker(self, name: str = "w", capacity: int = 2, now: float = 0.0) -> Peer:
         return self.peer(name, Hello("worker", name, PROTOCOL, capacity=capacity, model="m", dim=2), now)
@@ -177,23 +257,56 @@ def test_streams_past_the_limit_are_refused_for_now_and_counted(sockets, tmp_pat
 def test_one_recorder_a_second_refused_unless_it_takes_over(rig):
     first = rig.peer("rec1", Hello("recorder", "rec1", PROTOCOL))
     first.got()
-    (refused,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL)).got()
-    assert isinstance(refused, Refused) and "rec1" in refused.reason and not refused.retry
-    third = rig.peer("rec3", Hello("recorder", "rec3", PROTOCOL, takeover=True))
+    second = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL))
+    (refused,) = second.got()
+    # At first it may be the one restarted after rec1 died: it tries again, a session timeout (3 s) at most.
+    assert isinstance(refused, Refused) and "rec1" in refused.reason and refused.retry
+    for t in (1.0, 2.0, 3.0):
+        first.send(Heartbeat())  # rec1 is alive
+        rig.step(t)
+    second.send(Hello("recorder", "rec2", PROTOCOL))
+    rig.step(3.0)
+    (refused,) = second.got()
+    assert isinstance(refused, Refused) and "rec1" in refused.reason and "--takeover" in refused.reason
+    assert not refused.retry  # a second recorder beside a live one: refused for good
+    third = rig.peer("rec3", Hello("recorder", "rec3", PROTOCOL, takeover=True), now=3.1)
     assert isinstance(third.got()[0], Welcome)
     (bye,) = first.got()
     assert isinstance(bye, Bye) and bye.reason == "taken over"
+
+
+def test_a_recorder_started_again_at_once_waits_for_its_predecessor_to_count_as_gone(rig):
+    """Killed and started again at once, a recorder says Hello before the dead one has been silent
+    two heartbeats: it tries again, and joins once the dead one counts as gone."""
+    rig.peer("rec1", Hello("recorder", "rec1", PROTOCOL)).got()  # then killed: never heard again
+    again = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL), now=0.5)
+    (refused,) = again.got()
+    assert isinstance(refused, Refused) and refused.retry
+    rig.step(3.2)  # past the heartbeat timeout: rec1 is gone
+    again.send(Hello("recorder", "rec2", PROTOCOL))
+    rig.step(3.5)
+    assert isinstance(again.got()[0], Welcome)
 
 
 def test_a_recorder_whose_predecessor_went_silent_is_asked_to_try_again(rig):
     """The recorder restarted after a crash says Hello before the core counts the dead one
     gone: it waits and tries again, rather than exit."""
     rig.peer("rec1", Hello("recorder", "rec1", PROTOCOL)).got()
-    (refused,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL), now=1.5).got()
+    (refused,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL), now=2.5).got()  # unheard for 2.5 heartbeats
     assert isinstance(refused, Refused) and refused.retry and "silent" in refused.reason
     rig.step(3.5)  # past the heartbeat timeout: rec1 is gone
     again = rig.peer("rec2b", Hello("recorder", "rec2", PROTOCOL), now=3.6)
     assert isinstance(again.got()[0], Welcome)
+
+
+def test_a_recorder_unheard_for_a_heartbeat_and_more_is_not_silent(rig):
+    """A healthy recorder is regularly unheard for a little over a heartbeat (it says something at
+    least once a heartbeat, give or take its loop's turns): a second recorder is not told it has
+    been silent, as if the first had crashed (it waits its session timeout at most, as any second
+    recorder does: test_one_recorder_a_second_refused_unless_it_takes_over)."""
+    rig.peer("rec1", Hello("recorder", "rec1", PROTOCOL)).got()
+    (refused,) = rig.peer("rec2", Hello("recorder", "rec2", PROTOCOL), now=1.9).got()
+    assert isinstance(refused, Refused) and "rec1" in refused.reason and "silent" not in refused.reason
 
 
 def test_without_a_recorder_a_recorder_is_refused(sockets, tmp_path):
@@ -222,17 +335,24 @@ def test_heartbeats_to_every_peer_and_silent_peers_expire(rig):
     assert rig.core.broker.workers == {}  # silent for 3 s: gone
 
 
-def test_frames_are_numbered_published_dispatched_and_records_go_out_in_order(rig):
+def test_frames_are_numbered_assigned_previewed_and_records_go_out_in_order(rig):
     ingest = rig.ingest()
     worker = rig.worker(capacity=2)
     ingest.got(), worker.got()
     ingest.send(capture(1.0), capture(2.0), capture(3.0))
     rig.step(0.1)
-    published = drain(rig.frames, topic=True)
-    assert [(type(m), m.seq) for m in published] == [(Frame, 0), (Frame, 1), (Frame, 2)]  # type: ignore[attr-defined]
+    assert rig.previews == {"cam0": rig.cfg.preview_fps}  # the rig's frames SUB watches every stream
+    assert drain(rig.frames, topic=True) == []  # the core holds no picture: previews come from the ingest
+    preview = Frame("cam0", 1, 2.0, 2, 2, b"jpeg")
+    ingest.send(Pictures.of("cam0", [preview], preview=True))
+    rig.step(0.15)
+    assert drain(rig.frames, topic=True) == [preview]
     got = worker.got()
+    assert [(stream, row.seq, row.worker) for stream, row in rig.assignments] == [("cam0", 0, 1), ("cam0", 1, 1)]
     assert [m.seq for m in got] == [0, 1]  # capacity 2: the third waits
-    worker.send(embedding(got[1], (0, 1)), embedding(got[0]))
+    # One batch's rows in any order (outcomes of one stream and worker come in seq order batch by batch:
+    # a later batch's outcome for a seq past one still held says that picture never came, link_lost).
+    worker.send(Results.of([embedding(got[1], (0, 1)), embedding(got[0])]))
     rig.step(0.2)
     (third,) = worker.got()
     worker.send(embedding(third, (0, 1)))
@@ -349,6 +469,24 @@ def test_a_lossless_ingest_gets_credit_as_its_frames_leave_the_queue(rig):
     assert sum(c.n for c in credits) == 8  # the workers' capacity, queue empty
 
 
+def test_credit_is_granted_a_quarter_of_the_limit_at_a_time_not_a_frame_at_a_time(rig):
+    ingest = rig.ingest(lossless=True)
+    worker = rig.worker(capacity=32, now=0.1)  # the lossless limit: 32 frames queued or granted
+    got = ingest.got()
+    assert [m.credit for m in got if isinstance(m, Welcome)] == [4]
+    assert sum(c.n for c in got if isinstance(c, Credit)) == 28  # up to the limit
+    held: list[Frame] = []
+    for t in range(12):  # frames come and leave one by one: credit comes back in eights, not one by one
+        ingest.send(capture(float(t)))
+        rig.step(0.2 + t / 100)
+        held += [m for m in worker.got() if isinstance(m, Frame)]
+        worker.send(*[embedding(f) for f in held])
+        held.clear()
+        rig.step(0.205 + t / 100)
+    credits = [c for c in ingest.got() if isinstance(c, Credit)]
+    assert [c.n for c in credits] == [8]  # 12 captures used 12 of the 32: one Credit of 8 at the 8th
+
+
 def test_a_second_ingest_of_a_stream_replaces_the_first_which_is_refused(rig):
     first = rig.ingest()
     first.got()
@@ -358,14 +496,15 @@ def test_a_second_ingest_of_a_stream_replaces_the_first_which_is_refused(rig):
     assert isinstance(second.got()[0], Welcome)
     (refused,) = first.got()
     assert isinstance(refused, Refused) and not (refused.rejoin or refused.retry)
+    # The old epoch's frame waited for a worker: its picture went with its ingest (dropped).
+    assert rig.core.streams.totals("cam0")["dropped"] == 1
     worker = rig.worker(now=0.3)
-    (_, frame) = worker.got()
-    worker.send(embedding(frame))  # the old epoch's frame still comes back, in order
+    assert [type(m) for m in worker.got()] == [Welcome]
     second.send(capture())
     rig.step(0.4)
     out = rig.records()
-    assert [type(m).__name__ for m in out] == ["StreamStart", "MetricsRecord", "EndOfStream", "StreamStart"]
-    assert out[3].first_seq == 1
+    assert [type(m).__name__ for m in out] == ["StreamStart", "EndOfStream", "StreamStart"]
+    assert out[2].first_seq == 1
 
 
 def test_ingest_stats_are_republished_with_the_cores_view(rig):
@@ -426,12 +565,16 @@ def test_a_control_stop_drains_then_answers_stopped_with_totals_that_add_up(rig)
     control.send(Stop("done"))
     rig.step(0.2)
     assert [type(m) for m in ingest.got()] == [Stop]
+    # The one who asked hears at once what the drain waits for (then every few seconds: encoders stop says it).
+    (draining,) = control.got()
+    assert isinstance(draining, Draining) and draining.waiting_for.startswith("the capture of cam0 to end"), draining
     ingest.send(CaptureEnded("told to stop"), Bye())
     (frame,) = [m for m in worker.got() if isinstance(m, Frame)]
     worker.send(embedding(frame))
     rig.step(0.3)
-    (frame,) = [m for m in worker.got() if isinstance(m, Frame)]
-    worker.send(embedding(frame))
+    # The frame that waited for room went with its ingest (protocol 3: the picture is the ingest's): dropped, or
+    # lost if it was assigned in the turn its ingest left (the ingest never heard whose it was).
+    assert [m for m in worker.got() if isinstance(m, Frame)] == []
     rig.step(0.4)
     assert not rig.core.done  # the recorder has not acknowledged
     records = rec.got()
@@ -467,7 +610,7 @@ def test_a_signals_drain_ends_at_its_time_limit(rig):
     rig.step(2.3)
     totals = rig.core.streams.totals("cam0")
     assert (totals["published"], totals["lost"]) == (1, 1)
-    assert [type(m) for m in worker.got()][-1] is Stop
+    assert [type(m) for m in worker.got() if not isinstance(m, Frame)][-1] is Stop
     assert not [m for m in rig.published() if isinstance(m, Stopped)]  # a signal (a restart?): viewers wait
     rig.step(2.4)
     assert not rig.core.done  # the worker it told to Stop may still say Bye
@@ -487,8 +630,9 @@ def test_captures_an_ingest_sent_that_never_arrived_are_counted_lost(rig):
     ingest.send(again)
     rig.step(10.1)
     totals = rig.core.streams.totals("cam0")
-    # 3 numbered (real time, no worker: the 2 older displaced), 2 sent that never arrived, 2 read while away.
-    assert (totals["published"], totals["dropped"], totals["lost"]) == (7, 4, 2)
+    # 3 numbered (real time, no worker: the 2 older displaced, the newest dropped when its session ended: its
+    # picture was the ingest's), 2 sent that never arrived, 2 read while away.
+    assert (totals["published"], totals["dropped"], totals["lost"]) == (7, 5, 2)
 
 
 def test_a_hello_after_another_life_of_the_core_is_passed_on_to_the_recorder(rig):
@@ -498,3 +642,149 @@ def test_a_hello_after_another_life_of_the_core_is_passed_on_to_the_recorder(rig
     (start,) = [m for m in rig.records() if isinstance(m, StreamStart)]
     assert (start.previous_core, start.previous_sent) == ("L0", 40)
     assert rig.core.streams.totals("cam0")["lost"] == 0  # only the recorder can tell what L0 accounted for
+
+
+def test_one_results_of_n_rows_files_n_outcomes_with_one_dispatch_and_one_records_out(rig):
+    """Protocol 3: a worker's batch is one message; the core checks and files each row, lets the
+    freed room out once, and publishes the stream's run of records as one Records."""
+    ingest = rig.ingest(lossless=True)
+    worker = rig.worker(capacity=4)
+    ingest.got(), worker.got()
+    ingest.send(*[capture(float(t)) for t in range(1, 5)])
+    rig.step(0.1)
+    frames = [m for m in worker.got() if isinstance(m, Frame)]
+    assert len(frames) == 4
+    rows: list[Embedding | Skipped] = [embedding(f, (1, i)) for i, f in enumerate(frames[:3])]
+    rows.append(Skipped("cam0", frames[3].seq, "w", "bad"))
+    dispatches: list[float] = []
+    dispatch = rig.core.workers._dispatch
+
+    def counted(now: float) -> None:
+        dispatches.append(now)
+        dispatch(now)
+
+    rig.core.workers._dispatch = counted
+    zmqio.send(worker.sock, Results.of(rows))
+    drain(rig.metrics, topic=True)  # what was published before (the stream's start)
+    rig.step(0.2)
+    assert dispatches == [0.2, 0.2]  # one for the Results, one of the loop's turn (not one per row)
+    totals = rig.core.streams.totals("cam0")
+    assert (totals["embedded"], totals["skipped"]) == (3, 1)
+    batches = []
+    while rig.metrics.poll(30):
+        msg, _ = zmqio.receive(rig.metrics, topic=True)
+        batches.append(msg)
+    (records,) = [m for m in batches if isinstance(m, Records)]
+    assert [r.seq for r in records.rows()] == [f.seq for f in frames[:3]]
+
+
+# -- protocol 3, the data link: Workers to the ingests, link_lost ----------------------------------------------
+
+
+def test_ingests_are_told_each_workers_data_address_when_workers_come_and_go(rig):
+    ingest = rig.ingest()
+    ingest.got()
+    hello = Hello("worker", "a", PROTOCOL, capacity=2, model="m", dim=2, data="ipc:///tmp/a-data")
+    a = rig.peer("a", hello, now=0.1)
+    advertised = Hello("worker", "b", PROTOCOL, capacity=2, model="m", dim=2, data="tcp://gpu1:5560", advertised=True)
+    rig.peer("b", advertised, now=0.2)
+    told = [m for m in drain(ingest.sock) if isinstance(m, Workers)]
+    assert told[-1].links == {"1": {"address": "ipc:///tmp/a-data", "key": ""}, "2": {"address": "tcp://gpu1:5560",
+                                                                                     "key": ""}}  # fmt: skip
+    a.send(Bye("stopping"))
+    rig.step(0.3)
+    (after,) = [m for m in drain(ingest.sock) if isinstance(m, Workers)]
+    assert after.links == {"2": {"address": "tcp://gpu1:5560", "key": ""}}  # a link to a worker gone: closed
+
+
+class FakeKey:
+    """What the core keeps of a key ZAP let a session in with (keys.py's Allowed): its z85 and name."""
+
+    def __init__(self, key: bytes, name: str) -> None:
+        self.key, self.name = key, name
+
+
+def test_with_keys_an_ingest_hears_of_a_worker_and_is_given_it_only_once_it_admits_the_ingests_key(rig, monkeypatch):
+    """The keys race (docs/PROTOCOL.md, "Keys on the data link"): the ingest's handshake must not reach
+    the worker before its key does, so the core waits for the worker's Admits of a generation that
+    holds the key before it names the worker to the ingest or gives the worker its captures."""
+    keys = {"ingest-cam0": b"1" * 40, "w": b"w" * 40}
+    monkeypatch.setattr(rig.core.doors, "check", lambda hello, via: (FakeKey(keys[hello.name], hello.name), None))
+    worker = rig.worker(capacity=4)
+    ingest = rig.ingest(now=0.1)
+    (admit,) = [m for m in drain(worker.sock) if isinstance(m, Workers)][-1:]
+    assert admit.admit == {"1" * 40: "ingest-cam0"} and admit.generation == 1
+    assert [m.links for m in drain(ingest.sock) if isinstance(m, Workers)] == [{}]  # not reachable yet
+    ingest.send(capture(1.0))
+    rig.step(0.2)
+    assert rig.core.broker.queued("cam0") == 1 and rig.core.broker.in_use == 0  # waits for the worker's Admits
+    assert not [m for m in drain(ingest.sock) if isinstance(m, Assigned | Workers)]
+    worker.send(Admits(0))  # an answer to an older list: nothing changes
+    rig.step(0.3)
+    assert rig.core.broker.queued("cam0") == 1
+    worker.send(Admits(1))
+    rig.step(0.4)
+    told = [m for m in drain(ingest.sock) if isinstance(m, Assigned | Workers)]
+    link, assigned = told
+    assert isinstance(link, Workers) and isinstance(assigned, Assigned)  # the link first, then the capture's worker
+    assert link.links == {"1": {"address": "", "key": "w" * 40}}
+    assert [(a.seq, a.worker) for a in assigned.rows()] == [(0, 1)]
+    worker.send(Admits(7))  # a generation never sent: counted, nothing else
+    rig.step(0.5)
+    assert rig.core.complain.counts["bad_admits"] == 1
+
+
+def test_an_outcome_past_a_seq_its_worker_still_holds_loses_that_seq_at_once(rig):
+    """Pictures of one link arrive in order, and a worker answers in the order they came: an answer
+    for seq 2 while 0 and 1 are still held says their pictures never came (the link broke)."""
+    ingest = rig.ingest(lossless=True)
+    worker = rig.worker(capacity=4)
+    ingest.got(), worker.got()
+    ingest.send(*[capture(float(t)) for t in range(4)])
+    rig.step(0.1)
+    frames = [m for m in worker.got() if isinstance(m, Frame)]
+    assert [f.seq for f in frames] == [0, 1, 2, 3]
+    worker.send(Skipped("cam0", 1, "w", "corrupt"))  # a skip says nothing of order (found while decoding)
+    rig.step(0.2)
+    assert rig.core.counters["link_lost"] == 0
+    worker.send(embedding(frames[2]))
+    rig.step(0.3)
+    assert rig.core.counters["link_lost"] == 1  # seq 0: lost at once, not after max_wait
+    worker.send(embedding(frames[3]))
+    ingest.send(CaptureEnded("done"), Bye())
+    rig.step(0.4)
+    totals = rig.core.streams.totals("cam0")
+    assert {k: totals[k] for k in ("published", "embedded", "skipped", "lost")} == {
+        "published": 4, "embedded": 2, "skipped": 1, "lost": 1}  # fmt: skip
+
+
+def test_a_stream_watched_on_the_frames_publisher_gets_previews_asked_of_its_ingest(sockets, tmp_path):
+    rig = Rig(sockets, tmp_path, preview_fps=5.0)
+    rig.frames.setsockopt(zmq.UNSUBSCRIBE, b"")  # nobody watches
+    ingest = rig.ingest()
+    ingest.got()
+    rig.step(0.1)
+    assert rig.previews == {}
+    rig.frames.setsockopt(zmq.SUBSCRIBE, b"frame/cam0")
+    rig.step(0.2)
+    ingest.got()
+    assert rig.previews == {"cam0": 5.0}
+    rig.frames.setsockopt(zmq.UNSUBSCRIBE, b"frame/cam0")
+    rig.step(0.3)
+    ingest.got()
+    assert rig.previews == {"cam0": 0.0}
+
+
+def test_pictures_the_recorder_wants_are_asked_of_the_ingest_and_handed_to_the_recorder(rig):
+    ingest = rig.ingest()
+    rec = rig.peer("rec", Hello("recorder", "rec", PROTOCOL))
+    ingest.got(), rec.got()
+    rec.send(WantPictures.of("cam0", [3, 4]))
+    rig.step(0.1)
+    (asked,) = [m for m in ingest.got() if isinstance(m, WantPictures)]
+    assert asked.seqs() == [3, 4]
+    picture = Frame("cam0", 4, 1.0, 2, 2, b"jpeg4")  # 3 left the ingest's ring: a snapshot missed
+    ingest.send(Pictures.of("cam0", [picture]))
+    rig.step(0.2)
+    assert [m for m in rec.got() if isinstance(m, Frame)] == [picture]
+    assert drain(rig.frames, topic=True) == []  # not a preview: not published

@@ -21,16 +21,20 @@ from encoders.services.encoder.preprocess import picture_levels
 from encoders.services.encoder.worker import Worker
 from encoders.shared import zmqio
 from encoders.shared.messages import (
+    Admits,
     Bye,
     Embedding,
     Frame,
     Heartbeat,
     Hello,
     Message,
+    Pictures,
     Refused,
+    Results,
     Skipped,
     Stop,
     Welcome,
+    Workers,
 )
 from encoders.shared.settings import CoreConnection
 
@@ -53,19 +57,26 @@ def encoder(tiny_model):
 
 
 class Core:
-    """The test's stand-in for the core's ROUTER: what the worker sent, heartbeats left out."""
+    """The test's stand-in for the core's ROUTER: what the worker sent, heartbeats left out; and for
+    an ingest: frames go to the worker's data socket (its Hello names it), as Pictures."""
 
     def __init__(self, sockets) -> None:
+        self.sockets = sockets
         self.sock = sockets.bind(zmq.ROUTER, CORE)
+        self.data: zmq.Socket | None = None  # a DEALER to the worker's data socket, once its Hello came
         self.identity = b""
-        self.got: list[Message] = []
+        self.got: list[Message | Embedding | Skipped] = []  # a Results as its rows
+        self.results: list[Results] = []  # the Results messages themselves
 
-    def collect(self) -> list[Message]:
+    def collect(self) -> list[Message | Embedding | Skipped]:
         while self.sock.poll(0):
             msg, identity = zmqio.receive(self.sock, routed=True)
             assert msg is not None and identity is not None
             self.identity = identity
-            if not isinstance(msg, Heartbeat):
+            if isinstance(msg, Results):
+                self.results.append(msg)
+                self.got.extend(msg.rows())
+            elif not isinstance(msg, Heartbeat):
                 self.got.append(msg)
         return self.got
 
@@ -76,13 +87,27 @@ class Core:
         return [m for m in self.collect() if isinstance(m, Embedding | Skipped)]
 
     def send(self, *msgs: Message) -> None:
-        for msg in msgs:
-            zmqio.send(self.sock, msg, prefix=[self.identity])
+        """Messages to the worker in this order: frames on its data socket (consecutive ones in one
+        Pictures), the rest on its session."""
+        frames: list[Frame] = []
+        for msg in [*msgs, None]:
+            if isinstance(msg, Frame):
+                frames.append(msg)
+                continue
+            if frames:
+                assert self.data is not None, "no data socket: no Hello came"
+                zmqio.send(self.data, Pictures.of(frames[0].stream, frames))
+                frames = []
+            if msg is not None:
+                zmqio.send(self.sock, msg, prefix=[self.identity])
+                time.sleep(0.02)  # taken before the pictures after it, as a core's answer comes before them
 
     def hello(self) -> Hello:
         assert self.sock.poll(5000), "no Hello came"
         hellos = self.of(Hello)
         assert hellos
+        if self.data is None:
+            self.data = self.sockets.connect(zmq.DEALER, hellos[-1].data)
         return hellos[-1]
 
 
@@ -100,6 +125,7 @@ def make(sockets, encoder):
         options = {"batch_size": 2, "batch_wait_ms": 0, "decode_threads": 1, **kw}
         worker = Worker("w", embedder or encoder, sockets.ctx, link, **options)
         sockets.adopt(worker.session.sock)
+        sockets.adopt(worker.data.sock)
         made.append(worker)
         worker.start()
         return worker
@@ -266,3 +292,26 @@ def test_a_result_goes_out_as_soon_as_the_model_has_it(core, make):
         until(worker, functools.partial(answered, seq))
         took.append(time.monotonic() - sent)
     assert statistics.median(took) < 0.06, took  # the tiny model takes a few ms
+
+
+def test_a_batch_s_results_go_out_as_one_message(core, make):
+    """Protocol 3: one Results per finished batch, the skips found meanwhile with it."""
+    worker = make(batch_size=4)
+    joined(worker, core)
+    corrupt = jpeg("red")[:200] + b"\0" * 300
+    core.send(frame(0), frame(1, corrupt), frame(2), frame(3))
+    until(worker, lambda: len(core.outcomes()) == 4)
+    assert [m.seq for m in core.outcomes()] == [1, 0, 2, 3]  # the skip was found first
+    assert len(core.results) == 1 and core.results[0].n == 4 and core.results[0].vectors.shape == (3, 64)
+
+
+def test_the_keys_the_core_names_are_admitted_then_answered_with_their_generation(core, make):
+    """The core names a worker to an ingest only once the worker says its data socket admits the
+    ingest's key (docs/PROTOCOL.md, "Keys on the data link"): Admits comes after the keys are set."""
+    worker = make()
+    joined(worker, core)
+    key = "1" * 40
+    core.send(Workers(admit={key: "ingest cam0"}, generation=5))
+    until(worker, lambda: core.of(Admits), step=lambda: worker.receive(50))
+    assert core.of(Admits) == [Admits(5)]
+    assert worker.data.admitted.callback("data", key.encode()) is True

@@ -22,17 +22,25 @@ from encoders.services.ingest.reader import CameraReader
 from encoders.services.ingest.stream import Ingest
 from encoders.shared import zmqio
 from encoders.shared.messages import (
+    Assigned,
+    Assignment,
     Bye,
     Capture,
+    Captured,
     CaptureEnded,
     Credit,
+    Frame,
     Heartbeat,
     Hello,
     Message,
+    Pictures,
+    Preview,
     Refused,
     Stats,
     Stop,
+    WantPictures,
     Welcome,
+    Workers,
 )
 
 from .message_strategies import any_message
@@ -43,20 +51,44 @@ URL = "http://pi:secret@camera:8000/stream.mjpg"
 
 
 class Core:
-    """The test's stand-in for the core's ROUTER: what the ingest sent, heartbeats left out."""
+    """The test's stand-in for the core's ROUTER: what the ingest sent, heartbeats left out; each
+    capture a Captured announced is in ``got`` as a Capture (without its JPEG, which stays with the
+    ingest). Protocol 3: the stand-in assigns every capture to its one worker, whose data socket it
+    holds too (``pictures``: what reached it)."""
 
     def __init__(self, sockets) -> None:
         self.sock = sockets.bind(zmq.ROUTER, CORE)
+        self.data_ep = f"inproc://data-{uuid.uuid4().hex}"
+        self.data = sockets.bind(zmq.ROUTER, self.data_ep)
         self.identity = b""
         self.got: list[Message] = []
+        self.pictures: list[Frame] = []
+        self.seqs = itertools.count()
+        self.answer = True  # False: the captures announced are kept in ``unanswered``, not assigned
+        self.unanswered: list[Assignment] = []
 
     def collect(self) -> None:
         while self.sock.poll(0):
             msg, identity = zmqio.receive(self.sock, routed=True)
             assert msg is not None and identity is not None
             self.identity = identity
-            if not isinstance(msg, Heartbeat):
+            if isinstance(msg, Captured):
+                rows = msg.rows()
+                self.got += [Capture(r.t_capture, r.width, r.height) for r in rows]
+                decided = [Assignment(r.id, next(self.seqs), 1) for r in rows]
+                if not self.answer:
+                    self.unanswered += decided
+                    continue
+                try:
+                    self.send(Assigned.of(decided))
+                except zmq.ZMQError:  # the ingest has gone meanwhile (its end): nobody to answer
+                    pass
+            elif not isinstance(msg, Heartbeat):
                 self.got.append(msg)
+        while self.data.poll(0):
+            msg, _ = zmqio.receive(self.data, routed=True)
+            assert isinstance(msg, Pictures)
+            self.pictures += msg.frames()
 
     def of(self, kind: type) -> list:
         self.collect()
@@ -67,6 +99,11 @@ class Core:
 
     def welcome(self, credit: int = 0) -> None:
         self.send(Welcome("core-1", 5.0, 3, credit=credit))
+        self.send(Workers({"1": {"address": self.data_ep, "key": ""}}))
+
+    def delivered(self) -> list[Frame]:
+        self.collect()
+        return self.pictures
 
 
 @pytest.fixture
@@ -134,7 +171,11 @@ def test_hello_then_every_frame_goes_to_the_core_as_a_capture_then_its_end(core,
     assert drive(ingest, lambda: False) == "ended"
     captures = core.of(Capture)
     assert [c.t_capture for c in captures] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert all(c.jpeg == JPEG and (c.width, c.height) == (640, 480) for c in captures)
+    # Each announced capture, once assigned, goes to its worker's data socket: the JPEG as the camera sent it.
+    drive(ingest, lambda: len(core.delivered()) >= 5)
+    pictures = core.delivered()
+    assert [(p.seq, p.t_capture) for p in pictures] == [(i, float(i)) for i in range(5)]
+    assert all(p.jpeg == JPEG and (p.width, p.height) == (640, 480) for p in pictures)
     ingest.finish("ended")
     stats, ended, bye = wait_for_kind(core, Stats, CaptureEnded, Bye)
     assert ended.reason == "the camera's stream ended (the server ended the stream)"
@@ -150,6 +191,26 @@ def test_hello_then_every_frame_goes_to_the_core_as_a_capture_then_its_end(core,
         1234,
     )
     assert core.got[-3:] == [stats, ended, bye]  # the final Stats, the end, then Bye: nothing after
+
+
+def test_a_capture_waiting_to_be_announced_is_waited_for_without_spinning(core, make, monkeypatch):
+    """A capture waits up to 2 ms to be announced with the next ones: the loop polls until then in whole
+    milliseconds rounded up, never 0 ms before it is due (rounded down, it spun about ten turns a frame)."""
+    ingest = make(FakeCamera(paced(0.02)))  # a frame every 20 ms: each waits its 2 ms alone
+    wait_for_kind(core, Hello)
+    core.welcome()
+    polls: list[tuple[int, float | None]] = []  # (timeout ms, how long the waiting capture had left)
+    real = ingest.poller.poll
+
+    def poll(timeout: int | None = None) -> list:
+        polls.append((timeout if timeout is not None else -1, ingest.outbox.wait_s(time.monotonic())))
+        return real(timeout)
+
+    monkeypatch.setattr(ingest.poller, "poll", poll)
+    drive(ingest, lambda: len(core.of(Capture)) >= 5)
+    waited = [(t, left) for t, left in polls if left is not None]
+    assert waited, "no capture ever waited to be announced"
+    assert [(t, left) for t, left in waited if t == 0 and left > 0] == []
 
 
 def wait_for_kind(core: Core, *kinds: type) -> list:
@@ -227,9 +288,89 @@ def test_max_frames_ends_the_stream_after_that_many_frames(core, make):
     wait_for_kind(core, Hello)
     core.welcome()
     assert drive(ingest, lambda: False) == "max_frames"
-    ingest.finish("max_frames")
+    # The stand-in core answers while the ingest ends (its last captures announced then: decided, not waited
+    # out). Its sockets are the pump's alone until it stops, the ingest's the main thread's.
+    done = threading.Event()
+    pump = threading.Thread(target=lambda: [core.collect() for _ in iter(lambda: done.wait(0.005), True)])
+    pump.start()
+    try:
+        ingest.finish("max_frames")
+    finally:
+        done.set()
+        pump.join()
     _, ended, _ = wait_for_kind(core, Stats, CaptureEnded, Bye)
     assert len(core.of(Capture)) == 4 and ended.reason == "max_frames (4) read"
+    assert len(core.delivered()) == 4  # each decided before the end, and its picture sent
+
+
+class Polls:
+    """The ingest's waits on its session (``sock.poll``): (timeout ms, events) of each."""
+
+    def __init__(self, ingest: Ingest, monkeypatch) -> None:
+        self.calls: list[tuple[int, int]] = []
+        real = ingest.session.sock.poll
+
+        def poll(timeout: int | None = None, flags: int = zmq.POLLIN) -> int:
+            self.calls.append((timeout if timeout is not None else -1, flags))
+            return real(timeout, flags)
+
+        monkeypatch.setattr(ingest.session.sock, "poll", poll)
+
+    def waited_ms(self) -> int:
+        """What it was ready to wait for the core's messages, in all."""
+        return sum(timeout for timeout, flags in self.calls if flags & zmq.POLLIN)
+
+
+def test_finishing_with_nothing_pending_does_not_wait_for_the_core(core, make, monkeypatch):
+    ingest = make(FakeCamera(range(3)))
+    wait_for_kind(core, Hello)
+    core.welcome()
+    assert drive(ingest, lambda: False) == "ended"
+    drive(ingest, lambda: len(core.delivered()) >= 3 and not ingest.outbox.announced)  # every capture decided
+    polls = Polls(ingest, monkeypatch)
+    ingest.finish("ended")
+    assert polls.waited_ms() == 0  # not a poll for the core's messages
+    wait_for_kind(core, Stats, CaptureEnded, Bye)
+
+
+def test_finishing_waits_for_undecided_captures_at_most_a_heartbeat(core, make, monkeypatch):
+    """The stand-in core does not answer while the ingest ends: the captures announced last are never
+    decided, and the ingest waits for them at most one heartbeat (settle_s), not END_WAIT."""
+    ingest = make(FakeCamera(None), max_frames=4, heartbeat_s=0.2)
+    wait_for_kind(core, Hello)
+    core.welcome()
+    assert drive(ingest, lambda: False) == "max_frames"
+    assert len(ingest.outbox) and ingest.settle_s() == 0.2 < stream_module.END_WAIT  # captures not decided
+    polls = Polls(ingest, monkeypatch)
+    ingest.finish("max_frames")
+    assert 0 < polls.waited_ms() <= 200 + len(polls.calls)  # each poll rounds up by 1 ms
+    _, ended, _ = wait_for_kind(core, Stats, CaptureEnded, Bye)
+    assert ended.reason == "max_frames (4) read"  # it ended all the same (the core drops what it did not decide)
+
+
+def test_lossless_the_end_waits_for_every_capture_the_core_assigns_however_slowly(core, make, caplog):
+    """Lossless, the captures announced wait for a worker's room, which a drain gives slowly: the
+    ingest says CaptureEnded, then waits while the core goes on deciding (each decision more than a
+    heartbeat after the last), sends every picture to its worker, and only then says Bye."""
+    ingest = make(FakeCamera(range(4)), lossless=True, heartbeat_s=0.2)
+    wait_for_kind(core, Hello)
+    core.answer = False
+    core.welcome(credit=8)
+    assert drive(ingest, lambda: False) == "ended"
+    finishing = threading.Thread(target=ingest.finish, args=("ended",))
+    finishing.start()
+    try:
+        wait_for_kind(core, Stats, CaptureEnded)
+        assert len(core.unanswered) == 4 and ingest.settle_s() > 3 * 0.2
+        for decided in list(core.unanswered):
+            time.sleep(0.4)  # slower than a heartbeat, as a drain of a full queue is: the core is alive
+            assert finishing.is_alive()  # still waiting for this decision (after the last, it may end at once)
+            core.send(Assigned.of([decided]))
+    finally:
+        finishing.join(10)
+    assert not finishing.is_alive()
+    assert len(core.delivered()) == 4  # every picture reached its worker
+    assert isinstance(core.of(Bye)[-1], Bye) and "not decided at the end" not in caplog.text
 
 
 def test_a_stop_from_the_core_ends_the_stream(core, make):
@@ -302,7 +443,9 @@ def test_an_ingest_takes_any_valid_message_from_the_core(sockets, msgs, frames):
             assert ingest.session.sock.poll(5000)
             deadline = time.monotonic() + 5
             while (
-                ingest.counts["unexpected_messages"] + sum(isinstance(m, Credit | Stop) for m in msgs) < len(msgs)
+                ingest.counts["unexpected_messages"]
+                + sum(isinstance(m, Credit | Stop | Assigned | Workers | Preview | WantPictures) for m in msgs)
+                < len(msgs)
                 or not ingest.session.joined
             ):
                 assert time.monotonic() < deadline, "not every message was taken"
@@ -312,13 +455,15 @@ def test_an_ingest_takes_any_valid_message_from_the_core(sockets, msgs, frames):
                 if ingest.delivery.accepting:
                     ingest.delivery.add(JpegFrame(JPEG, 24, 16, float(i)))
                 ingest._deliver(time.monotonic())
+            ingest._announce(time.monotonic(), force=True)
             captures = 0
             while core.poll(0):  # inproc: what was sent is there already
                 msg, _ = zmqio.receive(core, routed=True)
-                captures += isinstance(msg, Capture)
+                captures += msg.n if isinstance(msg, Captured) else 0
         finally:
             ingest.close()
     credit = sum(m.n for m in msgs if isinstance(m, Credit))
     assert captures == ingest.delivery.sent == min(frames, credit)
-    assert ingest.counts["unexpected_messages"] == sum(not isinstance(m, Credit | Stop) for m in msgs)
+    expected = Credit | Stop | Assigned | Workers | Preview | WantPictures
+    assert ingest.counts["unexpected_messages"] == sum(not isinstance(m, expected) for m in msgs)
     assert (ingest.stop_reason is not None) == any(isinstance(m, Stop) for m in msgs)

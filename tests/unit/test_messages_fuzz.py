@@ -24,7 +24,7 @@ from .message_strategies import any_message, assert_conforms, assert_same, msgpa
 KINDS = sorted(messages.MESSAGE_TYPES)
 # Every header field of every kind, and the vector's length: the names worth spoiling.
 FIELD_NAMES = sorted(
-    {f.name for cls in messages.MESSAGE_TYPES.values() for f in dataclasses.fields(cls)} | {"dim", "v", "k"}
+    {f.name for cls in messages.MESSAGE_TYPES.values() for f in dataclasses.fields(cls)} | {"dim", "n", "v", "k"}
 )
 # Values just past what some field allows, besides any msgpack value at all.
 NASTY = (
@@ -88,13 +88,17 @@ def test_a_valid_message_with_one_thing_spoilt(msg, data, with_topic):
         header[data.draw(st.sampled_from(FIELD_NAMES) | st.text(max_size=8))] = data.draw(NASTY)
     elif how == "buffer" and len(parts) > at + 1:
         parts[data.draw(st.integers(at + 1, len(parts) - 1))] = data.draw(st.binary(max_size=64))
+    elif how == "vector" and isinstance(msg, messages.Batch) and msg.vectors.size:
+        vectors = np.array(msg.vectors, dtype=np.float32)
+        vectors.flat[data.draw(st.integers(0, vectors.size - 1))] = data.draw(st.sampled_from([np.nan, np.inf]))
+        parts[-1] = vectors.tobytes()
     elif how == "vector" and getattr(msg, "vector", np.zeros(0)).size:
         vector = np.array(msg.vector, dtype=np.float32)
         vector[data.draw(st.integers(0, vector.size - 1))] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
         parts[at + 1] = vector.tobytes()
     elif fields := sorted(set(header) - {"v", "k", "dim"}):  # a Heartbeat has none
         name = data.draw(st.sampled_from(fields))
-        header[name] = data.draw(near_misses(hints[name]) | NASTY)
+        header[name] = data.draw(near_misses(hints[name]) | NASTY if name in hints else NASTY)  # a batch's n: no field
     parts[at] = pack(header)
     decoded(parts, with_topic)
 

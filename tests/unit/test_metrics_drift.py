@@ -167,3 +167,23 @@ def test_a_result_after_its_frame_was_given_up_is_late():
     assert not s.outcome("cam0", 0, Embedding("cam0", 0, 0, "w", "m", vector=unit(1, 0)), now=3)
     assert not s.outcome("cam0", 0, LOST, now=3)  # the core's own give-up of it: not late
     assert s.totals("cam0")["late"] == 1 and s.totals("cam0")["lost"] == 1
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 7, 50])
+def test_rolling_min_and_max_are_the_windows_own_at_every_step(window):
+    """Kept incrementally (monotonic queues): equal to a pass over the window at every frame,
+    through rises, falls, ties and the window sliding."""
+    rng = np.random.default_rng(window)
+    t = DriftTracker(window=window)
+    expected: list[float] = []
+    previous = unit(1, 0)
+    t.update(previous, 0.0)
+    for i in range(400):
+        # Ties on purpose (few distinct directions), and runs of rising and falling drift.
+        angle = float(rng.choice([0.0, 0.3, 0.6, 1.2, 2.5])) if i % 50 < 40 else 0.01 * (i % 50)
+        v = unit(math.cos(angle), math.sin(angle))
+        _, drift = t.update(v, float(i + 1))
+        assert drift is not None  # every frame after the first has one
+        expected = [*expected, drift][-window:]
+        r = t.rolling()
+        assert (r["min"], r["max"], r["count"]) == (min(expected), max(expected), len(expected))

@@ -7,8 +7,9 @@ after commit, Hello again with the run's name after a core restart, Stop.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import pytest
@@ -18,27 +19,32 @@ from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.receiver import Receiver
 from encoders.services.recorder.recording import assemble
 from encoders.services.recorder.run import RecordedRun
-from encoders.services.recorder.writer import Inline
+from encoders.services.recorder.writer import Inline, writer_thread
 from encoders.shared import zmqio
 from encoders.shared.messages import (
     PROTOCOL,
     Ack,
+    Acks,
     EndOfStream,
+    Frame,
+    Heartbeat,
     Hello,
     Message,
     MetricsRecord,
     Ready,
+    Records,
     Refused,
     Stop,
+    WantPictures,
     Welcome,
 )
 from encoders.shared.session import CoreSession, SessionRefused
 
 from .test_recorder_streams import RunsTable
-from .test_recorder_writer import SwitchableDatabase
+from .test_recorder_writer import GatedDatabase, SwitchableDatabase
 
 CORE = "inproc://core"
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound=Message | Ack)
 
 
 class Core:
@@ -47,14 +53,27 @@ class Core:
     def __init__(self, sockets) -> None:
         self.sock = sockets.bind(zmq.ROUTER, CORE)
         self.identity = b""
+        self.acks: list[Acks] = []  # every Acks that came
+        self.wants: list[WantPictures] = []  # every WantPictures that came
+        self.pictures = True  # answer each with its pictures, as the core hands the ingest's on (False: none)
 
     def expect(self, kind: type[M], receiver: Receiver, timeout: float = 5.0) -> M:
-        """The next message of ``kind`` from the recorder (heartbeats passed over), stepping its loop meanwhile."""
+        """The next message of ``kind`` from the recorder (heartbeats passed over), stepping its loop
+        meanwhile; ``Ack``: the one row of the next Acks."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.sock.poll(10):
                 msg, identity = zmqio.receive(self.sock, routed=True)
                 self.identity = identity or self.identity
+                if isinstance(msg, WantPictures):
+                    self.wants.append(msg)
+                    for seq in msg.seqs() if self.pictures else []:
+                        self.send(picture(msg.stream, seq))
+                if isinstance(msg, Acks):
+                    self.acks.append(msg)
+                    if kind is Ack:
+                        (row,) = msg.rows()
+                        return cast(M, row)
                 if isinstance(msg, kind):
                     return msg
             else:
@@ -62,6 +81,9 @@ class Core:
         raise AssertionError(f"no {kind.__name__} from the recorder")
 
     def send(self, msg: Message) -> None:
+        """A record goes as protocol 3 sends it: in a Records."""
+        if isinstance(msg, MetricsRecord):
+            msg = Records.of([msg])
         zmqio.send(self.sock, msg, prefix=[self.identity])
 
 
@@ -82,11 +104,15 @@ def record(seq: int, core: str) -> MetricsRecord:
     )
 
 
+def picture(stream: str, seq: int) -> Frame:
+    return Frame(stream, seq, 100.0 + seq, 4, 4, b"\xff\xd8%s-%d\xff\xd9" % (stream.encode(), seq))
+
+
 @pytest.fixture
 def recorder(sockets, tmp_path):
     """(receiver, the database stand-in, the runs opened)."""
     db = SwitchableDatabase()
-    cfg = RecorderConfig(db_batch=1, runs_dir=str(tmp_path))
+    cfg = RecorderConfig(db_batch=1, runs_dir=str(tmp_path), snapshot_wait=0.3)
     opened: list[str] = []
 
     def opener(named, keep_alive):
@@ -96,7 +122,7 @@ def recorder(sockets, tmp_path):
 
     session = CoreSession(sockets.ctx, CORE, lambda: Hello("recorder", "x", PROTOCOL), heartbeat_s=0.2)
     sockets.adopt(session.sock)
-    receiver = Receiver(session, None, opener, takeover=True)
+    receiver = Receiver(session, opener, takeover=True)
     session.start(time.monotonic())
     yield receiver, db, opened
     if receiver.recording is not None:
@@ -152,3 +178,112 @@ def test_a_recorder_the_core_refuses_raises_before_any_run_is_opened(sockets, re
         for _ in range(50):
             receiver.step()
     assert opened == [] and receiver.recording is None
+
+
+def test_a_records_batch_is_taken_in_order_and_acknowledged_in_one_acks(sockets, recorder):
+    receiver, db, _ = recorder
+    core = Core(sockets)
+    core.expect(Hello, receiver)
+    core.send(Welcome("core-1", 0.2, 3))
+    core.expect(Ready, receiver)
+    batch = [record(seq, "core-1") for seq in range(4)]
+    other = [dataclasses.replace(r, stream="cam1") for r in batch[:2]]
+    core.send(Records.of(batch))
+    core.send(Records.of(other))
+    got: dict[str, tuple[int, bool]] = {}
+    deadline = time.monotonic() + 5
+    while got != {"cam0": (3, False), "cam1": (1, False)} and time.monotonic() < deadline:
+        acks = core.expect(Acks, receiver)
+        got.update({a.stream: (a.seq, a.ended) for a in acks.rows()})
+    assert got == {"cam0": (3, False), "cam1": (1, False)}
+    assert sorted(db.seqs) == [0, 0, 1, 1, 2, 3]
+    assert all(len(a.streams) <= 2 for a in core.acks)
+
+
+def spaced(seq: int) -> MetricsRecord:
+    """A record of a frame captured 15 s after the one before: every other one is due a snapshot (30 s)."""
+    return dataclasses.replace(record(seq, "core-1"), t_capture=100.0 + 15 * seq)
+
+
+def acked_up_to(core: Core, receiver: Receiver, seq: int) -> None:
+    """Until an Ack of cam0 up to ``seq`` (pictures that come in two turns make two acks)."""
+    while (ack := core.expect(Ack, receiver)).seq < seq:
+        pass
+    assert ack == Ack("cam0", seq)
+
+
+def test_snapshots_are_asked_for_on_the_session_and_written_when_the_picture_comes(sockets, recorder, tmp_path):
+    """Every 30 s of capture time (records 15 s apart: 0, 2, 4...) and each scene change: asked for with one
+    WantPictures per stream, the row naming the file once it is written; a picture that never comes is
+    missed after snapshot_wait (0.3 s here), and its row goes without it."""
+    receiver, db, _ = recorder
+    core = Core(sockets)
+    core.expect(Hello, receiver)
+    core.send(Welcome("core-1", 0.2, 3))
+    core.expect(Ready, receiver)
+    batch = [spaced(seq) for seq in range(4)]
+    batch[3].scene_change = True
+    core.send(Records.of(batch))
+    acked_up_to(core, receiver, 3)
+    assert [w.seqs() for w in core.wants] == [[0, 2, 3]]  # one message for the batch: only what is due
+    assert sorted(db.seqs) == [0, 1, 2, 3]
+    snaps = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["frame_000000.jpg", "frame_000002.jpg", "scene_000003.jpg"]
+    assert (snaps / "scene_000003.jpg").read_bytes() == picture("cam0", 3).jpeg
+
+    core.pictures = False  # the ingest has forgotten them: nothing comes
+    core.send(Records.of([spaced(4), spaced(5)]))
+    acked_up_to(core, receiver, 5)  # once the wait is over
+    assert core.wants[-1].seqs() == [4]
+    recorder_ = receiver.recording
+    assert recorder_ is not None and recorder_.recorder.counters["snapshots_missed"] == 1
+    assert sorted(p.name for p in snaps.iterdir()) == ["frame_000000.jpg", "frame_000002.jpg", "scene_000003.jpg"]
+    core.send(picture("cam0", 4))  # too late: dropped
+    core.send(spaced(6))  # 6 is due: the missed snapshot passed to the next frame
+    core.pictures = True
+    acked_up_to(core, receiver, 6)
+    assert core.wants[-1].seqs() == [6] and (snaps / "frame_000006.jpg").exists()
+    assert recorder_.recorder.counters["pictures_unwanted"] == 1
+
+
+def test_while_the_database_has_no_room_records_wait_unread_and_the_session_stays_alive(sockets, tmp_path):
+    """A recorder catching up (a backlog, a slow database): its writer full, it reads no more records
+    until the database takes a batch, and its loop goes on meanwhile: heartbeats to the core, and the
+    core, whose records wait unread, not counted silent. Then every record is stored, in order, and acked."""
+    db = GatedDatabase()  # holds every batch until the gate opens
+    cfg = RecorderConfig(db_batch=2, runs_dir=str(tmp_path), snapshot_wait=0.3)  # full at 8 x 2 rows waiting
+
+    def opener(named, keep_alive):
+        run = RecordedRun.claim(RunsTable(), runs_dir=tmp_path, run_dir=tmp_path / "run")
+        return assemble(cfg, db, run, writer_thread())
+
+    session = CoreSession(sockets.ctx, CORE, lambda: Hello("recorder", "x", PROTOCOL), heartbeat_s=0.2)
+    sockets.adopt(session.sock)
+    receiver = Receiver(session, opener)
+    session.start(time.monotonic())
+    core = Core(sockets)
+    core.expect(Hello, receiver)
+    core.send(Welcome("core-1", 0.2, 3))
+    core.expect(Ready, receiver)
+    core.send(record(0, "core-1"))
+    core.expect(WantPictures, receiver)  # the first record's snapshot: answered, so no row waits for it
+    for first in range(1, 60, 4):
+        core.send(Records.of([record(seq, "core-1") for seq in range(first, min(first + 4, 60))]))
+    said: list[type] = []
+    until = time.monotonic() + 2.0  # more than three times the session's timeout (0.6 s)
+    while time.monotonic() < until:
+        if core.sock.poll(0):
+            said.append(type(zmqio.receive(core.sock, routed=True)[0]))
+        else:
+            receiver.step()
+    recording = receiver.recording
+    assert recording is not None and recording.writer.full
+    taken = recording.recorder.counters["records"]
+    assert taken <= 16 + 2 + 4, taken  # the rows it holds, the batch at the gate, one message's more
+    assert session.sock.poll(0)  # the rest wait unread
+    assert session.joined and session.lives == 1 and Hello not in said and said.count(Heartbeat) >= 5
+    db.gate.set()
+    acked_up_to(core, receiver, 59)
+    assert db.seqs == list(range(60))
+    recording.close(1.0)
+    recording.run.release()

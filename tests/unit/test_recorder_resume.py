@@ -23,7 +23,7 @@ from encoders.shared.messages import Ack, EndOfStream, MetricsRecord
 from encoders.shared.storage.frames import StoredRow
 from encoders.shared.storage.runs import RunRow, StoredStream
 
-from .test_recorder_streams import RunsTable
+from .test_recorder_streams import RunsTable, answer
 
 
 class Rows:
@@ -103,6 +103,7 @@ def test_a_resumed_run_agrees_with_its_rows_then_goes_on_once_per_frame(tmp_path
         rec.on_message(record("cam0", seq))
     for seq in range(3):
         rec.on_message(record("cam1", seq))
+    answer(rec)  # every frame's snapshot (interval 0): each row goes to the writer once its picture came
     rec.flush_files()
     rec.run.write_summary({"messages": dict(rec.counters)}, rec.stream_summaries(Counter()))
     assert first.lock is not None
@@ -131,6 +132,7 @@ def test_a_resumed_run_agrees_with_its_rows_then_goes_on_once_per_frame(tmp_path
     resumed.core = "core-1"
     for seq in range(5, 12):
         resumed.on_message(record("cam0", seq))
+        answer(resumed)
     resumed.on_message(EndOfStream("cam0", 11, {"published": 12, "embedded": 12, "dropped": 0}))
     assert acks.take() == [Ack("cam0", 6)]  # 5 and 6 again: said again, written once
     resumed.close_files()

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def frame(stream, seq, t):
     return Frame(
         stream=stream, seq=seq, t_capture=t, width=4, height=4, jpeg=b"\xff\xd8%s-%d\xff\xd9" % (stream.encode(), seq)
     )
+
+
+def answer(rec, missing=()):
+    """Stands in for the core and the stream's ingest: the pictures the recorder asked for (its
+    WantPictures, one per stream), each handed to it as the core hands it one; ``missing``: seqs no
+    ingest has any more (they never come)."""
+    asked = rec.wanted()
+    for want in asked:
+        for seq in want.seqs():
+            if seq not in missing:
+                rec.on_message(frame(want.stream, seq, 0.0))
+    return asked
 
 
 class RunsTable(Database):
@@ -146,24 +159,73 @@ def test_snapshots_every_interval_with_the_frame_bytes_unchanged(tmp_path):
     rec, rows = make(tmp_path, snapshot_interval=1.0)
     times = [100.0 + 0.25 * i for i in range(12)]  # 100.00 .. 102.75
     for seq, t in enumerate(times):
-        if seq != 4:  # frame 4 never arrives: its snapshot falls to frame 5
-            rec.on_message(frame("cam0", seq, t))
-    for seq, t in enumerate(times):
         rec.on_message(record("cam0", seq, t))
+        answer(rec, missing={4})  # frame 4's picture never comes: its snapshot falls to frame 5
+        if seq == 4:
+            assert [r.seq for r in rows.rows] == [0, 1, 2, 3]  # its row waits for it...
+        rec.expire(math.inf)  # ... until its wait is over (the next record comes later)
     finish(rec)
     snaps = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
     assert snaps == ["frame_000000.jpg", "frame_000005.jpg", "frame_000009.jpg"]
     assert (tmp_path / "snapshots" / "frame_000005.jpg").read_bytes() == frame("cam0", 5, 0).jpeg
+    assert [r.seq for r in rows.rows] == list(range(12))
     assert [r.seq for r in rows.rows if r.snapshot_path] == [0, 5, 9]
     assert rows.rows[5].snapshot_path == "snapshots/frame_000005.jpg"
+    assert rows.rows[4].snapshot_path is None  # a row never names a file that is not there
     assert json.loads((tmp_path / "summary.json").read_text())["totals"]["snapshots"] == 3
+    assert rec.counters["snapshots_missed"] == 1
+
+
+def test_only_the_snapshots_due_are_asked_for_one_message_per_stream(tmp_path):
+    rec, rows = make(tmp_path, snapshot_interval=1.0)
+    for seq in range(6):  # 0.4 s apart: due at 0 (t 0.0) and 3 (t 1.2); 4 is a scene change
+        r = record("cam0", seq, 0.4 * seq)
+        r.scene_change = seq == 4
+        rec.on_message(r)
+        rec.on_message(record("cam1", seq, 0.4 * seq))
+    asked = {w.stream: w.seqs() for w in rec.wanted()}
+    assert asked == {"cam0": [0, 3, 4], "cam1": [0, 3]}
+    assert rec.wanted() == []  # each asked once
+    assert rows.rows == []  # every row waits behind the first one's picture, in seq order
+    for stream, seq in [("cam0", 4), ("cam1", 0), ("cam0", 0)]:  # pictures come in any order
+        rec.on_message(frame(stream, seq, 0.0))
+    assert [(r.stream, r.seq) for r in rows.rows] == [("cam1", 0), ("cam1", 1), ("cam1", 2)] + [
+        ("cam0", s) for s in range(3)
+    ]
+    rec.on_message(frame("cam0", 3, 0.0))
+    rec.on_message(frame("cam0", 3, 0.0))  # again: nothing wants it
+    rec.on_message(frame("cam0", 1, 0.0))  # never asked for
+    assert rec.counters["pictures_unwanted"] == 2
+    assert [r.seq for r in rows.rows if r.stream == "cam0"] == list(range(6))
+    by_seq = {r.seq: r for r in rows.rows if r.stream == "cam0"}
+    assert by_seq[3].snapshot_path == "snapshots/frame_000003.jpg" and by_seq[3].scene_snapshot_path is None
+    assert by_seq[4].snapshot_path is None and by_seq[4].scene_snapshot_path == "snapshots/scene_000004.jpg"
+    assert (tmp_path / "snapshots" / "scene_000004.jpg").read_bytes() == frame("cam0", 4, 0).jpeg
+    finish(rec)  # cam1's 3 never came: given up at the end, its rows written without it
+    assert [r.seq for r in rows.rows if r.stream == "cam1"] == list(range(6))
+    assert rec.counters["snapshots_missed"] == 1
+
+
+def test_pending_wants_are_bounded(tmp_path):
+    rec, rows = make(tmp_path, snapshot_interval=0.0)  # every frame due
+    for seq in range(70):
+        rec.on_message(record("cam0", seq, float(seq)))
+    (want,) = rec.wanted()
+    assert want.seqs() == list(range(64))  # WANTS_MAX: past it a due snapshot is missed at once
+    assert rec.counters["snapshots_missed"] == 6 and rec.waiting_pictures() == 64
+    answer_all = [frame("cam0", seq, 0.0) for seq in range(64)]
+    for f in answer_all:
+        rec.on_message(f)
+    assert [r.seq for r in rows.rows] == list(range(70)) and rec.waiting_pictures() == 0
+    assert [r.seq for r in rows.rows if r.snapshot_path] == list(range(64))
+    finish(rec)
 
 
 def test_snapshot_paths_of_a_second_stream_are_relative_to_the_run(tmp_path):
     rec, rows = make(tmp_path, snapshot_interval=0.0)
     rec.on_message(record("cam0", 0, 1.0))
-    rec.on_message(frame("cam1", 0, 1.0))  # before cam1 has any record
     rec.on_message(record("cam1", 0, 1.0))
+    answer(rec)
     finish(rec)
     assert rows.rows[1].snapshot_path == "cam1/snapshots/frame_000000.jpg"
     assert (tmp_path / rows.rows[1].snapshot_path).read_bytes() == frame("cam1", 0, 1.0).jpeg
@@ -250,6 +312,7 @@ def test_records_owe_the_core_an_ack_once_durable_or_refused(tmp_path):
     run = RecordedRun.claim(RunsTable(), runs_dir=tmp_path.parent, run_dir=tmp_path)
     rec = Recorder(run, rows, RecorderConfig(), acks)
     rec.on_message(record("cam0", 0, 1.0))
+    answer(rec)  # the first record is due a snapshot: its row waits for the picture
     rec.on_message(record("cam0", 1, 2.0, dim=16))  # refused: another model's size
     rec.on_message(record("cam0", 2, 3.0))
     rec.on_message(EndOfStream("cam0", 3, {"embedded": 2}))
@@ -264,12 +327,14 @@ def test_records_owe_the_core_an_ack_once_durable_or_refused(tmp_path):
 
 
 def test_snapshots_missed_are_counted(tmp_path):
-    rec, _ = make(tmp_path, snapshot_interval=1.0)
-    rec.on_message(frame("cam0", 1, 1.0))
-    for seq in range(4):  # frames 0, 2 and 3 never come, and each was due (1 s apart, none taken since 1)
+    rec, rows = make(tmp_path, snapshot_interval=1.0)
+    for seq in range(4):  # the pictures of 0, 2 and 3 never come, and each was due (1 s apart, none taken since 1)
         rec.on_message(record("cam0", seq, float(seq)))
+        answer(rec, missing={0, 2, 3})
+        rec.expire(math.inf)
     finish(rec)
     assert rec.counters["snapshots_missed"] == 3
+    assert [r.snapshot_path for r in rows.rows] == [None, "snapshots/frame_000001.jpg", None, None]
 
 
 def test_a_stream_without_records_for_stream_down_after_is_told_down_once_and_stored(tmp_path):

@@ -1,5 +1,6 @@
 """summary.json statistics against values worked out by hand."""
 
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,14 @@ def test_a_clock_set_back_during_the_stream_never_makes_a_negative_duration():
     assert d["effective_fps"] == pytest.approx(4 / 3601.0)
     assert d["start_time"] == "1970-01-01T00:23:20+00:00" and d["end_time"] == "1970-01-01T01:23:21+00:00"
     assert (d["first_seq"], d["last_seq"]) == (0, 4)
+
+
+def test_captures_a_hair_apart_have_no_rate_rather_than_an_infinite_one():
+    """Found by the consumers' fuzz test: capture times 0 and 2.2e-309 s (a subnormal duration) made an
+    infinite rate, which jsonb (the runs table's summary) refuses, so the run could not be closed."""
+    s = StreamSummary("cam0")
+    s.add(record(0, 0.0, None))
+    s.add(record(1, 2.2250738585072014e-309, 0.9))
+    d = s.to_dict()
+    assert d["effective_fps"] is None
+    json.dumps(d, allow_nan=False)  # what jsonb takes

@@ -52,8 +52,34 @@ class SwitchableDatabase(Database):
         return Counter(r.stream for r in rows)
 
 
+def ticked(writer: FrameWriter, condition):
+    """A condition for wait_for that ticks the writer first, as the receive loop does."""
+
+    def check() -> bool:
+        writer.tick()
+        return bool(condition())
+
+    return check
+
+
 def row(seq):
     return FrameRow(1, "cam0", seq, 1000.0 + seq, None, None, np.ones(4, np.float32), None, "w")
+
+
+def durable_writer(db, spool_path, executor, **settings) -> tuple[FrameWriter, list[int]]:
+    """A writer of batches of 10, and the seqs it says are durable (its on_durable), in the order said."""
+    durable: list[int] = []
+    writer = FrameWriter(
+        db,
+        Spool(spool_path),
+        run_id=1,
+        batch_rows=10,
+        executor=executor,
+        on_durable=lambda rows: durable.extend(r.seq for r in rows),
+        **settings,
+    )
+    writer.set_model("m", 4)
+    return writer, durable
 
 
 def test_batches_reach_the_database_in_order_across_an_outage(tmp_path):
@@ -67,7 +93,8 @@ def test_batches_reach_the_database_in_order_across_an_outage(tmp_path):
     db.up = False  # the batch in flight now fails on its thread; its rows must come before the next ones
     for seq in range(50, 100):
         writer.add(row(seq))
-    assert writer.spooled > 0 and writer.outages == 1
+    wait_for(ticked(writer, lambda: writer.spooled > 0), 5, "the failed batch in the spool", interval=0.01)
+    assert writer.outages == 1
     db.up = True
     for seq in range(100, 150):
         writer.add(row(seq))
@@ -112,9 +139,11 @@ class GatedDatabase(SwitchableDatabase):
     def __init__(self):
         super().__init__()
         self.gate = threading.Event()
+        self.entered = threading.Event()  # a batch has reached the gate
         self.batches: list[int] = []
 
     def write_rows(self, rows):
+        self.entered.set()
         self.gate.wait(10)
         self.batches.append(len(rows))
         return super().write_rows(rows)
@@ -142,43 +171,55 @@ def test_rows_gather_while_a_batch_is_written_and_go_out_together(tmp_path):
     assert writer.close(1.0)
 
 
-def test_the_caller_waits_once_max_waiting_batches_are_held(tmp_path):
+def test_add_never_waits_and_the_writer_is_full_once_max_waiting_batches_are_held(tmp_path):
     db = GatedDatabase()
     writer = FrameWriter(
         db, Spool(tmp_path / "spool"), run_id=1, batch_rows=10, max_waiting_batches=2, executor=writer_thread()
     )
     writer.set_model("m", 4)
-
-    def add_all() -> None:
-        for seq in range(40):
-            writer.add(row(seq))
-
-    adding = threading.Thread(target=add_all)
-    adding.start()
-    adding.join(0.3)
-    assert adding.is_alive()  # memory stays bounded: 10 rows in flight, 20 waiting, then the caller waits
-    assert db.batches == []
+    for seq in range(40):
+        writer.add(row(seq))  # returns at once: 10 rows in flight at the gate, 30 waiting
+    assert writer.full and len(writer.pending) == 30 and db.batches == []
+    # The receive loop takes no more records while it is full; a caller with nothing else to do waits for room.
+    waiting = threading.Thread(target=writer.wait_for_room)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # memory stays bounded: the database has taken nothing yet
     db.gate.set()
-    adding.join(5)
-    assert not adding.is_alive()
+    waiting.join(5)
+    assert not waiting.is_alive() and not writer.full
     assert writer.close(2.0)
     assert db.seqs == list(range(40))
-    assert db.batches[:2] == [10, 20]  # the caller waited with 20 rows in hand, sent as the next batch
+    assert db.batches == [10, 20, 10]  # what gathered went out next: max_waiting_batches' worth at most a batch
+
+
+def test_the_spool_is_replayed_on_the_writers_thread_without_holding_up_the_caller(tmp_path):
+    db = GatedDatabase()
+    db.gate.set()
+    writer, durable = durable_writer(db, tmp_path / "spool", writer_thread(), retry_max=0.05)
+    db.up = False
+    for seq in range(30):
+        writer.add(row(seq))
+    wait_for(ticked(writer, lambda: writer.spooled == 30), 5, "every row in the spool", interval=0.01)
+    db.up, db.batches = True, []
+    db.gate.clear()  # the database is back, and slow: a replayed batch waits at the gate
+    db.entered.clear()
+    wait_for(ticked(writer, db.entered.is_set), 5, "a replayed batch at the gate")
+    started = time.monotonic()
+    for seq in range(30, 50):
+        writer.add(row(seq))  # two batches' worth, behind the spool, durable at once: nothing waits for the database
+    writer.tick()
+    assert time.monotonic() - started < 0.5 and writer.spooled == 50 and durable == list(range(50))
+    db.gate.set()
+    wait_for(ticked(writer, lambda: writer.spooled == 0), 5, "the spool replayed", interval=0.01)
+    assert db.seqs == list(range(50)) and max(db.batches) <= 10  # in order, a batch at a time
+    assert durable == list(range(50))  # each said once
+    assert writer.close(1.0)
 
 
 def test_rows_are_said_durable_in_order_whether_committed_or_spooled(tmp_path):
     db = SwitchableDatabase()
-    durable: list[int] = []
-    writer = FrameWriter(
-        db,
-        Spool(tmp_path / "spool"),
-        run_id=1,
-        batch_rows=10,
-        retry_max=0.1,
-        executor=Inline(),
-        on_durable=lambda rows: durable.extend(r.seq for r in rows),
-    )
-    writer.set_model("m", 4)
+    writer, durable = durable_writer(db, tmp_path / "spool", Inline(), retry_max=0.1)
     for seq in range(30):
         writer.add(row(seq))
     db.up = False  # the database goes away: rows become durable by going to the spool
@@ -214,16 +255,7 @@ class PickyDatabase(SwitchableDatabase):
 
 def test_a_row_the_database_refuses_goes_to_quarantine_and_the_rest_is_written(tmp_path):
     db = PickyDatabase(bad={13, 27})
-    durable: list[int] = []
-    writer = FrameWriter(
-        db,
-        Spool(tmp_path / "db_spool.msgpack"),
-        run_id=1,
-        batch_rows=10,
-        executor=Inline(),
-        on_durable=lambda rows: durable.extend(r.seq for r in rows),
-    )
-    writer.set_model("m", 4)
+    writer, durable = durable_writer(db, tmp_path / "db_spool.msgpack", Inline())
     for seq in range(40):
         writer.add(row(seq))
         writer.tick()

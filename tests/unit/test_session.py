@@ -97,6 +97,25 @@ def test_a_silent_core_is_counted_gone_and_hello_is_said_again(sockets, core):
     assert events[-1] == ("join", "core-2") and s.lives == 2
 
 
+def test_messages_left_unread_by_a_peer_that_is_behind_count_as_the_core_heard(sockets, core):
+    """The recorder, catching up, leaves the core's records unread while its database has no room: the
+    core sent them, so it is not counted silent meanwhile; once they are read, its silence counts again."""
+    s, events = session(sockets)
+    s.start(now=0.0)
+    identity, _ = core.receive()
+    core.send(identity, Welcome("core-1", 1.0, 3))
+    take(s, 0.0)
+    core.send(identity, Capture(1.0, 2, 2, b"x"))  # waits, unread
+    assert s.sock.poll(1000)
+    s.behind(now=5.0)
+    s.tick(now=7.9)
+    assert s.joined and events == [("join", "core-1")]
+    assert [type(m) for m in s.take(8.0)] == [Capture]  # read at last: heard at 8
+    s.behind(now=10.0)  # nothing waits any more: no sign of life
+    s.tick(now=11.1)
+    assert not s.joined and events[-1] == ("lost",)
+
+
 def test_a_core_that_does_not_know_the_session_gets_hello_again(sockets, core):
     s, events = session(sockets)
     s.start(now=0.0)
@@ -107,6 +126,32 @@ def test_a_core_that_does_not_know_the_session_gets_hello_again(sockets, core):
     take(s, 0.5)
     assert events == [("join", "core-1"), ("lost",)]
     assert isinstance(core.receive()[1], Hello)
+
+
+def test_the_cores_rejoins_to_messages_sent_before_the_hello_are_one_new_life_not_several(sockets, core):
+    """A peer that was silent (stopped, cut off) wakes and sends what it held: the core answers each
+    message it no longer knows with a Refused(rejoin). The first makes it say Hello; the others,
+    answers to messages sent before that Hello, must not make it say Hello again: each Hello after
+    the Welcome would be a new life that costs what the last one was given (a worker's frames)."""
+    s, events = session(sockets)
+    s.start(now=0.0)
+    identity, _ = core.receive()
+    core.send(identity, Welcome("core-1", 1.0, 3))
+    take(s, 0.0)
+    for _ in range(3):  # the answers to three messages it sent on waking
+        core.send(identity, Refused("unknown session", rejoin=True))
+    while s.sock.poll(200):
+        list(s.take(0.5))
+    hellos = []
+    while not core.nothing_waiting():
+        hellos.append(core.receive()[1])
+    assert [type(m) for m in hellos] == [Hello]  # one Hello, not three
+    core.send(identity, Welcome("core-2", 1.0, 3))
+    take(s, 0.6)
+    assert s.joined and s.lives == 2 and events == [("join", "core-1"), ("lost",), ("join", "core-2")]
+    core.send(identity, Refused("unknown session", rejoin=True))  # after the Welcome: the core lost it again
+    take(s, 0.7)
+    assert not s.joined and isinstance(core.receive()[1], Hello)
 
 
 def test_refused_for_now_waits_then_says_hello_again(sockets, core):

@@ -11,7 +11,7 @@ import zmq
 
 from encoders.control import EXIT_NO_CORE, EXIT_TIMEOUT, SETTING, StopRequest, totals_json, totals_table
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Heartbeat, Hello, Message, Refused, Stop, Stopped, Welcome
+from encoders.shared.messages import PROTOCOL, Draining, Heartbeat, Hello, Message, Refused, Stop, Stopped, Welcome
 from encoders.shared.session import CoreSession, SessionRefused
 from encoders.shared.settings import CoreConnection
 
@@ -51,6 +51,17 @@ def step_until(req: StopRequest, now: float, condition) -> Stopped | None:
             return stopped
         req.session.sock.poll(20)
     raise AssertionError("the condition never held")
+
+
+def asked(sockets, at: str, timeout_s: float) -> tuple[Core, StopRequest, bytes]:
+    """A request welcomed by the core at 0.0 and its Stop sent (at 0.1): the core, the request, its identity."""
+    core = Core(sockets, at)
+    req = request(sockets, at, timeout_s=timeout_s)
+    req.step(0.0)
+    identity, _ = core.receive()
+    core.send(identity, Welcome("core-1", 1.0, 3))
+    step_until(req, 0.1, lambda: req.asked)
+    return core, req, identity
 
 
 def test_stop_is_sent_once_welcomed_and_the_stopped_totals_returned(sockets, at):
@@ -102,17 +113,27 @@ def test_no_answer_within_the_session_timeout_is_exit_2_naming_the_address_and_s
 
 
 def test_past_the_timeout_it_says_what_it_waited_for(sockets, at):
-    core = Core(sockets, at)
-    req = request(sockets, at, timeout_s=10.0)
-    req.step(0.0)
-    identity, _ = core.receive()
-    core.send(identity, Welcome("core-1", 1.0, 3))
-    step_until(req, 0.1, lambda: req.asked)
+    _core, req, _ = asked(sockets, at, timeout_s=10.0)
     code, why = req.failure(10.0) or (0, "")
     assert code == EXIT_TIMEOUT and "has not reported Stopped within 10 s" in why and "still draining" in why
     req.session.tick(5.0)  # nothing heard for 4.9 s: counted gone
     code, why = req.failure(10.0) or (0, "")
     assert code == EXIT_TIMEOUT and "went silent without reporting Stopped" in why
+
+
+def test_what_the_core_says_its_drain_waits_for_is_kept_and_named_at_the_timeout(sockets, at):
+    core, req, identity = asked(sockets, at, timeout_s=10.0)
+    assert isinstance(core.receive()[1], Stop)
+    core.send(identity, Draining("the capture of cam0 to end; 12 frames in workers' hands"))
+    step_until(req, 0.2, lambda: req.heard_draining)
+    assert req.waiting_for == "the capture of cam0 to end; 12 frames in workers' hands"
+    core.send(identity, Draining("the recorder to acknowledge records (3 held, 0 bytes spooled)"))
+    step_until(req, 0.3, lambda: req.heard_draining)
+    req.step(0.4)
+    assert not req.heard_draining  # news only in the step it came
+    code, why = req.failure(10.0) or (0, "")
+    assert code == EXIT_TIMEOUT
+    assert "still draining (waiting for the recorder to acknowledge records (3 held, 0 bytes spooled))" in why
 
 
 def test_a_refusal_for_good_is_raised(sockets, at):

@@ -19,7 +19,18 @@ from encoders.services.viewer.subscriptions import Subscriptions, core_lines, li
 from encoders.services.viewer.viewer import Viewer
 from encoders.services.viewer.window import Window
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Bye, Frame, Hello, Message, MetricsRecord, Refused, Stopped, Welcome
+from encoders.shared.messages import (
+    PROTOCOL,
+    Bye,
+    Frame,
+    Hello,
+    Message,
+    MetricsRecord,
+    Records,
+    Refused,
+    Stopped,
+    Welcome,
+)
 from encoders.shared.runtime import StartupError
 from encoders.shared.settings import CoreConnection
 
@@ -64,7 +75,8 @@ def publish_until_received(viewer: Viewer, frames: zmq.Socket, metrics: zmq.Sock
 
     def received() -> bool:
         zmqio.send(frames, Frame("cam0", 3, 1000.0, 160, 120, jpeg(value)), topic=True)
-        zmqio.send(metrics, MetricsRecord("cam0", 3, 1000.0, 0.0, "w", "m", similarity=0.9, drift=0.1), topic=True)
+        record = MetricsRecord("cam0", 3, 1000.0, 0.0, "w", "m", similarity=0.9, drift=0.1)
+        zmqio.send(metrics, Records.of([record]), topic=True)  # as the core publishes records: in a batch
         viewer.drain(99.0)  # before the ticks at 100.0
         counters = viewer.state.counters
         return counters["frames_received"] > 0 and counters["metrics_received"] > 0

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from encoders.shared.backoff import Backoff
-from encoders.shared.health import NoHealthPort, ask, health_url
+from encoders.shared.health import WEDGED, NoHealthPort, ask, health_url
 from encoders.shared.settings import ENV_PREFIX, Exported, Settings
 
 log = logging.getLogger("encoders.run")
@@ -231,5 +231,8 @@ class Liveness:
                     continue
                 proc = child.proc
                 answered, said = ask(child.health, HEALTH_TIMEOUT_S)
-                if (answered or not said.startswith("no answer")) and child.proc is proc:
-                    child.answered = time.monotonic()  # any answer: it is alive, unhealthy or not
+                # Any answer says it is alive, unhealthy or not; but a wedged loop (its exporter's
+                # thread answering for it, shared/exporter.py) is as good as silence.
+                alive = answered or not (said.startswith("no answer") or WEDGED in said)
+                if alive and child.proc is proc:
+                    child.answered = time.monotonic()

@@ -150,6 +150,7 @@ def start(
             wiring.encoder,
             ready_file=str(ready_file),
             worker_id=f"worker{i}",
+            data_bind=f"ipc://{ep.folder / f'data{i}'}",  # the data link, private to the run like the rest
             prometheus_port=wiring.encoder.prometheus_port_setting("encoder", i),  # each its own
         )
         children.spawn(f"encoder{i}", "encode", settings)
