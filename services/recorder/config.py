@@ -51,7 +51,8 @@ class RecorderConfig(StreamDown, RetentionConfig, CoreConnection):
     db_batch: int = setting(
         500,
         "Rows per COPY into the database; rows that gather while one is being written go out together, up to "
-        f"{DB_MAX_WAITING_BATCHES} times this",
+        f"{DB_MAX_WAITING_BATCHES} times this and no more than the database has been writing in half of "
+        "ENCODERS_DB_WRITE_WARN (its pace, measured: rows that go into the HNSW index are slow)",
         minimum=1,
     )
     db_flush_s: float = setting(0.5, "Longest a row waits before it is written, seconds", minimum=0.01)

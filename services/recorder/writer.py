@@ -46,6 +46,12 @@ GIVE_UP_GRACE_S = 10.0  # past the statement timeout by this much, a batch's con
 # pause would cut a healthy connection whose batch it had no chance to finish.
 WATCH_STEP_S = 0.5
 PAUSE_S = 2.0
+# A batch gathered while the database was busy holds at most what it has been taking in this share of
+# warn_after: rows that are keyframes go into the HNSW index, a few hundred a second on a busy 2-core
+# box, and a batch of thousands of them would otherwise run into the statement timeout, be taken for
+# an outage and go to the spool, again and again.
+PACE_SHARE = 0.5
+PACE_WEIGHT = 0.5  # the latest batch's weight in the pace (rows a second) the writer goes by
 
 
 def give_up_after(statement_timeout: float) -> float | None:
@@ -146,6 +152,7 @@ class FrameWriter:
         self.unsaved: list[FrameRow] = []  # rows neither the database nor the spool took (a full disk)
         self.disk_error: str | None = None  # why the spool cannot be written, while it cannot
         self.observe_write: Callable[[int, float], None] = lambda rows, seconds: None  # each batch (metrics)
+        self.pace: float | None = None  # rows a second the database has been writing (None: none written yet)
         # Events of no frame (a stream that went down): written between batches, kept until they are.
         self.pending_events: list[tuple] = []
         self._events_inflight: tuple[Future, list[tuple]] | None = None
@@ -244,12 +251,31 @@ class FrameWriter:
             rows, self.pending, self._oldest = self.pending, [], None
             self._to_spool(rows)
             return
-        # At most max_pending rows a batch (rows let go at once, behind a snapshot's picture, can be more):
-        # one batch must stay well within the statement timeout. The rest go as the next one.
-        rows, self.pending = self.pending[: self.max_pending], self.pending[self.max_pending :]
+        # One batch must stay well within the statement timeout (batch_cap). The rest go as the next one.
+        cap = self.batch_cap()
+        rows, self.pending = self.pending[:cap], self.pending[cap:]
         self._oldest = self.clock() if self.pending else None
         if rows:
             self._submit(self._write, rows)
+
+    def batch_cap(self) -> int:
+        """Rows in the next batch at most: max_pending (rows let go at once, behind a snapshot's picture,
+        can be more than that), and no more than the database has been writing in PACE_SHARE of
+        warn_after, but never fewer than batch_rows."""
+        if self.pace is None:
+            return self.max_pending
+        return max(self.batch_rows, min(self.max_pending, int(self.pace * self.warn_after * PACE_SHARE)))
+
+    def _timed_write(self, write: Callable[[list[FrameRow]], Counter], rows: list[FrameRow]) -> Counter:
+        """``write(rows)``, its time observed (metrics) and taken into the pace (on the writer's thread)."""
+        started = time.perf_counter()
+        written = write(rows)
+        seconds = time.perf_counter() - started
+        self.observe_write(len(rows), seconds)
+        if seconds > 0:
+            rate = len(rows) / seconds
+            self.pace = rate if self.pace is None else PACE_WEIGHT * rate + (1 - PACE_WEIGHT) * self.pace
+        return written
 
     def _submit(self, write: Callable[[list[FrameRow]], Counter], rows: list[FrameRow]) -> None:
         self._inflight = (self._executor.submit(write, rows), rows)
@@ -385,10 +411,7 @@ class FrameWriter:
         if not rows:
             return Counter()
         try:
-            started = time.perf_counter()
-            written = self.db.write_rows(rows)
-            self.observe_write(len(rows), time.perf_counter() - started)
-            return written
+            return self._timed_write(self.db.write_rows, rows)
         except (DatabaseRefused, *ENCODING_ERRORS) as exc:
             if row_refusal(exc):
                 raise RowsRefused(str(exc)) from exc
@@ -422,10 +445,7 @@ class FrameWriter:
     def _write_replayed(self, rows: list[FrameRow]) -> Counter:
         """Write a batch read back from the spool; rows the database refuses for their data set aside."""
         self._prepare(rows)
-        started = time.perf_counter()
-        written = write_isolating(self.db.write_rows, rows, self.quarantine)
-        self.observe_write(len(rows), time.perf_counter() - started)
-        return written
+        return self._timed_write(lambda batch: write_isolating(self.db.write_rows, batch, self.quarantine), rows)
 
     def _settle_replay(self, end: int, records: int, write: Callable[[], Counter]) -> None:
         """A batch of the spool written (committed from it), or kept in it for the next try."""

@@ -40,8 +40,9 @@ TIMEOUT_S = HEARTBEAT_S * MISSES
 # milliseconds a row. A camera's frames are seldom keyframes; so here: one per --keyframe-max-s.
 NO_KEYFRAMES = ("--keyframe-drift", "2")
 # ...but a scene change is always a keyframe too (and a snapshot wanted), and to the core's scene rule
-# (a drift of 0.25 or more) every such frame is one. The core's rules off, for a test that measures the
-# recorder's pace: with every frame a keyframe PostgreSQL's HNSW inserts are its pace (a few hundred rows/s).
+# (a drift of 0.25 or more) every such frame is one. So the core's rules go off too: with every frame a
+# keyframe, PostgreSQL's HNSW inserts are the recorder's pace (a few hundred rows/s, fewer on a busy box),
+# and every frame asks its ingest for a snapshot's picture.
 NO_SCENES = ("--scene-threshold", "0", "--scene-k", "0")
 COUNTS = ("published", "embedded", "dropped", "skipped", "lost")
 
@@ -146,14 +147,12 @@ def core_said(core: Service, pattern: str) -> list[re.Match]:
     return list(re.finditer(pattern, core.output()))
 
 
-# First in the module: it runs on a fresh PostgreSQL (the module's), not one a recorder was just
-# killed on in the middle of its catch-up (its COPY was seen to hang past the statement timeout).
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_worker_cut_off_holding_batches_costs_its_frames_within_the_heartbeat_timeout_and_nothing_twice(
     pipeline, sockets
 ):
-    core = pipeline.start_core()
+    core = pipeline.start_core(*NO_SCENES)
     pipeline.start_recorder(*NO_KEYFRAMES)
     pipeline.start_worker("w0", batch_size=BATCH)
     cut = pipeline.start_worker("w1", batch_size=BATCH)

@@ -193,6 +193,45 @@ def test_add_never_waits_and_the_writer_is_full_once_max_waiting_batches_are_hel
     assert db.batches == [10, 20, 10]  # what gathered went out next: max_waiting_batches' worth at most a batch
 
 
+class SlowRowsDatabase(SwitchableDatabase):
+    """Takes 2 ms a row, as PostgreSQL does for rows that go into an HNSW index on a busy box:
+    500 rows a second at the most; records the size of each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[int] = []
+
+    def write_rows(self, rows):
+        time.sleep(0.002 * len(rows))
+        self.batches.append(len(rows))
+        return super().write_rows(rows)
+
+
+def test_rows_that_gathered_go_out_in_batches_the_database_writes_well_within_its_timeout(tmp_path):
+    db = SlowRowsDatabase()
+    writer = FrameWriter(
+        db,
+        Spool(tmp_path / "spool"),
+        run_id=1,
+        batch_rows=10,
+        max_waiting_batches=100,
+        warn_after=0.2,
+        executor=writer_thread(),
+    )
+    writer.set_model("m", 4)
+    for seq in range(10):
+        writer.add(row(seq))  # the first batch: its time gives the pace
+    wait_for(ticked(writer, lambda: writer.commits == 1), 5, "the first batch written", interval=0.01)
+    for seq in range(10, 510):
+        writer.add(row(seq))  # 500 rows gather: at 500 rows/s that is a second of writing, 5x warn_after
+    wait_for(ticked(writer, lambda: sum(writer.written.values()) == 510), 30, "the 510 rows written", interval=0.01)
+    assert writer.pace is not None and writer.pace <= 500
+    # Half of warn_after's worth a batch at the most (50 rows at 500 rows/s), never fewer than batch_rows.
+    assert db.batches[0] == 10 and all(10 <= n <= 50 for n in db.batches[1:]), db.batches
+    assert db.seqs == list(range(510))
+    assert writer.close(1.0)
+
+
 def test_the_spool_is_replayed_on_the_writers_thread_without_holding_up_the_caller(tmp_path):
     db = GatedDatabase()
     db.gate.set()
