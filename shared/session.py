@@ -68,7 +68,11 @@ class CoreSession:
     peer (messages.largest_part: a worker's frames, the recorder's records carry pictures); a
     larger one drops the connection (zmq.MAXMSGSIZE). ``zmtp_heartbeats``: ZeroMQ's own heartbeats on
     the socket, which replace a dead TCP link, but also drop the link of a peer that was paused or
-    is behind in reading (False for the recorder: recorder/main.py says why). A Refused without
+    is behind in reading (False for the recorder: recorder/main.py says why). Without them, a TCP
+    link whose data goes unacknowledged for the session's timeout is dropped by the kernel and
+    connected again (zmqio's ``unacked_s``): a paused core's kernel still acknowledges the little a
+    session sends, a dead link or machine does not. (Not on the core's side: Linux counts a peer's
+    zero window against that timeout too, and a recorder behind in reading shows one by design.) A Refused without
     ``rejoin`` or ``retry`` raises SessionRefused from ``take``. A service opens its session with ``from_settings``.
     """
 
@@ -104,6 +108,7 @@ class CoreSession:
             sndhwm=sndhwm,
             rcvhwm=rcvhwm,
             heartbeat_s=heartbeat_s if zmtp_heartbeats else None,
+            unacked_s=None if zmtp_heartbeats else self.timeout_s,
             immediate=True,
             max_message_bytes=largest_part,
             curve=keys,

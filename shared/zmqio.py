@@ -45,6 +45,7 @@ def open_socket(
     identity: bytes | None = None,
     linger: int = LINGER_MS,
     heartbeat_s: float | None = None,
+    unacked_s: float | None = None,
     immediate: bool = False,
     max_message_bytes: int | None = None,
     curve: CurveKeys | None = None,
@@ -58,6 +59,10 @@ def open_socket(
 
     ``heartbeat_s``: ZMTP heartbeats (ZeroMQ's own, below the messages), so that a TCP
     connection that died without a word is dropped and re-established within three of them.
+    ``unacked_s``: the kernel drops a TCP connection whose data has gone unacknowledged this long
+    (zmq.TCP_MAXRT, TCP_USER_TIMEOUT on Linux), and ZeroMQ connects again: a dead link noticed
+    without ZMTP heartbeats (for sockets that must not have them, session.py says which), where
+    TCP's own retries would take some 15 minutes.
     ``immediate``: queue messages only to a connection that is up (a session's Hello must
     not wait in a queue for a core that is not there, then arrive stale). ``max_message_bytes``:
     the largest part of a message a peer may send (zmq.MAXMSGSIZE, which ZeroMQ applies to each
@@ -78,6 +83,8 @@ def open_socket(
         sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
         sock.setsockopt(zmq.HEARTBEAT_TTL, 3 * ivl)
+    if unacked_s is not None:
+        sock.setsockopt(zmq.TCP_MAXRT, max(1, int(unacked_s * 1000)))
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if max_message_bytes is not None:

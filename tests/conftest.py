@@ -171,6 +171,7 @@ NEEDS = {
     "capture": "tcpdump",  # test_keys.py: the loopback's packets (root, tcpdump)
     "broker": "mqtt",  # test_notify.py: a Mosquitto broker
     "small_disk": "tmpfs",  # test_all_in_one.py: a disk of its own to fill (root, to mount it)
+    "blackhole": "firewall",  # test_dead_link.py: a port's packets dropped (root, iptables)
 }
 
 
