@@ -19,7 +19,9 @@ this commit / d031ce1, case by case.
 Settings (environment): BENCH_PLUMBING_FRAMES (3000) and BENCH_PLUMBING_SECONDS (5): each
 measurement's window ends at whichever comes first, after BENCH_PLUMBING_WARMUP_S (1.5) of
 records; BENCH_PLUMBING_BASE (d031ce1); BENCH_PLUMBING_CASES, a part of the cases' names to keep
-(e.g. "640x480"); BENCH_PLUMBING_PROFILE=core,recorder,ingest profiles those services (plumbing_run.py).
+(e.g. "640x480"); BENCH_PLUMBING_PROFILE=core,recorder,ingest profiles those services (plumbing_run.py);
+BENCH_PLUMBING_WORKERS=light runs workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
+--light): on a small machine the workers' decoding otherwise sets the pace, not the plumbing.
 (BENCH_PLUMBING_CALIBRATE, which ran this commit's core with d031ce1's stand-in workers, went with
 protocol 3's data link: the stand-in takes its JPEGs from the core's session, as d031ce1's workers did.)
 """

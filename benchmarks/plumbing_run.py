@@ -100,6 +100,16 @@ def has_run(db_url: str) -> bool:
         return False  # the schema is not there yet
 
 
+def light_workers() -> bool:
+    """BENCH_PLUMBING_WORKERS=light: workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
+    --light), so that the plumbing, not the workers' decoding, sets the pace; default (decode): a worker's
+    whole work but the model."""
+    workers = os.environ.get("BENCH_PLUMBING_WORKERS", "decode")
+    if workers not in ("decode", "light"):
+        raise SystemExit(f"BENCH_PLUMBING_WORKERS={workers!r}: decode or light")
+    return workers == "light"
+
+
 def profiled(service: str, version: Version, case: Case, one: str = "") -> list[str]:
     """``-m cProfile -o FILE`` for a service BENCH_PLUMBING_PROFILE names (core, recorder, ingest; comma
     separated): its profile, written when it exits after the stop, in benchmarks/out/profiles/ (``one``:
@@ -159,11 +169,15 @@ def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | 
             ],
         )
         ready = [folder / f"w{i}.ready" for i in range(case.workers)]
+        light = light_workers()
         for i, path in enumerate(ready):
             if version.none_runtime:
-                args = ["-m", "encoders", "encode", "--runtime", "none", "--worker-id", f"w{i}", "--ready-file"]
+                args = ["-m", "encoders", "encode", "--runtime", "none", "--worker-id", f"w{i}"]
+                args += ["--no-none-decode"] if light else []
+                args += ["--ready-file"]
             else:
-                args = [str(HERE / "plumbing_standin.py"), "--name", f"w{i}", "--ready"]
+                args = [str(HERE / "plumbing_standin.py"), "--name", f"w{i}", *(["--light"] if light else [])]
+                args += ["--ready"]
             run.start("workers", [*args, str(path), "--core", core])
         for i in range(case.cameras):
             args = [*profiled("ingest", version, case, f"-cam{i}"), "-m", "encoders", "ingest", "--core", core]

@@ -20,7 +20,9 @@ throughput higher, than this commit's with its real workers: not a comparison of
 Its session: Hello (``capacity`` 16, as a worker with batches of 8 offers; ``dim`` where that
 version's Hello has one), Heartbeat when it has sent nothing for a heartbeat, Hello again when
 refused with ``rejoin``, and on the core's Stop or SIGTERM the frames held finished, then Bye.
-The file ``--ready`` is created once the core has welcomed it.
+The file ``--ready`` is created once the core has welcomed it. With ``--light`` it does no picture
+work, as ``--runtime none`` with ENCODERS_NONE_DECODE=0: a JPEG's markers checked, its vector, no
+levels and no thumbnail (the benchmark's BENCH_PLUMBING_WORKERS=light).
 """
 
 from __future__ import annotations
@@ -91,7 +93,16 @@ def vector(jpeg: bytes) -> np.ndarray:
     return v / np.float32(np.linalg.norm(v))
 
 
-def answer(frame: Frame, name: str, model: str) -> Embedding | Skipped:
+def whole_jpeg(data: bytes) -> bool:
+    """As embedder.JpegBytes checks a JPEG it does not decode (--light): its start and end markers."""
+    return data.startswith(b"\xff\xd8") and b"\xff\xd9" in data[-32:]
+
+
+def answer(frame: Frame, name: str, model: str, light: bool = False) -> Embedding | Skipped:
+    if light:  # as ENCODERS_NONE_DECODE=0: no picture work, no levels, no thumbnail
+        if not whole_jpeg(frame.jpeg):
+            return Skipped(frame.stream, frame.seq, name, "corrupt JPEG: not a whole JPEG")
+        return Embedding(frame.stream, frame.seq, frame.t_capture, name, model, time.time(), vector(frame.jpeg))
     try:
         rgb = picture(frame.jpeg)
     except Exception as exc:  # Pillow raises several types for bad data
@@ -114,8 +125,8 @@ def answer(frame: Frame, name: str, model: str) -> Embedding | Skipped:
 class StandIn:
     """The worker's session and its loop: frames gathered into batches as the worker gathers them."""
 
-    def __init__(self, core: str, name: str, ready: str) -> None:
-        self.name, self.ready, self.model = name, ready, f"none/{DIM}"
+    def __init__(self, core: str, name: str, ready: str, light: bool = False) -> None:
+        self.name, self.ready, self.model, self.light = name, ready, f"none/{DIM}", light
         # This commit's Hello says the vectors' length; d031ce1's had no such field.
         extra: dict[str, Any] = {"dim": DIM} if "dim" in {f.name for f in dataclasses.fields(Hello)} else {}
         self.hello = Hello("worker", name, messages.PROTOCOL, capacity=CAPACITY, model=self.model, **extra)
@@ -169,7 +180,7 @@ class StandIn:
         while len(self.held) < BATCH and (left := deadline - time.monotonic()) > 0:
             self.receive(left)
         frames = [self.held.popleft() for _ in range(min(BATCH, len(self.held)))]
-        results = [answer(f, self.name, self.model) for f in frames]
+        results = [answer(f, self.name, self.model, self.light) for f in frames]
         if BATCHES:  # protocol 3: one Results for the batch, as the worker sends it
             for batch in messages.Results.many(results):
                 self.send(batch)
@@ -193,8 +204,9 @@ def main() -> int:
     parser.add_argument("--core", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--ready", default="")
+    parser.add_argument("--light", action="store_true", help="no picture work, as ENCODERS_NONE_DECODE=0")
     args = parser.parse_args()
-    worker = StandIn(args.core, args.name, args.ready)
+    worker = StandIn(args.core, args.name, args.ready, args.light)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.append("SIGTERM"))
     worker.run()
     return 0

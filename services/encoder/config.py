@@ -37,6 +37,12 @@ class EncoderConfig(ModelSettings, CoreConnection):
         minimum=1,
         maximum=MAX_DIM,
     )
+    none_decode: bool = setting(
+        True,
+        "With --runtime none: decode each frame, measure its levels and make its thumbnail, as a model's worker "
+        "does (on); off: take each JPEG as it comes, checked only to start and end as a JPEG does, with no levels "
+        "and no thumbnail, to measure the plumbing beyond what this machine's cores decode",
+    )
     precision: str = setting(
         "auto",
         "Model precision: auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 (CUDA only), bf16, int8 (onnx and "

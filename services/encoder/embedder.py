@@ -10,7 +10,8 @@ module imports neither: a worker with ENCODERS_RUNTIME=none never loads torch.
 ``NoModel`` still does the rest of a worker's work on each frame, with the same code: it decodes,
 resizes and crops the JPEG as ViT-B-32's preprocessing does (224 px: a JPEG that does not decode
 is Skipped), the worker measures the picture's levels and makes its thumbnail from it. Only the
-model is not run. Each frame's vector comes from its JPEG's bytes: ``dim`` floats drawn from a
+model is not run (or, with ENCODERS_NONE_DECODE=0, no picture work is done at all: ``JpegBytes``).
+Each frame's vector comes from its JPEG's bytes: ``dim`` floats drawn from a
 generator seeded by the bytes' BLAKE2b hash, normalised. The same JPEG always gives the same
 vector; two different ones, vectors all but orthogonal (so a stream of changing pictures looks
 like a scene change at every frame: the vectors measure nothing). The worker names its model
@@ -29,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import NONE_DIM
-from .preprocess import Preprocessor
+from .preprocess import CorruptFrame, Loader, Preprocessor
 
 log = logging.getLogger("encoders.encoder")
 
@@ -44,8 +45,12 @@ class Embedder(Protocol):
 
     name: str  # e.g. "ViT-B-32/openai": in the Hello and every embedding
     dim: int  # the vectors' length
-    pre: Preprocessor  # JPEG bytes -> the model's input picture
     max_batch: int  # the largest batch it takes (a GPU that ran out of memory lowers it)
+
+    @property
+    def pre(self) -> Loader:
+        """JPEG bytes -> the model's input picture (an empty one: none decoded, no levels measured)."""
+        ...
 
     def embed_frames(self, jpegs: Sequence[bytes], arrays: list[np.ndarray]) -> np.ndarray:
         """A batch of decoded frames (and their JPEGs) -> float32 (N, dim) L2-normalised rows."""
@@ -60,20 +65,39 @@ def unit_vector(jpeg: bytes, dim: int = NONE_DIM) -> np.ndarray:
     return vector / np.float32(np.linalg.norm(vector))
 
 
+NO_PICTURE = np.zeros((0, 0, 3), np.uint8)  # what JpegBytes loads: the worker measures no levels of it
+EOI_WITHIN = 32  # bytes at a JPEG's end where its end marker may be followed by padding
+
+
+class JpegBytes:
+    """ENCODERS_NONE_DECODE=0's loader: no frame is decoded. A JPEG is only checked to start and end
+    as one does (its SOI and EOI markers), so that a truncated frame is still skipped; its picture
+    is empty (no levels). For measuring the plumbing at rates this machine's cores could not decode."""
+
+    def load(self, data: bytes) -> np.ndarray:
+        if not data.startswith(b"\xff\xd8") or b"\xff\xd9" not in data[-EOI_WITHIN:]:
+            raise CorruptFrame("not a whole JPEG (its start or end marker is missing)")
+        return NO_PICTURE
+
+
 class NoModel:
-    """ENCODERS_RUNTIME=none: frames decoded as for ViT-B-32, vectors from a hash of each JPEG."""
+    """ENCODERS_RUNTIME=none: frames decoded as for ViT-B-32 (or not at all: ``decode`` False),
+    vectors from a hash of each JPEG."""
 
     max_batch = 1 << 30
     runtime_label = "none (no model)"
 
-    def __init__(self, dim: int = NONE_DIM, fast_decode: bool = True) -> None:
+    def __init__(self, dim: int = NONE_DIM, fast_decode: bool = True, decode: bool = True) -> None:
         self.dim = dim
         self.name = f"none/{dim}"
-        self.pre = Preprocessor(CLIP_SIZE, CLIP_MEAN, CLIP_STD, "bicubic", fast_decode)
+        self.pre: Loader = JpegBytes()
+        if decode:
+            self.pre = Preprocessor(CLIP_SIZE, CLIP_MEAN, CLIP_STD, "bicubic", fast_decode)
         log.warning(
             "ENCODERS_RUNTIME=none: no model. Each frame's vector (%d floats) comes from a hash of its JPEG and "
-            "measures nothing; for measuring and testing the plumbing only",
+            "measures nothing; for measuring and testing the plumbing only%s",
             dim,
+            "" if decode else " (ENCODERS_NONE_DECODE=0: no frame decoded, no levels, no thumbnails)",
         )
 
     def embed_frames(self, jpegs: Sequence[bytes], arrays: list[np.ndarray]) -> np.ndarray:

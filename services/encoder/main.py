@@ -47,7 +47,7 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
         if cfg.gpus:
             log.error("--gpus starts a worker per GPU to run a model; ENCODERS_RUNTIME=none runs none")
             return 2
-        encoder: Embedder = NoModel(cfg.none_dim, cfg.fast_decode)
+        encoder: Embedder = NoModel(cfg.none_dim, cfg.fast_decode, cfg.none_decode)
         cuda = False
     else:
         loaded = load_model(cfg, stop)
@@ -77,7 +77,8 @@ def serve(cfg: EncoderConfig, stop: threading.Event) -> int:
             batch_size=batch_size,
             batch_wait_ms=cfg.batch_wait_ms,
             decode_threads=decode_threads,
-            thumbnail_size=cfg.thumbnail_size,
+            # Without decoding (ENCODERS_NONE_DECODE=0) no picture work at all: a thumbnail decodes its frame.
+            thumbnail_size=cfg.thumbnail_size if cfg.runtime != "none" or cfg.none_decode else 0,
             thumbnail_quality=cfg.thumbnail_quality,
             observe_batch=observe_batch,
             data_bind=cfg.data_bind,

@@ -19,7 +19,7 @@ import io
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
@@ -37,6 +37,13 @@ INTERPOLATION = {
 
 class CorruptFrame(ValueError):
     pass
+
+
+class Loader(Protocol):
+    """What turns a frame's JPEG into the picture a batch is made of (``Preprocessor``, or
+    embedder.JpegBytes for ENCODERS_RUNTIME=none without decoding). CorruptFrame if it cannot."""
+
+    def load(self, data: bytes) -> np.ndarray: ...
 
 
 def decode_jpeg(data: bytes, min_size: int | None = None) -> Image.Image:
@@ -102,7 +109,7 @@ class Preprocessor:
 
 
 def load_batch(
-    pre: Preprocessor, jpegs: Sequence[bytes], pool: Executor | None = None
+    pre: Loader, jpegs: Sequence[bytes], pool: Executor | None = None
 ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
     """Decode a batch: (arrays, positions that decoded, [(position, reason)] that did not).
 

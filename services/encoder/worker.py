@@ -254,7 +254,7 @@ class Worker:
         if arrays:
             batch = [items[i] for i in ok]
             for h, array in zip(batch, arrays, strict=True):
-                h.levels = picture_levels(array)  # for the core's blackout alert
+                h.levels = picture_levels(array) if array.size else None  # for the core's blackout alert
             self.model.submit(batch, arrays)
             self.counters["batches"] += 1
             for h in batch:  # while the model runs

@@ -51,14 +51,20 @@ def jpeg(color, size=(640, 480)) -> bytes:
 
 
 @pytest.mark.timeout(120)
-def test_a_worker_without_a_model_never_imports_torch_and_does_a_workers_work(sockets, tmp_path):
+@pytest.mark.parametrize("decode", [True, False], ids=["decoding", "ENCODERS_NONE_DECODE=0"])
+def test_a_worker_without_a_model_never_imports_torch_and_does_a_workers_work(sockets, tmp_path, decode):
     core = FakeCore(sockets.bind(zmq.ROUTER), roles={"worker"})
     log_path = tmp_path / "encode.log"
     try:
         with open(log_path, "wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-c", RUN_WITHOUT_TORCH, "encode", "--runtime", "none", "--core", core.endpoint],
-                env={**os.environ, "ENCODERS_WORKER_ID": "plumber", "ENCODERS_BATCH_SIZE": "4"},
+                env={
+                    **os.environ,
+                    "ENCODERS_WORKER_ID": "plumber",
+                    "ENCODERS_BATCH_SIZE": "4",
+                    "ENCODERS_NONE_DECODE": str(int(decode)),
+                },
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -89,8 +95,11 @@ def test_a_worker_without_a_model_never_imports_torch_and_does_a_workers_work(so
                 e = got[seq]
                 assert isinstance(e, Embedding) and (e.model, e.worker) == ("none/512", "plumber")
                 assert np.array_equal(e.vector, unit_vector(data))
-                assert (e.brightness, e.contrast) == pytest.approx(picture_levels(pre.load(data)))
-                assert Image.open(io.BytesIO(e.thumbnail)).size == thumb
+                if decode:
+                    assert (e.brightness, e.contrast) == pytest.approx(picture_levels(pre.load(data)))
+                    assert Image.open(io.BytesIO(e.thumbnail)).size == thumb
+                else:  # no picture work at all: no levels, no thumbnail
+                    assert (e.brightness, e.contrast, e.thumbnail) == (None, None, b"")
             core.send(Stop("done"), to=first.identity)
             assert worker.wait(30) == 0
         finally:

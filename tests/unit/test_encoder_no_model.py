@@ -12,6 +12,7 @@ from PIL import Image
 
 from encoders.services.encoder.config import EncoderConfig
 from encoders.services.encoder.embedder import NoModel, unit_vector
+from encoders.services.encoder.preprocess import CorruptFrame
 from encoders.shared.settings import SettingsError
 
 
@@ -50,3 +51,13 @@ def test_the_runtime_and_its_length_are_settings():
     assert EncoderConfig().none_dim == 512  # ViT-B-32's
     with pytest.raises(SettingsError):
         EncoderConfig.from_env({"ENCODERS_NONE_DIM": "0"})
+    assert EncoderConfig().none_decode and not EncoderConfig.from_env({"ENCODERS_NONE_DECODE": "0"}).none_decode
+
+
+def test_without_decoding_a_jpeg_is_checked_for_its_markers_only():
+    loader = NoModel(decode=False).pre
+    good = jpeg("red", (640, 480))
+    assert loader.load(good).size == 0 and loader.load(good + b"\0" * 16).size == 0  # no picture: no levels
+    for bad in (good[:-2], b"\0" + good, good[: len(good) // 2], b""):
+        with pytest.raises(CorruptFrame):
+            loader.load(bad)

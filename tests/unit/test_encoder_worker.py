@@ -200,6 +200,22 @@ def test_without_a_model_frames_are_decoded_and_thumbnailed_and_each_vector_come
     assert worker.counters["embedded"] == 3 and worker.counters["skipped"] == 1
 
 
+def test_without_a_model_and_without_decoding_no_picture_work_is_done_and_a_truncated_jpeg_still_skipped(core, make):
+    """ENCODERS_NONE_DECODE=0 (main.py then makes no thumbnails): the vector from the JPEG's bytes,
+    no levels; a JPEG without its end marker skipped as corrupt."""
+    worker = make(embedder=NoModel(dim=48, decode=False), thumbnail_size=0)
+    joined(worker, core)
+    blue = jpeg("blue", (640, 480))
+    core.send(frame(0, blue), frame(1, blue[:200] + b"\0" * 300), frame(2, blue + b"\0" * 8))
+    until(worker, lambda: len(core.outcomes()) == 3)
+    got = {m.seq: m for m in core.outcomes()}
+    assert isinstance(got[1], Skipped) and "corrupt JPEG: not a whole JPEG" in got[1].reason
+    for seq, data in ((0, blue), (2, blue + b"\0" * 8)):  # padding after the end marker: still a JPEG
+        e = got[seq]
+        assert isinstance(e, Embedding) and np.array_equal(e.vector, unit_vector(data, 48))
+        assert (e.brightness, e.contrast, e.thumbnail) == (None, None, b"")
+
+
 def test_no_thumbnail_when_they_are_off(core, make):
     worker = make(thumbnail_size=0)
     joined(worker, core)
