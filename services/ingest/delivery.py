@@ -1,7 +1,8 @@
 """What the ingest may send the core now, and the frames it could not deliver (docs/PROTOCOL.md, "Ingest").
 
-The core numbers frames and hands them to workers; the ingest only delivers what the camera
-sends, as ``Capture`` messages on its session, and keeps count of what did not get there:
+The core numbers frames and decides which worker embeds each; the ingest only delivers what the
+camera sends, into its outbox (announced to the core in ``Captured``, outbox.py), and keeps count
+of what did not get there:
 
 - Real time (default): every frame goes at once, while the session is joined. A frame read
   while the core is away, or one the session's queue has no room for, is given up and

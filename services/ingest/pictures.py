@@ -1,6 +1,6 @@
 """What a camera source gives the reader thread: a JPEG as the camera sent it, or a decoded picture.
 
-The wire carries JPEGs (``Capture``), so every source ends in a ``JpegFrame``. An MJPEG camera's
+The wire carries JPEGs (``Pictures``, to the worker), so every source ends in a ``JpegFrame``. An MJPEG camera's
 parts already are JPEGs (http_source.py); a video source (av_source.py) decodes H.264 or H.265
 and gives a ``Picture``, which ``to_jpeg`` compresses here, in the reader thread, while the
 source's own thread decodes the next frame. A GPU decoder added later yields its ``Picture``

@@ -3,9 +3,12 @@
 ``Ingest`` opens its session with the core (shared/session.py) on the context it is given
 and is handed the camera reader (reader.py); everything here runs in the main thread
 (ZeroMQ sockets are not thread-safe). Each ``step`` takes what the core sent (Welcome,
-Credit, Stop), takes the next frame from the reader when ``delivery.py`` may send it, sends
-it as a ``Capture``, and once a second tells the core the stream's counters (``Stats``).
-The core numbers frames, hands them to workers and publishes them (docs/PROTOCOL.md).
+Credit, Assigned, Workers, Preview, WantPictures, Stop), takes the next frame from the reader
+when ``delivery.py`` may send it into the outbox (outbox.py), announces what waits there in one
+``Captured``, sends each picture the core's ``Assigned`` gave a worker straight to that worker
+(``Pictures`` on the data link, links.py), and once a second tells the core the stream's
+counters (``Stats``). The core numbers frames and decides which worker embeds each; no JPEG
+goes through it (docs/PROTOCOL.md, "Protocol 3").
 
 The reader starts once the core has welcomed the session (or after the session's timeout
 without an answer, so that a camera that fails is still noticed): a core that is up gets

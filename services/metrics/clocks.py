@@ -1,7 +1,7 @@
 """Clocks in the core: each camera's against the core's (``Clocks``), and the core's own time less
 the time its loop did not run (``CoreClock``, below).
 
-Every ``Capture`` carries the time its ingest read it, on the ingest machine's clock (wall
+Every capture (a row of ``Captured``) carries the time its ingest read it, on the ingest machine's clock (wall
 time). That time is what is stored, searched by and summed into summary.json's durations, so
 an ingest whose clock is off (no NTP, a board without a real-time clock, a clock set by hand)
 stores every frame at the wrong time, and one set right during a run makes time go backwards
