@@ -44,7 +44,7 @@ from encoders.services.pisim.scene import SyntheticScene
 from encoders.services.pisim.sources import encode_jpeg
 
 from .db_data import embedded_server, server_versions
-from .plumbing_cpu import CORE_THREADS, postmaster
+from .plumbing_cpu import CORE_THREADS, INGEST_THREADS, postmaster
 from .plumbing_procs import clean_env, free_port
 from .plumbing_run import Budget, Case, Source, Version, floor, pipeline
 
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = os.environ.get("BENCH_PLUMBING_BASE", "d031ce1")
 SIZES = {(640, 480): 75, (1920, 1080): 70}  # JPEG quality: about 51 KB and 270 KB of the synthetic scene
 CASES = [Case(keys, size, cameras) for keys in (False, True) for size in SIZES for cameras in (1, 8)]
-GROUPS = ("core", *CORE_THREADS, "recorder", "postgres", "ingest", "workers", "source")
+GROUPS = ("core", *CORE_THREADS, "recorder", "postgres", "ingest", *INGEST_THREADS, "workers", "source")
 
 
 def budget_from_env() -> Budget:

@@ -1,6 +1,7 @@
 """CPU time of the plumbing benchmark's processes: per process (with its children), and the core's
-per thread, its main thread (the one whose id is the process's) apart from ZeroMQ's I/O threads
-(libzmq names them ZMQbg/IO/N) and the rest (ZMQbg/Reaper, the exporter's and ZAP's Python threads).
+and the ingests' per thread, the main thread (the one whose id is the process's) apart from ZeroMQ's
+I/O threads (libzmq names them ZMQbg/IO/N) and the rest (ZMQbg/Reaper, Python's threads: the
+ingest's camera reader, the exporter's, ZAP's).
 
 psutil finds the processes and their threads; each thread's time on a CPU is read from
 /proc/PID/task/TID/schedstat, in nanoseconds (user and kernel time together, as the scheduler
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import psutil
 
-CORE_THREADS = ("core_main", "core_zmq_io", "core_other")
+THREADS = ("main", "zmq_io", "other")
+CORE_THREADS = tuple(f"core_{t}" for t in THREADS)
+INGEST_THREADS = tuple(f"ingest_{t}" for t in THREADS)  # every ingest's together
 
 
 def task_seconds(pid: int, tid: int) -> float | None:
@@ -67,33 +70,39 @@ def thread_name(pid: int, tid: int) -> str:
         return ""
 
 
-def core_threads(pid: int) -> dict[str, float]:
-    """The core's CPU seconds: its main thread, ZeroMQ's I/O threads, and every other thread."""
-    out = dict.fromkeys(CORE_THREADS, 0.0)
-    try:
-        tasks = threads(psutil.Process(pid))
-    except psutil.Error:
-        return out
-    for tid, seconds in tasks:
-        if tid == pid:
-            group = "core_main"
-        elif thread_name(pid, tid).startswith("ZMQbg/IO"):
-            group = "core_zmq_io"
-        else:
-            group = "core_other"
-        out[group] += seconds
-    return out
+def thread_groups(pids: Iterable[int], service: str) -> tuple[dict[str, float], dict[int, float]]:
+    """CPU seconds of these processes' main threads, ZeroMQ's I/O threads and every other thread,
+    summed over the processes, as ``<service>_main``, ``<service>_zmq_io`` and ``<service>_other``;
+    and each process's total, by pid, from the same reading (so that the parts add up to it)."""
+    out = dict.fromkeys((f"{service}_{t}" for t in THREADS), 0.0)
+    totals: dict[int, float] = {}
+    for pid in pids:
+        try:
+            tasks = threads(psutil.Process(pid))
+        except psutil.Error:
+            continue
+        for tid, seconds in tasks:
+            if tid == pid:
+                group = "main"
+            elif thread_name(pid, tid).startswith("ZMQbg/IO"):
+                group = "zmq_io"
+            else:
+                group = "other"
+            out[f"{service}_{group}"] += seconds
+        totals[pid] = sum(seconds for _, seconds in tasks)
+    return out, totals
 
 
 def snapshot(groups: Mapping[str, Iterable[int]], core: int) -> dict[str, dict[int, float] | float]:
-    """Each group's processes' CPU seconds by pid (with their children), and the core's threads.
-    The core's total is the sum of its threads, read once (the core has no children)."""
+    """Each group's processes' CPU seconds by pid (with their children), and the core's and the
+    ingests' threads. Their totals are the sums of their threads, read once (they have no children)."""
     shot: dict[str, dict[int, float] | float] = {
-        name: tree_cpu(pids) for name, pids in groups.items() if name != "core"
+        name: tree_cpu(pids) for name, pids in groups.items() if name not in ("core", "ingest")
     }
-    by_thread = core_threads(core)
-    shot.update(by_thread)
-    shot["core"] = {core: sum(by_thread.values())}
+    for service, pids in (("core", [core]), ("ingest", groups.get("ingest", ()))):
+        by_thread, totals = thread_groups(pids, service)
+        shot.update(by_thread)
+        shot[service] = totals
     return shot
 
 

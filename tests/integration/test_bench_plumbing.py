@@ -14,11 +14,11 @@ import math
 import pytest
 
 from benchmarks.bench_plumbing import REPO, keys_for, measure, print_tables, ratios
-from benchmarks.plumbing_cpu import CORE_THREADS
+from benchmarks.plumbing_cpu import CORE_THREADS, INGEST_THREADS
 from benchmarks.plumbing_run import COUNTS, Budget, Case, Version
 
-PIPELINE_GROUPS = {"core", *CORE_THREADS, "recorder", "postgres", "ingest", "workers", "source"}
-FLOOR_GROUPS = {"core", *CORE_THREADS, "recorder", "ingest", "workers"}
+PIPELINE_GROUPS = {"core", *CORE_THREADS, "recorder", "postgres", "ingest", *INGEST_THREADS, "workers", "source"}
+FLOOR_GROUPS = {"core", *CORE_THREADS, "recorder", "ingest", *INGEST_THREADS, "workers"}
 
 
 @pytest.mark.timeout(300)
@@ -43,6 +43,9 @@ def test_one_tiny_case_reports_every_figure_and_every_frame_is_accounted_for(tmp
         assert cpu["core"] > 0 and cpu["core_main"] > 0 and cpu["workers"] > 0, (label, cpu)
         # The core's threads are the core: its main thread, ZeroMQ's I/O threads, the rest.
         assert sum(cpu[t] for t in CORE_THREADS) == pytest.approx(cpu["core"], rel=0.01, abs=0.01), (label, cpu)
+        # So are the ingests': their main threads, ZeroMQ's I/O threads, the rest (the camera reader's).
+        assert cpu["ingest_main"] > 0, (label, cpu)
+        assert sum(cpu[t] for t in INGEST_THREADS) == pytest.approx(cpu["ingest"], rel=0.01, abs=0.01), (label, cpu)
         # Every frame published has its one outcome, stream by stream and in total.
         for counts in [*got["streams"].values(), got["totals"]]:
             assert set(counts) == set(COUNTS)

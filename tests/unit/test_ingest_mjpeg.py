@@ -7,9 +7,11 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from encoders.services.ingest.jpeg import CorruptJpeg, jpeg_size
+from encoders.services.ingest.jpeg import EOI, SOI, CorruptJpeg, jpeg_size
 from encoders.services.ingest.mjpeg import MjpegSplitter, boundary_from_content_type
 
 
@@ -285,3 +287,51 @@ def test_jpeg_size_reads_only_the_header():
     jpeg = make_jpeg(64, 48, 5)
     assert jpeg_size(jpeg[: len(jpeg) // 2] + b"\xff\xd9") == (64, 48)
     assert jpeg_size(jpeg + b"\r\n\x00\x00") == (64, 48)  # padding after the end marker
+
+
+def pillow_kinds() -> list[tuple[str, bytes]]:
+    """JPEGs of every kind Pillow writes: baseline, progressive, optimised tables, 4:4:4 and 4:2:0,
+    greyscale, CMYK, with EXIF and ICC data before the frame header, restart markers, odd sizes."""
+    rng = np.random.default_rng(7)
+    rgb = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    big = Image.fromarray(rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010F] = "Raspberry Pi"
+    kinds = {
+        "baseline": (rgb, {}),
+        "progressive": (rgb, {"progressive": True}),
+        "optimised": (rgb, {"optimize": True}),
+        "4:4:4": (rgb, {"subsampling": 0}),
+        "greyscale": (rgb.convert("L"), {}),
+        "cmyk": (rgb.convert("CMYK"), {}),
+        "exif": (rgb, {"exif": exif.tobytes()}),
+        "icc": (rgb, {"icc_profile": b"\0" * 3000}),
+        "restart markers": (rgb, {"restart_marker_blocks": 1}),
+        "1080p": (big, {"quality": 70}),
+        "1x1": (Image.new("RGB", (1, 1)), {}),
+    }
+    out = []
+    for name, (img, options) in kinds.items():
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **options)
+        out.append((name, buf.getvalue()))
+    return out
+
+
+@pytest.mark.parametrize(("name", "jpeg"), pillow_kinds(), ids=[name for name, _ in pillow_kinds()])
+def test_jpeg_size_agrees_with_pillow(name, jpeg):
+    with Image.open(io.BytesIO(jpeg)) as img:
+        assert jpeg_size(jpeg) == img.size, name
+
+
+@given(st.binary(max_size=300), st.integers(0, 400))
+@settings(max_examples=500, deadline=None)
+def test_jpeg_size_of_any_bytes_is_a_size_or_corrupt(junk, cut):
+    """Whatever a camera sends between the markers: a size, or CorruptJpeg; never another error."""
+    jpeg = make_jpeg(16, 8, 1)
+    for data in (SOI + junk + EOI, jpeg[:cut] + junk + EOI, jpeg[: max(4, cut)] + EOI):
+        try:
+            width, height = jpeg_size(data)
+        except CorruptJpeg:
+            continue
+        assert width > 0 and height > 0
