@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -297,7 +298,7 @@ def pillow_kinds() -> list[tuple[str, bytes]]:
     big = Image.fromarray(rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8))
     exif = Image.Exif()
     exif[0x010F] = "Raspberry Pi"
-    kinds = {
+    kinds: dict[str, tuple[Image.Image, dict[str, Any]]] = {
         "baseline": (rgb, {}),
         "progressive": (rgb, {"progressive": True}),
         "optimised": (rgb, {"optimize": True}),
