@@ -183,7 +183,7 @@ class DataLink:
         self.watch()
         for _ in range(RECEIVE_MAX):
             try:
-                parts = self.sock.recv_multipart(zmqio.NOBLOCK, copy=False)
+                parts = zmqio.recv_parts(self.sock, zmqio.NOBLOCK)
             except zmq.Again:
                 return
             try:

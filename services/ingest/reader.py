@@ -180,7 +180,7 @@ class CameraReader:
 
     def receive(self) -> ReaderEvent:
         """The next event (the caller has seen ``inbox`` readable). The JPEG is copied once, out of ZeroMQ."""
-        return decode(self.inbox.recv_multipart(copy=False))
+        return decode(zmqio.recv_parts(self.inbox))
 
     def interrupt(self) -> None:
         """Make the reader let go of the camera now: stop, and unblock a read in progress."""

@@ -187,7 +187,7 @@ class Core:
         """Take every message waiting (up to a batch), then do what is due."""
         for _ in range(RECEIVE_BATCH):
             try:
-                parts = self.router.recv_multipart(zmqio.NOBLOCK, copy=False)
+                parts = zmqio.recv_parts(self.router, zmqio.NOBLOCK)
             except zmq.Again:
                 break
             identity = zmqio.part_bytes(parts[0])
