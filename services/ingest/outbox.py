@@ -1,10 +1,12 @@
 """The ingest's JPEGs while the core decides who embeds them (docs/PROTOCOL.md, "Protocol 3": the data link).
 
 Pure logic, no sockets and no clock of its own. A frame the ingest may send (delivery.py) goes
-into the outbox under a local id; ``notes(now)`` gives the captures to announce in one
+into the outbox under a local id; ``notes()`` gives the captures to announce in one
 ``Captured`` (every FLUSH_S, 2 ms, after the first waiting, or at once with FLUSH_ROWS, 64,
-waiting); the core's ``Assigned`` says each one's seq and worker, and ``assign`` gives the frames
-to send, by worker, forgetting them from the outbox (a worker of 0: dropped, forgotten at once).
+waiting; and at once for a capture that came FLUSH_S or more after the one before: at a
+camera's rate there is nothing to group it with, and waiting would only delay it); the core's
+``Assigned`` says each one's seq and worker, and ``assign`` gives the frames to send, by worker,
+forgetting them from the outbox (a worker of 0: dropped, forgotten at once).
 What was sent stays in a ring of the last ``ring`` pictures (ENCODERS_PICTURE_RING, 256), by seq,
 for previews and the recorder's snapshots.
 
@@ -38,6 +40,8 @@ class Outbox:
     announced: OrderedDict[int, JpegFrame] = field(default_factory=OrderedDict)  # announced, not assigned yet
     ring: OrderedDict[int, Frame] = field(default_factory=OrderedDict)  # seq -> picture, the last sent
     first_at: float = 0.0  # when the oldest of ``waiting`` came
+    last_at: float = float("-inf")  # when the last capture came
+    alone: bool = False  # the captures waiting came apart (FLUSH_S or more after the one before): due at once
     decided: list[Frame] = field(default_factory=list)  # the last Assigned's pictures, dropped ones too
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
@@ -62,19 +66,21 @@ class Outbox:
                 self.counts["overflow"] += 1
         if not self.waiting:
             self.first_at = now
+            self.alone = now - self.last_at >= FLUSH_S
+        self.last_at = now
         self.waiting[self.next_id] = frame
         self.next_id = (self.next_id + 1) % ID_SPACE
         return given_up
 
     def due(self, now: float) -> bool:
         """Whether the captures waiting are to be announced now."""
-        return bool(self.waiting) and (len(self.waiting) >= FLUSH_ROWS or now - self.first_at >= FLUSH_S)
+        return bool(self.waiting) and (self.alone or len(self.waiting) >= FLUSH_ROWS or now - self.first_at >= FLUSH_S)
 
     def wait_s(self, now: float) -> float | None:
         """How long until ``due`` (None: nothing waits)."""
         if not self.waiting:
             return None
-        return max(0.0, self.first_at + FLUSH_S - now)
+        return 0.0 if self.alone else max(0.0, self.first_at + FLUSH_S - now)
 
     def notes(self) -> Captured | None:
         """The captures waiting, as one Captured (they are announced from now on), or None."""

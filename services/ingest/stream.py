@@ -263,7 +263,8 @@ class Ingest:
         self._announce(now)
 
     def _announce(self, now: float, force: bool = False) -> None:
-        """The captures due (every 2 ms or 64 of them) to the core as one Captured."""
+        """The captures due (every 2 ms or 64 of them, at once one that came alone: outbox.py) to the core
+        as one Captured."""
         if not (force or self.outbox.due(now)):
             return
         notes = self.outbox.notes()

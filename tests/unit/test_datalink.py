@@ -17,16 +17,27 @@ def jpeg(t: float) -> JpegFrame:
     return JpegFrame(b"\xff\xd8%d" % int(t), 64, 48, t)
 
 
-def test_captures_are_announced_every_2_ms_or_64_whichever_first():
+def test_captures_are_announced_every_2_ms_or_64_whichever_first_and_one_that_came_alone_at_once():
     box = Outbox()
     box.add(jpeg(1.0), now=10.0)
-    assert not box.due(10.0) and box.wait_s(10.0) == pytest.approx(FLUSH_S)
-    assert box.due(10.0 + FLUSH_S)
+    assert box.due(10.0) and box.wait_s(10.0) == 0  # the first: nothing came before it to group it with
     notes = box.notes()
     assert notes is not None and notes.rows()[0].bytes == len(jpeg(1.0).jpeg) and box.notes() is None
-    box = Outbox()
-    for i in range(FLUSH_ROWS):
+    box.add(jpeg(2.0), now=10.0 + FLUSH_S / 2)  # frames coming faster than every 2 ms: grouped
+    assert not box.due(10.0 + FLUSH_S / 2) and box.wait_s(10.0 + FLUSH_S / 2) == pytest.approx(FLUSH_S)
+    box.add(jpeg(3.0), now=10.0 + FLUSH_S)
+    assert not box.due(10.0 + FLUSH_S) and box.due(10.0 + 1.5 * FLUSH_S)  # 2 ms after the first waiting
+    notes = box.notes()
+    assert notes is not None and [r.bytes for r in notes.rows()] == [len(jpeg(2.0).jpeg), len(jpeg(3.0).jpeg)]
+    box.add(jpeg(4.0), now=10.0 + 3 * FLUSH_S)  # 2 ms after the one before: a camera's rate, at once
+    assert box.due(10.0 + 3 * FLUSH_S)
+    box = Outbox(lossless=True)  # bounded by its credit, not ENCODERS_OUTBOX
+    box.add(jpeg(0.0), now=20.0)
+    box.notes()  # the first went at once; the next come at once after it: grouped
+    for i in range(FLUSH_ROWS - 1):
         box.add(jpeg(float(i)), now=20.0)
+    assert not box.due(20.0)
+    box.add(jpeg(0.0), now=20.0)
     assert box.due(20.0)  # 64 waiting: at once
 
 

@@ -196,7 +196,7 @@ def test_hello_then_every_frame_goes_to_the_core_as_a_capture_then_its_end(core,
 def test_a_capture_waiting_to_be_announced_is_waited_for_without_spinning(core, make, monkeypatch):
     """A capture waits up to 2 ms to be announced with the next ones: the loop polls until then in whole
     milliseconds rounded up, never 0 ms before it is due (rounded down, it spun about ten turns a frame)."""
-    ingest = make(FakeCamera(paced(0.02)))  # a frame every 20 ms: each waits its 2 ms alone
+    ingest = make(FakeCamera(paced(0.001)))  # a frame every 1 ms: each waits to be grouped (2 ms apart: at once)
     wait_for_kind(core, Hello)
     core.welcome()
     polls: list[tuple[int, float | None]] = []  # (timeout ms, how long the waiting capture had left)
