@@ -20,7 +20,8 @@ Settings (environment): BENCH_PLUMBING_FRAMES (3000) and BENCH_PLUMBING_SECONDS 
 measurement's window ends at whichever comes first, after BENCH_PLUMBING_WARMUP_S (1.5) of
 records; BENCH_PLUMBING_BASE (d031ce1); BENCH_PLUMBING_CASES, a part of the cases' names to keep
 (e.g. "640x480"); BENCH_PLUMBING_PROFILE=core,recorder,ingest profiles those services (plumbing_run.py);
-BENCH_PLUMBING_WORKERS=light runs workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
+BENCH_PLUMBING_BASE may name a commit of protocol 3 too (its workers then run --runtime none, as this
+commit's). BENCH_PLUMBING_WORKERS=light runs workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
 --light): on a small machine the workers' decoding otherwise sets the pace, not the plumbing.
 (BENCH_PLUMBING_CALIBRATE, which ran this commit's core with d031ce1's stand-in workers, went with
 protocol 3's data link: the stand-in takes its JPEGs from the core's session, as d031ce1's workers did.)
@@ -46,7 +47,7 @@ from encoders.services.pisim.sources import encode_jpeg
 from .db_data import embedded_server, server_versions
 from .plumbing_cpu import CORE_THREADS, INGEST_THREADS, postmaster
 from .plumbing_procs import clean_env, free_port
-from .plumbing_run import Budget, Case, Source, Version, floor, pipeline
+from .plumbing_run import Budget, Case, Source, Version, floor, light_workers, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = os.environ.get("BENCH_PLUMBING_BASE", "d031ce1")
@@ -232,6 +233,19 @@ def print_tables(results: list[dict], this: str, base: str) -> None:
         print(f"{r['case']:40} " + " ".join(f"{r['ratio'].get(k, float('nan')):9.2f}" for k in keys) + f" {tail:>12}")
 
 
+def has_none_runtime(root: Path) -> bool:
+    """Whether a version's workers run `encoders encode --runtime none`; a version before it (d031ce1) gets
+    the stand-in, which speaks that version's protocol. SystemExit for one that has it without
+    ENCODERS_NONE_DECODE when BENCH_PLUMBING_WORKERS=light asks for it."""
+    config = root / "services" / "encoder" / "config.py"
+    text = config.read_text() if config.exists() else ""
+    if '"none"' not in text:
+        return False
+    if light_workers() and "none_decode" not in text:
+        raise SystemExit(f"{root}: --runtime none without ENCODERS_NONE_DECODE; BENCH_PLUMBING_WORKERS=light needs it")
+    return True
+
+
 def main() -> dict:
     started = time.perf_counter()
     budget = budget_from_env()
@@ -244,8 +258,8 @@ def main() -> dict:
         keys_folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plumbing-keys-")))
         base_tree = stack.enter_context(base_worktree(BASE))
         versions = []
-        for label, root, none_runtime in ((this_label, REPO, True), (BASE, base_tree, False)):
-            version = Version(label, root / "src", keys_for(label, root / "src", keys_folder), none_runtime)
+        for label, root in ((this_label, REPO), (BASE, base_tree)):
+            version = Version(label, root / "src", keys_for(label, root / "src", keys_folder), has_none_runtime(root))
             check_code(version)
             versions.append(version)
         print(
