@@ -1,6 +1,7 @@
-"""ingest: one camera's stream -> Capture messages on its session with the core.
+"""ingest: one camera's stream -> captures announced to the core, pictures sent to the workers it assigns.
 
     camera --HTTP MJPEG--> reader thread --inproc PAIR--> main thread --session (DEALER)--> the core
+                                                                      --data link (DEALER each)--> workers
     camera --RTSP, raw H.264, a file--> decoding thread --> reader thread (JPEG) --> ...
 
 An MJPEG camera's JPEGs go on as they came (http_source.py); H.264 and H.265 are decoded with
@@ -8,12 +9,12 @@ PyAV in a thread of each connection, watched (av_source.py), and each picture se
 JPEG compressed in the reader thread (pictures.py), so that nothing after the ingest changes.
 
 The ingest binds nothing: it connects to the core (ENCODERS_CORE), which numbers the
-frames, hands them to workers and publishes them (docs/PROTOCOL.md). Sockets are not
-thread-safe, so each belongs to one thread: the reader thread (reader.py) owns the HTTP
-connection and its end of the PAIR; the main thread (stream.py) owns the session and the
-other end. In lossless mode the main thread stops reading the PAIR while a frame waits for
-credit; the small HWMs then block the reader, which stops reading the socket, and TCP
-backpressure reaches the camera.
+frames and decides which worker embeds each, and to those workers' data sockets, which the
+core names (docs/PROTOCOL.md, "Protocol 3"). Sockets are not thread-safe, so each belongs
+to one thread: the reader thread (reader.py) owns the HTTP connection and its end of the PAIR;
+the main thread (stream.py) owns the session, the data links and the other end. In lossless
+mode the main thread stops reading the PAIR while a frame waits for credit; the small HWMs
+then block the reader, which stops reading the socket, and TCP backpressure reaches the camera.
 
 Exit codes: 0 stopped or the stream ended; 1 the camera never answered; 2 cannot start (a
 setting, the core's address) or the core refused this stream.
