@@ -33,9 +33,9 @@ from PIL import Image
 
 from encoders.services.ingest.av_source import AvSource
 from encoders.services.ingest.config import IngestConfig
-from encoders.services.ingest.jpeg import jpeg_size
 from encoders.services.ingest.mjpeg import MjpegSplitter
 from encoders.services.ingest.pictures import JpegEncoder, Picture, to_jpeg
+from encoders.shared.jpeg import jpeg_size
 
 FPS = 30
 SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "3"))

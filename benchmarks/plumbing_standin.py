@@ -94,7 +94,8 @@ def vector(jpeg: bytes) -> np.ndarray:
 
 
 def whole_jpeg(data: bytes) -> bool:
-    """As embedder.JpegBytes checks a JPEG it does not decode (--light): its start and end markers."""
+    """A JPEG not decoded (--light), checked for its start and end markers, as embedder.JpegBytes does
+    (with shared/jpeg.py, which d031ce1, whose code this runs with, does not have)."""
     return data.startswith(b"\xff\xd8") and b"\xff\xd9" in data[-32:]
 
 

@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from encoders.shared.jpeg import CorruptJpeg, jpeg_size
+
 from .config import NONE_DIM
 from .preprocess import CorruptFrame, Loader, Preprocessor
 
@@ -66,17 +68,19 @@ def unit_vector(jpeg: bytes, dim: int = NONE_DIM) -> np.ndarray:
 
 
 NO_PICTURE = np.zeros((0, 0, 3), np.uint8)  # what JpegBytes loads: the worker measures no levels of it
-EOI_WITHIN = 32  # bytes at a JPEG's end where its end marker may be followed by padding
 
 
 class JpegBytes:
-    """ENCODERS_NONE_DECODE=0's loader: no frame is decoded. A JPEG is only checked to start and end
-    as one does (its SOI and EOI markers), so that a truncated frame is still skipped; its picture
-    is empty (no levels). For measuring the plumbing at rates this machine's cores could not decode."""
+    """ENCODERS_NONE_DECODE=0's loader: no frame is decoded. A JPEG is only checked as the ingest
+    checks it (its start and end markers, its frame header: shared/jpeg.py, a few microseconds), so
+    that a truncated frame is still skipped; its picture is empty (no levels). For measuring the
+    plumbing at rates this machine's cores could not decode."""
 
     def load(self, data: bytes) -> np.ndarray:
-        if not data.startswith(b"\xff\xd8") or b"\xff\xd9" not in data[-EOI_WITHIN:]:
-            raise CorruptFrame("not a whole JPEG (its start or end marker is missing)")
+        try:
+            jpeg_size(data)
+        except CorruptJpeg as exc:
+            raise CorruptFrame(f"not a whole JPEG ({exc})") from None
         return NO_PICTURE
 
 

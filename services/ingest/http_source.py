@@ -17,10 +17,10 @@ import httpx
 
 from encoders.shared.backoff import Backoff
 from encoders.shared.complaints import Complaints
+from encoders.shared.jpeg import CorruptJpeg, jpeg_size
 from encoders.shared.masking import mask
 
 from .errors import StreamError, UnusableStream
-from .jpeg import CorruptJpeg, jpeg_size
 from .mjpeg import MAX_PART_BYTES, MjpegSplitter, boundary_from_content_type
 from .pictures import JpegFrame
 

@@ -114,7 +114,7 @@ def test_a_link_broken_mid_batch_costs_its_pictures_lost_and_the_rest_go_on(serv
         pipeline.start_ingest(0, pipeline.start_camera(0, fps=30), "--max-frames", "240")
         records = [m for m in collect(sub, records=30) if isinstance(m, MetricsRecord)]
         proxy.hold()  # pictures sent now go nowhere...
-        time.sleep(0.2)
+        wait_for(lambda: proxy.held > 0, 30, "pictures sent into the held link")
         proxy.cut()  # ... and the link breaks: ZeroMQ connects again, the next pictures arrive
         got = collect(sub, until_eos=1, timeout_s=150)
         records += [m for m in got if isinstance(m, MetricsRecord)]

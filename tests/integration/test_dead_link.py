@@ -76,7 +76,8 @@ def port_of(sock: zmq.Socket) -> int:
 def started_link(sockets: Sockets, router: zmq.Socket, **options) -> tuple[zmq.Socket, zmq.Socket]:
     """A DEALER as a session opens it, connected to ``router`` and heard by it; and its monitor."""
     dealer = sockets.connect(zmq.DEALER, endpoint(router), identity=b"peer", **options)
-    monitor = sockets._track(dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED))
+    monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
+    sockets.adopt(monitor)
     dealer.send(b"hello")
     assert router.poll(5000) and router.recv_multipart() == [b"peer", b"hello"]
     return dealer, monitor

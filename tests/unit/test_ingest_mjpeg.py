@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from encoders.services.ingest.jpeg import EOI, SOI, CorruptJpeg, jpeg_size
 from encoders.services.ingest.mjpeg import MjpegSplitter, boundary_from_content_type
+from encoders.shared.jpeg import EOI, SOI, CorruptJpeg, jpeg_size
 
 
 def make_jpeg(width: int, height: int, seed: int) -> bytes:

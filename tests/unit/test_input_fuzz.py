@@ -18,10 +18,10 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from encoders.services.ingest.jpeg import CorruptJpeg, jpeg_size
 from encoders.services.ingest.mjpeg import MAX_HEADER_BYTES, MjpegSplitter, boundary_from_content_type
 from encoders.services.recorder.rows import to_spool
 from encoders.services.recorder.writer import decode_spooled
+from encoders.shared.jpeg import CorruptJpeg, jpeg_size
 from encoders.shared.spool import Spool
 from encoders.shared.storage.frames import FrameRow
 

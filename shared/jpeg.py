@@ -1,4 +1,5 @@
-"""Is this part a JPEG, and how large is it? Checked before a frame is sent on.
+"""Is this part a JPEG, and how large is it? Checked by the ingest before a frame is sent on, and
+by a worker that decodes none (ENCODERS_NONE_DECODE=0, services/encoder/embedder.py).
 
 Only the header is read, and no pixel decoded: the markers are walked from the start of the
 image to the frame header (SOFn), whose fields give the size. Written by hand, not with
