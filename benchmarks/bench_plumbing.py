@@ -19,7 +19,10 @@ this commit / d031ce1, case by case.
 Settings (environment): BENCH_PLUMBING_FRAMES (3000) and BENCH_PLUMBING_SECONDS (5): each
 measurement's window ends at whichever comes first, after BENCH_PLUMBING_WARMUP_S (1.5) of
 records; BENCH_PLUMBING_BASE (d031ce1); BENCH_PLUMBING_CASES, a part of the cases' names to keep
-(e.g. "640x480"); BENCH_PLUMBING_PROFILE=core,recorder,ingest profiles those services (plumbing_run.py);
+(e.g. "640x480"); BENCH_PLUMBING_LATENCY_S (20), the window of the latency case (one camera at 30
+frames/s, keys on: p50/p95/p99 of capture to record, each record's capture time to its arrival at
+the benchmark's subscription, no floor); BENCH_PLUMBING_PROFILE=core,recorder,ingest profiles those
+services (plumbing_run.py);
 BENCH_PLUMBING_BASE may name a commit of protocol 3 too (its workers then run --runtime none, as this
 commit's). BENCH_PLUMBING_WORKERS=light runs workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
 --light): on a small machine the workers' decoding otherwise sets the pace, not the plumbing.
@@ -53,6 +56,8 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = os.environ.get("BENCH_PLUMBING_BASE", "d031ce1")
 SIZES = {(640, 480): 75, (1920, 1080): 70}  # JPEG quality: about 51 KB and 270 KB of the synthetic scene
 CASES = [Case(keys, size, cameras) for keys in (False, True) for size in SIZES for cameras in (1, 8)]
+# The issue's latency target: at a camera's 30 frames/s, p99 capture to record no worse than d031ce1's.
+CASES.append(Case(True, (640, 480), 1, fps=30.0))
 GROUPS = ("core", *CORE_THREADS, "recorder", "postgres", "ingest", *INGEST_THREADS, "workers", "source")
 
 
@@ -64,26 +69,36 @@ def budget_from_env() -> Budget:
     )
 
 
+def budget_for(case: Case, budget: Budget) -> Budget:
+    """A latency case's window is BENCH_PLUMBING_LATENCY_S (20) seconds, whatever its frames: its p99
+    needs a few hundred records at the camera's rate."""
+    if not case.latency:
+        return budget
+    return Budget(budget.warmup_s, 10**9, float(os.environ.get("BENCH_PLUMBING_LATENCY_S", "20")))
+
+
 @contextmanager
-def sources(sizes: dict[tuple[int, int], int]) -> Iterator[dict[tuple[int, int], Source]]:
-    """A pisim per frame size, serving one picture of the synthetic scene as JPEG at that quality."""
+def sources(wanted: set[tuple[tuple[int, int], float]]) -> Iterator[dict[tuple[tuple[int, int], float], Source]]:
+    """A pisim per frame size and rate, serving one picture of the synthetic scene as JPEG (quality by
+    SIZES), at that rate (0: as fast as it is read)."""
     OUT.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="plumbing-sources-", dir=OUT))
     procs = []
     try:
         served = {}
-        for (w, h), quality in sizes.items():
-            images = folder / f"{w}x{h}"
+        for (w, h), fps in sorted(wanted):
+            quality = SIZES[(w, h)]
+            images = folder / f"{w}x{h}-{fps:g}"
             images.mkdir()
             picture = SyntheticScene(w, h, seed=0).render(0.0)
             picture.save(images / "frame.png")
-            jpeg = folder / f"{w}x{h}.jpg"
+            jpeg = folder / f"{w}x{h}-{fps:g}.jpg"
             jpeg.write_bytes(encode_jpeg(picture, quality))
             port = free_port()
             args = ["--port", str(port), "--source", str(images), "--width", str(w), "--height", str(h)]
-            log = open(folder / f"pisim-{w}x{h}.log", "wb")  # noqa: SIM115 - closed with the process
+            log = open(folder / f"pisim-{w}x{h}-{fps:g}.log", "wb")  # noqa: SIM115 - closed with the process
             proc = subprocess.Popen(
-                [sys.executable, "-m", "encoders", "pisim", *args, "--quality", str(quality), "--fps", "0"],
+                [sys.executable, "-m", "encoders", "pisim", *args, "--quality", str(quality), "--fps", f"{fps:g}"],
                 env=clean_env(REPO / "src", None),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -98,10 +113,10 @@ def sources(sizes: dict[tuple[int, int], int]) -> Iterator[dict[tuple[int, int],
                 except OSError:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise RuntimeError(
-                            f"pisim did not start: {(folder / f'pisim-{w}x{h}.log').read_text()}"
+                            f"pisim did not start: {(folder / f'pisim-{w}x{h}-{fps:g}.log').read_text()}"
                         ) from None
                     time.sleep(0.1)
-            served[(w, h)] = Source(f"{url}/stream.mjpg", proc.pid, jpeg)
+            served[((w, h), fps)] = Source(f"{url}/stream.mjpg", proc.pid, jpeg)
         yield served
     finally:
         for proc, log in procs:
@@ -165,24 +180,22 @@ def measure(
     and the database server's versions."""
     out = []
     with ExitStack() as stack:
-        served = stack.enter_context(
-            sources({size: q for size, q in SIZES.items() if any(c.size == size for c in cases)})
-        )
+        served = stack.enter_context(sources({(c.size, c.fps) for c in cases}))
         url, home = stack.enter_context(embedded_server())
         server = server_versions(url)
         print(f"  PostgreSQL {server['postgresql']}, pgvector {server['pgvector']} (embedded)", flush=True)
         db = (url, postmaster(home / ".pgdata"))
         for n, case in enumerate(cases):
-            source = served[case.size]
+            source = served[(case.size, case.fps)]
             size = source.jpeg.stat().st_size
             print(f"  {case.name} (JPEG {size / 1000:.0f} KB, {case.workers} workers)", flush=True)
             result: dict = {"case": case.name, "keys": case.keys, "size": list(case.size), "cameras": case.cameras}
             result.update(workers=case.workers, jpeg_bytes=size, variants={})
             for version in versions if n % 2 == 0 else versions[::-1]:
-                got = pipeline(version, case, source, db, budget)
+                got = pipeline(version, case, source, db, budget_for(case, budget))
                 result["variants"][version.label] = got
                 print(f"    {version.label}: {line(got)}", flush=True)
-            if with_floor:
+            if with_floor and not case.latency:  # the floor's feeders have no camera rate
                 got = floor(case, source, versions[0].keys, budget, REPO / "src")
                 result["variants"]["floor"] = got
                 print(f"    floor: {line(got)}", flush=True)
@@ -193,12 +206,18 @@ def measure(
 def line(got: dict) -> str:
     cpu = got["cpu_ms_per_frame"]
     parts = ", ".join(f"{g} {cpu[g]:.2f}" for g in GROUPS if g in cpu)
-    return f"{got['frames_per_s']:.0f} frames/s ({got['frames']} in {got['seconds']:.1f} s); CPU ms per frame: {parts}"
+    text = f"{got['frames_per_s']:.0f} frames/s ({got['frames']} in {got['seconds']:.1f} s); CPU ms per frame: {parts}"
+    if "latency_ms" in got:
+        ms = got["latency_ms"]
+        text += f"; latency ms p50 {ms['p50']:.1f}, p95 {ms['p95']:.1f}, p99 {ms['p99']:.1f}, max {ms['max']:.1f}"
+    return text
 
 
 def ratio(a: dict, b: dict) -> dict[str, float]:
     """a / b of frames/s and of each group's CPU per frame (where b's is not 0)."""
     out = {"frames_per_s": a["frames_per_s"] / b["frames_per_s"]}
+    if "latency_ms" in a and "latency_ms" in b:
+        out["latency_p99"] = a["latency_ms"]["p99"] / b["latency_ms"]["p99"]
     for g in GROUPS:
         if b["cpu_ms_per_frame"].get(g):
             out[g] = a["cpu_ms_per_frame"][g] / b["cpu_ms_per_frame"][g]
@@ -231,6 +250,18 @@ def print_tables(results: list[dict], this: str, base: str) -> None:
         floor_ratio = r.get("core_over_floor", {})
         tail = f"{floor_ratio[this]:5.1f} /{floor_ratio[base]:5.1f}" if floor_ratio else ""
         print(f"{r['case']:40} " + " ".join(f"{r['ratio'].get(k, float('nan')):9.2f}" for k in keys) + f" {tail:>12}")
+    timed = [r for r in results if "latency_p99" in r["ratio"]]
+    if timed:
+        print(f"\nLatency, capture to record (at a subscriber), ms: p50 / p95 / p99 / max ({this}, then {base})")
+        for r in timed:
+            for label in (this, base):
+                ms = r["variants"][label]["latency_ms"]
+                row = " / ".join(f"{ms[k]:.1f}" for k in ("p50", "p95", "p99", "max"))
+                print(f"{r['case']:40} {label:8} {row}  ({ms['n']} records)")
+                for part, ms in r["variants"][label]["latency_parts_ms"].items():
+                    row = " / ".join(f"{ms[k]:.1f}" for k in ("p50", "p95", "p99", "max"))
+                    print(f"{'':40} {'':8} {row}  {part.replace('_', ' ')}")
+            print(f"{r['case']:40} p99 {this} / {base}: {r['ratio']['latency_p99']:.2f}")
 
 
 def has_none_runtime(root: Path) -> bool:

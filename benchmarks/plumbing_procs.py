@@ -18,6 +18,8 @@ import msgpack
 import zmq
 
 from encoders.shared.keys import client
+from encoders.shared.messages import Records as RecordBatch
+from encoders.shared.messages import decode
 
 
 def free_port() -> int:
@@ -36,10 +38,30 @@ def rows(header: bytes) -> int:
     return head["n"] if isinstance(head, dict) and head.get("k") == "records" else 1
 
 
-class Records(threading.Thread):
-    """The benchmark's subscription to the metrics publisher: records counted, each stream's end read."""
+def record_times(parts: list[zmq.Frame]) -> list[tuple[float, float, float]]:
+    """(t_capture, t_encoded, t_metrics) of each record a message on the metrics publisher carries: a
+    protocol-2 MetricsRecord's header fields, or a protocol-3 Records' columns (decoded by this
+    commit's code)."""
+    head = msgpack.unpackb(parts[1].bytes, raw=False)
+    if head.get("k") != "records":
+        return [(float(head["t_capture"]), float(head["t_encoded"]), float(head["t_metrics"]))]
+    batch = decode([p.bytes for p in parts], with_topic=True)
+    if not isinstance(batch, RecordBatch):
+        raise TypeError(f"a {type(batch).__name__} on a metrics topic")
+    c = batch.columns
+    return list(zip(c["t_capture"].tolist(), c["t_encoded"].tolist(), c["t_metrics"].tolist(), strict=True))
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, keys: Path | None) -> None:
+
+class Records(threading.Thread):
+    """The benchmark's subscription to the metrics publisher: records counted, each stream's end read.
+
+    ``latency``: each record's latency too, from its frame's capture (the ingest's clock) to its
+    arrival here (this process's ``time.time()``; one machine, one clock), in ``latencies`` with its
+    parts: capture to the worker's ``t_encoded``, that to the core's ``t_metrics``, that to the
+    arrival. The records are decoded, which at full speed would take this process a share of the
+    CPU it measures: only at a camera's rate."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, keys: Path | None, *, latency: bool = False) -> None:
         super().__init__(name="records", daemon=True)
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -53,6 +75,10 @@ class Records(threading.Thread):
         self.count = 0
         self.streams: set[bytes] = set()  # the streams records came from
         self.ends: dict[str, dict] = {}  # stream -> its counts
+        self.latency = latency
+        # Seconds, record by record as they came: (capture to arrival, to encoded, encoded to metrics,
+        # metrics to arrival).
+        self.latencies: list[tuple[float, float, float, float]] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -62,6 +88,9 @@ class Records(threading.Thread):
             parts = self.sock.recv_multipart(copy=False)
             topic = parts[0].bytes
             if topic.startswith(b"metrics/"):
+                if self.latency:
+                    arrived = time.time()
+                    self.latencies.extend((arrived - c, e - c, m - e, arrived - m) for c, e, m in record_times(parts))
                 self.count += rows(parts[1].bytes)
                 if topic not in self.streams:
                     self.streams.add(topic)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import zmq
 
@@ -63,6 +64,7 @@ class Case:
     keys: bool
     size: tuple[int, int]
     cameras: int
+    fps: float = 0.0  # the cameras' rate; 0: as fast as the pipeline takes frames
 
     @property
     def workers(self) -> int:
@@ -71,7 +73,15 @@ class Case:
     @property
     def name(self) -> str:
         w, h = self.size
-        return f"{w}x{h}, {self.cameras} camera{'s' if self.cameras > 1 else ''}, keys {'on' if self.keys else 'off'}"
+        cameras = f"{self.cameras} camera{'s' if self.cameras > 1 else ''}"
+        rate = f", {self.fps:g} frames/s" if self.fps else ""
+        return f"{w}x{h}, {cameras}{rate}, keys {'on' if self.keys else 'off'}"
+
+    @property
+    def latency(self) -> bool:
+        """A case at a camera's rate measures latency (each record's, capture to its arrival at a
+        subscriber); one at full speed measures throughput, where queues, not the path, set latency."""
+        return self.fps > 0
 
 
 @dataclass(frozen=True)
@@ -135,9 +145,10 @@ def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | 
     ports = {name: free_port() for name in ("core", "frames", "metrics")}
     core = f"tcp://127.0.0.1:{ports['core']}"
     server_url, postmaster = db
-    db_url = new_database(server_url, f"plumbing_{version.label}_{os.getpid()}".replace("-", "_"))
+    # An SQL name as it is folded: a label such as "HEAD" would be created as "head".
+    db_url = new_database(server_url, re.sub(r"[^a-z0-9_]", "_", f"plumbing_{version.label}_{os.getpid()}".lower()))
     ctx = zmq.Context()
-    records = Records(ctx, f"tcp://127.0.0.1:{ports['metrics']}", keys)
+    records = Records(ctx, f"tcp://127.0.0.1:{ports['metrics']}", keys, latency=case.latency)
     records.start()
     began = time.monotonic()
     try:
@@ -272,19 +283,39 @@ def measure(
     ready = time.monotonic()
     wait(lambda: time.monotonic() - ready >= budget.warmup_s, budget.warmup_s + 10, "the warm-up", run)
     core = run.procs["core"][0].pid
-    before, n0, t0 = snapshot(groups, core), records.count, time.monotonic()
+    before, n0, t0, l0 = snapshot(groups, core), records.count, time.monotonic(), len(records.latencies)
     while records.count - n0 < budget.frames and time.monotonic() - t0 < budget.seconds:
         time.sleep(0.02)
-    after, n1, t1 = snapshot(groups, core), records.count, time.monotonic()
+    after, n1, t1, l1 = snapshot(groups, core), records.count, time.monotonic(), len(records.latencies)
     run.check_alive()
     frames = n1 - n0
-    return {
+    got = {
         "frames": frames,
         "seconds": t1 - t0,
         "frames_per_s": frames / (t1 - t0),
         "cpu_ms_per_frame": per_frame(before, after, frames),
         "ready_at": ready,
     }
+    if records.latency:
+        window = records.latencies[l0:l1]
+        if not window:
+            raise RuntimeError("no record's latency in the window")
+        got["latency_ms"] = percentiles([w[0] for w in window])
+        got["latency_parts_ms"] = {
+            part: percentiles([w[i] for w in window]) for i, part in enumerate(LATENCY_PARTS, start=1)
+        }
+    return got
+
+
+# The parts of a record's latency, by the times it carries: the ingest's, the worker's, the core's.
+LATENCY_PARTS = ("capture_to_encoded", "encoded_to_metrics", "metrics_to_arrival")
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p95, p99 and the max of latencies, in milliseconds."""
+    ms = np.asarray(seconds) * 1000.0
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(ms.max()), "n": int(ms.size)}
 
 
 def keep_logs(run: Run, name: str, got: dict, cameras: int) -> None:
