@@ -132,6 +132,7 @@ class Worker:
         if self.data.monitor is not None:  # handshakes refused before ZAP: counted as they come
             self.poller.register(self.data.monitor, zmq.POLLIN)
         self.model = ModelThread(encoder, observe_batch)
+        self.poller.register(self.model.wakeup, zmq.POLLIN)  # a batch finished (model_thread.py)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
         self.thumbnails = Thumbnails(thumbnail_size, thumbnail_quality, self.pool)
         self.due: list[Embedding | Skipped] = []  # results not sent yet: they go out as one Results (flush)
@@ -170,6 +171,8 @@ class Worker:
         """Take what the core sent and the pictures the ingests sent (waiting up to ``timeout_ms`` for
         something); heartbeat when due."""
         ready = dict(self.poller.poll(timeout_ms))
+        if self.model.wakeup in ready:
+            self.model.woken()  # the results go out in this step's send_results
         if self.session.sock in ready:
             for msg in self.session.take(time.monotonic()):
                 self._from_core(msg)
@@ -317,9 +320,8 @@ class Worker:
 
     def step(self) -> None:
         """Receive, start a batch when the model has room, send what it finished."""
-        # While the model runs, wait for frames only briefly: its results go out within 5 ms of
-        # being ready (a long wait here was most of the capture-to-embedding latency at 15 fps).
-        self.receive(0 if len(self.intake) else 5 if self.model.busy else 100)
+        # A batch that finishes wakes the poll (model_thread.py): its results go out at once.
+        self.receive(0 if len(self.intake) else 100)
         if len(self.intake) and self.model.has_room():
             self.encode_next()
         self.send_results(block_s=0.0 if self.model.has_room() or not self.model.busy else 0.05)

@@ -310,6 +310,21 @@ def test_a_result_goes_out_as_soon_as_the_model_has_it(core, make):
     assert statistics.median(took) < 0.06, took  # the tiny model takes a few ms
 
 
+def test_a_finished_batch_wakes_the_worker_waiting_for_frames(core, make):
+    """A batch the model finishes ends the worker's wait for input at once: its results are not held
+    until a frame comes or the wait times out (it looked every 5 ms: up to 5 ms more a frame)."""
+    worker = make()
+    joined(worker, core)
+    core.send(frame(0))
+    until(worker, lambda: worker.model.busy, step=lambda: (worker.receive(50), worker.encode_next()))
+    waited = time.monotonic()
+    worker.receive(60_000)  # nothing comes from the core or an ingest: only the model's result ends this
+    waited = time.monotonic() - waited
+    assert waited < 30, f"the wait for input ran {waited:.1f} s: the finished batch did not wake it"
+    worker.send_results(block_s=0.0)
+    assert [m.seq for m in core.outcomes()] == [0]
+
+
 def test_a_batch_s_results_go_out_as_one_message(core, make):
     """Protocol 3: one Results per finished batch, the skips found meanwhile with it."""
     worker = make(batch_size=4)
