@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,32 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return min(1.0, max(-1.0, float(a @ b) / math.sqrt(na * nb)))
+
+
+def consecutive_similarities(vectors: Sequence[np.ndarray]) -> list[float | None]:
+    """The cosine of each vector with the one before it (None for the first, and where the two differ
+    in length), as ``cosine_similarity`` gives it, for a run of a stream's frames in one go.
+
+    Row-wise over the run stacked: two passes of numpy over n x dim where pair by pair is three dot
+    products and their Python around them a frame (issue #21: per-frame logic, per batch). The
+    sums may differ from the pair's ``@`` in the last bit (another order of adding)."""
+    n = len(vectors)
+    out: list[float | None] = [None] * n
+    if n < 2:
+        return out
+    shape = vectors[0].shape
+    if any(v.shape != shape for v in vectors):  # another model mid-run: pair by pair
+        for i in range(1, n):
+            if vectors[i].shape == vectors[i - 1].shape:
+                out[i] = cosine_similarity(vectors[i - 1], vectors[i])
+        return out
+    rows = np.stack(vectors).astype(np.float64).reshape(n, -1)
+    norms = np.einsum("ij,ij->i", rows, rows)
+    dots = np.einsum("ij,ij->i", rows[1:], rows[:-1])
+    both = norms[1:] * norms[:-1]
+    cosines = np.divide(dots, np.sqrt(both), out=np.zeros_like(dots), where=both != 0.0)  # a zero vector: 0
+    out[1:] = np.clip(cosines, -1.0, 1.0).tolist()
+    return out
 
 
 @dataclass
@@ -57,7 +84,12 @@ class DriftTracker:
         self.times = deque(maxlen=self.window)
         self._lows, self._highs = deque(), deque()
 
-    def update(self, vector: np.ndarray, t_capture: float) -> tuple[float | None, float | None]:
+    def update(
+        self, vector: np.ndarray, t_capture: float, known: tuple[np.ndarray, float | None] | None = None
+    ) -> tuple[float | None, float | None]:
+        """This frame's similarity and drift (None for a stream's first frame, or another length of
+        embedding), and the window updated. ``known``: a vector and this one's similarity with it
+        (``consecutive_similarities``), taken where that vector is the one before."""
         self.times.append(t_capture)
         prev, self.previous = self.previous, vector
         if prev is not None and prev.shape != vector.shape:
@@ -74,7 +106,10 @@ class DriftTracker:
             prev = None
         if prev is None:
             return None, None
-        similarity = cosine_similarity(prev, vector)
+        if known is not None and known[0] is prev and known[1] is not None:
+            similarity = known[1]
+        else:
+            similarity = cosine_similarity(prev, vector)
         drift = 1.0 - similarity
         if len(self.drifts) == self.drifts.maxlen:
             old = self.drifts[0]

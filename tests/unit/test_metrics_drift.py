@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from encoders.services.metrics.drift import DriftTracker, cosine_similarity
+from encoders.services.metrics.drift import DriftTracker, consecutive_similarities, cosine_similarity
 from encoders.services.metrics.reorder import LOST
-from encoders.services.metrics.streams import DROPPED, Streams
+from encoders.services.metrics.streams import DROPPED, VECTORISE_FROM, Streams
 from encoders.shared.messages import Embedding, EndOfStream, MetricsRecord, Skipped, StreamStart
 
 
@@ -187,3 +187,81 @@ def test_rolling_min_and_max_are_the_windows_own_at_every_step(window):
         expected = [*expected, drift][-window:]
         r = t.rolling()
         assert (r["min"], r["max"], r["count"]) == (min(expected), max(expected), len(expected))
+
+
+def test_a_runs_similarities_in_one_go_are_the_pairs_own():
+    """Row-wise over a run (the core's release of many frames of a stream): each vector against the
+    one before, as cosine_similarity gives it, through zero vectors, float32's extremes (in float64,
+    as the pair's), identical and opposite neighbours, and another length of embedding mid-run."""
+    rng = np.random.default_rng(7)
+    vectors = [v.astype(np.float32) for v in rng.normal(size=(12, 512))]
+    vectors[3] = np.zeros(512, np.float32)
+    vectors[5] = np.full(512, 3e38, np.float32)  # a float32 norm would overflow
+    vectors[6] = np.full(512, 1e-44, np.float32)  # ... or underflow to 0
+    vectors[8] = vectors[7].copy()
+    vectors[9] = -vectors[8]
+    got = consecutive_similarities(vectors)
+    assert got[0] is None
+    for i in range(1, len(vectors)):
+        assert got[i] == pytest.approx(cosine_similarity(vectors[i - 1], vectors[i]), abs=1e-12), i
+    assert (got[4], got[8], got[9]) == (0.0, pytest.approx(1.0), pytest.approx(-1.0))
+    assert got[6] == pytest.approx(1.0) and got[7] == pytest.approx(cosine_similarity(vectors[6], vectors[7]))
+
+    mixed = [unit(1, 0), unit(1, 1), unit(1, 0, 0), unit(0, 1, 0), unit(0, 1)]
+    assert consecutive_similarities(mixed) == [None, pytest.approx(math.sqrt(0.5)), None, pytest.approx(0.0), None]
+    assert consecutive_similarities([unit(1, 0)]) == [None] and consecutive_similarities([]) == []
+
+
+def records_of(out):
+    return [
+        (m.seq, m.similarity, m.drift, dict(m.rolling), m.scene_change) for m in out if isinstance(m, MetricsRecord)
+    ]
+
+
+def test_a_run_released_at_once_has_the_drift_of_frames_released_one_by_one():
+    """Many frames of a stream released together get their similarities in one go; each record's
+    similarity, drift, rolling statistics and scene change are those of the same frames released
+    one at a time, with a skipped frame, a new epoch and another length of embedding in the run
+    (drift starts afresh at each: no similarity across them)."""
+    rng = np.random.default_rng(3)
+    head, tail = 2 * VECTORISE_FROM + 6, VECTORISE_FROM + 2
+    n = head + tail
+    # Another model from ``head`` on: vectors of 4 values after 8.
+    vectors = [unit(*v) for v in rng.normal(size=(head, 8))] + [unit(*v) for v in rng.normal(size=(tail, 4))]
+    epoch_at, skipped_at = head // 2, 5
+
+    def feed(s: Streams, seq: int) -> None:
+        if seq == skipped_at:
+            s.outcome("cam0", seq, Skipped("cam0", seq, "w", "corrupt"), now=0)
+        else:
+            s.outcome("cam0", seq, Embedding("cam0", seq, float(seq), "w", "m", vector=vectors[seq]), now=0)
+
+    def streams() -> Streams:
+        s = Streams(rolling_window=5, max_wait=5)
+        s.start_epoch("cam0", 0, now=0)
+        numbered(s, "cam0", epoch_at)
+        s.start_epoch("cam0", epoch_at, now=0)
+        numbered(s, "cam0", n - epoch_at)
+        return s
+
+    one_by_one, at_once = streams(), streams()
+    singles = []
+    for seq in range(n):
+        feed(one_by_one, seq)
+        singles += one_by_one.release(now=0)
+    together = []
+    for run in (range(head), range(head, n)):  # each run's first frame last: the others wait, then all go
+        for seq in reversed(run):
+            feed(at_once, seq)
+        together += at_once.release(now=0)
+    expected, got = records_of(singles), records_of(together)
+    assert len(got) == n - 1
+    assert [r[0] for r in got] == [r[0] for r in expected]
+    for (seq, sim, drift, rolling, scene), (_, sim1, drift1, rolling1, scene1) in zip(got, expected, strict=True):
+        if sim1 is None:
+            assert (sim, drift) == (None, None), seq
+        else:
+            assert (sim, drift) == (pytest.approx(sim1, abs=1e-12), pytest.approx(drift1, abs=1e-12)), seq
+        assert rolling == pytest.approx(rolling1, abs=1e-12) and scene == scene1, seq
+    firsts = [seq for seq, sim, *_ in got if sim is None]
+    assert firsts == [0, epoch_at, head]
