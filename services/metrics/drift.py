@@ -78,6 +78,9 @@ class DriftTracker:
     _lows: deque = field(init=False)
     _highs: deque = field(init=False)
     dim_changes: int = 0  # frames whose embedding was not as long as the one before
+    # rolling() until the next update: a frame's statistics after its drift are the next frame's before
+    # (both asked a frame: the scene rule's and the record's); read only, as records are.
+    _rolling: Rolling | None = None
 
     def __post_init__(self) -> None:
         self.drifts = deque(maxlen=self.window)
@@ -90,6 +93,7 @@ class DriftTracker:
         """This frame's similarity and drift (None for a stream's first frame, or another length of
         embedding), and the window updated. ``known``: a vector and this one's similarity with it
         (``consecutive_similarities``), taken where that vector is the one before."""
+        self._rolling = None
         self.times.append(t_capture)
         prev, self.previous = self.previous, vector
         if prev is not None and prev.shape != vector.shape:
@@ -137,6 +141,11 @@ class DriftTracker:
             highs.popleft()
 
     def rolling(self) -> Rolling:
+        if self._rolling is None:
+            self._rolling = self._statistics()
+        return self._rolling
+
+    def _statistics(self) -> Rolling:
         n = len(self.drifts)
         if n == 0:
             return Rolling(count=0, mean=None, std=None, min=None, max=None)

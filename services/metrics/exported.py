@@ -33,8 +33,13 @@ def core_exporter(core: Core) -> Exporter:
         LATENCY_BUCKETS,
     )
 
+    streams: dict[str, Any] = {}  # the histogram's child by stream: labels() costs more than a dict, a record
+
     def observe(rec: MetricsRecord) -> None:
-        latency.labels(rec.stream).observe(max(0.0, rec.t_encoded - rec.t_capture))
+        child = streams.get(rec.stream)
+        if child is None:
+            child = streams[rec.stream] = latency.labels(rec.stream)
+        child.observe(max(0.0, rec.t_encoded - rec.t_capture))
 
     core.on_record = observe
     core.on_turn = exporter.beat  # /healthz tells a wedged loop (shared/exporter.py)
