@@ -20,7 +20,12 @@ class EncoderConfig(ModelSettings, CoreConnection):
         "latency; 64 on CUDA)",
         minimum=0,
     )
-    batch_wait_ms: float = setting(5.0, "How long to wait for more frames once one is waiting, ms", minimum=0)
+    batch_wait_ms: float = setting(
+        5.0,
+        "How long to wait for more frames once one is waiting, ms, while frames come closer together than "
+        "that (one that comes alone goes at once)",
+        minimum=0,
+    )
     runtime: str = setting(
         "auto",
         "What runs the image tower: torch, onnx (ONNX Runtime), openvino, or auto (on the CPU OpenVINO if "

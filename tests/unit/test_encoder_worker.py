@@ -325,6 +325,34 @@ def test_a_finished_batch_wakes_the_worker_waiting_for_frames(core, make):
     assert [m.seq for m in core.outcomes()] == [0]
 
 
+def test_a_frame_that_comes_alone_is_not_held_to_fill_a_batch(core, make):
+    """A camera's frame at its rate, on a worker with room: encoded at once, not after batch_wait_ms
+    (here a minute) of waiting for frames that are not coming; the gap between pictures is measured
+    as they come (a frame comes alone when it is at least batch_wait_ms)."""
+    worker = make(batch_size=4, batch_wait_ms=60_000)
+    joined(worker, core)
+    core.send(frame(0))
+    until(worker, core.outcomes, timeout=30)
+    assert [r.n for r in core.results] == [1]
+    time.sleep(0.3)  # the camera's pace
+    core.send(frame(1))
+    until(worker, lambda: len(worker.intake) == 1, step=lambda: worker.receive(100))
+    assert 0.3 <= worker.picture_gap < 30
+
+
+def test_frames_that_come_together_wait_to_fill_a_batch(core, make):
+    """Pictures closer together than batch_wait_ms (here two in one message) wait for the rest of a
+    batch: those that come during the wait go with them, in one batch."""
+    worker = make(batch_size=4, batch_wait_ms=60_000)
+    joined(worker, core)
+    core.send(frame(0), frame(1))
+    until(worker, lambda: len(worker.intake) == 2, step=lambda: worker.receive(100))
+    core.send(frame(2), frame(3))  # waiting on the data socket while the worker gathers
+    worker.encode_next()
+    until(worker, lambda: len(core.outcomes()) == 4)
+    assert [r.n for r in core.results] == [4]
+
+
 def test_a_batch_s_results_go_out_as_one_message(core, make):
     """Protocol 3: one Results per finished batch, the skips found meanwhile with it."""
     worker = make(batch_size=4)
