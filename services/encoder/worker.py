@@ -105,10 +105,12 @@ class Worker:
         self.encoder = encoder
         self.batch_size = batch_size
         self.batch_wait_ms = batch_wait_ms
-        # Seconds between the last two pictures to come (0 for pictures of one message): a batch
-        # waits to fill only while they come closer together than batch_wait_ms (encode_next).
+        # Seconds before the last picture since the one before it or since room was last freed (0 for
+        # pictures of one message): a batch waits to fill only while that is under batch_wait_ms
+        # (encode_next). Freed room counts: the core answers it at once, with pictures from as many
+        # ingests as it assigns, each a message of its own; the first of them is not alone.
         self.picture_gap = math.inf
-        self._picture_at = -math.inf
+        self._busy_at = -math.inf
         self.intake = Intake(capacity=min(2 * batch_size, MAX_CAPACITY))
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.session = CoreSession.from_settings(  # first: an address that does not parse is StartupError
@@ -184,7 +186,7 @@ class Worker:
         if self.data.sock in ready:
             now = time.monotonic()
             for frame in self.data.receive():
-                self.picture_gap, self._picture_at = now - self._picture_at, now
+                self.picture_gap, self._busy_at = now - self._busy_at, now
                 self._picture(frame)
         elif self.data.monitor is not None and self.data.monitor in ready:
             self.data.watch()
@@ -248,10 +250,12 @@ class Worker:
         """Gather a batch (waiting up to batch_wait_ms for it to fill, while pictures come closer together
         than that), decode it, hand it to the model.
 
-        A picture that came alone (batch_wait_ms or more after the one before: a camera's frames at
-        its rate, on a worker with room) goes at once: waiting would only delay it (5 ms a frame at
-        30 frames/s, issue #21). Frames that come close together still wait for the rest of a batch,
-        and a worker that is busy gathers its next batch while the model runs anyway."""
+        A picture that came alone (batch_wait_ms or more after the one before and after the last
+        batch finished: a camera's frames at its rate, on a worker with room) goes at once: waiting
+        would only delay it (5 ms a frame at 30 frames/s, issue #21). Frames that come close together
+        still wait for the rest of a batch, as do those the core sends for room a batch just freed (a
+        saturated worker's batches stay full), and a worker that is busy gathers its next batch while
+        the model runs anyway."""
         limit = min(self.batch_size, self.encoder.max_batch)
         if len(self.intake) < limit and self.batch_wait_ms > 0 and self.picture_gap < self.batch_wait_ms / 1000:
             deadline = time.monotonic() + self.batch_wait_ms / 1000
@@ -284,6 +288,7 @@ class Worker:
         finished = False
         for items, vectors, error in self.model.results(timeout=block_s):
             finished = True
+            self._busy_at = time.monotonic()  # room freed: the pictures the core sends for it come together
             mine = self.intake.finish(items)
             self.counters["discarded"] += len(items) - len(mine)
             if vectors is None:

@@ -337,7 +337,7 @@ def test_a_frame_that_comes_alone_is_not_held_to_fill_a_batch(core, make):
     time.sleep(0.3)  # the camera's pace
     core.send(frame(1))
     until(worker, lambda: len(worker.intake) == 1, step=lambda: worker.receive(100))
-    assert 0.3 <= worker.picture_gap < 30
+    assert 0.3 <= worker.picture_gap < 30  # since the picture before and the results of its batch
 
 
 def test_frames_that_come_together_wait_to_fill_a_batch(core, make):
@@ -351,6 +351,31 @@ def test_frames_that_come_together_wait_to_fill_a_batch(core, make):
     worker.encode_next()
     until(worker, lambda: len(core.outcomes()) == 4)
     assert [r.n for r in core.results] == [4]
+
+
+class SlowModel(NoModel):
+    """A model that takes its time (here longer than the batch wait), as a saturated GPU's does."""
+
+    def embed_frames(self, jpegs, arrays):
+        time.sleep(1.0)  # the model's duration
+        return super().embed_frames(jpegs, arrays)
+
+
+def test_pictures_for_room_a_batch_freed_wait_to_fill_a_batch(core, make):
+    """A saturated worker's next batch stays full: the pictures the core sends when a batch finishes
+    come from several ingests, a message each, and the first is not alone, however long the batch
+    took (it came more than batch_wait_ms after the picture before it, but not after the freed room)."""
+    worker = make(batch_size=2, batch_wait_ms=300, embedder=SlowModel(dim=8, decode=False))
+    joined(worker, core)
+    core.send(frame(0))
+    until(worker, core.outcomes, timeout=30)  # a batch of one, a second long
+    core.send(frame(1))
+    until(worker, lambda: len(worker.intake) == 1, step=lambda: worker.receive(100))
+    assert worker.picture_gap < 0.3
+    core.send(frame(2))  # on its way while the worker gathers
+    worker.encode_next()
+    until(worker, lambda: len(core.outcomes()) == 3, timeout=30)
+    assert [r.n for r in core.results] == [1, 2]
 
 
 def test_a_batch_s_results_go_out_as_one_message(core, make):
