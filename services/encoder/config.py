@@ -23,7 +23,7 @@ class EncoderConfig(ModelSettings, CoreConnection):
     batch_wait_ms: float = setting(
         5.0,
         "How long to wait for more frames once one is waiting, ms, while frames come closer together than "
-        "that (one that comes alone goes at once)",
+        "that or soon after a batch finished (one that comes alone goes at once)",
         minimum=0,
     )
     runtime: str = setting(
