@@ -213,7 +213,8 @@ class Core:
     def _tick(self, now: float) -> None:
         self._check_keys(now)
         for peer in self.sessions.expired(now):
-            self._end(peer, f"silent for {self.sessions.timeout_s:g} s", now)
+            silent = now - peer.last_heard  # as measured here: the timeout, and at most a turn of the loop more
+            self._end(peer, f"silent for {silent:.1f} s, past the {self.sessions.timeout_s:g} s timeout", now)
         for role in BEFORE_RELEASE:
             self.roles[role].tick(now)
         self.release(now)

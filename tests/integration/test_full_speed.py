@@ -164,11 +164,11 @@ def test_a_worker_cut_off_holding_batches_costs_its_frames_within_the_heartbeat_
 
     cut.proc.send_signal(signal.SIGSTOP)  # alive, its connection open, silent: cut off
     started = time.monotonic()
-    left = r"worker w1 left \(silent for [\d.]+ s\): (\d+) frames it held lost"
+    left = r"worker w1 left \(silent for ([\d.]+) s, past the [\d.]+ s timeout\): (\d+) frames it held lost"
     try:
         found = wait_for(lambda: core_said(core, left), TIMEOUT_S + 30, "the core to count w1 gone")
         counted_in = time.monotonic() - started
-        held = int(found[0].group(1))
+        silent, held = float(found[0].group(1)), int(found[0].group(2))
         # The other worker goes on alone: rows keep coming while w1 is still stopped.
         rows = n_stored(pipeline)
         wait_for(lambda: n_stored(pipeline) >= rows + 200, 60, "w0 alone to have 200 more rows stored")
@@ -176,7 +176,10 @@ def test_a_worker_cut_off_holding_batches_costs_its_frames_within_the_heartbeat_
         cut.proc.send_signal(signal.SIGCONT)  # it wakes with the results of what it held: too late
     print(f"w1 held {held} frames at the cut; counted lost {counted_in:.2f} s after (timeout {TIMEOUT_S:g} s)")
     assert held > BATCH, f"w1 held {held} frames: not several batches"
-    assert TIMEOUT_S - HEARTBEAT_S <= counted_in <= TIMEOUT_S + 3, counted_in
+    # Within the timeout, as the core measured the silence (this test's clock also counts its own polling of
+    # the log, which a busy machine slows): past it by at most a turn of the core's loop, under a heartbeat.
+    assert counted_in >= TIMEOUT_S - HEARTBEAT_S, counted_in
+    assert TIMEOUT_S - 0.1 <= silent <= TIMEOUT_S + HEARTBEAT_S, silent  # logged to a tenth of a second
     # It comes back as a new life of its session and works again.
     wait_for(lambda: len(core_said(core, r"worker w1 joined")) >= 2, 60, "w1 to join again after SIGCONT")
     rows = n_stored(pipeline)
