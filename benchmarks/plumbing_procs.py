@@ -52,6 +52,10 @@ def record_times(parts: list[zmq.Frame]) -> list[tuple[float, float, float]]:
     return list(zip(c["t_capture"].tolist(), c["t_encoded"].tolist(), c["t_metrics"].tolist(), strict=True))
 
 
+# The parts of a record's latency after its whole (``Records.latencies``), by the times it carries.
+LATENCY_PARTS = ("capture_to_encoded", "encoded_to_metrics", "metrics_to_arrival")
+
+
 class Records(threading.Thread):
     """The benchmark's subscription to the metrics publisher: records counted, each stream's end read.
 

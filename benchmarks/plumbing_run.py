@@ -42,7 +42,7 @@ from benchmarks import OUT
 
 from .db_data import new_database
 from .plumbing_cpu import per_frame, snapshot
-from .plumbing_procs import Records, Run, clean_env, free_port, wait
+from .plumbing_procs import LATENCY_PARTS, Records, Run, clean_env, free_port, wait
 
 HERE = Path(__file__).resolve().parent
 COUNTS = ("published", "embedded", "dropped", "skipped", "lost")
@@ -305,10 +305,6 @@ def measure(
             part: percentiles([w[i] for w in window]) for i, part in enumerate(LATENCY_PARTS, start=1)
         }
     return got
-
-
-# The parts of a record's latency, by the times it carries: the ingest's, the worker's, the core's.
-LATENCY_PARTS = ("capture_to_encoded", "encoded_to_metrics", "metrics_to_arrival")
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:

@@ -110,7 +110,7 @@ class Worker:
         # (encode_next). Freed room counts: the core answers it at once, with pictures from as many
         # ingests as it assigns, each a message of its own; the first of them is not alone.
         self.picture_gap = math.inf
-        self._busy_at = -math.inf
+        self._stirred_at = -math.inf  # when a picture last came, or room was last freed
         self.intake = Intake(capacity=min(2 * batch_size, MAX_CAPACITY))
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.session = CoreSession.from_settings(  # first: an address that does not parse is StartupError
@@ -186,7 +186,7 @@ class Worker:
         if self.data.sock in ready:
             now = time.monotonic()
             for frame in self.data.receive():
-                self.picture_gap, self._busy_at = now - self._busy_at, now
+                self.picture_gap, self._stirred_at = now - self._stirred_at, now
                 self._picture(frame)
         elif self.data.monitor is not None and self.data.monitor in ready:
             self.data.watch()
@@ -288,7 +288,7 @@ class Worker:
         finished = False
         for items, vectors, error in self.model.results(timeout=block_s):
             finished = True
-            self._busy_at = time.monotonic()  # room freed: the pictures the core sends for it come together
+            self._stirred_at = time.monotonic()  # room freed: the pictures the core sends for it come together
             mine = self.intake.finish(items)
             self.counters["discarded"] += len(items) - len(mine)
             if vectors is None:

@@ -308,6 +308,8 @@ class Streams:
         """A run's embedded frames' similarities in one go, each with the vector before it in the run
         (the tracker takes one where that is its previous: not across an epoch's start), by id() of
         the Embedding; none for a run too short to gain by it."""
+        if len(released) < VECTORISE_FROM:  # the common case at a camera's rate: a frame or two a turn
+            return {}
         embedded = [o for _, o in released if isinstance(o, Embedding)]
         if len(embedded) < VECTORISE_FROM:
             return {}
