@@ -217,7 +217,7 @@ class MjpegSplitter:
             end = start + self._length
             if len(buf) < end:
                 return False
-            self._emit(out, bytes(buf[start:end]))
+            self._emit(out, self._take(start, end))
             self._pos = self._scan = end
             self._state = _SEEK
             return True
@@ -229,13 +229,12 @@ class MjpegSplitter:
                 self._state = _SEEK
             return False
         line_start, end, closing = found
-        part = bytes(buf[start:line_start])
         # The line break before a boundary belongs to the boundary, not to the JPEG.
-        if part.endswith(b"\r\n"):
-            part = part[:-2]
-        elif part.endswith(b"\n"):
-            part = part[:-1]
-        self._emit(out, part)
+        if buf[line_start - 2 : line_start] == b"\r\n" and line_start - 2 >= start:
+            line_start -= 2
+        elif line_start > start and buf[line_start - 1] == 0x0A:
+            line_start -= 1
+        self._emit(out, self._take(start, line_start))
         self._enter_headers(end, closing)
         return True
 
@@ -256,6 +255,13 @@ class MjpegSplitter:
         self._pos = self._scan = pos
         self._length = length
         self._state = _BODY
+
+    def _take(self, start: int, end: int) -> bytes:
+        """The buffer's bytes [start:end], copied once, where ``bytes(buf[a:b])`` copies twice (a
+        bytearray slice, then bytes) and allocates twice a frame's size. The view is let go at once:
+        a bytearray with a view on it cannot grow or shrink."""
+        with memoryview(self._buf) as view:
+            return bytes(view[start:end])
 
     def _emit(self, out: list[bytes], part: bytes) -> None:
         if len(part) > self.max_part_bytes:
