@@ -6,9 +6,9 @@ socket it owns. The events are ingest's own, not wire messages: a ``JpegFrame`` 
 source read it (unnumbered: the core numbers frames), and a final ``ReaderEnded`` saying
 how and why the reading ended.
 
-Backpressure: the PAIR's high-water marks are 1, and ``ReaderOutbox.send`` waits while
-the main thread is not reading. In lossless mode the main thread stops reading while a
-frame waits for the core's credit, so the reader stops reading the HTTP socket, and TCP
+Backpressure: the PAIR holds at most 2 x PIPE_HWM frames, and ``ReaderOutbox.send`` waits
+while it is full. In lossless mode the main thread stops reading while a frame waits for the
+core's credit, so the pipe fills, the reader stops reading the HTTP socket, and TCP
 backpressure reaches the camera.
 
 Encoding over the PAIR (both ends are this module; nothing is pickled):
@@ -35,6 +35,12 @@ from .pictures import JpegFrame, SourceItem
 
 log = logging.getLogger("encoders.ingest")
 
+# Frames each end of the pipe holds (inproc adds the two: the reader may be 32 frames ahead of the
+# main thread, 1.7 MB at 640x480). With one each, a reader ahead of the main thread slept and was
+# woken for every frame; ZeroMQ tells a full pipe's writer of room once every half pipe read, so
+# with 16 it is woken once for 16 frames: the ingest's CPU a frame at full speed was 0.80-0.93 of
+# what it was with 1 (issue #21, benchmarks/RESULTS.md).
+PIPE_HWM = 16
 POLL_MS = 100  # how often a reader waiting for the main thread looks at the stop event
 JOIN_WAIT = 1.0  # seconds shutdown waits for the reader to let go of the camera
 
@@ -165,9 +171,10 @@ class CameraReader:
         # and id(self) of a reader made after another was closed can be the same (tests saw
         # "Address already in use").
         address = f"inproc://ingest-reader-{uuid.uuid4().hex}"
-        self.inbox = zmqio.open_socket(ctx, zmq.PAIR, address, bind=True, rcvhwm=1, linger=0)
+        self.inbox = zmqio.open_socket(ctx, zmq.PAIR, address, bind=True, rcvhwm=PIPE_HWM, linger=0)
         try:
-            self._outbox = ReaderOutbox(zmqio.open_socket(ctx, zmq.PAIR, address, bind=False, sndhwm=1, linger=0))
+            outbox = zmqio.open_socket(ctx, zmq.PAIR, address, bind=False, sndhwm=PIPE_HWM, linger=0)
+            self._outbox = ReaderOutbox(outbox)
         except BaseException:
             self.inbox.close(0)
             raise

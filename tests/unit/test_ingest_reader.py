@@ -11,7 +11,7 @@ import pytest
 
 from encoders.services.ingest import reader as reader_module
 from encoders.services.ingest.http_source import JpegFrame
-from encoders.services.ingest.reader import CameraReader, ReaderEnded, decode, encode
+from encoders.services.ingest.reader import PIPE_HWM, CameraReader, ReaderEnded, decode, encode
 
 from ..conftest import wait_for
 
@@ -123,10 +123,12 @@ def test_the_reader_waits_while_nobody_reads_and_sends_nothing_when_stopped(ctx)
     reader.start()
     wait_for(lambda: camera.yielded, 5, "the reader's first frame")
     time.sleep(0.3)  # simulates a while with nobody reading: time the reader would use to run ahead
-    assert camera.yielded <= 4  # the HWMs hold the reader back: it stops asking the camera
+    # The pipe's HWMs hold the reader back: it stops asking the camera once the pipe is full (and it
+    # holds the frame it waits to send).
+    assert camera.yielded <= 2 * PIPE_HWM + 1
     reader.receive()
     time.sleep(0.1)  # simulates a while again: the reader may read one more, no more
-    assert camera.yielded <= 5  # one taken, one more read
+    assert camera.yielded <= 2 * PIPE_HWM + 2  # one taken, one more read
     reader.interrupt()
     assert stop.is_set() and camera.interrupted
     reader._thread.join(1.0)
