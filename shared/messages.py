@@ -33,7 +33,7 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Annotated, Any, ClassVar, Literal, TypedDict, cast
+from typing import Annotated, Any, ClassVar, Literal, Self, TypedDict, cast
 
 import msgpack
 import numpy as np
@@ -896,7 +896,9 @@ def rows_of(msg: Message) -> Sequence[Message]:
 # that worker over the worker's data socket (``Pictures``), whose address and public key the
 # core names in ``Workers``. Previews and snapshots: ``Preview`` (core -> ingest: the rate a
 # watched stream's pictures are wanted at), ``WantPictures`` (recorder -> core -> ingest: seqs
-# whose pictures a snapshot needs); the ingest answers both with ``Pictures`` on its session.
+# whose pictures a snapshot needs); the ingest answers both with ``Pictures`` on its session, and
+# says which wanted pictures it no longer has (``NoPictures``, also the core's answer when the
+# stream's ingest is gone).
 
 MAX_WORKER_LINKS = 256  # entries of a Workers' map of workers, or of keys a worker admits
 WORKER_NUMBER = re.compile(r"[1-9][0-9]{0,4}")
@@ -1086,10 +1088,9 @@ class Preview(Message):
 
 
 @dataclass
-class WantPictures(Batch):
-    """recorder -> core -> ingest: the pictures of these seqs of ``stream`` (snapshots), from the ingest's ring."""
+class StreamSeqs(Batch):
+    """Seqs of one stream, a column of them: what ``WantPictures`` and ``NoPictures`` carry."""
 
-    KIND: ClassVar[str] = "want_pictures"
     COLUMNS: ClassVar[tuple[Column, ...]] = (Column("seq", "<i8", 0, INT64_MAX - 1),)
     stream: StreamName
 
@@ -1097,19 +1098,35 @@ class WantPictures(Batch):
         return 0
 
     @classmethod
-    def of(cls, stream: str, seqs: Sequence[int]) -> WantPictures:
+    def of(cls, stream: str, seqs: Sequence[int]) -> Self:
         return cls(stream, columns={"seq": np.array(seqs, "<i8")})
 
     def seqs(self) -> list[int]:
         return cast(list[int], self.columns["seq"].tolist())
 
-    def rows(self) -> list[Wanted]:
-        return [Wanted(self.stream, seq) for seq in self.seqs()]
+    def rows(self) -> list[StreamSeq]:
+        return [StreamSeq(self.stream, seq) for seq in self.seqs()]
 
 
 @dataclass
-class Wanted:
-    """A row of ``WantPictures``."""
+class WantPictures(StreamSeqs):
+    """recorder -> core -> ingest: the pictures of these seqs of ``stream`` (snapshots), from the ingest's ring."""
+
+    KIND: ClassVar[str] = "want_pictures"
+
+
+@dataclass
+class NoPictures(StreamSeqs):
+    """ingest -> core -> recorder (none in its ring any more), or core -> recorder (the stream's ingest is
+    gone): these seqs' pictures, which a ``WantPictures`` asked for, will not come. The recorder misses
+    those snapshots at once, instead of after waiting ENCODERS_SNAPSHOT_WAIT for each."""
+
+    KIND: ClassVar[str] = "no_pictures"
+
+
+@dataclass
+class StreamSeq:
+    """A row of ``WantPictures`` or ``NoPictures``."""
 
     stream: StreamName
     seq: Seq
@@ -1158,6 +1175,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Pictures,
         Preview,
         WantPictures,
+        NoPictures,
         Stats,
     )
 }

@@ -40,6 +40,7 @@ from encoders.shared.messages import (
     Credit,
     FrameCounts,
     Hello,
+    NoPictures,
     Pictures,
     Preview,
     Stats,
@@ -92,7 +93,7 @@ class Ingest:
         self.reader, self.camera = reader, camera
         self.delivery = Delivery(cfg.lossless)
         self.counts = dict.fromkeys(
-            ("bad_messages", "unexpected_messages", "stats_unsent", "previews", "pictures_wanted"), 0
+            ("bad_messages", "unexpected_messages", "stats_unsent", "previews", "pictures_wanted", "pictures_gone"), 0
         )
         # The JPEGs while the core decides who embeds them, and the ring of those sent (outbox.py);
         # a data link to each worker the core names (links.py).
@@ -238,7 +239,7 @@ class Ingest:
                 self._tokens, self._tokens_at = max(1.0, msg.fps), now
                 log.info("stream %r: previews %s", self.stream, f"at most {msg.fps:g}/s" if msg.fps else "off")
             elif isinstance(msg, WantPictures):
-                self._send_pictures(self.outbox.pictures(msg.seqs()), now, preview=False)
+                self._wanted(msg, now)
             elif isinstance(msg, Credit):
                 self.delivery.add_credit(msg.n)
             elif isinstance(msg, Stop):
@@ -288,6 +289,22 @@ class Ingest:
             if n:
                 self._tokens -= n
                 self._send_pictures(sorted(sent, key=lambda f: f.seq)[-n:], now, preview=True)
+
+    def _wanted(self, msg: WantPictures, now: float) -> None:
+        """A snapshot's pictures, from the ring; the seqs no longer in it said at once (``NoPictures``),
+        so that the recorder does not wait for them."""
+        seqs = msg.seqs()
+        frames = self.outbox.pictures(seqs)
+        self._send_pictures(frames, now, preview=False)
+        if len(frames) == len(seqs) or not self.session.joined:
+            return
+        kept = {f.seq for f in frames}
+        gone = [s for s in seqs if s not in kept]
+        try:
+            self.session.send(NoPictures.of(self.stream, gone), now, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return  # the recorder's wait ends them
+        self.counts["pictures_gone"] += len(gone)
 
     def _send_pictures(self, frames: list, now: float, *, preview: bool) -> None:
         """Pictures on the session, for the core to publish (previews) or hand the recorder (snapshots)."""

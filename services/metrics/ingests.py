@@ -31,6 +31,7 @@ from encoders.shared.messages import (
     Frame,
     Hello,
     Message,
+    NoPictures,
     Pictures,
     Preview,
     Refused,
@@ -70,7 +71,7 @@ class Ingest:
 
 
 class Ingests:
-    takes: tuple[type[Message], ...] = (Captured, CaptureEnded, Stats, Pictures)
+    takes: tuple[type[Message], ...] = (Captured, CaptureEnded, Stats, Pictures, NoPictures)
 
     def __init__(
         self,
@@ -87,11 +88,12 @@ class Ingests:
         max_clock_skew: float = 0.0,
         links: DataLinks | None = None,
         watchers: Watchers | None = None,
-        to_recorder: Callable[[Frame, float], None] = lambda frame, now: None,
+        to_recorder: Callable[[Frame | NoPictures, float], None] = lambda msg, now: None,
     ) -> None:
         """``dispatch``: the workers' (workers.py), which decides who embeds what is waiting and tells
         ``assigned``; ``links``: the data links (links.py); ``watchers``: the frames publisher's
-        subscriptions (previews.py); ``to_recorder``: a picture the recorder asked for (a snapshot)."""
+        subscriptions (previews.py); ``to_recorder``: a picture the recorder asked for (a snapshot), or
+        those the ingest no longer has."""
         self.streams, self.broker, self.numbering, self.frames_pub = streams, broker, numbering, frames_pub
         self.links = links if links is not None else DataLinks()
         self.watchers = watchers if watchers is not None else Watchers(0.0)
@@ -234,12 +236,19 @@ class Ingests:
     # -- messages ----------------------------------------------------------------------------------
 
     def take(self, peer: Peer, msg: Message, now: float) -> None:
-        assert isinstance(msg, Captured | CaptureEnded | Stats | Pictures)  # the core dispatches only ``takes``
+        assert isinstance(msg, Captured | CaptureEnded | Stats | Pictures | NoPictures)  # only ``takes``
         ingest = self.live[peer.identity]
         if isinstance(msg, Stats):
             self._stats(ingest, msg)
         elif isinstance(msg, Pictures):
             self._pictures(ingest, msg, now)
+        elif isinstance(msg, NoPictures):
+            if msg.stream == ingest.stream:
+                self.to_recorder(msg, now)
+            else:
+                self.complain(
+                    "pictures_of_another_stream", "ingest %s said pictures of %s are gone", ingest.name, msg.stream
+                )
         elif ingest.ended:
             self.complain("after_capture_ended", "a %s from ingest %s after its capture ended", msg.KIND, ingest.name)
         elif isinstance(msg, CaptureEnded):

@@ -36,6 +36,7 @@ from encoders.shared.messages import (
     Hello,
     Message,
     MetricsRecord,
+    NoPictures,
     Records,
     Refused,
     Stop,
@@ -263,6 +264,7 @@ class Core:
             if not self.ingests.want_pictures(msg, now):
                 self.complain("pictures_unavailable", "the recorder wants pictures of %s, whose ingest is gone",
                               msg.stream)  # fmt: skip
+                self._send(identity, NoPictures.of(msg.stream, msg.seqs()), now)  # it need not wait for them
             return
         role = self.roles[peer.role]
         if isinstance(msg, role.takes):
@@ -320,10 +322,11 @@ class Core:
 
     # -- out -----------------------------------------------------------------------------------------
 
-    def _to_recorder(self, frame: Frame, now: float) -> None:
-        """A picture the recorder asked for (WantPictures), to its session: its snapshot."""
+    def _to_recorder(self, msg: Frame | NoPictures, now: float) -> None:
+        """A picture the recorder asked for (WantPictures), to its session: its snapshot; or the seqs
+        whose pictures the ingest no longer has."""
         for peer in self.sessions.of_role("recorder"):
-            if self._send(peer.identity, frame, now):
+            if self._send(peer.identity, msg, now) and isinstance(msg, Frame):
                 self.counters["pictures_to_recorder"] += 1
 
     def _send(self, identity: bytes, msg: Message, now: float) -> bool:

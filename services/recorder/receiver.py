@@ -49,6 +49,7 @@ from encoders.shared.messages import (
     Hello,
     Message,
     MetricsRecord,
+    NoPictures,
     Ready,
     Records,
     Stop,
@@ -238,7 +239,7 @@ class Receiver:
             on_message = self.recording.recorder.on_message
             for record in msg.rows():
                 on_message(record)
-        elif isinstance(msg, Frame):  # a picture it asked for (WantPictures): a snapshot
+        elif isinstance(msg, Frame | NoPictures):  # a picture it asked for (WantPictures), or word it won't come
             self.recording.recorder.on_message(msg)
         elif isinstance(msg, (MetricsRecord, EndOfStream, StreamStart)):
             self.recording.recorder.on_message(msg)

@@ -37,6 +37,7 @@ from encoders.shared.messages import (
     Frame,
     Message,
     MetricsRecord,
+    NoPictures,
     StreamStart,
     WantPictures,
 )
@@ -106,6 +107,8 @@ class Recorder:
     def on_message(self, msg: Message) -> None:
         if isinstance(msg, Frame):
             self.on_frame(msg)
+        elif isinstance(msg, NoPictures):
+            self.on_no_pictures(msg)
         elif isinstance(msg, MetricsRecord):
             self.on_record(msg)
         elif isinstance(msg, EndOfStream):
@@ -154,6 +157,19 @@ class Recorder:
                     held[i] = row._replace(snapshot_path=snap, scene_snapshot_path=scene_snap)
                     break
         self._release(frame.stream)
+
+    def on_no_pictures(self, msg: NoPictures) -> None:
+        """Pictures asked for that will not come (the ingest no longer has them, or is gone): those
+        snapshots missed now, not after ``snapshot_wait``; the rows behind them go on."""
+        files = self.streams.get(msg.stream)
+        if files is None:
+            return
+        for seq in msg.seqs():
+            want = files.wants.take(seq)
+            if want is not None:
+                self.counters["pictures_gone"] += 1
+                self._missed(files, want)
+        self._release(msg.stream)
 
     def on_record(self, rec: MetricsRecord) -> None:
         last = self._last_seq.get(rec.stream)

@@ -164,9 +164,9 @@ def message_of(cls: type[Any], **overrides: st.SearchStrategy[Any]) -> st.Search
         return notes.map(messages.Captured.of)
     if cls is messages.Assigned:
         return st.lists(message_of(messages.Assignment), max_size=8).map(messages.Assigned.of)
-    if cls is messages.WantPictures:
+    if cls in (messages.WantPictures, messages.NoPictures):
         return st.builds(
-            messages.WantPictures.of,
+            cls.of,
             overrides.get("stream", values(messages.StreamName)),
             st.lists(overrides.get("seq", values(messages.Seq)), max_size=8),
         )

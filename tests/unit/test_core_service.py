@@ -38,6 +38,7 @@ from encoders.shared.messages import (
     Hello,
     Message,
     MetricsRecord,
+    NoPictures,
     Pictures,
     Preview,
     Ready,
@@ -785,6 +786,18 @@ def test_pictures_the_recorder_wants_are_asked_of_the_ingest_and_handed_to_the_r
     assert asked.seqs() == [3, 4]
     picture = Frame("cam0", 4, 1.0, 2, 2, b"jpeg4")  # 3 left the ingest's ring: a snapshot missed
     ingest.send(Pictures.of("cam0", [picture]))
+    ingest.send(NoPictures.of("cam0", [3]))  # which the ingest says, for the recorder not to wait
     rig.step(0.2)
-    assert [m for m in rec.got() if isinstance(m, Frame)] == [picture]
+    got = rec.got()
+    assert [m for m in got if isinstance(m, Frame)] == [picture]
+    assert [m.seqs() for m in got if isinstance(m, NoPictures)] == [[3]]
     assert drain(rig.frames, topic=True) == []  # not a preview: not published
+
+
+def test_pictures_of_a_stream_whose_ingest_is_gone_are_said_gone_at_once(rig):
+    rec = rig.peer("rec", Hello("recorder", "rec", PROTOCOL))
+    rec.got()
+    rec.send(WantPictures.of("cam9", [5, 6]))  # no ingest of cam9 (ended, or never came)
+    rig.step(0.1)
+    assert [(m.stream, m.seqs()) for m in rec.got() if isinstance(m, NoPictures)] == [("cam9", [5, 6])]
+    assert rig.core.complain.counts["pictures_unavailable"] == 1

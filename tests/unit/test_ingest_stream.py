@@ -33,6 +33,7 @@ from encoders.shared.messages import (
     Heartbeat,
     Hello,
     Message,
+    NoPictures,
     Pictures,
     Preview,
     Refused,
@@ -191,6 +192,20 @@ def test_hello_then_every_frame_goes_to_the_core_as_a_capture_then_its_end(core,
         1234,
     )
     assert core.got[-3:] == [stats, ended, bye]  # the final Stats, the end, then Bye: nothing after
+
+
+def test_wanted_pictures_come_from_the_ring_and_those_gone_from_it_are_said_gone(core, make):
+    ingest = make(FakeCamera(range(5)), picture_ring=3)
+    wait_for_kind(core, Hello)
+    core.welcome()
+    assert drive(ingest, lambda: False) == "ended"
+    drive(ingest, lambda: len(core.delivered()) >= 5)  # seqs 0-4 sent to the worker: 2, 3, 4 kept
+    core.send(WantPictures.of("cam0", [1, 3, 4, 9]))
+    drive(ingest, lambda: core.of(NoPictures))
+    pictures, gone = wait_for_kind(core, Pictures, NoPictures)
+    assert not pictures.preview and [f.seq for f in pictures.frames()] == [3, 4]
+    assert (gone.stream, gone.seqs()) == ("cam0", [1, 9])  # the recorder need not wait for those
+    assert (ingest.counts["pictures_wanted"], ingest.counts["pictures_gone"]) == (2, 2)
 
 
 def test_a_capture_waiting_to_be_announced_is_waited_for_without_spinning(core, make, monkeypatch):

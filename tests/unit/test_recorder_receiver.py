@@ -31,6 +31,7 @@ from encoders.shared.messages import (
     Hello,
     Message,
     MetricsRecord,
+    NoPictures,
     Ready,
     Records,
     Refused,
@@ -55,7 +56,8 @@ class Core:
         self.identity = b""
         self.acks: list[Acks] = []  # every Acks that came
         self.wants: list[WantPictures] = []  # every WantPictures that came
-        self.pictures = True  # answer each with its pictures, as the core hands the ingest's on (False: none)
+        # Answer each with its pictures, as the core hands the ingest's on (False: none; "gone": NoPictures).
+        self.pictures: bool | str = True
 
     def expect(self, kind: type[M], receiver: Receiver, timeout: float = 5.0) -> M:
         """The next message of ``kind`` from the recorder (heartbeats passed over), stepping its loop
@@ -67,8 +69,10 @@ class Core:
                 self.identity = identity or self.identity
                 if isinstance(msg, WantPictures):
                     self.wants.append(msg)
-                    for seq in msg.seqs() if self.pictures else []:
+                    for seq in msg.seqs() if self.pictures is True else []:
                         self.send(picture(msg.stream, seq))
+                    if self.pictures == "gone":
+                        self.send(NoPictures.of(msg.stream, msg.seqs()))
                 if isinstance(msg, Acks):
                     self.acks.append(msg)
                     if kind is Ack:
@@ -244,6 +248,13 @@ def test_snapshots_are_asked_for_on_the_session_and_written_when_the_picture_com
     acked_up_to(core, receiver, 6)
     assert core.wants[-1].seqs() == [6] and (snaps / "frame_000006.jpg").exists()
     assert recorder_.recorder.counters["pictures_unwanted"] == 1
+
+    core.pictures = "gone"  # the ingest says it no longer has them: missed at once, not after the wait
+    core.send(Records.of([spaced(7), spaced(8)]))
+    acked_up_to(core, receiver, 8)
+    assert core.wants[-1].seqs() == [8] and not (snaps / "frame_000008.jpg").exists()
+    counters = recorder_.recorder.counters
+    assert (counters["snapshots_missed"], counters["pictures_gone"]) == (2, 1)
 
 
 def test_while_the_database_has_no_room_records_wait_unread_and_the_session_stays_alive(sockets, tmp_path):

@@ -14,7 +14,7 @@ from encoders.services.recorder.acks import AckTracker
 from encoders.services.recorder.config import RecorderConfig
 from encoders.services.recorder.recorder import Recorder
 from encoders.services.recorder.run import RecordedRun
-from encoders.shared.messages import Ack, EndOfStream, Frame, MetricsRecord
+from encoders.shared.messages import Ack, EndOfStream, Frame, MetricsRecord, NoPictures
 from encoders.shared.storage.connection import Database
 
 
@@ -335,6 +335,21 @@ def test_snapshots_missed_are_counted(tmp_path):
     finish(rec)
     assert rec.counters["snapshots_missed"] == 3
     assert [r.snapshot_path for r in rows.rows] == [None, "snapshots/frame_000001.jpg", None, None]
+
+
+def test_pictures_said_gone_are_missed_at_once_and_the_rows_behind_them_go_on(tmp_path):
+    rec, rows = make(tmp_path, snapshot_interval=1.0, snapshot_wait=3600.0)
+    rec.on_message(record("cam0", 0, 0.0))  # due a snapshot: its row waits for the picture
+    rec.on_message(record("cam0", 1, 0.5))  # not due, but behind it
+    (asked,) = rec.wanted()
+    assert asked.seqs() == [0] and rows.rows == []
+    rec.on_message(NoPictures.of("cam0", [0, 7]))  # 7 was never asked for: nothing to miss
+    assert [r.seq for r in rows.rows] == [0, 1] and rows.rows[0].snapshot_path is None  # no hour's wait
+    assert (rec.counters["snapshots_missed"], rec.counters["pictures_gone"]) == (1, 1)
+    rec.on_message(record("cam0", 2, 1.0))  # a periodic snapshot missed falls to the next frame
+    answer(rec)
+    assert rows.rows[-1].snapshot_path == "snapshots/frame_000002.jpg"
+    finish(rec)
 
 
 def test_a_stream_without_records_for_stream_down_after_is_told_down_once_and_stored(tmp_path):
