@@ -244,18 +244,6 @@ class Draining(Message):
 
 
 @dataclass
-class Capture(Message):
-    """ingest -> core: a JPEG the camera sent. Unnumbered: the core numbers frames (docs/PROTOCOL.md)."""
-
-    KIND: ClassVar[str] = "capture"
-    BUFFERS: ClassVar[tuple[str, ...]] = ("jpeg",)
-    t_capture: Time
-    width: Pixels
-    height: Pixels
-    jpeg: bytes = b""
-
-
-@dataclass
 class CaptureEnded(Message):
     """ingest -> core: the camera's stream has ended (no capture follows); the ingest's own counts."""
 
@@ -1157,7 +1145,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Stop,
         Stopped,
         Draining,
-        Capture,
         CaptureEnded,
         Credit,
         StreamStart,

@@ -60,7 +60,6 @@ from encoders.shared.messages import (
     Assigned,
     Assignment,
     Bye,
-    Capture,
     Captured,
     DecodeError,
     Draining,
@@ -89,14 +88,26 @@ FULL_MS = 1  # ... while a session's connection is full (the recorder's queue ta
 HOLD = 10**9  # records held for the recorder in memory: a test's or a benchmark's, never spooled
 RING = 4096  # pictures kept for the recorder's WantPictures (an ingest keeps ENCODERS_PICTURE_RING)
 
-M = TypeVar("M", bound=Message | Embedding | Skipped)  # a worker's Results is kept as its rows
+
+@dataclass
+class Capture:
+    """A picture an ingest sent, as the tests see it: its capture time, size and JPEG. (Protocol 2 sent
+    it so, as a message of its own; protocol 3 announces it in a Captured and sends the JPEG to a worker.)"""
+
+    t_capture: float
+    width: int
+    height: int
+    jpeg: bytes = b""
 
 
 @dataclass
 class Received:
     identity: bytes
-    msg: Message | Embedding | Skipped  # a worker's Results: one a row
+    msg: Message | Embedding | Skipped | Capture  # a worker's Results: one a row; a picture: its Capture
     t: float  # when it arrived, on the core's clock (time.monotonic() less the stand-in's own stalls)
+
+
+M = TypeVar("M", bound=Message | Embedding | Skipped | Capture)  # Results kept as its rows; pictures as Captures
 
 
 class FakeCore:

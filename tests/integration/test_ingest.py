@@ -28,10 +28,10 @@ from encoders.services.ingest.main import check
 from encoders.services.ingest.reader import PIPE_HWM
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.main import serve_in_thread
-from encoders.shared.messages import Bye, Capture, CaptureEnded, Credit, Heartbeat, Hello, Stats
+from encoders.shared.messages import Bye, CaptureEnded, Credit, Heartbeat, Hello, Stats
 
 from ..conftest import Sockets, free_port, spoil, wait_for
-from ..fake_core import FakeCore
+from ..fake_core import Capture, FakeCore
 
 STREAM_ID = "cam-test"
 PICTURES_AFTER_BYE_S = 3.0  # how long until_bye waits for pictures still on their way after the Bye

@@ -30,9 +30,10 @@ from PIL import Image
 from encoders.services.pisim.config import PisimConfig
 from encoders.services.pisim.h264 import H264Server
 from encoders.services.pisim.sources import open_source
-from encoders.shared.messages import Capture, Hello
+from encoders.shared.messages import Hello
 
 from ..conftest import REPO, free_port, wait_for
+from ..fake_core import Capture
 from .pipeline import Pipeline, totals
 from .test_ingest import Harness, RawServer
 

@@ -21,7 +21,6 @@ from encoders.shared.messages import (
     PROTOCOL,
     Ack,
     Bye,
-    Capture,
     Embedding,
     Hello,
     Message,
@@ -33,6 +32,7 @@ from encoders.shared.messages import (
 )
 from encoders.shared.session import Peer as Session
 
+from ..fake_core import Capture
 from .test_core_service import Rig
 
 PACKAGE = "encoders.services.metrics"

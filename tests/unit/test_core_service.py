@@ -25,7 +25,6 @@ from encoders.shared.messages import (
     Assigned,
     Assignment,
     Bye,
-    Capture,
     Captured,
     CaptureEnded,
     CaptureNote,
@@ -57,6 +56,7 @@ from encoders.shared.messages import (
 )
 
 from ..conftest import Sockets
+from ..fake_core import Capture
 
 _names = itertools.count()
 
@@ -80,7 +80,7 @@ _ids = itertools.count(1)
 CAPTURES: dict[int, Capture] = {}  # what each capture a test sent was, by the id it went under
 
 
-def wire(msg: Message | Embedding | Skipped | Ack) -> Message:
+def wire(msg: Message | Embedding | Skipped | Ack | Capture) -> Message:
     """A row as protocol 3 sends it: a worker's result in a Results, an ack in an Acks; a capture (which
     the tests make as protocol 2's Capture) as an ingest announces it, a Captured of one row."""
     if isinstance(msg, Embedding | Skipped):
@@ -109,7 +109,7 @@ class Peer:
         self.sock = sockets.connect(zmq.DEALER, endpoint, identity=self.identity)
         self.unread: list[Message] = []  # what the core sent it that the rig read meanwhile
 
-    def send(self, *msgs: Message | Embedding | Skipped | Ack) -> None:
+    def send(self, *msgs: Message | Embedding | Skipped | Ack | Capture) -> None:
         for msg in msgs:
             zmqio.send(self.sock, wire(msg))
 

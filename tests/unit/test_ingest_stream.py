@@ -25,7 +25,6 @@ from encoders.shared.messages import (
     Assigned,
     Assignment,
     Bye,
-    Capture,
     Captured,
     CaptureEnded,
     Credit,
@@ -44,6 +43,7 @@ from encoders.shared.messages import (
     Workers,
 )
 
+from ..fake_core import Capture
 from .message_strategies import any_message
 from .test_ingest_reader import JPEG, FakeCamera
 
@@ -62,7 +62,7 @@ class Core:
         self.data_ep = f"inproc://data-{uuid.uuid4().hex}"
         self.data = sockets.bind(zmq.ROUTER, self.data_ep)
         self.identity = b""
-        self.got: list[Message] = []
+        self.got: list[Message | Capture] = []
         self.pictures: list[Frame] = []
         self.seqs = itertools.count()
         self.answer = True  # False: the captures announced are kept in ``unanswered``, not assigned

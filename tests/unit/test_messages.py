@@ -14,7 +14,6 @@ from encoders.shared.messages import (
     Acks,
     Batch,
     Bye,
-    Capture,
     CaptureEnded,
     Credit,
     DecodeError,
@@ -25,6 +24,7 @@ from encoders.shared.messages import (
     Hello,
     Message,
     MetricsRecord,
+    NoPictures,
     Ready,
     Records,
     Refused,
@@ -34,6 +34,7 @@ from encoders.shared.messages import (
     Stop,
     Stopped,
     StreamStart,
+    WantPictures,
     Welcome,
 )
 from encoders.shared.validation import MaxLen, Range, checker
@@ -52,7 +53,8 @@ SAMPLES = [
     Bye("stopping"),
     Stop("asked"),
     Stopped({"cam0": {"published": 3, "embedded": 3}}),
-    Capture(1700000000.5, 640, 480, b"\xff\xd8jpeg\xff\xd9"),
+    WantPictures.of("cam0", [3, 9]),
+    NoPictures.of("cam0", [4]),
     CaptureEnded("camera gone", {"corrupt": 1}),
     Ready("20261130-000000", {"cam0": 41}),
     Acks.of([Ack("cam0", 41, ended=True), Ack("cam1", -1)]),

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from encoders.shared import zmqio
-from encoders.shared.messages import PROTOCOL, Bye, Capture, Heartbeat, Hello, Message, Refused, Welcome
+from encoders.shared.messages import PROTOCOL, Bye, Credit, Heartbeat, Hello, Message, Refused, Welcome
 from encoders.shared.session import CoreSession, SessionRefused, Sessions, hello_problem
 
 CORE = "inproc://core"
@@ -77,8 +77,8 @@ def test_hello_welcome_then_heartbeats_both_ways(sockets, core):
     s.tick(now=1.2)
     assert isinstance(core.receive()[1], Heartbeat)
     core.send(identity, Heartbeat())
-    core.send(identity, Capture(1.0, 2, 2, b"x"))  # an application message reaches the owner
-    assert [type(m) for m in take(s, 1.3)] == [Capture]
+    core.send(identity, Credit(3))  # an application message reaches the owner
+    assert [type(m) for m in take(s, 1.3)] == [Credit]
 
 
 def test_a_silent_core_is_counted_gone_and_hello_is_said_again(sockets, core):
@@ -105,12 +105,12 @@ def test_messages_left_unread_by_a_peer_that_is_behind_count_as_the_core_heard(s
     identity, _ = core.receive()
     core.send(identity, Welcome("core-1", 1.0, 3))
     take(s, 0.0)
-    core.send(identity, Capture(1.0, 2, 2, b"x"))  # waits, unread
+    core.send(identity, Credit(3))  # waits, unread
     assert s.sock.poll(1000)
     s.behind(now=5.0)
     s.tick(now=7.9)
     assert s.joined and events == [("join", "core-1")]
-    assert [type(m) for m in s.take(8.0)] == [Capture]  # read at last: heard at 8
+    assert [type(m) for m in s.take(8.0)] == [Credit]  # read at last: heard at 8
     s.behind(now=10.0)  # nothing waits any more: no sign of life
     s.tick(now=11.1)
     assert not s.joined and events[-1] == ("lost",)
