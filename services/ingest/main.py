@@ -13,8 +13,8 @@ frames and decides which worker embeds each, and to those workers' data sockets,
 core names (docs/PROTOCOL.md, "Protocol 3"). Sockets are not thread-safe, so each belongs
 to one thread: the reader thread (reader.py) owns the HTTP connection and its end of the PAIR;
 the main thread (stream.py) owns the session, the data links and the other end. In lossless
-mode the main thread stops reading the PAIR while a frame waits for credit; the PAIR's HWMs
-(32 frames) then block the reader, which stops reading the socket, and TCP backpressure reaches the camera.
+mode the main thread stops reading the PAIR while a frame waits for credit; once the PAIR holds
+32 frames the reader waits, which stops reading the socket, and TCP backpressure reaches the camera.
 
 Exit codes: 0 stopped or the stream ended; 1 the camera never answered; 2 cannot start (a
 setting, the core's address) or the core refused this stream.
