@@ -125,9 +125,16 @@ class Outbox:
         while len(self.ring) > self.ring_size:
             self.ring.popitem(last=False)
 
-    def pictures(self, seqs: list[int]) -> list[Frame]:
-        """The pictures of these seqs still in the ring (a snapshot wanted them)."""
-        return [self.ring[s] for s in seqs if s in self.ring]
+    def pictures(self, seqs: list[int]) -> tuple[list[Frame], list[int]]:
+        """The pictures of these seqs still in the ring (a snapshot wanted them), and the seqs gone from it."""
+        found, gone = [], []
+        for s in seqs:
+            frame = self.ring.get(s)
+            if frame is None:
+                gone.append(s)
+            else:
+                found.append(frame)
+        return found, gone
 
     def forget(self) -> int:
         """The session's life ended: what was announced means nothing to the next one (the core counts

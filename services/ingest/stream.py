@@ -293,13 +293,10 @@ class Ingest:
     def _wanted(self, msg: WantPictures, now: float) -> None:
         """A snapshot's pictures, from the ring; the seqs no longer in it said at once (``NoPictures``),
         so that the recorder does not wait for them."""
-        seqs = msg.seqs()
-        frames = self.outbox.pictures(seqs)
+        frames, gone = self.outbox.pictures(msg.seqs())
         self._send_pictures(frames, now, preview=False)
-        if len(frames) == len(seqs) or not self.session.joined:
+        if not gone or not self.session.joined:
             return
-        kept = {f.seq for f in frames}
-        gone = [s for s in seqs if s not in kept]
         try:
             self.session.send(NoPictures.of(self.stream, gone), now, flags=zmq.NOBLOCK)
         except zmq.Again:

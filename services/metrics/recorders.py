@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from encoders.shared.complaints import Complaints
 from encoders.shared.core_state import LAST_RUN, last_run_of
-from encoders.shared.messages import Acks, Bye, Hello, Message, Ready
+from encoders.shared.messages import Acks, Bye, Hello, Message, NoPictures, Ready, WantPictures
 from encoders.shared.session import Peer, Sessions
 
 from .delivery import Delivery
@@ -151,17 +152,26 @@ class Recorders:
 class RecorderRole:
     """The recorder's role: one at a time (a second refused, or told to try again while the first is
     silent, unless it takes over), its Welcome naming the publishers and the last run, what is due
-    sent to it once a turn."""
+    sent to it once a turn, the pictures its snapshots want asked of their ingests."""
 
-    takes: tuple[type[Message], ...] = (Ready, Acks)
+    takes: tuple[type[Message], ...] = (Ready, Acks, WantPictures)
 
     def __init__(
-        self, recorders: Recorders, sessions: Sessions, *, send: Send, evict: Evict, publishers: tuple[str, str]
+        self,
+        recorders: Recorders,
+        sessions: Sessions,
+        *,
+        send: Send,
+        evict: Evict,
+        publishers: tuple[str, str],
+        want_pictures: Callable[[WantPictures, float], bool],
+        complain: Complaints,
     ) -> None:
         """``sessions``: the names and silences of the recorders' sessions; ``publishers``: (frames,
-        metrics) as bound, which its Welcome names."""
+        metrics) as bound, which its Welcome names; ``want_pictures``: asks the stream's ingest (False:
+        it has none), which answers from its ring, the core handing the pictures on."""
         self.recorders, self.sessions, self.send, self.evict = recorders, sessions, send, evict
-        self.publishers = publishers
+        self.publishers, self.want_pictures, self.complain = publishers, want_pictures, complain
 
     def refusal(self, identity: bytes, hello: Hello, now: float) -> Refusal:
         said = self.recorders.refusal_among(self.sessions, identity, hello, now)
@@ -181,8 +191,12 @@ class RecorderRole:
         self.recorders.leave(peer.identity, peer.name, why)
 
     def take(self, peer: Peer, msg: Message, now: float) -> None:
-        assert isinstance(msg, Ready | Acks)  # the core dispatches only what ``takes`` names
-        self.recorders.take(peer.identity, peer.name, msg)
+        assert isinstance(msg, Ready | Acks | WantPictures)  # the core dispatches only what ``takes`` names
+        if not isinstance(msg, WantPictures):
+            self.recorders.take(peer.identity, peer.name, msg)
+        elif not self.want_pictures(msg, now):
+            self.complain("pictures_unavailable", "the recorder wants pictures of %s, whose ingest is gone", msg.stream)
+            self.send(peer.identity, NoPictures.of(msg.stream, msg.seqs()), now)  # it need not wait for them
 
     def tick(self, now: float) -> None:
         self.recorders.pump(lambda identity, msg: self.send(identity, msg, now))

@@ -42,7 +42,6 @@ from encoders.shared.messages import (
     Stop,
     Stopped,
     StreamStart,
-    WantPictures,
     Welcome,
 )
 from encoders.shared.session import Peer, Sessions, hello_problem
@@ -142,7 +141,13 @@ class Core:
             to_recorder=self._to_recorder,
         )
         recorder = RecorderRole(
-            self.recorders, self.sessions, send=self._send, evict=self._evict, publishers=publishers
+            self.recorders,
+            self.sessions,
+            send=self._send,
+            evict=self._evict,
+            publishers=publishers,
+            want_pictures=self.ingests.want_pictures,
+            complain=self.complain,
         )
         self.roles: dict[str, Role] = {
             "ingest": self.ingests,
@@ -258,13 +263,6 @@ class Core:
         if isinstance(msg, Bye):
             self.sessions.remove(identity)
             self._end(peer, f"said Bye ({msg.reason or 'no reason given'})", now)
-            return
-        if isinstance(msg, WantPictures) and peer.role == "recorder":
-            # Its snapshots: asked of the stream's ingest, which answers from its ring (_to_recorder).
-            if not self.ingests.want_pictures(msg, now):
-                self.complain("pictures_unavailable", "the recorder wants pictures of %s, whose ingest is gone",
-                              msg.stream)  # fmt: skip
-                self._send(identity, NoPictures.of(msg.stream, msg.seqs()), now)  # it need not wait for them
             return
         role = self.roles[peer.role]
         if isinstance(msg, role.takes):

@@ -164,12 +164,9 @@ class Recorder:
         files = self.streams.get(msg.stream)
         if files is None:
             return
-        for seq in msg.seqs():
-            want = files.wants.take(seq)
-            if want is not None:
-                self.counters["pictures_gone"] += 1
-                self._missed(files, want)
-        self._release(msg.stream)
+        wants = [w for w in map(files.wants.take, msg.seqs()) if w is not None]
+        self.counters["pictures_gone"] += len(wants)
+        self._miss(msg.stream, files, wants)
 
     def on_record(self, rec: MetricsRecord) -> None:
         last = self._last_seq.get(rec.stream)
@@ -255,11 +252,7 @@ class Recorder:
     def expire(self, now: float) -> None:
         """The snapshots whose picture has not come in time: missed; their rows go without them."""
         for stream, files in self.streams.items():
-            gone = files.wants.expired(now)
-            for want in gone:
-                self._missed(files, want)
-            if gone:
-                self._release(stream)
+            self._miss(stream, files, files.wants.expired(now))
 
     def waiting_pictures(self) -> int:
         """Pictures asked for and not yet come."""
@@ -272,6 +265,13 @@ class Recorder:
     def _missed(self, files: StreamFiles, want: Want) -> None:
         files.missed(want)
         self.counters["snapshots_missed"] += 1
+
+    def _miss(self, stream: str, files: StreamFiles, wants: list[Want]) -> None:
+        """These snapshots missed (their pictures will not come); the stream's rows behind them go on."""
+        for want in wants:
+            self._missed(files, want)
+        if wants:
+            self._release(stream)
 
     def _release(self, stream: str) -> None:
         """The stream's rows that wait for no picture any more, to the writer, in order."""

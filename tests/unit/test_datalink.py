@@ -55,7 +55,9 @@ def test_assigned_pictures_go_by_worker_in_order_dropped_ones_forgotten_sent_one
     assert out[2][0].jpeg == jpeg(2.0).jpeg and out[2][0].stream == "cam"
     assert len(box) == 0 and box.counts["dropped_by_core"] == 1
     assert list(box.ring) == [12, 13, 14]  # the last 3 sent; a dropped one is not kept
-    assert [f.seq for f in box.pictures([10, 13, 99])] == [13]  # 10 left the ring: a snapshot missed
+    found, gone = box.pictures([10, 13, 99])
+    assert [f.seq for f in found] == [13]  # 10 left the ring: a snapshot missed
+    assert gone == [10, 99]
     assert box.assign("cam", Assigned.of(rows[:1])) == {} and box.counts["unknown_ids"] == 1
 
 
