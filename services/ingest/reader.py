@@ -38,8 +38,8 @@ log = logging.getLogger("encoders.ingest")
 # Frames each end of the pipe holds (inproc adds the two: the reader may be 32 frames ahead of the
 # main thread, 1.7 MB at 640x480). With one each, a reader ahead of the main thread slept and was
 # woken for every frame; ZeroMQ tells a full pipe's writer of room once every half pipe read, so
-# with 16 it is woken once for 16 frames: the ingest's CPU a frame at full speed was 0.80-0.93 of
-# what it was with 1 (issue #21, benchmarks/RESULTS.md).
+# with 16 it is woken once for 16 frames: the ingest's CPU a frame at full speed was 0.93 (one
+# camera) and 0.80 (eight) of what it was with 1 (issue #21, benchmarks/RESULTS.md).
 PIPE_HWM = 16
 POLL_MS = 100  # how often a reader waiting for the main thread looks at the stop event
 JOIN_WAIT = 1.0  # seconds shutdown waits for the reader to let go of the camera
