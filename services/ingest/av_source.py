@@ -1,7 +1,7 @@
 """A video camera (RTSP, raw H.264 over TCP) or a video file, decoded with PyAV: pictures for the reader.
 
-The same contract as the MJPEG source (http_source.py) for the reader thread (reader.py):
-``frames()`` runs until stopped, reconnecting with backoff; ``counters`` (the same keys, and
+What the reader thread (reader.py) reads: ``frames()`` runs until stopped, reconnecting with
+backoff; ``counters`` (the MJPEG source's keys, http_source.py, and
 ``decoded``, ``sampled_out``, ``clock_resets``, ``abandoned``); ``end_reason``,
 ``ever_connected``, ``interrupt()``. It yields ``Picture``s, which the reader compresses to
 JPEG: the wire is unchanged.

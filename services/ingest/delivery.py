@@ -9,7 +9,7 @@ of what did not get there:
   counted ``undelivered``: holding it would only make it stale.
 - Lossless: a frame goes only against credit (the core's ``Welcome.credit``, then each
   ``Credit``). One frame waits here while there is none; the caller stops reading the camera
-  meanwhile (``accepting``), so the reader thread blocks and TCP holds the camera back.
+  meanwhile (``accepting``), so its feed is not read and TCP holds the camera back.
   Credit belongs to one life of the session: a new Welcome starts it afresh, losing the
   core takes it away.
 

@@ -1,20 +1,22 @@
 """ingest: one camera's stream -> captures announced to the core, pictures sent to the workers it assigns.
 
-    camera --HTTP MJPEG--> reader thread --inproc PAIR--> main thread --session (DEALER)--> the core
-                                                                      --data link (DEALER each)--> workers
-    camera --RTSP, raw H.264, a file--> decoding thread --> reader thread (JPEG) --> ...
+    camera --HTTP MJPEG--> main thread --session (DEALER)--> the core
+                                       --data link (DEALER each)--> workers
+    camera --RTSP, raw H.264, a file--> decoding thread --> reader thread (JPEG) --inproc PAIR--> main thread
 
-An MJPEG camera's JPEGs go on as they came (http_source.py); H.264 and H.265 are decoded with
-PyAV in a thread of each connection, watched (av_source.py), and each picture sent on is a
-JPEG compressed in the reader thread (pictures.py), so that nothing after the ingest changes.
+An MJPEG camera's JPEGs go on as they came, read in the main thread (http_source.py; only
+connecting runs in a thread); H.264 and H.265 are decoded with PyAV in a thread of each
+connection, watched (av_source.py), and each picture sent on is a JPEG compressed in the reader
+thread (pictures.py), so that nothing after the ingest changes.
 
 The ingest binds nothing: it connects to the core (ENCODERS_CORE), which numbers the
 frames and decides which worker embeds each, and to those workers' data sockets, which the
 core names (docs/PROTOCOL.md, "Protocol 3"). Sockets are not thread-safe, so each belongs
-to one thread: the reader thread (reader.py) owns the HTTP connection and its end of the PAIR;
-the main thread (stream.py) owns the session, the data links and the other end. In lossless
-mode the main thread stops reading the PAIR while a frame waits for credit; once the PAIR holds
-32 frames the reader waits, which stops reading the socket, and TCP backpressure reaches the camera.
+to one thread: the main thread (stream.py) owns the session, the data links, and the camera's
+feed (feed.py): the MJPEG camera's socket, or its end of a video reader thread's PAIR (reader.py).
+In lossless mode the main thread stops reading the feed while a frame waits for credit: the
+camera's socket is not read (or the PAIR fills, and then the reader waits), and TCP
+backpressure reaches the camera.
 
 Exit codes: 0 stopped or the stream ended; 1 the camera never answered; 2 cannot start (a
 setting, the core's address) or the core refused this stream.
@@ -37,6 +39,7 @@ from encoders.shared.masking import mask
 from encoders.shared.runtime import StartupError, service_main
 
 from .errors import StreamError, UnusableStream
+from .feed import Feed
 from .http_source import HttpMjpegSource, read_first_frame
 from .pictures import JpegEncoder, JpegFrame
 from .reader import CameraReader
@@ -54,20 +57,25 @@ def run(cfg: IngestConfig) -> int:
 
 
 def serve(cfg: IngestConfig, stop: threading.Event) -> int:
-    """The reader, the session, the loop, then the end. 0: stopped or done; 1: the camera failed; 2: refused."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # we log connections ourselves, with the reason
+    """The feed, the session, the loop, then the end. 0: stopped or done; 1: the camera failed; 2: refused."""
     try:
         source = open_source(cfg, stop)
     except StreamError as exc:
         raise StartupError(str(exc)) from None
-    to_jpeg = JpegEncoder(cfg.jpeg_quality, cfg.max_frame_bytes, source.counters)
     ctx = zmq.Context()
     # Unwinds in reverse: the session (its socket lingers: the end of the stream still goes
-    # out), the reader thread and its PAIR, then the context, which delivers what lingers.
+    # out), the feed (a reader thread and its PAIR), then the context, which delivers what lingers.
     with ExitStack() as on_exit:
         on_exit.callback(ctx.term)
-        reader = on_exit.enter_context(CameraReader(ctx, source, stop, to_jpeg))
-        ingest = Ingest(cfg, ctx, reader, camera=source.counters)  # StartupError: the core's address
+        feed: Feed
+        if isinstance(source, HttpMjpegSource):
+            feed = source
+        else:
+            to_jpeg = JpegEncoder(cfg.jpeg_quality, cfg.max_frame_bytes, source.counters)
+            feed = CameraReader(ctx, source, stop, to_jpeg)
+        on_exit.callback(feed.close)
+        on_exit.callback(feed.interrupt)
+        ingest = Ingest(cfg, ctx, feed, camera=source.counters)  # StartupError: the core's address
         on_exit.callback(ingest.close)
         exporter = Exporter("ingest")
         exporter.collect(lambda f: ingest_families(ingest, f))
@@ -80,7 +88,7 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
             outcome = ingest.loop(stop, on_turn=exporter.beat)
             exporter.loop_ended()
         finally:
-            reader.interrupt()  # the reader lets go of the camera now, not after the end below
+            feed.interrupt()  # the feed lets go of the camera now, not after the end below
             ingest.finish(outcome)  # even after an error: the core must hear where the stream ended
     log.info("ingest stopped: %s", ingest.summary())
     return {"refused": 2, "failed": 1}.get(outcome, 0)
@@ -89,7 +97,7 @@ def serve(cfg: IngestConfig, stop: threading.Event) -> int:
 def open_source(cfg: IngestConfig, stop: threading.Event | None = None) -> HttpMjpegSource | AvSource:
     """The camera's source for its URL's kind (urls.py); UnusableStream if the URL names none."""
     if kind_of(cfg.stream) == "mjpeg":
-        return HttpMjpegSource.from_config(cfg, stop)
+        return HttpMjpegSource.from_config(cfg)
     try:
         from .av_source import AvSource
     except ImportError:

@@ -1,4 +1,4 @@
-"""What a camera source gives the reader thread: a JPEG as the camera sent it, or a decoded picture.
+"""What a camera source gives: a JPEG as the camera sent it, or a decoded picture (to the reader thread).
 
 The wire carries JPEGs (``Pictures``, to the worker), so every source ends in a ``JpegFrame``. An MJPEG camera's
 parts already are JPEGs (http_source.py); a video source (av_source.py) decodes H.264 or H.265

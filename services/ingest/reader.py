@@ -1,14 +1,17 @@
 """The camera reader thread and what it tells the main thread: frames, then why it ended.
 
-Reading the camera blocks (httpx), so it runs in a thread of its own; ZeroMQ sockets are
-not thread-safe, so it hands its events to the main thread over an inproc PAIR, the one
-socket it owns. The events are ingest's own, not wire messages: a ``JpegFrame`` as the
-source read it (unnumbered: the core numbers frames), and a final ``ReaderEnded`` saying
-how and why the reading ended.
+A video camera's pictures are decoded and compressed to JPEG (av_source.py, pictures.py): work
+that runs in a thread of its own, beside the main thread; ZeroMQ sockets are not thread-safe,
+so it hands its events to the main thread over an inproc PAIR, the one socket it owns. To the
+main thread it is a feed (feed.py). An MJPEG camera needs no thread: http_source.py.
+
+The events are ingest's own, not wire messages: a ``JpegFrame`` as the source read it
+(unnumbered: the core numbers frames), and a final ``ReaderEnded`` saying how and why the
+reading ended.
 
 Backpressure: the PAIR holds at most 2 x PIPE_HWM frames, and ``ReaderOutbox.send`` waits
 while it is full. In lossless mode the main thread stops reading while a frame waits for the
-core's credit, so the pipe fills, the reader stops reading the HTTP socket, and TCP
+core's credit, so the pipe fills, the reader stops reading the camera's socket, and TCP
 backpressure reaches the camera.
 
 Encoding over the PAIR (both ends are this module; nothing is pickled):
@@ -88,8 +91,8 @@ def decode(parts: Sequence[Any]) -> ReaderEvent:
 
 
 class Camera(Protocol):
-    """What the reader needs of its source (HttpMjpegSource, AvSource; a stand-in in tests). A source
-    gives JPEGs, or decoded pictures the reader compresses (pictures.py)."""
+    """What the reader needs of its source (AvSource; a stand-in in tests). A source gives JPEGs, or
+    decoded pictures the reader compresses (pictures.py)."""
 
     end_reason: str
     ever_connected: bool
@@ -153,7 +156,8 @@ def read_camera(
 
 
 class CameraReader:
-    """The reader thread and both ends of its PAIR; the main thread polls ``inbox``.
+    """The reader thread and both ends of its PAIR; to the main thread, a feed (feed.py) of one
+    event a turn, polled on ``inbox``.
 
     Opening raises StartupError if the PAIR cannot be made (from ``zmqio.open_socket``).
     """
@@ -181,9 +185,29 @@ class CameraReader:
         self._thread = threading.Thread(
             target=read_camera, args=(self._outbox, source, stop, to_jpeg), name="camera-reader", daemon=True
         )
+        self._next: ReaderEvent | None = None  # received, not taken yet
 
     def start(self) -> None:
         self._thread.start()
+
+    # -- as a feed (feed.py) ----------------------------------------------------------------------
+
+    def poll_on(self) -> zmq.Socket | None:
+        return self.inbox if self._next is None else None
+
+    def wait_s(self, now: float) -> float | None:
+        return 0.0 if self._next is not None else None
+
+    def fill(self, now: float, readable: bool) -> None:
+        if readable and self._next is None:
+            self._next = self.receive()
+
+    def take(self) -> ReaderEvent | None:
+        event, self._next = self._next, None
+        return event
+
+    def watch(self, now: float, on: bool) -> None:
+        """Nothing to do: while the main thread does not take, the pipe fills and holds the thread back."""
 
     def receive(self) -> ReaderEvent:
         """The next event (the caller has seen ``inbox`` readable). The JPEG is copied once, out of ZeroMQ
@@ -198,7 +222,7 @@ class CameraReader:
     def close(self) -> None:
         """Stop the thread and close both ends of the PAIR (call ``interrupt()`` first).
 
-        A read blocked in httpx was interrupted; a connect in progress cannot be, so the
+        A read in progress was interrupted; a connect in progress may not be, so the
         reader may still be in it: it is left behind, and its socket is closed for it, as
         the ZeroMQ context (which delivers what lingers) cannot end while it is open.
         """

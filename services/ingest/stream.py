@@ -1,16 +1,17 @@
 """One camera stream as the main thread serves it: its session with the core, captures, counters, the end.
 
 ``Ingest`` opens its session with the core (shared/session.py) on the context it is given
-and is handed the camera reader (reader.py); everything here runs in the main thread
-(ZeroMQ sockets are not thread-safe). Each ``step`` takes what the core sent (Welcome,
-Credit, Assigned, Workers, Preview, WantPictures, Stop), takes the next frame from the reader
-when ``delivery.py`` may send it into the outbox (outbox.py), announces what waits there in one
+and is handed the camera's feed (feed.py: the MJPEG camera's socket, or a video reader
+thread's pipe); everything here runs in the main thread (ZeroMQ sockets are not
+thread-safe). Each ``step`` takes what the core sent (Welcome, Credit, Assigned, Workers,
+Preview, WantPictures, Stop), takes the frames the feed read while ``delivery.py`` may send
+them into the outbox (outbox.py), announces what waits there in one
 ``Captured``, sends each picture the core's ``Assigned`` gave a worker straight to that worker
 (``Pictures`` on the data link, links.py), and once a second tells the core the stream's
 counters (``Stats``). The core numbers frames and decides which worker embeds each; no JPEG
 goes through it (docs/PROTOCOL.md, "Protocol 3").
 
-The reader starts once the core has welcomed the session (or after the session's timeout
+The feed starts once the core has welcomed the session (or after the session's timeout
 without an answer, so that a camera that fails is still noticed): a core that is up gets
 the stream from its first frame.
 
@@ -52,10 +53,10 @@ from encoders.shared.messages import (
 from encoders.shared.session import CoreSession, SessionRefused, process_name
 
 from .delivery import Delivery
+from .feed import Feed
 from .links import Links
 from .outbox import Outbox
 from .pictures import JpegFrame
-from .reader import CameraReader
 
 log = logging.getLogger("encoders.ingest")
 complain = Complaints(log, "the stream's Stats")  # bad input: logged once, then counted
@@ -63,6 +64,8 @@ complain = Complaints(log, "the stream's Stats")  # bad input: logged once, then
 STATS_EVERY = 1.0  # seconds between Stats messages
 LOG_EVERY = 10.0  # seconds between summary log lines
 POLL_MS = 100
+# Frames taken from the feed in one turn at most, so that the core's messages are read in between.
+TAKE_PER_TURN = 32
 # Captures queued for the core before one is counted undelivered (real time): ~4 MB at
 # 640x480, a few seconds of a camera; a core that far behind gets the newest frames.
 SNDHWM = 100
@@ -84,13 +87,14 @@ class Ingest:
     """The main thread's state: the session, what is delivered, the counters.
 
     ``camera`` is the source's counters (corrupt, reconnects, truncated, bytes...), which the
-    reader thread updates in place; they are only read here.
+    source updates in place (a video reader thread, or the feed in this thread); they are only
+    read here.
     """
 
-    def __init__(self, cfg: IngestConfig, ctx: zmq.Context, reader: CameraReader, camera: Mapping[str, int]) -> None:
+    def __init__(self, cfg: IngestConfig, ctx: zmq.Context, feed: Feed, camera: Mapping[str, int]) -> None:
         self.cfg = cfg
         self.stream = cfg.stream_id
-        self.reader, self.camera = reader, camera
+        self.feed, self.camera = feed, camera
         self.delivery = Delivery(cfg.lossless)
         self.counts = dict.fromkeys(
             ("bad_messages", "unexpected_messages", "stats_unsent", "previews", "pictures_wanted", "pictures_gone"), 0
@@ -113,13 +117,14 @@ class Ingest:
         self._tokens, self._tokens_at = 0.0, 0.0
         self.poller = zmq.Poller()
         self.poller.register(self.session.sock, zmq.POLLIN)
-        self.poller.register(reader.inbox, 0)
-        self._watching = False  # the reader's inbox is polled
-        self.reader_started = False
+        self._polled: object = None  # what of the feed's is registered with the poller
+        self._polled_key: object = None  # how the poller names it in its events (a plain socket: its fd)
+        self._watching = False  # frames are taken from the feed
+        self.feed_started = False
         self.stop_reason: str | None = None  # the core's Stop
         self.end_detail = ""  # why the camera's stream ended, in words
         self.started = time.monotonic()
-        self._start_reader_by = 0.0
+        self._start_feed_by = 0.0
         self._next_stats = self._next_log = 0.0
         self._rate = (self.started, 0, 0.0)  # (when, frames read then, frames per second since)
         self._closed = False
@@ -154,10 +159,10 @@ class Ingest:
             log.info("stream %r: the core takes captures", self.stream)
 
     def start(self) -> None:
-        """Say Hello; the reader starts once the core answers, or after the session's timeout."""
+        """Say Hello; the feed starts once the core answers, or after the session's timeout."""
         now = time.monotonic()
         self.session.start(now)
-        self._start_reader_by = now + self.session.timeout_s
+        self._start_feed_by = now + self.session.timeout_s
         self._next_stats, self._next_log = now + STATS_EVERY, now + LOG_EVERY
 
     # -- the loop -------------------------------------------------------------------------------
@@ -178,9 +183,10 @@ class Ingest:
 
     def step(self, timeout_ms: int) -> str | None:
         """One turn: the core's messages, the next frame, the heartbeat and the counters. An outcome ends it."""
-        self._watch_reader()
-        wait = self.outbox.wait_s(time.monotonic())
-        if wait is not None:
+        now = time.monotonic()
+        polled = self._watch_feed(now)
+        waits = [self.outbox.wait_s(now), self.feed.wait_s(now) if self._watching else None]
+        if (wait := min((w for w in waits if w is not None), default=None)) is not None:
             timeout_ms = min(timeout_ms, zmqio.poll_ms(wait))
         events = dict(self.poller.poll(timeout_ms))
         now = time.monotonic()
@@ -188,20 +194,15 @@ class Ingest:
             self._from_core(now)
         if self.stop_reason is not None:
             return "stop"
-        if not self.reader_started and (self.session.joined or now >= self._start_reader_by):
-            self.reader.start()
-            self.reader_started = True
+        if not self.feed_started and (self.session.joined or now >= self._start_feed_by):
+            self.feed.start()
+            self.feed_started = True
         self._deliver(now)
-        if self.reader.inbox in events and self._taking():
-            event = self.reader.receive()
-            if isinstance(event, JpegFrame):
-                self.delivery.add(event)
-                self._deliver(now)
-            elif event.outcome != "stopped":
-                self.end_detail = event.reason or event.outcome
-                log.info("the camera stream has ended (%s)", self.end_detail)
-                self._announce(now, force=True)  # what it read last: announced now, not in 2 ms
-                return event.outcome
+        if self._taking():
+            self.feed.fill(now, polled is not None and polled in events)
+            outcome = self._take_frames(now)
+            if outcome is not None:
+                return outcome
         self._announce(now)
         if self._max_reached() and self.delivery.pending is None:
             log.info("read %d frames (max_frames): stopping", self.delivery.read)
@@ -217,16 +218,44 @@ class Ingest:
         return None
 
     def _taking(self) -> bool:
-        return self.reader_started and self.delivery.accepting and not self._max_reached()
+        return self.feed_started and self.delivery.accepting and not self._max_reached()
 
     def _max_reached(self) -> bool:
         return bool(self.cfg.max_frames) and self.delivery.read >= self.cfg.max_frames
 
-    def _watch_reader(self) -> None:
-        """Poll the reader's inbox only while a frame may be taken (lossless: the reader then blocks)."""
+    def _watch_feed(self, now: float) -> object:
+        """Poll the feed only while frames may be taken (lossless: the camera is then held back); how the
+        poller's events name what is polled (or None). The feed's socket changes as it reconnects."""
         if self._taking() != self._watching:
             self._watching = not self._watching
-            self.poller.modify(self.reader.inbox, zmq.POLLIN if self._watching else 0)
+            self.feed.watch(now, self._watching)
+        item = self.feed.poll_on() if self._watching else None
+        if item is not self._polled:
+            if self._polled is not None:
+                self.poller.unregister(self._polled)
+            if item is not None:
+                self.poller.register(item, zmq.POLLIN)
+            self._polled = item
+            self._polled_key = item if item is None or isinstance(item, zmq.Socket) else item.fileno()
+        return self._polled_key
+
+    def _take_frames(self, now: float) -> str | None:
+        """The frames the feed has read, while delivery takes them; the camera's end, as an outcome."""
+        for _ in range(TAKE_PER_TURN):
+            if not self._taking():
+                return None
+            event = self.feed.take()
+            if event is None:
+                return None
+            if isinstance(event, JpegFrame):
+                self.delivery.add(event)
+                self._deliver(now)
+            elif event.outcome != "stopped":
+                self.end_detail = event.reason or event.outcome
+                log.info("the camera stream has ended (%s)", self.end_detail)
+                self._announce(now, force=True)  # what it read last: announced now, not in 2 ms
+                return event.outcome
+        return None
 
     def _from_core(self, now: float) -> None:
         for msg in self.session.take(now):

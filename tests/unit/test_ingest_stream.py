@@ -167,7 +167,7 @@ def test_hello_then_every_frame_goes_to_the_core_as_a_capture_then_its_end(core,
     assert (hello.role, hello.stream, hello.lossless, hello.undelivered) == ("ingest", "cam0", False, 0)
     assert hello.url == "http://pi:***@camera:8000/stream.mjpg"  # no password travels
     drive_for(ingest, 0.1)
-    assert not ingest.reader_started and not core.of(Capture)  # the camera waits for the core's answer
+    assert not ingest.feed_started and not core.of(Capture)  # the camera waits for the core's answer
     core.welcome()
     assert drive(ingest, lambda: False) == "ended"
     captures = core.of(Capture)
@@ -414,7 +414,7 @@ def test_a_camera_never_reached_ends_as_failed(core, make):
 
 def test_without_an_answer_the_camera_is_read_all_the_same_and_the_end_is_not_sent(core, make, caplog):
     ingest = make(FakeCamera(paced(0.01)), heartbeat_s=0.1, heartbeat_misses=2)
-    drive(ingest, lambda: ingest.reader_started)  # after the session's timeout
+    drive(ingest, lambda: ingest.feed_started)  # after the session's timeout
     drive(ingest, lambda: ingest.delivery.undelivered >= 3)
     with caplog.at_level(logging.WARNING):
         ingest.finish("stopped")
