@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks import OUT
 
-MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db", "benchmarks.bench_plumbing"]
+MODULES = ["benchmarks.bench_encoder", "benchmarks.bench_db", "benchmarks.bench_plumbing", "benchmarks.bench_feed"]
 # Minutes each; run only when asked for by name. bench_ingest: about 3 minutes, most of it writing
 # its H.265 clips.
 EXTRA = ["benchmarks.bench_hnsw", "benchmarks.bench_ingest"]

@@ -7,8 +7,8 @@ non-blocking, with the body's first bytes. The body is cut into parts by the spl
 (mjpeg.py) and each part's JPEG header checked (``jpeg_size``) before it is taken.
 
 Why no reader thread: handing each frame from a thread to the main thread over a pipe cost
-four times what reading it costs (0.08 against 0.02 CPU-ms a frame at 640x480, measured side by
-side: benchmarks/RESULTS.md, issue #21).
+four times what reading it costs (0.048-0.052 against 0.011 CPU-ms a frame at 640x480, measured
+side by side by benchmarks/bench_feed.py; benchmarks/RESULTS.md, issue #21).
 
 Backpressure: the socket is read only while the ingest takes frames, one read (at most
 ``READ_BYTES``) at a time, and only once the frames of the last read are taken. While the
