@@ -1,6 +1,7 @@
 """An MJPEG camera's frames into the ingest's main thread: read there, or handed over by a reader thread.
 
-pisim (a process of its own) serves one 640x480 JPEG (about 53 KB) as fast as it is read. The
+pisim (a process of its own, as the plumbing benchmark starts it) serves one 640x480 JPEG (about
+53 KB) as fast as it is read. The
 benchmark process reads it through the ingest's MJPEG feed (services/ingest/http_source.py) in
 two ways, measured side by side, alternating, in one run:
 
@@ -18,14 +19,8 @@ from __future__ import annotations
 
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import zmq
 
@@ -33,9 +28,8 @@ from encoders.services.ingest.feed import drive
 from encoders.services.ingest.http_source import HttpMjpegSource
 from encoders.services.ingest.pictures import JpegFrame
 from encoders.services.ingest.reader import CameraReader
-from encoders.services.pisim.scene import SyntheticScene
 
-from .plumbing_procs import free_port
+from .bench_plumbing import sources
 
 FRAMES = int(os.environ.get("BENCH_FEED_FRAMES", "5000"))
 ROUNDS = int(os.environ.get("BENCH_FEED_ROUNDS", "3"))
@@ -95,30 +89,13 @@ def reader_thread(url: str) -> float:
 
 
 def main() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        SyntheticScene(640, 480, seed=0).render(0.0).save(Path(tmp) / "frame.png")
-        port = free_port()
-        args = ["--port", str(port), "--source", tmp, "--quality", "75", "--fps", "0"]
-        pisim = subprocess.Popen([sys.executable, "-m", "encoders", "pisim", *args], stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("pisim did not start") from None
-                    time.sleep(0.1)
-            url = f"http://127.0.0.1:{port}/stream.mjpg"
-            got: dict[str, list[float]] = {"main thread": [], "reader thread": []}
-            for i in range(ROUNDS):
-                order = [("main thread", main_thread), ("reader thread", reader_thread)]
-                for name, measure in order if i % 2 == 0 else order[::-1]:
-                    got[name].append(measure(url))
-        finally:
-            pisim.terminate()
-            pisim.wait(10)
+    got: dict[str, list[float]] = {"main thread": [], "reader thread": []}
+    with sources({((640, 480), 0.0)}) as served:
+        url = served[((640, 480), 0.0)].url
+        for i in range(ROUNDS):
+            order = [("main thread", main_thread), ("reader thread", reader_thread)]
+            for name, measure in order if i % 2 == 0 else order[::-1]:
+                got[name].append(measure(url))
     for name, values in got.items():
         print(f"{name:14s} CPU-ms a frame: " + ", ".join(f"{v:.4f}" for v in values))
     ratios = [m / r for m, r in zip(got["main thread"], got["reader thread"], strict=True)]

@@ -193,6 +193,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 INSTALL_HINT = "the display tests need Xvfb and xdotool: apt-get install -y xvfb xdotool"
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl as a user would."""
+    need("openssl")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,36 +19,26 @@ from encoders.services.ingest.http_source import READ_BYTES, HttpMjpegSource, re
 from encoders.services.ingest.pictures import JpegFrame
 from encoders.services.ingest.reader import ReaderEnded
 
-from .test_ingest import JPEGS, _multipart, make_jpeg
+from ..conftest import self_signed
+from .test_ingest import JPEGS, RawServer, _multipart, make_jpeg
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=FRAME\r\n"
 BODY = _multipart(JPEGS, delimiter=b"--FRAME", length_header=b"Content-Length")
 
 
-class Server:
-    """Answers each request with what ``answer(path)`` gives, then holds the connection open until closed
-    (so that only the answer's own framing can end a body). Keeps each request's head."""
+class Server(RawServer):
+    """A RawServer (test_ingest.py) that answers each request with what ``answer(path)`` gives, over TLS
+    if given, then holds the connection open until closed (so that only the answer's own framing can
+    end a body). Keeps each request's head."""
 
     def __init__(self, answer, tls: ssl.SSLContext | None = None) -> None:
         self.answer, self.tls = answer, tls
-        self.requests: list[bytes] = []
-        self.closed = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.1)
+        self.heads: list[bytes] = []
+        super().__init__(b"")
         self.port = self.server.getsockname()[1]
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
 
-    def url(self, path: str, scheme: str = "http", userinfo: str = "") -> str:
+    def address(self, path: str, scheme: str = "http", userinfo: str = "") -> str:
         return f"{scheme}://{userinfo}127.0.0.1:{self.port}{path}"
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -59,29 +46,21 @@ class Server:
                 conn.settimeout(5)
                 conn = self.tls.wrap_socket(conn, server_side=True)
             with conn:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    data = conn.recv(4096)
-                    if not data:
-                        return
-                    request += data
-                self.requests.append(request)
+                request = self.read_request(conn)
+                if request is None:
+                    return
+                self.heads.append(request)
                 conn.sendall(self.answer(request.split(b" ")[1].decode()))
                 self.closed.wait()
         except OSError:  # the client went (or refused the certificate)
             pass
 
     def header(self, i: int, name: bytes) -> bytes | None:
-        for line in self.requests[i].split(b"\r\n")[1:]:
+        for line in self.heads[i].split(b"\r\n")[1:]:
             key, _, value = line.partition(b":")
             if key.strip().lower() == name.lower():
                 return value.strip()
         return None
-
-    def close(self) -> None:
-        self.closed.set()
-        self.server.close()
-        self.thread.join(2)
 
 
 @pytest.fixture
@@ -123,7 +102,7 @@ def source(url: str, **kw) -> HttpMjpegSource:
 
 def test_a_body_of_a_given_length_ends_there_though_the_connection_stays_open(server):
     s = server(lambda path: HEAD + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
-    src = source(s.url("/stream.mjpg"))
+    src = source(s.address("/stream.mjpg"))
     got = events(src)
     assert [e.jpeg for e in got[:-1]] == JPEGS
     assert got[-1] == ReaderEnded("ended", "the server ended the stream")
@@ -137,9 +116,9 @@ def test_a_redirect_is_followed_and_the_credentials_go_along_to_the_same_host(se
         return HEAD + b"Connection: close\r\n\r\n" + BODY + b"--FRAME--\r\n"
 
     s = server(answer)
-    got = events(source(s.url("/old", userinfo="pi:p%40ss@")))
+    got = events(source(s.address("/old", userinfo="pi:p%40ss@")))
     assert [e.jpeg for e in got if isinstance(e, JpegFrame)] == JPEGS
-    assert [r.split(b" ")[1] for r in s.requests] == [b"/old", b"/stream.mjpg"]
+    assert [r.split(b" ")[1] for r in s.heads] == [b"/old", b"/stream.mjpg"]
     basic = b"Basic " + base64.b64encode(b"pi:p@ss")  # the password percent-decoded
     assert s.header(0, b"authorization") == basic and s.header(1, b"authorization") == basic
     assert s.header(1, b"accept-encoding") == b"identity"
@@ -147,9 +126,9 @@ def test_a_redirect_is_followed_and_the_credentials_go_along_to_the_same_host(se
 
 def test_a_redirect_to_another_host_does_not_take_the_credentials(server):
     target = server(lambda path: HEAD + b"\r\n" + BODY + b"--FRAME--\r\n")
-    elsewhere = target.url("/stream.mjpg").replace("127.0.0.1", "localhost")
+    elsewhere = target.address("/stream.mjpg").replace("127.0.0.1", "localhost")
     first = server(lambda path: b"HTTP/1.1 301 Moved\r\nLocation: %s\r\n\r\n" % elsewhere.encode())
-    got = events(source(first.url("/", userinfo="pi:secret@")))
+    got = events(source(first.address("/", userinfo="pi:secret@")))
     assert [e.jpeg for e in got if isinstance(e, JpegFrame)] == JPEGS
     assert first.header(0, b"authorization") is not None and target.header(0, b"authorization") is None
 
@@ -157,27 +136,15 @@ def test_a_redirect_to_another_host_does_not_take_the_credentials(server):
 def test_endless_redirects_are_said_so(server):
     s = server(lambda path: b"HTTP/1.1 302 Found\r\nLocation: /again\r\n\r\n")
     with pytest.raises(StreamError, match="more than 10 redirects"):
-        read_first_frame(s.url("/"), connect_timeout=2, read_timeout=2)
+        read_first_frame(s.address("/"), connect_timeout=2, read_timeout=2)
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (the openssl command), and its key."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
-def test_an_https_camera_is_read_when_its_certificate_is_trusted_and_refused_when_not(server, certificate, monkeypatch):
-    cert, key = certificate
+def test_an_https_camera_is_read_when_its_certificate_is_trusted_and_refused_when_not(server, tmp_path, monkeypatch):
+    cert, key = self_signed(tmp_path)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     s = server(lambda path: HEAD + b"\r\n" + BODY + b"--FRAME--\r\n", tls)
-    url = s.url("/stream.mjpg", scheme="https")
+    url = s.address("/stream.mjpg", scheme="https")
     with pytest.raises(StreamError, match="CERTIFICATE_VERIFY_FAILED"):
         read_first_frame(url, connect_timeout=5, read_timeout=5)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # OpenSSL's own setting: trust this certificate
@@ -192,8 +159,9 @@ def test_the_time_the_ingest_holds_the_camera_back_is_not_a_stall(server):
     one read: the first read after the hold completes none."""
     big = make_jpeg(1280, 960, 9)
     assert len(big) > 2 * READ_BYTES
-    s = server(lambda path: HEAD + b"\r\n" + _multipart([big] * 40, delimiter=b"--FRAME"))
-    src = HttpMjpegSource(s.url("/stream.mjpg"), connect_timeout=5, read_timeout=0.3, stall_after=0.3)
+    answer = HEAD + b"\r\n" + _multipart([big] * 40, delimiter=b"--FRAME")  # 30 MB: made once, before
+    s = server(lambda path: answer)
+    src = HttpMjpegSource(s.address("/stream.mjpg"), connect_timeout=5, read_timeout=0.3, stall_after=0.3)
     try:
         feed = drive(src)
         assert jpegs(feed, 1) == [big]

@@ -164,15 +164,22 @@ class RawServer:
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    @staticmethod
+    def read_request(conn: socket.socket) -> bytes | None:
+        """A request's head, or None if the client went before it ended."""
+        request = b""
+        while b"\r\n\r\n" not in request:
+            data = conn.recv(4096)
+            if not data:
+                return None
+            request += data
+        return request
+
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                request += data
+            if self.read_request(conn) is None:
+                return
             self.requests += 1
             try:
                 for i in range(0, len(self.response), self.piece):

@@ -8,7 +8,6 @@ import json
 import shutil
 import socket
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from encoders.services.viewer.web.thumbnails import make_thumbnail
 from encoders.shared import zmqio
 from encoders.shared.messages import Frame, MetricsRecord, Stats
 
-from ..conftest import endpoint, free_port, wait_for
+from ..conftest import endpoint, free_port, self_signed, wait_for
 
 
 def start_web_viewer(service, publishers, *extra: str, port: int | None = None):
@@ -324,19 +323,6 @@ def test_listening_beyond_localhost_without_a_token_is_refused(service, publishe
     assert "set a token too" in viewer.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made by openssl as a user would."""
-    if shutil.which("openssl") is None:
-        pytest.fail("this test makes a certificate with openssl (apt-get install openssl)")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def test_over_tls_the_page_and_its_token_travel_encrypted(service, publishers, tmp_path):
