@@ -261,12 +261,15 @@ class HttpMjpegSource:
     def _read(self, now: float) -> None:
         """One read of what the socket holds, into frames; StreamError when the connection ends."""
         assert self._sock is not None
+        size = READ_BYTES if self._left is None else min(READ_BYTES, self._left)
         try:
-            data = self._sock.recv(READ_BYTES if self._left is None else min(READ_BYTES, self._left))
+            data = self._sock.recv(size)
         except (BlockingIOError, ssl.SSLWantReadError):
             return
         except OSError as exc:
             raise StreamError(f"connection lost: {exc}") from None
+        if data and isinstance(self._sock, ssl.SSLSocket):
+            data = self._more_records(data, size)
         if not data:
             if self._dechunk is not None or self._left:
                 raise StreamError("the server broke the connection: it closed in the middle of the body")
@@ -291,6 +294,24 @@ class HttpMjpegSource:
                 self._end_of_body()
             else:
                 return
+
+    def _more_records(self, data: bytes, size: int) -> bytes:
+        """Over TLS a recv gives one record (16 KB at most): the others already there, up to ``size``, so
+        that a read is as much of the stream as without TLS. The end of the connection or an error is
+        left to the next read, after these bytes."""
+        assert self._sock is not None
+        chunks = [data]
+        got = len(data)
+        while got < size:
+            try:
+                more = self._sock.recv(size - got)
+            except (BlockingIOError, OSError):  # ssl.SSLWantReadError is both
+                break
+            if not more:
+                break
+            chunks.append(more)
+            got += len(more)
+        return b"".join(chunks) if len(chunks) > 1 else data
 
     def _body(self, data: bytes, now: float, t_arrival: float) -> None:
         """Body bytes: the frames they complete queued to be taken (a corrupt part skipped, counted)."""

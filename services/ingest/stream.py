@@ -283,14 +283,14 @@ class Ingest:
                 )
 
     def _deliver(self, now: float) -> None:
-        """The next frame into the outbox, to be announced (``_announce``) with the others due."""
+        """The next frame into the outbox, to be announced (``_announce``, at the end of the turn) with the
+        others due: the frames of one read of the camera go in one ``Captured``, not the first alone."""
         frame = self.delivery.next()
         if frame is None:
             return
         given_up = self.outbox.add(frame, now)
         self.delivery.delivered()
         self.delivery.unsent(given_up)  # real time: the oldest waiting, for room
-        self._announce(now)
 
     def _announce(self, now: float, force: bool = False) -> None:
         """The captures due (every 2 ms or 64 of them, at once one that came alone: outbox.py) to the core

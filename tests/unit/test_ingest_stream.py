@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from encoders.services.ingest import stream as stream_module
 from encoders.services.ingest.config import IngestConfig
 from encoders.services.ingest.http_source import JpegFrame
-from encoders.services.ingest.reader import PIPE_HWM, CameraReader
+from encoders.services.ingest.reader import PIPE_HWM, CameraReader, ReaderEnded, ReaderEvent
 from encoders.services.ingest.stream import Ingest
 from encoders.shared import zmqio
 from encoders.shared.messages import (
@@ -63,6 +64,7 @@ class Core:
         self.data = sockets.bind(zmq.ROUTER, self.data_ep)
         self.identity = b""
         self.got: list[Message | Capture] = []
+        self.announced: list[int] = []  # the rows of each Captured
         self.pictures: list[Frame] = []
         self.seqs = itertools.count()
         self.answer = True  # False: the captures announced are kept in ``unanswered``, not assigned
@@ -75,6 +77,7 @@ class Core:
             self.identity = identity
             if isinstance(msg, Captured):
                 rows = msg.rows()
+                self.announced.append(len(rows))
                 self.got += [Capture(r.t_capture, r.width, r.height) for r in rows]
                 decided = [Assignment(r.id, next(self.seqs), 1) for r in rows]
                 if not self.answer:
@@ -114,12 +117,13 @@ def core(sockets):
 
 @pytest.fixture
 def make(sockets):
-    """make(camera, **settings) -> an Ingest whose session has said Hello, with the reader it was given."""
-    made: list[tuple[Ingest, CameraReader]] = []
+    """make(camera, **settings) -> an Ingest whose session has said Hello, with a reader thread for the
+    camera it was given (or that feed itself: a ``Burst``)."""
+    made: list[tuple[Ingest, CameraReader | Burst]] = []
 
-    def start(camera: FakeCamera, **settings) -> Ingest:
+    def start(camera: FakeCamera | Burst, **settings) -> Ingest:
         cfg = IngestConfig(**{"stream": URL, "stream_id": "cam0", "core": CORE, "heartbeat_s": 5.0, **settings})
-        reader = CameraReader(sockets.ctx, camera, threading.Event())
+        reader = camera if isinstance(camera, Burst) else CameraReader(sockets.ctx, camera, threading.Event())
         ingest = Ingest(cfg, sockets.ctx, reader, camera=counters())
         sockets.adopt(ingest.session.sock)
         made.append((ingest, reader))
@@ -131,6 +135,39 @@ def make(sockets):
         reader.interrupt()
         reader.close()
         ingest.close()
+
+
+class Burst:
+    """A feed (feed.py) whose first read gives ``n`` frames at once, as a read of an MJPEG camera that is
+    ahead does (http_source.py: up to 256 KB a read), then ends."""
+
+    def __init__(self, n: int) -> None:
+        frames: list[ReaderEvent] = [JpegFrame(JPEG, 640, 480, float(i)) for i in range(n)]
+        self.events = deque([*frames, ReaderEnded("ended", "the server ended the stream")])
+
+    def start(self) -> None:
+        pass
+
+    def poll_on(self) -> None:
+        return None
+
+    def wait_s(self, now: float) -> float | None:
+        return 0.0 if self.events else None
+
+    def fill(self, now: float, readable: bool) -> None:
+        pass
+
+    def take(self) -> ReaderEvent | None:
+        return self.events.popleft() if self.events else None
+
+    def watch(self, now: float, on: bool) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def counters() -> dict:
@@ -192,6 +229,15 @@ def test_hello_then_every_frame_goes_to_the_core_as_a_capture_then_its_end(core,
         1234,
     )
     assert core.got[-3:] == [stats, ended, bye]  # the final Stats, the end, then Bye: nothing after
+
+
+def test_the_frames_of_one_read_are_announced_in_one_captured(core, make):
+    """Not the first alone and the rest 2 ms later: they came at the same moment."""
+    ingest = make(Burst(5))
+    wait_for_kind(core, Hello)
+    core.welcome()
+    assert drive(ingest, lambda: False) == "ended"
+    assert len(core.of(Capture)) == 5 and core.announced == [5]
 
 
 def test_wanted_pictures_come_from_the_ring_and_those_gone_from_it_are_said_gone(core, make):
