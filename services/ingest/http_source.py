@@ -347,7 +347,7 @@ class HttpMjpegSource:
         if now - self._last_byte > self.read_timeout:
             self.counters["stalls"] += 1
             raise StreamError(f"no data for {self.read_timeout:g} s (read timeout: the stream stalled)")
-        if now - self._progress > self.stall_after:
+        if self._bytes_since and now - self._progress > self.stall_after:  # bytes, no part (silence: read timeout)
             self.counters["stalls"] += 1
             raise StreamError(
                 f"stalled: {self._bytes_since} bytes in {now - self._progress:.0f} s and no complete frame "
