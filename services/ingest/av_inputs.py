@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
-from .errors import StreamError, UnusableStream
+from .errors import REFUSED, Stalled, StreamError, UnusableStream
 from .urls import Kind, file_path
 
 log = logging.getLogger("encoders.ingest")
@@ -138,7 +138,7 @@ class RawH264Input:
             try:
                 chunk = self.sock.recv(CHUNK)
             except TimeoutError:
-                raise StreamError(f"no data for {self.read_timeout:g} s (read timeout: the stream stalled)") from None
+                raise Stalled.no_data(self.read_timeout) from None
             except OSError as exc:
                 raise describe(exc, connect_timeout=0, read_timeout=self.read_timeout, opening=False) from None
             arrival = time.time()
@@ -184,9 +184,9 @@ def describe(exc: BaseException, *, connect_timeout: float, read_timeout: float,
     if isinstance(exc, av.error.ExitError | TimeoutError):
         if opening:
             return StreamError(f"no answer within {connect_timeout + read_timeout:g} s (connect timeout)")
-        return StreamError(f"no data for {read_timeout:g} s (read timeout: the stream stalled)")
+        return Stalled.no_data(read_timeout)
     if isinstance(exc, ConnectionRefusedError):
-        return StreamError("connection refused (is the camera server running on that port?)")
+        return StreamError(REFUSED)
     if isinstance(exc, FileNotFoundError):
         return UnusableStream("no such file")
     if isinstance(exc, av.error.InvalidDataError):

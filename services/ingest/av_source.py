@@ -37,7 +37,7 @@ from encoders.shared.masking import mask
 from .av_connection import Connection, Ended, Playback
 from .av_inputs import Input, open_input
 from .capture_clock import CaptureClock, Pacer
-from .errors import StreamError, UnusableStream
+from .errors import Stalled, StreamError, UnusableStream
 from .pictures import Picture
 from .sampling import Sampler
 from .urls import Kind, kind_of
@@ -236,7 +236,7 @@ class AvSource:
         idle = now - max(conn.packet_at, conn.busy_until)
         if idle > cfg.read_timeout:
             self._stalled(conn)
-            raise StreamError(f"no data for {cfg.read_timeout:g} s (read timeout: the stream stalled)")
+            raise Stalled.no_data(cfg.read_timeout)
         quiet = now - max(conn.frame_at, conn.busy_until)
         if quiet > cfg.stall_after:
             self._stalled(conn)

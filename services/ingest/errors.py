@@ -16,3 +16,14 @@ class StreamError(Exception):
 
 class UnusableStream(StreamError):
     """The stream cannot work as configured: only a change of URL, credentials or settings helps."""
+
+
+class Stalled(StreamError):
+    """The camera stalled: no byte for the read timeout, or bytes but no frame (counted ``stalls``)."""
+
+    @classmethod
+    def no_data(cls, read_timeout: float) -> Stalled:
+        return cls(f"no data for {read_timeout:g} s (read timeout: the stream stalled)")
+
+
+REFUSED = "connection refused (is the camera server running on that port?)"

@@ -53,6 +53,7 @@ def drive(feed: Feed) -> Iterator[ReaderEvent]:
     feed.start()
     feed.watch(time.monotonic(), True)
     poller = zmq.Poller()
+    polled = None  # what is registered with the poller
     while True:
         event = feed.take()
         if event is not None:
@@ -64,11 +65,15 @@ def drive(feed: Feed) -> Iterator[ReaderEvent]:
         if item is None and wait is None:
             return  # nothing more will come (interrupted)
         timeout = POLL_MS if wait is None else min(POLL_MS, zmqio.poll_ms(wait))
+        if item is not polled:
+            if polled is not None:
+                poller.unregister(polled)
+            if item is not None:
+                poller.register(item, zmq.POLLIN)
+            polled = item
         readable = False
         if item is not None:
-            poller.register(item, zmq.POLLIN)
             readable = bool(poller.poll(timeout))
-            poller.unregister(item)
         elif timeout:
             time.sleep(timeout / 1000)  # a timer of the feed's (a reconnection's wait): nothing to poll
         feed.fill(time.monotonic(), readable)

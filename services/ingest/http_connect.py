@@ -20,7 +20,7 @@ import h11
 
 from encoders.shared.masking import mask
 
-from .errors import StreamError, UnusableStream
+from .errors import REFUSED, Stalled, StreamError, UnusableStream
 
 REQUEST_HEADERS = [
     ("Accept", "multipart/x-mixed-replace, image/jpeg;q=0.9, */*;q=0.1"),
@@ -34,10 +34,6 @@ REDIRECTS = (301, 302, 303, 307, 308)
 UNUSABLE = (401, 403, 404, 410)  # only another URL or credentials help
 
 
-class ReadTimeout(StreamError):
-    """No byte came for the read timeout: a stall (counted so)."""
-
-
 @dataclass
 class Opened:
     """A connection whose response's head has been read: status 200."""
@@ -47,7 +43,6 @@ class Opened:
     body: bytes  # the body's first bytes, received with the head (dechunked)
     length: int | None  # Content-Length: the body ends after that many bytes; None: at the close
     dechunk: h11.Connection | None  # chunked transfer encoding: the rest of the body goes through it
-    url: str  # where it ended up, after redirects
 
 
 def check_url(url: str) -> None:
@@ -86,7 +81,6 @@ def open_stream(url: str, *, connect_timeout: float, read_timeout: float) -> Ope
             body,
             int(length) if length and not chunked else None,  # h11 has checked it is a number
             conn if chunked else None,
-            url,
         )
     raise StreamError(f"more than {MAX_REDIRECTS} redirects")
 
@@ -113,7 +107,7 @@ def _request(url: str, connect_timeout: float, read_timeout: float) -> tuple[soc
     except TimeoutError:
         raise StreamError(f"no answer within {connect_timeout:g} s (connect timeout)") from None
     except ConnectionRefusedError:
-        raise StreamError("connection refused (is the camera server running on that port?)") from None
+        raise StreamError(REFUSED) from None
     except socket.gaierror as exc:
         raise StreamError(f"unknown host ({exc})") from None
     except OSError as exc:
@@ -164,7 +158,7 @@ def _head(sock: socket.socket, conn: h11.Connection, read_timeout: float) -> tup
             try:
                 data = sock.recv(HEAD_READ)
             except TimeoutError:
-                raise ReadTimeout(f"no data for {read_timeout:g} s (read timeout: the stream stalled)") from None
+                raise Stalled.no_data(read_timeout) from None
             except OSError as exc:
                 raise StreamError(f"connection lost: {exc}") from None
             conn.receive_data(data)

@@ -36,9 +36,9 @@ from encoders.shared.complaints import Complaints
 from encoders.shared.jpeg import CorruptJpeg, jpeg_size
 from encoders.shared.masking import mask
 
-from .errors import StreamError, UnusableStream
+from .errors import Stalled, StreamError, UnusableStream
 from .feed import drive
-from .http_connect import Opened, ReadTimeout, check_url, open_stream
+from .http_connect import Opened, check_url, open_stream
 from .mjpeg import MAX_PART_BYTES, MjpegSplitter, boundary_from_content_type
 from .pictures import JpegFrame
 from .reader import ReaderEnded, ReaderEvent
@@ -136,7 +136,6 @@ class HttpMjpegSource:
         self._left: int | None = None  # body bytes still to come (Content-Length), None: until the close
         self._splitter = MjpegSplitter()
         self._ctype = ""
-        self._delivered = False  # this connection has delivered a frame
         self._last_byte = self._progress = 0.0
         self._bytes_since = 0  # bytes since the last complete part
 
@@ -206,7 +205,9 @@ class HttpMjpegSource:
     def interrupt(self) -> None:
         """Stop reading: the connection is closed; one in progress is left to its thread."""
         if self._connecting is not None:
-            self._connecting.abandoned = True
+            self._connecting.abandoned = True  # its thread closes what it opens from now on
+            if isinstance(self._connecting.result, Opened):  # opened already: closed here
+                self._connecting.result.sock.close()
             self._connecting = None
         self._close_connection()
         self._state = _DONE
@@ -246,7 +247,6 @@ class HttpMjpegSource:
         # is per byte, so it never fires) or one part that never ends. Whatever arrives, a
         # complete part must come every stall_after seconds.
         self._splitter = MjpegSplitter(boundary_from_content_type(self._ctype), max_part_bytes=self.max_frame_bytes)
-        self._delivered = False
         self._last_byte = self._progress = now
         self._bytes_since = 0
         try:
@@ -335,8 +335,8 @@ class HttpMjpegSource:
                 self._corrupt(exc)
                 continue
             self._events.append(JpegFrame(part, width, height, t_arrival))
-            if not self._delivered:
-                self._delivered, self._attempt = True, 0
+            if self._attempt:  # the first frame since connections failed: the next failure waits least
+                self._attempt = 0
                 self._backoff.reset()
         if splitter.ended:
             self._end_of_body()
@@ -345,11 +345,9 @@ class HttpMjpegSource:
 
     def _check_time(self, now: float) -> None:
         if now - self._last_byte > self.read_timeout:
-            self.counters["stalls"] += 1
-            raise StreamError(f"no data for {self.read_timeout:g} s (read timeout: the stream stalled)")
+            raise Stalled.no_data(self.read_timeout)
         if self._bytes_since and now - self._progress > self.stall_after:  # bytes, no part (silence: read timeout)
-            self.counters["stalls"] += 1
-            raise StreamError(
+            raise Stalled(
                 f"stalled: {self._bytes_since} bytes in {now - self._progress:.0f} s and no complete frame "
                 f"(ENCODERS_STALL_AFTER={self.stall_after:g})"
             )
@@ -368,7 +366,7 @@ class HttpMjpegSource:
     def _connection_ended(self, exc: StreamError, now: float) -> None:
         """The connection (or the attempt) is over: said, then tried again after a wait, or the end."""
         self._close_connection()
-        if isinstance(exc, ReadTimeout):
+        if isinstance(exc, Stalled):
             self.counters["stalls"] += 1
         reason = str(exc)
         self.end_reason, self.end_unusable = reason, isinstance(exc, UnusableStream)

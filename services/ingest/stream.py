@@ -185,9 +185,9 @@ class Ingest:
         """One turn: the core's messages, the next frame, the heartbeat and the counters. An outcome ends it."""
         now = time.monotonic()
         polled = self._watch_feed(now)
-        waits = [self.outbox.wait_s(now), self.feed.wait_s(now) if self._watching else None]
-        if (wait := min((w for w in waits if w is not None), default=None)) is not None:
-            timeout_ms = min(timeout_ms, zmqio.poll_ms(wait))
+        for wait in (self.outbox.wait_s(now), self.feed.wait_s(now) if self._watching else None):
+            if wait is not None:
+                timeout_ms = min(timeout_ms, zmqio.poll_ms(wait))
         events = dict(self.poller.poll(timeout_ms))
         now = time.monotonic()
         if self.session.sock in events:
