@@ -18,14 +18,17 @@ this commit / d031ce1, case by case.
 
 Settings (environment): BENCH_PLUMBING_FRAMES (3000) and BENCH_PLUMBING_SECONDS (5): each
 measurement's window ends at whichever comes first, after BENCH_PLUMBING_WARMUP_S (1.5) of
-records; BENCH_PLUMBING_BASE (d031ce1); BENCH_PLUMBING_CASES, a part of the cases' names to keep
-(e.g. "640x480"); BENCH_PLUMBING_LATENCY_S (20), the window of the latency cases (one camera at 30
-frames/s, and eight, keys on: p50/p95/p99 of capture to record, each record's capture time to its
-arrival at the benchmark's subscription; no floor); BENCH_PLUMBING_PROFILE=core,recorder,ingest
+records; BENCH_PLUMBING_BASE (d031ce1), a commit or a folder holding that commit's tree;
+BENCH_PLUMBING_CASES, parts of the cases' names to keep, separated by '|' (e.g. "640x480, 1 camera,
+keys on|30 frames/s"); BENCH_PLUMBING_LATENCY_S (20), the window of the latency cases (one camera
+at 30 frames/s, and eight, keys on: p50/p95/p99 of capture to record, each record's capture time to
+its arrival at the benchmark's subscription; no floor); BENCH_PLUMBING_PROFILE=core,recorder,ingest
 profiles those services (plumbing_run.py);
 BENCH_PLUMBING_BASE may name a commit of protocol 3 too (its workers then run --runtime none, as this
-commit's). BENCH_PLUMBING_WORKERS=light runs workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
---light): on a small machine the workers' decoding otherwise sets the pace, not the plumbing.
+commit's). BENCH_PLUMBING_WORKERS (plumbing_run.py): decode (default), light (workers that do no
+picture work: on a small machine the workers' decoding otherwise sets the pace, not the plumbing), or
+model (the real encoder, ViT-B-32 with random weights, on the GPU where there is one:
+benchmarks/gpu/run.sh runs this on a GPU box).
 (BENCH_PLUMBING_CALIBRATE, which ran this commit's core with d031ce1's stand-in workers, went with
 protocol 3's data link: the stand-in takes its JPEGs from the core's session, as d031ce1's workers did.)
 """
@@ -50,7 +53,7 @@ from encoders.services.pisim.sources import encode_jpeg
 from .db_data import embedded_server, server_versions
 from .plumbing_cpu import CORE_THREADS, INGEST_THREADS, postmaster
 from .plumbing_procs import clean_env, free_port
-from .plumbing_run import Budget, Case, Source, Version, floor, light_workers, pipeline
+from .plumbing_run import Budget, Case, Source, Version, floor, light_workers, pipeline, worker_kind
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = os.environ.get("BENCH_PLUMBING_BASE", "d031ce1")
@@ -60,6 +63,15 @@ CASES = [Case(keys, size, cameras) for keys in (False, True) for size in SIZES f
 # with eight such cameras, what a frame costs where cameras share the services' turns (sizing: ARCHITECTURE.md).
 CASES += [Case(True, (640, 480), cameras, fps=30.0) for cameras in (1, 8)]
 GROUPS = ("core", *CORE_THREADS, "recorder", "postgres", "ingest", *INGEST_THREADS, "workers", "source")
+
+
+def chosen(cases: list[Case], wanted: str) -> list[Case]:
+    """The cases whose name holds one of ``wanted``'s parts, separated by '|' (all for "")."""
+    parts = [w.strip() for w in wanted.split("|")] if wanted.strip() else [""]
+    picked = [c for c in cases if any(p in c.name for p in parts)]
+    if not picked:
+        raise SystemExit(f"BENCH_PLUMBING_CASES={wanted!r} names no case of: {'; '.join(c.name for c in cases)}")
+    return picked
 
 
 def budget_from_env() -> Budget:
@@ -159,7 +171,12 @@ def check_code(version: Version) -> str:
 
 @contextmanager
 def base_worktree(commit: str) -> Iterator[Path]:
-    """``commit`` checked out (detached) in a temporary folder: `git worktree add`, removed at the end."""
+    """``commit`` checked out (detached) in a temporary folder: `git worktree add`, removed at the end.
+    A folder instead of a commit is used as it is: the base exported beforehand (`git archive`), for a
+    machine whose copy of the code has no history (benchmarks/gpu/prepare.sh)."""
+    if (Path(commit) / "src" / "encoders").is_dir():
+        yield Path(commit).resolve()
+        return
     folder = Path(tempfile.mkdtemp(prefix=f"plumbing-{commit}-"))
     added = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), commit], capture_output=True, text=True
@@ -278,35 +295,48 @@ def has_none_runtime(root: Path) -> bool:
     return True
 
 
+def this_commit(repo: Path = REPO) -> tuple[str, bool]:
+    """This checkout's commit, and whether it has changes not committed. A copy without its history (on a
+    GPU box) is named by BENCH_PLUMBING_CODE instead (benchmarks/gpu/run.sh: what prepare.sh wrote)."""
+    git = ["git", "-C", str(repo)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    except OSError:  # no git at all
+        return os.environ.get("BENCH_PLUMBING_CODE", "unknown (no git here)"), False
+    if head.returncode != 0:
+        return os.environ.get("BENCH_PLUMBING_CODE", "unknown (no git history here)"), False
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
 def main() -> dict:
     started = time.perf_counter()
     budget = budget_from_env()
-    only = os.environ.get("BENCH_PLUMBING_CASES", "")
-    cases = [c for c in CASES if only in c.name]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
-    this_label = "this"
+    cases = chosen(CASES, os.environ.get("BENCH_PLUMBING_CASES", ""))
+    head, dirty = this_commit()
+    this_label, base_label = "this", Path(BASE).name
     with ExitStack() as stack:
         keys_folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plumbing-keys-")))
         base_tree = stack.enter_context(base_worktree(BASE))
         versions = []
-        for label, root in ((this_label, REPO), (BASE, base_tree)):
+        for label, root in ((this_label, REPO), (base_label, base_tree)):
             version = Version(label, root / "src", keys_for(label, root / "src", keys_folder), has_none_runtime(root))
             check_code(version)
             versions.append(version)
         print(
-            f"this commit {head.stdout.strip()}{' (with changes not committed)' if dirty.strip() else ''} against "
-            f"{BASE}; {len(cases)} cases; each window {budget.frames} frames or {budget.seconds:g} s after "
-            f"{budget.warmup_s:g} s of warm-up",
+            f"this commit {head}{' (with changes not committed)' if dirty else ''} against "
+            f"{BASE}; {len(cases)} cases, workers {worker_kind()}; each window {budget.frames} frames or "
+            f"{budget.seconds:g} s after {budget.warmup_s:g} s of warm-up",
             flush=True,
         )
         results, server = measure(cases, versions, budget)
-    ratios(results, this_label, BASE)
-    print_tables(results, this_label, BASE)
+    ratios(results, this_label, base_label)
+    print_tables(results, this_label, base_label)
     return {
-        "this": head.stdout.strip(),
-        "this_dirty": bool(dirty.strip()),
-        "base": BASE,
+        "this": head,
+        "this_dirty": dirty,
+        "base": base_label,
+        "workers": worker_kind(),
         "budget": vars(budget),
         "server": server,
         "cases": results,

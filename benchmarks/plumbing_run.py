@@ -110,14 +110,48 @@ def has_run(db_url: str) -> bool:
         return False  # the schema is not there yet
 
 
+WORKER_KINDS = ("decode", "light", "model")
+
+
+def worker_kind() -> str:
+    """BENCH_PLUMBING_WORKERS: what the workers do with each picture.
+
+    - decode (default): a worker's whole work but the model (`--runtime none`: decoded, a thumbnail);
+    - light: no picture work (ENCODERS_NONE_DECODE=0, the stand-in's --light), so that the plumbing, not
+      the workers' decoding, sets the pace on a small machine;
+    - model: the real encoder, every version's own `encoders encode` with BENCH_PLUMBING_MODEL
+      (ViT-B-32) and random weights (speed does not depend on them), on the GPU where there is one:
+      the issue's real test, on a GPU box (benchmarks/gpu/).
+    """
+    kind = os.environ.get("BENCH_PLUMBING_WORKERS", "decode")
+    if kind not in WORKER_KINDS:
+        raise SystemExit(f"BENCH_PLUMBING_WORKERS={kind!r}: one of {', '.join(WORKER_KINDS)}")
+    return kind
+
+
 def light_workers() -> bool:
-    """BENCH_PLUMBING_WORKERS=light: workers that do no picture work (ENCODERS_NONE_DECODE=0, the stand-in's
-    --light), so that the plumbing, not the workers' decoding, sets the pace; default (decode): a worker's
-    whole work but the model."""
-    workers = os.environ.get("BENCH_PLUMBING_WORKERS", "decode")
-    if workers not in ("decode", "light"):
-        raise SystemExit(f"BENCH_PLUMBING_WORKERS={workers!r}: decode or light")
-    return workers == "light"
+    return worker_kind() == "light"
+
+
+def worker_args(version: Version, name: str, ready: Path) -> list[str]:
+    """A worker's command line (after the interpreter), but ``--core``: as BENCH_PLUMBING_WORKERS says, in
+    this version's own words (a version without `--runtime none` gets the stand-in, which speaks its protocol)."""
+    kind = worker_kind()
+    if kind == "model":
+        model = os.environ.get("BENCH_PLUMBING_MODEL", "ViT-B-32")
+        args = ["-m", "encoders", "encode", "--model", model, "--pretrained", "none", "--worker-id", name]
+        return [*args, "--ready-file", str(ready)]
+    if version.none_runtime:
+        args = ["-m", "encoders", "encode", "--runtime", "none", "--worker-id", name]
+        return [*args, *(["--no-none-decode"] if kind == "light" else []), "--ready-file", str(ready)]
+    return [
+        str(HERE / "plumbing_standin.py"),
+        "--name",
+        name,
+        *(["--light"] if kind == "light" else []),
+        "--ready",
+        str(ready),
+    ]
 
 
 def profiled(service: str, version: Version, case: Case, one: str = "") -> list[str]:
@@ -180,16 +214,8 @@ def pipeline(version: Version, case: Case, source: Source, db: tuple[str, int | 
             ],
         )
         ready = [folder / f"w{i}.ready" for i in range(case.workers)]
-        light = light_workers()
         for i, path in enumerate(ready):
-            if version.none_runtime:
-                args = ["-m", "encoders", "encode", "--runtime", "none", "--worker-id", f"w{i}"]
-                args += ["--no-none-decode"] if light else []
-                args += ["--ready-file"]
-            else:
-                args = [str(HERE / "plumbing_standin.py"), "--name", f"w{i}", *(["--light"] if light else [])]
-                args += ["--ready"]
-            run.start("workers", [*args, str(path), "--core", core])
+            run.start("workers", [*worker_args(version, f"w{i}", path), "--core", core])
         for i in range(case.cameras):
             args = [*profiled("ingest", version, case, f"-cam{i}"), "-m", "encoders", "ingest", "--core", core]
             args += ["--stream", source.url, "--stream-id", f"cam{i}"]

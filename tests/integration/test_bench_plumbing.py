@@ -59,3 +59,22 @@ def test_one_tiny_case_reports_every_figure_and_every_frame_is_accounted_for(tmp
     assert set(case["core_over_floor"]) == {"this", "again"}
     json.dumps(results)  # the report is JSON as it is
     assert "Ratios this / again" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(300)
+def test_with_the_model_in_the_workers_every_frame_is_embedded_by_the_real_encoder(tmp_path, monkeypatch):
+    """BENCH_PLUMBING_WORKERS=model, what benchmarks/gpu/run.sh measures on a GPU box: the workers are the
+    real encoder (ViT-B-32, random weights; on this machine's CPU), the rest as in every case."""
+    monkeypatch.setenv("BENCH_PLUMBING_WORKERS", "model")
+    this = Version("this", REPO / "src", keys_for("this", REPO / "src", tmp_path), none_runtime=True)
+    budget = Budget(warmup_s=0.2, frames=10, seconds=120)
+    results, _ = measure([Case(keys=True, size=(640, 480), cameras=1)], [this], budget, with_floor=False)
+
+    got = results[0]["variants"]["this"]
+    assert got["exits"] == [] and got["frames"] >= budget.frames
+    totals = got["totals"]
+    assert totals["embedded"] >= got["frames"] and totals["lost"] == totals["skipped"] == 0
+    assert totals["published"] == totals["embedded"] + totals["dropped"]
+    # ViT-B-32 is over 4 GFLOP an image: no CPU does that in 4 ms (a worker of --runtime none takes
+    # about 1 ms a frame here, decoding included). So the frames went through the model.
+    assert got["cpu_ms_per_frame"]["workers"] > 4.0, got["cpu_ms_per_frame"]
