@@ -406,13 +406,14 @@ def small_disk(tmp_path):
 
 
 def fill(folder) -> None:
-    """Write into ``folder`` until its disk is full."""
+    """Write into ``folder`` until its disk is full. Unbuffered: a buffered file keeps the part of the
+    last block that did not fit and fails again when closed (ENOSPC out of ``with``), which happened
+    whenever the space left was not a whole number of blocks."""
     block = bytes(1 << 20)
-    with open(folder / "filler", "wb") as f:
+    with open(folder / "filler", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(block)
-                f.flush()
         except OSError:
             pass
 
