@@ -7,7 +7,8 @@
 #                  checkout's .venv has (or the newest, without one);
 #   .gpu/d031ce1/  the tree of the commit to compare with (BASE, d031ce1), as `git archive` gives it, and
 #   .gpu/base      its name;
-#   .gpu/commit    which commit this is, and whether it had changes not committed.
+#   .gpu/commit    which commit this is, and whether it had changes not committed;
+#   .gpu/python    the Python version the wheels are for.
 # Then, on the GPU box: benchmarks/gpu/run.sh.
 # Usage: benchmarks/gpu/prepare.sh            (from the repository's root)
 set -euo pipefail
@@ -29,6 +30,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .gpu/wheels "${pinned[@]}"
 git archive "$BASE" | tar -x -C ".gpu/$BASE"
 echo "$BASE" > .gpu/base
+echo "$GPU_PYTHON" > .gpu/python
 dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo " (with changes not committed)" || true)
 echo "$(git rev-parse --short HEAD)$dirty" > .gpu/commit
 echo "prepared .gpu/: $(ls .gpu/wheels | wc -l) wheels ($(du -sh .gpu/wheels | cut -f1)); $BASE's tree; this is $(cat .gpu/commit)"
