@@ -51,7 +51,7 @@ def camera_jpegs(n: int, w: int = 640, h: int = 480, seed: int = 0) -> list[byte
 
 
 def decoded(enc: ClipImageEncoder, jpegs: list[bytes]) -> np.ndarray:
-    arrays, _, bad = load_batch(enc.pre, jpegs)
+    arrays, _, bad, _ = load_batch(enc.pre, jpegs)
     assert not bad
     return np.stack(arrays)
 
@@ -155,7 +155,7 @@ def worker_rate(enc: ClipImageEncoder, jpegs: list[bytes], batch: int = 8) -> fl
     try:
         while done < len(jpegs):
             if pos < len(jpegs) and model.has_room():
-                arrays, _, _ = load_batch(enc.pre, jpegs[pos : pos + batch])
+                arrays, _, _, _ = load_batch(enc.pre, jpegs[pos : pos + batch])
                 model.submit([], arrays)
                 pos += batch
             for _, vectors, error in model.results(timeout=0.0 if model.has_room() and pos < len(jpegs) else 0.05):

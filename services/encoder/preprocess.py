@@ -16,10 +16,10 @@ This module does the same steps with two speed-ups that keep the result faithful
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -81,7 +81,15 @@ class Preprocessor:
 
     def load(self, data: bytes) -> np.ndarray:
         """One frame -> uint8 HxWx3 array of size x size: decoded, resized, centre-cropped."""
-        img = decode_jpeg(data, self.size if self.fast_decode else None)
+        return self.prepare(self.decode(data))
+
+    def decode(self, data: bytes) -> Image.Image:
+        """The whole frame decoded, at the smallest DCT scale the model allows (fast_decode); CorruptFrame
+        if it does not decode. What the worker's thumbnail is made from as well: one decode a frame."""
+        return decode_jpeg(data, self.size if self.fast_decode else None)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        """A decoded frame -> the model's uint8 HxWx3 array of size x size: resized, centre-cropped."""
         w, h = img.size
         # Same arithmetic as torchvision's Resize(int) on the shortest side, then CenterCrop.
         if w <= h:
@@ -108,30 +116,45 @@ class Preprocessor:
         return ((batch - mean) / std).to(dtype).contiguous()
 
 
+class Loaded(NamedTuple):
+    arrays: list[np.ndarray]  # the frames that decoded, in order
+    ok: list[int]  # their positions in the batch
+    bad: list[tuple[int, str]]  # (position, reason) of those that did not
+    extras: list[Any]  # with ``each``: what it gave for each frame that decoded, else Nones
+
+
 def load_batch(
-    pre: Loader, jpegs: Sequence[bytes], pool: Executor | None = None
-) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
-    """Decode a batch: (arrays, positions that decoded, [(position, reason)] that did not).
+    pre: Loader, jpegs: Sequence[bytes], pool: Executor | None = None, each: Callable[[Any], Any] | None = None
+) -> Loaded:
+    """Decode a batch: the arrays, the positions that decoded, and (position, reason) of those that did not.
 
     With a thread pool the frames decode in parallel: Pillow releases the GIL while it
     decodes and resizes, so this scales with cores (what a GPU worker needs to keep up).
+    ``each`` (a Preprocessor's frames only) is also given each decoded picture, in the same thread: the
+    worker's thumbnail is made from it, not from a second decode of the JPEG (0.2 ms less a
+    640x480 frame, 2.2 ms a 1920x1080 one: benchmarks/RESULTS.md).
     """
+    pictures = each is not None and isinstance(pre, Preprocessor)
 
-    def one(data: bytes) -> np.ndarray | str:
+    def one(data: bytes) -> tuple[np.ndarray, Any] | str:
         try:
-            return pre.load(data)
+            if not pictures:
+                return pre.load(data), None
+            picture = cast(Preprocessor, pre).decode(data)
         except CorruptFrame as exc:
             return f"corrupt JPEG: {exc}"
+        return cast(Preprocessor, pre).prepare(picture), cast(Callable, each)(picture)
 
     results = list(pool.map(one, jpegs)) if pool is not None and len(jpegs) > 1 else [one(j) for j in jpegs]
-    arrays, ok, bad = [], [], []
+    loaded = Loaded([], [], [], [])
     for i, r in enumerate(results):
         if isinstance(r, str):
-            bad.append((i, r))
+            loaded.bad.append((i, r))
         else:
-            arrays.append(r)
-            ok.append(i)
-    return arrays, ok, bad
+            loaded.arrays.append(r[0])
+            loaded.extras.append(r[1])
+            loaded.ok.append(i)
+    return loaded
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as JPEG's own luma

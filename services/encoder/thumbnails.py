@@ -4,11 +4,13 @@ Why the worker makes it: it holds the frame anyway, and the embedding then carri
 picture through the core to the recorder (and search results), without anyone keeping or
 sending the full frame again.
 
-Made from the frame's JPEG bytes with Pillow's draft mode: libjpeg decodes at 1/2, 1/4 or
-1/8 scale straight away (the DCT does the shrinking), so a 640x480 frame costs little more
-than its 160x120 thumbnail (about 0.6-0.9 ms of a core). On the worker's decode threads
-when it has several (Pillow releases the GIL), so that thumbnails are made while the model
-runs. A thumbnail never fails a frame: one that cannot be made is sent empty, and counted.
+Made from the frame the worker has decoded for the model anyway (preprocess.py: at the smallest
+DCT scale the model allows, 320x240 for a 640x480 frame), in the same decode thread, so that a
+frame is decoded once: a second decode for the thumbnail cost 0.64 ms a 640x480 frame and 2.8
+ms a 1920x1080 one, against 0.44 and 0.66 to shrink and compress the picture already there
+(benchmarks/RESULTS.md). On the worker's decode threads when it has several (Pillow releases
+the GIL). A thumbnail never fails a frame: one that cannot be made is sent empty, and counted.
+``make_thumbnail`` makes one from a JPEG's bytes, for what has no decoded frame at hand.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 
 from PIL import Image
 
@@ -24,7 +26,7 @@ log = logging.getLogger("encoders.encoder")
 
 
 def make_thumbnail(jpeg: bytes, size: int, quality: int) -> bytes:
-    """A JPEG whose longest side is at most ``size``. ValueError if the frame does not decode."""
+    """A JPEG whose longest side is at most ``size``, from a frame's bytes. ValueError if it does not decode."""
     try:
         source = Image.open(io.BytesIO(jpeg))
         if source.format == "JPEG":
@@ -32,34 +34,43 @@ def make_thumbnail(jpeg: bytes, size: int, quality: int) -> bytes:
             scale = size / max(source.size)
             source.draft("RGB", (math.ceil(source.size[0] * scale), math.ceil(source.size[1] * scale)))
         img = source.convert("RGB")
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+        raise ValueError(f"no thumbnail: {exc or type(exc).__name__}") from None
+    return thumbnail_of(img, size, quality)
+
+
+def thumbnail_of(picture: Image.Image, size: int, quality: int) -> bytes:
+    """A JPEG whose longest side is at most ``size``, from a decoded frame (left as it is). ValueError if
+    it cannot be made."""
+    try:
+        img = picture.copy()
         img.thumbnail((size, size), Image.Resampling.BILINEAR)
         out = io.BytesIO()
-        img.save(out, "JPEG", quality=quality)
+        img.convert("RGB").save(out, "JPEG", quality=quality)
         return out.getvalue()
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+    except Exception as exc:  # Pillow's errors, whatever they are: a thumbnail never fails a frame
         raise ValueError(f"no thumbnail: {exc or type(exc).__name__}") from None
 
 
 class Thumbnails:
-    """Thumbnails started on a thread pool (or made at once without one), and collected, never failing.
+    """Thumbnails made from decoded frames, and collected, never failing.
 
     ``size`` 0: none are made, and embeddings go without.
     """
 
-    def __init__(self, size: int, quality: int, pool: Executor | None = None) -> None:
-        self.size, self.quality, self.pool = size, quality, pool
+    def __init__(self, size: int, quality: int) -> None:
+        self.size, self.quality = size, quality
         self.made = 0
         self.failed = 0
 
-    def start(self, jpeg: bytes) -> Future[bytes] | None:
-        """Start making one; None when thumbnails are off."""
+    def of(self, picture: Image.Image) -> Future[bytes] | None:
+        """Make one now, in this thread (a decode thread: load_batch's ``each``), from the frame decoded
+        for the model; None when thumbnails are off. Its outcome is read by ``result``."""
         if not self.size:
             return None
-        if self.pool is not None:
-            return self.pool.submit(make_thumbnail, jpeg, self.size, self.quality)
         done: Future[bytes] = Future()
         try:
-            done.set_result(make_thumbnail(jpeg, self.size, self.quality))
+            done.set_result(thumbnail_of(picture, self.size, self.quality))
         except ValueError as exc:
             done.set_exception(exc)
         return done

@@ -6,7 +6,7 @@ encoding, one gathering), names the model and the data socket. The core assigns 
 while it holds fewer than that, and their ingests send the JPEGs straight to the data socket
 (``Pictures``, docs/PROTOCOL.md "Protocol 3"); the worker
 gathers them into batches, decodes a batch while the model thread encodes the one before,
-starts each frame's thumbnail (thumbnails.py), and answers every frame on the same session:
+makes each frame's thumbnail from the same decode (thumbnails.py), and answers every frame on the same session:
 an embedding (and its thumbnail) or a skip (a JPEG that does not decode, a batch the model
 failed), as rows of one ``Results`` message per step (protocol 3: the results due in a step,
 those of finished batches and the skips found meanwhile, travel together). Sending a result is
@@ -141,7 +141,7 @@ class Worker:
         self.model = ModelThread(encoder, observe_batch)
         self.poller.register(self.model.wakeup, zmq.POLLIN)  # a batch finished (model_thread.py)
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode") if decode_threads > 1 else None
-        self.thumbnails = Thumbnails(thumbnail_size, thumbnail_quality, self.pool)
+        self.thumbnails = Thumbnails(thumbnail_size, thumbnail_quality)
         self.due: list[Embedding | Skipped] = []  # results not sent yet: they go out as one Results (flush)
         self.stop_asked = ""  # the core's Stop, with its reason
         self.draining = False  # stopping: frames handed now are not taken
@@ -264,7 +264,9 @@ class Worker:
         items = self.intake.take(limit)
         if not items:
             return  # the session was lost while gathering
-        arrays, ok, bad = load_batch(self.encoder.pre, [h.frame.jpeg for h in items], self.pool)
+        # Each frame decoded once, for the model and its thumbnail, on the decode threads.
+        thumbnail = self.thumbnails.of if self.thumbnails.size else None
+        arrays, ok, bad, thumbnails = load_batch(self.encoder.pre, [h.frame.jpeg for h in items], self.pool, thumbnail)
         for pos, reason in bad:
             f = items[pos].frame
             complain("skipped", "%s #%d skipped: %s", f.stream, f.seq, reason)
@@ -273,12 +275,11 @@ class Worker:
         self.intake.finish([items[pos] for pos, _ in bad])
         if arrays:
             batch = [items[i] for i in ok]
-            for h, array in zip(batch, arrays, strict=True):
+            for h, array, made in zip(batch, arrays, thumbnails, strict=True):
                 h.levels = picture_levels(array) if array.size else None  # for the core's blackout alert
+                h.thumbnail = made
             self.model.submit(batch, arrays)
             self.counters["batches"] += 1
-            for h in batch:  # while the model runs
-                h.thumbnail = self.thumbnails.start(h.frame.jpeg)
 
     def send_results(self, block_s: float) -> None:
         """Send the results of every batch the model finished (waiting up to ``block_s`` for one).

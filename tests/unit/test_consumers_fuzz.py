@@ -241,7 +241,7 @@ def test_an_encoder_takes_any_valid_frames_up_to_its_capacity_and_sorts_good_fro
         taken += intake.add(received)
     assert taken == min(len(frames), capacity)  # the rest is answered "over capacity"
     held = intake.take(capacity)
-    arrays, ok, bad = load_batch(PRE, [h.frame.jpeg for h in held])
+    arrays, ok, bad, _ = load_batch(PRE, [h.frame.jpeg for h in held])
     assert sorted(ok + [i for i, _ in bad]) == list(range(len(held)))
     assert all(a.shape == (16, 16, 3) for a in arrays)
     intake.finish(held)

@@ -74,11 +74,11 @@ def test_a_worker_takes_any_valid_frames_sorts_good_from_corrupt_and_thumbnails_
         received = messages.decode([bytes(p) for p in messages.encode(frame)])  # as the worker gets it
         assert isinstance(received, Frame) and intake.add(received)
     held = intake.take(16)
-    arrays, ok, bad = load_batch(PRE, [h.frame.jpeg for h in held])
-    assert sorted(ok + [i for i, _ in bad]) == list(range(len(held)))
-    assert all(a.shape == (16, 16, 3) for a in arrays)
     thumbnails = Thumbnails(8, 70)
-    for i in ok:
-        thumbnail = thumbnails.result(thumbnails.start(held[i].frame.jpeg), "fuzz")
+    arrays, ok, bad, made = load_batch(PRE, [h.frame.jpeg for h in held], each=thumbnails.of)
+    assert sorted(ok + [i for i, _ in bad]) == list(range(len(held)))
+    assert all(a.shape == (16, 16, 3) for a in arrays) and len(made) == len(ok)
+    for pending in made:
+        thumbnail = thumbnails.result(pending, "fuzz")
         assert thumbnail == b"" or Image.open(io.BytesIO(thumbnail)).size[0] <= 8
     assert intake.finish(held) == held and intake.held == 0

@@ -12,7 +12,7 @@ from encoders.services.encoder.preprocess import CorruptFrame, decode_jpeg, load
 
 
 def embed(enc, jpegs):
-    arrays, _ok, bad = load_batch(enc.pre, jpegs)
+    arrays, _ok, bad, _ = load_batch(enc.pre, jpegs)
     assert not bad
     return enc.embed_arrays(arrays)
 
@@ -56,7 +56,7 @@ def test_batch_embedding_equals_one_at_a_time(tiny_model):
 def test_corrupt_frames_are_reported_and_the_rest_of_the_batch_goes_on(tiny_model):
     enc = load_encoder(tiny_model["ENCODERS_MODEL"], tiny_model["ENCODERS_PRETRAINED"], "cpu")
     good = jpeg("red")
-    arrays, ok, bad = load_batch(enc.pre, [good, good[: len(good) // 2], b"not a jpeg", good])
+    arrays, ok, bad, _ = load_batch(enc.pre, [good, good[: len(good) // 2], b"not a jpeg", good])
     assert ok == [0, 3] and len(arrays) == 2
     assert [pos for pos, _ in bad] == [1, 2] and all("corrupt JPEG" in why for _, why in bad)
     with pytest.raises(CorruptFrame):

@@ -65,7 +65,7 @@ def images():
 def test_full_size_decode_reproduces_open_clips_tensors(vit_b_32, images):
     """Without DCT scaling the fast path is open_clip's transform, up to float rounding."""
     exact = Preprocessor(**{**vit_b_32.pre.__dict__, "fast_decode": False})
-    arrays, _ok, bad = load_batch(exact, images)
+    arrays, _ok, bad, _ = load_batch(exact, images)
     assert not bad
     ours = exact.to_tensor(arrays, torch.device("cpu"), torch.float32)
     torch.testing.assert_close(ours, reference_batch(vit_b_32, images), atol=2e-5, rtol=0)
@@ -74,7 +74,7 @@ def test_full_size_decode_reproduces_open_clips_tensors(vit_b_32, images):
 @pytest.fixture(scope="module")
 def both_paths(vit_b_32, images) -> tuple[np.ndarray, np.ndarray]:
     """The images embedded through the fast path (the worker's decode) and through open_clip's transform."""
-    arrays, _, bad = load_batch(vit_b_32.pre, images)
+    arrays, _, bad, _ = load_batch(vit_b_32.pre, images)
     assert not bad and all(a.shape == (224, 224, 3) for a in arrays)
     return vit_b_32.embed_arrays(arrays), vit_b_32.embed(reference_batch(vit_b_32, images))
 
@@ -108,7 +108,7 @@ def test_bf16_on_the_cpu_stays_within_cosine_099_of_fp32(vit_b_32, images):
     torch.manual_seed(0)
     bf16 = load_encoder("ViT-B-32", "none", "cpu", precision="bf16")
     bf16.model.load_state_dict(vit_b_32.model.state_dict())  # same weights, other precision
-    arrays, _, _ = load_batch(vit_b_32.pre, images)
+    arrays, _, _, _ = load_batch(vit_b_32.pre, images)
     assert cosines(bf16.embed_arrays(arrays), vit_b_32.embed_arrays(arrays)).min() >= 0.99
 
 

@@ -52,7 +52,7 @@ def photographs(n: int, size: tuple[int, int] = (320, 240)) -> list[bytes]:
 
 
 def decoded(enc: ClipImageEncoder, jpegs: list[bytes]) -> list[np.ndarray]:
-    arrays, _, bad = load_batch(enc.pre, jpegs)
+    arrays, _, bad, _ = load_batch(enc.pre, jpegs)
     assert not bad
     return arrays
 
