@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ def machine() -> dict:
 
 
 def main(argv: list[str]) -> int:
+    # A benchmark stopped (`timeout`, `kill`) unwinds as after Ctrl-C: its pipelines' processes are
+    # stopped, its temporary folders and its `git worktree` removed (they outlived it before).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     OUT.mkdir(exist_ok=True)
     where = machine()
     print(f"machine: {where}")
