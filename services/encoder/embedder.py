@@ -67,7 +67,7 @@ def unit_vector(jpeg: bytes, dim: int = NONE_DIM) -> np.ndarray:
     return vector / np.float32(np.linalg.norm(vector))
 
 
-NO_PICTURE = np.zeros((0, 0, 3), np.uint8)  # what JpegBytes loads: the worker measures no levels of it
+NO_PICTURE = np.zeros((0, 0, 3), np.uint8)  # what JpegBytes prepares: the worker measures no levels of it
 
 
 class JpegBytes:
@@ -76,12 +76,18 @@ class JpegBytes:
     that a truncated frame is still skipped; its picture is empty (no levels). For measuring the
     plumbing at rates this machine's cores could not decode."""
 
-    def load(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes) -> bytes:
         try:
             jpeg_size(data)
         except CorruptJpeg as exc:
             raise CorruptFrame(f"not a whole JPEG ({exc})") from None
+        return data
+
+    def prepare(self, picture: bytes) -> np.ndarray:
         return NO_PICTURE
+
+    def load(self, data: bytes) -> np.ndarray:
+        return self.prepare(self.decode(data))
 
 
 class NoModel:

@@ -14,7 +14,6 @@ expects it from this worker). Life 0 is none: the session is not joined.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from encoders.shared.messages import Frame
@@ -24,7 +23,7 @@ from encoders.shared.messages import Frame
 class Held:
     frame: Frame
     life: int  # the life of the session the frame came in
-    thumbnail: Future[bytes] | None = None  # started once the frame decoded
+    thumbnail: bytes | ValueError | None = None  # made from the decoded frame (thumbnails.py), or why not
     levels: tuple[float, float] | None = None  # (brightness, contrast) of the decoded picture
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-from concurrent.futures import Future
 
 from PIL import Image
 
@@ -63,28 +62,25 @@ class Thumbnails:
         self.made = 0
         self.failed = 0
 
-    def of(self, picture: Image.Image) -> Future[bytes] | None:
+    def of(self, picture: Image.Image) -> bytes | ValueError | None:
         """Make one now, in this thread (a decode thread: load_batch's ``each``), from the frame decoded
-        for the model; None when thumbnails are off. Its outcome is read by ``result``."""
+        for the model: its bytes, or why it could not be made; None when thumbnails are off. ``result``
+        reads it, in the worker's thread, where it is counted."""
         if not self.size:
             return None
-        done: Future[bytes] = Future()
         try:
-            done.set_result(thumbnail_of(picture, self.size, self.quality))
+            return thumbnail_of(picture, self.size, self.quality)
         except ValueError as exc:
-            done.set_exception(exc)
-        return done
+            return exc
 
-    def result(self, pending: Future[bytes] | None, what: str) -> bytes:
-        """The thumbnail started, or b"" (none wanted, or it could not be made: logged once, then counted)."""
-        if pending is None:
+    def result(self, made: bytes | ValueError | None, what: str) -> bytes:
+        """The thumbnail made, or b"" (none wanted, or it could not be made: logged once, then counted)."""
+        if made is None:
             return b""
-        try:
-            thumbnail = pending.result()
-        except Exception as exc:
+        if isinstance(made, ValueError):
             self.failed += 1
             if self.failed == 1:
-                log.warning("%s: sent without a thumbnail (%s); further ones are only counted", what, exc)
+                log.warning("%s: sent without a thumbnail (%s); further ones are only counted", what, made)
             return b""
         self.made += 1
-        return thumbnail
+        return made

@@ -265,8 +265,8 @@ class Worker:
         if not items:
             return  # the session was lost while gathering
         # Each frame decoded once, for the model and its thumbnail, on the decode threads.
-        thumbnail = self.thumbnails.of if self.thumbnails.size else None
-        arrays, ok, bad, thumbnails = load_batch(self.encoder.pre, [h.frame.jpeg for h in items], self.pool, thumbnail)
+        jpegs = [h.frame.jpeg for h in items]
+        arrays, ok, bad, thumbnails = load_batch(self.encoder.pre, jpegs, self.pool, self.thumbnails.of)
         for pos, reason in bad:
             f = items[pos].frame
             complain("skipped", "%s #%d skipped: %s", f.stream, f.seq, reason)
