@@ -74,6 +74,13 @@ class AckTracker:
             self._due.add(stream)
             self._again.add(stream)
 
+    def unsent(self, acks: list[Ack]) -> None:
+        """Acknowledgements taken and not sent (the lives file could not be written first): their streams'
+        floors are said at the next ``take``, even where no more rows came (an ended stream)."""
+        for ack in acks:
+            self._due.add(ack.stream)
+            self._again.add(ack.stream)
+
     def durable(self, stream: str, seq: int) -> None:
         """The row of (stream, seq) is committed, or appended and synced to the spool."""
         entry = self._rows.pop((stream, seq), None)

@@ -40,6 +40,8 @@ from collections.abc import Callable
 
 import zmq
 
+from encoders.shared.complaints import Complaints
+from encoders.shared.disks import disk_problem
 from encoders.shared.messages import (
     PROTOCOL,
     Acks,
@@ -61,6 +63,7 @@ from encoders.shared.session import CoreSession, process_name
 from .recording import Recording
 
 log = logging.getLogger(__name__)
+complain = Complaints(log, "the recorder's log")  # a full disk: said once, then counted
 
 LOG_EVERY_S = 10.0  # a progress line, and summary.json as the run goes
 FILE_FLUSH_S = 1.0
@@ -197,7 +200,12 @@ class Receiver:
             self._summary_due = False
         acks = self.recording.acks.take()
         if self.recording.acks.lives_changed:  # the counts of what is acknowledged, on disk first
-            self.recording.run.write_lives(self.recording.acks.durable_lives)
+            try:
+                self.recording.run.write_lives(self.recording.acks.durable_lives)
+            except OSError as exc:  # a full disk: the acknowledgements wait for room, as rows do
+                self.recording.acks.unsent(acks)
+                complain("lives_unwritten", "%s; acknowledgements wait", disk_problem(exc, self.recording.run.dir))
+                return
             self.recording.acks.lives_changed = False
         if acks and self.session.joined:
             self._send(Acks.of(acks))

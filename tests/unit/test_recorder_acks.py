@@ -90,3 +90,17 @@ def test_the_counts_kept_are_those_of_what_is_acknowledged():
     t.ended("cam0", 1, {"L1": {"embedded": 2, "published": 2}})
     assert t.take() == [Ack("cam0", 1, ended=True)]
     assert t.lives_changed and t.durable_lives["cam0"] == {"L1": {"embedded": 2, "published": 2}}
+
+
+def test_acknowledgements_not_sent_are_taken_again_even_when_nothing_more_comes():
+    """A full disk kept the lives file from being written first: the acknowledgements taken wait. The
+    next take gives them again, the end of a stream too, though no row of it comes any more."""
+    t = AckTracker()
+    t.expect("cam0", 5)
+    t.ended("cam0", 6)
+    t.durable("cam0", 5)
+    taken = t.take()
+    assert taken == [Ack("cam0", 6, ended=True)]
+    assert t.take() == []  # taken: not due again by itself
+    t.unsent(taken)
+    assert t.take() == taken
